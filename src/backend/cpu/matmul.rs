@@ -1,0 +1,373 @@
+//! Batch-invariant matrix products `y = x @ w^T` with f16/bf16/f32 weights and f32 math.
+//!
+//! Every output element is one dot product computed in a single fixed order: 16 lanes,
+//! `acc[l] = fma(w[i + l], x[i + l], acc[l])` for ascending blocks `i` of 16, then a fixed
+//! pairwise sum of the 16 lanes, then the scalar tail (`k % 16` elements) in order. The
+//! AVX-512 kernel keeps the 16 lanes in one register, the AVX2 kernel in two, the portable
+//! code in an array: the same operations, so the same bits. Tiles of several rows and
+//! tokens only interleave independent dot products to keep the FMA units and memory busy;
+//! they never change the order inside one, so a token's output is bit-identical whatever
+//! else is in the batch.
+
+use rayon::prelude::*;
+
+use crate::model::{DType, HostTensor};
+
+/// A raw output pointer shared by tasks that write disjoint elements.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: tasks write disjoint (row-chunk) columns of the output; see `linear`.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+/// Rows of `w` handed to one task.
+const ROW_CHUNK: usize = 32;
+/// Most tokens in one tile.
+const MAX_TT: usize = 6;
+
+/// Which SIMD kernel this CPU runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Isa {
+    Avx512,
+    Avx2,
+    Portable,
+}
+
+fn isa() -> Isa {
+    use std::sync::OnceLock;
+    static ISA: OnceLock<Isa> = OnceLock::new();
+    *ISA.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::env::var_os("SUBSPEC_NO_AVX512").is_none()
+                && is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+            {
+                return Isa::Avx512;
+            }
+            if is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c")
+            {
+                return Isa::Avx2;
+            }
+        }
+        Isa::Portable
+    })
+}
+
+/// `out[t * n + o] = dot(w[o], x[t]) (+ bias[o])` for `x` of `t_count` rows of `k`.
+pub fn linear(x: &[f32], t_count: usize, w: &HostTensor, bias: Option<&[f32]>, out: &mut [f32]) {
+    let (n, k) = (w.shape[0], w.shape[1]);
+    assert_eq!(x.len(), t_count * k);
+    assert_eq!(out.len(), t_count * n);
+    let wb = w.bytes();
+    let dtype = w.dtype;
+    let row_bytes = k * dtype.size();
+    let ptr = OutPtr(out.as_mut_ptr());
+    let isa = isa();
+    let chunks = n.div_ceil(ROW_CHUNK);
+    (0..chunks).into_par_iter().for_each(|c| {
+        let ptr = ptr;
+        let r0 = c * ROW_CHUNK;
+        let r1 = (r0 + ROW_CHUNK).min(n);
+        let rows = &wb[r0 * row_bytes..r1 * row_bytes];
+        let mut t = 0;
+        while t < t_count {
+            let tt = (t_count - t).min(MAX_TT);
+            let xs = &x[t * k..(t + tt) * k];
+            let mut r = 0;
+            while r < r1 - r0 {
+                let rr = tile_rows(tt, r1 - r0 - r);
+                let mut res = [0f32; 8 * MAX_TT];
+                dot_tile(
+                    isa,
+                    dtype,
+                    &rows[r * row_bytes..(r + rr) * row_bytes],
+                    rr,
+                    xs,
+                    tt,
+                    k,
+                    &mut res,
+                );
+                for i in 0..rr {
+                    let o = r0 + r + i;
+                    let b = bias.map_or(0.0, |b| b[o]);
+                    for j in 0..tt {
+                        // SAFETY: (t + j, o) is inside `out` (t + j < t_count, o < n), and
+                        // only the task owning row chunk `c` writes column `o`.
+                        unsafe { *ptr.0.add((t + j) * n + o) = res[i * tt + j] + b };
+                    }
+                }
+                r += rr;
+            }
+            t += tt;
+        }
+    });
+}
+
+/// How many weight rows one tile takes for `tt` tokens (`remaining` rows left).
+fn tile_rows(tt: usize, remaining: usize) -> usize {
+    let want = if tt == 1 { 8 } else { 4 };
+    if remaining >= want {
+        want
+    } else {
+        1
+    }
+}
+
+/// Dot products of `rr` weight rows (`rows`, `rr * k` elements of `dtype`) with `tt` token
+/// rows (`xs`): `res[i * tt + j] = dot(row i, token j)`.
+#[allow(clippy::too_many_arguments)]
+fn dot_tile(
+    isa: Isa,
+    dtype: DType,
+    rows: &[u8],
+    rr: usize,
+    xs: &[f32],
+    tt: usize,
+    k: usize,
+    res: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        macro_rules! dispatch {
+            ($m:ident) => {
+                // SAFETY: `isa()` checked the CPU features of kernel `$m`; the slices have
+                // the lengths the kernel reads (rr * k weights, tt * k activations).
+                unsafe {
+                    match (rr, tt) {
+                        (8, 1) => $m::tile::<8, 1>(dtype, rows, xs, k, res),
+                        (4, 2) => $m::tile::<4, 2>(dtype, rows, xs, k, res),
+                        (4, 3) => $m::tile::<4, 3>(dtype, rows, xs, k, res),
+                        (4, 4) => $m::tile::<4, 4>(dtype, rows, xs, k, res),
+                        (4, 5) => $m::tile::<4, 5>(dtype, rows, xs, k, res),
+                        (4, 6) => $m::tile::<4, 6>(dtype, rows, xs, k, res),
+                        (1, 1) => $m::tile::<1, 1>(dtype, rows, xs, k, res),
+                        (1, 2) => $m::tile::<1, 2>(dtype, rows, xs, k, res),
+                        (1, 3) => $m::tile::<1, 3>(dtype, rows, xs, k, res),
+                        (1, 4) => $m::tile::<1, 4>(dtype, rows, xs, k, res),
+                        (1, 5) => $m::tile::<1, 5>(dtype, rows, xs, k, res),
+                        (1, 6) => $m::tile::<1, 6>(dtype, rows, xs, k, res),
+                        _ => unreachable!("tile {rr}x{tt}"),
+                    }
+                }
+            };
+        }
+        match isa {
+            Isa::Avx512 => return dispatch!(avx512),
+            Isa::Avx2 => return dispatch!(avx2),
+            Isa::Portable => {}
+        }
+    }
+    let _ = isa;
+    let rb = k * dtype.size();
+    for i in 0..rr {
+        for j in 0..tt {
+            res[i * tt + j] =
+                dot_portable(dtype, &rows[i * rb..(i + 1) * rb], &xs[j * k..(j + 1) * k]);
+        }
+    }
+}
+
+/// Weight element `i` of a row, as f32.
+#[inline(always)]
+fn weight(dtype: DType, row: &[u8], i: usize) -> f32 {
+    match dtype {
+        DType::F32 => f32::from_le_bytes(row[4 * i..4 * i + 4].try_into().unwrap()),
+        DType::F16 => {
+            half::f16::from_bits(u16::from_le_bytes([row[2 * i], row[2 * i + 1]])).to_f32()
+        }
+        DType::BF16 => {
+            f32::from_bits((u16::from_le_bytes([row[2 * i], row[2 * i + 1]]) as u32) << 16)
+        }
+    }
+}
+
+/// The canonical dot product in scalar code (the reference the SIMD kernels equal).
+pub(crate) fn dot_portable(dtype: DType, row: &[u8], x: &[f32]) -> f32 {
+    let k = x.len();
+    let mut acc = [0f32; 16];
+    let body = k - k % 16;
+    for i in (0..body).step_by(16) {
+        for (l, a) in acc.iter_mut().enumerate() {
+            *a = weight(dtype, row, i + l).mul_add(x[i + l], *a);
+        }
+    }
+    finish(&acc, dtype, row, x, body)
+}
+
+/// The fixed pairwise sum of 16 lanes, then the scalar tail from `body` on.
+#[inline(always)]
+fn finish(acc: &[f32; 16], dtype: DType, row: &[u8], x: &[f32], body: usize) -> f32 {
+    let mut b = [0f32; 8];
+    for i in 0..8 {
+        b[i] = acc[i] + acc[i + 8];
+    }
+    let c = [b[0] + b[4], b[1] + b[5], b[2] + b[6], b[3] + b[7]];
+    let mut s = (c[0] + c[2]) + (c[1] + c[3]);
+    for i in body..x.len() {
+        s = weight(dtype, row, i).mul_add(x[i], s);
+    }
+    s
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::finish;
+    use crate::model::DType;
+
+    /// 16 weights starting at element `i` of the row at `row`.
+    #[inline(always)]
+    unsafe fn load16(dtype: DType, row: *const u8, i: usize) -> __m512 {
+        match dtype {
+            DType::F32 => _mm512_loadu_ps(row.add(4 * i) as *const f32),
+            DType::F16 => _mm512_cvtph_ps(_mm256_loadu_si256(row.add(2 * i) as *const __m256i)),
+            DType::BF16 => {
+                let h = _mm256_loadu_si256(row.add(2 * i) as *const __m256i);
+                _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))
+            }
+        }
+    }
+
+    /// `R` weight rows times `T` token rows; see `super::dot_tile`.
+    #[target_feature(enable = "avx512f,avx512bw,fma,f16c")]
+    pub unsafe fn tile<const R: usize, const T: usize>(
+        dtype: DType,
+        rows: &[u8],
+        xs: &[f32],
+        k: usize,
+        res: &mut [f32],
+    ) {
+        let row_bytes = k * dtype.size();
+        let wp = rows.as_ptr();
+        let xp = xs.as_ptr();
+        let mut acc = [[_mm512_setzero_ps(); T]; R];
+        let body = k - k % 16;
+        let mut i = 0;
+        while i < body {
+            let mut xv = [_mm512_setzero_ps(); T];
+            for (j, v) in xv.iter_mut().enumerate() {
+                *v = _mm512_loadu_ps(xp.add(j * k + i));
+            }
+            for (r, acc_r) in acc.iter_mut().enumerate() {
+                let w = load16(dtype, wp.add(r * row_bytes), i);
+                for j in 0..T {
+                    acc_r[j] = _mm512_fmadd_ps(w, xv[j], acc_r[j]);
+                }
+            }
+            i += 16;
+        }
+        for r in 0..R {
+            let row = &rows[r * row_bytes..(r + 1) * row_bytes];
+            for j in 0..T {
+                let mut lanes = [0f32; 16];
+                _mm512_storeu_ps(lanes.as_mut_ptr(), acc[r][j]);
+                res[r * T + j] = finish(&lanes, dtype, row, &xs[j * k..(j + 1) * k], body);
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::finish;
+    use crate::model::DType;
+
+    /// 8 weights starting at element `i` of the row at `row`.
+    #[inline(always)]
+    unsafe fn load8(dtype: DType, row: *const u8, i: usize) -> __m256 {
+        match dtype {
+            DType::F32 => _mm256_loadu_ps(row.add(4 * i) as *const f32),
+            DType::F16 => _mm256_cvtph_ps(_mm_loadu_si128(row.add(2 * i) as *const __m128i)),
+            DType::BF16 => {
+                let h = _mm_loadu_si128(row.add(2 * i) as *const __m128i);
+                _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))
+            }
+        }
+    }
+
+    /// `R` weight rows times `T` token rows, each 16-lane accumulator in two registers.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn tile<const R: usize, const T: usize>(
+        dtype: DType,
+        rows: &[u8],
+        xs: &[f32],
+        k: usize,
+        res: &mut [f32],
+    ) {
+        let row_bytes = k * dtype.size();
+        let wp = rows.as_ptr();
+        let xp = xs.as_ptr();
+        let mut acc = [[[_mm256_setzero_ps(); 2]; T]; R];
+        let body = k - k % 16;
+        let mut i = 0;
+        while i < body {
+            for h in 0..2 {
+                let mut xv = [_mm256_setzero_ps(); T];
+                for (j, v) in xv.iter_mut().enumerate() {
+                    *v = _mm256_loadu_ps(xp.add(j * k + i + 8 * h));
+                }
+                for (r, acc_r) in acc.iter_mut().enumerate() {
+                    let w = load8(dtype, wp.add(r * row_bytes), i + 8 * h);
+                    for j in 0..T {
+                        acc_r[j][h] = _mm256_fmadd_ps(w, xv[j], acc_r[j][h]);
+                    }
+                }
+            }
+            i += 16;
+        }
+        for r in 0..R {
+            let row = &rows[r * row_bytes..(r + 1) * row_bytes];
+            for j in 0..T {
+                let mut lanes = [0f32; 16];
+                _mm256_storeu_ps(lanes.as_mut_ptr(), acc[r][j][0]);
+                _mm256_storeu_ps(lanes.as_mut_ptr().add(8), acc[r][j][1]);
+                res[r * T + j] = finish(&lanes, dtype, row, &xs[j * k..(j + 1) * k], body);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn simd_matches_portable_and_is_batch_invariant() {
+        let dir = std::env::temp_dir().join(format!("subspec-mm-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (n, k) = (37, 75); // odd sizes: row tails and a scalar tail
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * 0.3)
+            .collect();
+        let path = dir.join("model.safetensors");
+        crate::model::weights::testutil::write_f16(&path, &[("w".into(), vec![n, k], w)]);
+        let weights = crate::model::Weights::open(&dir).unwrap();
+        let wt = weights.get("w", &[n, k]).unwrap();
+        let t_count = 13; // two full 6-token tiles and a 1-token tail
+        let x: Vec<f32> = (0..t_count * k)
+            .map(|i| (i * 104729 % 997) as f32 / 498.5 - 1.0)
+            .collect();
+        let mut batch = vec![0f32; t_count * n];
+        linear(&x, t_count, &wt, None, &mut batch);
+        for t in 0..t_count {
+            let mut single = vec![0f32; n];
+            linear(&x[t * k..(t + 1) * k], 1, &wt, None, &mut single);
+            assert_eq!(&batch[t * n..(t + 1) * n], &single[..], "token {t}");
+            for o in 0..n {
+                let p = dot_portable(
+                    DType::F16,
+                    &wt.bytes()[o * k * 2..(o + 1) * k * 2],
+                    &x[t * k..(t + 1) * k],
+                );
+                assert_eq!(p, single[o], "row {o} token {t}");
+            }
+        }
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}

@@ -1,0 +1,275 @@
+//! The CPU backend: weights stay in the memory-mapped checkpoint (zero copy), activations
+//! and the KV cache are f32 in RAM, threads come from the caller's rayon pool.
+//!
+//! It is the reference implementation: every other backend is tested against it.
+
+pub mod matmul;
+
+use rayon::prelude::*;
+
+use super::{AttnMask, AttnShape, Backend};
+use crate::error::Result;
+use crate::model::HostTensor;
+
+/// The CPU backend (stateless; threads come from the rayon pool it runs in).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CpuBackend;
+
+/// A weight on the CPU: matrices stay views into the checkpoint, vectors (norms, biases)
+/// are converted to f32 once.
+pub enum CpuWeight {
+    /// A 2-D weight, `[out_features, in_features]` (or `[vocab, hidden]`).
+    Matrix(HostTensor),
+    /// A 1-D weight in f32.
+    Vector(Vec<f32>),
+}
+
+impl CpuWeight {
+    fn matrix(&self) -> &HostTensor {
+        match self {
+            CpuWeight::Matrix(t) => t,
+            CpuWeight::Vector(_) => panic!("expected a matrix weight"),
+        }
+    }
+    fn vector(&self) -> &[f32] {
+        match self {
+            CpuWeight::Vector(v) => v,
+            CpuWeight::Matrix(t) => panic!("expected a vector weight, got {t:?}"),
+        }
+    }
+}
+
+/// A row-major `[rows, cols]` f32 matrix.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CpuAct {
+    /// Number of rows (tokens).
+    pub rows: usize,
+    /// Number of columns.
+    pub cols: usize,
+    /// `rows * cols` values.
+    pub data: Vec<f32>,
+}
+
+impl CpuAct {
+    fn row(&self, i: usize) -> &[f32] {
+        &self.data[i * self.cols..(i + 1) * self.cols]
+    }
+}
+
+/// Keys and values of all layers: per layer `[slots, kv_dim]` f32, rotary already applied
+/// to the keys.
+pub struct CpuKv {
+    k: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+    kv_dim: usize,
+    capacity: usize,
+}
+
+/// Fixed-order dot product of two f32 slices (8 lanes, then the 8-lane sum, then the
+/// tail). Plain multiply-add, not fused: the compiler vectorises the lanes on any x86-64.
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let body = a.len() - a.len() % 8;
+    for (ca, cb) in a[..body].chunks_exact(8).zip(b[..body].chunks_exact(8)) {
+        for l in 0..8 {
+            acc[l] += ca[l] * cb[l];
+        }
+    }
+    let b4 = [
+        acc[0] + acc[4],
+        acc[1] + acc[5],
+        acc[2] + acc[6],
+        acc[3] + acc[7],
+    ];
+    let mut s = (b4[0] + b4[2]) + (b4[1] + b4[3]);
+    for i in body..a.len() {
+        s += a[i] * b[i];
+    }
+    s
+}
+
+impl Backend for CpuBackend {
+    type Weight = CpuWeight;
+    type Act = CpuAct;
+    type Kv = CpuKv;
+
+    fn name(&self) -> String {
+        "cpu".into()
+    }
+
+    fn upload(&self, t: &HostTensor) -> Result<CpuWeight> {
+        Ok(if t.shape.len() == 1 {
+            CpuWeight::Vector(t.to_f32_vec())
+        } else {
+            CpuWeight::Matrix(t.clone())
+        })
+    }
+
+    fn act(&self, rows: usize, cols: usize) -> CpuAct {
+        CpuAct {
+            rows,
+            cols,
+            data: vec![0.0; rows * cols],
+        }
+    }
+
+    fn to_host(&self, x: &CpuAct) -> Vec<f32> {
+        x.data.clone()
+    }
+
+    fn embed(&self, table: &CpuWeight, ids: &[u32], out: &mut CpuAct) {
+        let t = table.matrix();
+        let cols = t.shape[1];
+        for (i, &id) in ids.iter().enumerate() {
+            let base = id as usize * cols;
+            for (c, o) in out.data[i * cols..(i + 1) * cols].iter_mut().enumerate() {
+                *o = t.get_f32(base + c);
+            }
+        }
+    }
+
+    fn rms_norm(&self, x: &CpuAct, w: &CpuWeight, eps: f32, out: &mut CpuAct) {
+        let w = w.vector();
+        for r in 0..x.rows {
+            let row = x.row(r);
+            let mean = dot(row, row) / row.len() as f32;
+            let inv = 1.0 / (mean + eps).sqrt();
+            for ((o, &v), &g) in out.data[r * x.cols..(r + 1) * x.cols]
+                .iter_mut()
+                .zip(row)
+                .zip(w)
+            {
+                *o = g * (v * inv);
+            }
+        }
+    }
+
+    fn linear(&self, x: &CpuAct, w: &CpuWeight, bias: Option<&CpuWeight>, out: &mut CpuAct) {
+        matmul::linear(
+            &x.data,
+            x.rows,
+            w.matrix(),
+            bias.map(|b| b.vector()),
+            &mut out.data,
+        );
+    }
+
+    fn rope(&self, x: &mut CpuAct, positions: &[usize], inv_freq: &[f32]) {
+        let half = inv_freq.len();
+        let hd = 2 * half;
+        let mut cos = vec![0f32; half];
+        let mut sin = vec![0f32; half];
+        for (r, &pos) in positions.iter().enumerate() {
+            for i in 0..half {
+                let a = pos as f32 * inv_freq[i];
+                cos[i] = a.cos();
+                sin[i] = a.sin();
+            }
+            let row = &mut x.data[r * x.cols..(r + 1) * x.cols];
+            for head in row.chunks_exact_mut(hd) {
+                for i in 0..half {
+                    let (a, b) = (head[i], head[i + half]);
+                    head[i] = a * cos[i] - b * sin[i];
+                    head[i + half] = b * cos[i] + a * sin[i];
+                }
+            }
+        }
+    }
+
+    fn silu_mul(&self, gate: &mut CpuAct, up: &CpuAct) {
+        for (g, &u) in gate.data.iter_mut().zip(&up.data) {
+            *g = *g / (1.0 + (-*g).exp()) * u;
+        }
+    }
+
+    fn add(&self, x: &mut CpuAct, y: &CpuAct) {
+        for (a, &b) in x.data.iter_mut().zip(&y.data) {
+            *a += b;
+        }
+    }
+
+    fn gather_rows(&self, x: &CpuAct, rows: &[usize], out: &mut CpuAct) {
+        for (i, &r) in rows.iter().enumerate() {
+            out.data[i * x.cols..(i + 1) * x.cols].copy_from_slice(x.row(r));
+        }
+    }
+
+    fn kv_new(&self, layers: usize, kv_dim: usize, capacity: usize) -> CpuKv {
+        CpuKv {
+            k: vec![Vec::new(); layers],
+            v: vec![Vec::new(); layers],
+            kv_dim,
+            capacity,
+        }
+    }
+
+    fn kv_write(&self, kv: &mut CpuKv, layer: usize, first: usize, k: &CpuAct, v: &CpuAct) {
+        let d = kv.kv_dim;
+        let end = (first + k.rows) * d;
+        assert!(first + k.rows <= kv.capacity, "KV cache overflow");
+        for (store, src) in [(&mut kv.k[layer], k), (&mut kv.v[layer], v)] {
+            if store.len() < end {
+                store.resize(end, 0.0);
+            }
+            store[first * d..end].copy_from_slice(&src.data);
+        }
+    }
+
+    fn kv_compact(&self, kv: &mut CpuKv, src: &[usize], dst_first: usize) {
+        let d = kv.kv_dim;
+        for store in kv.k.iter_mut().chain(kv.v.iter_mut()) {
+            for (i, &s) in src.iter().enumerate() {
+                let dst = dst_first + i;
+                if s != dst {
+                    store.copy_within(s * d..(s + 1) * d, dst * d);
+                }
+            }
+        }
+    }
+
+    fn attention(
+        &self,
+        q: &CpuAct,
+        kv: &CpuKv,
+        layer: usize,
+        committed: usize,
+        mask: &AttnMask,
+        shape: AttnShape,
+        out: &mut CpuAct,
+    ) {
+        let hd = shape.head_dim;
+        let group = shape.n_heads / shape.n_kv_heads;
+        let d = kv.kv_dim;
+        let (ks, vs) = (&kv.k[layer], &kv.v[layer]);
+        let scale = 1.0 / (hd as f32).sqrt();
+        out.data
+            .par_chunks_mut(hd)
+            .enumerate()
+            .for_each(|(task, o)| {
+                let (t, h) = (task / shape.n_heads, task % shape.n_heads);
+                let qh = &q.data[t * q.cols + h * hd..t * q.cols + (h + 1) * hd];
+                let kv_off = (h / group) * hd;
+                let slots =
+                    (0..committed).chain(mask.row(t).iter().map(|&j| committed + j as usize));
+                let mut scores: Vec<f32> = slots
+                    .clone()
+                    .map(|s| dot(qh, &ks[s * d + kv_off..s * d + kv_off + hd]) * scale)
+                    .collect();
+                let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+                let mut sum = 0f32;
+                for s in scores.iter_mut() {
+                    *s = (*s - max).exp();
+                    sum += *s;
+                }
+                o.fill(0.0);
+                for (p, s) in scores.iter().zip(slots) {
+                    let p = p / sum;
+                    let vrow = &vs[s * d + kv_off..s * d + kv_off + hd];
+                    for (a, &v) in o.iter_mut().zip(vrow) {
+                        *a += p * v;
+                    }
+                }
+            });
+    }
+}

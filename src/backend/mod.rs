@@ -1,0 +1,160 @@
+//! The narrow interface between the forward pass and the hardware.
+//!
+//! [`crate::model::Model`] writes the transformer once against [`Backend`]; a backend owns
+//! where weights and activations live and how each leaf operation runs. The CPU backend
+//! ([`cpu::CpuBackend`]) is the reference every other backend is compared with.
+//!
+//! Every operation is *row-independent*: the result for one token never depends on which
+//! other tokens share the batch. Together with a fixed reduction order inside each row
+//! this makes the whole forward batch-invariant, bit for bit.
+
+pub mod cpu;
+
+use crate::error::Result;
+use crate::model::HostTensor;
+
+/// Which tokens of a batch each token may attend to, besides the committed KV cache.
+///
+/// Row `i` lists the batch indices token `i` attends to; it always contains `i` itself and
+/// only indices `<= i` (parents precede children, as in a tree laid out in topological
+/// order). A chain (plain causal decoding) is row `i` = `0..=i`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttnMask {
+    rows: Vec<Vec<u32>>,
+}
+
+impl AttnMask {
+    /// Causal mask over `n` tokens (a chain).
+    pub fn causal(n: usize) -> AttnMask {
+        AttnMask {
+            rows: (0..n).map(|i| (0..=i as u32).collect()).collect(),
+        }
+    }
+
+    /// Tree mask from parent indices: `parents[i]` is the batch index of token `i`'s
+    /// parent, or `None` for a root. Each token attends to itself and its ancestors.
+    pub fn from_parents(parents: &[Option<usize>]) -> Result<AttnMask> {
+        let mut rows: Vec<Vec<u32>> = Vec::with_capacity(parents.len());
+        for (i, p) in parents.iter().enumerate() {
+            let mut row = match p {
+                None => Vec::new(),
+                Some(p) if *p < i => rows[*p].clone(),
+                Some(p) => {
+                    return Err(crate::Error::invalid_argument(format!(
+                        "tree node {i} has parent {p}; parents must come before their children"
+                    )))
+                }
+            };
+            row.push(i as u32);
+            rows.push(row);
+        }
+        Ok(AttnMask { rows })
+    }
+
+    /// Number of tokens.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Whether the mask covers no tokens.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// The batch indices token `i` attends to, ascending.
+    pub fn row(&self, i: usize) -> &[u32] {
+        &self.rows[i]
+    }
+}
+
+/// Attention hyper-parameters a backend needs.
+#[derive(Debug, Clone, Copy)]
+pub struct AttnShape {
+    /// Query heads.
+    pub n_heads: usize,
+    /// Key/value heads.
+    pub n_kv_heads: usize,
+    /// Width of one head.
+    pub head_dim: usize,
+}
+
+/// A compute device: where weights and activations live and how leaf operations run.
+///
+/// Activations are row-major `[rows, cols]` f32 matrices, one row per token.
+pub trait Backend: Send + Sync {
+    /// A weight (matrix or vector) resident on this backend.
+    type Weight: Send + Sync;
+    /// An activation matrix on this backend.
+    type Act: Send;
+    /// Key/value storage of one sequence (all layers).
+    type Kv: Send;
+
+    /// Short name for messages ("cpu", "cuda:0").
+    fn name(&self) -> String;
+    /// Makes a host tensor usable by kernels (a copy to the device, or a view on the CPU).
+    fn upload(&self, t: &HostTensor) -> Result<Self::Weight>;
+    /// A zeroed activation matrix.
+    fn act(&self, rows: usize, cols: usize) -> Self::Act;
+    /// Copies an activation matrix to host memory.
+    fn to_host(&self, x: &Self::Act) -> Vec<f32>;
+
+    /// `out[i] = table[ids[i]]`. Ids are validated by the caller.
+    fn embed(&self, table: &Self::Weight, ids: &[u32], out: &mut Self::Act);
+    /// `out = rmsnorm(x) * w`, row by row.
+    fn rms_norm(&self, x: &Self::Act, w: &Self::Weight, eps: f32, out: &mut Self::Act);
+    /// `out = x @ w^T (+ bias)`; `w` is `[out_features, in_features]`.
+    fn linear(
+        &self,
+        x: &Self::Act,
+        w: &Self::Weight,
+        bias: Option<&Self::Weight>,
+        out: &mut Self::Act,
+    );
+    /// Rotary embedding in place over heads of width `inv_freq.len() * 2`, each row at its
+    /// own position (rotate-half layout, as Hugging Face Llama/Qwen2).
+    fn rope(&self, x: &mut Self::Act, positions: &[usize], inv_freq: &[f32]);
+    /// `gate = silu(gate) * up`.
+    fn silu_mul(&self, gate: &mut Self::Act, up: &Self::Act);
+    /// `x += y`.
+    fn add(&self, x: &mut Self::Act, y: &Self::Act);
+    /// `out[i] = x[rows[i]]`.
+    fn gather_rows(&self, x: &Self::Act, rows: &[usize], out: &mut Self::Act);
+
+    /// Key/value storage for `layers` layers of width `kv_dim` (grows on demand up to
+    /// `capacity` slots).
+    fn kv_new(&self, layers: usize, kv_dim: usize, capacity: usize) -> Self::Kv;
+    /// Writes `k`, `v` (one row per token) of `layer` into slots `first..first + rows`.
+    fn kv_write(&self, kv: &mut Self::Kv, layer: usize, first: usize, k: &Self::Act, v: &Self::Act);
+    /// Moves the slots `src[i]` to `dst_first + i` in every layer (`src` ascending,
+    /// `src[i] >= dst_first + i`).
+    fn kv_compact(&self, kv: &mut Self::Kv, src: &[usize], dst_first: usize);
+    /// Attention of batch token `i` (query row `i` of `q`) over cache slots
+    /// `0..committed` and the batch slots `committed + j` for `j` in `mask.row(i)`.
+    fn attention(
+        &self,
+        q: &Self::Act,
+        kv: &Self::Kv,
+        layer: usize,
+        committed: usize,
+        mask: &AttnMask,
+        shape: AttnShape,
+        out: &mut Self::Act,
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tree_mask_from_parents() {
+        // 0 is the root; 1 and 2 its children; 3 a child of 2.
+        let m = AttnMask::from_parents(&[None, Some(0), Some(0), Some(2)]).unwrap();
+        assert_eq!(m.row(0), &[0]);
+        assert_eq!(m.row(1), &[0, 1]);
+        assert_eq!(m.row(2), &[0, 2]);
+        assert_eq!(m.row(3), &[0, 2, 3]);
+        assert_eq!(AttnMask::causal(3).row(2), &[0, 1, 2]);
+        assert!(AttnMask::from_parents(&[Some(1), None]).is_err());
+    }
+}

@@ -1,0 +1,22 @@
+//! subspec: lossless speculative decoding for LLMs whose weights do not fit on the device.
+//!
+//! The crate is organised by responsibility, data flowing one way:
+//! - [`model`]: config, weights (memory-mapped safetensors), KV cache, the forward pass;
+//! - [`backend`]: the narrow device interface and the CPU reference backend;
+//! - [`sample`]: greedy and seeded sampling with a counter-based RNG;
+//! - [`tokenizer`]: tokenizer.json through the `tokenizers` crate;
+//! - [`engine`]: engines and sequences, the API the C ABI wraps.
+
+pub mod backend;
+pub mod engine;
+pub mod error;
+pub mod model;
+pub mod sample;
+pub mod tokenizer;
+
+pub use engine::{Engine, EngineOptions, Sequence};
+pub use error::{Error, ErrorKind, Result};
+pub use sample::SamplingParams;
+
+/// The library version (from Cargo.toml).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,298 @@
+//! The transformer: configuration, weights, KV cache and the one forward pass.
+//!
+//! [`Model::forward`] takes new tokens with explicit positions and an [`AttnMask`] saying
+//! which of the other new tokens each may see, on top of everything committed in the
+//! [`KvCache`]. Plain decoding is a chain; tree verification is the same call with a tree
+//! mask. It is written once against [`Backend`].
+
+pub mod config;
+pub mod weights;
+
+use std::path::Path;
+
+pub use config::{Arch, ModelConfig};
+pub use weights::{DType, HostTensor, Weights};
+
+use crate::backend::{AttnMask, AttnShape, Backend};
+use crate::error::{Error, ErrorKind, Result};
+
+/// The weights of one decoder layer.
+pub struct Layer<B: Backend> {
+    /// RMSNorm before attention, `(hidden)`.
+    pub input_norm: B::Weight,
+    /// `(n_heads * head_dim, hidden)`.
+    pub q: B::Weight,
+    /// `(n_kv_heads * head_dim, hidden)`.
+    pub k: B::Weight,
+    /// `(n_kv_heads * head_dim, hidden)`.
+    pub v: B::Weight,
+    /// Biases of q, k, v (Qwen2 only).
+    pub qkv_bias: Option<[B::Weight; 3]>,
+    /// `(hidden, n_heads * head_dim)`.
+    pub o: B::Weight,
+    /// RMSNorm before the MLP, `(hidden)`.
+    pub post_norm: B::Weight,
+    /// `(intermediate, hidden)`.
+    pub gate: B::Weight,
+    /// `(intermediate, hidden)`.
+    pub up: B::Weight,
+    /// `(hidden, intermediate)`.
+    pub down: B::Weight,
+}
+
+/// A loaded model on backend `B`.
+pub struct Model<B: Backend> {
+    /// Shape and hyper-parameters.
+    pub config: ModelConfig,
+    /// The backend the weights live on.
+    pub backend: B,
+    /// `(vocab, hidden)`.
+    pub embed: B::Weight,
+    /// Decoder layers.
+    pub layers: Vec<Layer<B>>,
+    /// Final RMSNorm, `(hidden)`.
+    pub norm: B::Weight,
+    /// `(vocab, hidden)`; `None` when tied to `embed`.
+    pub lm_head: Option<B::Weight>,
+    /// RoPE inverse frequencies, `(head_dim / 2)`.
+    pub inv_freq: Vec<f32>,
+    /// Bytes of all weights in the checkpoint.
+    pub weight_bytes: usize,
+    /// Bytes of the embedding matrix.
+    pub embed_bytes: usize,
+}
+
+/// Key/value cache of one sequence: `len()` committed slots, then scratch slots written by
+/// the latest forward that are not committed yet.
+pub struct KvCache<B: Backend> {
+    store: B::Kv,
+    committed: usize,
+    capacity: usize,
+}
+
+impl<B: Backend> KvCache<B> {
+    /// Number of committed positions.
+    pub fn len(&self) -> usize {
+        self.committed
+    }
+
+    /// Whether nothing is committed.
+    pub fn is_empty(&self) -> bool {
+        self.committed == 0
+    }
+
+    /// Most positions the cache can hold.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Commits the first `n` scratch slots written by the latest forward.
+    pub fn commit(&mut self, n: usize) {
+        assert!(self.committed + n <= self.capacity);
+        self.committed += n;
+    }
+
+    /// Keeps only the scratch slots `keep` (batch indices of the latest forward, ascending)
+    /// and commits them, compacted, right after the committed positions.
+    pub fn commit_subset(&mut self, backend: &B, keep: &[usize]) {
+        debug_assert!(keep.windows(2).all(|w| w[0] < w[1]));
+        let src: Vec<usize> = keep.iter().map(|&j| self.committed + j).collect();
+        backend.kv_compact(&mut self.store, &src, self.committed);
+        self.commit(keep.len());
+    }
+
+    /// Forgets every position from `len` on (scratch slots are always discarded).
+    pub fn truncate(&mut self, len: usize) {
+        self.committed = self.committed.min(len);
+    }
+}
+
+fn rope_inv_freq(head_dim: usize, theta: f32) -> Vec<f32> {
+    (0..head_dim / 2)
+        .map(|i| 1.0 / theta.powf((2 * i) as f32 / head_dim as f32))
+        .collect()
+}
+
+impl<B: Backend> Model<B> {
+    /// Loads a Hugging Face model directory onto `backend`.
+    pub fn load(dir: &Path, backend: B) -> Result<Model<B>> {
+        let config = ModelConfig::from_dir(dir)?;
+        let weights = Weights::open(dir)?;
+        let c = &config;
+        let (h, q, kv, ff) = (c.hidden, c.q_dim(), c.kv_dim(), c.intermediate);
+        let up = |name: &str, shape: &[usize]| -> Result<B::Weight> {
+            backend.upload(&weights.get(name, shape)?)
+        };
+        let mut layers = Vec::with_capacity(c.n_layers);
+        for i in 0..c.n_layers {
+            let p = format!("model.layers.{i}");
+            let qkv_bias = if c.qkv_bias {
+                Some([
+                    up(&format!("{p}.self_attn.q_proj.bias"), &[q])?,
+                    up(&format!("{p}.self_attn.k_proj.bias"), &[kv])?,
+                    up(&format!("{p}.self_attn.v_proj.bias"), &[kv])?,
+                ])
+            } else {
+                None
+            };
+            layers.push(Layer {
+                input_norm: up(&format!("{p}.input_layernorm.weight"), &[h])?,
+                q: up(&format!("{p}.self_attn.q_proj.weight"), &[q, h])?,
+                k: up(&format!("{p}.self_attn.k_proj.weight"), &[kv, h])?,
+                v: up(&format!("{p}.self_attn.v_proj.weight"), &[kv, h])?,
+                qkv_bias,
+                o: up(&format!("{p}.self_attn.o_proj.weight"), &[h, q])?,
+                post_norm: up(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
+                gate: up(&format!("{p}.mlp.gate_proj.weight"), &[ff, h])?,
+                up: up(&format!("{p}.mlp.up_proj.weight"), &[ff, h])?,
+                down: up(&format!("{p}.mlp.down_proj.weight"), &[h, ff])?,
+            });
+        }
+        let lm_head = if c.tie_embeddings {
+            None
+        } else if weights.contains("lm_head.weight") {
+            Some(up("lm_head.weight", &[c.vocab, h])?)
+        } else {
+            return Err(Error::invalid_model(format!(
+                "{}: missing tensor `lm_head.weight` (config says tie_word_embeddings is false)",
+                dir.display()
+            )));
+        };
+        let embed = weights.get("model.embed_tokens.weight", &[c.vocab, h])?;
+        Ok(Model {
+            embed_bytes: embed.bytes().len(),
+            embed: backend.upload(&embed)?,
+            norm: up("model.norm.weight", &[h])?,
+            lm_head,
+            layers,
+            inv_freq: rope_inv_freq(c.head_dim, c.rope_theta),
+            weight_bytes: weights.total_bytes(),
+            config,
+            backend,
+        })
+    }
+
+    /// Weight bytes one decode step reads: everything but the embedding matrix (only one
+    /// row of it is read), unless lm_head is tied to it.
+    pub fn bytes_read_per_token(&self) -> usize {
+        if self.lm_head.is_some() {
+            self.weight_bytes - self.embed_bytes
+        } else {
+            self.weight_bytes
+        }
+    }
+
+    /// An empty KV cache for up to `capacity` positions (committed plus scratch).
+    pub fn new_cache(&self, capacity: usize) -> KvCache<B> {
+        let c = &self.config;
+        KvCache {
+            store: self.backend.kv_new(c.n_layers, c.kv_dim(), capacity),
+            committed: 0,
+            capacity,
+        }
+    }
+
+    /// Checks that every id is inside the vocabulary.
+    pub fn check_tokens(&self, tokens: &[u32]) -> Result<()> {
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.config.vocab) {
+            return Err(Error::new(
+                ErrorKind::InvalidToken,
+                format!(
+                    "token id {bad} is out of range: the vocabulary has {} tokens (ids 0..={})",
+                    self.config.vocab,
+                    self.config.vocab - 1
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Runs `tokens` (at `positions`, attending as `mask` says) through the model on top of
+    /// the committed cache, writing their K/V into the cache's scratch slots
+    /// `len()..len() + tokens.len()` (not committed), and returns the logits of the batch
+    /// rows in `logit_rows`, `(logit_rows.len(), vocab)` row-major.
+    pub fn forward(
+        &self,
+        cache: &mut KvCache<B>,
+        tokens: &[u32],
+        positions: &[usize],
+        mask: &AttnMask,
+        logit_rows: &[usize],
+    ) -> Result<Vec<f32>> {
+        let c = &self.config;
+        let n = tokens.len();
+        if positions.len() != n || mask.len() != n || logit_rows.iter().any(|&r| r >= n) {
+            return Err(Error::internal(
+                "forward: tokens, positions, mask and logit rows disagree",
+            ));
+        }
+        self.check_tokens(tokens)?;
+        if cache.committed + n > cache.capacity {
+            return Err(Error::new(
+                ErrorKind::ContextFull,
+                format!(
+                    "{} committed + {n} new tokens exceed the KV cache capacity of {}",
+                    cache.committed, cache.capacity
+                ),
+            ));
+        }
+        let be = &self.backend;
+        let shape = AttnShape {
+            n_heads: c.n_heads,
+            n_kv_heads: c.n_kv_heads,
+            head_dim: c.head_dim,
+        };
+        // Residual stream.
+        let mut x = be.act(n, c.hidden);
+        be.embed(&self.embed, tokens, &mut x);
+        let mut h = be.act(n, c.hidden);
+        let mut q = be.act(n, c.q_dim());
+        let mut k = be.act(n, c.kv_dim());
+        let mut v = be.act(n, c.kv_dim());
+        let mut attn = be.act(n, c.q_dim());
+        let mut gate = be.act(n, c.intermediate);
+        let mut up = be.act(n, c.intermediate);
+        for (li, l) in self.layers.iter().enumerate() {
+            // Attention block: norm, q/k/v projections, rotary, cache write, attention, o.
+            be.rms_norm(&x, &l.input_norm, c.rms_eps, &mut h);
+            let bias = l.qkv_bias.as_ref();
+            be.linear(&h, &l.q, bias.map(|b| &b[0]), &mut q);
+            be.linear(&h, &l.k, bias.map(|b| &b[1]), &mut k);
+            be.linear(&h, &l.v, bias.map(|b| &b[2]), &mut v);
+            be.rope(&mut q, positions, &self.inv_freq);
+            be.rope(&mut k, positions, &self.inv_freq);
+            be.kv_write(&mut cache.store, li, cache.committed, &k, &v);
+            be.attention(
+                &q,
+                &cache.store,
+                li,
+                cache.committed,
+                mask,
+                shape,
+                &mut attn,
+            );
+            be.linear(&attn, &l.o, None, &mut h);
+            be.add(&mut x, &h);
+            // MLP block: norm, gate/up, silu(gate) * up, down.
+            be.rms_norm(&x, &l.post_norm, c.rms_eps, &mut h);
+            be.linear(&h, &l.gate, None, &mut gate);
+            be.linear(&h, &l.up, None, &mut up);
+            be.silu_mul(&mut gate, &up);
+            be.linear(&gate, &l.down, None, &mut h);
+            be.add(&mut x, &h);
+        }
+        // Final norm and lm_head, only for the rows whose logits are wanted.
+        let mut sel = be.act(logit_rows.len(), c.hidden);
+        be.gather_rows(&x, logit_rows, &mut sel);
+        let mut normed = be.act(logit_rows.len(), c.hidden);
+        be.rms_norm(&sel, &self.norm, c.rms_eps, &mut normed);
+        let mut logits = be.act(logit_rows.len(), c.vocab);
+        be.linear(
+            &normed,
+            self.lm_head.as_ref().unwrap_or(&self.embed),
+            None,
+            &mut logits,
+        );
+        Ok(be.to_host(&logits))
+    }
+}

@@ -1,0 +1,277 @@
+//! Safetensors weights, memory-mapped: one `model.safetensors` or shards listed in
+//! `model.safetensors.index.json`.
+//!
+//! Tensors are zero-copy views into the maps ([`HostTensor`]); nothing is read from disk
+//! until a kernel touches it. Every lookup checks the dtype and the shape, and a failure
+//! names the file, the tensor and what was expected.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use memmap2::Mmap;
+
+use crate::error::{Error, Result};
+
+/// Element type of a stored tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DType {
+    /// IEEE single precision.
+    F32,
+    /// IEEE half precision.
+    F16,
+    /// bfloat16.
+    BF16,
+}
+
+impl DType {
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            DType::F32 => 4,
+            DType::F16 | DType::BF16 => 2,
+        }
+    }
+}
+
+/// A read-only tensor in host memory (a view into a memory-mapped file).
+#[derive(Clone)]
+pub struct HostTensor {
+    /// The tensor's name in the checkpoint.
+    pub name: String,
+    /// Element type.
+    pub dtype: DType,
+    /// Shape, outermost first (`[out_features, in_features]` for a linear weight).
+    pub shape: Vec<usize>,
+    map: Arc<Mmap>,
+    start: usize,
+    len: usize,
+}
+
+impl std::fmt::Debug for HostTensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "HostTensor({}, {:?}, {:?})",
+            self.name, self.dtype, self.shape
+        )
+    }
+}
+
+impl HostTensor {
+    /// The raw little-endian bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.map[self.start..self.start + self.len]
+    }
+
+    /// Number of elements.
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Element `i` converted to f32.
+    pub fn get_f32(&self, i: usize) -> f32 {
+        let b = self.bytes();
+        match self.dtype {
+            DType::F32 => f32::from_le_bytes(b[4 * i..4 * i + 4].try_into().unwrap()),
+            DType::F16 => {
+                half::f16::from_bits(u16::from_le_bytes([b[2 * i], b[2 * i + 1]])).to_f32()
+            }
+            DType::BF16 => {
+                half::bf16::from_bits(u16::from_le_bytes([b[2 * i], b[2 * i + 1]])).to_f32()
+            }
+        }
+    }
+
+    /// All elements converted to f32.
+    pub fn to_f32_vec(&self) -> Vec<f32> {
+        (0..self.numel()).map(|i| self.get_f32(i)).collect()
+    }
+}
+
+/// All tensors of a checkpoint, by name.
+pub struct Weights {
+    tensors: HashMap<String, (HostTensor, PathBuf)>,
+}
+
+impl Weights {
+    /// Opens the safetensors file(s) of a model directory.
+    pub fn open(dir: &Path) -> Result<Weights> {
+        let single = dir.join("model.safetensors");
+        let index = dir.join("model.safetensors.index.json");
+        let files: Vec<PathBuf> = if single.is_file() {
+            vec![single]
+        } else if index.is_file() {
+            let obj = super::config::read_json_object(&index)?;
+            let map = obj
+                .get("weight_map")
+                .and_then(|v| v.as_object())
+                .ok_or_else(|| {
+                    Error::invalid_model(format!(
+                        "{}: missing object `weight_map`",
+                        index.display()
+                    ))
+                })?;
+            let mut names: Vec<String> = Vec::new();
+            for (tensor, file) in map {
+                let file = file.as_str().ok_or_else(|| {
+                    Error::invalid_model(format!(
+                        "{}: `weight_map`.`{tensor}` is not a file name",
+                        index.display()
+                    ))
+                })?;
+                if file.contains('/') || file.contains("..") {
+                    return Err(Error::invalid_model(format!(
+                        "{}: shard name `{file}` must be a plain file name",
+                        index.display()
+                    )));
+                }
+                if !names.iter().any(|n| n == file) {
+                    names.push(file.to_string());
+                }
+            }
+            names.sort();
+            names.into_iter().map(|n| dir.join(n)).collect()
+        } else {
+            return Err(Error::new(
+                crate::ErrorKind::Io,
+                format!(
+                    "{}: no model.safetensors or model.safetensors.index.json",
+                    dir.display()
+                ),
+            ));
+        };
+        let mut tensors: HashMap<String, (HostTensor, PathBuf)> = HashMap::new();
+        for path in files {
+            for t in open_file(&path)? {
+                if let Some((_, other)) = tensors.get(&t.name) {
+                    return Err(Error::invalid_model(format!(
+                        "tensor `{}` appears in both {} and {}",
+                        t.name,
+                        other.display(),
+                        path.display()
+                    )));
+                }
+                tensors.insert(t.name.clone(), (t, path.clone()));
+            }
+        }
+        Ok(Weights { tensors })
+    }
+
+    /// Whether a tensor exists.
+    pub fn contains(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+
+    /// The tensor `name`, checked to have exactly `shape`.
+    pub fn get(&self, name: &str, shape: &[usize]) -> Result<HostTensor> {
+        let (t, path) = self.tensors.get(name).ok_or_else(|| {
+            Error::invalid_model(format!(
+                "missing tensor `{name}` (expected shape {shape:?})"
+            ))
+        })?;
+        if t.shape != shape {
+            return Err(Error::invalid_model(format!(
+                "{}: tensor `{name}` has shape {:?}, expected {shape:?}",
+                path.display(),
+                t.shape
+            )));
+        }
+        Ok(t.clone())
+    }
+
+    /// Total bytes of all tensors.
+    pub fn total_bytes(&self) -> usize {
+        self.tensors.values().map(|(t, _)| t.len).sum()
+    }
+}
+
+fn open_file(path: &Path) -> Result<Vec<HostTensor>> {
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    // SAFETY: the map is read-only and private. Another process truncating or rewriting
+    // the file while it is mapped would be undefined behaviour; a model directory is
+    // treated as immutable while loaded, as every mmap-based loader does (llama.cpp,
+    // candle), and the sizes below are checked against the map so no view can point past
+    // its end at load time.
+    let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+    let map = Arc::new(map);
+    let bad = |msg: String| Error::invalid_model(format!("{}: {msg}", path.display()));
+    if map.len() < 8 {
+        return Err(bad(format!(
+            "not a safetensors file ({} bytes, too short for a header)",
+            map.len()
+        )));
+    }
+    let (header_len, meta) = safetensors::SafeTensors::read_metadata(&map[..])
+        .map_err(|e| bad(format!("corrupt safetensors header: {e}")))?;
+    let data_start = 8 + header_len;
+    let mut out = Vec::new();
+    for (name, info) in meta.tensors() {
+        let dtype = match info.dtype {
+            safetensors::Dtype::F32 => DType::F32,
+            safetensors::Dtype::F16 => DType::F16,
+            safetensors::Dtype::BF16 => DType::BF16,
+            other => {
+                return Err(Error::unsupported(format!(
+                    "{}: tensor `{name}` has dtype {other:?}; supported: F32, F16, BF16",
+                    path.display()
+                )))
+            }
+        };
+        let (begin, end) = info.data_offsets;
+        let numel: usize = info.shape.iter().product();
+        if end < begin || end - begin != numel * dtype.size() {
+            return Err(bad(format!(
+                "tensor `{name}`: data offsets {begin}..{end} do not match shape {:?}",
+                info.shape
+            )));
+        }
+        if data_start + end > map.len() {
+            return Err(bad(format!(
+                "tensor `{name}` ends at byte {} but the file has {} bytes (truncated?)",
+                data_start + end,
+                map.len()
+            )));
+        }
+        out.push(HostTensor {
+            name: name.clone(),
+            dtype,
+            shape: info.shape.clone(),
+            map: map.clone(),
+            start: data_start + begin,
+            len: end - begin,
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+pub(crate) mod testutil {
+    //! Writes small safetensors files for tests.
+    use std::path::Path;
+
+    /// Writes `tensors` (name -> (shape, f32 data)) as f16 safetensors at `path`.
+    pub fn write_f16(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]) {
+        let mut header = serde_json::Map::new();
+        let mut data = Vec::new();
+        for (name, shape, vals) in tensors {
+            let begin = data.len();
+            for v in vals {
+                data.extend_from_slice(&half::f16::from_f32(*v).to_bits().to_le_bytes());
+            }
+            header.insert(
+                name.clone(),
+                serde_json::json!({"dtype": "F16", "shape": shape, "data_offsets": [begin, data.len()]}),
+            );
+        }
+        let mut h = serde_json::to_vec(&serde_json::Value::Object(header)).unwrap();
+        while h.len() % 8 != 0 {
+            h.push(b' ');
+        }
+        let mut bytes = (h.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(&h);
+        bytes.extend_from_slice(&data);
+        std::fs::write(path, bytes).unwrap();
+    }
+}

@@ -1,0 +1,195 @@
+//! Helpers shared by the integration tests: the fetched test models, and tiny random
+//! models written on the fly.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use subspec::{Engine, EngineOptions};
+
+/// The small Llama-architecture test model (tied embeddings).
+pub const SMOLLM2: &str = "smollm2-135m-instruct";
+/// The Qwen2-architecture test model (q/k/v bias, untied lm_head).
+pub const QWEN2: &str = "qwen2.5-coder-0.5b-instruct";
+
+/// Repository root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `models/<name>`, which `scripts/fetch-models.sh` creates; fails with instructions if
+/// it is missing (the README's test command fetches the models first).
+pub fn model_dir(name: &str) -> PathBuf {
+    let dir = root().join("models").join(name);
+    assert!(
+        dir.join("model.safetensors").is_file(),
+        "{} is missing: run `bash scripts/fetch-models.sh` first (the README's test command does)",
+        dir.display()
+    );
+    dir
+}
+
+/// One engine per test model, shared by all tests of a test binary.
+pub fn engine(name: &str) -> Arc<Engine> {
+    static ENGINES: OnceLock<Mutex<HashMap<String, Arc<Engine>>>> = OnceLock::new();
+    let map = ENGINES.get_or_init(|| Mutex::new(HashMap::new()));
+    let mut map = map.lock().unwrap();
+    map.entry(name.to_string())
+        .or_insert_with(|| {
+            let mut o = EngineOptions::new(model_dir(name));
+            o.max_context = 2048;
+            Arc::new(Engine::load(&o).unwrap_or_else(|e| panic!("loading {name}: {e}")))
+        })
+        .clone()
+}
+
+/// A deterministic pseudo-random number in [-1, 1) from an index.
+pub fn rnd(i: u64) -> f32 {
+    let mut x = i
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        .wrapping_add(0x2545_F491_4F6C_DD1D);
+    x ^= x >> 31;
+    x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x ^= x >> 29;
+    ((x >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+}
+
+/// Writes `tensors` (name, shape, values) as an f16 safetensors file.
+pub fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]) {
+    let data: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(n, s, v)| {
+            let bytes = v
+                .iter()
+                .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
+                .collect();
+            (n.clone(), s.clone(), bytes)
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = data
+        .iter()
+        .map(|(n, s, b)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F16, s.clone(), b)
+                    .unwrap(),
+            )
+        })
+        .collect();
+    safetensors::tensor::serialize_to_file(views, None, path).unwrap();
+}
+
+/// Writes a tiny random-weight model (`qwen2`: Qwen2 layout with biases and untied
+/// lm_head; otherwise Llama with tied embeddings) into `dir`; no tokenizer.
+pub fn write_tiny_model(dir: &Path, qwen2: bool) {
+    std::fs::create_dir_all(dir).unwrap();
+    let (h, ff, layers, heads, kv_heads, hd, vocab) =
+        (64usize, 96usize, 2usize, 4usize, 2usize, 16usize, 128usize);
+    let arch = if qwen2 {
+        "Qwen2ForCausalLM"
+    } else {
+        "LlamaForCausalLM"
+    };
+    let config = serde_json::json!({
+        "architectures": [arch], "hidden_size": h, "intermediate_size": ff, "num_hidden_layers": layers,
+        "num_attention_heads": heads, "num_key_value_heads": kv_heads, "head_dim": hd, "vocab_size": vocab,
+        "max_position_embeddings": 256, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
+        "tie_word_embeddings": !qwen2, "eos_token_id": 1, "bos_token_id": 0, "hidden_act": "silu"
+    });
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_string_pretty(&config).unwrap(),
+    )
+    .unwrap();
+    let mut seed = 0u64;
+    let mut t = |name: String, shape: Vec<usize>, scale: f32, offset: f32| {
+        let n: usize = shape.iter().product();
+        let v = (0..n)
+            .map(|_| {
+                seed += 1;
+                offset + scale * rnd(seed)
+            })
+            .collect();
+        (name, shape, v)
+    };
+    let mut ts = vec![
+        t("model.embed_tokens.weight".into(), vec![vocab, h], 1.0, 0.0),
+        t("model.norm.weight".into(), vec![h], 0.1, 1.0),
+    ];
+    if qwen2 {
+        ts.push(t("lm_head.weight".into(), vec![vocab, h], 0.2, 0.0));
+    }
+    for l in 0..layers {
+        let p = format!("model.layers.{l}");
+        let s = 1.0 / (h as f32).sqrt();
+        ts.push(t(format!("{p}.input_layernorm.weight"), vec![h], 0.1, 1.0));
+        ts.push(t(
+            format!("{p}.post_attention_layernorm.weight"),
+            vec![h],
+            0.1,
+            1.0,
+        ));
+        ts.push(t(
+            format!("{p}.self_attn.q_proj.weight"),
+            vec![heads * hd, h],
+            2.0 * s,
+            0.0,
+        ));
+        ts.push(t(
+            format!("{p}.self_attn.k_proj.weight"),
+            vec![kv_heads * hd, h],
+            2.0 * s,
+            0.0,
+        ));
+        ts.push(t(
+            format!("{p}.self_attn.v_proj.weight"),
+            vec![kv_heads * hd, h],
+            s,
+            0.0,
+        ));
+        ts.push(t(
+            format!("{p}.self_attn.o_proj.weight"),
+            vec![h, heads * hd],
+            s,
+            0.0,
+        ));
+        ts.push(t(format!("{p}.mlp.gate_proj.weight"), vec![ff, h], s, 0.0));
+        ts.push(t(format!("{p}.mlp.up_proj.weight"), vec![ff, h], s, 0.0));
+        ts.push(t(
+            format!("{p}.mlp.down_proj.weight"),
+            vec![h, ff],
+            1.0 / (ff as f32).sqrt(),
+            0.0,
+        ));
+        if qwen2 {
+            ts.push(t(
+                format!("{p}.self_attn.q_proj.bias"),
+                vec![heads * hd],
+                0.1,
+                0.0,
+            ));
+            ts.push(t(
+                format!("{p}.self_attn.k_proj.bias"),
+                vec![kv_heads * hd],
+                0.1,
+                0.0,
+            ));
+            ts.push(t(
+                format!("{p}.self_attn.v_proj.bias"),
+                vec![kv_heads * hd],
+                0.1,
+                0.0,
+            ));
+        }
+    }
+    write_safetensors(&dir.join("model.safetensors"), &ts);
+}
+
+/// A fresh temporary directory for one test.
+pub fn temp_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("subspec-test-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}

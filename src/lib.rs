@@ -11,6 +11,7 @@ pub mod backend;
 pub mod engine;
 pub mod error;
 pub mod model;
+pub mod quant;
 pub mod sample;
 pub mod tokenizer;
 

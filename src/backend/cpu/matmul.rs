@@ -57,6 +57,10 @@ fn isa() -> Isa {
 }
 
 /// `out[t * n + o] = dot(w[o], x[t]) (+ bias[o])` for `x` of `t_count` rows of `k`.
+///
+/// With several tokens, each task first widens its chunk of f16/bf16 rows to f32 (exact)
+/// once, so the conversion is not repeated for every token tile; the products are the same
+/// FMAs on the same f32 values either way, so this does not change a single bit.
 pub fn linear(x: &[f32], t_count: usize, w: &HostTensor, bias: Option<&[f32]>, out: &mut [f32]) {
     let (n, k) = (w.shape[0], w.shape[1]);
     assert_eq!(x.len(), t_count * k);
@@ -66,44 +70,79 @@ pub fn linear(x: &[f32], t_count: usize, w: &HostTensor, bias: Option<&[f32]>, o
     let row_bytes = k * dtype.size();
     let ptr = OutPtr(out.as_mut_ptr());
     let isa = isa();
+    let widen = t_count > 1 && dtype != DType::F32;
     let chunks = n.div_ceil(ROW_CHUNK);
     (0..chunks).into_par_iter().for_each(|c| {
-        let ptr = ptr;
-        let r0 = c * ROW_CHUNK;
-        let r1 = (r0 + ROW_CHUNK).min(n);
-        let rows = &wb[r0 * row_bytes..r1 * row_bytes];
-        let mut t = 0;
-        while t < t_count {
-            let tt = (t_count - t).min(MAX_TT);
-            let xs = &x[t * k..(t + tt) * k];
-            let mut r = 0;
-            while r < r1 - r0 {
-                let rr = tile_rows(tt, r1 - r0 - r);
-                let mut res = [0f32; 8 * MAX_TT];
-                dot_tile(
-                    isa,
-                    dtype,
-                    &rows[r * row_bytes..(r + rr) * row_bytes],
-                    rr,
-                    xs,
-                    tt,
-                    k,
-                    &mut res,
-                );
-                for i in 0..rr {
-                    let o = r0 + r + i;
-                    let b = bias.map_or(0.0, |b| b[o]);
-                    for j in 0..tt {
-                        // SAFETY: (t + j, o) is inside `out` (t + j < t_count, o < n), and
-                        // only the task owning row chunk `c` writes column `o`.
-                        unsafe { *ptr.0.add((t + j) * n + o) = res[i * tt + j] + b };
+        SCRATCH.with_borrow_mut(|scratch| {
+            let ptr = ptr;
+            let r0 = c * ROW_CHUNK;
+            let r1 = (r0 + ROW_CHUNK).min(n);
+            let (rows, dtype, row_bytes) = if widen {
+                widen_rows(isa, dtype, &wb[r0 * row_bytes..r1 * row_bytes], scratch);
+                // SAFETY: any f32 slice may be viewed as its bytes (u8 has no alignment or
+                // validity requirements); the view lives no longer than `scratch`'s borrow.
+                let bytes = unsafe {
+                    std::slice::from_raw_parts(scratch.as_ptr() as *const u8, scratch.len() * 4)
+                };
+                (bytes, DType::F32, k * 4)
+            } else {
+                (&wb[r0 * row_bytes..r1 * row_bytes], dtype, row_bytes)
+            };
+            let mut t = 0;
+            while t < t_count {
+                let tt = (t_count - t).min(MAX_TT);
+                let xs = &x[t * k..(t + tt) * k];
+                let mut r = 0;
+                while r < r1 - r0 {
+                    let rr = tile_rows(tt, r1 - r0 - r);
+                    let mut res = [0f32; 8 * MAX_TT];
+                    dot_tile(
+                        isa,
+                        dtype,
+                        &rows[r * row_bytes..(r + rr) * row_bytes],
+                        rr,
+                        xs,
+                        tt,
+                        k,
+                        &mut res,
+                    );
+                    for i in 0..rr {
+                        let o = r0 + r + i;
+                        let b = bias.map_or(0.0, |b| b[o]);
+                        for j in 0..tt {
+                            // SAFETY: (t + j, o) is inside `out` (t + j < t_count, o < n), and
+                            // only the task owning row chunk `c` writes column `o`.
+                            unsafe { *ptr.0.add((t + j) * n + o) = res[i * tt + j] + b };
+                        }
                     }
+                    r += rr;
                 }
-                r += rr;
+                t += tt;
             }
-            t += tt;
-        }
+        })
     });
+}
+
+thread_local! {
+    /// Per-thread buffer for widened weight rows (kept, so it is not re-faulted per task).
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Widens f16/bf16 `src` (little-endian bytes) to f32 in `dst` (exact).
+fn widen_rows(isa: Isa, dtype: DType, src: &[u8], dst: &mut Vec<f32>) {
+    let n = src.len() / 2;
+    dst.resize(n, 0.0);
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if isa != Isa::Portable {
+        done = n - n % 8;
+        // SAFETY: AVX2/F16C are present (isa); 8-element blocks stay inside both slices.
+        unsafe { avx2::widen(dtype, src, &mut dst[..done]) };
+    }
+    let _ = isa;
+    for (i, d) in dst.iter_mut().enumerate().skip(done) {
+        *d = weight(dtype, src, i);
+    }
 }
 
 /// How many weight rows one tile takes for `tt` tokens (`remaining` rows left).
@@ -288,6 +327,14 @@ mod avx2 {
                 let h = _mm_loadu_si128(row.add(2 * i) as *const __m128i);
                 _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))
             }
+        }
+    }
+
+    /// Widens `dst.len()` (a multiple of 8) f16/bf16 values from `src` to f32.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn widen(dtype: DType, src: &[u8], dst: &mut [f32]) {
+        for i in (0..dst.len()).step_by(8) {
+            _mm256_storeu_ps(dst.as_mut_ptr().add(i), load8(dtype, src.as_ptr(), i));
         }
     }
 

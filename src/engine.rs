@@ -2,21 +2,80 @@
 //! conversation each, with its own KV cache). This is the API the C ABI wraps.
 //!
 //! A [`Sequence`] holds every token it has seen; the ones not yet run through the model
-//! are *pending*. [`Sequence::step`] runs the pending tokens, chooses the next token and
-//! appends it (it becomes the new pending token). A failed call leaves the sequence exactly
-//! as it was.
+//! are *pending*. [`Sequence::step`] runs the pending tokens and chooses what comes next:
+//! one token (plain decoding), or with speculation every token of one draft-and-verify
+//! iteration (the accepted draft tokens plus the target's bonus token). The last token
+//! chosen becomes the new pending token. Either way every token is exactly the one plain
+//! decoding would choose. A failed call leaves the sequence exactly as it was.
 
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use crate::backend::cpu::CpuBackend;
 use crate::backend::AttnMask;
 use crate::error::{Error, ErrorKind, Result};
-use crate::model::{KvCache, Model, ModelConfig};
+use crate::model::{KvCache, Model, ModelConfig, Pass, SubstituteStats};
+use crate::quant::QuantConfig;
 use crate::sample::{sample, SamplingParams};
+use crate::spec::{accept, SpecStats, Tree, TreeParams};
 use crate::tokenizer::Tokenizer;
+
+/// How the draft is built from the target.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DraftOptions {
+    /// Quantization of the substitutes (bits, group size, HQQ or RTN).
+    pub quant: QuantConfig,
+    /// Decoder layers treated as offloaded, i.e. replaced by substitutes in the draft
+    /// (`None`: all of them).
+    pub offloaded_layers: Option<Vec<usize>>,
+}
+
+impl Default for DraftOptions {
+    fn default() -> Self {
+        DraftOptions {
+            quant: QuantConfig::default(),
+            offloaded_layers: None,
+        }
+    }
+}
+
+/// How one step chooses tokens.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepOptions {
+    /// Greedy or sampled, with which seed.
+    pub sampling: SamplingParams,
+    /// Draft a tree and verify it (needs an engine loaded with a draft).
+    pub speculate: bool,
+    /// Shape of the draft tree.
+    pub tree: TreeParams,
+    /// Most tokens this step may return (`0`: no limit beyond the context).
+    pub max_tokens: usize,
+}
+
+impl StepOptions {
+    /// Plain decoding: one token per step.
+    pub fn plain(sampling: SamplingParams) -> Self {
+        StepOptions {
+            sampling,
+            speculate: false,
+            tree: TreeParams::default(),
+            max_tokens: 0,
+        }
+    }
+
+    /// Speculative decoding with the default tree.
+    pub fn speculative(sampling: SamplingParams) -> Self {
+        StepOptions {
+            speculate: true,
+            ..Self::plain(sampling)
+        }
+    }
+}
 
 /// Longest run of prompt tokens sent through the model in one forward.
 const PREFILL_CHUNK: usize = 256;
+/// Largest tree (root included) a step may verify.
+pub const MAX_TREE_TOKENS: usize = 1024;
 
 /// Settings for loading an engine.
 #[derive(Debug, Clone)]
@@ -29,6 +88,8 @@ pub struct EngineOptions {
     pub max_context: usize,
     /// Whether a missing tokenizer.json is an error (a host that tokenizes itself can say no).
     pub require_tokenizer: bool,
+    /// The draft to build (`None`: no draft, plain decoding only).
+    pub draft: Option<DraftOptions>,
 }
 
 impl EngineOptions {
@@ -39,6 +100,7 @@ impl EngineOptions {
             threads: 0,
             max_context: 0,
             require_tokenizer: true,
+            draft: Some(DraftOptions::default()),
         }
     }
 }
@@ -50,13 +112,14 @@ pub struct Engine {
     pool: rayon::ThreadPool,
     max_context: usize,
     dir: PathBuf,
+    draft: Option<(DraftOptions, SubstituteStats)>,
 }
 
 impl Engine {
     /// Loads the model directory named in `opts`.
     pub fn load(opts: &EngineOptions) -> Result<Engine> {
         let dir = opts.model_dir.as_path();
-        let model = Model::load(dir, CpuBackend)?;
+        let mut model = Model::load(dir, CpuBackend)?;
         let tokenizer = match Tokenizer::from_dir(dir) {
             Ok(t) => Some(t),
             Err(e) if opts.require_tokenizer => return Err(e),
@@ -76,13 +139,30 @@ impl Engine {
             .num_threads(opts.threads)
             .build()
             .map_err(|e| Error::internal(format!("thread pool: {e}")))?;
+        let draft = match &opts.draft {
+            None => None,
+            Some(d) => {
+                let layers: Vec<usize> = match &d.offloaded_layers {
+                    None => (0..model.config.n_layers).collect(),
+                    Some(l) => l.clone(),
+                };
+                let stats = pool.install(|| model.build_substitutes(&layers, &d.quant))?;
+                Some((d.clone(), stats))
+            }
+        };
         Ok(Engine {
             model,
             tokenizer,
             pool,
             max_context,
             dir: dir.to_path_buf(),
+            draft,
         })
+    }
+
+    /// The draft's settings and sizes, if the engine has one.
+    pub fn draft(&self) -> Option<&(DraftOptions, SubstituteStats)> {
+        self.draft.as_ref()
     }
 
     /// The model directory.
@@ -125,11 +205,13 @@ impl Engine {
         self.model.config.eos_ids.contains(&token)
     }
 
-    /// A new, empty sequence.
+    /// A new, empty sequence. Its KV cache holds the context plus room for the largest
+    /// tree a step may verify (tree slots are scratch, never part of the context).
     pub fn new_sequence(&self) -> Sequence {
         Sequence {
-            cache: self.model.new_cache(self.max_context),
+            cache: self.model.new_cache(self.max_context + MAX_TREE_TOKENS),
             tokens: Vec::new(),
+            stats: SpecStats::default(),
         }
     }
 
@@ -197,10 +279,11 @@ pub fn nll(logits: &[f32], target: u32) -> f64 {
     lse - logits[target as usize] as f64
 }
 
-/// One conversation: its tokens and KV cache.
+/// One conversation: its tokens, KV cache and statistics.
 pub struct Sequence {
     cache: KvCache<CpuBackend>,
     tokens: Vec<u32>,
+    stats: SpecStats,
 }
 
 impl Sequence {
@@ -217,6 +300,11 @@ impl Sequence {
     /// Whether the sequence has no tokens.
     pub fn is_empty(&self) -> bool {
         self.tokens.is_empty()
+    }
+
+    /// Statistics of the steps so far (reset by [`Sequence::truncate`] to 0).
+    pub fn stats(&self) -> &SpecStats {
+        &self.stats
     }
 
     /// Appends tokens (a prompt or a user turn); they are run at the next step.
@@ -237,22 +325,46 @@ impl Sequence {
         Ok(())
     }
 
-    /// Forgets everything from token `len` on (prompt reuse); `0` resets.
+    /// Forgets everything from token `len` on (prompt reuse); `0` resets, statistics too.
     pub fn truncate(&mut self, len: usize) {
         self.tokens.truncate(len);
         self.cache.truncate(len);
+        if len == 0 {
+            self.stats = SpecStats::default();
+        }
     }
 
-    /// Runs the pending tokens, chooses the next token with `params` and appends it.
-    /// Returns the new tokens (one for plain decoding). On error nothing changes.
-    pub fn step(&mut self, engine: &Engine, params: &SamplingParams) -> Result<Vec<u32>> {
-        params.validate()?;
+    /// Runs the pending tokens and chooses the next token(s) as `opts` says; returns them
+    /// (already appended). On error nothing changes.
+    pub fn step(&mut self, engine: &Engine, opts: &StepOptions) -> Result<Vec<u32>> {
+        opts.sampling.validate()?;
+        if opts.speculate {
+            opts.tree.validate()?;
+            if opts.tree.depth >= engine.max_context {
+                return Err(Error::invalid_argument(format!(
+                    "tree depth {} is beyond the context length {}",
+                    opts.tree.depth, engine.max_context
+                )));
+            }
+            if opts.tree.max_tokens > MAX_TREE_TOKENS {
+                return Err(Error::invalid_argument(format!(
+                    "tree max tokens {} exceeds the largest verifiable tree ({MAX_TREE_TOKENS})",
+                    opts.tree.max_tokens
+                )));
+            }
+            if !engine.model.has_draft() {
+                return Err(Error::invalid_argument(
+                    "speculation needs a draft: load the engine with draft options",
+                ));
+            }
+        }
         if self.tokens.is_empty() {
             return Err(Error::invalid_argument(
                 "the sequence is empty: append at least one token first",
             ));
         }
-        if self.tokens.len() >= engine.max_context {
+        let room = engine.max_context - self.tokens.len().min(engine.max_context);
+        if room == 0 {
             return Err(Error::new(
                 ErrorKind::ContextFull,
                 format!(
@@ -261,34 +373,129 @@ impl Sequence {
                 ),
             ));
         }
-        let committed = self.cache.len();
-        let logits = match self.prefill(engine) {
-            Ok(l) => l,
-            Err(e) => {
-                self.cache.truncate(committed);
-                return Err(e);
-            }
+        let limit = if opts.max_tokens == 0 {
+            room
+        } else {
+            opts.max_tokens.min(room)
         };
-        let position = self.tokens.len();
-        let next = sample(&logits, params, position);
+        let committed = self.cache.len();
+        let r = if opts.speculate && limit > 1 {
+            self.speculative_step(engine, opts, limit)
+        } else {
+            self.plain_step(engine, &opts.sampling)
+        };
+        if r.is_err() {
+            self.cache.truncate(committed);
+        }
+        r
+    }
+
+    fn plain_step(&mut self, engine: &Engine, params: &SamplingParams) -> Result<Vec<u32>> {
+        let t0 = Instant::now();
+        let logits = self.prefill(engine, self.tokens.len(), true)?;
+        let next = sample(&logits, params, self.tokens.len());
         self.tokens.push(next);
+        self.stats.verify_s += t0.elapsed().as_secs_f64();
+        self.stats.record(1, 0);
         Ok(vec![next])
     }
 
-    /// Runs the pending tokens (in chunks), commits them, and returns the logits of the last.
-    fn prefill(&mut self, engine: &Engine) -> Result<Vec<f32>> {
+    /// One draft-and-verify iteration emitting at most `limit` (>= 2) tokens.
+    fn speculative_step(
+        &mut self,
+        engine: &Engine,
+        opts: &StepOptions,
+        limit: usize,
+    ) -> Result<Vec<u32>> {
         let model = &engine.model;
-        if self.cache.len() == self.tokens.len() {
-            // Everything is cached (after a truncate): re-run the last token for its logits.
-            self.cache.truncate(self.tokens.len() - 1);
+        let vocab = model.config.vocab;
+        // Everything but the last token goes into the cache; the last is the tree's root.
+        let root_pos = self.tokens.len() - 1;
+        let t0 = Instant::now();
+        self.prefill(engine, root_pos, false)?;
+        let prefill_s = t0.elapsed().as_secs_f64();
+
+        // Draft: grow the tree level by level; emitting more than `limit` tokens is
+        // impossible, so no path needs to be longer than `limit - 1`.
+        let t0 = Instant::now();
+        let tp = &opts.tree;
+        let max_nodes = tp.max_tokens.min(MAX_TREE_TOKENS);
+        let depth = tp.depth.min(limit - 1);
+        let mut tree = Tree::new(self.tokens[root_pos]);
+        let mut frontier = 0..1;
+        let mut draft_steps = 0;
+        for _ in 0..depth {
+            let toks = &tree.tokens[frontier.clone()];
+            let pos: Vec<usize> = tree.depth[frontier.clone()]
+                .iter()
+                .map(|d| root_pos + d)
+                .collect();
+            let mask = AttnMask::tree_rows(&tree.parents, frontier.clone());
+            let rows: Vec<usize> = (0..toks.len()).collect();
+            let cache = &mut self.cache;
+            let logits = engine.install(|| {
+                model.forward_at(cache, Pass::Draft, frontier.start, toks, &pos, &mask, &rows)
+            })?;
+            draft_steps += 1;
+            let room = max_nodes - tree.len();
+            frontier = tree.grow(
+                frontier,
+                &logits,
+                vocab,
+                tp.width,
+                tp.draft_temperature,
+                room,
+            );
+            if frontier.is_empty() {
+                break;
+            }
+        }
+        let draft_s = t0.elapsed().as_secs_f64();
+
+        // Verify: one target pass over the root and every tree node.
+        let t0 = Instant::now();
+        let pos: Vec<usize> = tree.depth.iter().map(|d| root_pos + d).collect();
+        let mask = AttnMask::tree_rows(&tree.parents, 0..tree.len());
+        let rows: Vec<usize> = (0..tree.len()).collect();
+        let cache = &mut self.cache;
+        let logits = engine.install(|| {
+            model.forward_at(cache, Pass::Target, 0, &tree.tokens, &pos, &mask, &rows)
+        })?;
+        let walk = accept(
+            &tree,
+            &logits,
+            vocab,
+            &opts.sampling,
+            root_pos + 1,
+            limit,
+            |t| engine.is_eos(t),
+        );
+        self.cache.commit_subset(&model.backend, &walk.keep());
+        self.tokens.extend_from_slice(&walk.tokens);
+
+        let s = &mut self.stats;
+        s.draft_s += draft_s;
+        s.verify_s += t0.elapsed().as_secs_f64() + prefill_s;
+        s.draft_steps += draft_steps;
+        s.record(walk.tokens.len(), walk.accepted());
+        Ok(walk.tokens)
+    }
+
+    /// Runs tokens `cache.len()..upto` (in chunks) and commits them; returns the logits of
+    /// token `upto - 1` when `want_logits` (re-running it if it was already cached).
+    fn prefill(&mut self, engine: &Engine, upto: usize, want_logits: bool) -> Result<Vec<f32>> {
+        let model = &engine.model;
+        if self.cache.len() > upto || (want_logits && self.cache.len() == upto) {
+            // Already cached (after a truncate): re-run the last token for its logits.
+            self.cache.truncate(upto - usize::from(want_logits));
         }
         let mut logits = Vec::new();
-        while self.cache.len() < self.tokens.len() {
+        while self.cache.len() < upto {
             let start = self.cache.len();
-            let end = (start + PREFILL_CHUNK).min(self.tokens.len());
+            let end = (start + PREFILL_CHUNK).min(upto);
             let chunk = &self.tokens[start..end];
             let positions: Vec<usize> = (start..end).collect();
-            let last = if end == self.tokens.len() {
+            let last = if want_logits && end == upto {
                 vec![chunk.len() - 1]
             } else {
                 vec![]
@@ -313,13 +520,17 @@ impl Sequence {
     pub fn generate(
         &mut self,
         engine: &Engine,
-        params: &SamplingParams,
+        opts: &StepOptions,
         max_new: usize,
         mut on_tokens: impl FnMut(&[u32]) -> bool,
     ) -> Result<Vec<u32>> {
         let mut out = Vec::new();
         while out.len() < max_new && self.tokens.len() < engine.max_context {
-            let new = self.step(engine, params)?;
+            let step = StepOptions {
+                max_tokens: max_new - out.len(),
+                ..*opts
+            };
+            let new = self.step(engine, &step)?;
             let stop = new.iter().any(|&t| engine.is_eos(t));
             out.extend_from_slice(&new);
             if !on_tokens(&new) || stop {

@@ -3,6 +3,8 @@
 //! The crate is organised by responsibility, data flowing one way:
 //! - [`model`]: config, weights (memory-mapped safetensors), KV cache, the forward pass;
 //! - [`backend`]: the narrow device interface and the CPU reference backend;
+//! - [`quant`]: HQQ/RTN low-bit substitutes and their fused matrix product;
+//! - [`spec`]: the token tree, its growth, and lossless verification (pure logic);
 //! - [`sample`]: greedy and seeded sampling with a counter-based RNG;
 //! - [`tokenizer`]: tokenizer.json through the `tokenizers` crate;
 //! - [`engine`]: engines and sequences, the API the C ABI wraps.
@@ -13,11 +15,13 @@ pub mod error;
 pub mod model;
 pub mod quant;
 pub mod sample;
+pub mod spec;
 pub mod tokenizer;
 
-pub use engine::{Engine, EngineOptions, Sequence};
+pub use engine::{DraftOptions, Engine, EngineOptions, Sequence, StepOptions};
 pub use error::{Error, ErrorKind, Result};
 pub use sample::SamplingParams;
+pub use spec::{SpecStats, TreeParams};
 
 /// The library version (from Cargo.toml).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -5,7 +5,7 @@ mod common;
 
 use std::path::Path;
 
-use subspec::{Engine, EngineOptions, ErrorKind, SamplingParams};
+use subspec::{Engine, EngineOptions, ErrorKind, SamplingParams, StepOptions};
 
 fn load(dir: &Path) -> subspec::Result<Engine> {
     let mut o = EngineOptions::new(dir);
@@ -132,7 +132,9 @@ fn invalid_tokens_and_sequence_misuse_leave_state_unchanged() {
     let engine = load(&dir).unwrap();
     let mut seq = engine.new_sequence();
 
-    let e = seq.step(&engine, &SamplingParams::greedy()).unwrap_err();
+    let e = seq
+        .step(&engine, &StepOptions::plain(SamplingParams::greedy()))
+        .unwrap_err();
     assert!(e.message().contains("empty"), "{e}");
 
     let e = seq.append(&engine, &[3, 128, 4]).unwrap_err();
@@ -149,7 +151,9 @@ fn invalid_tokens_and_sequence_misuse_leave_state_unchanged() {
         ..SamplingParams::greedy()
     };
     assert_eq!(
-        seq.step(&engine, &bad).unwrap_err().kind(),
+        seq.step(&engine, &StepOptions::plain(bad))
+            .unwrap_err()
+            .kind(),
         ErrorKind::InvalidArgument
     );
     assert_eq!(seq.tokens(), &[3, 4, 5]);
@@ -159,7 +163,7 @@ fn invalid_tokens_and_sequence_misuse_leave_state_unchanged() {
         ..SamplingParams::greedy()
     };
     assert!(seq
-        .step(&engine, &bad)
+        .step(&engine, &StepOptions::plain(bad))
         .unwrap_err()
         .message()
         .contains("top_p"));
@@ -169,7 +173,9 @@ fn invalid_tokens_and_sequence_misuse_leave_state_unchanged() {
     assert_eq!(e.kind(), ErrorKind::ContextFull);
     assert_eq!(seq.len(), 3);
 
-    let tok = seq.step(&engine, &SamplingParams::greedy()).unwrap();
+    let tok = seq
+        .step(&engine, &StepOptions::plain(SamplingParams::greedy()))
+        .unwrap();
     assert_eq!(tok.len(), 1);
     assert_eq!(seq.len(), 4);
 }
@@ -187,10 +193,14 @@ fn truncate_and_reuse_give_the_same_tokens() {
     };
     let mut seq = engine.new_sequence();
     seq.append(&engine, &[5, 6, 7, 8]).unwrap();
-    let first = seq.generate(&engine, &p, 12, |_| true).unwrap();
+    let first = seq
+        .generate(&engine, &StepOptions::plain(p), 12, |_| true)
+        .unwrap();
     seq.truncate(4);
     assert_eq!(seq.tokens(), &[5, 6, 7, 8]);
-    let again = seq.generate(&engine, &p, 12, |_| true).unwrap();
+    let again = seq
+        .generate(&engine, &StepOptions::plain(p), 12, |_| true)
+        .unwrap();
     assert_eq!(first, again, "same seed, same positions, same tokens");
     seq.truncate(0);
     assert!(seq.is_empty());

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use serde_json::Value;
 use subspec::backend::AttnMask;
-use subspec::SamplingParams;
+use subspec::{SamplingParams, StepOptions};
 
 const LOGIT_TOL: f32 = 1e-3;
 
@@ -131,7 +131,10 @@ fn check_greedy(model: &str) {
         seq.append(&engine, &ids(&p["ids"])).unwrap();
         let mut got = Vec::new();
         while got.len() < want.len() {
-            got.extend(seq.step(&engine, &SamplingParams::greedy()).unwrap());
+            got.extend(
+                seq.step(&engine, &StepOptions::plain(SamplingParams::greedy()))
+                    .unwrap(),
+            );
         }
         assert_eq!(
             got, want,

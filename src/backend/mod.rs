@@ -10,14 +10,18 @@
 
 pub mod cpu;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::HostTensor;
+use crate::quant::QMatrix;
 
-/// Which tokens of a batch each token may attend to, besides the committed KV cache.
+/// Which uncommitted (scratch) KV slots each token of a batch attends to, besides the
+/// committed KV cache.
 ///
-/// Row `i` lists the batch indices token `i` attends to; it always contains `i` itself and
-/// only indices `<= i` (parents precede children, as in a tree laid out in topological
-/// order). A chain (plain causal decoding) is row `i` = `0..=i`.
+/// Slots are numbered from the first uncommitted position: a forward that writes its batch
+/// at scratch offset `first` puts token `i` in scratch slot `first + i`. Row `i` lists the
+/// scratch slots token `i` attends to, ascending, ending with its own `first + i` (parents
+/// precede children, as in a tree laid out in topological order). A chain at offset 0
+/// (plain causal decoding) is row `i` = `0..=i`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AttnMask {
     rows: Vec<Vec<u32>>,
@@ -40,7 +44,7 @@ impl AttnMask {
                 None => Vec::new(),
                 Some(p) if *p < i => rows[*p].clone(),
                 Some(p) => {
-                    return Err(crate::Error::invalid_argument(format!(
+                    return Err(Error::invalid_argument(format!(
                         "tree node {i} has parent {p}; parents must come before their children"
                     )))
                 }
@@ -49,6 +53,38 @@ impl AttnMask {
             rows.push(row);
         }
         Ok(AttnMask { rows })
+    }
+
+    /// Rows of the tree nodes `nodes` (indices into `parents`, a tree in topological order
+    /// laid out in scratch slots `0..parents.len()`): each node's ancestors and itself.
+    pub fn tree_rows(parents: &[Option<usize>], nodes: std::ops::Range<usize>) -> AttnMask {
+        let rows = nodes
+            .map(|n| {
+                let mut row = vec![n as u32];
+                let mut j = n;
+                while let Some(p) = parents[j] {
+                    row.push(p as u32);
+                    j = p;
+                }
+                row.reverse();
+                row
+            })
+            .collect();
+        AttnMask { rows }
+    }
+
+    /// Checks that row `i` ends with its own slot `first + i` and references only earlier
+    /// slots, ascending.
+    pub fn validate(&self, first: usize) -> Result<()> {
+        for (i, row) in self.rows.iter().enumerate() {
+            let own = (first + i) as u32;
+            if row.last() != Some(&own) || row.windows(2).any(|w| w[0] >= w[1]) {
+                return Err(Error::internal(format!(
+                    "attention mask row {i} must be ascending and end with its own slot {own}"
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Number of tokens.
@@ -93,6 +129,8 @@ pub trait Backend: Send + Sync {
     fn name(&self) -> String;
     /// Makes a host tensor usable by kernels (a copy to the device, or a view on the CPU).
     fn upload(&self, t: &HostTensor) -> Result<Self::Weight>;
+    /// Makes a quantized substitute usable by [`Backend::linear`].
+    fn upload_quant(&self, q: QMatrix) -> Result<Self::Weight>;
     /// A zeroed activation matrix.
     fn act(&self, rows: usize, cols: usize) -> Self::Act;
     /// Copies an activation matrix to host memory.
@@ -129,7 +167,7 @@ pub trait Backend: Send + Sync {
     /// `src[i] >= dst_first + i`).
     fn kv_compact(&self, kv: &mut Self::Kv, src: &[usize], dst_first: usize);
     /// Attention of batch token `i` (query row `i` of `q`) over cache slots
-    /// `0..committed` and the batch slots `committed + j` for `j` in `mask.row(i)`.
+    /// `0..committed` and the scratch slots `committed + j` for `j` in `mask.row(i)`.
     fn attention(
         &self,
         q: &Self::Act,
@@ -156,5 +194,13 @@ mod tests {
         assert_eq!(m.row(3), &[0, 2, 3]);
         assert_eq!(AttnMask::causal(3).row(2), &[0, 1, 2]);
         assert!(AttnMask::from_parents(&[Some(1), None]).is_err());
+        m.validate(0).unwrap();
+        assert!(m.validate(1).is_err());
+        // The frontier {2, 3} of the same tree, as a draft step sees it at offset 2.
+        let parents = [None, Some(0), Some(0), Some(2)];
+        let f = AttnMask::tree_rows(&parents, 2..4);
+        assert_eq!(f.row(0), &[0, 2]);
+        assert_eq!(f.row(1), &[0, 2, 3]);
+        f.validate(2).unwrap();
     }
 }

@@ -1,9 +1,12 @@
 //! The transformer: configuration, weights, KV cache and the one forward pass.
 //!
-//! [`Model::forward`] takes new tokens with explicit positions and an [`AttnMask`] saying
-//! which of the other new tokens each may see, on top of everything committed in the
-//! [`KvCache`]. Plain decoding is a chain; tree verification is the same call with a tree
-//! mask. It is written once against [`Backend`].
+//! [`Model::forward_at`] takes new tokens with explicit positions and an [`AttnMask`]
+//! saying which uncommitted (scratch) slots each may see, on top of everything committed in
+//! the [`KvCache`]. Plain decoding is a chain; tree verification is the same call with a
+//! tree mask; a draft step is the same call again with [`Pass::Draft`], which runs each
+//! offloaded layer's quantized substitutes instead of its full-precision linears and shares
+//! everything else (embeddings, norms, biases, lm_head, resident layers, the KV cache). It
+//! is written once against [`Backend`].
 
 pub mod config;
 pub mod weights;
@@ -15,6 +18,34 @@ pub use weights::{DType, HostTensor, Weights};
 
 use crate::backend::{AttnMask, AttnShape, Backend};
 use crate::error::{Error, ErrorKind, Result};
+use crate::quant::{QMatrix, QuantConfig};
+
+/// Which weights a forward runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pass {
+    /// The target: full-precision weights everywhere.
+    Target,
+    /// The draft: substitutes in the offloaded layers, shared weights elsewhere.
+    Draft,
+}
+
+/// The quantized substitutes of one offloaded layer's seven linears (same shapes).
+pub struct Substitutes<B: Backend> {
+    /// Substitute of q_proj.
+    pub q: B::Weight,
+    /// Substitute of k_proj.
+    pub k: B::Weight,
+    /// Substitute of v_proj.
+    pub v: B::Weight,
+    /// Substitute of o_proj.
+    pub o: B::Weight,
+    /// Substitute of gate_proj.
+    pub gate: B::Weight,
+    /// Substitute of up_proj.
+    pub up: B::Weight,
+    /// Substitute of down_proj.
+    pub down: B::Weight,
+}
 
 /// The weights of one decoder layer.
 pub struct Layer<B: Backend> {
@@ -38,6 +69,31 @@ pub struct Layer<B: Backend> {
     pub up: B::Weight,
     /// `(hidden, intermediate)`.
     pub down: B::Weight,
+    /// Quantized substitutes when this layer is offloaded (the draft runs them).
+    pub substitutes: Option<Substitutes<B>>,
+}
+
+impl<B: Backend> Layer<B> {
+    /// The seven linears a pass runs: `[q, k, v, o, gate, up, down]`.
+    fn linears(&self, pass: Pass) -> [&B::Weight; 7] {
+        match (&self.substitutes, pass) {
+            (Some(s), Pass::Draft) => [&s.q, &s.k, &s.v, &s.o, &s.gate, &s.up, &s.down],
+            _ => [
+                &self.q, &self.k, &self.v, &self.o, &self.gate, &self.up, &self.down,
+            ],
+        }
+    }
+}
+
+/// Bytes and count of the substitutes built by [`Model::build_substitutes`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SubstituteStats {
+    /// Layers that got substitutes.
+    pub layers: usize,
+    /// Bytes of all substitutes (codes, scales, zeros).
+    pub bytes: usize,
+    /// Bytes of the full-precision linears they stand in for.
+    pub replaced_bytes: usize,
 }
 
 /// A loaded model on backend `B`.
@@ -60,6 +116,7 @@ pub struct Model<B: Backend> {
     pub weight_bytes: usize,
     /// Bytes of the embedding matrix.
     pub embed_bytes: usize,
+    weights: Weights,
 }
 
 /// Key/value cache of one sequence: `len()` committed slots, then scratch slots written by
@@ -146,6 +203,7 @@ impl<B: Backend> Model<B> {
                 gate: up(&format!("{p}.mlp.gate_proj.weight"), &[ff, h])?,
                 up: up(&format!("{p}.mlp.up_proj.weight"), &[ff, h])?,
                 down: up(&format!("{p}.mlp.down_proj.weight"), &[h, ff])?,
+                substitutes: None,
             });
         }
         let lm_head = if c.tie_embeddings {
@@ -169,7 +227,76 @@ impl<B: Backend> Model<B> {
             weight_bytes: weights.total_bytes(),
             config,
             backend,
+            weights,
         })
+    }
+
+    /// Quantizes the seven linears of each layer in `layers` (the offloaded ones) into
+    /// substitutes for the draft; other layers lose theirs. Returns sizes.
+    pub fn build_substitutes(
+        &mut self,
+        layers: &[usize],
+        qc: &QuantConfig,
+    ) -> Result<SubstituteStats> {
+        qc.validate()?;
+        if let Some(&bad) = layers.iter().find(|&&l| l >= self.layers.len()) {
+            return Err(Error::invalid_argument(format!(
+                "layer {bad} does not exist (the model has {})",
+                self.layers.len()
+            )));
+        }
+        let mut stats = SubstituteStats::default();
+        let mut built = Vec::with_capacity(layers.len());
+        for &li in layers {
+            let p = format!("model.layers.{li}");
+            let names = [
+                "self_attn.q_proj",
+                "self_attn.k_proj",
+                "self_attn.v_proj",
+                "self_attn.o_proj",
+                "mlp.gate_proj",
+                "mlp.up_proj",
+                "mlp.down_proj",
+            ];
+            let mut q: Vec<QMatrix> = Vec::with_capacity(7);
+            for n in names {
+                let name = format!("{p}.{n}.weight");
+                let t = self.weights.get_any(&name)?;
+                let m = QMatrix::quantize_tensor(&t, qc)
+                    .map_err(|e| Error::new(e.kind(), format!("substitute of `{name}`: {e}")))?;
+                stats.bytes += m.bytes();
+                stats.replaced_bytes += t.bytes().len();
+                q.push(m);
+            }
+            let mut it = q.into_iter().map(|m| self.backend.upload_quant(m));
+            let mut next = || it.next().unwrap();
+            built.push((
+                li,
+                Substitutes {
+                    q: next()?,
+                    k: next()?,
+                    v: next()?,
+                    o: next()?,
+                    gate: next()?,
+                    up: next()?,
+                    down: next()?,
+                },
+            ));
+        }
+        // Only now that every substitute exists: swap them in (no half-built draft).
+        for l in self.layers.iter_mut() {
+            l.substitutes = None;
+        }
+        stats.layers = built.len();
+        for (li, s) in built {
+            self.layers[li].substitutes = Some(s);
+        }
+        Ok(stats)
+    }
+
+    /// Whether any layer has substitutes (a draft exists).
+    pub fn has_draft(&self) -> bool {
+        self.layers.iter().any(|l| l.substitutes.is_some())
     }
 
     /// Weight bytes one decode step reads: everything but the embedding matrix (only one
@@ -207,13 +334,28 @@ impl<B: Backend> Model<B> {
         Ok(())
     }
 
-    /// Runs `tokens` (at `positions`, attending as `mask` says) through the model on top of
-    /// the committed cache, writing their K/V into the cache's scratch slots
-    /// `len()..len() + tokens.len()` (not committed), and returns the logits of the batch
-    /// rows in `logit_rows`, `(logit_rows.len(), vocab)` row-major.
+    /// The target forward of a batch written at scratch offset 0; see [`Model::forward_at`].
     pub fn forward(
         &self,
         cache: &mut KvCache<B>,
+        tokens: &[u32],
+        positions: &[usize],
+        mask: &AttnMask,
+        logit_rows: &[usize],
+    ) -> Result<Vec<f32>> {
+        self.forward_at(cache, Pass::Target, 0, tokens, positions, mask, logit_rows)
+    }
+
+    /// Runs `tokens` (at `positions`, attending as `mask` says) through the `pass` weights
+    /// on top of the committed cache, writing their K/V into the scratch slots
+    /// `first..first + tokens.len()` (uncommitted), and returns the logits of the batch rows
+    /// in `logit_rows`, `(logit_rows.len(), vocab)` row-major.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_at(
+        &self,
+        cache: &mut KvCache<B>,
+        pass: Pass,
+        first: usize,
         tokens: &[u32],
         positions: &[usize],
         mask: &AttnMask,
@@ -226,13 +368,16 @@ impl<B: Backend> Model<B> {
                 "forward: tokens, positions, mask and logit rows disagree",
             ));
         }
+        mask.validate(first)?;
         self.check_tokens(tokens)?;
-        if cache.committed + n > cache.capacity {
+        if cache.committed + first + n > cache.capacity {
             return Err(Error::new(
                 ErrorKind::ContextFull,
                 format!(
-                    "{} committed + {n} new tokens exceed the KV cache capacity of {}",
-                    cache.committed, cache.capacity
+                    "{} committed + {} new tokens exceed the KV cache capacity of {}",
+                    cache.committed,
+                    first + n,
+                    cache.capacity
                 ),
             ));
         }
@@ -255,13 +400,14 @@ impl<B: Backend> Model<B> {
         for (li, l) in self.layers.iter().enumerate() {
             // Attention block: norm, q/k/v projections, rotary, cache write, attention, o.
             be.rms_norm(&x, &l.input_norm, c.rms_eps, &mut h);
+            let [wq, wk, wv, wo, wg, wu, wd] = l.linears(pass);
             let bias = l.qkv_bias.as_ref();
-            be.linear(&h, &l.q, bias.map(|b| &b[0]), &mut q);
-            be.linear(&h, &l.k, bias.map(|b| &b[1]), &mut k);
-            be.linear(&h, &l.v, bias.map(|b| &b[2]), &mut v);
+            be.linear(&h, wq, bias.map(|b| &b[0]), &mut q);
+            be.linear(&h, wk, bias.map(|b| &b[1]), &mut k);
+            be.linear(&h, wv, bias.map(|b| &b[2]), &mut v);
             be.rope(&mut q, positions, &self.inv_freq);
             be.rope(&mut k, positions, &self.inv_freq);
-            be.kv_write(&mut cache.store, li, cache.committed, &k, &v);
+            be.kv_write(&mut cache.store, li, cache.committed + first, &k, &v);
             be.attention(
                 &q,
                 &cache.store,
@@ -271,14 +417,14 @@ impl<B: Backend> Model<B> {
                 shape,
                 &mut attn,
             );
-            be.linear(&attn, &l.o, None, &mut h);
+            be.linear(&attn, wo, None, &mut h);
             be.add(&mut x, &h);
             // MLP block: norm, gate/up, silu(gate) * up, down.
             be.rms_norm(&x, &l.post_norm, c.rms_eps, &mut h);
-            be.linear(&h, &l.gate, None, &mut gate);
-            be.linear(&h, &l.up, None, &mut up);
+            be.linear(&h, wg, None, &mut gate);
+            be.linear(&h, wu, None, &mut up);
             be.silu_mul(&mut gate, &up);
-            be.linear(&gate, &l.down, None, &mut h);
+            be.linear(&gate, wd, None, &mut h);
             be.add(&mut x, &h);
         }
         // Final norm and lm_head, only for the rows whose logits are wanted.

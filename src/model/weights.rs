@@ -181,6 +181,14 @@ impl Weights {
         Ok(t.clone())
     }
 
+    /// The tensor `name`, whatever its shape.
+    pub fn get_any(&self, name: &str) -> Result<HostTensor> {
+        self.tensors
+            .get(name)
+            .map(|(t, _)| t.clone())
+            .ok_or_else(|| Error::invalid_model(format!("missing tensor `{name}`")))
+    }
+
     /// Total bytes of all tensors.
     pub fn total_bytes(&self) -> usize {
         self.tensors.values().map(|(t, _)| t.len).sum()

@@ -85,7 +85,7 @@ pub fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]
 pub fn write_tiny_model(dir: &Path, qwen2: bool) {
     std::fs::create_dir_all(dir).unwrap();
     let (h, ff, layers, heads, kv_heads, hd, vocab) =
-        (64usize, 96usize, 2usize, 4usize, 2usize, 16usize, 128usize);
+        (64usize, 128usize, 2usize, 4usize, 2usize, 16usize, 128usize);
     let arch = if qwen2 {
         "Qwen2ForCausalLM"
     } else {

@@ -58,7 +58,7 @@ fn isa() -> Isa {
 
 /// `out[t * n + o] = dot(w[o], x[t]) (+ bias[o])` for `x` of `t_count` rows of `k`.
 ///
-/// With several tokens, each task first widens its chunk of f16/bf16 rows to f32 (exact)
+/// With more tokens than one tile holds, each task first widens its chunk of f16/bf16 rows to f32 (exact)
 /// once, so the conversion is not repeated for every token tile; the products are the same
 /// FMAs on the same f32 values either way, so this does not change a single bit.
 pub fn linear(x: &[f32], t_count: usize, w: &HostTensor, bias: Option<&[f32]>, out: &mut [f32]) {
@@ -70,7 +70,7 @@ pub fn linear(x: &[f32], t_count: usize, w: &HostTensor, bias: Option<&[f32]>, o
     let row_bytes = k * dtype.size();
     let ptr = OutPtr(out.as_mut_ptr());
     let isa = isa();
-    let widen = t_count > 1 && dtype != DType::F32;
+    let widen = t_count > MAX_TT && dtype != DType::F32;
     let chunks = n.div_ceil(ROW_CHUNK);
     (0..chunks).into_par_iter().for_each(|c| {
         SCRATCH.with_borrow_mut(|scratch| {

@@ -10,16 +10,19 @@ use rayon::prelude::*;
 use super::{AttnMask, AttnShape, Backend};
 use crate::error::Result;
 use crate::model::HostTensor;
+use crate::quant::{qlinear, QMatrix};
 
 /// The CPU backend (stateless; threads come from the rayon pool it runs in).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct CpuBackend;
 
 /// A weight on the CPU: matrices stay views into the checkpoint, vectors (norms, biases)
-/// are converted to f32 once.
+/// are converted to f32 once, substitutes are packed low-bit matrices.
 pub enum CpuWeight {
     /// A 2-D weight, `[out_features, in_features]` (or `[vocab, hidden]`).
     Matrix(HostTensor),
+    /// A quantized substitute of a linear weight.
+    Quant(QMatrix),
     /// A 1-D weight in f32.
     Vector(Vec<f32>),
 }
@@ -28,13 +31,13 @@ impl CpuWeight {
     fn matrix(&self) -> &HostTensor {
         match self {
             CpuWeight::Matrix(t) => t,
-            CpuWeight::Vector(_) => panic!("expected a matrix weight"),
+            _ => panic!("expected a full-precision matrix weight"),
         }
     }
     fn vector(&self) -> &[f32] {
         match self {
             CpuWeight::Vector(v) => v,
-            CpuWeight::Matrix(t) => panic!("expected a vector weight, got {t:?}"),
+            _ => panic!("expected a vector weight"),
         }
     }
 }
@@ -106,6 +109,10 @@ impl Backend for CpuBackend {
         })
     }
 
+    fn upload_quant(&self, q: QMatrix) -> Result<CpuWeight> {
+        Ok(CpuWeight::Quant(q))
+    }
+
     fn act(&self, rows: usize, cols: usize) -> CpuAct {
         CpuAct {
             rows,
@@ -146,13 +153,11 @@ impl Backend for CpuBackend {
     }
 
     fn linear(&self, x: &CpuAct, w: &CpuWeight, bias: Option<&CpuWeight>, out: &mut CpuAct) {
-        matmul::linear(
-            &x.data,
-            x.rows,
-            w.matrix(),
-            bias.map(|b| b.vector()),
-            &mut out.data,
-        );
+        let bias = bias.map(|b| b.vector());
+        match w {
+            CpuWeight::Quant(q) => qlinear(&x.data, x.rows, q, bias, &mut out.data),
+            w => matmul::linear(&x.data, x.rows, w.matrix(), bias, &mut out.data),
+        }
     }
 
     fn rope(&self, x: &mut CpuAct, positions: &[usize], inv_freq: &[f32]) {

@@ -7,7 +7,7 @@ use clap::Args;
 use rayon::prelude::*;
 use serde_json::json;
 use subspec::backend::AttnMask;
-use subspec::{Engine, Error, SamplingParams};
+use subspec::{Engine, Error, SamplingParams, StepOptions};
 
 use super::ModelArgs;
 
@@ -63,7 +63,7 @@ fn tree_parents(n: usize) -> Vec<Option<usize>> {
 }
 
 pub fn run(a: &BenchArgs) -> Result<(), Error> {
-    let engine = a.model.load()?;
+    let engine = a.model.load(None)?;
     let model = engine.model();
     let cfg = engine.config();
     let bw = read_bandwidth(&engine);
@@ -76,10 +76,10 @@ pub fn run(a: &BenchArgs) -> Result<(), Error> {
         .collect();
     let mut seq = engine.new_sequence();
     seq.append(&engine, &prompt)?;
-    seq.step(&engine, &SamplingParams::greedy())?;
+    seq.step(&engine, &StepOptions::plain(SamplingParams::greedy()))?;
     let t0 = Instant::now();
     for _ in 0..a.decode_tokens {
-        seq.step(&engine, &SamplingParams::greedy())?;
+        seq.step(&engine, &StepOptions::plain(SamplingParams::greedy()))?;
     }
     let decode_s = t0.elapsed().as_secs_f64() / a.decode_tokens.max(1) as f64;
 

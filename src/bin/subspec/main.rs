@@ -9,8 +9,11 @@ use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
+use subspec::quant::{QuantConfig, QuantMethod};
 use subspec::tokenizer::TextStream;
-use subspec::{Engine, EngineOptions, Error, SamplingParams};
+use subspec::{
+    DraftOptions, Engine, EngineOptions, Error, SamplingParams, StepOptions, TreeParams,
+};
 
 /// subspec: lossless speculative decoding for offloaded LLM inference.
 #[derive(Parser)]
@@ -45,12 +48,97 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
-    /// Loads the engine these options describe.
-    pub fn load(&self) -> Result<Engine, Error> {
+    /// Loads the engine these options describe, with `draft` if given.
+    pub fn load(&self, draft: Option<DraftOptions>) -> Result<Engine, Error> {
         let mut o = EngineOptions::new(&self.model);
         o.threads = self.threads;
         o.max_context = self.ctx_len;
+        o.draft = draft;
         Engine::load(&o)
+    }
+}
+
+/// How the draft is built and the tree is shaped.
+#[derive(Args)]
+pub struct SpecArgs {
+    /// Speculative decoding (the default).
+    #[arg(long, overrides_with = "no_spec")]
+    spec: bool,
+    /// Plain decoding, one token per target pass.
+    #[arg(long = "no-spec")]
+    no_spec: bool,
+    /// Tree width: nodes kept per draft step.
+    #[arg(long, default_value_t = TreeParams::default().width)]
+    tree_width: usize,
+    /// Tree depth: draft steps per iteration.
+    #[arg(long, default_value_t = TreeParams::default().depth)]
+    tree_depth: usize,
+    /// Most tokens in one verified tree (root included).
+    #[arg(long, default_value_t = TreeParams::default().max_tokens)]
+    tree_max_tokens: usize,
+    /// Draft softmax temperature for ranking tree paths.
+    #[arg(long, default_value_t = TreeParams::default().draft_temperature)]
+    draft_temperature: f32,
+    /// Bits of the substitutes (2, 3, 4 or 8).
+    #[arg(long, default_value_t = 4)]
+    draft_bits: u8,
+    /// Quantization group size of the substitutes.
+    #[arg(long, default_value_t = 64)]
+    draft_group: usize,
+    /// Quantizer of the substitutes: hqq or rtn.
+    #[arg(long, default_value = "hqq")]
+    draft_method: String,
+}
+
+impl SpecArgs {
+    /// Whether speculation is on.
+    pub fn enabled(&self) -> bool {
+        !self.no_spec
+    }
+
+    /// The draft to build (none with --no-spec).
+    pub fn draft(&self) -> Result<Option<DraftOptions>, Error> {
+        if !self.enabled() {
+            return Ok(None);
+        }
+        let method = match self.draft_method.as_str() {
+            "hqq" => QuantMethod::Hqq,
+            "rtn" => QuantMethod::Rtn,
+            m => {
+                return Err(Error::invalid_argument(format!(
+                    "--draft-method must be hqq or rtn, got {m}"
+                )))
+            }
+        };
+        let quant = QuantConfig {
+            bits: self.draft_bits,
+            group: self.draft_group,
+            method,
+        };
+        quant.validate()?;
+        Ok(Some(DraftOptions {
+            quant,
+            offloaded_layers: None,
+        }))
+    }
+
+    /// The step options for `sampling`.
+    pub fn step(&self, sampling: SamplingParams) -> Result<StepOptions, Error> {
+        let tree = TreeParams {
+            width: self.tree_width,
+            depth: self.tree_depth,
+            max_tokens: self.tree_max_tokens,
+            draft_temperature: self.draft_temperature,
+        };
+        if self.enabled() {
+            tree.validate()?;
+        }
+        Ok(StepOptions {
+            sampling,
+            speculate: self.enabled(),
+            tree,
+            max_tokens: 0,
+        })
     }
 }
 
@@ -58,6 +146,8 @@ impl ModelArgs {
 struct GenerateArgs {
     #[command(flatten)]
     model: ModelArgs,
+    #[command(flatten)]
+    spec: SpecArgs,
     /// The prompt.
     #[arg(long)]
     prompt: String,
@@ -112,7 +202,15 @@ fn chatml(engine: &Engine, prompt: &str) -> Result<String, Error> {
 }
 
 fn generate(a: &GenerateArgs) -> Result<(), Error> {
-    let engine = a.model.load()?;
+    let sampling = SamplingParams {
+        temperature: a.temperature,
+        top_k: a.top_k,
+        top_p: a.top_p,
+        seed: a.seed,
+    };
+    sampling.validate()?;
+    let opts = a.spec.step(sampling)?;
+    let engine = a.model.load(a.spec.draft()?)?;
     let tok = engine.tokenizer()?;
     let text = if a.chat {
         chatml(&engine, &a.prompt)?
@@ -120,20 +218,13 @@ fn generate(a: &GenerateArgs) -> Result<(), Error> {
         a.prompt.clone()
     };
     let ids = tok.encode(&text, !a.chat)?;
-    let params = SamplingParams {
-        temperature: a.temperature,
-        top_k: a.top_k,
-        top_p: a.top_p,
-        seed: a.seed,
-    };
-    params.validate()?;
     let mut seq = engine.new_sequence();
     seq.append(&engine, &ids)?;
     let mut stream = TextStream::new(tok);
     let mut out = std::io::stdout().lock();
     let t0 = Instant::now();
     let mut first_token_s = None;
-    let generated = seq.generate(&engine, &params, a.max_new, |new| {
+    let generated = seq.generate(&engine, &opts, a.max_new, |new| {
         first_token_s.get_or_insert(t0.elapsed().as_secs_f64());
         if !a.json {
             let ids: Vec<u32> = new.iter().copied().filter(|&t| !engine.is_eos(t)).collect();
@@ -146,12 +237,8 @@ fn generate(a: &GenerateArgs) -> Result<(), Error> {
     })?;
     let total_s = t0.elapsed().as_secs_f64();
     let prefill_s = first_token_s.unwrap_or(total_s);
-    let decode_tokens = generated.len().saturating_sub(1);
-    let decode_tps = if total_s > prefill_s {
-        decode_tokens as f64 / (total_s - prefill_s)
-    } else {
-        0.0
-    };
+    let st = seq.stats();
+    let tokens_per_s = generated.len() as f64 / total_s;
     if a.json {
         let shown: Vec<u32> = generated
             .iter()
@@ -165,24 +252,37 @@ fn generate(a: &GenerateArgs) -> Result<(), Error> {
             "stopped_at_eos": generated.last().is_some_and(|&t| engine.is_eos(t)),
             "prefill_s": prefill_s,
             "total_s": total_s,
-            "decode_tokens_per_s": decode_tps,
+            "tokens_per_s": tokens_per_s,
+            "speculative": opts.speculate,
+            "tau": st.tau(),
+            "iterations": st.iterations,
+            "accepted": st.accepted,
+            "accepted_by_depth": st.accepted_by_depth,
+            "draft_steps": st.draft_steps,
+            "draft_s": st.draft_s,
+            "verify_s": st.verify_s,
         });
         println!("{v}");
     } else {
         println!();
         eprintln!(
-            "[{} prompt tokens, {} generated, prefill {:.2}s, decode {:.2} tokens/s]",
+            "[{} prompt tokens, {} generated in {:.2}s: {:.2} tokens/s; {}; tau {:.2} tokens per target pass over {} passes; draft {:.2}s, target {:.2}s]",
             ids.len(),
             generated.len(),
-            prefill_s,
-            decode_tps
+            total_s,
+            tokens_per_s,
+            if opts.speculate { "speculative" } else { "plain" },
+            st.tau(),
+            st.iterations,
+            st.draft_s,
+            st.verify_s
         );
     }
     Ok(())
 }
 
 fn perplexity(a: &PerplexityArgs) -> Result<(), Error> {
-    let engine = a.model.load()?;
+    let engine = a.model.load(None)?;
     let text = std::fs::read_to_string(&a.file).map_err(|e| Error::io(&a.file, e))?;
     let ids = engine.tokenizer()?.encode(&text, true)?;
     let ctx = if a.ctx == 0 {

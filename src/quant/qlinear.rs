@@ -1,0 +1,574 @@
+//! Batch-invariant `y = x @ dequant(w)^T` straight from a [`QMatrix`].
+//!
+//! Every output element is one dot product in a single fixed order, the order of
+//! `backend::cpu::matmul`: 16 lanes, `acc[l] = fma(w[i + l], x[i + l], acc[l])` for
+//! ascending blocks `i` of 16, then a fixed pairwise sum of the 16 lanes (no tail: the
+//! columns are a multiple of 32). Each weight is dequantized on the fly as exactly
+//! `w = fma(q, scale, min)` in f32, the value [`QMatrix::dequantize`] gives. The AVX-512
+//! kernel keeps the 16 lanes in one register and, below 8 bits, computes the group's
+//! `fma(c, scale, min)` for all codes `c` once and looks weights up with `vpermps` (the
+//! same values); the AVX2 kernel keeps the lanes in two registers and converts codes; the
+//! portable code uses an array: the same values and operations, so the same bits. Tiles of several rows and tokens only
+//! interleave independent dot products (one dequantized weight vector feeds every token
+//! of the tile); they never change the order inside one, so a token's output is
+//! bit-identical whatever else is in the batch.
+
+use rayon::prelude::*;
+
+use super::format::{block_bytes, unpack_block, QMatrix, BLOCK};
+use super::{isa, Isa};
+
+/// A raw output pointer shared by tasks that write disjoint elements.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: tasks write disjoint (row-chunk) columns of the output; see `qlinear_isa`.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// The pointer (a method, so that closures capture the whole `Sync` wrapper).
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// Rows of `w` handed to one task.
+const ROW_CHUNK: usize = 32;
+/// Most tokens in one tile.
+const MAX_TT: usize = 6;
+
+/// `out[t * rows + o] = dot(dequant(w row o), x[t]) (+ bias[o])` for `x` of `t_count` rows
+/// of `w.cols()`. Batch-invariant: see the module documentation.
+pub fn qlinear(x: &[f32], t_count: usize, w: &QMatrix, bias: Option<&[f32]>, out: &mut [f32]) {
+    qlinear_isa(isa(), x, t_count, w, bias, out)
+}
+
+/// [`qlinear`] with an explicit kernel (`isa` must be one of `supported_isas()`).
+pub(crate) fn qlinear_isa(
+    isa: Isa,
+    x: &[f32],
+    t_count: usize,
+    w: &QMatrix,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+) {
+    let (n, k) = (w.rows(), w.cols());
+    assert_eq!(x.len(), t_count * k, "qlinear: activations size");
+    assert_eq!(out.len(), t_count * n, "qlinear: output size");
+    if let Some(b) = bias {
+        assert_eq!(b.len(), n, "qlinear: bias size");
+    }
+    if n == 0 || t_count == 0 {
+        return;
+    }
+    let ptr = OutPtr(out.as_mut_ptr());
+    let chunks = n.div_ceil(ROW_CHUNK);
+    (0..chunks).into_par_iter().for_each(|c| {
+        let r0 = c * ROW_CHUNK;
+        let r1 = (r0 + ROW_CHUNK).min(n);
+        let mut t = 0;
+        while t < t_count {
+            let tt = (t_count - t).min(MAX_TT);
+            let xs = &x[t * k..(t + tt) * k];
+            let mut r = r0;
+            while r < r1 {
+                let rr = tile_rows(isa, tt, r1 - r);
+                let mut res = [0f32; 8 * MAX_TT];
+                dot_tile(isa, w, r, rr, xs, tt, &mut res);
+                for i in 0..rr {
+                    let o = r + i;
+                    let b = bias.map_or(0.0, |b| b[o]);
+                    for j in 0..tt {
+                        // SAFETY: (t + j, o) is inside `out` (t + j < t_count, o < n), and
+                        // only the task owning row chunk `c` writes column `o`.
+                        unsafe { *ptr.get().add((t + j) * n + o) = res[i * tt + j] + b };
+                    }
+                }
+                r += rr;
+            }
+            t += tt;
+        }
+    });
+}
+
+/// How many weight rows one tile takes for `tt` tokens (`remaining` rows left): as many
+/// as keep the tile's accumulators in registers (32 on AVX-512, 16 on AVX2).
+fn tile_rows(isa: Isa, tt: usize, remaining: usize) -> usize {
+    let want = match (isa, tt) {
+        (Isa::Avx512, 1) => 8,
+        (Isa::Avx512, 2 | 3) => 4,
+        (Isa::Avx512, _) => 2,
+        (Isa::Avx2, 1) => 4,
+        (Isa::Avx2, 2) => 2,
+        _ => 1,
+    };
+    if remaining >= want {
+        want
+    } else {
+        1
+    }
+}
+
+/// Dot products of `rr` rows of `w` from `row` on with `tt` token rows (`xs`):
+/// `res[i * tt + j] = dot(row + i, token j)`.
+fn dot_tile(isa: Isa, w: &QMatrix, row: usize, rr: usize, xs: &[f32], tt: usize, res: &mut [f32]) {
+    let (k, group) = (w.cols(), w.group());
+    let (rb, pr) = (w.row_bytes(), 2 * w.groups_per_row());
+    let codes = &w.codes[row * rb..(row + rr) * rb];
+    let params = &w.params[row * pr..(row + rr) * pr];
+    #[cfg(target_arch = "x86_64")]
+    {
+        macro_rules! tiles {
+            ($m:ident, $b:literal, $(($r:literal, $t:literal)),*) => {
+                match (rr, tt) {
+                    $(($r, $t) => $m::tile::<$b, $r, $t>(codes, params, xs, k, group, res),)*
+                    _ => unreachable!("tile {rr}x{tt}"),
+                }
+            };
+        }
+        macro_rules! dispatch {
+            ($m:ident, $($shape:tt),*) => {
+                // SAFETY: `isa` was checked to have the CPU features of kernel `$m`; the
+                // slices hold `rr` rows of codes and params and `tt` rows of `k` values.
+                unsafe {
+                    match w.bits() {
+                        2 => tiles!($m, 2, $($shape),*),
+                        3 => tiles!($m, 3, $($shape),*),
+                        4 => tiles!($m, 4, $($shape),*),
+                        8 => tiles!($m, 8, $($shape),*),
+                        b => unreachable!("bits {b}"),
+                    }
+                }
+            };
+        }
+        match isa {
+            Isa::Avx512 => {
+                return dispatch!(
+                    avx512,
+                    (8, 1),
+                    (4, 2),
+                    (4, 3),
+                    (2, 4),
+                    (2, 5),
+                    (2, 6),
+                    (1, 1),
+                    (1, 2),
+                    (1, 3),
+                    (1, 4),
+                    (1, 5),
+                    (1, 6)
+                )
+            }
+            Isa::Avx2 => {
+                return dispatch!(
+                    avx2,
+                    (4, 1),
+                    (2, 2),
+                    (1, 1),
+                    (1, 2),
+                    (1, 3),
+                    (1, 4),
+                    (1, 5),
+                    (1, 6)
+                )
+            }
+            Isa::Portable => {}
+        }
+    }
+    let _ = isa;
+    for i in 0..rr {
+        for j in 0..tt {
+            res[i * tt + j] = dot_portable(
+                w.bits(),
+                group,
+                &codes[i * rb..(i + 1) * rb],
+                &params[i * pr..(i + 1) * pr],
+                &xs[j * k..(j + 1) * k],
+            );
+        }
+    }
+}
+
+/// The canonical dot product of one quantized row with `x`, in scalar code (the
+/// reference the SIMD kernels equal).
+pub(crate) fn dot_portable(
+    bits: u8,
+    group: usize,
+    codes: &[u8],
+    params: &[half::f16],
+    x: &[f32],
+) -> f32 {
+    let bb = block_bytes(bits);
+    let mut acc = [0f32; 16];
+    let mut q = [0u8; BLOCK];
+    for (b, xb) in x.chunks_exact(BLOCK).enumerate() {
+        unpack_block(bits, &codes[b * bb..(b + 1) * bb], &mut q);
+        let g = b * BLOCK / group;
+        let (d, m) = (params[2 * g].to_f32(), params[2 * g + 1].to_f32());
+        for h in 0..2 {
+            for (l, a) in acc.iter_mut().enumerate() {
+                let wv = (q[16 * h + l] as f32).mul_add(d, m);
+                *a = wv.mul_add(xb[16 * h + l], *a);
+            }
+        }
+    }
+    sum16(&acc)
+}
+
+/// The fixed pairwise sum of 16 lanes (the order of `backend::cpu::matmul`).
+#[inline(always)]
+fn sum16(acc: &[f32; 16]) -> f32 {
+    let mut b = [0f32; 8];
+    for i in 0..8 {
+        b[i] = acc[i] + acc[i + 8];
+    }
+    let c = [b[0] + b[4], b[1] + b[5], b[2] + b[6], b[3] + b[7]];
+    (c[0] + c[2]) + (c[1] + c[3])
+}
+
+/// Code unpacking shared by the x86 kernels (SSE2/SSSE3 only; inlined into them).
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    /// Codes `16h .. 16h + 16` of the block at `p`, as 16 bytes in order.
+    #[inline(always)]
+    pub unsafe fn unpack16<const B: u8>(p: *const u8, h: usize) -> __m128i {
+        match B {
+            8 => _mm_loadu_si128(p.add(16 * h) as *const __m128i),
+            4 => {
+                let v = _mm_loadu_si128(p as *const __m128i);
+                let v = if h == 0 { v } else { _mm_srli_epi16(v, 4) };
+                _mm_and_si128(v, _mm_set1_epi8(0x0f))
+            }
+            2 => low2(p, h),
+            3 => {
+                let hb = (p.add(8) as *const u32).read_unaligned() >> (16 * h);
+                // byte j of `b` is byte j / 8 of the 16 high bits; keep bit j % 8
+                let b = _mm_shuffle_epi8(
+                    _mm_cvtsi32_si128(hb as i32),
+                    _mm_set_epi64x(0x0101_0101_0101_0101, 0),
+                );
+                let bitsel = _mm_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+                let set = _mm_cmpeq_epi8(_mm_and_si128(b, bitsel), bitsel);
+                _mm_or_si128(low2(p, h), _mm_and_si128(set, _mm_set1_epi8(4)))
+            }
+            _ => unreachable!(),
+        }
+    }
+
+    /// The low two bits of codes `16h .. 16h + 16` in the 2-bit layout.
+    #[inline(always)]
+    unsafe fn low2(p: *const u8, h: usize) -> __m128i {
+        const M: u64 = 0x0303_0303_0303_0303;
+        let v = (p as *const u64).read_unaligned();
+        let lo = (v >> (4 * h)) & M; // codes 16h .. 16h + 8
+        let hi = (v >> (4 * h + 2)) & M; // codes 16h + 8 .. 16h + 16
+        _mm_set_epi64x(hi as i64, lo as i64)
+    }
+
+    /// `(scale, min)` of the group at `p` (two f16), as f32.
+    #[inline(always)]
+    pub unsafe fn params(p: *const half::f16) -> [f32; 2] {
+        let v = _mm_cvtph_ps(_mm_cvtsi32_si128((p as *const i32).read_unaligned()));
+        let mut t = [0f32; 4];
+        _mm_storeu_ps(t.as_mut_ptr(), v);
+        [t[0], t[1]]
+    }
+}
+
+// AVX-512 intrinsics are stable since Rust 1.89: Cargo.toml's `rust-version` must say so.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::incompatible_msrv)]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::sum16;
+
+    /// The 32 weights of the block at `p`, dequantized. For `B < 8`, `lut` holds the
+    /// group's `fma(c, scale, min)` for every code `c`, repeated to fill 16 lanes (entry
+    /// `i` is code `i mod 2^B`), and `vpermps` looks weights up by the low 4 bits of each
+    /// lane; for `B = 8`, `lut` is the scale and `min` the min, and codes are converted.
+    #[inline(always)]
+    unsafe fn weights<const B: u8>(p: *const u8, lut: __m512, min: __m512) -> [__m512; 2] {
+        match B {
+            4 => {
+                // lane j: byte j = code j | code (j + 16) << 4
+                let z = _mm512_cvtepu8_epi32(_mm_loadu_si128(p as *const __m128i));
+                [
+                    _mm512_permutexvar_ps(z, lut),
+                    _mm512_permutexvar_ps(_mm512_srli_epi32(z, 4), lut),
+                ]
+            }
+            2 | 3 => {
+                // lanes 0..8 and 8..16 both hold bytes 0..8: code j + 8s is at bit 2s
+                let v = (p as *const u64).read_unaligned();
+                let z = _mm512_cvtepu8_epi32(_mm_set1_epi64x(v as i64));
+                let s0 = _mm512_set_epi32(2, 2, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0);
+                let s1 = _mm512_set_epi32(6, 6, 6, 6, 6, 6, 6, 6, 4, 4, 4, 4, 4, 4, 4, 4);
+                let mut i0 = _mm512_srlv_epi32(z, s0);
+                let mut i1 = _mm512_srlv_epi32(z, s1);
+                if B == 3 {
+                    // bit 2 of code j is bit j of the u32 at byte 8: moved to bit 2
+                    let hb = _mm512_set1_epi32((p.add(8) as *const i32).read_unaligned());
+                    let lane =
+                        _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+                    let h0 = _mm512_slli_epi32(_mm512_srlv_epi32(hb, lane), 2);
+                    let lane16 = _mm512_add_epi32(lane, _mm512_set1_epi32(16));
+                    let h1 = _mm512_slli_epi32(_mm512_srlv_epi32(hb, lane16), 2);
+                    let (three, four) = (_mm512_set1_epi32(3), _mm512_set1_epi32(4));
+                    i0 = _mm512_or_si512(_mm512_and_si512(i0, three), _mm512_and_si512(h0, four));
+                    i1 = _mm512_or_si512(_mm512_and_si512(i1, three), _mm512_and_si512(h1, four));
+                }
+                [
+                    _mm512_permutexvar_ps(i0, lut),
+                    _mm512_permutexvar_ps(i1, lut),
+                ]
+            }
+            8 => {
+                let q0 = _mm512_cvtepu8_epi32(_mm_loadu_si128(p as *const __m128i));
+                let q1 = _mm512_cvtepu8_epi32(_mm_loadu_si128(p.add(16) as *const __m128i));
+                [
+                    _mm512_fmadd_ps(_mm512_cvtepi32_ps(q0), lut, min),
+                    _mm512_fmadd_ps(_mm512_cvtepi32_ps(q1), lut, min),
+                ]
+            }
+            _ => unreachable!(),
+        }
+    }
+
+    /// `R` rows times `T` tokens; see `super::dot_tile`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
+    pub unsafe fn tile<const B: u8, const R: usize, const T: usize>(
+        codes: &[u8],
+        pars: &[half::f16],
+        xs: &[f32],
+        k: usize,
+        group: usize,
+        res: &mut [f32],
+    ) {
+        let rb = k * B as usize / 8;
+        let gpr = k / group;
+        let bb = 4 * B as usize;
+        let (cp, pp, xp) = (codes.as_ptr(), pars.as_ptr(), xs.as_ptr());
+        let mut acc = [[_mm512_setzero_ps(); T]; R];
+        let bpg = group / 32;
+        let mask = (1i32 << B.min(4)) - 1;
+        let iota = _mm512_and_si512(
+            _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+            _mm512_set1_epi32(mask),
+        );
+        let iota = _mm512_cvtepi32_ps(iota);
+        // (scale, min) of `GC` groups of each row, converted to f32 16 values at a time
+        const GC: usize = 16;
+        let mut dm = [[0f32; 2 * GC]; R];
+        for g in 0..gpr {
+            let gc = g % GC;
+            if gc == 0 {
+                let vals = 2 * (gpr - g).min(GC);
+                for (r, dm_r) in dm.iter_mut().enumerate() {
+                    let src = pp.add(2 * (r * gpr + g)) as *const i16;
+                    for c in 0..vals.div_ceil(16) {
+                        let mask = (((1u32 << (vals - 16 * c).min(16)) - 1) & 0xffff) as u16;
+                        let h = _mm256_maskz_loadu_epi16(mask, src.add(16 * c));
+                        _mm512_storeu_ps(dm_r.as_mut_ptr().add(16 * c), _mm512_cvtph_ps(h));
+                    }
+                }
+            }
+            let mut lut = [_mm512_setzero_ps(); R];
+            let mut min = [_mm512_setzero_ps(); R];
+            for r in 0..R {
+                let (d, m) = (
+                    _mm512_set1_ps(dm[r][2 * gc]),
+                    _mm512_set1_ps(dm[r][2 * gc + 1]),
+                );
+                if B == 8 {
+                    (lut[r], min[r]) = (d, m);
+                } else {
+                    lut[r] = _mm512_fmadd_ps(iota, d, m);
+                }
+            }
+            for b in g * bpg..(g + 1) * bpg {
+                let i = 32 * b;
+                for (r, acc_r) in acc.iter_mut().enumerate() {
+                    let [w0, w1] = weights::<B>(cp.add(r * rb + b * bb), lut[r], min[r]);
+                    for (j, a) in acc_r.iter_mut().enumerate() {
+                        let x = xp.add(j * k + i);
+                        *a = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x), *a);
+                        *a = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x.add(16)), *a);
+                    }
+                }
+            }
+        }
+        for r in 0..R {
+            for j in 0..T {
+                let mut lanes = [0f32; 16];
+                _mm512_storeu_ps(lanes.as_mut_ptr(), acc[r][j]);
+                res[r * T + j] = sum16(&lanes);
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::sum16;
+    use super::x86::{params, unpack16};
+
+    /// `R` rows times `T` tokens, each 16-lane accumulator in two registers.
+    #[target_feature(enable = "avx2,fma,f16c,ssse3")]
+    pub unsafe fn tile<const B: u8, const R: usize, const T: usize>(
+        codes: &[u8],
+        pars: &[half::f16],
+        xs: &[f32],
+        k: usize,
+        group: usize,
+        res: &mut [f32],
+    ) {
+        let rb = k * B as usize / 8;
+        let gpr = k / group;
+        let bb = 4 * B as usize;
+        let (cp, pp, xp) = (codes.as_ptr(), pars.as_ptr(), xs.as_ptr());
+        let mut acc = [[[_mm256_setzero_ps(); 2]; T]; R];
+        let bpg = group / 32;
+        for g in 0..gpr {
+            let mut dm = [[0f32; 2]; R];
+            for (r, v) in dm.iter_mut().enumerate() {
+                *v = params(pp.add(2 * (r * gpr + g)));
+            }
+            for b in g * bpg..(g + 1) * bpg {
+                let i = 32 * b;
+                for (r, acc_r) in acc.iter_mut().enumerate() {
+                    let p = cp.add(r * rb + b * bb);
+                    let (d, m) = (_mm256_set1_ps(dm[r][0]), _mm256_set1_ps(dm[r][1]));
+                    // w[4h + e]: weights 16h + 8e .. 16h + 8e + 8
+                    let mut w = [_mm256_setzero_ps(); 4];
+                    for h in 0..2 {
+                        let q = unpack16::<B>(p, h);
+                        let q0 = _mm256_cvtepu8_epi32(q);
+                        let q1 = _mm256_cvtepu8_epi32(_mm_unpackhi_epi64(q, q));
+                        w[2 * h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q0), d, m);
+                        w[2 * h + 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q1), d, m);
+                    }
+                    for (j, a) in acc_r.iter_mut().enumerate() {
+                        let x = xp.add(j * k + i);
+                        for h in 0..2 {
+                            for (e, a) in a.iter_mut().enumerate() {
+                                let xv = _mm256_loadu_ps(x.add(16 * h + 8 * e));
+                                *a = _mm256_fmadd_ps(w[2 * h + e], xv, *a);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for r in 0..R {
+            for j in 0..T {
+                let mut lanes = [0f32; 16];
+                _mm256_storeu_ps(lanes.as_mut_ptr(), acc[r][j][0]);
+                _mm256_storeu_ps(lanes.as_mut_ptr().add(8), acc[r][j][1]);
+                res[r * T + j] = sum16(&lanes);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{supported_isas, QuantConfig, QuantMethod};
+    use super::*;
+
+    fn matrix(rows: usize, cols: usize, bits: u8, group: usize) -> (Vec<f32>, QMatrix) {
+        let w: Vec<f32> = (0..rows * cols)
+            .map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * 0.3)
+            .collect();
+        let cfg = QuantConfig {
+            bits,
+            group,
+            method: QuantMethod::Hqq,
+        };
+        let q = QMatrix::quantize(&w, rows, cols, &cfg).unwrap();
+        (w, q)
+    }
+
+    fn acts(t_count: usize, k: usize) -> Vec<f32> {
+        (0..t_count * k)
+            .map(|i| (i * 104729 % 997) as f32 / 498.5 - 1.0)
+            .collect()
+    }
+
+    #[test]
+    fn matches_dequantized_reference() {
+        for bits in [2u8, 3, 4, 8] {
+            // 37 rows: full tiles and single-row tails; groups of 64 and 32
+            for (cols, group) in [(128, 64), (96, 32)] {
+                let (_, q) = matrix(37, cols, bits, group);
+                let deq = q.dequantize();
+                let t_count = 3;
+                let x = acts(t_count, cols);
+                let bias: Vec<f32> = (0..37).map(|i| i as f32 * 0.01).collect();
+                let mut out = vec![0f32; t_count * 37];
+                qlinear(&x, t_count, &q, Some(&bias), &mut out);
+                for t in 0..t_count {
+                    for o in 0..37 {
+                        let xr = &x[t * cols..(t + 1) * cols];
+                        let wr = &deq[o * cols..(o + 1) * cols];
+                        let want: f64 = wr.iter().zip(xr).map(|(a, b)| *a as f64 * *b as f64).sum();
+                        let got = out[t * 37 + o] as f64 - bias[o] as f64;
+                        assert!(
+                            (got - want).abs() < 1e-4,
+                            "bits {bits} t {t} o {o}: {got} {want}"
+                        );
+                        // and exactly the canonical order over dequantize()'s values
+                        let mut acc = [0f32; 16];
+                        for i in (0..cols).step_by(16) {
+                            for l in 0..16 {
+                                acc[l] = wr[i + l].mul_add(xr[i + l], acc[l]);
+                            }
+                        }
+                        assert_eq!(out[t * 37 + o], sum16(&acc) + bias[o]);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_isa_equals_portable_and_is_batch_invariant() {
+        // 37 rows: full tiles and row tails; 40 groups of 32: params chunks of 16 and a tail
+        for ((n, k, group), bits) in [(37, 192, 64), (13, 1280, 32)]
+            .into_iter()
+            .flat_map(|s| [2u8, 3, 4, 8].map(|b| (s, b)))
+        {
+            let (_, q) = matrix(n, k, bits, group);
+            let t_max = 13; // two full 6-token tiles and a 1-token tail
+            let x = acts(t_max, k);
+            // every token alone, with the portable kernel
+            let single: Vec<Vec<f32>> = (0..t_max)
+                .map(|t| {
+                    let mut o = vec![0f32; n];
+                    qlinear_isa(Isa::Portable, &x[t * k..(t + 1) * k], 1, &q, None, &mut o);
+                    o
+                })
+                .collect();
+            for isa in supported_isas() {
+                for t_count in 1..=t_max {
+                    for start in 0..=t_max - t_count {
+                        let xs = &x[start * k..(start + t_count) * k];
+                        let mut out = vec![0f32; t_count * n];
+                        qlinear_isa(isa, xs, t_count, &q, None, &mut out);
+                        for t in 0..t_count {
+                            assert_eq!(
+                                &out[t * n..(t + 1) * n],
+                                &single[start + t][..],
+                                "{isa:?} bits {bits} batch {t_count} at {start}, token {t}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! Speculation: the token tree, its growth, and lossless verification. Pure logic, no
+//! device code: the engine runs the forwards and hands the logits in.
+
+pub mod tree;
+pub mod verify;
+
+pub use tree::Tree;
+pub use verify::{accept, Walk};
+
+use crate::error::{Error, Result};
+
+/// Shape of the draft tree.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TreeParams {
+    /// Nodes kept per depth step (the frontier width, `k`).
+    pub width: usize,
+    /// Draft steps (tree depth below the root).
+    pub depth: usize,
+    /// Most nodes in the tree, root included (the verification batch).
+    pub max_tokens: usize,
+    /// Draft softmax temperature used to rank paths.
+    pub draft_temperature: f32,
+}
+
+impl Default for TreeParams {
+    /// Tuned on the CPU with every decoder layer substituted (docs/BENCHMARKS.md); the
+    /// paper's GPU setting uses width 6, depth 48.
+    fn default() -> Self {
+        TreeParams {
+            width: 4,
+            depth: 8,
+            max_tokens: 64,
+            draft_temperature: 0.2,
+        }
+    }
+}
+
+impl TreeParams {
+    /// Checks the ranges.
+    pub fn validate(&self) -> Result<()> {
+        if self.width == 0 {
+            return Err(Error::invalid_argument("tree width must be at least 1"));
+        }
+        if self.depth == 0 {
+            return Err(Error::invalid_argument("tree depth must be at least 1"));
+        }
+        if self.max_tokens < 2 {
+            return Err(Error::invalid_argument(format!(
+                "tree max tokens must be at least 2 (the root and one draft token), got {}",
+                self.max_tokens
+            )));
+        }
+        if !(self.draft_temperature.is_finite() && self.draft_temperature > 0.0) {
+            return Err(Error::invalid_argument(format!(
+                "draft temperature must be a positive number, got {}",
+                self.draft_temperature
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Per-sequence speculation statistics.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SpecStats {
+    /// Steps (one target pass each, after the prompt).
+    pub iterations: usize,
+    /// Tokens emitted by those steps.
+    pub generated: usize,
+    /// Draft tokens accepted (emitted tokens minus bonus tokens).
+    pub accepted: usize,
+    /// `accepted_by_depth[d]`: steps that accepted at least `d + 1` draft tokens.
+    pub accepted_by_depth: Vec<usize>,
+    /// Draft forwards run.
+    pub draft_steps: usize,
+    /// Seconds spent drafting.
+    pub draft_s: f64,
+    /// Seconds spent in target passes (verification, or the plain step's forward).
+    pub verify_s: f64,
+}
+
+impl SpecStats {
+    /// Mean tokens emitted per target pass (accepted draft tokens + 1): tau.
+    pub fn tau(&self) -> f64 {
+        if self.iterations == 0 {
+            0.0
+        } else {
+            self.generated as f64 / self.iterations as f64
+        }
+    }
+
+    /// Records one step.
+    pub fn record(&mut self, emitted: usize, accepted: usize) {
+        self.iterations += 1;
+        self.generated += emitted;
+        self.accepted += accepted;
+        if self.accepted_by_depth.len() < accepted {
+            self.accepted_by_depth.resize(accepted, 0);
+        }
+        for d in self.accepted_by_depth.iter_mut().take(accepted) {
+            *d += 1;
+        }
+    }
+}

@@ -1,0 +1,346 @@
+//! Speculative decoding is lossless, exactly: its output equals plain autoregressive
+//! decoding token for token (greedy and seeded sampling, several tree shapes, both test
+//! models), and its sampled tokens follow the target's distribution.
+
+mod common;
+
+use subspec::sample::distribution;
+use subspec::{Engine, EngineOptions, ErrorKind, SamplingParams, StepOptions, TreeParams};
+
+/// 20+ prompts of varied kinds: prose, code, chat, lists, numbers, other languages.
+const PROMPTS: &[&str] = &[
+    "The history of the printing press begins",
+    "def merge_sort(values):\n    ",
+    "<|im_start|>user\nWhat is the boiling point of water?<|im_end|>\n<|im_start|>assistant\n",
+    "1, 2, 3, 5, 8, 13,",
+    "Ingredients for pancakes:\n-",
+    "SELECT name, email FROM users WHERE",
+    "La capitale de la France est",
+    "Once upon a time, in a small village by the sea,",
+    "import numpy as np\nimport matplotlib.pyplot as plt\n\n",
+    "Q: If a train travels 60 miles in 1.5 hours, what is its speed?\nA:",
+    "<|im_start|>user\nSummarise the water cycle in two sentences.<|im_end|>\n<|im_start|>assistant\n",
+    "The three laws of thermodynamics are",
+    "fn main() {\n    let v: Vec<i32> =",
+    "Dear hiring manager,\n\nI am writing to",
+    "<html>\n<head>\n<title>",
+    "To be, or not to be, that is",
+    "The mitochondria is",
+    "#include <stdio.h>\n\nint main(void) {\n",
+    "Translate to Spanish: good morning, friends. ->",
+    "Step 1: Preheat the oven to",
+    "The quick brown fox",
+    "class Stack:\n    def __init__(self):\n",
+];
+
+/// Tree shapes: a chain, the default, and a wide shallow tree.
+fn shapes() -> [TreeParams; 3] {
+    let d = TreeParams::default();
+    [
+        TreeParams {
+            width: 1,
+            depth: 6,
+            ..d
+        },
+        d,
+        TreeParams {
+            width: 8,
+            depth: 2,
+            max_tokens: 17,
+            ..d
+        },
+    ]
+}
+
+/// Greedy and two seeded sampling settings.
+fn samplings() -> [SamplingParams; 3] {
+    [
+        SamplingParams::greedy(),
+        SamplingParams {
+            temperature: 0.8,
+            top_k: 0,
+            top_p: 0.95,
+            seed: 1,
+        },
+        SamplingParams {
+            temperature: 1.3,
+            top_k: 40,
+            top_p: 1.0,
+            seed: 7,
+        },
+    ]
+}
+
+fn generate(engine: &Engine, prompt: &[u32], opts: &StepOptions, n: usize) -> (Vec<u32>, f64) {
+    let mut seq = engine.new_sequence();
+    seq.append(engine, prompt).unwrap();
+    let out = seq.generate(engine, opts, n, |_| true).unwrap();
+    (out, seq.stats().tau())
+}
+
+fn check_equality(model: &str, n_new: usize) {
+    let engine = common::engine(model);
+    let tok = engine.tokenizer().unwrap();
+    let mut taus = Vec::new();
+    for (i, text) in PROMPTS.iter().enumerate() {
+        let ids = tok.encode(text, true).unwrap();
+        let tree = shapes()[i % 3];
+        for sampling in samplings() {
+            let (plain, _) = generate(&engine, &ids, &StepOptions::plain(sampling), n_new);
+            let spec_opts = StepOptions {
+                tree,
+                ..StepOptions::speculative(sampling)
+            };
+            let (spec, tau) = generate(&engine, &ids, &spec_opts, n_new);
+            assert_eq!(
+                spec, plain,
+                "{model}: prompt {i} {text:?}, tree {tree:?}, sampling {sampling:?}"
+            );
+            taus.push(tau);
+        }
+    }
+    let mean = taus.iter().sum::<f64>() / taus.len() as f64;
+    eprintln!(
+        "{model}: {} equal generations, mean tau {mean:.2}",
+        taus.len()
+    );
+    assert!(
+        mean > 1.0,
+        "the draft never got a token accepted: tau {mean}"
+    );
+}
+
+#[test]
+fn smollm2_speculative_equals_plain() {
+    check_equality(common::SMOLLM2, 20);
+}
+
+#[test]
+fn qwen2_speculative_equals_plain() {
+    check_equality(common::QWEN2, 16);
+}
+
+fn tiny_engine(tag: &str, qwen2: bool) -> Engine {
+    let dir = common::temp_dir(tag);
+    common::write_tiny_model(&dir, qwen2);
+    let mut o = EngineOptions::new(&dir);
+    o.require_tokenizer = false;
+    Engine::load(&o).unwrap()
+}
+
+#[test]
+fn tiny_models_speculative_equals_plain_with_limits() {
+    for qwen2 in [false, true] {
+        let engine = tiny_engine(if qwen2 { "spec-q" } else { "spec-l" }, qwen2);
+        for (i, sampling) in samplings().iter().enumerate() {
+            for tree in shapes() {
+                let prompt: Vec<u32> = (0..5).map(|j| (j * 13 + i as u32 * 5 + 2) % 128).collect();
+                // Several lengths, so the requested length is reached mid-path.
+                for n in [1, 2, 7, 30] {
+                    let (plain, _) = generate(&engine, &prompt, &StepOptions::plain(*sampling), n);
+                    let spec_opts = StepOptions {
+                        tree,
+                        ..StepOptions::speculative(*sampling)
+                    };
+                    let (spec, _) = generate(&engine, &prompt, &spec_opts, n);
+                    assert_eq!(
+                        spec, plain,
+                        "tiny qwen2={qwen2}, {sampling:?}, {tree:?}, n={n}"
+                    );
+                    assert!(spec.len() <= n);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn speculation_stops_at_the_context_limit_like_plain() {
+    let engine = tiny_engine("spec-ctx", false); // context 256
+    let prompt: Vec<u32> = (0..250).map(|j| (j * 7 + 3) % 128).collect();
+    let (plain, _) = generate(
+        &engine,
+        &prompt,
+        &StepOptions::plain(SamplingParams::greedy()),
+        100,
+    );
+    let (spec, _) = generate(
+        &engine,
+        &prompt,
+        &StepOptions::speculative(SamplingParams::greedy()),
+        100,
+    );
+    assert_eq!(spec, plain);
+    assert!(plain.len() <= 6);
+    let mut seq = engine.new_sequence();
+    seq.append(&engine, &prompt).unwrap();
+    seq.generate(
+        &engine,
+        &StepOptions::speculative(SamplingParams::greedy()),
+        100,
+        |_| true,
+    )
+    .unwrap();
+    if seq.len() == 256 {
+        let e = seq
+            .step(&engine, &StepOptions::speculative(SamplingParams::greedy()))
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::ContextFull);
+    }
+}
+
+#[test]
+fn impossible_tree_settings_are_errors() {
+    let engine = tiny_engine("spec-bad", false);
+    let mut seq = engine.new_sequence();
+    seq.append(&engine, &[1, 2, 3]).unwrap();
+    let base = StepOptions::speculative(SamplingParams::greedy());
+    for (tree, what) in [
+        (
+            TreeParams {
+                width: 0,
+                ..base.tree
+            },
+            "width",
+        ),
+        (
+            TreeParams {
+                depth: 0,
+                ..base.tree
+            },
+            "depth",
+        ),
+        (
+            TreeParams {
+                depth: 256,
+                ..base.tree
+            },
+            "context",
+        ),
+        (
+            TreeParams {
+                max_tokens: 1,
+                ..base.tree
+            },
+            "max tokens",
+        ),
+        (
+            TreeParams {
+                max_tokens: 100_000,
+                ..base.tree
+            },
+            "max tokens",
+        ),
+        (
+            TreeParams {
+                draft_temperature: 0.0,
+                ..base.tree
+            },
+            "temperature",
+        ),
+    ] {
+        let e = seq
+            .step(&engine, &StepOptions { tree, ..base })
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{tree:?}");
+        assert!(e.message().contains(what), "{tree:?}: {e}");
+        assert_eq!(
+            seq.tokens(),
+            &[1, 2, 3],
+            "a failed step leaves the sequence as it was"
+        );
+    }
+    // No draft loaded: speculation is refused, plain works.
+    let dir = common::temp_dir("spec-nodraft");
+    common::write_tiny_model(&dir, false);
+    let mut o = EngineOptions::new(&dir);
+    o.require_tokenizer = false;
+    o.draft = None;
+    let plain_only = Engine::load(&o).unwrap();
+    let mut seq = plain_only.new_sequence();
+    seq.append(&plain_only, &[1, 2, 3]).unwrap();
+    assert!(seq
+        .step(&plain_only, &base)
+        .unwrap_err()
+        .message()
+        .contains("draft"));
+    assert_eq!(
+        seq.step(&plain_only, &StepOptions::plain(SamplingParams::greedy()))
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+/// Over many seeds, the first tokens of speculative sampling follow the target softmax
+/// (total variation of the first sampled token against the computed distribution).
+#[test]
+fn speculative_samples_follow_the_target_distribution() {
+    let engine = tiny_engine("spec-stat", false);
+    let prompt = [5u32, 9, 77, 3];
+    let temp = 0.7;
+    let n = 3000;
+    let mut first = vec![0usize; 128];
+    for seed in 0..n {
+        let sampling = SamplingParams {
+            temperature: temp,
+            top_k: 0,
+            top_p: 1.0,
+            seed,
+        };
+        let mut seq = engine.new_sequence();
+        seq.append(&engine, &prompt).unwrap();
+        let out = seq
+            .step(
+                &engine,
+                &StepOptions {
+                    tree: TreeParams {
+                        width: 3,
+                        depth: 2,
+                        ..TreeParams::default()
+                    },
+                    ..StepOptions::speculative(sampling)
+                },
+            )
+            .unwrap();
+        first[out[0] as usize] += 1;
+    }
+    // The target's distribution after the prompt.
+    let m = engine.model();
+    let mut cache = m.new_cache(8);
+    let pos: Vec<usize> = (0..prompt.len()).collect();
+    let logits = m
+        .forward(
+            &mut cache,
+            &prompt,
+            &pos,
+            &subspec::backend::AttnMask::causal(prompt.len()),
+            &[prompt.len() - 1],
+        )
+        .unwrap();
+    let p = distribution(
+        &logits,
+        &SamplingParams {
+            temperature: temp,
+            top_k: 0,
+            top_p: 1.0,
+            seed: 0,
+        },
+    );
+    let mut probs = vec![0f64; 128];
+    for (t, pr) in p {
+        probs[t as usize] = pr;
+    }
+    let tv: f64 = (0..128)
+        .map(|t| (first[t] as f64 / n as f64 - probs[t]).abs())
+        .sum::<f64>()
+        / 2.0;
+    // Expected TV of an honest sample: sum_t sqrt(2 p (1 - p) / (pi n)) / 2.
+    let expected: f64 = probs
+        .iter()
+        .map(|&q| (2.0 * q * (1.0 - q) / (std::f64::consts::PI * n as f64)).sqrt())
+        .sum::<f64>()
+        / 2.0;
+    eprintln!("TV {tv:.4}, expected for an honest sampler {expected:.4}");
+    assert!(tv < 2.0 * expected + 0.01, "TV {tv} vs expected {expected}");
+}

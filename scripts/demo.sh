@@ -1,12 +1,30 @@
 #!/usr/bin/env bash
-# The main job (README): fetch a small model, build, generate, print the speed.
+# The main job (README): fetch a small model, build, generate the same answer with and
+# without speculation, and print the speedup. Output is identical by construction.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 MODEL="${MODEL:-qwen2.5-coder-0.5b-instruct}"
 PROMPT="${PROMPT:-Write a Python function that checks whether a string is a palindrome.}"
-N="${N:-96}"
+N="${N:-128}"
 
 bash scripts/fetch-models.sh "$MODEL"
 cargo build --release --quiet
-./target/release/subspec generate --model "models/$MODEL" --chat --prompt "$PROMPT" -n "$N"
+bin=./target/release/subspec
+args=(--model "models/$MODEL" --chat --prompt "$PROMPT" -n "$N")
+
+echo "== plain decoding (one target pass per token)"
+"$bin" generate "${args[@]}" --no-spec --json > /tmp/subspec-demo-plain.json
+echo "== SubSpec: 4-bit substitute draft, one target pass verifies each draft"
+"$bin" generate "${args[@]}" --spec --json > /tmp/subspec-demo-spec.json
+python3 - /tmp/subspec-demo-plain.json /tmp/subspec-demo-spec.json <<'PY'
+import json, sys
+plain, spec = (json.load(open(p)) for p in sys.argv[1:3])
+print(spec["text"])
+print()
+same = plain["generated_tokens"] == spec["generated_tokens"]
+print(f"plain:    {plain['tokens_per_s']:.2f} tokens/s")
+print(f"SubSpec:  {spec['tokens_per_s']:.2f} tokens/s, tau {spec['tau']:.2f} tokens per target pass")
+print(f"speedup:  {spec['tokens_per_s'] / plain['tokens_per_s']:.2f}x; identical output: {same}")
+sys.exit(0 if same else 1)
+PY

@@ -21,22 +21,13 @@ use crate::spec::{accept, SpecStats, Tree, TreeParams};
 use crate::tokenizer::Tokenizer;
 
 /// How the draft is built from the target.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct DraftOptions {
     /// Quantization of the substitutes (bits, group size, HQQ or RTN).
     pub quant: QuantConfig,
     /// Decoder layers treated as offloaded, i.e. replaced by substitutes in the draft
     /// (`None`: all of them).
     pub offloaded_layers: Option<Vec<usize>>,
-}
-
-impl Default for DraftOptions {
-    fn default() -> Self {
-        DraftOptions {
-            quant: QuantConfig::default(),
-            offloaded_layers: None,
-        }
-    }
 }
 
 /// How one step chooses tokens.

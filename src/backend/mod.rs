@@ -168,6 +168,7 @@ pub trait Backend: Send + Sync {
     fn kv_compact(&self, kv: &mut Self::Kv, src: &[usize], dst_first: usize);
     /// Attention of batch token `i` (query row `i` of `q`) over cache slots
     /// `0..committed` and the scratch slots `committed + j` for `j` in `mask.row(i)`.
+    #[allow(clippy::too_many_arguments)]
     fn attention(
         &self,
         q: &Self::Act,

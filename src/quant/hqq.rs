@@ -50,7 +50,7 @@ where
     F: Fn(usize, &mut [f32]) + Sync,
 {
     cfg.validate()?;
-    if cols % cfg.group != 0 {
+    if !cols.is_multiple_of(cfg.group) {
         return Err(Error::invalid_argument(format!(
             "quantize: {cols} columns is not a multiple of the group size {}",
             cfg.group

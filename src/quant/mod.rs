@@ -60,7 +60,7 @@ impl QuantConfig {
                 self.bits
             )));
         }
-        if self.group == 0 || self.group % format::BLOCK != 0 {
+        if self.group == 0 || !self.group.is_multiple_of(format::BLOCK) {
             return Err(Error::invalid_argument(format!(
                 "quantization group size must be a positive multiple of {}, got {}",
                 format::BLOCK,

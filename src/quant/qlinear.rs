@@ -279,7 +279,6 @@ mod x86 {
 
 // AVX-512 intrinsics are stable since Rust 1.89: Cargo.toml's `rust-version` must say so.
 #[cfg(target_arch = "x86_64")]
-#[allow(clippy::incompatible_msrv)]
 mod avx512 {
     use std::arch::x86_64::*;
 

@@ -23,11 +23,12 @@ pub struct TreeParams {
 }
 
 impl Default for TreeParams {
-    /// Tuned on the CPU with every decoder layer substituted (docs/BENCHMARKS.md); the
-    /// paper's GPU setting uses width 6, depth 48.
+    /// Tuned on the CPU with the whole model resident and every decoder layer
+    /// substituted (docs/BENCHMARKS.md): there the draft costs about half a target pass,
+    /// so a narrow tree pays best. The paper's offloaded GPU setting uses width 6, depth 48.
     fn default() -> Self {
         TreeParams {
-            width: 4,
+            width: 1,
             depth: 8,
             max_tokens: 64,
             draft_temperature: 0.2,

@@ -16,6 +16,13 @@ use crate::model::{DType, HostTensor};
 /// A raw output pointer shared by tasks that write disjoint elements.
 #[derive(Clone, Copy)]
 struct OutPtr(*mut f32);
+
+impl OutPtr {
+    /// The pointer (a method, so closures capture the `Send` wrapper, not the field).
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
 // SAFETY: tasks write disjoint (row-chunk) columns of the output; see `linear`.
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
@@ -23,7 +30,11 @@ unsafe impl Sync for OutPtr {}
 /// Rows of `w` handed to one task.
 const ROW_CHUNK: usize = 32;
 /// Most tokens in one tile.
-const MAX_TT: usize = 6;
+const MAX_TT: usize = 12;
+/// Token tile on widened (f32) rows: 4 rows x 6 tokens keeps loads and FMAs balanced.
+const WIDE_TT: usize = 6;
+/// Batches above this many tokens widen each row chunk to f32 once (see `linear`).
+const WIDEN_ABOVE: usize = MAX_TT;
 
 /// Which SIMD kernel this CPU runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,7 +69,7 @@ fn isa() -> Isa {
 
 /// `out[t * n + o] = dot(w[o], x[t]) (+ bias[o])` for `x` of `t_count` rows of `k`.
 ///
-/// With more tokens than one tile holds, each task first widens its chunk of f16/bf16 rows to f32 (exact)
+/// With more tokens than one tile holds (`WIDEN_ABOVE`), each task first widens its chunk of f16/bf16 rows to f32 (exact)
 /// once, so the conversion is not repeated for every token tile; the products are the same
 /// FMAs on the same f32 values either way, so this does not change a single bit.
 pub fn linear(x: &[f32], t_count: usize, w: &HostTensor, bias: Option<&[f32]>, out: &mut [f32]) {
@@ -70,11 +81,10 @@ pub fn linear(x: &[f32], t_count: usize, w: &HostTensor, bias: Option<&[f32]>, o
     let row_bytes = k * dtype.size();
     let ptr = OutPtr(out.as_mut_ptr());
     let isa = isa();
-    let widen = t_count > MAX_TT && dtype != DType::F32;
+    let widen = t_count > WIDEN_ABOVE && dtype != DType::F32;
     let chunks = n.div_ceil(ROW_CHUNK);
     (0..chunks).into_par_iter().for_each(|c| {
         SCRATCH.with_borrow_mut(|scratch| {
-            let ptr = ptr;
             let r0 = c * ROW_CHUNK;
             let r1 = (r0 + ROW_CHUNK).min(n);
             let (rows, dtype, row_bytes) = if widen {
@@ -90,7 +100,7 @@ pub fn linear(x: &[f32], t_count: usize, w: &HostTensor, bias: Option<&[f32]>, o
             };
             let mut t = 0;
             while t < t_count {
-                let tt = (t_count - t).min(MAX_TT);
+                let tt = (t_count - t).min(if widen { WIDE_TT } else { MAX_TT });
                 let xs = &x[t * k..(t + tt) * k];
                 let mut r = 0;
                 while r < r1 - r0 {
@@ -112,7 +122,7 @@ pub fn linear(x: &[f32], t_count: usize, w: &HostTensor, bias: Option<&[f32]>, o
                         for j in 0..tt {
                             // SAFETY: (t + j, o) is inside `out` (t + j < t_count, o < n), and
                             // only the task owning row chunk `c` writes column `o`.
-                            unsafe { *ptr.0.add((t + j) * n + o) = res[i * tt + j] + b };
+                            unsafe { *ptr.get().add((t + j) * n + o) = res[i * tt + j] + b };
                         }
                     }
                     r += rr;
@@ -147,7 +157,11 @@ fn widen_rows(isa: Isa, dtype: DType, src: &[u8], dst: &mut Vec<f32>) {
 
 /// How many weight rows one tile takes for `tt` tokens (`remaining` rows left).
 fn tile_rows(tt: usize, remaining: usize) -> usize {
-    let want = if tt == 1 { 8 } else { 4 };
+    let want = match tt {
+        1 => 8,
+        2..=6 => 4,
+        _ => 2,
+    };
     if remaining >= want {
         want
     } else {
@@ -182,12 +196,24 @@ fn dot_tile(
                         (4, 4) => $m::tile::<4, 4>(dtype, rows, xs, k, res),
                         (4, 5) => $m::tile::<4, 5>(dtype, rows, xs, k, res),
                         (4, 6) => $m::tile::<4, 6>(dtype, rows, xs, k, res),
+                        (2, 7) => $m::tile::<2, 7>(dtype, rows, xs, k, res),
+                        (2, 8) => $m::tile::<2, 8>(dtype, rows, xs, k, res),
+                        (2, 9) => $m::tile::<2, 9>(dtype, rows, xs, k, res),
+                        (2, 10) => $m::tile::<2, 10>(dtype, rows, xs, k, res),
+                        (2, 11) => $m::tile::<2, 11>(dtype, rows, xs, k, res),
+                        (2, 12) => $m::tile::<2, 12>(dtype, rows, xs, k, res),
                         (1, 1) => $m::tile::<1, 1>(dtype, rows, xs, k, res),
                         (1, 2) => $m::tile::<1, 2>(dtype, rows, xs, k, res),
                         (1, 3) => $m::tile::<1, 3>(dtype, rows, xs, k, res),
                         (1, 4) => $m::tile::<1, 4>(dtype, rows, xs, k, res),
                         (1, 5) => $m::tile::<1, 5>(dtype, rows, xs, k, res),
                         (1, 6) => $m::tile::<1, 6>(dtype, rows, xs, k, res),
+                        (1, 7) => $m::tile::<1, 7>(dtype, rows, xs, k, res),
+                        (1, 8) => $m::tile::<1, 8>(dtype, rows, xs, k, res),
+                        (1, 9) => $m::tile::<1, 9>(dtype, rows, xs, k, res),
+                        (1, 10) => $m::tile::<1, 10>(dtype, rows, xs, k, res),
+                        (1, 11) => $m::tile::<1, 11>(dtype, rows, xs, k, res),
+                        (1, 12) => $m::tile::<1, 12>(dtype, rows, xs, k, res),
                         _ => unreachable!("tile {rr}x{tt}"),
                     }
                 }
@@ -245,8 +271,8 @@ fn finish(acc: &[f32; 16], dtype: DType, row: &[u8], x: &[f32], body: usize) -> 
     }
     let c = [b[0] + b[4], b[1] + b[5], b[2] + b[6], b[3] + b[7]];
     let mut s = (c[0] + c[2]) + (c[1] + c[3]);
-    for i in body..x.len() {
-        s = weight(dtype, row, i).mul_add(x[i], s);
+    for (i, &xi) in x.iter().enumerate().skip(body) {
+        s = weight(dtype, row, i).mul_add(xi, s);
     }
     s
 }
@@ -406,6 +432,7 @@ mod tests {
             let mut single = vec![0f32; n];
             linear(&x[t * k..(t + 1) * k], 1, &wt, None, &mut single);
             assert_eq!(&batch[t * n..(t + 1) * n], &single[..], "token {t}");
+            #[allow(clippy::needless_range_loop)]
             for o in 0..n {
                 let p = dot_portable(
                     DType::F16,

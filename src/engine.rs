@@ -213,8 +213,13 @@ impl Engine {
 
     /// Mean negative log-likelihood (nats) of `ids`, scored in independent windows of
     /// `ctx` tokens (each window predicts its tokens 1.. from its own prefix). Returns the
-    /// number of scored tokens and the mean NLL.
-    pub fn perplexity(&self, ids: &[u32], ctx: usize) -> Result<(usize, f64)> {
+    /// number of scored tokens and the mean NLL. `pass` picks the target or the draft.
+    pub fn perplexity(&self, ids: &[u32], ctx: usize, pass: Pass) -> Result<(usize, f64)> {
+        if pass == Pass::Draft && !self.model.has_draft() {
+            return Err(Error::invalid_argument(
+                "the engine was loaded without a draft",
+            ));
+        }
         if ctx < 2 || ctx > self.max_context {
             return Err(Error::invalid_argument(format!(
                 "perplexity window must be in 2..={}, got {ctx}",
@@ -236,8 +241,10 @@ impl Engine {
                 let positions: Vec<usize> = (start..start + chunk.len()).collect();
                 let rows: Vec<usize> = (0..chunk.len()).collect();
                 let logits = self.install(|| {
-                    self.model.forward(
+                    self.model.forward_at(
                         &mut cache,
+                        pass,
+                        0,
                         chunk,
                         &positions,
                         &AttnMask::causal(chunk.len()),

@@ -8,6 +8,7 @@ use std::path::Path;
 
 use serde_json::Value;
 use subspec::backend::AttnMask;
+use subspec::model::Pass;
 use subspec::{SamplingParams, StepOptions};
 
 const LOGIT_TOL: f32 = 1e-3;
@@ -149,7 +150,7 @@ fn check_perplexity(model: &str) {
     let fx = fixture(model);
     let ppl = &fx["perplexity"];
     let ids = ids(&ppl["ids"]);
-    let (n, nll) = engine.perplexity(&ids, ids.len()).unwrap();
+    let (n, nll) = engine.perplexity(&ids, ids.len(), Pass::Target).unwrap();
     assert_eq!(n, ids.len() - 1);
     let (want_nll, want_ppl) = (
         ppl["mean_nll"].as_f64().unwrap(),

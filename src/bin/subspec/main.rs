@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
+use subspec::model::Pass;
 use subspec::quant::{QuantConfig, QuantMethod};
 use subspec::tokenizer::TextStream;
 use subspec::{
@@ -184,6 +185,11 @@ struct PerplexityArgs {
     /// Window length in tokens (0: the whole file in one window, up to the context length).
     #[arg(long, default_value_t = 0)]
     ctx: usize,
+    /// Score the draft (the target with 4-bit substitutes) instead of the target.
+    #[arg(long)]
+    draft: bool,
+    #[command(flatten)]
+    spec: SpecArgs,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -282,7 +288,9 @@ fn generate(a: &GenerateArgs) -> Result<(), Error> {
 }
 
 fn perplexity(a: &PerplexityArgs) -> Result<(), Error> {
-    let engine = a.model.load(None)?;
+    let draft = if a.draft { a.spec.draft()? } else { None };
+    let engine = a.model.load(draft)?;
+    let pass = if a.draft { Pass::Draft } else { Pass::Target };
     let text = std::fs::read_to_string(&a.file).map_err(|e| Error::io(&a.file, e))?;
     let ids = engine.tokenizer()?.encode(&text, true)?;
     let ctx = if a.ctx == 0 {
@@ -291,10 +299,10 @@ fn perplexity(a: &PerplexityArgs) -> Result<(), Error> {
         a.ctx
     };
     let t0 = Instant::now();
-    let (n, mean_nll) = engine.perplexity(&ids, ctx)?;
+    let (n, mean_nll) = engine.perplexity(&ids, ctx, pass)?;
     let ppl = mean_nll.exp();
     if a.json {
-        let v = json!({"tokens": ids.len(), "scored": n, "ctx": ctx, "mean_nll": mean_nll, "perplexity": ppl, "seconds": t0.elapsed().as_secs_f64()});
+        let v = json!({"pass": if a.draft { "draft" } else { "target" }, "tokens": ids.len(), "scored": n, "ctx": ctx, "mean_nll": mean_nll, "perplexity": ppl, "seconds": t0.elapsed().as_secs_f64()});
         println!("{v}");
     } else {
         println!("tokens: {} (scored {n}, window {ctx})", ids.len());

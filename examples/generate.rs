@@ -8,7 +8,9 @@ use subspec::{Engine, EngineOptions, SamplingParams, StepOptions};
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let dir = args.next().ok_or("usage: generate MODEL_DIR [PROMPT]")?;
-    let prompt = args.next().unwrap_or_else(|| "The three primary colours are".into());
+    let prompt = args
+        .next()
+        .unwrap_or_else(|| "The three primary colours are".into());
 
     let engine = Engine::load(&EngineOptions::new(dir))?;
     let tok = engine.tokenizer()?;
@@ -19,6 +21,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = seq.generate(&engine, &opts, 48, |_| true)?;
     println!("{prompt}{}", tok.decode(&out)?);
     let st = seq.stats();
-    println!("[{} tokens in {} target passes: tau {:.2}]", out.len(), st.iterations, st.tau());
+    println!(
+        "[{} tokens in {} target passes: tau {:.2}]",
+        out.len(),
+        st.iterations,
+        st.tau()
+    );
     Ok(())
 }

@@ -33,8 +33,8 @@ const PROMPTS: &[&str] = &[
     "class Stack:\n    def __init__(self):\n",
 ];
 
-/// Tree shapes: a chain, the default, and a wide shallow tree.
-fn shapes() -> [TreeParams; 3] {
+/// Tree shapes: a chain, the default, a wide shallow tree, and a paper-like tree.
+fn shapes() -> [TreeParams; 4] {
     let d = TreeParams::default();
     [
         TreeParams {
@@ -47,6 +47,11 @@ fn shapes() -> [TreeParams; 3] {
             width: 8,
             depth: 2,
             max_tokens: 17,
+            ..d
+        },
+        TreeParams {
+            width: 4,
+            depth: 4,
             ..d
         },
     ]

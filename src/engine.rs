@@ -9,6 +9,7 @@
 //! decoding would choose. A failed call leaves the sequence exactly as it was.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::backend::cpu::CpuBackend;
@@ -81,6 +82,35 @@ pub struct EngineOptions {
     pub require_tokenizer: bool,
     /// The draft to build (`None`: no draft, plain decoding only).
     pub draft: Option<DraftOptions>,
+    /// Called during loading with the fraction done (0.0 to 1.0); returning `false`
+    /// aborts the load with [`ErrorKind::Aborted`].
+    pub progress: Option<Progress>,
+}
+
+/// A load-progress callback: fraction done in, `false` out to abort.
+#[derive(Clone)]
+pub struct Progress(pub Arc<dyn Fn(f32) -> bool + Send + Sync>);
+
+impl std::fmt::Debug for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Progress(..)")
+    }
+}
+
+impl Progress {
+    /// Reports `fraction`; an error if the callback asks to abort.
+    fn report(p: &Option<Progress>, fraction: f32) -> Result<()> {
+        match p {
+            Some(Progress(f)) if !f(fraction) => Err(Error::new(
+                ErrorKind::Aborted,
+                format!(
+                    "loading aborted by the progress callback at {:.0}%",
+                    fraction * 100.0
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 impl EngineOptions {
@@ -92,6 +122,7 @@ impl EngineOptions {
             max_context: 0,
             require_tokenizer: true,
             draft: Some(DraftOptions::default()),
+            progress: None,
         }
     }
 }
@@ -110,7 +141,9 @@ impl Engine {
     /// Loads the model directory named in `opts`.
     pub fn load(opts: &EngineOptions) -> Result<Engine> {
         let dir = opts.model_dir.as_path();
+        Progress::report(&opts.progress, 0.0)?;
         let mut model = Model::load(dir, CpuBackend)?;
+        Progress::report(&opts.progress, 0.1)?;
         let tokenizer = match Tokenizer::from_dir(dir) {
             Ok(t) => Some(t),
             Err(e) if opts.require_tokenizer => return Err(e),
@@ -137,10 +170,15 @@ impl Engine {
                     None => (0..model.config.n_layers).collect(),
                     Some(l) => l.clone(),
                 };
-                let stats = pool.install(|| model.build_substitutes(&layers, &d.quant))?;
+                let n = layers.len().max(1) as f32;
+                let mut report =
+                    |done: usize| Progress::report(&opts.progress, 0.1 + 0.9 * done as f32 / n);
+                let stats =
+                    pool.install(|| model.build_substitutes(&layers, &d.quant, &mut report))?;
                 Some((d.clone(), stats))
             }
         };
+        Progress::report(&opts.progress, 1.0)?;
         Ok(Engine {
             model,
             tokenizer,

@@ -18,7 +18,7 @@ pub mod sample;
 pub mod spec;
 pub mod tokenizer;
 
-pub use engine::{DraftOptions, Engine, EngineOptions, Sequence, StepOptions};
+pub use engine::{DraftOptions, Engine, EngineOptions, Progress, Sequence, StepOptions};
 pub use error::{Error, ErrorKind, Result};
 pub use sample::SamplingParams;
 pub use spec::{SpecStats, TreeParams};

@@ -217,3 +217,31 @@ fn missing_tokenizer_is_an_error_when_required() {
     assert_eq!(e.kind(), ErrorKind::Tokenizer);
     assert!(e.message().contains("tokenizer.json"), "{e}");
 }
+
+#[test]
+fn progress_callback_reports_and_can_abort() {
+    use std::sync::{Arc, Mutex};
+    let dir = common::temp_dir("progress");
+    common::write_tiny_model(&dir, false);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let mut o = EngineOptions::new(&dir);
+    o.require_tokenizer = false;
+    let s = seen.clone();
+    o.progress = Some(subspec::Progress(Arc::new(move |f| {
+        s.lock().unwrap().push(f);
+        true
+    })));
+    Engine::load(&o).unwrap();
+    let fractions = seen.lock().unwrap().clone();
+    assert_eq!(fractions.first(), Some(&0.0));
+    assert_eq!(fractions.last(), Some(&1.0));
+    assert!(fractions.windows(2).all(|w| w[0] <= w[1]), "{fractions:?}");
+
+    o.progress = Some(subspec::Progress(Arc::new(|f| f < 0.5)));
+    let e = match Engine::load(&o) {
+        Ok(_) => panic!("the callback asked to abort"),
+        Err(e) => e,
+    };
+    assert_eq!(e.kind(), ErrorKind::Aborted);
+    assert!(e.message().contains("aborted"), "{e}");
+}

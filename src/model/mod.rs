@@ -232,11 +232,14 @@ impl<B: Backend> Model<B> {
     }
 
     /// Quantizes the seven linears of each layer in `layers` (the offloaded ones) into
-    /// substitutes for the draft; other layers lose theirs. Returns sizes.
+    /// substitutes for the draft; other layers lose theirs. `progress` is told how many
+    /// layers are done and may stop the work with an error (nothing changes then).
+    /// Returns sizes.
     pub fn build_substitutes(
         &mut self,
         layers: &[usize],
         qc: &QuantConfig,
+        progress: &mut dyn FnMut(usize) -> Result<()>,
     ) -> Result<SubstituteStats> {
         qc.validate()?;
         if let Some(&bad) = layers.iter().find(|&&l| l >= self.layers.len()) {
@@ -270,6 +273,7 @@ impl<B: Backend> Model<B> {
             }
             let mut it = q.into_iter().map(|m| self.backend.upload_quant(m));
             let mut next = || it.next().unwrap();
+            progress(built.len() + 1)?;
             built.push((
                 li,
                 Substitutes {

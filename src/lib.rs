@@ -13,6 +13,7 @@ pub mod backend;
 pub mod engine;
 pub mod error;
 pub mod model;
+pub mod offload;
 pub mod quant;
 pub mod sample;
 pub mod spec;

@@ -258,6 +258,26 @@ impl Engine {
         self.model.placement.as_ref()
     }
 
+    /// The tree shape that pays best for this engine: with offloaded layers a target pass
+    /// costs a full stream of them, so a deeper and wider tree pays (docs/BENCHMARKS.md);
+    /// with everything resident, [`TreeParams::default`] (a chain).
+    pub fn default_tree(&self) -> TreeParams {
+        let offloaded = self.placement().is_some_and(|p| !p.offloaded().is_empty());
+        if offloaded {
+            TreeParams {
+                width: 2,
+                depth: 16,
+                max_tokens: 64.min(self.max_tree_tokens),
+                ..TreeParams::default()
+            }
+        } else {
+            TreeParams {
+                max_tokens: TreeParams::default().max_tokens.min(self.max_tree_tokens),
+                ..TreeParams::default()
+            }
+        }
+    }
+
     /// Largest tree a step may verify.
     pub fn max_tree_tokens(&self) -> usize {
         self.max_tree_tokens

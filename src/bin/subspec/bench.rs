@@ -166,7 +166,7 @@ fn offload(a: &BenchArgs) -> Result<(), Error> {
     let tok = engine.tokenizer()?;
     let bw = tier_bandwidth(&engine)?;
     let streamed = || engine.model().stream_stats().map_or(0, |s| s.0);
-    let spec_opts = a.spec.step(SamplingParams::greedy())?;
+    let spec_opts = a.spec.step(&engine, SamplingParams::greedy())?;
     let plain_opts = StepOptions::plain(SamplingParams::greedy());
     let run = |ids: &[u32], opts: &StepOptions| -> Result<(Vec<u32>, RunStats), Error> {
         let mut seq = engine.new_sequence();

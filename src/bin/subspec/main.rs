@@ -164,15 +164,16 @@ pub struct SpecArgs {
     /// Plain decoding, one token per target pass.
     #[arg(long = "no-spec")]
     no_spec: bool,
-    /// Tree width: nodes kept per draft step.
-    #[arg(long, default_value_t = TreeParams::default().width)]
-    tree_width: usize,
-    /// Tree depth: draft steps per iteration.
-    #[arg(long, default_value_t = TreeParams::default().depth)]
-    tree_depth: usize,
-    /// Most tokens in one verified tree (root included).
-    #[arg(long, default_value_t = TreeParams::default().max_tokens)]
-    tree_max_tokens: usize,
+    /// Tree width: nodes kept per draft step (default: the engine's, which depends on
+    /// whether layers are offloaded).
+    #[arg(long)]
+    tree_width: Option<usize>,
+    /// Tree depth: draft steps per iteration (default: the engine's).
+    #[arg(long)]
+    tree_depth: Option<usize>,
+    /// Most tokens in one verified tree, root included (default: the engine's).
+    #[arg(long)]
+    tree_max_tokens: Option<usize>,
     /// Draft softmax temperature for ranking tree paths.
     #[arg(long, default_value_t = TreeParams::default().draft_temperature)]
     draft_temperature: f32,
@@ -219,12 +220,14 @@ impl SpecArgs {
         }))
     }
 
-    /// The step options for `sampling`.
-    pub fn step(&self, sampling: SamplingParams) -> Result<StepOptions, Error> {
+    /// The step options for `sampling` on `engine` (its default tree, overridden by the
+    /// flags given).
+    pub fn step(&self, engine: &Engine, sampling: SamplingParams) -> Result<StepOptions, Error> {
+        let d = engine.default_tree();
         let tree = TreeParams {
-            width: self.tree_width,
-            depth: self.tree_depth,
-            max_tokens: self.tree_max_tokens,
+            width: self.tree_width.unwrap_or(d.width),
+            depth: self.tree_depth.unwrap_or(d.depth),
+            max_tokens: self.tree_max_tokens.unwrap_or(d.max_tokens),
             draft_temperature: self.draft_temperature,
         };
         if self.enabled() {
@@ -311,8 +314,8 @@ fn generate(a: &GenerateArgs) -> Result<(), Error> {
         seed: a.seed,
     };
     sampling.validate()?;
-    let opts = a.spec.step(sampling)?;
     let engine = a.model.load(a.spec.draft()?)?;
+    let opts = a.spec.step(&engine, sampling)?;
     let tok = engine.tokenizer()?;
     let text = if a.chat {
         chatml(&engine, &a.prompt)?

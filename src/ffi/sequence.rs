@@ -290,8 +290,9 @@ pub unsafe extern "C" fn subspec_sequence_get_stats(
 /// draft-and-verify iteration (accepted draft tokens plus the target's bonus token), at
 /// most `out_capacity`. Writes them to `out` and their number (at least 1) to `*n_out`;
 /// they are part of the sequence already (do not pass them back as input). Every token is
-/// exactly the one plain decoding would choose, greedy or seeded. Stop when a token is an
-/// EOS id ([`subspec_is_eos`]) or the context is full.
+/// exactly the one plain decoding would choose, greedy or seeded. A step ends at an EOS
+/// token, so only the last token returned can be one ([`subspec_is_eos`]): stop there, or
+/// when the context is full.
 ///
 /// Statuses: `OK`; `NULL_POINTER` (`seq`, `params`, `out`, `n_out`, or `input` with
 /// `n_input > 0`); `BUFFER_TOO_SMALL` (`out_capacity` is 0); `INVALID_TOKEN` (an input id

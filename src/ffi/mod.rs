@@ -389,3 +389,61 @@ pub unsafe extern "C" fn subspec_last_error(
         Err(_) => subspec_status::Panic,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn last() -> String {
+        LAST_ERROR.with(|e| e.borrow().clone())
+    }
+
+    #[test]
+    fn every_kind_has_its_own_status() {
+        use ErrorKind::*;
+        let kinds = [
+            Io,
+            InvalidModel,
+            Unsupported,
+            InvalidArgument,
+            InvalidToken,
+            ContextFull,
+            OutOfMemory,
+            DeviceUnavailable,
+            Tokenizer,
+            Aborted,
+            Internal,
+        ];
+        let codes: std::collections::HashSet<u32> =
+            kinds.iter().map(|&k| status_of(k) as u32).collect();
+        assert_eq!(codes.len(), kinds.len());
+        assert!(!codes.contains(&(subspec_status::Ok as u32)));
+    }
+
+    #[test]
+    fn a_panic_becomes_a_status_and_a_message() {
+        let slot = Mutex::new(String::new());
+        let st = boundary(Some(&slot), || panic!("boom {}", 42));
+        assert_eq!(st, subspec_status::Panic);
+        assert!(last().contains("boom 42"), "{}", last());
+        assert!(slot.lock().unwrap().contains("boom 42"));
+        // Success leaves the last error as it was.
+        assert_eq!(boundary(None, || Ok(())), subspec_status::Ok);
+        assert!(last().contains("boom 42"));
+    }
+
+    #[test]
+    fn buffers_too_small_report_the_size_needed() {
+        let mut n = 0usize;
+        let mut out = [0i32; 2];
+        let f = unsafe { write_items(&[1, 2, 3], out.as_mut_ptr(), 2, &mut n, "ids") };
+        assert_eq!(f.unwrap_err().status, subspec_status::BufferTooSmall);
+        assert_eq!((n, out), (3, [0, 0]));
+        let mut buf = [7 as c_char; 4];
+        let f = unsafe { write_string("abcd", buf.as_mut_ptr(), 4, &mut n) };
+        assert_eq!(f.unwrap_err().status, subspec_status::BufferTooSmall);
+        assert_eq!((n, buf[0]), (5, 7));
+        unsafe { write_string("abc", buf.as_mut_ptr(), 4, &mut n) }.unwrap();
+        assert_eq!(unsafe { CStr::from_ptr(buf.as_ptr()) }, c"abc");
+    }
+}

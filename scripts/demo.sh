@@ -6,14 +6,19 @@ cd "$(dirname "$0")/.."
 
 MODEL="${MODEL:-qwen2.5-coder-0.5b-instruct}"
 PROMPT="${PROMPT:-Write a Python function that checks whether a string is a palindrome.}"
-N="${N:-128}"
+N="${N:-64}"
+# A budget below the model's 1.26 GB: most decoder layers are streamed from disk (O_DIRECT)
+# on every target pass, as offloaded inference streams them over PCIe.
+BUDGET="${BUDGET:-720MiB}"
 
 bash scripts/fetch-models.sh "$MODEL"
 cargo build --release --quiet
 bin=./target/release/subspec
-args=(--model "models/$MODEL" --chat --prompt "$PROMPT" -n "$N")
+args=(--model "models/$MODEL" --budget "$BUDGET" --ctx-len 2048 --chat --prompt "$PROMPT" -n "$N")
 
-echo "== plain decoding (one target pass per token)"
+"$bin" plan --model "models/$MODEL" --budget "$BUDGET" --ctx-len 2048 | tail -10
+
+echo "== plain offloaded decoding (one streamed target pass per token)"
 "$bin" generate "${args[@]}" --no-spec --json > /tmp/subspec-demo-plain.json
 echo "== SubSpec: 4-bit substitute draft, one target pass verifies each draft"
 "$bin" generate "${args[@]}" --spec --json > /tmp/subspec-demo-spec.json

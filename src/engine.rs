@@ -16,6 +16,7 @@ use crate::backend::cpu::CpuBackend;
 use crate::backend::AttnMask;
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::{KvCache, Model, ModelConfig, Pass, SubstituteStats};
+use crate::offload::{minimum_budget, plan, ModelSizes, Placement, PlanRequest};
 use crate::quant::QuantConfig;
 use crate::sample::{sample, SamplingParams};
 use crate::spec::{accept, SpecStats, Tree, TreeParams};
@@ -66,8 +67,8 @@ impl StepOptions {
 
 /// Longest run of prompt tokens sent through the model in one forward.
 const PREFILL_CHUNK: usize = 256;
-/// Largest tree (root included) a step may verify.
-pub const MAX_TREE_TOKENS: usize = 1024;
+/// Default of [`EngineOptions::max_tree_tokens`].
+pub const DEFAULT_MAX_TREE_TOKENS: usize = 128;
 
 /// Settings for loading an engine.
 #[derive(Debug, Clone)]
@@ -82,6 +83,12 @@ pub struct EngineOptions {
     pub require_tokenizer: bool,
     /// The draft to build (`None`: no draft, plain decoding only).
     pub draft: Option<DraftOptions>,
+    /// Device memory budget in bytes (`None`: everything resident). The planner decides
+    /// which decoder layers stay resident and which are streamed from disk each target pass.
+    pub budget: Option<u64>,
+    /// Largest tree (root included) a step may verify: sizes the KV scratch and the
+    /// activations the planner reserves.
+    pub max_tree_tokens: usize,
     /// Called during loading with the fraction done (0.0 to 1.0); returning `false`
     /// aborts the load with [`ErrorKind::Aborted`].
     pub progress: Option<Progress>,
@@ -122,6 +129,8 @@ impl EngineOptions {
             max_context: 0,
             require_tokenizer: true,
             draft: Some(DraftOptions::default()),
+            budget: None,
+            max_tree_tokens: DEFAULT_MAX_TREE_TOKENS,
             progress: None,
         }
     }
@@ -135,6 +144,7 @@ pub struct Engine {
     max_context: usize,
     dir: PathBuf,
     draft: Option<(DraftOptions, SubstituteStats)>,
+    max_tree_tokens: usize,
 }
 
 impl Engine {
@@ -142,7 +152,16 @@ impl Engine {
     pub fn load(opts: &EngineOptions) -> Result<Engine> {
         let dir = opts.model_dir.as_path();
         Progress::report(&opts.progress, 0.0)?;
-        let mut model = Model::load(dir, CpuBackend)?;
+        if opts.max_tree_tokens < 2 {
+            return Err(Error::invalid_argument(
+                "max_tree_tokens must be at least 2",
+            ));
+        }
+        let placement = match opts.budget {
+            None => None,
+            Some(b) => Some(Self::plan(opts, b)?),
+        };
+        let mut model = Model::load_placed(dir, CpuBackend, placement)?;
         Progress::report(&opts.progress, 0.1)?;
         let tokenizer = match Tokenizer::from_dir(dir) {
             Ok(t) => Some(t),
@@ -166,9 +185,18 @@ impl Engine {
         let draft = match &opts.draft {
             None => None,
             Some(d) => {
+                // The draft substitutes the offloaded layers and shares the resident ones;
+                // with nothing offloaded (no budget, or a budget that fits everything),
+                // every layer gets a substitute so speculation still has a cheaper draft.
+                let offloaded = model
+                    .placement
+                    .as_ref()
+                    .map(|p| p.offloaded())
+                    .unwrap_or_default();
                 let layers: Vec<usize> = match &d.offloaded_layers {
-                    None => (0..model.config.n_layers).collect(),
                     Some(l) => l.clone(),
+                    None if !offloaded.is_empty() => offloaded,
+                    None => (0..model.config.n_layers).collect(),
                 };
                 let n = layers.len().max(1) as f32;
                 let mut report =
@@ -186,7 +214,73 @@ impl Engine {
             max_context,
             dir: dir.to_path_buf(),
             draft,
+            max_tree_tokens: opts.max_tree_tokens,
         })
+    }
+
+    /// The placement `opts` would load with under `budget`, from config.json and the
+    /// safetensors headers only (no weights are read).
+    pub fn plan(opts: &EngineOptions, budget: u64) -> Result<Placement> {
+        let (config, sizes, req) = Self::plan_inputs(opts, budget)?;
+        plan(&config, &sizes, &req)
+    }
+
+    /// The smallest budget `opts` can load with (headers only, like [`Engine::plan`]).
+    pub fn minimum_budget(opts: &EngineOptions) -> Result<u64> {
+        let (config, sizes, req) = Self::plan_inputs(opts, 0)?;
+        Ok(minimum_budget(&config, &sizes, &req))
+    }
+
+    fn plan_inputs(
+        opts: &EngineOptions,
+        budget: u64,
+    ) -> Result<(ModelConfig, ModelSizes, PlanRequest)> {
+        let dir = opts.model_dir.as_path();
+        let config = ModelConfig::from_dir(dir)?;
+        let weights = crate::model::Weights::open(dir)?;
+        let quant = opts.draft.as_ref().map(|d| d.quant).unwrap_or_default();
+        let sizes = ModelSizes::from_weights(&config, &weights, &quant)?;
+        let context = match opts.max_context {
+            0 => config.max_position,
+            n => n,
+        };
+        let req = PlanRequest {
+            budget,
+            context,
+            tree_tokens: opts.max_tree_tokens,
+            quant,
+        };
+        Ok((config, sizes, req))
+    }
+
+    /// The placement the engine runs with (`None`: everything resident).
+    pub fn placement(&self) -> Option<&Placement> {
+        self.model.placement.as_ref()
+    }
+
+    /// The tree shape that pays best for this engine: with offloaded layers a target pass
+    /// costs a full stream of them, so a deeper and wider tree pays (docs/BENCHMARKS.md);
+    /// with everything resident, [`TreeParams::default`] (a chain).
+    pub fn default_tree(&self) -> TreeParams {
+        let offloaded = self.placement().is_some_and(|p| !p.offloaded().is_empty());
+        if offloaded {
+            TreeParams {
+                width: 2,
+                depth: 16,
+                max_tokens: 64.min(self.max_tree_tokens),
+                ..TreeParams::default()
+            }
+        } else {
+            TreeParams {
+                max_tokens: TreeParams::default().max_tokens.min(self.max_tree_tokens),
+                ..TreeParams::default()
+            }
+        }
+    }
+
+    /// Largest tree a step may verify.
+    pub fn max_tree_tokens(&self) -> usize {
+        self.max_tree_tokens
     }
 
     /// The draft's settings and sizes, if the engine has one.
@@ -238,7 +332,9 @@ impl Engine {
     /// tree a step may verify (tree slots are scratch, never part of the context).
     pub fn new_sequence(&self) -> Sequence {
         Sequence {
-            cache: self.model.new_cache(self.max_context + MAX_TREE_TOKENS),
+            cache: self
+                .model
+                .new_cache(self.max_context + self.max_tree_tokens),
             tokens: Vec::new(),
             stats: SpecStats::default(),
         }
@@ -382,10 +478,10 @@ impl Sequence {
                     opts.tree.depth, engine.max_context
                 )));
             }
-            if opts.tree.max_tokens > MAX_TREE_TOKENS {
+            if opts.tree.max_tokens > engine.max_tree_tokens {
                 return Err(Error::invalid_argument(format!(
-                    "tree max tokens {} exceeds the largest verifiable tree ({MAX_TREE_TOKENS})",
-                    opts.tree.max_tokens
+                    "tree max tokens {} exceeds the engine's max_tree_tokens ({})",
+                    opts.tree.max_tokens, engine.max_tree_tokens
                 )));
             }
             if !engine.model.has_draft() {
@@ -455,7 +551,7 @@ impl Sequence {
         // impossible, so no path needs to be longer than `limit - 1`.
         let t0 = Instant::now();
         let tp = &opts.tree;
-        let max_nodes = tp.max_tokens.min(MAX_TREE_TOKENS);
+        let max_nodes = tp.max_tokens.min(engine.max_tree_tokens);
         let depth = tp.depth.min(limit - 1);
         let mut tree = Tree::new(self.tokens[root_pos]);
         let mut frontier = 0..1;

@@ -15,6 +15,7 @@ pub mod engine;
 pub mod error;
 pub mod ffi;
 pub mod model;
+pub mod offload;
 pub mod quant;
 pub mod sample;
 pub mod spec;

@@ -18,7 +18,9 @@ pub use weights::{DType, HostTensor, Weights};
 
 use crate::backend::{AttnMask, AttnShape, Backend};
 use crate::error::{Error, ErrorKind, Result};
+use crate::offload::{plan::linear_names, read_resident, Placement, Residency, Streamer};
 use crate::quant::{QMatrix, QuantConfig};
+use std::sync::Mutex;
 
 /// Which weights a forward runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,60 +31,54 @@ pub enum Pass {
     Draft,
 }
 
-/// The quantized substitutes of one offloaded layer's seven linears (same shapes).
-pub struct Substitutes<B: Backend> {
-    /// Substitute of q_proj.
-    pub q: B::Weight,
-    /// Substitute of k_proj.
-    pub k: B::Weight,
-    /// Substitute of v_proj.
-    pub v: B::Weight,
-    /// Substitute of o_proj.
-    pub o: B::Weight,
-    /// Substitute of gate_proj.
-    pub gate: B::Weight,
-    /// Substitute of up_proj.
-    pub up: B::Weight,
-    /// Substitute of down_proj.
-    pub down: B::Weight,
-}
-
-/// The weights of one decoder layer.
-pub struct Layer<B: Backend> {
-    /// RMSNorm before attention, `(hidden)`.
-    pub input_norm: B::Weight,
+/// The seven linear weights of a decoder layer (full precision, or quantized substitutes
+/// of the same shapes).
+pub struct Linears<B: Backend> {
     /// `(n_heads * head_dim, hidden)`.
     pub q: B::Weight,
     /// `(n_kv_heads * head_dim, hidden)`.
     pub k: B::Weight,
     /// `(n_kv_heads * head_dim, hidden)`.
     pub v: B::Weight,
-    /// Biases of q, k, v (Qwen2 only).
-    pub qkv_bias: Option<[B::Weight; 3]>,
     /// `(hidden, n_heads * head_dim)`.
     pub o: B::Weight,
-    /// RMSNorm before the MLP, `(hidden)`.
-    pub post_norm: B::Weight,
     /// `(intermediate, hidden)`.
     pub gate: B::Weight,
     /// `(intermediate, hidden)`.
     pub up: B::Weight,
     /// `(hidden, intermediate)`.
     pub down: B::Weight,
-    /// Quantized substitutes when this layer is offloaded (the draft runs them).
-    pub substitutes: Option<Substitutes<B>>,
 }
 
-impl<B: Backend> Layer<B> {
-    /// The seven linears a pass runs: `[q, k, v, o, gate, up, down]`.
-    fn linears(&self, pass: Pass) -> [&B::Weight; 7] {
-        match (&self.substitutes, pass) {
-            (Some(s), Pass::Draft) => [&s.q, &s.k, &s.v, &s.o, &s.gate, &s.up, &s.down],
-            _ => [
-                &self.q, &self.k, &self.v, &self.o, &self.gate, &self.up, &self.down,
-            ],
+impl<B: Backend> Linears<B> {
+    /// From seven weights in the order `[q, k, v, o, gate, up, down]`.
+    fn from_vec(w: Vec<B::Weight>) -> Linears<B> {
+        let mut it = w.into_iter();
+        let mut next = || it.next().expect("seven linears");
+        Linears {
+            q: next(),
+            k: next(),
+            v: next(),
+            o: next(),
+            gate: next(),
+            up: next(),
+            down: next(),
         }
     }
+}
+
+/// The weights of one decoder layer.
+pub struct Layer<B: Backend> {
+    /// RMSNorm before attention, `(hidden)`.
+    pub input_norm: B::Weight,
+    /// Biases of q, k, v (Qwen2 only).
+    pub qkv_bias: Option<[B::Weight; 3]>,
+    /// RMSNorm before the MLP, `(hidden)`.
+    pub post_norm: B::Weight,
+    /// Full-precision linears when resident; `None` when offloaded (streamed per pass).
+    pub full: Option<Linears<B>>,
+    /// Quantized substitutes when the draft replaces this layer.
+    pub substitutes: Option<Linears<B>>,
 }
 
 /// Bytes and count of the substitutes built by [`Model::build_substitutes`].
@@ -117,6 +113,9 @@ pub struct Model<B: Backend> {
     /// Bytes of the embedding matrix.
     pub embed_bytes: usize,
     weights: Weights,
+    /// The placement, when loaded under a budget.
+    pub placement: Option<Placement>,
+    streamer: Option<Mutex<Streamer>>,
 }
 
 /// Key/value cache of one sequence: `len()` committed slots, then scratch slots written by
@@ -171,14 +170,38 @@ fn rope_inv_freq(head_dim: usize, theta: f32) -> Vec<f32> {
 }
 
 impl<B: Backend> Model<B> {
-    /// Loads a Hugging Face model directory onto `backend`.
+    /// Loads a Hugging Face model directory onto `backend`, everything resident (weights
+    /// stay memory-mapped on the CPU).
     pub fn load(dir: &Path, backend: B) -> Result<Model<B>> {
+        Self::load_placed(dir, backend, None)
+    }
+
+    /// Loads a model directory with `placement`: resident weights are read once into owned
+    /// memory (O_DIRECT), offloaded layers' linears are left on disk and streamed by a
+    /// reader thread on every target pass. `None`: everything resident, memory-mapped.
+    pub fn load_placed(dir: &Path, backend: B, placement: Option<Placement>) -> Result<Model<B>> {
         let config = ModelConfig::from_dir(dir)?;
         let weights = Weights::open(dir)?;
         let c = &config;
+        if let Some(p) = &placement {
+            if p.layers.len() != c.n_layers {
+                return Err(Error::invalid_argument(format!(
+                    "the placement covers {} layers, the model has {}",
+                    p.layers.len(),
+                    c.n_layers
+                )));
+            }
+        }
+        let owned = placement.is_some();
         let (h, q, kv, ff) = (c.hidden, c.q_dim(), c.kv_dim(), c.intermediate);
+        // Resident matrices: owned copies under a placement, map views otherwise.
         let up = |name: &str, shape: &[usize]| -> Result<B::Weight> {
-            backend.upload(&weights.get(name, shape)?)
+            let t = weights.get(name, shape)?;
+            if owned && shape.len() == 2 {
+                backend.upload(&read_resident(&weights, name)?)
+            } else {
+                backend.upload(&t)
+            }
         };
         let mut layers = Vec::with_capacity(c.n_layers);
         for i in 0..c.n_layers {
@@ -192,17 +215,28 @@ impl<B: Backend> Model<B> {
             } else {
                 None
             };
+            let shapes = [[q, h], [kv, h], [kv, h], [h, q], [ff, h], [ff, h], [h, ff]];
+            let offloaded = placement
+                .as_ref()
+                .is_some_and(|p| p.layers[i] == Residency::Offloaded);
+            let full = if offloaded {
+                for (name, shape) in linear_names(i).iter().zip(&shapes) {
+                    weights.get(name, shape)?; // checked now, streamed later
+                }
+                None
+            } else {
+                let w = linear_names(i)
+                    .iter()
+                    .zip(&shapes)
+                    .map(|(name, shape)| up(name, shape))
+                    .collect::<Result<Vec<_>>>()?;
+                Some(Linears::from_vec(w))
+            };
             layers.push(Layer {
                 input_norm: up(&format!("{p}.input_layernorm.weight"), &[h])?,
-                q: up(&format!("{p}.self_attn.q_proj.weight"), &[q, h])?,
-                k: up(&format!("{p}.self_attn.k_proj.weight"), &[kv, h])?,
-                v: up(&format!("{p}.self_attn.v_proj.weight"), &[kv, h])?,
                 qkv_bias,
-                o: up(&format!("{p}.self_attn.o_proj.weight"), &[h, q])?,
                 post_norm: up(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
-                gate: up(&format!("{p}.mlp.gate_proj.weight"), &[ff, h])?,
-                up: up(&format!("{p}.mlp.up_proj.weight"), &[ff, h])?,
-                down: up(&format!("{p}.mlp.down_proj.weight"), &[h, ff])?,
+                full,
                 substitutes: None,
             });
         }
@@ -216,10 +250,25 @@ impl<B: Backend> Model<B> {
                 dir.display()
             )));
         };
-        let embed = weights.get("model.embed_tokens.weight", &[c.vocab, h])?;
+        // The embedding is read a row per token: it stays mapped unless it is lm_head too.
+        let embed_t = weights.get("model.embed_tokens.weight", &[c.vocab, h])?;
+        let embed = if c.tie_embeddings {
+            up("model.embed_tokens.weight", &[c.vocab, h])?
+        } else {
+            backend.upload(&embed_t)?
+        };
+        let streamer = match &placement {
+            Some(p) if !p.offloaded().is_empty() => Some(Mutex::new(Streamer::new(
+                &weights,
+                &p.offloaded(),
+                |l| linear_names(l).to_vec(),
+                p.staging_buffers,
+            )?)),
+            _ => None,
+        };
         Ok(Model {
-            embed_bytes: embed.bytes().len(),
-            embed: backend.upload(&embed)?,
+            embed_bytes: embed_t.bytes().len(),
+            embed,
             norm: up("model.norm.weight", &[h])?,
             lm_head,
             layers,
@@ -228,6 +277,29 @@ impl<B: Backend> Model<B> {
             config,
             backend,
             weights,
+            placement,
+            streamer,
+        })
+    }
+
+    /// The checkpoint (headers and mapped views).
+    pub fn weights(&self) -> &Weights {
+        &self.weights
+    }
+
+    /// Streaming counters when layers are offloaded: bytes read, seconds reading, seconds
+    /// compute waited, and whether reads are O_DIRECT.
+    pub fn stream_stats(&self) -> Option<(u64, f64, f64, bool)> {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.streamer.as_ref().map(|s| {
+            let s = s.lock().unwrap_or_else(|e| e.into_inner());
+            let c = s.counters();
+            (
+                c.bytes.load(Relaxed),
+                c.read_ns.load(Relaxed) as f64 * 1e-9,
+                c.wait_ns.load(Relaxed) as f64 * 1e-9,
+                s.direct(),
+            )
         })
     }
 
@@ -276,7 +348,7 @@ impl<B: Backend> Model<B> {
             progress(built.len() + 1)?;
             built.push((
                 li,
-                Substitutes {
+                Linears {
                     q: next()?,
                     k: next()?,
                     v: next()?,
@@ -401,10 +473,45 @@ impl<B: Backend> Model<B> {
         let mut attn = be.act(n, c.q_dim());
         let mut gate = be.act(n, c.intermediate);
         let mut up = be.act(n, c.intermediate);
+        // A target pass streams the offloaded layers in order (one pass at a time).
+        let mut stream = match (pass, &self.streamer) {
+            (Pass::Target, Some(s)) => {
+                let mut g = s.lock().unwrap_or_else(|e| e.into_inner());
+                g.reset(); // a pass that failed midway left the stream mid-model
+                Some(g)
+            }
+            _ => None,
+        };
         for (li, l) in self.layers.iter().enumerate() {
             // Attention block: norm, q/k/v projections, rotary, cache write, attention, o.
             be.rms_norm(&x, &l.input_norm, c.rms_eps, &mut h);
-            let [wq, wk, wv, wo, wg, wu, wd] = l.linears(pass);
+            // The linears this pass runs: the draft's substitutes, the resident weights,
+            // or this layer's weights streamed into a staging buffer.
+            let mut streamed = None;
+            let lin: &Linears<B> = match (pass, &l.full, &l.substitutes) {
+                (Pass::Draft, _, Some(sub)) => sub,
+                (_, Some(full), _) => full,
+                (Pass::Target, None, _) => {
+                    let st = stream
+                        .as_mut()
+                        .ok_or_else(|| Error::internal("an offloaded layer without a streamer"))?
+                        .next_layer(li)?;
+                    let w = st
+                        .tensors
+                        .iter()
+                        .map(|t| be.upload(t))
+                        .collect::<Result<Vec<_>>>()?;
+                    &streamed.insert((st, Linears::from_vec(w))).1
+                }
+                (Pass::Draft, None, None) => {
+                    return Err(Error::internal(format!(
+                        "layer {li} is offloaded but has no substitute"
+                    )))
+                }
+            };
+            let (wq, wk, wv, wo, wg, wu, wd) = (
+                &lin.q, &lin.k, &lin.v, &lin.o, &lin.gate, &lin.up, &lin.down,
+            );
             let bias = l.qkv_bias.as_ref();
             be.linear(&h, wq, bias.map(|b| &b[0]), &mut q);
             be.linear(&h, wk, bias.map(|b| &b[1]), &mut k);
@@ -430,6 +537,10 @@ impl<B: Backend> Model<B> {
             be.silu_mul(&mut gate, &up);
             be.linear(&gate, wd, None, &mut h);
             be.add(&mut x, &h);
+            if let (Some((st, w)), Some(stream)) = (streamed, stream.as_mut()) {
+                drop(w);
+                stream.release(st);
+            }
         }
         // Final norm and lm_head, only for the rows whose logits are wanted.
         let mut sel = be.act(logit_rows.len(), c.hidden);

@@ -35,7 +35,76 @@ impl DType {
     }
 }
 
-/// A read-only tensor in host memory (a view into a memory-mapped file).
+/// A 4 KiB-aligned heap buffer (what O_DIRECT reads need).
+pub struct AlignedBuf {
+    ptr: std::ptr::NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: AlignedBuf owns its allocation exclusively, like a Vec<u8>.
+unsafe impl Send for AlignedBuf {}
+unsafe impl Sync for AlignedBuf {}
+
+impl AlignedBuf {
+    /// Alignment of every buffer.
+    pub const ALIGN: usize = 4096;
+
+    /// A zeroed buffer of `len` bytes (at least one block).
+    pub fn new(len: usize) -> AlignedBuf {
+        let layout = std::alloc::Layout::from_size_align(len.max(Self::ALIGN), Self::ALIGN)
+            .expect("buffer layout");
+        // SAFETY: the layout has a non-zero size.
+        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+        let ptr =
+            std::ptr::NonNull::new(ptr).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
+        AlignedBuf {
+            ptr,
+            len: len.max(Self::ALIGN),
+        }
+    }
+
+    /// The bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: ptr is valid for len initialised (zeroed) bytes for the buffer's life.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    /// The bytes, writable.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as above, and &mut self guarantees exclusive access.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        let layout =
+            std::alloc::Layout::from_size_align(self.len, Self::ALIGN).expect("buffer layout");
+        // SAFETY: allocated in `new` with this layout.
+        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), layout) };
+    }
+}
+
+/// Where a tensor's bytes live: a memory-mapped checkpoint file, or a buffer we own
+/// (resident weights read once, or a staging buffer of the streamer).
+pub enum Storage {
+    /// A read-only map of a checkpoint file.
+    Mapped(Mmap),
+    /// An owned, aligned buffer.
+    Owned(AlignedBuf),
+}
+
+impl std::ops::Deref for Storage {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Storage::Mapped(m) => m,
+            Storage::Owned(b) => b.as_slice(),
+        }
+    }
+}
+
+/// A read-only tensor in host memory (a view into a mapped file or an owned buffer).
 #[derive(Clone)]
 pub struct HostTensor {
     /// The tensor's name in the checkpoint.
@@ -44,7 +113,7 @@ pub struct HostTensor {
     pub dtype: DType,
     /// Shape, outermost first (`[out_features, in_features]` for a linear weight).
     pub shape: Vec<usize>,
-    map: Arc<Mmap>,
+    map: Arc<Storage>,
     start: usize,
     len: usize,
 }
@@ -60,6 +129,38 @@ impl std::fmt::Debug for HostTensor {
 }
 
 impl HostTensor {
+    /// A view of `len` bytes at `start` of `storage`.
+    pub fn view(
+        name: &str,
+        dtype: DType,
+        shape: Vec<usize>,
+        storage: Arc<Storage>,
+        start: usize,
+        len: usize,
+    ) -> HostTensor {
+        assert!(
+            start + len <= storage.len() && len == shape.iter().product::<usize>() * dtype.size()
+        );
+        HostTensor {
+            name: name.to_string(),
+            dtype,
+            shape,
+            map: storage,
+            start,
+            len,
+        }
+    }
+
+    /// Where the bytes live.
+    pub fn storage(&self) -> &Arc<Storage> {
+        &self.map
+    }
+
+    /// Byte offset of the data inside its storage (inside the file, when mapped).
+    pub fn offset(&self) -> usize {
+        self.start
+    }
+
     /// The raw little-endian bytes.
     pub fn bytes(&self) -> &[u8] {
         &self.map[self.start..self.start + self.len]
@@ -181,12 +282,51 @@ impl Weights {
         Ok(t.clone())
     }
 
+    /// The file holding tensor `name`.
+    pub fn file_of(&self, name: &str) -> Option<&Path> {
+        self.tensors.get(name).map(|(_, p)| p.as_path())
+    }
+
     /// The tensor `name`, whatever its shape.
     pub fn get_any(&self, name: &str) -> Result<HostTensor> {
         self.tensors
             .get(name)
             .map(|(t, _)| t.clone())
             .ok_or_else(|| Error::invalid_model(format!("missing tensor `{name}`")))
+    }
+
+    /// Asks the kernel to drop the checkpoint files' pages from the page cache (after
+    /// reading weights through the maps once, e.g. to quantize them).
+    pub fn drop_page_cache(&self) {
+        let mut maps: Vec<&Arc<Storage>> = self.tensors.values().map(|(t, _)| &t.map).collect();
+        maps.sort_by_key(|m| Arc::as_ptr(m));
+        maps.dedup_by_key(|m| Arc::as_ptr(m));
+        for m in maps {
+            if let Storage::Mapped(map) = &**m {
+                // SAFETY: the map is private and read-only: dropping its pages loses
+                // nothing, a later access faults them in again from the file.
+                let _ = unsafe { map.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
+            }
+        }
+        let mut files: Vec<&PathBuf> = self.tensors.values().map(|(_, p)| p).collect();
+        files.sort();
+        files.dedup();
+        for p in files {
+            if let Ok(f) = File::open(p) {
+                use std::os::unix::io::AsRawFd;
+                // SAFETY: plain syscall on an open descriptor; only advice to the kernel.
+                unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+            }
+        }
+    }
+
+    /// Bytes of all 1-D tensors (norms, biases).
+    pub fn vector_bytes(&self) -> usize {
+        self.tensors
+            .values()
+            .filter(|(t, _)| t.shape.len() == 1)
+            .map(|(t, _)| t.len)
+            .sum()
     }
 
     /// Total bytes of all tensors.
@@ -203,7 +343,7 @@ fn open_file(path: &Path) -> Result<Vec<HostTensor>> {
     // candle), and the sizes below are checked against the map so no view can point past
     // its end at load time.
     let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-    let map = Arc::new(map);
+    let map = Arc::new(Storage::Mapped(map));
     let bad = |msg: String| Error::invalid_model(format!("{}: {msg}", path.display()));
     if map.len() < 8 {
         return Err(bad(format!(

@@ -1,5 +1,6 @@
-//! `subspec bench`: decode speed against the memory-bandwidth floor, and the cost of one
-//! batched (tree) forward against a single-token forward.
+//! `subspec bench`: plain offloaded decoding against SubSpec on a prompt set, in one
+//! process with one engine; with `--kernels`, decode speed against the memory-bandwidth
+//! floor and the cost of one batched (tree) forward against a single-token forward.
 
 use std::time::Instant;
 
@@ -9,12 +10,30 @@ use serde_json::json;
 use subspec::backend::AttnMask;
 use subspec::{Engine, Error, SamplingParams, StepOptions};
 
-use super::ModelArgs;
+use std::path::PathBuf;
+
+use subspec::offload::Streamer;
+
+use super::{ModelArgs, SpecArgs};
 
 #[derive(Args)]
 pub struct BenchArgs {
     #[command(flatten)]
     model: ModelArgs,
+    #[command(flatten)]
+    spec: SpecArgs,
+    /// Prompt set, one JSON object per line with a "prompt" (and a "category").
+    #[arg(long, default_value = "bench/prompts.jsonl")]
+    prompts: PathBuf,
+    /// Use only the first N prompts (0: all).
+    #[arg(long, default_value_t = 0)]
+    limit: usize,
+    /// New tokens per prompt.
+    #[arg(long, default_value_t = 64)]
+    max_new: usize,
+    /// Measure the kernels instead: decode vs the bandwidth floor, batched forward cost.
+    #[arg(long)]
+    kernels: bool,
     /// Tokens to decode one at a time.
     #[arg(long, default_value_t = 32)]
     decode_tokens: usize,
@@ -63,6 +82,190 @@ fn tree_parents(n: usize) -> Vec<Option<usize>> {
 }
 
 pub fn run(a: &BenchArgs) -> Result<(), Error> {
+    if a.kernels {
+        kernels(a)
+    } else {
+        offload(a)
+    }
+}
+
+/// One prompt's result for one mode.
+struct RunStats {
+    tokens: usize,
+    seconds: f64,
+    tau: f64,
+    target_s: f64,
+    streamed: u64,
+}
+
+fn load_prompts(a: &BenchArgs) -> Result<Vec<(String, String)>, Error> {
+    let text = std::fs::read_to_string(&a.prompts).map_err(|e| Error::io(&a.prompts, e))?;
+    let mut out = Vec::new();
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| {
+            Error::invalid_argument(format!("{}:{}: {e}", a.prompts.display(), i + 1))
+        })?;
+        let prompt = v["prompt"].as_str().ok_or_else(|| {
+            Error::invalid_argument(format!(
+                "{}:{}: no \"prompt\" string",
+                a.prompts.display(),
+                i + 1
+            ))
+        })?;
+        out.push((
+            v["category"].as_str().unwrap_or("").to_string(),
+            prompt.to_string(),
+        ));
+    }
+    if a.limit > 0 {
+        out.truncate(a.limit);
+    }
+    Ok(out)
+}
+
+/// Bytes/s of one full read of the offloaded layers through the slow tier.
+fn tier_bandwidth(engine: &Engine) -> Result<Option<f64>, Error> {
+    let Some(p) = engine.placement() else {
+        return Ok(None);
+    };
+    let layers = p.offloaded();
+    if layers.is_empty() {
+        return Ok(None);
+    }
+    let mut s = Streamer::new(
+        engine.model().weights(),
+        &layers,
+        |l| subspec::offload::plan::linear_names(l).to_vec(),
+        2,
+    )?;
+    let t0 = Instant::now();
+    let mut bytes = 0u64;
+    for &l in &layers {
+        let layer = s.next_layer(l)?;
+        bytes += layer
+            .tensors
+            .iter()
+            .map(|t| t.bytes().len() as u64)
+            .sum::<u64>();
+        s.release(layer);
+    }
+    Ok(Some(bytes as f64 / t0.elapsed().as_secs_f64()))
+}
+
+fn offload(a: &BenchArgs) -> Result<(), Error> {
+    let prompts = load_prompts(a)?;
+    let draft = a
+        .spec
+        .draft()?
+        .ok_or_else(|| Error::invalid_argument("bench compares with SubSpec: drop --no-spec"))?;
+    let engine = a.model.load(Some(draft))?;
+    let tok = engine.tokenizer()?;
+    let bw = tier_bandwidth(&engine)?;
+    let streamed = || engine.model().stream_stats().map_or(0, |s| s.0);
+    let spec_opts = a.spec.step(&engine, SamplingParams::greedy())?;
+    let plain_opts = StepOptions::plain(SamplingParams::greedy());
+    let run = |ids: &[u32], opts: &StepOptions| -> Result<(Vec<u32>, RunStats), Error> {
+        let mut seq = engine.new_sequence();
+        seq.append(&engine, ids)?;
+        let b0 = streamed();
+        let t0 = Instant::now();
+        let out = seq.generate(&engine, opts, a.max_new, |_| true)?;
+        let st = seq.stats();
+        Ok((
+            out.clone(),
+            RunStats {
+                tokens: out.len(),
+                seconds: t0.elapsed().as_secs_f64(),
+                tau: st.tau(),
+                target_s: st.verify_s,
+                streamed: streamed() - b0,
+            },
+        ))
+    };
+    let mut rows = Vec::new();
+    let (mut plain_tot, mut spec_tot) = (Vec::new(), Vec::new());
+    if !a.json {
+        println!(
+            "{:<14} {:>9} {:>9} {:>6} {:>8} {:>12} {:>6}",
+            "category", "plain t/s", "spec t/s", "tau", "speedup", "MB/token", "same"
+        );
+    }
+    for (cat, prompt) in &prompts {
+        let text = format!("<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n");
+        let ids = tok.encode(&text, false)?;
+        let (p_out, p) = run(&ids, &plain_opts)?;
+        let (s_out, s) = run(&ids, &spec_opts)?;
+        let same = p_out == s_out;
+        let (pt, stps) = (p.tokens as f64 / p.seconds, s.tokens as f64 / s.seconds);
+        if !a.json {
+            println!(
+                "{:<14} {:>9.2} {:>9.2} {:>6.2} {:>7.2}x {:>5.1} / {:<5.1} {:>6}",
+                cat,
+                pt,
+                stps,
+                s.tau,
+                stps / pt,
+                p.streamed as f64 / 1e6 / p.tokens.max(1) as f64,
+                s.streamed as f64 / 1e6 / s.tokens.max(1) as f64,
+                same
+            );
+        }
+        rows.push(json!({"category": cat, "prompt": prompt, "plain_tokens_per_s": pt, "spec_tokens_per_s": stps, "tau": s.tau, "speedup": stps / pt,
+            "plain_bytes_per_token": p.streamed as f64 / p.tokens.max(1) as f64, "spec_bytes_per_token": s.streamed as f64 / s.tokens.max(1) as f64,
+            "identical": same, "tokens": s.tokens}));
+        plain_tot.push(p);
+        spec_tot.push(s);
+    }
+    let sum = |v: &[RunStats]| -> (usize, f64, f64, u64, f64) {
+        (
+            v.iter().map(|r| r.tokens).sum(),
+            v.iter().map(|r| r.seconds).sum(),
+            v.iter().map(|r| r.target_s).sum(),
+            v.iter().map(|r| r.streamed).sum(),
+            v.iter().map(|r| r.tau * r.tokens as f64).sum::<f64>(),
+        )
+    };
+    let (pn, ps, pv, pb, _) = sum(&plain_tot);
+    let (sn, ss, sv, sb, tau_w) = sum(&spec_tot);
+    let util = |bytes: u64, verify_s: f64| bw.map(|bw| bytes as f64 / (verify_s * bw));
+    let all_same = rows.iter().all(|r| r["identical"] == true);
+    let total = json!({
+        "prompts": prompts.len(), "max_new": a.max_new,
+        "tier_bandwidth_gbs": bw.map(|b| b / 1e9),
+        "placement_offloaded_layers": engine.placement().map(|p| p.offloaded().len()).unwrap_or(0),
+        "streamed_per_pass": engine.placement().map(|p| p.bytes.streamed_per_pass).unwrap_or(0),
+        "plain_tokens_per_s": pn as f64 / ps, "spec_tokens_per_s": sn as f64 / ss,
+        "speedup": (sn as f64 / ss) / (pn as f64 / ps), "tau": tau_w / sn.max(1) as f64,
+        "plain_bytes_per_token": pb as f64 / pn.max(1) as f64, "spec_bytes_per_token": sb as f64 / sn.max(1) as f64,
+        "plain_link_utilisation": util(pb, pv), "spec_link_utilisation": util(sb, sv),
+        "identical": all_same, "tree": {"width": spec_opts.tree.width, "depth": spec_opts.tree.depth, "max_tokens": spec_opts.tree.max_tokens},
+    });
+    if a.json {
+        println!("{}", json!({"total": total, "runs": rows}));
+    } else {
+        println!("total: plain {:.2} tokens/s, SubSpec {:.2} tokens/s, speedup {:.2}x, tau {:.2}, identical output: {all_same}",
+            pn as f64 / ps, sn as f64 / ss, (sn as f64 / ss) / (pn as f64 / ps), tau_w / sn.max(1) as f64);
+        if let Some(bw) = bw {
+            println!("slow tier: {:.2} GB/s measured; streamed {:.1} MB/token plain, {:.1} MB/token SubSpec; link utilisation during target passes: plain {:.0}%, SubSpec {:.0}%",
+                bw / 1e9, pb as f64 / 1e6 / pn.max(1) as f64, sb as f64 / 1e6 / sn.max(1) as f64,
+                100.0 * util(pb, pv).unwrap_or(0.0), 100.0 * util(sb, sv).unwrap_or(0.0));
+        } else {
+            println!("everything resident (no --budget, or it fits): nothing streamed");
+        }
+    }
+    if !all_same {
+        return Err(Error::internal(
+            "speculative output differed from plain output",
+        ));
+    }
+    Ok(())
+}
+
+fn kernels(a: &BenchArgs) -> Result<(), Error> {
     let engine = a.model.load(None)?;
     let model = engine.model();
     let cfg = engine.config();

@@ -10,6 +10,7 @@ use std::time::Instant;
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 use subspec::model::Pass;
+use subspec::offload::{human, parse_bytes, Residency};
 use subspec::quant::{QuantConfig, QuantMethod};
 use subspec::tokenizer::TextStream;
 use subspec::{
@@ -30,8 +31,89 @@ enum Command {
     Generate(GenerateArgs),
     /// Perplexity of a text file.
     Perplexity(PerplexityArgs),
-    /// Decode speed, batched forward cost and memory bandwidth.
+    /// Benchmark: plain offloaded decoding vs SubSpec on a prompt set (or, with
+    /// --kernels, decode speed and batched forward cost against memory bandwidth).
     Bench(bench::BenchArgs),
+    /// Show the placement a memory budget gives (dry run: reads only config.json and the
+    /// safetensors headers).
+    Plan(PlanArgs),
+}
+
+#[derive(Args)]
+struct PlanArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    spec: SpecArgs,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn plan(a: &PlanArgs) -> Result<(), Error> {
+    let opts = a
+        .model
+        .options(a.spec.draft()?.or(Some(DraftOptions::default())))?;
+    let budget = opts
+        .budget
+        .ok_or_else(|| Error::invalid_argument("plan needs --budget (e.g. --budget 1.5GiB)"))?;
+    let p = Engine::plan(&opts, budget)?;
+    let b = &p.bytes;
+    if a.json {
+        let layers: Vec<&str> = p
+            .layers
+            .iter()
+            .map(|r| {
+                if *r == Residency::Resident {
+                    "resident"
+                } else {
+                    "offloaded"
+                }
+            })
+            .collect();
+        let v = json!({
+            "layers": layers, "staging_buffers": p.staging_buffers, "budget": b.budget, "total": b.total,
+            "lm_head": b.lm_head, "norms_and_biases": b.vectors, "substitutes": b.substitutes,
+            "resident_layers": b.resident_layers, "kv_cache": b.kv_cache, "staging": b.staging,
+            "activations": b.activations, "headroom": b.headroom, "streamed_per_pass": b.streamed_per_pass,
+        });
+        println!("{v}");
+        return Ok(());
+    }
+    for (l, r) in p.layers.iter().enumerate() {
+        let what = match r {
+            Residency::Resident => "resident (full precision, shared by the draft)",
+            Residency::Offloaded => {
+                "offloaded (streamed every target pass; draft uses a substitute)"
+            }
+        };
+        println!("layer {l:3}  {what}");
+    }
+    let rows = [
+        ("lm_head", b.lm_head),
+        ("norms and biases", b.vectors),
+        ("substitutes", b.substitutes),
+        ("resident layers", b.resident_layers),
+        ("KV cache", b.kv_cache),
+        ("staging buffers", b.staging),
+        ("activations", b.activations),
+        ("headroom", b.headroom),
+    ];
+    for (name, v) in rows {
+        println!("{name:18} {:>12}", human(v));
+    }
+    println!(
+        "{:18} {:>12} of {} budget",
+        "total",
+        human(b.total),
+        human(b.budget)
+    );
+    println!(
+        "{:18} {:>12} per target pass",
+        "streamed",
+        human(b.streamed_per_pass)
+    );
+    Ok(())
 }
 
 /// Options shared by every command that loads a model.
@@ -46,16 +128,30 @@ pub struct ModelArgs {
     /// Context length (0: the model's maximum).
     #[arg(long, default_value_t = 0)]
     ctx_len: usize,
+    /// Device memory budget (e.g. 800MiB, 1.5GiB): layers that do not fit are streamed
+    /// from disk every target pass. Default: everything resident.
+    #[arg(long)]
+    budget: Option<String>,
+    /// Largest verified tree the engine reserves room for.
+    #[arg(long, default_value_t = subspec::engine::DEFAULT_MAX_TREE_TOKENS)]
+    max_tree_tokens: usize,
 }
 
 impl ModelArgs {
     /// Loads the engine these options describe, with `draft` if given.
     pub fn load(&self, draft: Option<DraftOptions>) -> Result<Engine, Error> {
+        Engine::load(&self.options(draft)?)
+    }
+
+    /// The engine options these arguments describe.
+    pub fn options(&self, draft: Option<DraftOptions>) -> Result<EngineOptions, Error> {
         let mut o = EngineOptions::new(&self.model);
         o.threads = self.threads;
         o.max_context = self.ctx_len;
         o.draft = draft;
-        Engine::load(&o)
+        o.max_tree_tokens = self.max_tree_tokens;
+        o.budget = self.budget.as_deref().map(parse_bytes).transpose()?;
+        Ok(o)
     }
 }
 
@@ -68,15 +164,16 @@ pub struct SpecArgs {
     /// Plain decoding, one token per target pass.
     #[arg(long = "no-spec")]
     no_spec: bool,
-    /// Tree width: nodes kept per draft step.
-    #[arg(long, default_value_t = TreeParams::default().width)]
-    tree_width: usize,
-    /// Tree depth: draft steps per iteration.
-    #[arg(long, default_value_t = TreeParams::default().depth)]
-    tree_depth: usize,
-    /// Most tokens in one verified tree (root included).
-    #[arg(long, default_value_t = TreeParams::default().max_tokens)]
-    tree_max_tokens: usize,
+    /// Tree width: nodes kept per draft step (default: the engine's, which depends on
+    /// whether layers are offloaded).
+    #[arg(long)]
+    tree_width: Option<usize>,
+    /// Tree depth: draft steps per iteration (default: the engine's).
+    #[arg(long)]
+    tree_depth: Option<usize>,
+    /// Most tokens in one verified tree, root included (default: the engine's).
+    #[arg(long)]
+    tree_max_tokens: Option<usize>,
     /// Draft softmax temperature for ranking tree paths.
     #[arg(long, default_value_t = TreeParams::default().draft_temperature)]
     draft_temperature: f32,
@@ -123,12 +220,14 @@ impl SpecArgs {
         }))
     }
 
-    /// The step options for `sampling`.
-    pub fn step(&self, sampling: SamplingParams) -> Result<StepOptions, Error> {
+    /// The step options for `sampling` on `engine` (its default tree, overridden by the
+    /// flags given).
+    pub fn step(&self, engine: &Engine, sampling: SamplingParams) -> Result<StepOptions, Error> {
+        let d = engine.default_tree();
         let tree = TreeParams {
-            width: self.tree_width,
-            depth: self.tree_depth,
-            max_tokens: self.tree_max_tokens,
+            width: self.tree_width.unwrap_or(d.width),
+            depth: self.tree_depth.unwrap_or(d.depth),
+            max_tokens: self.tree_max_tokens.unwrap_or(d.max_tokens),
             draft_temperature: self.draft_temperature,
         };
         if self.enabled() {
@@ -215,8 +314,8 @@ fn generate(a: &GenerateArgs) -> Result<(), Error> {
         seed: a.seed,
     };
     sampling.validate()?;
-    let opts = a.spec.step(sampling)?;
     let engine = a.model.load(a.spec.draft()?)?;
+    let opts = a.spec.step(&engine, sampling)?;
     let tok = engine.tokenizer()?;
     let text = if a.chat {
         chatml(&engine, &a.prompt)?
@@ -318,6 +417,7 @@ fn main() -> ExitCode {
         Command::Generate(a) => generate(a),
         Command::Perplexity(a) => perplexity(a),
         Command::Bench(a) => bench::run(a),
+        Command::Plan(a) => plan(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

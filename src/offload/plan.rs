@@ -1,0 +1,440 @@
+//! The memory planner: a pure function from (model sizes, device budget, context, tree,
+//! substitute format) to a placement of every decoder layer, with a byte account.
+//!
+//! Fill order: what the draft always needs stays resident first (lm_head, norms and biases,
+//! the quantized substitutes of every layer, the KV cache, two staging buffers for streamed
+//! layers, activations, headroom). That is the minimum; a smaller budget is refused with an
+//! error stating it. Then, in layer order, as many decoder layers as fit become resident
+//! in full precision (a resident layer needs no substitute: the draft shares it). The rest
+//! are offloaded: streamed from the slow tier on every target pass.
+//!
+//! The embedding table is only read a row per token, so when lm_head is untied it stays in
+//! the slow tier (rows are paged in on demand); when tied it is lm_head and is resident.
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::model::{ModelConfig, Weights};
+use crate::quant::QuantConfig;
+
+/// Where a decoder layer's full-precision linears live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Residency {
+    /// On the device; the target and the draft both use them.
+    Resident,
+    /// In the slow tier, streamed every target pass; the draft uses a substitute.
+    Offloaded,
+}
+
+/// Byte sizes of a model's parts (from the checkpoint headers; nothing is read).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelSizes {
+    /// Embedding table.
+    pub embed: u64,
+    /// lm_head, `0` when tied to the embedding.
+    pub lm_head: u64,
+    /// All 1-D tensors: norms and biases.
+    pub vectors: u64,
+    /// Per layer: the seven full-precision linears.
+    pub layer_linears: Vec<u64>,
+    /// Per layer: the seven substitutes in the planned format.
+    pub layer_substitutes: Vec<u64>,
+}
+
+/// Bytes of the substitute of a `rows x cols` matrix (codes plus f16 scale and minimum per
+/// group; see `quant::format`).
+pub fn substitute_bytes(rows: u64, cols: u64, q: &QuantConfig) -> u64 {
+    rows * cols * q.bits as u64 / 8 + rows * (cols / q.group as u64) * 4
+}
+
+const LINEARS: [&str; 7] = [
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+];
+
+/// The checkpoint names of layer `l`'s seven linear weights.
+pub fn linear_names(l: usize) -> [String; 7] {
+    LINEARS.map(|n| format!("model.layers.{l}.{n}.weight"))
+}
+
+impl ModelSizes {
+    /// Sizes from an opened checkpoint (headers only).
+    pub fn from_weights(c: &ModelConfig, w: &Weights, q: &QuantConfig) -> Result<ModelSizes> {
+        let embed = w.get_any("model.embed_tokens.weight")?.bytes().len() as u64;
+        let lm_head = if c.tie_embeddings {
+            0
+        } else {
+            w.get_any("lm_head.weight")?.bytes().len() as u64
+        };
+        let mut layer_linears = Vec::with_capacity(c.n_layers);
+        let mut layer_substitutes = Vec::with_capacity(c.n_layers);
+        for l in 0..c.n_layers {
+            let (mut full, mut sub) = (0, 0);
+            for name in linear_names(l) {
+                let t = w.get_any(&name)?;
+                full += t.bytes().len() as u64;
+                sub += substitute_bytes(t.shape[0] as u64, t.shape[1] as u64, q);
+            }
+            layer_linears.push(full);
+            layer_substitutes.push(sub);
+        }
+        Ok(ModelSizes {
+            embed,
+            lm_head,
+            vectors: w.vector_bytes() as u64,
+            layer_linears,
+            layer_substitutes,
+        })
+    }
+}
+
+/// What the plan is for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlanRequest {
+    /// Device memory budget in bytes.
+    pub budget: u64,
+    /// Context length (KV cache positions).
+    pub context: usize,
+    /// Largest verified tree (KV scratch and activations).
+    pub tree_tokens: usize,
+    /// Substitute format.
+    pub quant: QuantConfig,
+}
+
+/// The byte account of a placement.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PlanBytes {
+    /// lm_head (the embedding when tied).
+    pub lm_head: u64,
+    /// Norms and biases.
+    pub vectors: u64,
+    /// Substitutes of the offloaded layers.
+    pub substitutes: u64,
+    /// Full-precision resident layers.
+    pub resident_layers: u64,
+    /// KV cache for context + tree, f32.
+    pub kv_cache: u64,
+    /// Staging buffers for streamed layers.
+    pub staging: u64,
+    /// Activations of the largest batch, logits included.
+    pub activations: u64,
+    /// Headroom for allocator slack and small buffers.
+    pub headroom: u64,
+    /// Sum of the above.
+    pub total: u64,
+    /// The budget.
+    pub budget: u64,
+    /// Bytes read from the slow tier per target pass.
+    pub streamed_per_pass: u64,
+}
+
+/// A placement of every decoder layer, with its byte account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    /// Per decoder layer.
+    pub layers: Vec<Residency>,
+    /// Number of staging buffers (a ring).
+    pub staging_buffers: usize,
+    /// The account.
+    pub bytes: PlanBytes,
+}
+
+impl Placement {
+    /// Indices of the offloaded layers, ascending.
+    pub fn offloaded(&self) -> Vec<usize> {
+        (0..self.layers.len())
+            .filter(|&l| self.layers[l] == Residency::Offloaded)
+            .collect()
+    }
+}
+
+/// Staging buffers in the ring: double buffering (one computing, one loading).
+pub const STAGING_BUFFERS: usize = 2;
+/// Alignment slack per tensor in a staging buffer (O_DIRECT reads whole 4 KiB blocks).
+pub const STAGING_SLACK_PER_TENSOR: u64 = 2 * 4096;
+
+/// The smallest budget [`plan`] accepts for this request (whatever `r.budget` says).
+pub fn minimum_budget(c: &ModelConfig, s: &ModelSizes, r: &PlanRequest) -> u64 {
+    let mut lo = 0u64;
+    let mut hi = 1u64 << 50;
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if plan(
+            c,
+            s,
+            &PlanRequest {
+                budget: mid,
+                ..r.clone()
+            },
+        )
+        .is_ok()
+        {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    lo
+}
+
+/// Plans a placement; an error with the minimum when the budget is too small.
+pub fn plan(c: &ModelConfig, s: &ModelSizes, r: &PlanRequest) -> Result<Placement> {
+    r.quant.validate()?;
+    let lm_head = if c.tie_embeddings { s.embed } else { s.lm_head };
+    let kv_cache = ((r.context + r.tree_tokens) * c.n_layers * 2 * c.kv_dim() * 4) as u64;
+    let max_layer = s.layer_linears.iter().copied().max().unwrap_or(0);
+    let staging = STAGING_BUFFERS as u64 * (max_layer + 7 * STAGING_SLACK_PER_TENSOR);
+    let per_token = c.hidden * 3 + c.q_dim() * 2 + c.kv_dim() * 2 + c.intermediate * 2 + c.vocab;
+    let activations = (r.tree_tokens.max(1) * per_token * 4) as u64;
+    let headroom = (16 << 20) + r.budget / 50;
+    let all_subs: u64 = s.layer_substitutes.iter().sum();
+    let fixed = lm_head + s.vectors + kv_cache + activations + headroom;
+    let minimum = fixed + all_subs + staging;
+    if r.budget < minimum {
+        // The headroom grows with the budget (2%): solve for the budget that fits.
+        let needed = (minimum - r.budget / 50) * 50 / 49 + 1;
+        return Err(Error::new(
+            ErrorKind::OutOfMemory,
+            format!(
+                "a budget of {} is too small: this model needs at least {} ({} lm_head, {} substitutes, {} KV cache for {} positions, {} staging, {} activations, {} headroom)",
+                human(r.budget),
+                human(needed),
+                human(lm_head),
+                human(all_subs),
+                human(kv_cache),
+                r.context + r.tree_tokens,
+                human(staging),
+                human(activations),
+                human(headroom)
+            ),
+        ));
+    }
+    let mut layers = vec![Residency::Offloaded; c.n_layers];
+    let mut used = minimum;
+    for l in 0..c.n_layers {
+        let extra = s.layer_linears[l].saturating_sub(s.layer_substitutes[l]);
+        // The last offloaded layer going resident also frees the staging buffers.
+        let offloaded_left = layers
+            .iter()
+            .filter(|&&x| x == Residency::Offloaded)
+            .count();
+        let freed = if offloaded_left == 1 { staging } else { 0 };
+        if used + extra <= r.budget + freed {
+            layers[l] = Residency::Resident;
+            used = used + extra - freed;
+        } else {
+            break;
+        }
+    }
+    let offloaded: Vec<usize> = (0..c.n_layers)
+        .filter(|&l| layers[l] == Residency::Offloaded)
+        .collect();
+    let resident_layers: u64 = (0..c.n_layers)
+        .filter(|&l| layers[l] == Residency::Resident)
+        .map(|l| s.layer_linears[l])
+        .sum();
+    let substitutes: u64 = offloaded.iter().map(|&l| s.layer_substitutes[l]).sum();
+    let staging = if offloaded.is_empty() { 0 } else { staging };
+    let streamed_per_pass = offloaded.iter().map(|&l| s.layer_linears[l]).sum();
+    let total = lm_head
+        + s.vectors
+        + substitutes
+        + resident_layers
+        + kv_cache
+        + staging
+        + activations
+        + headroom;
+    Ok(Placement {
+        layers,
+        staging_buffers: if offloaded.is_empty() {
+            0
+        } else {
+            STAGING_BUFFERS
+        },
+        bytes: PlanBytes {
+            lm_head,
+            vectors: s.vectors,
+            substitutes,
+            resident_layers,
+            kv_cache,
+            staging,
+            activations,
+            headroom,
+            total,
+            budget: r.budget,
+            streamed_per_pass,
+        },
+    })
+}
+
+/// Bytes in binary units, e.g. `1.50 GiB`.
+pub fn human(b: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < units.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.2} {}", units[u])
+    }
+}
+
+/// Parses `1.5GiB`, `800MiB`, `2G`, `1000000` (bytes), `35%` is not accepted here.
+pub fn parse_bytes(s: &str) -> Result<u64> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let v: f64 = num.parse().map_err(|_| {
+        Error::invalid_argument(format!(
+            "`{s}` is not a size (try 1.5GiB, 800MiB or a byte count)"
+        ))
+    })?;
+    let mult = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kib" => 1024.0,
+        "kb" => 1e3,
+        "m" | "mib" => 1024.0 * 1024.0,
+        "mb" => 1e6,
+        "g" | "gib" => 1024.0 * 1024.0 * 1024.0,
+        "gb" => 1e9,
+        u => {
+            return Err(Error::invalid_argument(format!(
+                "`{s}`: unknown unit `{u}` (use B, KiB, MiB, GiB, KB, MB, GB)"
+            )))
+        }
+    };
+    Ok((v * mult) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Arch;
+
+    fn cfg() -> ModelConfig {
+        ModelConfig {
+            arch: Arch::Qwen2,
+            hidden: 64,
+            intermediate: 128,
+            n_layers: 4,
+            n_heads: 4,
+            n_kv_heads: 2,
+            head_dim: 16,
+            vocab: 100,
+            rms_eps: 1e-6,
+            rope_theta: 1e4,
+            max_position: 256,
+            tie_embeddings: false,
+            qkv_bias: true,
+            eos_ids: vec![1],
+            bos_id: None,
+        }
+    }
+
+    fn sizes() -> ModelSizes {
+        ModelSizes {
+            embed: 12_800,
+            lm_head: 12_800,
+            vectors: 2_000,
+            layer_linears: vec![1_000_000; 4],
+            layer_substitutes: vec![300_000; 4],
+        }
+    }
+
+    fn req(budget: u64) -> PlanRequest {
+        PlanRequest {
+            budget,
+            context: 100,
+            tree_tokens: 28,
+            quant: QuantConfig::default(),
+        }
+    }
+
+    #[test]
+    fn substitute_bytes_match_the_format() {
+        // 4-bit, group 64: half a byte per weight plus 4 bytes per 64 weights.
+        assert_eq!(
+            substitute_bytes(10, 128, &QuantConfig::default()),
+            10 * 64 + 10 * 2 * 4
+        );
+    }
+
+    #[test]
+    fn too_small_a_budget_states_the_minimum() {
+        let e = plan(&cfg(), &sizes(), &req(1_000_000)).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::OutOfMemory);
+        assert!(e.message().contains("at least"), "{e}");
+    }
+
+    #[test]
+    fn the_stated_minimum_plans() {
+        let e = plan(&cfg(), &sizes(), &req(1_000_000)).unwrap_err();
+        let msg = e.message();
+        let at = msg.find("at least ").unwrap() + "at least ".len();
+        let stated = msg[at..].split(" (").next().unwrap().replace(' ', "");
+        let b = parse_bytes(&stated).unwrap();
+        // The message rounds to 0.01 of a unit: allow that much.
+        assert!(
+            plan(&cfg(), &sizes(), &req(b + b / 100)).is_ok(),
+            "{stated}"
+        );
+    }
+
+    #[test]
+    fn fills_layers_in_order_and_accounts_every_byte() {
+        let c = cfg();
+        let s = sizes();
+        let min = minimum_budget(&c, &s, &req(0));
+        assert!(plan(&c, &s, &req(min - 1)).is_err());
+        let p = plan(&c, &s, &req(min)).unwrap();
+        assert_eq!(p.offloaded(), vec![0, 1, 2, 3]);
+        assert_eq!(p.bytes.streamed_per_pass, 4_000_000);
+        assert!(p.bytes.total <= min);
+        // One layer's worth more (full minus substitute, plus the 2% headroom on it):
+        // layer 0 becomes resident.
+        let p = plan(&c, &s, &req(min + 715_000)).unwrap();
+        assert_eq!(p.layers[0], Residency::Resident);
+        assert_eq!(p.offloaded(), vec![1, 2, 3]);
+        assert_eq!(p.bytes.resident_layers, 1_000_000);
+        assert_eq!(p.bytes.substitutes, 900_000);
+        let b = &p.bytes;
+        assert_eq!(
+            b.total,
+            b.lm_head
+                + b.vectors
+                + b.substitutes
+                + b.resident_layers
+                + b.kv_cache
+                + b.staging
+                + b.activations
+                + b.headroom
+        );
+        // A huge budget: everything resident, no staging, nothing streamed.
+        let p = plan(&c, &s, &req(1 << 40)).unwrap();
+        assert!(p.offloaded().is_empty());
+        assert_eq!(p.bytes.staging, 0);
+        assert_eq!(p.bytes.streamed_per_pass, 0);
+        assert_eq!(p.staging_buffers, 0);
+    }
+
+    #[test]
+    fn parses_sizes() {
+        assert_eq!(parse_bytes("1.5GiB").unwrap(), 1_610_612_736);
+        assert_eq!(parse_bytes("800MiB").unwrap(), 838_860_800);
+        assert_eq!(parse_bytes("2G").unwrap(), 2 << 30);
+        assert_eq!(parse_bytes("1000").unwrap(), 1000);
+        assert_eq!(parse_bytes("3 GB").unwrap(), 3_000_000_000);
+        assert!(parse_bytes("lots").is_err());
+        assert!(parse_bytes("3 parsecs").is_err());
+        assert_eq!(human(1536), "1.50 KiB");
+    }
+}

@@ -1,0 +1,163 @@
+//! Offloading: output under any budget equals the fully resident output, token for token
+//! (plain and speculative, greedy and sampled), and budget or file failures are clear
+//! errors.
+
+mod common;
+
+use std::path::Path;
+
+use subspec::{Engine, EngineOptions, ErrorKind, SamplingParams, StepOptions};
+
+fn options(dir: &Path, budget: Option<u64>) -> EngineOptions {
+    let mut o = EngineOptions::new(dir);
+    o.require_tokenizer = dir.join("tokenizer.json").is_file();
+    o.max_context = 256;
+    o.max_tree_tokens = 64;
+    o.budget = budget;
+    o
+}
+
+fn generate(engine: &Engine, prompt: &[u32], opts: &StepOptions, n: usize) -> Vec<u32> {
+    let mut seq = engine.new_sequence();
+    seq.append(engine, prompt).unwrap();
+    seq.generate(engine, opts, n, |_| true).unwrap()
+}
+
+/// Budgets from "everything streamed" to "everything resident": same tokens as no budget.
+fn check_budgets(dir: &Path, prompt: &[u32], n: usize) {
+    let min = Engine::minimum_budget(&options(dir, None)).unwrap();
+    let reference = Engine::load(&options(dir, None)).unwrap();
+    let samplings = [
+        SamplingParams::greedy(),
+        SamplingParams {
+            temperature: 0.9,
+            top_k: 0,
+            top_p: 0.9,
+            seed: 5,
+        },
+    ];
+    let want: Vec<Vec<u32>> = samplings
+        .iter()
+        .map(|s| generate(&reference, prompt, &StepOptions::plain(*s), n))
+        .collect();
+    let layers = reference.config().n_layers;
+    let mut seen_offloaded = Vec::new();
+    for budget in [min, min + min / 8, 1 << 40] {
+        let engine = Engine::load(&options(dir, Some(budget))).unwrap();
+        let offloaded = engine.placement().unwrap().offloaded().len();
+        seen_offloaded.push(offloaded);
+        for (s, want) in samplings.iter().zip(&want) {
+            assert_eq!(
+                &generate(&engine, prompt, &StepOptions::plain(*s), n),
+                want,
+                "plain, budget {budget} ({offloaded} of {layers} layers offloaded), {s:?}"
+            );
+            assert_eq!(
+                &generate(&engine, prompt, &StepOptions::speculative(*s), n),
+                want,
+                "SubSpec, budget {budget} ({offloaded} of {layers} layers offloaded), {s:?}"
+            );
+        }
+        if offloaded > 0 {
+            let (bytes, _, _, _) = engine.model().stream_stats().unwrap();
+            assert!(bytes > 0, "offloaded layers were streamed");
+        }
+    }
+    assert_eq!(
+        seen_offloaded[0], layers,
+        "the minimum budget streams every layer"
+    );
+    assert_eq!(
+        seen_offloaded[2], 0,
+        "a huge budget keeps everything resident"
+    );
+}
+
+#[test]
+fn tiny_models_give_the_same_tokens_under_any_budget() {
+    for qwen2 in [false, true] {
+        let dir = common::temp_dir(if qwen2 { "off-q" } else { "off-l" });
+        common::write_tiny_model(&dir, qwen2);
+        check_budgets(&dir, &[3, 9, 27, 81, 16], 20);
+    }
+}
+
+#[test]
+fn smollm2_gives_the_same_tokens_under_any_budget() {
+    let dir = common::model_dir(common::SMOLLM2);
+    let engine = common::engine(common::SMOLLM2);
+    let prompt = engine
+        .tokenizer()
+        .unwrap()
+        .encode("The recipe for a good loaf of bread", true)
+        .unwrap();
+    check_budgets(&dir, &prompt, 12);
+}
+
+#[test]
+fn too_small_a_budget_names_the_minimum() {
+    let dir = common::temp_dir("off-small");
+    common::write_tiny_model(&dir, false);
+    let min = Engine::minimum_budget(&options(&dir, None)).unwrap();
+    let e = match Engine::load(&options(&dir, Some(min - 1))) {
+        Ok(_) => panic!("loaded below the minimum budget"),
+        Err(e) => e,
+    };
+    assert_eq!(e.kind(), ErrorKind::OutOfMemory);
+    assert!(
+        e.message().contains("too small") && e.message().contains("at least"),
+        "{e}"
+    );
+    assert!(Engine::load(&options(&dir, Some(1))).is_err());
+}
+
+#[test]
+fn unreadable_model_file_is_a_clear_error() {
+    let dir = common::temp_dir("off-unreadable");
+    common::write_tiny_model(&dir, false);
+    std::fs::remove_file(dir.join("model.safetensors")).unwrap();
+    std::fs::create_dir(dir.join("model.safetensors")).unwrap();
+    let e = Engine::minimum_budget(&options(&dir, None)).unwrap_err();
+    assert!(e.message().contains("model.safetensors"), "{e}");
+    let e = match Engine::load(&options(&dir, Some(1 << 30))) {
+        Ok(_) => panic!("loaded a directory as a model file"),
+        Err(e) => e,
+    };
+    assert!(e.message().contains("model.safetensors"), "{e}");
+}
+
+#[test]
+fn a_model_file_that_changes_size_while_open_is_an_error_not_a_crash() {
+    let dir = common::temp_dir("off-resize");
+    common::write_tiny_model(&dir, true);
+    let min = Engine::minimum_budget(&options(&dir, None)).unwrap();
+    let engine = Engine::load(&options(&dir, Some(min))).unwrap();
+    let mut seq = engine.new_sequence();
+    seq.append(&engine, &[1, 2, 3]).unwrap();
+    seq.step(&engine, &StepOptions::plain(SamplingParams::greedy()))
+        .unwrap();
+    let path = dir.join("model.safetensors");
+    let size = std::fs::metadata(&path).unwrap().len();
+    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    f.set_len(size + 4096).unwrap();
+    // Layers already prefetched may still serve one pass; the next reads see the change.
+    let mut error = None;
+    for _ in 0..4 {
+        match seq.step(&engine, &StepOptions::plain(SamplingParams::greedy())) {
+            Ok(_) => {}
+            Err(e) => {
+                error = Some(e);
+                break;
+            }
+        }
+    }
+    let e = error.expect("a resized model file must be noticed");
+    assert_eq!(e.kind(), ErrorKind::Io);
+    assert!(e.message().contains("changed size"), "{e}");
+    // Put it back: streaming recovers.
+    f.set_len(size).unwrap();
+    let len = seq.len();
+    seq.step(&engine, &StepOptions::plain(SamplingParams::greedy()))
+        .unwrap();
+    assert_eq!(seq.len(), len + 1);
+}

@@ -107,6 +107,9 @@ typedef struct subspec_load_params {
   uint64_t memory_budget;
   // Context length per sequence; `0` (default) uses the model's maximum.
   uint32_t context_length;
+  // Largest tree (root included) a step may verify; sizes the KV scratch and the
+  // activations the memory planner reserves. `0` (default): 128.
+  uint32_t max_tree_tokens;
   // Worker threads; `0` (default) uses one per core.
   uint32_t threads;
   // Build the substitute draft (default true); without it only plain steps work.
@@ -144,6 +147,10 @@ typedef struct subspec_model_info {
   uint32_t max_position;
   // This engine's context length per sequence.
   uint32_t context_length;
+  // Largest tree (root included) a step may verify.
+  uint32_t max_tree_tokens;
+  // Decoder layers streamed from the slow tier each target pass (0: all resident).
+  uint32_t n_offloaded_layers;
   // Beginning-of-sequence id, or -1 if the model has none.
   int32_t bos_id;
   // Number of end-of-sequence ids ([`subspec_eos_ids`]).
@@ -175,7 +182,8 @@ typedef struct subspec_step_params {
   uint32_t tree_width;
   // Tree depth in draft steps (default 8).
   uint32_t tree_depth;
-  // Most tree nodes verified at once, root included (default 64, at most 1024).
+  // Most tree nodes verified at once, root included (default 64; at most the engine's
+  // `max_tree_tokens`).
   uint32_t tree_max_tokens;
   // Draft softmax temperature used to rank paths (default 0.2).
   float draft_temperature;
@@ -240,7 +248,8 @@ struct subspec_load_params subspec_load_default_params(void);
 // `INVALID_ARGUMENT` (a parameter out of range); `TOKENIZER` (`require_tokenizer` and no
 // usable tokenizer.json); `DEVICE_UNAVAILABLE` (a CUDA device requested: "no CUDA driver
 // found", or "the CUDA backend is not available in this build"); `OUT_OF_MEMORY` (the
-// budget is too small); `ABORTED` (a callback asked to stop); `PANIC`.
+// budget is too small: the message states the minimum, see [`subspec_minimum_budget`]);
+// `ABORTED` (a callback asked to stop); `PANIC`.
 //
 // # Safety
 // `params` must be NULL or point to a valid `subspec_load_params` whose `model_path` is
@@ -248,6 +257,15 @@ struct subspec_load_params subspec_load_default_params(void);
 // safe to call with their user data from any thread until `subspec_load` returns (they
 // are called one at a time, never after it returns) and must not unwind or longjmp.
 subspec_status subspec_load(const struct subspec_load_params *params, struct subspec_engine **out);
+
+// Writes to `*out` the smallest `memory_budget` (bytes) with which `params` can load,
+// reading only config.json and the safetensors headers (no weights). Every other field of
+// `params` counts (context length, tree size, draft quantization); `memory_budget` is
+// ignored. Statuses as for [`subspec_load`] (but no callbacks are called).
+//
+// # Safety
+// As for [`subspec_load`]; `out` NULL or valid for a write.
+subspec_status subspec_minimum_budget(const struct subspec_load_params *params, uint64_t *out);
 
 // Releases the caller's reference to `engine`; NULL is a no-op. Sequences created from it
 // keep the model alive until they are freed too, so any order of freeing is safe.
@@ -305,6 +323,14 @@ subspec_status subspec_detokenize(const struct subspec_engine *engine, const int
 
 // Greedy decoding, speculative with the default tree.
 struct subspec_step_params subspec_step_default_params(void);
+
+// Writes to `*out` the step parameters that pay best for `engine`: greedy, speculative,
+// with the tree shape suited to its placement (deeper and wider when layers are
+// offloaded). Statuses: `OK`, `NULL_POINTER`, `PANIC`.
+//
+// # Safety
+// `engine` must be NULL or a live engine handle; `out` NULL or valid for a write.
+subspec_status subspec_engine_step_params(const struct subspec_engine *engine, struct subspec_step_params *out);
 
 // Creates an empty sequence on `engine` and writes it to `*out` (free it with
 // [`subspec_sequence_free`]). Its KV cache holds the engine's context length.

@@ -62,6 +62,7 @@ public:
     LoadParams &device(int32_t d) { p_.device = d; return *this; }
     LoadParams &memory_budget(uint64_t bytes) { p_.memory_budget = bytes; return *this; }
     LoadParams &context_length(uint32_t n) { p_.context_length = n; return *this; }
+    LoadParams &max_tree_tokens(uint32_t n) { p_.max_tree_tokens = n; return *this; }
     LoadParams &threads(uint32_t n) { p_.threads = n; return *this; }
     LoadParams &draft(bool build) { p_.build_draft = build; return *this; }
     LoadParams &draft_quant(uint32_t bits, uint32_t group, uint32_t method = SUBSPEC_QUANT_HQQ) {
@@ -74,6 +75,15 @@ public:
     /// Called with the fraction loaded; return false to abort (throws SUBSPEC_STATUS_ABORTED).
     LoadParams &progress(std::function<bool(float)> f) { progress_ = std::move(f); return *this; }
 
+    /// The smallest memory_budget these parameters can load with (headers only).
+    uint64_t minimum_budget() const {
+        subspec_load_params p = p_;
+        p.model_path = path_.c_str();
+        uint64_t min = 0;
+        detail::check(subspec_minimum_budget(&p, &min));
+        return min;
+    }
+
 private:
     friend class Engine;
     std::string path_;
@@ -85,6 +95,7 @@ private:
 class StepParams {
 public:
     StepParams() : p_(subspec_step_default_params()) {}
+    explicit StepParams(const subspec_step_params &p) : p_(p) {}
     StepParams &temperature(float t) { p_.temperature = t; return *this; }
     StepParams &top_k(uint32_t k) { p_.top_k = k; return *this; }
     StepParams &top_p(float p) { p_.top_p = p; return *this; }
@@ -206,6 +217,12 @@ public:
         detail::check(subspec_eos_ids(h_.get(), ids.data(), ids.size(), &n));
         ids.resize(n);
         return ids;
+    }
+    /// The step parameters that pay best for this engine (its tree shape).
+    StepParams step_params() const {
+        subspec_step_params p{};
+        detail::check(subspec_engine_step_params(h_.get(), &p));
+        return StepParams(p);
     }
     bool is_eos(int32_t token) const noexcept { return subspec_is_eos(h_.get(), token); }
     std::vector<int32_t> tokenize(const std::string &text, bool add_special = false) const {

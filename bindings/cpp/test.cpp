@@ -111,6 +111,15 @@ int main(int argc, char **argv) {
           }) == SUBSPEC_STATUS_ABORTED);
     CHECK(calls == 2);
 
+    CHECK(status_of([&] { subspec::Engine::load(subspec::LoadParams(dir + "/tiny").memory_budget(1)); }) ==
+          SUBSPEC_STATUS_OUT_OF_MEMORY);
+    {
+        auto lp = subspec::LoadParams(dir + "/tiny").context_length(256);
+        auto e = subspec::Engine::load(lp.memory_budget(lp.minimum_budget()));
+        CHECK(e.info().n_offloaded_layers >= 1);
+        CHECK(e.new_sequence().generate(ids(fixture(dir, "tiny")["prompt"]), e.step_params(), 32) ==
+              ids(fixture(dir, "tiny")["greedy"]));
+    }
     test_model(dir, "tiny", dir + "/tiny");
     auto info = subspec::Engine::load(subspec::LoadParams(dir + "/tiny").draft(false)).info();
     CHECK(info.vocab_size == 128 && !info.has_draft);

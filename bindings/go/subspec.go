@@ -92,6 +92,7 @@ type LoadOptions struct {
 	Device        Device
 	MemoryBudget  uint64 // bytes; 0 keeps everything resident
 	ContextLength uint32 // 0: the model's maximum
+	MaxTreeTokens uint32 // largest verified tree; 0: 128
 	Threads       uint32 // 0: one per core
 	NoDraft       bool   // skip building the substitute draft (plain steps only)
 	DraftBits     uint32 // 0: 4
@@ -104,15 +105,15 @@ type Engine struct {
 	h *C.subspec_engine
 }
 
-// Load loads the model directory at path.
-func Load(path string, opts *LoadOptions) (*Engine, error) {
+// params fills C load parameters; free the returned path.
+func params(path string, opts *LoadOptions) (C.subspec_load_params, *C.char) {
 	if opts == nil {
 		opts = &LoadOptions{}
 	}
 	p := C.subspec_load_default_params()
 	cpath := C.CString(path)
-	defer C.free(unsafe.Pointer(cpath))
 	p.model_path = cpath
+	p.max_tree_tokens = C.uint32_t(opts.MaxTreeTokens)
 	p.device = C.int32_t(opts.Device) - 1
 	p.memory_budget = C.uint64_t(opts.MemoryBudget)
 	p.context_length = C.uint32_t(opts.ContextLength)
@@ -127,6 +128,25 @@ func Load(path string, opts *LoadOptions) (*Engine, error) {
 	if opts.DraftRTN {
 		p.draft_method = C.SUBSPEC_QUANT_RTN
 	}
+	return p, cpath
+}
+
+// MinimumBudget is the smallest MemoryBudget with which path loads under opts (reads only
+// config.json and the safetensors headers).
+func MinimumBudget(path string, opts *LoadOptions) (uint64, error) {
+	p, cpath := params(path, opts)
+	defer C.free(unsafe.Pointer(cpath))
+	var min C.uint64_t
+	if err := call(func() C.subspec_status { return C.subspec_minimum_budget(&p, &min) }); err != nil {
+		return 0, err
+	}
+	return uint64(min), nil
+}
+
+// Load loads the model directory at path.
+func Load(path string, opts *LoadOptions) (*Engine, error) {
+	p, cpath := params(path, opts)
+	defer C.free(unsafe.Pointer(cpath))
 	var h *C.subspec_engine
 	if err := call(func() C.subspec_status { return C.subspec_load(&p, &h) }); err != nil {
 		return nil, err
@@ -154,6 +174,8 @@ type ModelInfo struct {
 	Hidden             int
 	MaxPosition        int
 	ContextLength      int
+	MaxTreeTokens      int
+	OffloadedLayers    int
 	BOS                int32 // -1: none
 	HasDraft           bool
 	HasTokenizer       bool
@@ -172,7 +194,8 @@ func (e *Engine) Info() (ModelInfo, error) {
 	return ModelInfo{
 		Architecture: C.GoString(i.architecture), VocabSize: int(i.vocab_size),
 		Layers: int(i.n_layers), Hidden: int(i.hidden_size), MaxPosition: int(i.max_position),
-		ContextLength: int(i.context_length), BOS: int32(i.bos_id), HasDraft: bool(i.has_draft),
+		ContextLength: int(i.context_length), MaxTreeTokens: int(i.max_tree_tokens),
+		OffloadedLayers: int(i.n_offloaded_layers), BOS: int32(i.bos_id), HasDraft: bool(i.has_draft),
 		HasTokenizer: bool(i.has_tokenizer), TokenizerVocabSize: int(i.tokenizer_vocab_size),
 		Threads: int(i.threads),
 	}, nil

@@ -78,6 +78,26 @@ func TestErrors(t *testing.T) {
 	if !errors.As(err, &e) || e.Status != StatusDeviceUnavailable {
 		t.Fatalf("cuda: %v", err)
 	}
+	if _, err = Load(tiny, &LoadOptions{MemoryBudget: 1}); !errors.As(err, &e) || e.Status != StatusOutOfMemory ||
+		!strings.Contains(e.Message, "at least") {
+		t.Fatalf("budget too small: %v", err)
+	}
+	min, err := MinimumBudget(tiny, &LoadOptions{ContextLength: 256})
+	if err != nil {
+		t.Fatal(err)
+	}
+	small, err := Load(tiny, &LoadOptions{ContextLength: 256, MemoryBudget: min})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info, _ := small.Info(); info.OffloadedLayers < 1 {
+		t.Fatalf("nothing offloaded at the minimum budget: %+v", info)
+	}
+	want := expected(t, "tiny")
+	if out, _ := generate(t, small, parseIDs(want["prompt"]), nil); !equal(out, parseIDs(want["greedy"])) {
+		t.Fatalf("offloaded: %v", out)
+	}
+	small.Close()
 	eng, err := Load(tiny, &LoadOptions{Threads: 2})
 	if err != nil {
 		t.Fatal(err)

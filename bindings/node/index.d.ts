@@ -24,6 +24,8 @@ export interface LoadOptions {
   memoryBudget?: number | bigint;
   /** Context length per sequence; 0 (default): the model's maximum. */
   contextLength?: number;
+  /** Largest tree a step may verify; 0 (default): 128. */
+  maxTreeTokens?: number;
   /** Worker threads; 0 (default): one per core. */
   threads?: number;
   /** Build the 4-bit substitute draft (default true); without it only plain steps work. */
@@ -58,6 +60,9 @@ export interface ModelInfo {
   hiddenSize: number;
   maxPosition: number;
   contextLength: number;
+  maxTreeTokens: number;
+  /** Decoder layers streamed each target pass (0: all resident). */
+  nOffloadedLayers: number;
   /** -1: none. */
   bosId: number;
   nEos: number;

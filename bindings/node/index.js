@@ -28,6 +28,7 @@ koffi.struct('subspec_load_params', {
   device: 'int32_t',
   memory_budget: 'uint64_t',
   context_length: 'uint32_t',
+  max_tree_tokens: 'uint32_t',
   threads: 'uint32_t',
   build_draft: 'bool',
   draft_bits: 'uint32_t',
@@ -46,6 +47,8 @@ koffi.struct('subspec_model_info', {
   hidden_size: 'uint32_t',
   max_position: 'uint32_t',
   context_length: 'uint32_t',
+  max_tree_tokens: 'uint32_t',
+  n_offloaded_layers: 'uint32_t',
   bos_id: 'int32_t',
   n_eos: 'uint32_t',
   has_draft: 'bool',
@@ -227,6 +230,7 @@ class Engine {
     return {
       architecture: i.architecture, vocabSize: i.vocab_size, nLayers: i.n_layers,
       hiddenSize: i.hidden_size, maxPosition: i.max_position, contextLength: i.context_length,
+      maxTreeTokens: i.max_tree_tokens, nOffloadedLayers: i.n_offloaded_layers,
       bosId: i.bos_id, nEos: i.n_eos, hasDraft: i.has_draft, hasTokenizer: i.has_tokenizer,
       tokenizerVocabSize: i.tokenizer_vocab_size, threads: i.threads,
     };
@@ -283,6 +287,7 @@ function load(modelPath, options = {}) {
   if (options.device !== undefined) p.device = options.device === 'cpu' ? -1 : options.device;
   if (options.memoryBudget !== undefined) p.memory_budget = options.memoryBudget;
   if (options.contextLength !== undefined) p.context_length = options.contextLength;
+  if (options.maxTreeTokens !== undefined) p.max_tree_tokens = options.maxTreeTokens;
   if (options.threads !== undefined) p.threads = options.threads;
   if (options.draft !== undefined) p.build_draft = options.draft;
   if (options.draftBits !== undefined) p.draft_bits = options.draftBits;

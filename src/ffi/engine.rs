@@ -41,6 +41,9 @@ pub struct subspec_load_params {
     pub memory_budget: u64,
     /// Context length per sequence; `0` (default) uses the model's maximum.
     pub context_length: u32,
+    /// Largest tree (root included) a step may verify; sizes the KV scratch and the
+    /// activations the memory planner reserves. `0` (default): 128.
+    pub max_tree_tokens: u32,
     /// Worker threads; `0` (default) uses one per core.
     pub threads: u32,
     /// Build the substitute draft (default true); without it only plain steps work.
@@ -74,6 +77,7 @@ pub extern "C" fn subspec_load_default_params() -> subspec_load_params {
         device: SUBSPEC_DEVICE_CPU,
         memory_budget: 0,
         context_length: 0,
+        max_tree_tokens: 0,
         threads: 0,
         build_draft: true,
         draft_bits: q.bits as u32,
@@ -197,9 +201,10 @@ unsafe fn engine_options(p: &subspec_load_params) -> FfiResult<EngineOptions> {
     o.require_tokenizer = p.require_tokenizer;
     o.draft = draft;
     o.progress = progress;
-    // The memory budget is accepted and ignored until the offloading planner lands:
-    // everything stays resident, which is what a budget of 0 asks for.
-    let _ = p.memory_budget;
+    o.budget = (p.memory_budget != 0).then_some(p.memory_budget);
+    if p.max_tree_tokens != 0 {
+        o.max_tree_tokens = p.max_tree_tokens as usize;
+    }
     Ok(o)
 }
 
@@ -211,7 +216,8 @@ unsafe fn engine_options(p: &subspec_load_params) -> FfiResult<EngineOptions> {
 /// `INVALID_ARGUMENT` (a parameter out of range); `TOKENIZER` (`require_tokenizer` and no
 /// usable tokenizer.json); `DEVICE_UNAVAILABLE` (a CUDA device requested: "no CUDA driver
 /// found", or "the CUDA backend is not available in this build"); `OUT_OF_MEMORY` (the
-/// budget is too small); `ABORTED` (a callback asked to stop); `PANIC`.
+/// budget is too small: the message states the minimum, see [`subspec_minimum_budget`]);
+/// `ABORTED` (a callback asked to stop); `PANIC`.
 ///
 /// # Safety
 /// `params` must be NULL or point to a valid `subspec_load_params` whose `model_path` is
@@ -236,6 +242,32 @@ pub unsafe extern "C" fn subspec_load(
         });
         // SAFETY: `out` checked non-NULL and valid by the caller's guarantee.
         unsafe { out.write(Arc::into_raw(handle).cast_mut()) };
+        Ok(())
+    })
+}
+
+/// Writes to `*out` the smallest `memory_budget` (bytes) with which `params` can load,
+/// reading only config.json and the safetensors headers (no weights). Every other field of
+/// `params` counts (context length, tree size, draft quantization); `memory_budget` is
+/// ignored. Statuses as for [`subspec_load`] (but no callbacks are called).
+///
+/// # Safety
+/// As for [`subspec_load`]; `out` NULL or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn subspec_minimum_budget(
+    params: *const subspec_load_params,
+    out: *mut u64,
+) -> subspec_status {
+    boundary(None, || {
+        // SAFETY: the caller's guarantee on `params`.
+        let p = unsafe { deref(params, "params") }?;
+        check_out(out, "out")?;
+        // SAFETY: the caller's guarantee on `model_path`.
+        let mut opts = unsafe { engine_options(p) }?;
+        opts.progress = None;
+        let min = Engine::minimum_budget(&opts)?;
+        // SAFETY: checked non-NULL, valid by the caller's guarantee.
+        unsafe { out.write(min) };
         Ok(())
     })
 }
@@ -289,6 +321,10 @@ pub struct subspec_model_info {
     pub max_position: u32,
     /// This engine's context length per sequence.
     pub context_length: u32,
+    /// Largest tree (root included) a step may verify.
+    pub max_tree_tokens: u32,
+    /// Decoder layers streamed from the slow tier each target pass (0: all resident).
+    pub n_offloaded_layers: u32,
     /// Beginning-of-sequence id, or -1 if the model has none.
     pub bos_id: i32,
     /// Number of end-of-sequence ids ([`subspec_eos_ids`]).
@@ -331,6 +367,8 @@ pub unsafe extern "C" fn subspec_get_model_info(
                 hidden_size: u(c.hidden),
                 max_position: u(c.max_position),
                 context_length: u(eng.max_context()),
+                max_tree_tokens: u(eng.max_tree_tokens()),
+                n_offloaded_layers: u(eng.placement().map_or(0, |p| p.offloaded().len())),
                 bos_id: c.bos_id.map_or(-1, |b| b as i32),
                 n_eos: u(c.eos_ids.len()),
                 has_draft: eng.draft().is_some(),

@@ -40,7 +40,8 @@ pub struct subspec_step_params {
     pub tree_width: u32,
     /// Tree depth in draft steps (default 8).
     pub tree_depth: u32,
-    /// Most tree nodes verified at once, root included (default 64, at most 1024).
+    /// Most tree nodes verified at once, root included (default 64; at most the engine's
+    /// `max_tree_tokens`).
     pub tree_max_tokens: u32,
     /// Draft softmax temperature used to rank paths (default 0.2).
     pub draft_temperature: f32,
@@ -62,6 +63,37 @@ pub extern "C" fn subspec_step_default_params() -> subspec_step_params {
         tree_max_tokens: t.max_tokens as u32,
         draft_temperature: t.draft_temperature,
     }
+}
+
+/// Writes to `*out` the step parameters that pay best for `engine`: greedy, speculative,
+/// with the tree shape suited to its placement (deeper and wider when layers are
+/// offloaded). Statuses: `OK`, `NULL_POINTER`, `PANIC`.
+///
+/// # Safety
+/// `engine` must be NULL or a live engine handle; `out` NULL or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn subspec_engine_step_params(
+    engine: *const subspec_engine,
+    out: *mut subspec_step_params,
+) -> subspec_status {
+    // SAFETY: the caller's guarantee.
+    let Some(e) = (unsafe { engine.as_ref() }) else {
+        return boundary(None, || Err(Failure::null("engine")));
+    };
+    boundary(Some(&e.last_error), || {
+        check_out(out, "out")?;
+        let t = e.engine.default_tree();
+        let p = subspec_step_params {
+            tree_width: t.width as u32,
+            tree_depth: t.depth as u32,
+            tree_max_tokens: t.max_tokens as u32,
+            draft_temperature: t.draft_temperature,
+            ..subspec_step_default_params()
+        };
+        // SAFETY: checked non-NULL, valid by the caller's guarantee.
+        unsafe { out.write(p) };
+        Ok(())
+    })
 }
 
 impl subspec_step_params {

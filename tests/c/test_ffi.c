@@ -222,11 +222,19 @@ static void test_load_errors(const char *tiny) {
     p.require_tokenizer = true;
     CHECK_STATUS(subspec_load(&p, &e), SUBSPEC_STATUS_TOKENIZER, "tokenizer.json");
     p.require_tokenizer = false;
-#ifdef SUBSPEC_TEST_BUDGET
     p.memory_budget = 1;
-    CHECK_STATUS(subspec_load(&p, &e), SUBSPEC_STATUS_OUT_OF_MEMORY, "budget");
+    CHECK_STATUS(subspec_load(&p, &e), SUBSPEC_STATUS_OUT_OF_MEMORY, "at least");
+    uint64_t min = 0;
+    CHECK_STATUS(subspec_minimum_budget(NULL, &min), SUBSPEC_STATUS_NULL_POINTER, "params");
+    CHECK_STATUS(subspec_minimum_budget(&p, NULL), SUBSPEC_STATUS_NULL_POINTER, "out");
+    CHECK(subspec_minimum_budget(&p, &min) == SUBSPEC_STATUS_OK && min > 1, "minimum budget %llu",
+          (unsigned long long)min);
+    p.memory_budget = min - 1;
+    CHECK_STATUS(subspec_load(&p, &e), SUBSPEC_STATUS_OUT_OF_MEMORY, "at least");
     p.memory_budget = 0;
-#endif
+    p.max_tree_tokens = 1;
+    CHECK_STATUS(subspec_load(&p, &e), SUBSPEC_STATUS_INVALID_ARGUMENT, "max_tree_tokens");
+    p.max_tree_tokens = 0;
     CHECK(e == (subspec_engine *)0x1, "out written on failure");
 
     subspec_free(NULL);
@@ -343,7 +351,8 @@ static void test_metadata_tiny(subspec_engine *e) {
     CHECK(strcmp(info.architecture, "LlamaForCausalLM") == 0 && info.vocab_size == 128 &&
               info.n_layers == 2 && info.hidden_size == 64 && info.bos_id == 0 && info.n_eos == 1 &&
               info.has_draft && !info.has_tokenizer && info.tokenizer_vocab_size == 0 &&
-              info.context_length == 256 && info.threads >= 1,
+              info.context_length == 256 && info.threads >= 1 && info.n_offloaded_layers == 0 &&
+              info.max_tree_tokens == 128,
           "tiny info: %s vocab %u layers %u", info.architecture, info.vocab_size, info.n_layers);
     int32_t eos[4] = {-5, -5, -5, -5};
     size_t n = 0;
@@ -427,7 +436,7 @@ static void test_sequence_errors(subspec_engine *e, const char *model) {
     badp = sp;
     badp.tree_max_tokens = 5000;
     CHECK_STATUS(subspec_step(s, &badp, prompt.ids, prompt.n, out, 64, &n), SUBSPEC_STATUS_INVALID_ARGUMENT,
-                 "1024");
+                 "max_tree_tokens");
     CHECK(subspec_sequence_tokens(s, NULL, 0, &len) == SUBSPEC_STATUS_OK && len == 0 && n == 12345,
           "failed steps changed the sequence: %zu tokens, n_out %zu", len, n);
 
@@ -438,7 +447,7 @@ static void test_sequence_errors(subspec_engine *e, const char *model) {
     subspec_sequence_get_stats(s, &stats);
     uint64_t iters = stats.iterations;
     CHECK_STATUS(subspec_step(s, &sp, bad, 2, out, 64, &n), SUBSPEC_STATUS_INVALID_TOKEN, "-1");
-    CHECK_STATUS(subspec_step(s, &badp, prompt.ids, 1, out, 64, &n), SUBSPEC_STATUS_INVALID_ARGUMENT, "1024");
+    CHECK_STATUS(subspec_step(s, &badp, prompt.ids, 1, out, 64, &n), SUBSPEC_STATUS_INVALID_ARGUMENT, "max_tree_tokens");
     subspec_sequence_get_stats(s, &stats);
     CHECK(stats.length == after && stats.iterations == iters, "failed step changed state: %llu vs %zu",
           (unsigned long long)stats.length, after);
@@ -493,6 +502,41 @@ static void test_context_full(const char *tiny) {
     CHECK_STATUS(subspec_step(s, &sp, in, 6, out, 16, &n), SUBSPEC_STATUS_INVALID_ARGUMENT, "draft");
     sp.speculate = false;
     CHECK(subspec_step(s, &sp, in, 6, out, 16, &n) == SUBSPEC_STATUS_OK && n == 1, "plain without draft");
+    subspec_sequence_free(s);
+    subspec_free(e);
+}
+
+/* At the smallest budget layers are offloaded (streamed each target pass): the output is
+ * still the Rust engine's, token for token, with the engine's own tree. */
+static void test_minimum_budget(const char *tiny) {
+    subspec_load_params p = subspec_load_default_params();
+    p.model_path = tiny;
+    p.context_length = 256;
+    uint64_t min = 0;
+    CHECK(subspec_minimum_budget(&p, &min) == SUBSPEC_STATUS_OK, "minimum: %s", last_error(NULL));
+    p.memory_budget = min;
+    subspec_engine *e = NULL;
+    if (subspec_load(&p, &e) != SUBSPEC_STATUS_OK) {
+        CHECK(0, "load at the minimum budget %llu: %s", (unsigned long long)min, last_error(NULL));
+        return;
+    }
+    subspec_model_info info;
+    subspec_get_model_info(e, &info);
+    CHECK(info.n_offloaded_layers >= 1 && info.max_tree_tokens == 128, "offloaded %u, tree %u",
+          info.n_offloaded_layers, info.max_tree_tokens);
+    subspec_step_params sp;
+    CHECK_STATUS(subspec_engine_step_params(NULL, &sp), SUBSPEC_STATUS_NULL_POINTER, "engine");
+    CHECK_STATUS(subspec_engine_step_params(e, NULL), SUBSPEC_STATUS_NULL_POINTER, "out");
+    CHECK(subspec_engine_step_params(e, &sp) == SUBSPEC_STATUS_OK && sp.speculate && sp.temperature == 0.0f &&
+              sp.tree_max_tokens <= info.max_tree_tokens,
+          "engine step params");
+    ids_t prompt, want, got;
+    read_fixture("tiny", "prompt", &prompt, NULL, 0);
+    read_fixture("tiny", "greedy", &want, NULL, 0);
+    subspec_sequence *s = NULL;
+    subspec_sequence_create(e, &s);
+    CHECK(generate(e, s, &sp, &prompt, 32, &got) == SUBSPEC_STATUS_OK && same(&got, &want),
+          "offloaded generation: %zu tokens: %s", got.n, last_error(NULL));
     subspec_sequence_free(s);
     subspec_free(e);
 }
@@ -578,6 +622,7 @@ int main(int argc, char **argv) {
     test_threads(e, "tiny");
     subspec_free(e);
     test_context_full(tiny);
+    test_minimum_budget(tiny);
 
     if (!tiny_only) {
         char path[1200], line[2048];

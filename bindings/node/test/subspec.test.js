@@ -33,7 +33,11 @@ test('errors carry status and message', () => {
   assert.throws(() => subspec.load(path.join(dir, 'tiny'), { onProgress: () => ++calls < 2 }),
     (e) => e.status === subspec.Status.ABORTED);
   assert.strictEqual(calls, 2);
+  assert.throws(() => subspec.load(path.join(dir, 'tiny'), { memoryBudget: 1 }),
+    (err) => err.status === subspec.Status.OUT_OF_MEMORY && err.detail.includes('at least'));
   const e = subspec.load(path.join(dir, 'tiny'), { threads: 2 });
+  assert.strictEqual(e.info().nOffloadedLayers, 0);
+  assert.strictEqual(e.info().maxTreeTokens, 128);
   const s = e.newSequence();
   assert.throws(() => s.step([500]), (err) => err.status === subspec.Status.INVALID_TOKEN);
   assert.throws(() => s.step([]), (err) => err.status === subspec.Status.INVALID_ARGUMENT);

@@ -323,19 +323,8 @@ impl<B: Backend> Model<B> {
         let mut stats = SubstituteStats::default();
         let mut built = Vec::with_capacity(layers.len());
         for &li in layers {
-            let p = format!("model.layers.{li}");
-            let names = [
-                "self_attn.q_proj",
-                "self_attn.k_proj",
-                "self_attn.v_proj",
-                "self_attn.o_proj",
-                "mlp.gate_proj",
-                "mlp.up_proj",
-                "mlp.down_proj",
-            ];
             let mut q: Vec<QMatrix> = Vec::with_capacity(7);
-            for n in names {
-                let name = format!("{p}.{n}.weight");
+            for name in linear_names(li) {
                 let t = self.weights.get_any(&name)?;
                 let m = QMatrix::quantize_tensor(&t, qc)
                     .map_err(|e| Error::new(e.kind(), format!("substitute of `{name}`: {e}")))?;

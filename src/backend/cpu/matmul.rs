@@ -11,6 +11,7 @@
 
 use rayon::prelude::*;
 
+use super::isa::{isa, Isa};
 use crate::model::{DType, HostTensor};
 
 /// A raw output pointer shared by tasks that write disjoint elements.
@@ -35,37 +36,6 @@ const MAX_TT: usize = 12;
 const WIDE_TT: usize = 6;
 /// Batches above this many tokens widen each row chunk to f32 once (see `linear`).
 const WIDEN_ABOVE: usize = MAX_TT;
-
-/// Which SIMD kernel this CPU runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Isa {
-    Avx512,
-    Avx2,
-    Portable,
-}
-
-fn isa() -> Isa {
-    use std::sync::OnceLock;
-    static ISA: OnceLock<Isa> = OnceLock::new();
-    *ISA.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::env::var_os("SUBSPEC_NO_AVX512").is_none()
-                && is_x86_feature_detected!("avx512f")
-                && is_x86_feature_detected!("avx512bw")
-            {
-                return Isa::Avx512;
-            }
-            if is_x86_feature_detected!("avx2")
-                && is_x86_feature_detected!("fma")
-                && is_x86_feature_detected!("f16c")
-            {
-                return Isa::Avx2;
-            }
-        }
-        Isa::Portable
-    })
-}
 
 /// `out[t * n + o] = dot(w[o], x[t]) (+ bias[o])` for `x` of `t_count` rows of `k`.
 ///
@@ -440,6 +410,33 @@ mod tests {
                     &x[t * k..(t + 1) * k],
                 );
                 assert_eq!(p, single[o], "row {o} token {t}");
+            }
+        }
+        // Every kernel this CPU can run gives the portable bits, for every tile shape.
+        let rb = k * 2;
+        for isa in crate::backend::cpu::isa::supported_isas() {
+            for (rr, tt) in [(8, 1), (4, 2), (4, 6), (2, 9), (2, 12), (1, 1), (1, 7)] {
+                let mut res = [0f32; 8 * MAX_TT];
+                dot_tile(
+                    isa,
+                    DType::F16,
+                    &wt.bytes()[..rr * rb],
+                    rr,
+                    &x[..tt * k],
+                    tt,
+                    k,
+                    &mut res,
+                );
+                for i in 0..rr {
+                    for j in 0..tt {
+                        let p = dot_portable(
+                            DType::F16,
+                            &wt.bytes()[i * rb..(i + 1) * rb],
+                            &x[j * k..(j + 1) * k],
+                        );
+                        assert_eq!(res[i * tt + j], p, "{isa:?} tile {rr}x{tt}");
+                    }
+                }
             }
         }
         std::fs::remove_dir_all(&dir).ok();

@@ -8,10 +8,12 @@ use clap::Args;
 use rayon::prelude::*;
 use serde_json::json;
 use subspec::backend::AttnMask;
-use subspec::{Engine, Error, SamplingParams, StepOptions};
+use subspec::{Engine, EngineOptions, Error, SamplingParams, StepOptions};
 
 use std::path::PathBuf;
 
+use subspec::model::Weights;
+use subspec::offload::plan::linear_names;
 use subspec::offload::Streamer;
 
 use super::{ModelArgs, SpecArgs};
@@ -127,33 +129,34 @@ fn load_prompts(a: &BenchArgs) -> Result<Vec<(String, String)>, Error> {
     Ok(out)
 }
 
-/// Bytes/s of one full read of the offloaded layers through the slow tier.
-fn tier_bandwidth(engine: &Engine) -> Result<Option<f64>, Error> {
-    let Some(p) = engine.placement() else {
+/// Bytes/s of the slow tier: the best of three full reads of the offloaded layers, run
+/// before the engine is loaded so that nothing else reads at the same time.
+fn tier_bandwidth(opts: &EngineOptions) -> Result<Option<f64>, Error> {
+    let Some(budget) = opts.budget else {
         return Ok(None);
     };
-    let layers = p.offloaded();
+    let layers = Engine::plan(opts, budget)?.offloaded();
     if layers.is_empty() {
         return Ok(None);
     }
-    let mut s = Streamer::new(
-        engine.model().weights(),
-        &layers,
-        |l| subspec::offload::plan::linear_names(l).to_vec(),
-        2,
-    )?;
-    let t0 = Instant::now();
-    let mut bytes = 0u64;
-    for &l in &layers {
-        let layer = s.next_layer(l)?;
-        bytes += layer
-            .tensors
-            .iter()
-            .map(|t| t.bytes().len() as u64)
-            .sum::<u64>();
-        s.release(layer);
+    let weights = Weights::open(&opts.model_dir)?;
+    let mut best = 0f64;
+    for _ in 0..3 {
+        let mut s = Streamer::new(&weights, &layers, |l| linear_names(l).to_vec(), 2)?;
+        let t0 = Instant::now();
+        let mut bytes = 0u64;
+        for &l in &layers {
+            let layer = s.next_layer(l)?;
+            bytes += layer
+                .tensors
+                .iter()
+                .map(|t| t.bytes().len() as u64)
+                .sum::<u64>();
+            s.release(layer);
+        }
+        best = best.max(bytes as f64 / t0.elapsed().as_secs_f64());
     }
-    Ok(Some(bytes as f64 / t0.elapsed().as_secs_f64()))
+    Ok(Some(best))
 }
 
 fn offload(a: &BenchArgs) -> Result<(), Error> {
@@ -162,9 +165,10 @@ fn offload(a: &BenchArgs) -> Result<(), Error> {
         .spec
         .draft()?
         .ok_or_else(|| Error::invalid_argument("bench compares with SubSpec: drop --no-spec"))?;
-    let engine = a.model.load(Some(draft))?;
+    let opts = a.model.options(Some(draft))?;
+    let bw = tier_bandwidth(&opts)?;
+    let engine = Engine::load(&opts)?;
     let tok = engine.tokenizer()?;
-    let bw = tier_bandwidth(&engine)?;
     let streamed = || engine.model().stream_stats().map_or(0, |s| s.0);
     let spec_opts = a.spec.step(&engine, SamplingParams::greedy())?;
     let plain_opts = StepOptions::plain(SamplingParams::greedy());

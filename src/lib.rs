@@ -7,11 +7,13 @@
 //! - [`spec`]: the token tree, its growth, and lossless verification (pure logic);
 //! - [`sample`]: greedy and seeded sampling with a counter-based RNG;
 //! - [`tokenizer`]: tokenizer.json through the `tokenizers` crate;
-//! - [`engine`]: engines and sequences, the API the C ABI wraps.
+//! - [`engine`]: engines and sequences, the API the C ABI wraps;
+//! - [`ffi`]: the C ABI (`include/subspec.h`), the only place with `extern "C"`.
 
 pub mod backend;
 pub mod engine;
 pub mod error;
+pub mod ffi;
 pub mod model;
 pub mod offload;
 pub mod quant;

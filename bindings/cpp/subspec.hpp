@@ -1,0 +1,256 @@
+// subspec.hpp: a header-only C++17 RAII wrapper over the subspec C ABI (subspec.h).
+//
+//   subspec::Engine engine = subspec::Engine::load(subspec::LoadParams("models/smollm2"));
+//   subspec::Sequence seq = engine.new_sequence();
+//   std::vector<int32_t> out = seq.generate({504, 1345, 3340}, subspec::StepParams(), 64);
+//
+// Errors are thrown as subspec::Error (status code and message). Handles are move-only and
+// freed by their destructors; a Sequence keeps its engine's model alive, so destruction
+// order does not matter. One Sequence is used by one thread at a time; an Engine may be
+// shared by many threads.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "subspec.h"
+
+namespace subspec {
+
+/// A failed call: the C status code and the library's message.
+class Error : public std::runtime_error {
+public:
+    Error(subspec_status status, const std::string &message)
+        : std::runtime_error(message), status_(status) {}
+    /// The C status code (SUBSPEC_STATUS_*).
+    subspec_status status() const noexcept { return status_; }
+
+private:
+    subspec_status status_;
+};
+
+namespace detail {
+/// The calling thread's last error message.
+inline std::string last_error() {
+    size_t needed = 0;
+    subspec_last_error(nullptr, nullptr, 0, &needed);
+    std::string msg(needed, '\0');
+    if (needed > 0 && subspec_last_error(nullptr, msg.data(), msg.size(), &needed) == SUBSPEC_STATUS_OK)
+        msg.resize(needed - 1);
+    return msg;
+}
+
+inline void check(subspec_status st) {
+    if (st != SUBSPEC_STATUS_OK) throw Error(st, last_error());
+}
+}  // namespace detail
+
+/// The library version, e.g. "0.1.0".
+inline std::string version() { return subspec_version(); }
+
+/// Load parameters (defaults from subspec_load_default_params), with chainable setters.
+class LoadParams {
+public:
+    explicit LoadParams(std::string model_path)
+        : path_(std::move(model_path)), p_(subspec_load_default_params()) {}
+    LoadParams &device(int32_t d) { p_.device = d; return *this; }
+    LoadParams &memory_budget(uint64_t bytes) { p_.memory_budget = bytes; return *this; }
+    LoadParams &context_length(uint32_t n) { p_.context_length = n; return *this; }
+    LoadParams &max_tree_tokens(uint32_t n) { p_.max_tree_tokens = n; return *this; }
+    LoadParams &threads(uint32_t n) { p_.threads = n; return *this; }
+    LoadParams &draft(bool build) { p_.build_draft = build; return *this; }
+    LoadParams &draft_quant(uint32_t bits, uint32_t group, uint32_t method = SUBSPEC_QUANT_HQQ) {
+        p_.draft_bits = bits;
+        p_.draft_group = group;
+        p_.draft_method = method;
+        return *this;
+    }
+    LoadParams &require_tokenizer(bool r) { p_.require_tokenizer = r; return *this; }
+    /// Called with the fraction loaded; return false to abort (throws SUBSPEC_STATUS_ABORTED).
+    LoadParams &progress(std::function<bool(float)> f) { progress_ = std::move(f); return *this; }
+
+    /// The smallest memory_budget these parameters can load with (headers only).
+    uint64_t minimum_budget() const {
+        subspec_load_params p = p_;
+        p.model_path = path_.c_str();
+        uint64_t min = 0;
+        detail::check(subspec_minimum_budget(&p, &min));
+        return min;
+    }
+
+private:
+    friend class Engine;
+    std::string path_;
+    subspec_load_params p_;
+    std::function<bool(float)> progress_;
+};
+
+/// Step parameters (defaults from subspec_step_default_params: greedy, speculative).
+class StepParams {
+public:
+    StepParams() : p_(subspec_step_default_params()) {}
+    explicit StepParams(const subspec_step_params &p) : p_(p) {}
+    StepParams &temperature(float t) { p_.temperature = t; return *this; }
+    StepParams &top_k(uint32_t k) { p_.top_k = k; return *this; }
+    StepParams &top_p(float p) { p_.top_p = p; return *this; }
+    StepParams &seed(uint64_t s) { p_.seed = s; return *this; }
+    StepParams &speculate(bool s) { p_.speculate = s; return *this; }
+    StepParams &tree(uint32_t width, uint32_t depth, uint32_t max_tokens) {
+        p_.tree_width = width;
+        p_.tree_depth = depth;
+        p_.tree_max_tokens = max_tokens;
+        return *this;
+    }
+    StepParams &draft_temperature(float t) { p_.draft_temperature = t; return *this; }
+    const subspec_step_params &raw() const noexcept { return p_; }
+
+private:
+    subspec_step_params p_;
+};
+
+/// One conversation with its own KV cache. Move-only.
+class Sequence {
+public:
+    /// One step: appends `input` (may be empty), returns the new tokens (at least one, at
+    /// most `max_tokens`). On error throws and the sequence is unchanged.
+    std::vector<int32_t> step(const std::vector<int32_t> &input, const StepParams &params = StepParams(),
+                              size_t max_tokens = 1024) {
+        std::vector<int32_t> out(max_tokens);
+        size_t n = 0;
+        detail::check(subspec_step(h_.get(), &params.raw(), input.data(), input.size(), out.data(),
+                                   out.size(), &n));
+        out.resize(n);
+        return out;
+    }
+
+    /// Steps from `prompt` until an EOS token or `max_new` tokens; returns the new tokens.
+    std::vector<int32_t> generate(const std::vector<int32_t> &prompt, const StepParams &params,
+                                  size_t max_new) {
+        std::vector<int32_t> out, input = prompt;
+        while (out.size() < max_new) {
+            std::vector<int32_t> got = step(input, params, max_new - out.size());
+            input.clear();
+            bool stop = false;
+            for (int32_t t : got)
+                for (int32_t e : eos_) stop = stop || t == e;
+            out.insert(out.end(), got.begin(), got.end());
+            if (stop) break;
+        }
+        return out;
+    }
+
+    /// Empties the sequence and its statistics.
+    void reset() { detail::check(subspec_sequence_reset(h_.get())); }
+    /// Keeps the first `len` tokens.
+    void truncate(size_t len) { detail::check(subspec_sequence_truncate(h_.get(), len)); }
+    /// Every token (prompt and generated).
+    std::vector<int32_t> tokens() const {
+        size_t n = 0;
+        subspec_status st = subspec_sequence_tokens(h_.get(), nullptr, 0, &n);
+        if (st != SUBSPEC_STATUS_BUFFER_TOO_SMALL) detail::check(st);
+        std::vector<int32_t> out(n);
+        detail::check(subspec_sequence_tokens(h_.get(), out.data(), out.size(), &n));
+        out.resize(n);
+        return out;
+    }
+    /// Statistics since creation or the last reset.
+    subspec_sequence_stats stats() const {
+        subspec_sequence_stats s{};
+        detail::check(subspec_sequence_get_stats(h_.get(), &s));
+        return s;
+    }
+    subspec_sequence *raw() const noexcept { return h_.get(); }
+
+private:
+    friend class Engine;
+    struct Free {
+        void operator()(subspec_sequence *s) const noexcept { subspec_sequence_free(s); }
+    };
+    Sequence(subspec_sequence *s, std::vector<int32_t> eos) : h_(s), eos_(std::move(eos)) {}
+    std::unique_ptr<subspec_sequence, Free> h_;
+    std::vector<int32_t> eos_;  // the engine's EOS ids, for generate()
+};
+
+/// A loaded model. Move-only; sequences outlive it safely.
+class Engine {
+public:
+    /// Loads a model; throws subspec::Error on failure.
+    static Engine load(const LoadParams &params) {
+        subspec_load_params p = params.p_;
+        p.model_path = params.path_.c_str();
+        if (params.progress_) {
+            p.progress_callback = [](float f, void *user) -> bool {
+                try {
+                    return (*static_cast<const std::function<bool(float)> *>(user))(f);
+                } catch (...) {
+                    return false;  // never unwind through the C library
+                }
+            };
+            p.progress_user_data = const_cast<std::function<bool(float)> *>(&params.progress_);
+        }
+        subspec_engine *e = nullptr;
+        detail::check(subspec_load(&p, &e));
+        return Engine(e);
+    }
+
+    /// A new, empty sequence.
+    Sequence new_sequence() const {
+        std::vector<int32_t> eos = eos_ids();
+        subspec_sequence *s = nullptr;
+        detail::check(subspec_sequence_create(h_.get(), &s));
+        return Sequence(s, std::move(eos));
+    }
+    subspec_model_info info() const {
+        subspec_model_info i{};
+        detail::check(subspec_get_model_info(h_.get(), &i));
+        return i;
+    }
+    std::vector<int32_t> eos_ids() const {
+        std::vector<int32_t> ids(16);
+        size_t n = 0;
+        detail::check(subspec_eos_ids(h_.get(), ids.data(), ids.size(), &n));
+        ids.resize(n);
+        return ids;
+    }
+    /// The step parameters that pay best for this engine (its tree shape).
+    StepParams step_params() const {
+        subspec_step_params p{};
+        detail::check(subspec_engine_step_params(h_.get(), &p));
+        return StepParams(p);
+    }
+    bool is_eos(int32_t token) const noexcept { return subspec_is_eos(h_.get(), token); }
+    std::vector<int32_t> tokenize(const std::string &text, bool add_special = false) const {
+        size_t n = 0;
+        subspec_status st = subspec_tokenize(h_.get(), text.c_str(), add_special, nullptr, 0, &n);
+        if (st != SUBSPEC_STATUS_BUFFER_TOO_SMALL) detail::check(st);
+        std::vector<int32_t> ids(n);
+        detail::check(subspec_tokenize(h_.get(), text.c_str(), add_special, ids.data(), ids.size(), &n));
+        ids.resize(n);
+        return ids;
+    }
+    std::string detokenize(const std::vector<int32_t> &ids) const {
+        size_t needed = 0;
+        subspec_status st = subspec_detokenize(h_.get(), ids.data(), ids.size(), nullptr, 0, &needed);
+        if (st != SUBSPEC_STATUS_BUFFER_TOO_SMALL) detail::check(st);
+        std::string s(needed, '\0');
+        detail::check(subspec_detokenize(h_.get(), ids.data(), ids.size(), s.data(), s.size(), &needed));
+        s.resize(needed - 1);
+        return s;
+    }
+    subspec_engine *raw() const noexcept { return h_.get(); }
+
+private:
+    struct Free {
+        void operator()(subspec_engine *e) const noexcept { subspec_free(e); }
+    };
+    explicit Engine(subspec_engine *e) : h_(e) {}
+    std::unique_ptr<subspec_engine, Free> h_;
+};
+
+}  // namespace subspec

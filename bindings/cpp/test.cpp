@@ -1,0 +1,136 @@
+// Tests of the C++ wrapper: RAII, exceptions with status codes, and generation equal to the
+// Rust engine's (fixtures from `cargo test --test ffi`).
+//
+//   test FIXTURE_DIR
+#include <cstdio>
+#include <fstream>
+#include <map>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "subspec.hpp"
+
+static int passed, failed;
+#define CHECK(cond)                                                    \
+    do {                                                               \
+        if (cond) {                                                    \
+            passed++;                                                  \
+        } else {                                                       \
+            failed++;                                                  \
+            std::fprintf(stderr, "FAIL %s:%d: %s\n", __FILE__, __LINE__, #cond); \
+        }                                                              \
+    } while (0)
+
+static std::map<std::string, std::string> fixture(const std::string &dir, const std::string &model) {
+    std::ifstream f(dir + "/" + model + ".expected");
+    std::map<std::string, std::string> m;
+    std::string line;
+    while (std::getline(f, line)) {
+        auto colon = line.find(": ");
+        if (colon != std::string::npos) m[line.substr(0, colon)] = line.substr(colon + 2);
+    }
+    return m;
+}
+
+static std::vector<int32_t> ids(const std::string &s) {
+    std::istringstream in(s);
+    std::vector<int32_t> v;
+    int32_t t;
+    while (in >> t) v.push_back(t);
+    return v;
+}
+
+template <class F>
+static subspec_status status_of(F f) {
+    try {
+        f();
+    } catch (const subspec::Error &e) {
+        return e.status();
+    }
+    return SUBSPEC_STATUS_OK;
+}
+
+static void test_model(const std::string &dir, const std::string &name, std::string path) {
+    auto want = fixture(dir, name);
+    if (path.empty()) path = want["model"];
+    auto prompt = ids(want["prompt"]);
+    auto engine = subspec::Engine::load(subspec::LoadParams(path).context_length(256).threads(2));
+    auto sampled = subspec::StepParams().temperature(0.8f).top_k(40).top_p(0.95f).seed(7);
+
+    auto seq = engine.new_sequence();
+    auto out = seq.generate(prompt, subspec::StepParams(), 32);
+    CHECK(out == ids(want["greedy"]));
+    CHECK(seq.tokens().size() == prompt.size() + out.size());
+    CHECK(seq.stats().tau >= 1.0);
+    std::printf("cpp %s: %zu tokens, tau %.2f\n", name.c_str(), out.size(), seq.stats().tau);
+
+    seq.reset();
+    CHECK(seq.stats().iterations == 0);
+    CHECK(seq.generate(prompt, sampled.speculate(false), 32) == ids(want["sampled"]));
+    seq.truncate(prompt.size());
+    CHECK(seq.generate({}, sampled.speculate(true), 32) == ids(want["sampled"]));
+
+    // Errors: the sequence is unchanged.
+    size_t len = seq.tokens().size();
+    CHECK(status_of([&] { seq.step({-3}); }) == SUBSPEC_STATUS_INVALID_TOKEN);
+    CHECK(status_of([&] { seq.step({1}, subspec::StepParams().top_p(0.0f)); }) == SUBSPEC_STATUS_INVALID_ARGUMENT);
+    CHECK(seq.tokens().size() == len);
+    try {
+        seq.step({1 << 30});
+        CHECK(false);
+    } catch (const subspec::Error &e) {
+        CHECK(std::string(e.what()).find("out of range") != std::string::npos);
+    }
+
+    // Sequences on threads, and a sequence that outlives its engine (moved out of scope).
+    std::vector<std::vector<int32_t>> outs(3);
+    std::vector<std::thread> th;
+    for (int i = 0; i < 3; i++)
+        th.emplace_back([&, i] { outs[i] = engine.new_sequence().generate(prompt, subspec::StepParams(), 32); });
+    for (auto &t : th) t.join();
+    for (auto &o : outs) CHECK(o == ids(want["greedy"]));
+    subspec::Sequence kept = engine.new_sequence();
+    { subspec::Engine gone = std::move(engine); }
+    CHECK(kept.generate(prompt, subspec::StepParams(), 4).size() >= 1);
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) return 2;
+    std::string dir = argv[1];
+    CHECK(subspec::version() == std::to_string(SUBSPEC_VERSION_MAJOR) + "." +
+                                    std::to_string(SUBSPEC_VERSION_MINOR) + "." +
+                                    std::to_string(SUBSPEC_VERSION_PATCH));
+    CHECK(status_of([] { subspec::Engine::load(subspec::LoadParams("/nonexistent/model")); }) == SUBSPEC_STATUS_IO);
+    CHECK(status_of([&] { subspec::Engine::load(subspec::LoadParams(dir + "/tiny").device(0)); }) ==
+          SUBSPEC_STATUS_DEVICE_UNAVAILABLE);
+    int calls = 0;
+    CHECK(status_of([&] {
+              subspec::Engine::load(subspec::LoadParams(dir + "/tiny").progress([&](float) { return ++calls < 2; }));
+          }) == SUBSPEC_STATUS_ABORTED);
+    CHECK(calls == 2);
+
+    CHECK(status_of([&] { subspec::Engine::load(subspec::LoadParams(dir + "/tiny").memory_budget(1)); }) ==
+          SUBSPEC_STATUS_OUT_OF_MEMORY);
+    {
+        auto lp = subspec::LoadParams(dir + "/tiny").context_length(256);
+        auto e = subspec::Engine::load(lp.memory_budget(lp.minimum_budget()));
+        CHECK(e.info().n_offloaded_layers >= 1);
+        CHECK(e.new_sequence().generate(ids(fixture(dir, "tiny")["prompt"]), e.step_params(), 32) ==
+              ids(fixture(dir, "tiny")["greedy"]));
+    }
+    test_model(dir, "tiny", dir + "/tiny");
+    auto info = subspec::Engine::load(subspec::LoadParams(dir + "/tiny").draft(false)).info();
+    CHECK(info.vocab_size == 128 && !info.has_draft);
+    if (argc < 3 || std::string(argv[2]) != "--tiny-only") {
+        test_model(dir, "smollm2", "");
+        auto e = subspec::Engine::load(subspec::LoadParams(fixture(dir, "smollm2")["model"]).draft(false));
+        auto p = e.tokenize("The three primary colours are");
+        CHECK(p == ids(fixture(dir, "smollm2")["prompt"]));
+        CHECK(e.detokenize(p) == "The three primary colours are");
+        CHECK(e.eos_ids().size() >= 1 && e.is_eos(e.eos_ids()[0]));
+    }
+    std::printf("cpp: %d passed, %d failed\n", passed, failed);
+    return failed ? 1 : 0;
+}

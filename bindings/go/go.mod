@@ -1,0 +1,3 @@
+module github.com/subspec/subspec/bindings/go
+
+go 1.19

@@ -1,0 +1,420 @@
+// Package subspec is a thin Go binding over the subspec C ABI (include/subspec.h):
+// lossless speculative decoding for LLMs whose weights do not fit on the device.
+//
+//	engine, err := subspec.Load("models/smollm2-135m-instruct", nil)
+//	if err != nil { ... }
+//	defer engine.Close()
+//	seq, _ := engine.NewSequence()
+//	defer seq.Close()
+//	out, err := seq.Generate([]int32{504, 1296, 3340}, nil, 64)
+//
+// It links libsubspec through pkg-config (`subspec.pc`, see scripts/install.sh). An Engine
+// may be shared by many goroutines; a Sequence is used by one goroutine at a time. Closing
+// an Engine while its sequences are open is safe: they keep the model alive.
+package subspec
+
+/*
+#cgo pkg-config: subspec
+#include <stdlib.h>
+#include "subspec.h"
+*/
+import "C"
+
+import (
+	"fmt"
+	"runtime"
+	"unsafe"
+)
+
+// Status is a C status code (SUBSPEC_STATUS_*).
+type Status uint32
+
+// The status codes of the C ABI.
+const (
+	StatusOK                Status = C.SUBSPEC_STATUS_OK
+	StatusIO                Status = C.SUBSPEC_STATUS_IO
+	StatusInvalidModel      Status = C.SUBSPEC_STATUS_INVALID_MODEL
+	StatusUnsupported       Status = C.SUBSPEC_STATUS_UNSUPPORTED
+	StatusInvalidArgument   Status = C.SUBSPEC_STATUS_INVALID_ARGUMENT
+	StatusInvalidToken      Status = C.SUBSPEC_STATUS_INVALID_TOKEN
+	StatusContextFull       Status = C.SUBSPEC_STATUS_CONTEXT_FULL
+	StatusOutOfMemory       Status = C.SUBSPEC_STATUS_OUT_OF_MEMORY
+	StatusDeviceUnavailable Status = C.SUBSPEC_STATUS_DEVICE_UNAVAILABLE
+	StatusTokenizer         Status = C.SUBSPEC_STATUS_TOKENIZER
+	StatusAborted           Status = C.SUBSPEC_STATUS_ABORTED
+	StatusInternal          Status = C.SUBSPEC_STATUS_INTERNAL
+	StatusNullPointer       Status = C.SUBSPEC_STATUS_NULL_POINTER
+	StatusBufferTooSmall    Status = C.SUBSPEC_STATUS_BUFFER_TOO_SMALL
+	StatusPanic             Status = C.SUBSPEC_STATUS_PANIC
+)
+
+// String is the status's short description ("I/O error", ...).
+func (s Status) String() string { return C.GoString(C.subspec_status_string(C.uint32_t(s))) }
+
+// Error is a failed call: its status and the library's message.
+type Error struct {
+	Status  Status
+	Message string
+}
+
+func (e *Error) Error() string { return fmt.Sprintf("subspec: %v: %s", e.Status, e.Message) }
+
+// Version is the library version, e.g. "0.1.0".
+func Version() string { return C.GoString(C.subspec_version()) }
+
+// call runs f on a locked OS thread, so that the thread-local last error read on failure
+// is the one f left.
+func call(f func() C.subspec_status) error {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	st := f()
+	if st == C.SUBSPEC_STATUS_OK {
+		return nil
+	}
+	var needed C.size_t
+	C.subspec_last_error(nil, nil, 0, &needed)
+	buf := make([]byte, int(needed)+1)
+	C.subspec_last_error(nil, (*C.char)(unsafe.Pointer(&buf[0])), C.size_t(len(buf)), &needed)
+	return &Error{Status: Status(st), Message: C.GoString((*C.char)(unsafe.Pointer(&buf[0])))}
+}
+
+// Device selects where the model runs: DeviceCPU (the zero value) or DeviceCUDA(n).
+type Device int32
+
+// DeviceCPU is the CPU backend.
+const DeviceCPU Device = 0
+
+// DeviceCUDA is CUDA device `ordinal`.
+func DeviceCUDA(ordinal int) Device { return Device(ordinal + 1) }
+
+// LoadOptions tunes Load; the zero value (or nil) means the library's defaults.
+type LoadOptions struct {
+	Device        Device
+	MemoryBudget  uint64 // bytes; 0 keeps everything resident
+	ContextLength uint32 // 0: the model's maximum
+	MaxTreeTokens uint32 // largest verified tree; 0: 128
+	Threads       uint32 // 0: one per core
+	NoDraft       bool   // skip building the substitute draft (plain steps only)
+	DraftBits     uint32 // 0: 4
+	DraftGroup    uint32 // 0: 64
+	DraftRTN      bool   // round-to-nearest instead of HQQ
+}
+
+// Engine is a loaded model.
+type Engine struct {
+	h *C.subspec_engine
+}
+
+// params fills C load parameters; free the returned path.
+func params(path string, opts *LoadOptions) (C.subspec_load_params, *C.char) {
+	if opts == nil {
+		opts = &LoadOptions{}
+	}
+	p := C.subspec_load_default_params()
+	cpath := C.CString(path)
+	p.model_path = cpath
+	p.max_tree_tokens = C.uint32_t(opts.MaxTreeTokens)
+	p.device = C.int32_t(opts.Device) - 1
+	p.memory_budget = C.uint64_t(opts.MemoryBudget)
+	p.context_length = C.uint32_t(opts.ContextLength)
+	p.threads = C.uint32_t(opts.Threads)
+	p.build_draft = C.bool(!opts.NoDraft)
+	if opts.DraftBits != 0 {
+		p.draft_bits = C.uint32_t(opts.DraftBits)
+	}
+	if opts.DraftGroup != 0 {
+		p.draft_group = C.uint32_t(opts.DraftGroup)
+	}
+	if opts.DraftRTN {
+		p.draft_method = C.SUBSPEC_QUANT_RTN
+	}
+	return p, cpath
+}
+
+// MinimumBudget is the smallest MemoryBudget with which path loads under opts (reads only
+// config.json and the safetensors headers).
+func MinimumBudget(path string, opts *LoadOptions) (uint64, error) {
+	p, cpath := params(path, opts)
+	defer C.free(unsafe.Pointer(cpath))
+	var min C.uint64_t
+	if err := call(func() C.subspec_status { return C.subspec_minimum_budget(&p, &min) }); err != nil {
+		return 0, err
+	}
+	return uint64(min), nil
+}
+
+// Load loads the model directory at path.
+func Load(path string, opts *LoadOptions) (*Engine, error) {
+	p, cpath := params(path, opts)
+	defer C.free(unsafe.Pointer(cpath))
+	var h *C.subspec_engine
+	if err := call(func() C.subspec_status { return C.subspec_load(&p, &h) }); err != nil {
+		return nil, err
+	}
+	e := &Engine{h: h}
+	runtime.SetFinalizer(e, (*Engine).Close)
+	return e, nil
+}
+
+// Close releases the engine (idempotent). Open sequences keep the model alive.
+func (e *Engine) Close() error {
+	if e.h != nil {
+		C.subspec_free(e.h)
+		e.h = nil
+		runtime.SetFinalizer(e, nil)
+	}
+	return nil
+}
+
+// ModelInfo describes the model, for checking that a tokenizer matches.
+type ModelInfo struct {
+	Architecture       string
+	VocabSize          int
+	Layers             int
+	Hidden             int
+	MaxPosition        int
+	ContextLength      int
+	MaxTreeTokens      int
+	OffloadedLayers    int
+	BOS                int32 // -1: none
+	HasDraft           bool
+	HasTokenizer       bool
+	TokenizerVocabSize int
+	Threads            int
+}
+
+// Info returns the model's metadata.
+func (e *Engine) Info() (ModelInfo, error) {
+	var i C.subspec_model_info
+	err := call(func() C.subspec_status { return C.subspec_get_model_info(e.h, &i) })
+	runtime.KeepAlive(e)
+	if err != nil {
+		return ModelInfo{}, err
+	}
+	return ModelInfo{
+		Architecture: C.GoString(i.architecture), VocabSize: int(i.vocab_size),
+		Layers: int(i.n_layers), Hidden: int(i.hidden_size), MaxPosition: int(i.max_position),
+		ContextLength: int(i.context_length), MaxTreeTokens: int(i.max_tree_tokens),
+		OffloadedLayers: int(i.n_offloaded_layers), BOS: int32(i.bos_id), HasDraft: bool(i.has_draft),
+		HasTokenizer: bool(i.has_tokenizer), TokenizerVocabSize: int(i.tokenizer_vocab_size),
+		Threads: int(i.threads),
+	}, nil
+}
+
+// IsEOS reports whether token ends generation.
+func (e *Engine) IsEOS(token int32) bool {
+	r := bool(C.subspec_is_eos(e.h, C.int32_t(token)))
+	runtime.KeepAlive(e)
+	return r
+}
+
+// EOSIDs returns the end-of-sequence ids.
+func (e *Engine) EOSIDs() ([]int32, error) {
+	ids := make([]int32, 16)
+	var n C.size_t
+	err := call(func() C.subspec_status {
+		return C.subspec_eos_ids(e.h, (*C.int32_t)(&ids[0]), C.size_t(len(ids)), &n)
+	})
+	runtime.KeepAlive(e)
+	if err != nil {
+		return nil, err
+	}
+	return ids[:n], nil
+}
+
+// Tokenize encodes text (with the model's special tokens such as BOS when addSpecial).
+func (e *Engine) Tokenize(text string, addSpecial bool) ([]int32, error) {
+	ct := C.CString(text)
+	defer C.free(unsafe.Pointer(ct))
+	ids := make([]int32, len(text)+8)
+	var n C.size_t
+	err := call(func() C.subspec_status {
+		return C.subspec_tokenize(e.h, ct, C.bool(addSpecial), (*C.int32_t)(&ids[0]), C.size_t(len(ids)), &n)
+	})
+	runtime.KeepAlive(e)
+	if err != nil {
+		return nil, err
+	}
+	return ids[:n], nil
+}
+
+// Detokenize decodes ids to text.
+func (e *Engine) Detokenize(ids []int32) (string, error) {
+	var needed C.size_t
+	var ptr *C.int32_t
+	if len(ids) > 0 {
+		ptr = (*C.int32_t)(&ids[0])
+	}
+	st := call(func() C.subspec_status { return C.subspec_detokenize(e.h, ptr, C.size_t(len(ids)), nil, 0, &needed) })
+	if err, ok := st.(*Error); !ok || err.Status != StatusBufferTooSmall {
+		runtime.KeepAlive(e)
+		return "", st
+	}
+	buf := make([]byte, int(needed))
+	err := call(func() C.subspec_status {
+		return C.subspec_detokenize(e.h, ptr, C.size_t(len(ids)), (*C.char)(unsafe.Pointer(&buf[0])), needed, &needed)
+	})
+	runtime.KeepAlive(e)
+	if err != nil {
+		return "", err
+	}
+	return string(buf[:needed-1]), nil
+}
+
+// Sequence is one conversation with its own KV cache.
+type Sequence struct {
+	h   *C.subspec_sequence
+	eos []int32
+}
+
+// NewSequence creates an empty sequence.
+func (e *Engine) NewSequence() (*Sequence, error) {
+	eos, err := e.EOSIDs()
+	if err != nil {
+		return nil, err
+	}
+	var h *C.subspec_sequence
+	err = call(func() C.subspec_status { return C.subspec_sequence_create(e.h, &h) })
+	runtime.KeepAlive(e)
+	if err != nil {
+		return nil, err
+	}
+	s := &Sequence{h: h, eos: eos}
+	runtime.SetFinalizer(s, (*Sequence).Close)
+	return s, nil
+}
+
+// Close frees the sequence (idempotent).
+func (s *Sequence) Close() error {
+	if s.h != nil {
+		C.subspec_sequence_free(s.h)
+		s.h = nil
+		runtime.SetFinalizer(s, nil)
+	}
+	return nil
+}
+
+// StepParams chooses how Step picks tokens; start from DefaultStepParams.
+type StepParams struct {
+	Temperature      float32 // 0: greedy
+	TopK             uint32  // 0: all
+	TopP             float32 // 1: all
+	Seed             uint64
+	Speculate        bool
+	TreeWidth        uint32
+	TreeDepth        uint32
+	TreeMaxTokens    uint32
+	DraftTemperature float32
+}
+
+// DefaultStepParams is greedy speculative decoding with the default tree.
+func DefaultStepParams() StepParams {
+	p := C.subspec_step_default_params()
+	return StepParams{
+		Temperature: float32(p.temperature), TopK: uint32(p.top_k), TopP: float32(p.top_p),
+		Seed: uint64(p.seed), Speculate: bool(p.speculate), TreeWidth: uint32(p.tree_width),
+		TreeDepth: uint32(p.tree_depth), TreeMaxTokens: uint32(p.tree_max_tokens),
+		DraftTemperature: float32(p.draft_temperature),
+	}
+}
+
+func (p *StepParams) c() C.subspec_step_params {
+	return C.subspec_step_params{
+		temperature: C.float(p.Temperature), top_k: C.uint32_t(p.TopK), top_p: C.float(p.TopP),
+		seed: C.uint64_t(p.Seed), speculate: C.bool(p.Speculate), tree_width: C.uint32_t(p.TreeWidth),
+		tree_depth: C.uint32_t(p.TreeDepth), tree_max_tokens: C.uint32_t(p.TreeMaxTokens),
+		draft_temperature: C.float(p.DraftTemperature),
+	}
+}
+
+// Step appends input (may be empty) and returns the next tokens: one, or every token of
+// one speculative iteration, at most maxTokens. p nil means DefaultStepParams. On error
+// the sequence is unchanged.
+func (s *Sequence) Step(input []int32, p *StepParams, maxTokens int) ([]int32, error) {
+	if p == nil {
+		d := DefaultStepParams()
+		p = &d
+	}
+	if maxTokens < 1 {
+		maxTokens = 1
+	}
+	cp := p.c()
+	out := make([]int32, maxTokens)
+	var in *C.int32_t
+	if len(input) > 0 {
+		in = (*C.int32_t)(&input[0])
+	}
+	var n C.size_t
+	err := call(func() C.subspec_status {
+		return C.subspec_step(s.h, &cp, in, C.size_t(len(input)), (*C.int32_t)(&out[0]), C.size_t(len(out)), &n)
+	})
+	runtime.KeepAlive(s)
+	if err != nil {
+		return nil, err
+	}
+	return out[:n], nil
+}
+
+// Generate steps from prompt until an EOS token or maxNew tokens; returns the new tokens.
+func (s *Sequence) Generate(prompt []int32, p *StepParams, maxNew int) ([]int32, error) {
+	var out []int32
+	input := prompt
+	for len(out) < maxNew {
+		got, err := s.Step(input, p, maxNew-len(out))
+		if err != nil {
+			return out, err
+		}
+		input = nil
+		out = append(out, got...)
+		if s.hasEOS(got) {
+			break
+		}
+	}
+	return out, nil
+}
+
+func (s *Sequence) hasEOS(ids []int32) bool {
+	for _, t := range ids {
+		for _, e := range s.eos {
+			if t == e {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// Reset empties the sequence and its statistics.
+func (s *Sequence) Reset() error {
+	err := call(func() C.subspec_status { return C.subspec_sequence_reset(s.h) })
+	runtime.KeepAlive(s)
+	return err
+}
+
+// Truncate keeps the first n tokens.
+func (s *Sequence) Truncate(n int) error {
+	err := call(func() C.subspec_status { return C.subspec_sequence_truncate(s.h, C.size_t(n)) })
+	runtime.KeepAlive(s)
+	return err
+}
+
+// Stats are a sequence's statistics since creation or the last reset.
+type Stats struct {
+	Length, Iterations, Generated, Accepted, DraftSteps uint64
+	Tau, DraftSeconds, VerifySeconds                    float64
+}
+
+// Stats returns the sequence's statistics.
+func (s *Sequence) Stats() (Stats, error) {
+	var st C.subspec_sequence_stats
+	err := call(func() C.subspec_status { return C.subspec_sequence_get_stats(s.h, &st) })
+	runtime.KeepAlive(s)
+	if err != nil {
+		return Stats{}, err
+	}
+	return Stats{
+		Length: uint64(st.length), Iterations: uint64(st.iterations), Generated: uint64(st.generated),
+		Accepted: uint64(st.accepted), DraftSteps: uint64(st.draft_steps), Tau: float64(st.tau),
+		DraftSeconds: float64(st.draft_seconds), VerifySeconds: float64(st.verify_seconds),
+	}, nil
+}

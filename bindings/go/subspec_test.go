@@ -1,0 +1,209 @@
+package subspec
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+)
+
+// fixtures is where `cargo test --test ffi` wrote the expected outputs (and the C suite
+// its own): SUBSPEC_FIXTURES, or target/tmp/bindings of this checkout.
+func fixtures(t *testing.T) string {
+	if d := os.Getenv("SUBSPEC_FIXTURES"); d != "" {
+		return d
+	}
+	d, _ := filepath.Abs("../../target/tmp/bindings")
+	return d
+}
+
+func parseIDs(s string) []int32 {
+	var ids []int32
+	for _, f := range strings.Fields(s) {
+		n, _ := strconv.Atoi(f)
+		ids = append(ids, int32(n))
+	}
+	return ids
+}
+
+// expected reads "<model>.expected": key -> value.
+func expected(t *testing.T, model string) map[string]string {
+	b, err := os.ReadFile(filepath.Join(fixtures(t), model+".expected"))
+	if err != nil {
+		t.Fatalf("%v: run `cargo test --release --test ffi` first", err)
+	}
+	m := map[string]string{}
+	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		k, v, _ := strings.Cut(line, ": ")
+		m[k] = v
+	}
+	return m
+}
+
+func equal(a, b []int32) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func sampled() *StepParams {
+	p := DefaultStepParams()
+	p.Temperature, p.TopK, p.TopP, p.Seed = 0.8, 40, 0.95, 7
+	return &p
+}
+
+func TestVersion(t *testing.T) {
+	if v := Version(); !strings.HasPrefix(v, "0.") {
+		t.Fatalf("version %q", v)
+	}
+}
+
+func TestErrors(t *testing.T) {
+	_, err := Load("/nonexistent/model", nil)
+	var e *Error
+	if !errors.As(err, &e) || e.Status != StatusIO || !strings.Contains(e.Message, "/nonexistent/model") {
+		t.Fatalf("bad path: %v", err)
+	}
+	tiny := filepath.Join(fixtures(t), "tiny")
+	_, err = Load(tiny, &LoadOptions{Device: DeviceCUDA(0)})
+	if !errors.As(err, &e) || e.Status != StatusDeviceUnavailable {
+		t.Fatalf("cuda: %v", err)
+	}
+	if _, err = Load(tiny, &LoadOptions{MemoryBudget: 1}); !errors.As(err, &e) || e.Status != StatusOutOfMemory ||
+		!strings.Contains(e.Message, "at least") {
+		t.Fatalf("budget too small: %v", err)
+	}
+	min, err := MinimumBudget(tiny, &LoadOptions{ContextLength: 256})
+	if err != nil {
+		t.Fatal(err)
+	}
+	small, err := Load(tiny, &LoadOptions{ContextLength: 256, MemoryBudget: min})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info, _ := small.Info(); info.OffloadedLayers < 1 {
+		t.Fatalf("nothing offloaded at the minimum budget: %+v", info)
+	}
+	want := expected(t, "tiny")
+	if out, _ := generate(t, small, parseIDs(want["prompt"]), nil); !equal(out, parseIDs(want["greedy"])) {
+		t.Fatalf("offloaded: %v", out)
+	}
+	small.Close()
+	eng, err := Load(tiny, &LoadOptions{Threads: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer eng.Close()
+	seq, _ := eng.NewSequence()
+	defer seq.Close()
+	if _, err := seq.Step([]int32{1000}, nil, 8); !errors.As(err, &e) || e.Status != StatusInvalidToken {
+		t.Fatalf("invalid token: %v", err)
+	}
+	if _, err := seq.Step(nil, nil, 8); !errors.As(err, &e) || e.Status != StatusInvalidArgument {
+		t.Fatalf("empty sequence: %v", err)
+	}
+	if _, err := eng.Tokenize("hello", false); !errors.As(err, &e) || e.Status != StatusTokenizer {
+		t.Fatalf("no tokenizer: %v", err)
+	}
+}
+
+func generate(t *testing.T, eng *Engine, prompt []int32, p *StepParams) ([]int32, Stats) {
+	seq, err := eng.NewSequence()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer seq.Close()
+	out, err := seq.Generate(prompt, p, 32)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := seq.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out, st
+}
+
+func checkModel(t *testing.T, name, path string) {
+	want := expected(t, name)
+	if path == "" {
+		path = want["model"]
+	}
+	eng, err := Load(path, &LoadOptions{ContextLength: 256})
+	if err != nil {
+		t.Fatal(err)
+	}
+	prompt := parseIDs(want["prompt"])
+	out, st := generate(t, eng, prompt, nil)
+	if !equal(out, parseIDs(want["greedy"])) {
+		t.Fatalf("%s greedy: %v, want %s", name, out, want["greedy"])
+	}
+	if st.Tau < 1 || st.Generated != uint64(len(out)) {
+		t.Fatalf("stats %+v", st)
+	}
+	t.Logf("%s: %d tokens, tau %.2f", name, len(out), st.Tau)
+	if out, _ := generate(t, eng, prompt, sampled()); !equal(out, parseIDs(want["sampled"])) {
+		t.Fatalf("%s sampled: %v, want %s", name, out, want["sampled"])
+	}
+	// Different sequences from different goroutines at once.
+	var wg sync.WaitGroup
+	for i := 0; i < 3; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if out, _ := generate(t, eng, prompt, nil); !equal(out, parseIDs(want["greedy"])) {
+				t.Errorf("%s concurrent greedy: %v", name, out)
+			}
+		}()
+	}
+	wg.Wait()
+	// The engine closes first; the sequence keeps working.
+	seq, _ := eng.NewSequence()
+	eng.Close()
+	if _, err := seq.Step(prompt, nil, 4); err != nil {
+		t.Fatal(err)
+	}
+	seq.Close()
+}
+
+func TestTinyMatchesRust(t *testing.T) {
+	checkModel(t, "tiny", filepath.Join(fixtures(t), "tiny"))
+}
+
+// SmolLM2: the same output as the Rust engine and as the C suite (c-smollm2.out).
+func TestSmolLM2MatchesC(t *testing.T) {
+	want := expected(t, "smollm2")
+	if _, err := os.Stat(want["model"]); err != nil {
+		t.Skip("SmolLM2 not fetched")
+	}
+	checkModel(t, "smollm2", "")
+	c, err := os.ReadFile(filepath.Join(fixtures(t), "c-smollm2.out"))
+	if err != nil {
+		t.Fatalf("%v: run the C suite first", err)
+	}
+	if strings.TrimSpace(string(c)) != want["greedy"] {
+		t.Fatalf("C output %q differs from Rust %q", c, want["greedy"])
+	}
+	eng, err := Load(want["model"], &LoadOptions{NoDraft: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer eng.Close()
+	ids, err := eng.Tokenize("The three primary colours are", false)
+	if err != nil || !equal(ids, parseIDs(want["prompt"])) {
+		t.Fatalf("tokenize: %v %v", ids, err)
+	}
+	text, err := eng.Detokenize(ids)
+	if err != nil || text != "The three primary colours are" {
+		t.Fatalf("detokenize: %q %v", text, err)
+	}
+}

@@ -1,0 +1,115 @@
+// Type definitions for the subspec Node binding (index.js).
+
+/** Status codes of the C ABI (SUBSPEC_STATUS_*). */
+export declare const Status: Readonly<{
+  OK: 0; IO: 1; INVALID_MODEL: 2; UNSUPPORTED: 3; INVALID_ARGUMENT: 4; INVALID_TOKEN: 5;
+  CONTEXT_FULL: 6; OUT_OF_MEMORY: 7; DEVICE_UNAVAILABLE: 8; TOKENIZER: 9; ABORTED: 10;
+  INTERNAL: 11; NULL_POINTER: 12; BUFFER_TOO_SMALL: 13; PANIC: 14;
+}>;
+export type StatusCode = (typeof Status)[keyof typeof Status];
+
+/** A failed call: its status code and the library's message (`detail`). */
+export declare class SubspecError extends Error {
+  readonly status: StatusCode;
+  readonly detail: string;
+}
+
+/** The library version, e.g. "0.1.0". */
+export declare const version: string;
+
+export interface LoadOptions {
+  /** 'cpu' (default) or a CUDA device ordinal. */
+  device?: 'cpu' | number;
+  /** Device memory budget in bytes; 0 (default) keeps everything resident. */
+  memoryBudget?: number | bigint;
+  /** Context length per sequence; 0 (default): the model's maximum. */
+  contextLength?: number;
+  /** Largest tree a step may verify; 0 (default): 128. */
+  maxTreeTokens?: number;
+  /** Worker threads; 0 (default): one per core. */
+  threads?: number;
+  /** Build the 4-bit substitute draft (default true); without it only plain steps work. */
+  draft?: boolean;
+  draftBits?: 2 | 3 | 4 | 8;
+  draftGroup?: number;
+  draftMethod?: 'hqq' | 'rtn';
+  /** Fail when tokenizer.json is missing (default false). */
+  requireTokenizer?: boolean;
+  /** Called with the fraction loaded; return false to abort (SubspecError ABORTED). */
+  onProgress?: (fraction: number) => boolean | void;
+}
+
+export interface StepOptions {
+  /** 0 (default): greedy. */
+  temperature?: number;
+  topK?: number;
+  topP?: number;
+  seed?: number | bigint;
+  /** Draft a tree and verify it (default true). The output is the same either way. */
+  speculate?: boolean;
+  treeWidth?: number;
+  treeDepth?: number;
+  treeMaxTokens?: number;
+  draftTemperature?: number;
+}
+
+export interface ModelInfo {
+  architecture: string;
+  vocabSize: number;
+  nLayers: number;
+  hiddenSize: number;
+  maxPosition: number;
+  contextLength: number;
+  maxTreeTokens: number;
+  /** Decoder layers streamed each target pass (0: all resident). */
+  nOffloadedLayers: number;
+  /** -1: none. */
+  bosId: number;
+  nEos: number;
+  hasDraft: boolean;
+  hasTokenizer: boolean;
+  tokenizerVocabSize: number;
+  threads: number;
+}
+
+export interface SequenceStats {
+  length: number;
+  iterations: number;
+  generated: number;
+  accepted: number;
+  draftSteps: number;
+  /** Mean tokens per target pass. */
+  tau: number;
+  draftSeconds: number;
+  verifySeconds: number;
+}
+
+/** One conversation with its own KV cache. Use from one call at a time. */
+export declare class Sequence {
+  /** Appends `input` and returns the next tokens (at least one, at most `maxTokens`). On
+   * error throws SubspecError and the sequence is unchanged. */
+  step(input?: ArrayLike<number>, options?: StepOptions, maxTokens?: number): number[];
+  /** Steps from `prompt` until an EOS token or `maxNew` tokens. */
+  generate(prompt: ArrayLike<number>, options?: StepOptions, maxNew?: number): number[];
+  reset(): void;
+  truncate(length: number): void;
+  tokens(): number[];
+  stats(): SequenceStats;
+  /** Frees the sequence (idempotent). */
+  close(): void;
+}
+
+/** A loaded model. Sequences keep it alive after close(). */
+export declare class Engine {
+  info(): ModelInfo;
+  eosIds(): number[];
+  isEos(token: number): boolean;
+  tokenize(text: string, addSpecial?: boolean): number[];
+  detokenize(ids: ArrayLike<number>): string;
+  newSequence(): Sequence;
+  /** Releases the engine (idempotent). */
+  close(): void;
+}
+
+/** Loads the model directory at `modelPath`; throws SubspecError on failure. */
+export declare function load(modelPath: string, options?: LoadOptions): Engine;

@@ -1,0 +1,313 @@
+'use strict';
+// Node binding of subspec over its C ABI (include/subspec.h), through koffi: no compiler
+// needed. The library is found at $SUBSPEC_LIB, else in this checkout's target/release,
+// else as libsubspec.so on the system library path.
+//
+// An Engine may be shared; a Sequence keeps its engine's model alive, so close() order
+// does not matter. Calls are synchronous (a step blocks the event loop for one iteration).
+
+const fs = require('fs');
+const path = require('path');
+const koffi = require('koffi');
+
+function libraryPath() {
+  if (process.env.SUBSPEC_LIB) return process.env.SUBSPEC_LIB;
+  const local = path.join(__dirname, '..', '..', 'target', 'release', 'libsubspec.so');
+  return fs.existsSync(local) ? local : 'libsubspec.so';
+}
+
+const lib = koffi.load(libraryPath());
+
+koffi.alias('subspec_status', 'uint32_t');
+koffi.opaque('subspec_engine');
+koffi.opaque('subspec_sequence');
+const ProgressCallback = koffi.proto('bool subspec_progress_callback(float progress, void *user_data)');
+koffi.proto('bool subspec_abort_callback(void *user_data)');
+koffi.struct('subspec_load_params', {
+  model_path: 'const char *',
+  device: 'int32_t',
+  memory_budget: 'uint64_t',
+  context_length: 'uint32_t',
+  max_tree_tokens: 'uint32_t',
+  threads: 'uint32_t',
+  build_draft: 'bool',
+  draft_bits: 'uint32_t',
+  draft_group: 'uint32_t',
+  draft_method: 'uint32_t',
+  require_tokenizer: 'bool',
+  progress_callback: 'subspec_progress_callback *',
+  progress_user_data: 'void *',
+  abort_callback: 'subspec_abort_callback *',
+  abort_user_data: 'void *',
+});
+koffi.struct('subspec_model_info', {
+  architecture: 'const char *',
+  vocab_size: 'uint32_t',
+  n_layers: 'uint32_t',
+  hidden_size: 'uint32_t',
+  max_position: 'uint32_t',
+  context_length: 'uint32_t',
+  max_tree_tokens: 'uint32_t',
+  n_offloaded_layers: 'uint32_t',
+  bos_id: 'int32_t',
+  n_eos: 'uint32_t',
+  has_draft: 'bool',
+  has_tokenizer: 'bool',
+  tokenizer_vocab_size: 'uint32_t',
+  threads: 'uint32_t',
+});
+koffi.struct('subspec_step_params', {
+  temperature: 'float',
+  top_k: 'uint32_t',
+  top_p: 'float',
+  seed: 'uint64_t',
+  speculate: 'bool',
+  tree_width: 'uint32_t',
+  tree_depth: 'uint32_t',
+  tree_max_tokens: 'uint32_t',
+  draft_temperature: 'float',
+});
+koffi.struct('subspec_sequence_stats', {
+  length: 'uint64_t',
+  iterations: 'uint64_t',
+  generated: 'uint64_t',
+  accepted: 'uint64_t',
+  draft_steps: 'uint64_t',
+  tau: 'double',
+  draft_seconds: 'double',
+  verify_seconds: 'double',
+});
+
+const C = {
+  version: lib.func('const char *subspec_version(void)'),
+  statusString: lib.func('const char *subspec_status_string(uint32_t status)'),
+  lastError: lib.func('subspec_status subspec_last_error(const subspec_engine *engine, void *buf, size_t cap, _Out_ size_t *needed)'),
+  loadDefaults: lib.func('subspec_load_params subspec_load_default_params(void)'),
+  load: lib.func('subspec_status subspec_load(const subspec_load_params *params, _Out_ subspec_engine **out)'),
+  free: lib.func('void subspec_free(subspec_engine *engine)'),
+  info: lib.func('subspec_status subspec_get_model_info(const subspec_engine *engine, _Out_ subspec_model_info *out)'),
+  eosIds: lib.func('subspec_status subspec_eos_ids(const subspec_engine *engine, _Out_ int32_t *out, size_t cap, _Out_ size_t *n_out)'),
+  isEos: lib.func('bool subspec_is_eos(const subspec_engine *engine, int32_t token)'),
+  tokenize: lib.func('subspec_status subspec_tokenize(const subspec_engine *engine, const char *text, bool add_special, _Out_ int32_t *out, size_t cap, _Out_ size_t *n_out)'),
+  detokenize: lib.func('subspec_status subspec_detokenize(const subspec_engine *engine, const int32_t *tokens, size_t n, void *buf, size_t cap, _Out_ size_t *needed)'),
+  stepDefaults: lib.func('subspec_step_params subspec_step_default_params(void)'),
+  seqCreate: lib.func('subspec_status subspec_sequence_create(const subspec_engine *engine, _Out_ subspec_sequence **out)'),
+  seqFree: lib.func('void subspec_sequence_free(subspec_sequence *seq)'),
+  seqReset: lib.func('subspec_status subspec_sequence_reset(subspec_sequence *seq)'),
+  seqTruncate: lib.func('subspec_status subspec_sequence_truncate(subspec_sequence *seq, size_t len)'),
+  seqTokens: lib.func('subspec_status subspec_sequence_tokens(const subspec_sequence *seq, _Out_ int32_t *out, size_t cap, _Out_ size_t *n_out)'),
+  seqStats: lib.func('subspec_status subspec_sequence_get_stats(const subspec_sequence *seq, _Out_ subspec_sequence_stats *out)'),
+  step: lib.func('subspec_status subspec_step(subspec_sequence *seq, const subspec_step_params *params, const int32_t *input, size_t n_input, _Out_ int32_t *out, size_t out_capacity, _Out_ size_t *n_out)'),
+};
+
+/** Status codes of the C ABI (SUBSPEC_STATUS_*). */
+const Status = Object.freeze({
+  OK: 0, IO: 1, INVALID_MODEL: 2, UNSUPPORTED: 3, INVALID_ARGUMENT: 4, INVALID_TOKEN: 5,
+  CONTEXT_FULL: 6, OUT_OF_MEMORY: 7, DEVICE_UNAVAILABLE: 8, TOKENIZER: 9, ABORTED: 10,
+  INTERNAL: 11, NULL_POINTER: 12, BUFFER_TOO_SMALL: 13, PANIC: 14,
+});
+
+/** A failed call: `status` (a Status value) and the library's message. */
+class SubspecError extends Error {
+  constructor(status, message) {
+    super(`subspec: ${C.statusString(status)}: ${message}`);
+    this.name = 'SubspecError';
+    this.status = status;
+    this.detail = message;
+  }
+}
+
+function lastError() {
+  const needed = [0];
+  C.lastError(null, null, 0, needed);
+  const buf = Buffer.alloc(Number(needed[0]));
+  C.lastError(null, buf, buf.length, needed);
+  return buf.toString('utf8', 0, Math.max(0, buf.length - 1));
+}
+
+function check(status) {
+  if (status !== Status.OK) throw new SubspecError(status, lastError());
+}
+
+const engines = new FinalizationRegistry((h) => C.free(h));
+const sequences = new FinalizationRegistry((h) => C.seqFree(h));
+
+class Sequence {
+  /** @internal */
+  constructor(handle, eos) {
+    this._h = handle;
+    this._eos = eos;
+    sequences.register(this, handle, this);
+  }
+
+  _handle() {
+    if (!this._h) throw new SubspecError(Status.NULL_POINTER, 'the sequence is closed');
+    return this._h;
+  }
+
+  step(input = [], options = {}, maxTokens = 1024) {
+    const params = stepParams(options);
+    const inp = Int32Array.from(input);
+    const out = new Int32Array(Math.max(1, maxTokens));
+    const n = [0];
+    check(C.step(this._handle(), params, inp.length ? inp : null, inp.length, out, out.length, n));
+    return Array.from(out.subarray(0, Number(n[0])));
+  }
+
+  generate(prompt, options = {}, maxNew = 256) {
+    const out = [];
+    let input = prompt;
+    while (out.length < maxNew) {
+      const got = this.step(input, options, maxNew - out.length);
+      input = [];
+      out.push(...got);
+      if (got.some((t) => this._eos.includes(t))) break;
+    }
+    return out;
+  }
+
+  reset() { check(C.seqReset(this._handle())); }
+
+  truncate(len) { check(C.seqTruncate(this._handle(), len)); }
+
+  tokens() {
+    const n = [0];
+    const st = C.seqTokens(this._handle(), null, 0, n);
+    if (st !== Status.BUFFER_TOO_SMALL) check(st);
+    const out = new Int32Array(Number(n[0]));
+    check(C.seqTokens(this._handle(), out, out.length, n));
+    return Array.from(out);
+  }
+
+  stats() {
+    const s = {};
+    check(C.seqStats(this._handle(), s));
+    return {
+      length: Number(s.length), iterations: Number(s.iterations), generated: Number(s.generated),
+      accepted: Number(s.accepted), draftSteps: Number(s.draft_steps), tau: s.tau,
+      draftSeconds: s.draft_seconds, verifySeconds: s.verify_seconds,
+    };
+  }
+
+  close() {
+    if (this._h) {
+      sequences.unregister(this);
+      C.seqFree(this._h);
+      this._h = null;
+    }
+  }
+}
+
+function stepParams(o) {
+  const p = C.stepDefaults();
+  if (o.temperature !== undefined) p.temperature = o.temperature;
+  if (o.topK !== undefined) p.top_k = o.topK;
+  if (o.topP !== undefined) p.top_p = o.topP;
+  if (o.seed !== undefined) p.seed = o.seed;
+  if (o.speculate !== undefined) p.speculate = o.speculate;
+  if (o.treeWidth !== undefined) p.tree_width = o.treeWidth;
+  if (o.treeDepth !== undefined) p.tree_depth = o.treeDepth;
+  if (o.treeMaxTokens !== undefined) p.tree_max_tokens = o.treeMaxTokens;
+  if (o.draftTemperature !== undefined) p.draft_temperature = o.draftTemperature;
+  return p;
+}
+
+class Engine {
+  /** @internal */
+  constructor(handle) {
+    this._h = handle;
+    engines.register(this, handle, this);
+  }
+
+  _handle() {
+    if (!this._h) throw new SubspecError(Status.NULL_POINTER, 'the engine is closed');
+    return this._h;
+  }
+
+  info() {
+    const i = {};
+    check(C.info(this._handle(), i));
+    return {
+      architecture: i.architecture, vocabSize: i.vocab_size, nLayers: i.n_layers,
+      hiddenSize: i.hidden_size, maxPosition: i.max_position, contextLength: i.context_length,
+      maxTreeTokens: i.max_tree_tokens, nOffloadedLayers: i.n_offloaded_layers,
+      bosId: i.bos_id, nEos: i.n_eos, hasDraft: i.has_draft, hasTokenizer: i.has_tokenizer,
+      tokenizerVocabSize: i.tokenizer_vocab_size, threads: i.threads,
+    };
+  }
+
+  eosIds() {
+    const out = new Int32Array(16);
+    const n = [0];
+    check(C.eosIds(this._handle(), out, out.length, n));
+    return Array.from(out.subarray(0, Number(n[0])));
+  }
+
+  isEos(token) { return C.isEos(this._handle(), token); }
+
+  tokenize(text, addSpecial = false) {
+    const n = [0];
+    const st = C.tokenize(this._handle(), text, addSpecial, null, 0, n);
+    if (st !== Status.BUFFER_TOO_SMALL) check(st);
+    const out = new Int32Array(Number(n[0]));
+    check(C.tokenize(this._handle(), text, addSpecial, out, out.length, n));
+    return Array.from(out);
+  }
+
+  detokenize(ids) {
+    const toks = Int32Array.from(ids);
+    const needed = [0];
+    const st = C.detokenize(this._handle(), toks.length ? toks : null, toks.length, null, 0, needed);
+    if (st !== Status.BUFFER_TOO_SMALL) check(st);
+    const buf = Buffer.alloc(Number(needed[0]));
+    check(C.detokenize(this._handle(), toks.length ? toks : null, toks.length, buf, buf.length, needed));
+    return buf.toString('utf8', 0, buf.length - 1);
+  }
+
+  newSequence() {
+    const eos = this.eosIds();
+    const out = [null];
+    check(C.seqCreate(this._handle(), out));
+    return new Sequence(out[0], eos);
+  }
+
+  close() {
+    if (this._h) {
+      engines.unregister(this);
+      C.free(this._h);
+      this._h = null;
+    }
+  }
+}
+
+/** Loads the model directory at `modelPath`. */
+function load(modelPath, options = {}) {
+  const p = C.loadDefaults();
+  p.model_path = modelPath;
+  if (options.device !== undefined) p.device = options.device === 'cpu' ? -1 : options.device;
+  if (options.memoryBudget !== undefined) p.memory_budget = options.memoryBudget;
+  if (options.contextLength !== undefined) p.context_length = options.contextLength;
+  if (options.maxTreeTokens !== undefined) p.max_tree_tokens = options.maxTreeTokens;
+  if (options.threads !== undefined) p.threads = options.threads;
+  if (options.draft !== undefined) p.build_draft = options.draft;
+  if (options.draftBits !== undefined) p.draft_bits = options.draftBits;
+  if (options.draftGroup !== undefined) p.draft_group = options.draftGroup;
+  if (options.draftMethod !== undefined) p.draft_method = options.draftMethod === 'rtn' ? 1 : 0;
+  if (options.requireTokenizer !== undefined) p.require_tokenizer = options.requireTokenizer;
+  let cb = null;
+  if (options.onProgress) {
+    cb = koffi.register((f) => {
+      try { return options.onProgress(f) !== false; } catch { return false; }
+    }, koffi.pointer(ProgressCallback));
+    p.progress_callback = cb;
+  }
+  const out = [null];
+  try {
+    check(C.load(p, out));
+  } finally {
+    if (cb) koffi.unregister(cb);
+  }
+  return new Engine(out[0]);
+}
+
+module.exports = { load, Engine, Sequence, SubspecError, Status, version: C.version() };

@@ -1,0 +1,89 @@
+'use strict';
+// The Node binding against the Rust engine's fixtures (`cargo test --test ffi`) and the C
+// suite's output (c-smollm2.out): run with `node --test test/`.
+const test = require('node:test');
+const assert = require('node:assert');
+const fs = require('fs');
+const path = require('path');
+const subspec = require('..');
+
+const dir = process.env.SUBSPEC_FIXTURES || path.join(__dirname, '..', '..', '..', 'target', 'tmp', 'bindings');
+
+function fixture(model) {
+  const m = {};
+  for (const line of fs.readFileSync(path.join(dir, `${model}.expected`), 'utf8').trim().split('\n')) {
+    const i = line.indexOf(': ');
+    m[line.slice(0, i)] = line.slice(i + 2);
+  }
+  return m;
+}
+const ids = (s) => s.trim().split(/\s+/).filter(Boolean).map(Number);
+const sampled = { temperature: 0.8, topK: 40, topP: 0.95, seed: 7 };
+
+test('version', () => {
+  assert.match(subspec.version, /^\d+\.\d+\.\d+$/);
+});
+
+test('errors carry status and message', () => {
+  assert.throws(() => subspec.load('/nonexistent/model'),
+    (e) => e instanceof subspec.SubspecError && e.status === subspec.Status.IO && e.detail.includes('/nonexistent/model'));
+  assert.throws(() => subspec.load(path.join(dir, 'tiny'), { device: 0 }),
+    (e) => e.status === subspec.Status.DEVICE_UNAVAILABLE);
+  let calls = 0;
+  assert.throws(() => subspec.load(path.join(dir, 'tiny'), { onProgress: () => ++calls < 2 }),
+    (e) => e.status === subspec.Status.ABORTED);
+  assert.strictEqual(calls, 2);
+  assert.throws(() => subspec.load(path.join(dir, 'tiny'), { memoryBudget: 1 }),
+    (err) => err.status === subspec.Status.OUT_OF_MEMORY && err.detail.includes('at least'));
+  const e = subspec.load(path.join(dir, 'tiny'), { threads: 2 });
+  assert.strictEqual(e.info().nOffloadedLayers, 0);
+  assert.strictEqual(e.info().maxTreeTokens, 128);
+  const s = e.newSequence();
+  assert.throws(() => s.step([500]), (err) => err.status === subspec.Status.INVALID_TOKEN);
+  assert.throws(() => s.step([]), (err) => err.status === subspec.Status.INVALID_ARGUMENT);
+  assert.throws(() => e.tokenize('hi'), (err) => err.status === subspec.Status.TOKENIZER);
+  assert.deepStrictEqual(s.tokens(), []);
+  s.close();
+  s.close();
+  e.close();
+  assert.throws(() => e.info(), subspec.SubspecError);
+});
+
+function checkModel(name, modelPath) {
+  const want = fixture(name);
+  const e = subspec.load(modelPath || want.model, { contextLength: 256 });
+  const prompt = ids(want.prompt);
+  const s = e.newSequence();
+  assert.deepStrictEqual(s.generate(prompt, {}, 32), ids(want.greedy));
+  const st = s.stats();
+  assert.ok(st.tau >= 1 && st.generated === ids(want.greedy).length);
+  s.reset();
+  assert.deepStrictEqual(s.generate(prompt, { ...sampled, speculate: false }, 32), ids(want.sampled));
+  s.truncate(prompt.length);
+  assert.deepStrictEqual(s.generate([], sampled, 32), ids(want.sampled));
+  const kept = e.newSequence();
+  e.close(); // the sequence keeps the model alive
+  assert.ok(kept.step(prompt, {}, 4).length >= 1);
+  kept.close();
+  s.close();
+  return st;
+}
+
+test('tiny model matches the Rust engine', () => {
+  checkModel('tiny', path.join(dir, 'tiny'));
+});
+
+test('SmolLM2 matches the Rust engine and the C suite', (t) => {
+  const want = fixture('smollm2');
+  if (!fs.existsSync(want.model)) return t.skip('SmolLM2 not fetched');
+  const st = checkModel('smollm2');
+  t.diagnostic(`tau ${st.tau.toFixed(2)}`);
+  const c = fs.readFileSync(path.join(dir, 'c-smollm2.out'), 'utf8');
+  assert.deepStrictEqual(ids(c), ids(want.greedy));
+  const e = subspec.load(want.model, { draft: false });
+  const p = e.tokenize('The three primary colours are');
+  assert.deepStrictEqual(p, ids(want.prompt));
+  assert.strictEqual(e.detokenize(p), 'The three primary colours are');
+  assert.strictEqual(e.info().vocabSize, 49152);
+  e.close();
+});

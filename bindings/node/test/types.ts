@@ -1,0 +1,17 @@
+// Compile-time check of index.d.ts (tsc --noEmit, run by scripts/test-bindings.sh): the
+// README's usage must type-check under --strict.
+import { load, Status, SubspecError, Engine, Sequence, SequenceStats, version } from '..';
+
+const engine: Engine = load('models/smollm2-135m-instruct', { contextLength: 1024, threads: 0, draftMethod: 'hqq' });
+const seq: Sequence = engine.newSequence();
+const out: number[] = seq.generate(engine.tokenize('The three primary colours are'), { temperature: 0 }, 64);
+const stats: SequenceStats = seq.stats();
+const text: string = engine.detokenize(out);
+try {
+  seq.step([1], { speculate: false, seed: 7n }, 1);
+} catch (e) {
+  if (e instanceof SubspecError && e.status === Status.INVALID_TOKEN) console.log(e.detail);
+}
+console.log(version, stats.tau, text, engine.info().architecture);
+seq.close();
+engine.close();

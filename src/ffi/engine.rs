@@ -1,0 +1,508 @@
+//! Engines from C: load parameters and their defaults, loading (with progress and abort
+//! callbacks), freeing, model metadata and the tokenizer helpers.
+
+use std::ffi::{c_char, c_void, CStr};
+use std::sync::{Arc, Mutex};
+
+use super::*;
+use crate::engine::{DraftOptions, Engine, EngineOptions, Progress};
+use crate::model::config::Arch;
+use crate::quant::{QuantConfig, QuantMethod};
+
+/// `subspec_load_params.device`: the CPU backend.
+pub const SUBSPEC_DEVICE_CPU: i32 = -1;
+/// `subspec_load_params.draft_method`: HQQ (round-to-nearest refined by half-quadratic
+/// optimisation), the SubSpec authors' substitute.
+pub const SUBSPEC_QUANT_HQQ: u32 = 0;
+/// `subspec_load_params.draft_method`: plain round-to-nearest.
+pub const SUBSPEC_QUANT_RTN: u32 = 1;
+
+/// Progress during loading: `progress` goes from 0.0 to 1.0; return `true` to continue,
+/// `false` to abort the load (`SUBSPEC_STATUS_ABORTED`).
+#[allow(non_camel_case_types)]
+pub type subspec_progress_callback =
+    Option<unsafe extern "C" fn(progress: f32, user_data: *mut c_void) -> bool>;
+
+/// Polled during loading: return `true` to abort (`SUBSPEC_STATUS_ABORTED`).
+#[allow(non_camel_case_types)]
+pub type subspec_abort_callback = Option<unsafe extern "C" fn(user_data: *mut c_void) -> bool>;
+
+/// How to load an engine. Start from [`subspec_load_default_params`] and change fields.
+#[repr(C)]
+#[allow(non_camel_case_types)]
+#[derive(Debug, Clone, Copy)]
+pub struct subspec_load_params {
+    /// Model directory (config.json, *.safetensors, tokenizer.json), NUL-terminated.
+    /// Borrowed for the duration of `subspec_load` only. Default NULL (must be set).
+    pub model_path: *const c_char,
+    /// `SUBSPEC_DEVICE_CPU` (default) or a CUDA device ordinal (>= 0).
+    pub device: i32,
+    /// Device memory budget in bytes; `0` (default) keeps everything resident.
+    pub memory_budget: u64,
+    /// Context length per sequence; `0` (default) uses the model's maximum.
+    pub context_length: u32,
+    /// Largest tree (root included) a step may verify; sizes the KV scratch and the
+    /// activations the memory planner reserves. `0` (default): 128.
+    pub max_tree_tokens: u32,
+    /// Worker threads; `0` (default) uses one per core.
+    pub threads: u32,
+    /// Build the substitute draft (default true); without it only plain steps work.
+    pub build_draft: bool,
+    /// Bits per substitute weight: 2, 3, 4 (default) or 8.
+    pub draft_bits: u32,
+    /// Quantization group size: a positive multiple of 32 (default 64).
+    pub draft_group: u32,
+    /// `SUBSPEC_QUANT_HQQ` (default) or `SUBSPEC_QUANT_RTN`.
+    pub draft_method: u32,
+    /// Whether a missing tokenizer.json fails the load (default false: hosts that
+    /// tokenize themselves need none; the tokenizer helpers then fail).
+    pub require_tokenizer: bool,
+    /// Called with the fraction loaded; may be NULL (default).
+    pub progress_callback: subspec_progress_callback,
+    /// Passed to `progress_callback`.
+    pub progress_user_data: *mut c_void,
+    /// Polled at each progress point during loading; may be NULL (default).
+    pub abort_callback: subspec_abort_callback,
+    /// Passed to `abort_callback`.
+    pub abort_user_data: *mut c_void,
+}
+
+/// The defaults: CPU, everything resident, the model's context, all cores, a 4-bit HQQ
+/// draft with groups of 64, no callbacks, `model_path` NULL.
+#[no_mangle]
+pub extern "C" fn subspec_load_default_params() -> subspec_load_params {
+    let q = QuantConfig::default();
+    subspec_load_params {
+        model_path: std::ptr::null(),
+        device: SUBSPEC_DEVICE_CPU,
+        memory_budget: 0,
+        context_length: 0,
+        max_tree_tokens: 0,
+        threads: 0,
+        build_draft: true,
+        draft_bits: q.bits as u32,
+        draft_group: q.group as u32,
+        draft_method: SUBSPEC_QUANT_HQQ,
+        require_tokenizer: false,
+        progress_callback: None,
+        progress_user_data: std::ptr::null_mut(),
+        abort_callback: None,
+        abort_user_data: std::ptr::null_mut(),
+    }
+}
+
+/// An engine: a loaded model, shared (by reference count) with its sequences.
+#[allow(non_camel_case_types)]
+pub struct subspec_engine {
+    pub(crate) engine: Engine,
+    /// The message of the last failed call on this engine or its sequences.
+    pub(crate) last_error: Mutex<String>,
+}
+
+/// The callbacks of a load, callable from the engine's worker threads.
+struct Callbacks {
+    progress: subspec_progress_callback,
+    progress_data: *mut c_void,
+    abort: subspec_abort_callback,
+    abort_data: *mut c_void,
+}
+
+// SAFETY: the caller of `subspec_load` promises (see its `# Safety`) that the callbacks may
+// be called from any thread with their user data during the load; the engine calls them
+// one at a time and never after `subspec_load` returns.
+unsafe impl Send for Callbacks {}
+// SAFETY: as above; the calls never overlap.
+unsafe impl Sync for Callbacks {}
+
+impl Callbacks {
+    fn report(&self, fraction: f32) -> bool {
+        // SAFETY: see the `Send`/`Sync` impls: valid callbacks with their own user data.
+        unsafe {
+            if let Some(abort) = self.abort {
+                if abort(self.abort_data) {
+                    return false;
+                }
+            }
+            match self.progress {
+                Some(progress) => progress(fraction, self.progress_data),
+                None => true,
+            }
+        }
+    }
+}
+
+/// `EngineOptions` from the C parameters.
+///
+/// # Safety
+/// `p.model_path` must be NULL or a NUL-terminated string.
+unsafe fn engine_options(p: &subspec_load_params) -> FfiResult<EngineOptions> {
+    // SAFETY: the caller's guarantee.
+    let path = unsafe { c_str(p.model_path, "params->model_path") }?;
+    let path = {
+        use std::os::unix::ffi::OsStrExt;
+        std::path::PathBuf::from(std::ffi::OsStr::from_bytes(path.to_bytes()))
+    };
+    if p.device < SUBSPEC_DEVICE_CPU {
+        return Err(Failure::invalid(format!(
+            "device {} is neither SUBSPEC_DEVICE_CPU (-1) nor a CUDA ordinal (>= 0)",
+            p.device
+        )));
+    }
+    if p.device >= 0 {
+        // SAFETY: only tries to dlopen the driver library; a panic is caught by the boundary.
+        let driver = unsafe { cudarc::driver::sys::is_culib_present() };
+        let why = if driver {
+            "the CUDA backend is not available in this build"
+        } else {
+            "no CUDA driver found"
+        };
+        return Err(Failure::new(
+            subspec_status::DeviceUnavailable,
+            format!("CUDA device {} requested: {why}", p.device),
+        ));
+    }
+    let draft = if p.build_draft {
+        let bits = u8::try_from(p.draft_bits).map_err(|_| {
+            Failure::invalid(format!("draft_bits {} is out of range", p.draft_bits))
+        })?;
+        let method = match p.draft_method {
+            SUBSPEC_QUANT_HQQ => QuantMethod::Hqq,
+            SUBSPEC_QUANT_RTN => QuantMethod::Rtn,
+            m => {
+                return Err(Failure::invalid(format!(
+                    "draft_method {m} is neither SUBSPEC_QUANT_HQQ (0) nor SUBSPEC_QUANT_RTN (1)"
+                )))
+            }
+        };
+        let quant = QuantConfig {
+            bits,
+            group: p.draft_group as usize,
+            method,
+        };
+        quant.validate()?;
+        Some(DraftOptions {
+            quant,
+            offloaded_layers: None,
+        })
+    } else {
+        None
+    };
+    let callbacks = Callbacks {
+        progress: p.progress_callback,
+        progress_data: p.progress_user_data,
+        abort: p.abort_callback,
+        abort_data: p.abort_user_data,
+    };
+    let progress = (callbacks.progress.is_some() || callbacks.abort.is_some())
+        .then(|| Progress(Arc::new(move |f| callbacks.report(f))));
+    let mut o = EngineOptions::new(path);
+    o.threads = p.threads as usize;
+    o.max_context = p.context_length as usize;
+    o.require_tokenizer = p.require_tokenizer;
+    o.draft = draft;
+    o.progress = progress;
+    o.budget = (p.memory_budget != 0).then_some(p.memory_budget);
+    if p.max_tree_tokens != 0 {
+        o.max_tree_tokens = p.max_tree_tokens as usize;
+    }
+    Ok(o)
+}
+
+/// Loads an engine. On success writes a new handle to `*out` (free it with
+/// [`subspec_free`]); on failure `*out` is left untouched and nothing stays allocated.
+///
+/// Statuses: `OK`; `NULL_POINTER` (`params`, `params->model_path` or `out`); `IO` (no such
+/// directory or file); `INVALID_MODEL` (corrupt config or weights); `UNSUPPORTED`;
+/// `INVALID_ARGUMENT` (a parameter out of range); `TOKENIZER` (`require_tokenizer` and no
+/// usable tokenizer.json); `DEVICE_UNAVAILABLE` (a CUDA device requested: "no CUDA driver
+/// found", or "the CUDA backend is not available in this build"); `OUT_OF_MEMORY` (the
+/// budget is too small: the message states the minimum, see [`subspec_minimum_budget`]);
+/// `ABORTED` (a callback asked to stop); `PANIC`.
+///
+/// # Safety
+/// `params` must be NULL or point to a valid `subspec_load_params` whose `model_path` is
+/// NULL or NUL-terminated; `out` NULL or valid for a write. The callbacks, if set, must be
+/// safe to call with their user data from any thread until `subspec_load` returns (they
+/// are called one at a time, never after it returns) and must not unwind or longjmp.
+#[no_mangle]
+pub unsafe extern "C" fn subspec_load(
+    params: *const subspec_load_params,
+    out: *mut *mut subspec_engine,
+) -> subspec_status {
+    boundary(None, || {
+        // SAFETY: the caller's guarantee on `params`.
+        let p = unsafe { deref(params, "params") }?;
+        check_out(out, "out")?;
+        // SAFETY: the caller's guarantee on `model_path`.
+        let opts = unsafe { engine_options(p) }?;
+        let engine = Engine::load(&opts)?;
+        let handle = Arc::new(subspec_engine {
+            engine,
+            last_error: Mutex::new(String::new()),
+        });
+        // SAFETY: `out` checked non-NULL and valid by the caller's guarantee.
+        unsafe { out.write(Arc::into_raw(handle).cast_mut()) };
+        Ok(())
+    })
+}
+
+/// Writes to `*out` the smallest `memory_budget` (bytes) with which `params` can load,
+/// reading only config.json and the safetensors headers (no weights). Every other field of
+/// `params` counts (context length, tree size, draft quantization); `memory_budget` is
+/// ignored. Statuses as for [`subspec_load`] (but no callbacks are called).
+///
+/// # Safety
+/// As for [`subspec_load`]; `out` NULL or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn subspec_minimum_budget(
+    params: *const subspec_load_params,
+    out: *mut u64,
+) -> subspec_status {
+    boundary(None, || {
+        // SAFETY: the caller's guarantee on `params`.
+        let p = unsafe { deref(params, "params") }?;
+        check_out(out, "out")?;
+        // SAFETY: the caller's guarantee on `model_path`.
+        let mut opts = unsafe { engine_options(p) }?;
+        opts.progress = None;
+        let min = Engine::minimum_budget(&opts)?;
+        // SAFETY: checked non-NULL, valid by the caller's guarantee.
+        unsafe { out.write(min) };
+        Ok(())
+    })
+}
+
+/// Releases the caller's reference to `engine`; NULL is a no-op. Sequences created from it
+/// keep the model alive until they are freed too, so any order of freeing is safe.
+///
+/// # Safety
+/// `engine` must be NULL or a handle from [`subspec_load`] not yet freed, and no other
+/// thread may be using this handle (its sequences may still be in use).
+#[no_mangle]
+pub unsafe extern "C" fn subspec_free(engine: *mut subspec_engine) {
+    if engine.is_null() {
+        return;
+    }
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: a live handle from `Arc::into_raw` in `subspec_load`, released once.
+        drop(unsafe { Arc::from_raw(engine.cast_const()) });
+    }));
+}
+
+/// Runs `f` on a live engine inside the boundary, recording failures on the engine.
+///
+/// # Safety
+/// `engine` must be NULL or a live handle.
+unsafe fn with_engine(
+    engine: *const subspec_engine,
+    f: impl FnOnce(&subspec_engine) -> FfiResult<()>,
+) -> subspec_status {
+    // SAFETY: the caller's guarantee.
+    let Some(e) = (unsafe { engine.as_ref() }) else {
+        return boundary(None, || Err(Failure::null("engine")));
+    };
+    boundary(Some(&e.last_error), || f(e))
+}
+
+/// Model and engine metadata, for a host to check that its tokenizer and settings match.
+#[repr(C)]
+#[allow(non_camel_case_types)]
+#[derive(Debug, Clone, Copy)]
+pub struct subspec_model_info {
+    /// `"LlamaForCausalLM"` or `"Qwen2ForCausalLM"`: static, never free it.
+    pub architecture: *const c_char,
+    /// Vocabulary size: valid token ids are `0..vocab_size`.
+    pub vocab_size: u32,
+    /// Decoder layers.
+    pub n_layers: u32,
+    /// Model width.
+    pub hidden_size: u32,
+    /// The model's longest context (`max_position_embeddings`).
+    pub max_position: u32,
+    /// This engine's context length per sequence.
+    pub context_length: u32,
+    /// Largest tree (root included) a step may verify.
+    pub max_tree_tokens: u32,
+    /// Decoder layers streamed from the slow tier each target pass (0: all resident).
+    pub n_offloaded_layers: u32,
+    /// Beginning-of-sequence id, or -1 if the model has none.
+    pub bos_id: i32,
+    /// Number of end-of-sequence ids ([`subspec_eos_ids`]).
+    pub n_eos: u32,
+    /// Whether the engine was loaded with a draft (speculative steps need one).
+    pub has_draft: bool,
+    /// Whether a tokenizer.json was loaded.
+    pub has_tokenizer: bool,
+    /// The tokenizer's vocabulary size including added tokens (0 without a tokenizer).
+    pub tokenizer_vocab_size: u32,
+    /// Worker threads.
+    pub threads: u32,
+}
+
+/// Writes the model's metadata to `*out`. Statuses: `OK`, `NULL_POINTER`, `PANIC`.
+///
+/// # Safety
+/// `engine` must be NULL or a live handle; `out` NULL or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn subspec_get_model_info(
+    engine: *const subspec_engine,
+    out: *mut subspec_model_info,
+) -> subspec_status {
+    // SAFETY: the caller's guarantee.
+    unsafe {
+        with_engine(engine, |e| {
+            check_out(out, "out")?;
+            let eng = &e.engine;
+            let c = eng.config();
+            let arch: &'static CStr = match c.arch {
+                Arch::Llama => c"LlamaForCausalLM",
+                Arch::Qwen2 => c"Qwen2ForCausalLM",
+            };
+            let tok = eng.tokenizer().ok();
+            let u = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+            let info = subspec_model_info {
+                architecture: arch.as_ptr(),
+                vocab_size: u(c.vocab),
+                n_layers: u(c.n_layers),
+                hidden_size: u(c.hidden),
+                max_position: u(c.max_position),
+                context_length: u(eng.max_context()),
+                max_tree_tokens: u(eng.max_tree_tokens()),
+                n_offloaded_layers: u(eng.placement().map_or(0, |p| p.offloaded().len())),
+                bos_id: c.bos_id.map_or(-1, |b| b as i32),
+                n_eos: u(c.eos_ids.len()),
+                has_draft: eng.draft().is_some(),
+                has_tokenizer: tok.is_some(),
+                tokenizer_vocab_size: tok.map_or(0, |t| u(t.vocab_size())),
+                threads: u(eng.threads()),
+            };
+            out.write(info);
+            Ok(())
+        })
+    }
+}
+
+/// Copies the end-of-sequence ids into `out` (capacity `cap`) and their number to
+/// `*n_out`. `BUFFER_TOO_SMALL`: only `*n_out` (the number needed) is written.
+///
+/// # Safety
+/// `engine` NULL or live; `out` NULL or valid for `cap` writes; `n_out` NULL or valid.
+#[no_mangle]
+pub unsafe extern "C" fn subspec_eos_ids(
+    engine: *const subspec_engine,
+    out: *mut i32,
+    cap: usize,
+    n_out: *mut usize,
+) -> subspec_status {
+    // SAFETY: the caller's guarantee.
+    unsafe {
+        with_engine(engine, |e| {
+            let ids: Vec<i32> = e
+                .engine
+                .config()
+                .eos_ids
+                .iter()
+                .map(|&t| t as i32)
+                .collect();
+            write_items(&ids, out, cap, n_out, "eos ids")
+        })
+    }
+}
+
+/// Whether `token` ends generation; false for a NULL engine or an id that is not EOS.
+///
+/// # Safety
+/// `engine` must be NULL or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn subspec_is_eos(engine: *const subspec_engine, token: i32) -> bool {
+    catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: the caller's guarantee.
+        unsafe { engine.as_ref() }
+            .is_some_and(|e| u32::try_from(token).is_ok_and(|t| e.engine.is_eos(t)))
+    }))
+    .unwrap_or(false)
+}
+
+/// Writes the id of the token string `token` (e.g. `"<|im_end|>"`) to `*out`, or -1 if
+/// the tokenizer has no such token. `TOKENIZER` when the engine has no tokenizer.
+///
+/// # Safety
+/// `engine` NULL or live; `token` NULL or NUL-terminated; `out` NULL or valid.
+#[no_mangle]
+pub unsafe extern "C" fn subspec_token_to_id(
+    engine: *const subspec_engine,
+    token: *const c_char,
+    out: *mut i32,
+) -> subspec_status {
+    // SAFETY: the caller's guarantee.
+    unsafe {
+        with_engine(engine, |e| {
+            let token = c_str(token, "token")?
+                .to_str()
+                .map_err(|_| Failure::invalid("`token` is not valid UTF-8"))?;
+            check_out(out, "out")?;
+            let id = e.engine.tokenizer()?.token_to_id(token);
+            out.write(id.map_or(-1, |t| t as i32));
+            Ok(())
+        })
+    }
+}
+
+/// Tokenizes the NUL-terminated UTF-8 `text` (with the model's special tokens such as BOS
+/// when `add_special`) into `out` (capacity `cap`), writing the count to `*n_out`.
+/// `BUFFER_TOO_SMALL`: only `*n_out` (the count needed) is written. `out` may be NULL when
+/// `cap` is 0. `TOKENIZER` when the engine has no tokenizer.
+///
+/// # Safety
+/// `engine` NULL or live; `text` NULL or NUL-terminated; `out` NULL or valid for `cap`
+/// writes; `n_out` NULL or valid.
+#[no_mangle]
+pub unsafe extern "C" fn subspec_tokenize(
+    engine: *const subspec_engine,
+    text: *const c_char,
+    add_special: bool,
+    out: *mut i32,
+    cap: usize,
+    n_out: *mut usize,
+) -> subspec_status {
+    // SAFETY: the caller's guarantee.
+    unsafe {
+        with_engine(engine, |e| {
+            let text = c_str(text, "text")?
+                .to_str()
+                .map_err(|_| Failure::invalid("`text` is not valid UTF-8"))?;
+            check_out(n_out, "n_out")?;
+            let ids = e.engine.tokenizer()?.encode(text, add_special)?;
+            let ids: Vec<i32> = ids.iter().map(|&t| t as i32).collect();
+            write_items(&ids, out, cap, n_out, "tokens")
+        })
+    }
+}
+
+/// Decodes `n` token ids into `buf` (capacity `cap` bytes) as NUL-terminated UTF-8;
+/// `*needed` (when not NULL) receives the size including the NUL, also on
+/// `BUFFER_TOO_SMALL` (then nothing is written to `buf`). `INVALID_TOKEN` for an id outside
+/// the vocabulary; `TOKENIZER` when the engine has no tokenizer.
+///
+/// # Safety
+/// `engine` NULL or live; `tokens` NULL or valid for `n` reads; `buf` NULL or valid for
+/// `cap` writes; `needed` NULL or valid.
+#[no_mangle]
+pub unsafe extern "C" fn subspec_detokenize(
+    engine: *const subspec_engine,
+    tokens: *const i32,
+    n: usize,
+    buf: *mut c_char,
+    cap: usize,
+    needed: *mut usize,
+) -> subspec_status {
+    // SAFETY: the caller's guarantee.
+    unsafe {
+        with_engine(engine, |e| {
+            let ids = token_ids(slice(tokens, n, "tokens")?)?;
+            e.engine.model().check_tokens(&ids)?;
+            let text = e.engine.tokenizer()?.decode(&ids)?;
+            write_string(&text, buf, cap, needed)
+        })
+    }
+}

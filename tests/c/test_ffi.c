@@ -1,0 +1,645 @@
+/*
+ * The C ABI proven from C: compiled with the system compiler against include/subspec.h
+ * and libsubspec.so. Every bad input returns its documented status and message and leaves
+ * the state as documented; generation equals the Rust engine's output token for token
+ * (fixtures written by `cargo test --test ffi binding_fixtures`).
+ *
+ *   test_ffi FIXTURE_DIR [--tiny-only]
+ *
+ * --tiny-only runs only the tiny random model (fast enough for valgrind). The generated
+ * SmolLM2 ids are written to FIXTURE_DIR/c-smollm2.out for the Go and Node tests.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "subspec.h"
+
+static int passed, failed;
+
+#define CHECK(cond, ...)                                                   \
+    do {                                                                   \
+        if (cond) {                                                        \
+            passed++;                                                      \
+        } else {                                                           \
+            failed++;                                                      \
+            fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond); \
+            fprintf(stderr, __VA_ARGS__);                                  \
+            fprintf(stderr, "\n");                                         \
+        }                                                                  \
+    } while (0)
+
+/* The last error of this thread (or of `e`). */
+static const char *last_error(const subspec_engine *e) {
+    static char buf[1024];
+    buf[0] = 0;
+    subspec_last_error(e, buf, sizeof buf, NULL);
+    return buf;
+}
+
+/* Checks that `st` is `want` and the thread's last error contains `part`. */
+#define CHECK_STATUS(st, want, part)                                               \
+    do {                                                                           \
+        subspec_status got_ = (st);                                                \
+        const char *msg_ = last_error(NULL);                                       \
+        CHECK(got_ == (want) && strstr(msg_, (part)) != NULL,                      \
+              "status %u (%s), want %u; message \"%s\", want it to contain \"%s\"", \
+              (unsigned)got_, subspec_status_string(got_), (unsigned)(want), msg_, (part)); \
+    } while (0)
+
+/* ---- fixtures: lines "key: id id id" ---- */
+
+typedef struct {
+    int32_t ids[256];
+    size_t n;
+} ids_t;
+
+static char fixture_dir[1024];
+
+static int read_fixture(const char *model, const char *key, ids_t *out, char *line_out, size_t line_cap) {
+    char path[1200], line[8192];
+    snprintf(path, sizeof path, "%s/%s.expected", fixture_dir, model);
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        fprintf(stderr, "cannot open %s: run `cargo test --release --test ffi` first\n", path);
+        exit(2);
+    }
+    size_t klen = strlen(key);
+    int found = 0;
+    while (fgets(line, sizeof line, f)) {
+        if (strncmp(line, key, klen) == 0 && line[klen] == ':') {
+            char *p = line + klen + 1;
+            line[strcspn(line, "\n")] = 0;
+            if (line_out) snprintf(line_out, line_cap, "%s", p + 1);
+            out->n = 0;
+            char *tok;
+            while ((tok = strtok(p, " ")) != NULL && out->n < 256) {
+                out->ids[out->n++] = (int32_t)atol(tok);
+                p = NULL;
+            }
+            found = 1;
+            break;
+        }
+    }
+    fclose(f);
+    return found;
+}
+
+static subspec_engine *load(const char *path, unsigned context, unsigned threads) {
+    subspec_load_params p = subspec_load_default_params();
+    p.model_path = path;
+    p.context_length = context;
+    p.threads = threads;
+    subspec_engine *e = NULL;
+    subspec_status st = subspec_load(&p, &e);
+    if (st != SUBSPEC_STATUS_OK) {
+        fprintf(stderr, "loading %s: %s\n", path, last_error(NULL));
+        exit(2);
+    }
+    return e;
+}
+
+/* Steps `seq` from `prompt` until EOS or `max_new` tokens (each step asks for at most the
+ * tokens still wanted), as the Rust engine's `generate` does. */
+static subspec_status generate(const subspec_engine *e, subspec_sequence *seq,
+                               const subspec_step_params *sp, const ids_t *prompt,
+                               size_t max_new, ids_t *out) {
+    out->n = 0;
+    const int32_t *input = prompt->ids;
+    size_t n_input = prompt->n;
+    while (out->n < max_new) {
+        size_t n = 0;
+        subspec_status st = subspec_step(seq, sp, input, n_input, out->ids + out->n,
+                                         max_new - out->n, &n);
+        if (st != SUBSPEC_STATUS_OK) return st;
+        input = NULL;
+        n_input = 0;
+        int stop = 0;
+        for (size_t i = 0; i < n; i++) stop |= subspec_is_eos(e, out->ids[out->n + i]);
+        out->n += n;
+        if (stop) break;
+    }
+    return SUBSPEC_STATUS_OK;
+}
+
+static int same(const ids_t *a, const ids_t *b) {
+    return a->n == b->n && memcmp(a->ids, b->ids, a->n * sizeof(int32_t)) == 0;
+}
+
+static subspec_step_params sampled_params(void) {
+    subspec_step_params sp = subspec_step_default_params();
+    sp.temperature = 0.8f;
+    sp.top_k = 40;
+    sp.top_p = 0.95f;
+    sp.seed = 7;
+    return sp;
+}
+
+/* ---- the tests ---- */
+
+static void test_version_and_strings(void) {
+    char want[64];
+    snprintf(want, sizeof want, "%d.%d.%d", SUBSPEC_VERSION_MAJOR, SUBSPEC_VERSION_MINOR,
+             SUBSPEC_VERSION_PATCH);
+    CHECK(strcmp(subspec_version(), want) == 0, "version %s, macros %s", subspec_version(), want);
+    CHECK(strcmp(subspec_status_string(SUBSPEC_STATUS_OK), "ok") == 0, "ok string");
+    CHECK(strcmp(subspec_status_string(SUBSPEC_STATUS_NULL_POINTER), "null pointer") == 0, "null string");
+    CHECK(strcmp(subspec_status_string(9999), "unknown status") == 0, "unknown string");
+    CHECK(SUBSPEC_STATUS_OK == 0 && SUBSPEC_STATUS_PANIC == 14, "status numbering");
+
+    subspec_load_params p = subspec_load_default_params();
+    CHECK(p.model_path == NULL && p.device == SUBSPEC_DEVICE_CPU && p.memory_budget == 0 &&
+              p.build_draft && p.draft_bits == 4 && p.draft_group == 64 &&
+              p.draft_method == SUBSPEC_QUANT_HQQ && p.progress_callback == NULL,
+          "load defaults");
+    subspec_step_params sp = subspec_step_default_params();
+    CHECK(sp.temperature == 0.0f && sp.top_p == 1.0f && sp.speculate && sp.tree_width >= 1 &&
+              sp.tree_depth >= 1 && sp.tree_max_tokens >= 2,
+          "step defaults");
+}
+
+static void test_load_errors(const char *tiny) {
+    subspec_engine *e = (subspec_engine *)0x1; /* must stay untouched on failure */
+    subspec_load_params p = subspec_load_default_params();
+
+    CHECK_STATUS(subspec_load(NULL, &e), SUBSPEC_STATUS_NULL_POINTER, "params");
+    p.model_path = tiny;
+    CHECK_STATUS(subspec_load(&p, NULL), SUBSPEC_STATUS_NULL_POINTER, "out");
+    p.model_path = NULL;
+    CHECK_STATUS(subspec_load(&p, &e), SUBSPEC_STATUS_NULL_POINTER, "params->model_path");
+
+    p.model_path = "/nonexistent/model";
+    CHECK_STATUS(subspec_load(&p, &e), SUBSPEC_STATUS_IO, "/nonexistent/model");
+
+    /* A corrupt model: the tiny model's config with garbage weights. */
+    char dir[] = "/tmp/subspec-c-corrupt-XXXXXX";
+    CHECK(mkdtemp(dir) != NULL, "mkdtemp");
+    char src[1200], dst[1200], buf[4096];
+    snprintf(src, sizeof src, "%s/config.json", tiny);
+    snprintf(dst, sizeof dst, "%s/config.json", dir);
+    FILE *in = fopen(src, "rb"), *out = fopen(dst, "wb");
+    size_t n = fread(buf, 1, sizeof buf, in);
+    fwrite(buf, 1, n, out);
+    fclose(in);
+    fclose(out);
+    snprintf(dst, sizeof dst, "%s/model.safetensors", dir);
+    out = fopen(dst, "wb");
+    fputs("this is not a safetensors file", out);
+    fclose(out);
+    p.model_path = dir;
+    CHECK_STATUS(subspec_load(&p, &e), SUBSPEC_STATUS_INVALID_MODEL, "model.safetensors");
+    unlink(dst);
+    snprintf(dst, sizeof dst, "%s/config.json", dir);
+    unlink(dst);
+    rmdir(dir);
+
+    p.model_path = tiny;
+    p.device = 0;
+    subspec_status st = subspec_load(&p, &e);
+    const char *msg = last_error(NULL);
+    CHECK(st == SUBSPEC_STATUS_DEVICE_UNAVAILABLE &&
+              (strstr(msg, "no CUDA driver found") || strstr(msg, "not available in this build")),
+          "CUDA: status %u, message %s", (unsigned)st, msg);
+    p.device = -7;
+    CHECK_STATUS(subspec_load(&p, &e), SUBSPEC_STATUS_INVALID_ARGUMENT, "device -7");
+    p.device = SUBSPEC_DEVICE_CPU;
+
+    p.draft_bits = 5;
+    CHECK_STATUS(subspec_load(&p, &e), SUBSPEC_STATUS_INVALID_ARGUMENT, "bits");
+    p.draft_bits = 4;
+    p.draft_group = 48;
+    CHECK_STATUS(subspec_load(&p, &e), SUBSPEC_STATUS_INVALID_ARGUMENT, "group");
+    p.draft_group = 64;
+    p.draft_method = 9;
+    CHECK_STATUS(subspec_load(&p, &e), SUBSPEC_STATUS_INVALID_ARGUMENT, "draft_method");
+    p.draft_method = SUBSPEC_QUANT_HQQ;
+    p.context_length = 100000;
+    CHECK_STATUS(subspec_load(&p, &e), SUBSPEC_STATUS_INVALID_ARGUMENT, "max_context");
+    p.context_length = 0;
+    p.require_tokenizer = true;
+    CHECK_STATUS(subspec_load(&p, &e), SUBSPEC_STATUS_TOKENIZER, "tokenizer.json");
+    p.require_tokenizer = false;
+    p.memory_budget = 1;
+    CHECK_STATUS(subspec_load(&p, &e), SUBSPEC_STATUS_OUT_OF_MEMORY, "at least");
+    uint64_t min = 0;
+    CHECK_STATUS(subspec_minimum_budget(NULL, &min), SUBSPEC_STATUS_NULL_POINTER, "params");
+    CHECK_STATUS(subspec_minimum_budget(&p, NULL), SUBSPEC_STATUS_NULL_POINTER, "out");
+    CHECK(subspec_minimum_budget(&p, &min) == SUBSPEC_STATUS_OK && min > 1, "minimum budget %llu",
+          (unsigned long long)min);
+    p.memory_budget = min - 1;
+    CHECK_STATUS(subspec_load(&p, &e), SUBSPEC_STATUS_OUT_OF_MEMORY, "at least");
+    p.memory_budget = 0;
+    p.max_tree_tokens = 1;
+    CHECK_STATUS(subspec_load(&p, &e), SUBSPEC_STATUS_INVALID_ARGUMENT, "max_tree_tokens");
+    p.max_tree_tokens = 0;
+    CHECK(e == (subspec_engine *)0x1, "out written on failure");
+
+    subspec_free(NULL);
+    subspec_sequence_free(NULL);
+    passed++;
+}
+
+typedef struct {
+    int calls;
+    float last;
+    int stop_at;
+} progress_t;
+
+static bool on_progress(float f, void *user) {
+    progress_t *p = user;
+    p->calls++;
+    p->last = f;
+    return p->stop_at < 0 || p->calls < p->stop_at;
+}
+
+static bool abort_now(void *user) {
+    return *(int *)user != 0;
+}
+
+static void test_callbacks(const char *tiny) {
+    subspec_load_params p = subspec_load_default_params();
+    p.model_path = tiny;
+    progress_t pr = {0, -1.0f, -1};
+    p.progress_callback = on_progress;
+    p.progress_user_data = &pr;
+    subspec_engine *e = NULL;
+    CHECK(subspec_load(&p, &e) == SUBSPEC_STATUS_OK && e != NULL, "load with progress");
+    CHECK(pr.calls >= 2 && pr.last == 1.0f, "progress calls %d, last %f", pr.calls, pr.last);
+    subspec_free(e);
+
+    pr = (progress_t){0, -1.0f, 2};
+    e = NULL;
+    CHECK_STATUS(subspec_load(&p, &e), SUBSPEC_STATUS_ABORTED, "aborted");
+    CHECK(e == NULL && pr.calls == 2, "abort by progress");
+
+    int flag = 1;
+    p.progress_callback = NULL;
+    p.abort_callback = abort_now;
+    p.abort_user_data = &flag;
+    CHECK_STATUS(subspec_load(&p, &e), SUBSPEC_STATUS_ABORTED, "aborted");
+    flag = 0;
+    CHECK(subspec_load(&p, &e) == SUBSPEC_STATUS_OK, "abort callback saying no");
+    subspec_free(e);
+}
+
+static void test_null_pointers(subspec_engine *e) {
+    subspec_sequence *s = NULL;
+    int32_t buf[8], id = 0;
+    size_t n = 0;
+    char text[64];
+    subspec_model_info info;
+    subspec_sequence_stats stats;
+    subspec_step_params sp = subspec_step_default_params();
+
+    CHECK_STATUS(subspec_sequence_create(NULL, &s), SUBSPEC_STATUS_NULL_POINTER, "engine");
+    CHECK_STATUS(subspec_sequence_create(e, NULL), SUBSPEC_STATUS_NULL_POINTER, "out");
+    CHECK(subspec_sequence_create(e, &s) == SUBSPEC_STATUS_OK, "create");
+
+    CHECK_STATUS(subspec_sequence_reset(NULL), SUBSPEC_STATUS_NULL_POINTER, "seq");
+    CHECK_STATUS(subspec_sequence_truncate(NULL, 0), SUBSPEC_STATUS_NULL_POINTER, "seq");
+    CHECK_STATUS(subspec_sequence_tokens(NULL, buf, 8, &n), SUBSPEC_STATUS_NULL_POINTER, "seq");
+    CHECK_STATUS(subspec_sequence_tokens(s, buf, 8, NULL), SUBSPEC_STATUS_NULL_POINTER, "n_out");
+    CHECK_STATUS(subspec_sequence_get_stats(NULL, &stats), SUBSPEC_STATUS_NULL_POINTER, "seq");
+    CHECK_STATUS(subspec_sequence_get_stats(s, NULL), SUBSPEC_STATUS_NULL_POINTER, "out");
+
+    int32_t in[1] = {3};
+    CHECK_STATUS(subspec_step(NULL, &sp, in, 1, buf, 8, &n), SUBSPEC_STATUS_NULL_POINTER, "seq");
+    CHECK_STATUS(subspec_step(s, NULL, in, 1, buf, 8, &n), SUBSPEC_STATUS_NULL_POINTER, "params");
+    CHECK_STATUS(subspec_step(s, &sp, NULL, 1, buf, 8, &n), SUBSPEC_STATUS_NULL_POINTER, "input");
+    CHECK_STATUS(subspec_step(s, &sp, in, 1, NULL, 8, &n), SUBSPEC_STATUS_NULL_POINTER, "out");
+    CHECK_STATUS(subspec_step(s, &sp, in, 1, buf, 8, NULL), SUBSPEC_STATUS_NULL_POINTER, "n_out");
+
+    CHECK_STATUS(subspec_get_model_info(NULL, &info), SUBSPEC_STATUS_NULL_POINTER, "engine");
+    CHECK_STATUS(subspec_get_model_info(e, NULL), SUBSPEC_STATUS_NULL_POINTER, "out");
+    CHECK_STATUS(subspec_eos_ids(NULL, buf, 8, &n), SUBSPEC_STATUS_NULL_POINTER, "engine");
+    CHECK_STATUS(subspec_eos_ids(e, buf, 8, NULL), SUBSPEC_STATUS_NULL_POINTER, "n_out");
+    CHECK_STATUS(subspec_eos_ids(e, NULL, 8, &n), SUBSPEC_STATUS_NULL_POINTER, "out");
+    CHECK(!subspec_is_eos(NULL, 1), "is_eos(NULL)");
+    CHECK_STATUS(subspec_token_to_id(NULL, "a", &id), SUBSPEC_STATUS_NULL_POINTER, "engine");
+    CHECK_STATUS(subspec_token_to_id(e, NULL, &id), SUBSPEC_STATUS_NULL_POINTER, "token");
+    CHECK_STATUS(subspec_token_to_id(e, "a", NULL), SUBSPEC_STATUS_NULL_POINTER, "out");
+    CHECK_STATUS(subspec_tokenize(NULL, "a", false, buf, 8, &n), SUBSPEC_STATUS_NULL_POINTER, "engine");
+    CHECK_STATUS(subspec_tokenize(e, NULL, false, buf, 8, &n), SUBSPEC_STATUS_NULL_POINTER, "text");
+    CHECK_STATUS(subspec_tokenize(e, "a", false, buf, 8, NULL), SUBSPEC_STATUS_NULL_POINTER, "n_out");
+    CHECK_STATUS(subspec_detokenize(NULL, in, 1, text, 64, &n), SUBSPEC_STATUS_NULL_POINTER, "engine");
+    CHECK_STATUS(subspec_detokenize(e, NULL, 1, text, 64, &n), SUBSPEC_STATUS_NULL_POINTER, "tokens");
+
+    /* last_error: a size query with buf NULL, and a too-small buffer. */
+    size_t needed = 0;
+    CHECK(subspec_last_error(NULL, NULL, 0, &needed) == SUBSPEC_STATUS_BUFFER_TOO_SMALL &&
+              needed == strlen("`tokens` must not be NULL") + 1,
+          "last_error size query: needed %zu", needed);
+    char small[4] = "xyz";
+    CHECK(subspec_last_error(NULL, small, sizeof small, &needed) == SUBSPEC_STATUS_BUFFER_TOO_SMALL &&
+              strcmp(small, "xyz") == 0,
+          "last_error too small");
+    /* Per engine: the last failure on this engine (the eos_ids(e, NULL, ...) above was
+     * followed by failures on engine NULL and on e). */
+    CHECK(strstr(last_error(e), "must not be NULL") != NULL, "engine last error: %s", last_error(e));
+
+    /* The sequence is untouched by all of the above. */
+    CHECK(subspec_sequence_tokens(s, buf, 8, &n) == SUBSPEC_STATUS_OK && n == 0, "untouched: %zu", n);
+    subspec_sequence_free(s);
+}
+
+static void test_metadata_tiny(subspec_engine *e) {
+    subspec_model_info info;
+    CHECK(subspec_get_model_info(e, &info) == SUBSPEC_STATUS_OK, "info");
+    CHECK(strcmp(info.architecture, "LlamaForCausalLM") == 0 && info.vocab_size == 128 &&
+              info.n_layers == 2 && info.hidden_size == 64 && info.bos_id == 0 && info.n_eos == 1 &&
+              info.has_draft && !info.has_tokenizer && info.tokenizer_vocab_size == 0 &&
+              info.context_length == 256 && info.threads >= 1 && info.n_offloaded_layers == 0 &&
+              info.max_tree_tokens == 128,
+          "tiny info: %s vocab %u layers %u", info.architecture, info.vocab_size, info.n_layers);
+    int32_t eos[4] = {-5, -5, -5, -5};
+    size_t n = 0;
+    CHECK_STATUS(subspec_eos_ids(e, eos, 0, &n), SUBSPEC_STATUS_BUFFER_TOO_SMALL, "needed");
+    CHECK(n == 1 && eos[0] == -5, "eos too small: n %zu", n);
+    CHECK(subspec_eos_ids(e, eos, 4, &n) == SUBSPEC_STATUS_OK && n == 1 && eos[0] == 1, "eos ids");
+    CHECK(subspec_is_eos(e, 1) && !subspec_is_eos(e, 2) && !subspec_is_eos(e, -1), "is_eos");
+    int32_t id;
+    size_t needed;
+    char text[16];
+    CHECK_STATUS(subspec_token_to_id(e, "a", &id), SUBSPEC_STATUS_TOKENIZER, "tokenizer.json");
+    CHECK_STATUS(subspec_tokenize(e, "a", false, NULL, 0, &n), SUBSPEC_STATUS_TOKENIZER, "tokenizer.json");
+    int32_t bad[1] = {500};
+    CHECK_STATUS(subspec_detokenize(e, bad, 1, text, 16, &needed), SUBSPEC_STATUS_INVALID_TOKEN, "500");
+}
+
+/* Greedy and seeded sampling, speculative and plain, equal the Rust engine's output. */
+static void test_generation(subspec_engine *e, const char *model, ids_t *greedy_out) {
+    ids_t prompt, want, got;
+    CHECK(read_fixture(model, "prompt", &prompt, NULL, 0), "fixture prompt");
+    const char *keys[2] = {"greedy", "sampled"};
+    for (int k = 0; k < 2; k++) {
+        CHECK(read_fixture(model, keys[k], &want, NULL, 0), "fixture %s", keys[k]);
+        subspec_step_params sp = k == 0 ? subspec_step_default_params() : sampled_params();
+        for (int spec = 1; spec >= 0; spec--) {
+            sp.speculate = spec;
+            subspec_sequence *s = NULL;
+            CHECK(subspec_sequence_create(e, &s) == SUBSPEC_STATUS_OK, "create");
+            subspec_status st = generate(e, s, &sp, &prompt, 32, &got);
+            CHECK(st == SUBSPEC_STATUS_OK, "generate: %s", last_error(NULL));
+            CHECK(same(&got, &want), "%s %s %s: %zu tokens, want %zu (first %d vs %d)", model,
+                  keys[k], spec ? "speculative" : "plain", got.n, want.n, got.n ? got.ids[0] : -1,
+                  want.n ? want.ids[0] : -1);
+            subspec_sequence_stats stats;
+            CHECK(subspec_sequence_get_stats(s, &stats) == SUBSPEC_STATUS_OK, "stats");
+            CHECK(stats.length == prompt.n + got.n && stats.generated == got.n &&
+                      stats.iterations >= 1 && stats.tau >= 1.0 &&
+                      (spec || stats.iterations == got.n),
+                  "stats: length %llu generated %llu iterations %llu tau %f",
+                  (unsigned long long)stats.length, (unsigned long long)stats.generated,
+                  (unsigned long long)stats.iterations, stats.tau);
+            if (k == 0 && spec) {
+                printf("%s: greedy speculative, %zu tokens in %llu steps, tau %.2f\n", model, got.n,
+                       (unsigned long long)stats.iterations, stats.tau);
+                if (greedy_out) *greedy_out = got;
+            }
+            subspec_sequence_free(s);
+        }
+    }
+}
+
+/* Every failed step leaves the sequence exactly as it was; reset and truncate. */
+static void test_sequence_errors(subspec_engine *e, const char *model) {
+    ids_t prompt, want, got;
+    read_fixture(model, "prompt", &prompt, NULL, 0);
+    read_fixture(model, "greedy", &want, NULL, 0);
+    subspec_model_info info;
+    subspec_get_model_info(e, &info);
+    subspec_sequence *s = NULL;
+    subspec_sequence_create(e, &s);
+    subspec_step_params sp = subspec_step_default_params();
+    int32_t out[64];
+    size_t n = 12345, len = 0;
+    subspec_sequence_stats stats;
+
+    CHECK_STATUS(subspec_step(s, &sp, NULL, 0, out, 64, &n), SUBSPEC_STATUS_INVALID_ARGUMENT, "empty");
+    int32_t bad[2] = {3, (int32_t)info.vocab_size};
+    CHECK_STATUS(subspec_step(s, &sp, bad, 2, out, 64, &n), SUBSPEC_STATUS_INVALID_TOKEN, "out of range");
+    bad[1] = -1;
+    CHECK_STATUS(subspec_step(s, &sp, bad, 2, out, 64, &n), SUBSPEC_STATUS_INVALID_TOKEN, "-1");
+    CHECK_STATUS(subspec_step(s, &sp, prompt.ids, prompt.n, out, 0, &n), SUBSPEC_STATUS_BUFFER_TOO_SMALL,
+                 "out_capacity is 0");
+    subspec_step_params badp = sp;
+    badp.top_p = 2.0f;
+    CHECK_STATUS(subspec_step(s, &badp, prompt.ids, prompt.n, out, 64, &n), SUBSPEC_STATUS_INVALID_ARGUMENT,
+                 "top_p");
+    badp = sp;
+    badp.tree_width = 0;
+    CHECK_STATUS(subspec_step(s, &badp, prompt.ids, prompt.n, out, 64, &n), SUBSPEC_STATUS_INVALID_ARGUMENT,
+                 "width");
+    badp = sp;
+    badp.tree_max_tokens = 5000;
+    CHECK_STATUS(subspec_step(s, &badp, prompt.ids, prompt.n, out, 64, &n), SUBSPEC_STATUS_INVALID_ARGUMENT,
+                 "max_tree_tokens");
+    CHECK(subspec_sequence_tokens(s, NULL, 0, &len) == SUBSPEC_STATUS_OK && len == 0 && n == 12345,
+          "failed steps changed the sequence: %zu tokens, n_out %zu", len, n);
+
+    /* A good step, then failures in the middle of a generation change nothing either. */
+    CHECK(subspec_step(s, &sp, prompt.ids, prompt.n, out, 4, &n) == SUBSPEC_STATUS_OK && n >= 1 && n <= 4,
+          "step: %s", last_error(NULL));
+    size_t after = prompt.n + n;
+    subspec_sequence_get_stats(s, &stats);
+    uint64_t iters = stats.iterations;
+    CHECK_STATUS(subspec_step(s, &sp, bad, 2, out, 64, &n), SUBSPEC_STATUS_INVALID_TOKEN, "-1");
+    CHECK_STATUS(subspec_step(s, &badp, prompt.ids, 1, out, 64, &n), SUBSPEC_STATUS_INVALID_ARGUMENT, "max_tree_tokens");
+    subspec_sequence_get_stats(s, &stats);
+    CHECK(stats.length == after && stats.iterations == iters, "failed step changed state: %llu vs %zu",
+          (unsigned long long)stats.length, after);
+    int32_t toks[64];
+    CHECK_STATUS(subspec_sequence_tokens(s, toks, 1, &len), SUBSPEC_STATUS_BUFFER_TOO_SMALL, "needed");
+    CHECK(len == after, "tokens needed %zu", len);
+
+    /* Truncate to the prompt (prompt reuse) and continue: the same tokens again. */
+    CHECK_STATUS(subspec_sequence_truncate(s, after + 1), SUBSPEC_STATUS_INVALID_ARGUMENT, "cannot truncate");
+    CHECK(subspec_sequence_truncate(s, prompt.n) == SUBSPEC_STATUS_OK, "truncate");
+    ids_t none = {{0}, 0};
+    CHECK(generate(e, s, &sp, &none, 32, &got) == SUBSPEC_STATUS_OK && same(&got, &want),
+          "after truncate: %zu tokens, want %zu", got.n, want.n);
+
+    /* Use after reset: empty, statistics zero, a step without input is refused. */
+    CHECK(subspec_sequence_reset(s) == SUBSPEC_STATUS_OK, "reset");
+    subspec_sequence_get_stats(s, &stats);
+    CHECK(stats.length == 0 && stats.iterations == 0 && stats.tau == 0.0, "stats after reset");
+    CHECK_STATUS(subspec_step(s, &sp, NULL, 0, out, 64, &n), SUBSPEC_STATUS_INVALID_ARGUMENT,
+                 "the sequence is empty");
+    CHECK(generate(e, s, &sp, &prompt, 32, &got) == SUBSPEC_STATUS_OK && same(&got, &want),
+          "after reset: %zu tokens", got.n);
+    subspec_sequence_free(s);
+}
+
+static void test_context_full(const char *tiny) {
+    subspec_engine *e = load(tiny, 12, 1);
+    subspec_sequence *s = NULL;
+    subspec_sequence_create(e, &s);
+    subspec_step_params sp = subspec_step_default_params();
+    int32_t in[13] = {0, 5, 17, 42, 99, 3, 7, 8, 9, 10, 11, 12, 13}, out[16];
+    size_t n = 0, total = 0;
+    CHECK_STATUS(subspec_step(s, &sp, in, 13, out, 16, &n), SUBSPEC_STATUS_CONTEXT_FULL, "context length 12");
+    CHECK(subspec_step(s, &sp, in, 6, out, 16, &n) == SUBSPEC_STATUS_OK, "step: %s", last_error(NULL));
+    total = 6 + n;
+    while (total < 12 && subspec_step(s, &sp, NULL, 0, out, 16, &n) == SUBSPEC_STATUS_OK) total += n;
+    CHECK(total == 12, "filled to %zu", total);
+    CHECK_STATUS(subspec_step(s, &sp, NULL, 0, out, 16, &n), SUBSPEC_STATUS_CONTEXT_FULL, "context length 12");
+    /* The engine goes first; the sequence keeps it alive. */
+    subspec_free(e);
+    CHECK(subspec_sequence_truncate(s, 6) == SUBSPEC_STATUS_OK &&
+              subspec_step(s, &sp, NULL, 0, out, 16, &n) == SUBSPEC_STATUS_OK,
+          "sequence after engine free: %s", last_error(NULL));
+    subspec_sequence_free(s);
+
+    /* Without a draft, speculation is refused; plain steps work. */
+    subspec_load_params p = subspec_load_default_params();
+    p.model_path = tiny;
+    p.build_draft = false;
+    CHECK(subspec_load(&p, &e) == SUBSPEC_STATUS_OK, "load without draft");
+    subspec_sequence_create(e, &s);
+    CHECK_STATUS(subspec_step(s, &sp, in, 6, out, 16, &n), SUBSPEC_STATUS_INVALID_ARGUMENT, "draft");
+    sp.speculate = false;
+    CHECK(subspec_step(s, &sp, in, 6, out, 16, &n) == SUBSPEC_STATUS_OK && n == 1, "plain without draft");
+    subspec_sequence_free(s);
+    subspec_free(e);
+}
+
+/* At the smallest budget layers are offloaded (streamed each target pass): the output is
+ * still the Rust engine's, token for token, with the engine's own tree. */
+static void test_minimum_budget(const char *tiny) {
+    subspec_load_params p = subspec_load_default_params();
+    p.model_path = tiny;
+    p.context_length = 256;
+    uint64_t min = 0;
+    CHECK(subspec_minimum_budget(&p, &min) == SUBSPEC_STATUS_OK, "minimum: %s", last_error(NULL));
+    p.memory_budget = min;
+    subspec_engine *e = NULL;
+    if (subspec_load(&p, &e) != SUBSPEC_STATUS_OK) {
+        CHECK(0, "load at the minimum budget %llu: %s", (unsigned long long)min, last_error(NULL));
+        return;
+    }
+    subspec_model_info info;
+    subspec_get_model_info(e, &info);
+    CHECK(info.n_offloaded_layers >= 1 && info.max_tree_tokens == 128, "offloaded %u, tree %u",
+          info.n_offloaded_layers, info.max_tree_tokens);
+    subspec_step_params sp;
+    CHECK_STATUS(subspec_engine_step_params(NULL, &sp), SUBSPEC_STATUS_NULL_POINTER, "engine");
+    CHECK_STATUS(subspec_engine_step_params(e, NULL), SUBSPEC_STATUS_NULL_POINTER, "out");
+    CHECK(subspec_engine_step_params(e, &sp) == SUBSPEC_STATUS_OK && sp.speculate && sp.temperature == 0.0f &&
+              sp.tree_max_tokens <= info.max_tree_tokens,
+          "engine step params");
+    ids_t prompt, want, got;
+    read_fixture("tiny", "prompt", &prompt, NULL, 0);
+    read_fixture("tiny", "greedy", &want, NULL, 0);
+    subspec_sequence *s = NULL;
+    subspec_sequence_create(e, &s);
+    CHECK(generate(e, s, &sp, &prompt, 32, &got) == SUBSPEC_STATUS_OK && same(&got, &want),
+          "offloaded generation: %zu tokens: %s", got.n, last_error(NULL));
+    subspec_sequence_free(s);
+    subspec_free(e);
+}
+
+typedef struct {
+    subspec_engine *e;
+    const ids_t *prompt;
+    subspec_step_params sp;
+    ids_t got;
+    subspec_status st;
+} worker_t;
+
+static void *worker(void *arg) {
+    worker_t *w = arg;
+    subspec_sequence *s = NULL;
+    w->st = subspec_sequence_create(w->e, &s);
+    if (w->st == SUBSPEC_STATUS_OK) w->st = generate(w->e, s, &w->sp, w->prompt, 32, &w->got);
+    subspec_sequence_free(s);
+    return NULL;
+}
+
+/* Steps on different sequences from different threads at once. */
+static void test_threads(subspec_engine *e, const char *model) {
+    ids_t prompt, greedy, sampled;
+    read_fixture(model, "prompt", &prompt, NULL, 0);
+    read_fixture(model, "greedy", &greedy, NULL, 0);
+    read_fixture(model, "sampled", &sampled, NULL, 0);
+    worker_t w[4];
+    pthread_t th[4];
+    for (int i = 0; i < 4; i++) {
+        w[i] = (worker_t){e, &prompt, i % 2 ? sampled_params() : subspec_step_default_params(), {{0}, 0}, 0};
+        pthread_create(&th[i], NULL, worker, &w[i]);
+    }
+    for (int i = 0; i < 4; i++) {
+        pthread_join(th[i], NULL);
+        CHECK(w[i].st == SUBSPEC_STATUS_OK && same(&w[i].got, i % 2 ? &sampled : &greedy),
+              "thread %d: status %u, %zu tokens", i, (unsigned)w[i].st, w[i].got.n);
+    }
+}
+
+static void test_tokenizer_smollm2(subspec_engine *e, const ids_t *prompt) {
+    subspec_model_info info;
+    CHECK(subspec_get_model_info(e, &info) == SUBSPEC_STATUS_OK && info.has_tokenizer &&
+              info.vocab_size == 49152 && info.tokenizer_vocab_size == 49152 && info.bos_id == 1 &&
+              strcmp(info.architecture, "LlamaForCausalLM") == 0,
+          "smollm2 info");
+    int32_t ids[64], id = -5;
+    size_t n = 0, needed = 0;
+    const char *text = "The three primary colours are";
+    CHECK_STATUS(subspec_tokenize(e, text, false, ids, 2, &n), SUBSPEC_STATUS_BUFFER_TOO_SMALL, "needed");
+    CHECK(n == prompt->n, "tokenize needed %zu", n);
+    CHECK(subspec_tokenize(e, text, false, ids, 64, &n) == SUBSPEC_STATUS_OK && n == prompt->n &&
+              memcmp(ids, prompt->ids, n * sizeof(int32_t)) == 0,
+          "tokenize");
+    char buf[128];
+    CHECK_STATUS(subspec_detokenize(e, ids, n, buf, 4, &needed), SUBSPEC_STATUS_BUFFER_TOO_SMALL, "needed");
+    CHECK(needed == strlen(text) + 1, "detokenize needed %zu", needed);
+    CHECK(subspec_detokenize(e, ids, n, buf, sizeof buf, &needed) == SUBSPEC_STATUS_OK &&
+              strcmp(buf, text) == 0,
+          "detokenize: %s", buf);
+    CHECK(subspec_token_to_id(e, "<|im_end|>", &id) == SUBSPEC_STATUS_OK && id == 2, "im_end %d", id);
+    CHECK(subspec_token_to_id(e, "no such token, surely", &id) == SUBSPEC_STATUS_OK && id == -1, "unknown");
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) {
+        fprintf(stderr, "usage: %s FIXTURE_DIR [--tiny-only]\n", argv[0]);
+        return 2;
+    }
+    snprintf(fixture_dir, sizeof fixture_dir, "%s", argv[1]);
+    int tiny_only = argc > 2 && strcmp(argv[2], "--tiny-only") == 0;
+    char tiny[1100];
+    snprintf(tiny, sizeof tiny, "%s/tiny", fixture_dir);
+
+    test_version_and_strings();
+    test_load_errors(tiny);
+    test_callbacks(tiny);
+    subspec_engine *e = load(tiny, 256, 2);
+    test_null_pointers(e);
+    test_metadata_tiny(e);
+    test_generation(e, "tiny", NULL);
+    test_sequence_errors(e, "tiny");
+    test_threads(e, "tiny");
+    subspec_free(e);
+    test_context_full(tiny);
+    test_minimum_budget(tiny);
+
+    if (!tiny_only) {
+        char path[1200], line[2048];
+        ids_t dummy, prompt, got;
+        read_fixture("smollm2", "model", &dummy, line, sizeof line);
+        read_fixture("smollm2", "prompt", &prompt, NULL, 0);
+        e = load(line, 256, 0);
+        test_tokenizer_smollm2(e, &prompt);
+        test_generation(e, "smollm2", &got);
+        test_threads(e, "smollm2");
+        subspec_free(e);
+        snprintf(path, sizeof path, "%s/c-smollm2.out", fixture_dir);
+        FILE *f = fopen(path, "w");
+        for (size_t i = 0; i < got.n; i++) fprintf(f, "%s%d", i ? " " : "", got.ids[i]);
+        fprintf(f, "\n");
+        fclose(f);
+    }
+    printf("c: %d passed, %d failed\n", passed, failed);
+    return failed ? 1 : 0;
+}

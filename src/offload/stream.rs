@@ -187,7 +187,7 @@ impl Streamer {
     pub fn next_layer(&mut self, layer: usize) -> Result<StreamedLayer> {
         let expected = self.extents.get(self.next).map(|e| e.layer);
         if expected != Some(layer) {
-            self.start();
+            self.stop();
             return Err(Error::internal(format!(
                 "streamer expected layer {expected:?}, asked for {layer}"
             )));
@@ -205,7 +205,9 @@ impl Streamer {
         let (i, buf, starts) = match got {
             Ok(x) => x,
             Err(e) => {
-                self.start(); // the next pass starts over
+                // Stop reading; the next pass restarts from the first layer (not now: the
+                // cause, e.g. a file being rewritten, may still be there).
+                self.stop();
                 return Err(e);
             }
         };
@@ -248,11 +250,18 @@ impl Streamer {
         }
     }
 
-    /// Aborts the current pass (after an error): the next pass starts at the first layer.
+    /// Called before each pass: restarts the reader at the first layer if the previous
+    /// pass stopped midway or failed.
     pub fn reset(&mut self) {
-        if self.next != 0 {
+        if self.next != 0 || self.chan.is_none() {
             self.start();
         }
+    }
+
+    /// Stops the reader (after an error); [`Streamer::reset`] restarts it.
+    fn stop(&mut self) {
+        self.chan = None;
+        self.next = 0;
     }
 }
 

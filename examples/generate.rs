@@ -14,7 +14,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let engine = Engine::load(&EngineOptions::new(dir))?;
     let tok = engine.tokenizer()?;
-    let mut seq = engine.new_sequence();
+    let mut seq = engine.new_sequence()?;
     seq.append(&engine, &tok.encode(&prompt, true)?)?;
 
     let opts = StepOptions::speculative(SamplingParams::greedy());

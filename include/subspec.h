@@ -247,7 +247,7 @@ struct subspec_load_params subspec_load_default_params(void);
 // directory or file); `INVALID_MODEL` (corrupt config or weights); `UNSUPPORTED`;
 // `INVALID_ARGUMENT` (a parameter out of range); `TOKENIZER` (`require_tokenizer` and no
 // usable tokenizer.json); `DEVICE_UNAVAILABLE` (a CUDA device requested: "no CUDA driver
-// found", or "the CUDA backend is not available in this build"); `OUT_OF_MEMORY` (the
+// found", no such device, or cuBLAS missing); `OUT_OF_MEMORY` (the
 // budget is too small: the message states the minimum, see [`subspec_minimum_budget`]);
 // `ABORTED` (a callback asked to stop); `PANIC`.
 //

@@ -7,7 +7,12 @@ cd "$(dirname "$0")/.."
 bash scripts/fetch-models.sh
 cargo fmt --check
 cargo clippy --release --all-targets -- -D warnings
+# CUDA kernels: the committed PTX is what the pinned NVRTC makes of kernels/*.cu, and ptxas
+# accepts it for sm_80 and sm_90 (installs the pinned NVRTC/ptxas wheels from PyPI).
+bash scripts/check-kernels.sh
 cargo test --release
+# Without a GPU the CUDA parity tests skip; say so (scripts/gpu-check.sh runs them on one).
+cargo test --release -q --test cuda -- --nocapture 2>&1 | grep -m1 "^SKIP" || true
 # The C ABI from C (also under valgrind), C++, Go and Node; installs gcc, valgrind,
 # golang-go, nodejs/npm and cmake from Debian when missing.
 bash scripts/test-bindings.sh

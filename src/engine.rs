@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::backend::cpu::CpuBackend;
+use crate::backend::device::{Device, DeviceKind};
 use crate::backend::AttnMask;
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::{KvCache, Model, ModelConfig, Pass, SubstituteStats};
@@ -30,6 +30,10 @@ pub struct DraftOptions {
     /// Decoder layers treated as offloaded, i.e. replaced by substitutes in the draft
     /// (`None`: all of them).
     pub offloaded_layers: Option<Vec<usize>>,
+    /// Give the draft its own lm_head, quantized like the substitutes (a departure from
+    /// the paper, which shares the target's): a draft step then reads a quarter of the
+    /// lm_head bytes. It costs the quantized lm_head's memory, counted by the planner.
+    pub quantize_lm_head: bool,
 }
 
 /// How one step chooses tokens.
@@ -84,8 +88,11 @@ pub struct EngineOptions {
     /// The draft to build (`None`: no draft, plain decoding only).
     pub draft: Option<DraftOptions>,
     /// Device memory budget in bytes (`None`: everything resident). The planner decides
-    /// which decoder layers stay resident and which are streamed from disk each target pass.
+    /// which decoder layers stay resident and which are streamed from the slow tier (the
+    /// model file for the CPU, pinned host memory for CUDA) each target pass.
     pub budget: Option<u64>,
+    /// The device to run on.
+    pub device: DeviceKind,
     /// Largest tree (root included) a step may verify: sizes the KV scratch and the
     /// activations the planner reserves.
     pub max_tree_tokens: usize,
@@ -130,6 +137,7 @@ impl EngineOptions {
             require_tokenizer: true,
             draft: Some(DraftOptions::default()),
             budget: None,
+            device: DeviceKind::Cpu,
             max_tree_tokens: DEFAULT_MAX_TREE_TOKENS,
             progress: None,
         }
@@ -138,7 +146,7 @@ impl EngineOptions {
 
 /// A loaded model ready to serve sequences.
 pub struct Engine {
-    model: Model<CpuBackend>,
+    model: Model<Device>,
     tokenizer: Option<Tokenizer>,
     pool: rayon::ThreadPool,
     max_context: usize,
@@ -161,7 +169,8 @@ impl Engine {
             None => None,
             Some(b) => Some(Self::plan(opts, b)?),
         };
-        let mut model = Model::load_placed(dir, CpuBackend, placement)?;
+        let device = Device::open(opts.device, opts.budget)?;
+        let mut model = Model::load_placed(dir, device, placement)?;
         Progress::report(&opts.progress, 0.1)?;
         let tokenizer = match Tokenizer::from_dir(dir) {
             Ok(t) => Some(t),
@@ -203,6 +212,8 @@ impl Engine {
                     |done: usize| Progress::report(&opts.progress, 0.1 + 0.9 * done as f32 / n);
                 let stats =
                     pool.install(|| model.build_substitutes(&layers, &d.quant, &mut report))?;
+                let head = d.quantize_lm_head.then_some(&d.quant);
+                pool.install(|| model.build_draft_lm_head(head))?;
                 Some((d.clone(), stats))
             }
         };
@@ -249,6 +260,7 @@ impl Engine {
             context,
             tree_tokens: opts.max_tree_tokens,
             quant,
+            draft_lm_head: opts.draft.as_ref().is_some_and(|d| d.quantize_lm_head),
         };
         Ok((config, sizes, req))
     }
@@ -268,6 +280,7 @@ impl Engine {
                 width: 2,
                 depth: 16,
                 max_tokens: 64.min(self.max_tree_tokens),
+                adaptive: true,
                 ..TreeParams::default()
             }
         } else {
@@ -299,7 +312,7 @@ impl Engine {
     }
 
     /// The model.
-    pub fn model(&self) -> &Model<CpuBackend> {
+    pub fn model(&self) -> &Model<Device> {
         &self.model
     }
 
@@ -330,14 +343,14 @@ impl Engine {
 
     /// A new, empty sequence. Its KV cache holds the context plus room for the largest
     /// tree a step may verify (tree slots are scratch, never part of the context).
-    pub fn new_sequence(&self) -> Sequence {
-        Sequence {
+    pub fn new_sequence(&self) -> Result<Sequence> {
+        Ok(Sequence {
             cache: self
                 .model
-                .new_cache(self.max_context + self.max_tree_tokens),
+                .new_cache(self.max_context + self.max_tree_tokens)?,
             tokens: Vec::new(),
             stats: SpecStats::default(),
-        }
+        })
     }
 
     /// Runs `f` on the engine's thread pool.
@@ -369,7 +382,7 @@ impl Engine {
         let vocab = self.model.config.vocab;
         let (mut total, mut count) = (0f64, 0usize);
         for window in ids.chunks(ctx).filter(|w| w.len() >= 2) {
-            let mut cache = self.model.new_cache(window.len());
+            let mut cache = self.model.new_cache(window.len())?;
             for start in (0..window.len()).step_by(PREFILL_CHUNK) {
                 let chunk = &window[start..(start + PREFILL_CHUNK).min(window.len())];
                 let positions: Vec<usize> = (start..start + chunk.len()).collect();
@@ -401,19 +414,18 @@ impl Engine {
 
 /// `-log softmax(logits)[target]` in f64.
 pub fn nll(logits: &[f32], target: u32) -> f64 {
-    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
-    let lse = logits
-        .iter()
-        .map(|&x| (x as f64 - max).exp())
-        .sum::<f64>()
-        .ln()
-        + max;
-    lse - logits[target as usize] as f64
+    log_sum_exp(logits) - logits[target as usize] as f64
+}
+
+/// `ln(sum(exp(x)))`, in f64.
+fn log_sum_exp(x: &[f32]) -> f64 {
+    let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
+    max + x.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln()
 }
 
 /// One conversation: its tokens, KV cache and statistics.
 pub struct Sequence {
-    cache: KvCache<CpuBackend>,
+    cache: KvCache<Device>,
     tokens: Vec<u32>,
     stats: SpecStats,
 }
@@ -556,6 +568,10 @@ impl Sequence {
         let mut tree = Tree::new(self.tokens[root_pos]);
         let mut frontier = 0..1;
         let mut draft_steps = 0;
+        // For the adaptive stop: the time one emitted token has cost this sequence so far.
+        let s = &self.stats;
+        let token_s =
+            (tp.adaptive && s.generated > 0).then(|| (s.draft_s + s.verify_s) / s.generated as f64);
         for _ in 0..depth {
             let toks = &tree.tokens[frontier.clone()];
             let pos: Vec<usize> = tree.depth[frontier.clone()]
@@ -581,6 +597,15 @@ impl Sequence {
             if frontier.is_empty() {
                 break;
             }
+            if let Some(token_s) = token_s {
+                // The frontier's path probability at the draft temperature: sharpened like
+                // an argmax, it tracks how likely the target is to accept each path.
+                let mass: f64 = frontier.clone().map(|n| (tree.score[n] as f64).exp()).sum();
+                let step_s = t0.elapsed().as_secs_f64() / draft_steps as f64;
+                if mass * token_s < step_s {
+                    break;
+                }
+            }
         }
         let draft_s = t0.elapsed().as_secs_f64();
 
@@ -602,7 +627,7 @@ impl Sequence {
             limit,
             |t| engine.is_eos(t),
         );
-        self.cache.commit_subset(&model.backend, &walk.keep());
+        self.cache.commit_subset(&model.backend, &walk.keep())?;
         self.tokens.extend_from_slice(&walk.tokens);
 
         let s = &mut self.stats;

@@ -19,8 +19,10 @@ pub mod offload;
 pub mod quant;
 pub mod sample;
 pub mod spec;
+pub mod synth;
 pub mod tokenizer;
 
+pub use backend::device::DeviceKind;
 pub use engine::{DraftOptions, Engine, EngineOptions, Progress, Sequence, StepOptions};
 pub use error::{Error, ErrorKind, Result};
 pub use sample::SamplingParams;

@@ -5,12 +5,12 @@
 mod common;
 
 use subspec::backend::cpu::CpuBackend;
-use subspec::backend::AttnMask;
+use subspec::backend::{AttnMask, Backend};
 use subspec::model::Model;
 
 /// Logits of `chain` continuing `prompt`, fed one token at a time (plain decoding).
-fn one_by_one(m: &Model<CpuBackend>, prompt: &[u32], chain: &[u32]) -> Vec<Vec<f32>> {
-    let mut cache = m.new_cache(prompt.len() + chain.len() + 8);
+fn one_by_one<B: Backend>(m: &Model<B>, prompt: &[u32], chain: &[u32]) -> Vec<Vec<f32>> {
+    let mut cache = m.new_cache(prompt.len() + chain.len() + 8).unwrap();
     let pos: Vec<usize> = (0..prompt.len()).collect();
     m.forward(
         &mut cache,
@@ -40,7 +40,7 @@ fn one_by_one(m: &Model<CpuBackend>, prompt: &[u32], chain: &[u32]) -> Vec<Vec<f
         .collect()
 }
 
-fn check_model(m: &Model<CpuBackend>) {
+fn check_model<B: Backend>(m: &Model<B>) {
     let v = m.config.vocab as u32;
     let prompt: Vec<u32> = (0..11u32).map(|i| (i * 31 + 5) % v).collect();
     let chain: Vec<u32> = (0..5u32).map(|i| (i * 17 + 3) % v).collect();
@@ -49,7 +49,7 @@ fn check_model(m: &Model<CpuBackend>) {
     let n0 = prompt.len();
 
     // The whole chain in one batch.
-    let mut cache = m.new_cache(64);
+    let mut cache = m.new_cache(64).unwrap();
     let pos: Vec<usize> = (0..n0).collect();
     m.forward(&mut cache, &prompt, &pos, &AttnMask::causal(n0), &[])
         .unwrap();
@@ -111,7 +111,7 @@ fn check_model(m: &Model<CpuBackend>) {
     }
 
     // Compaction onto the accepted path c0, c1, c2, then c3 alone continues exactly.
-    cache.commit_subset(&m.backend, &[0, 2, 4]);
+    cache.commit_subset(&m.backend, &[0, 2, 4]).unwrap();
     assert_eq!(cache.len(), n0 + 3);
     let next = m
         .forward(
@@ -125,7 +125,7 @@ fn check_model(m: &Model<CpuBackend>) {
     assert_eq!(next, want[3], "after compaction");
 
     // Prefill in one batch vs in chunks: same last logits.
-    let mut c1 = m.new_cache(64);
+    let mut c1 = m.new_cache(64).unwrap();
     let all_tokens: Vec<u32> = prompt.iter().chain(&chain).copied().collect();
     let pos: Vec<usize> = (0..all_tokens.len()).collect();
     let whole = m
@@ -164,4 +164,31 @@ fn smollm2_is_batch_invariant() {
 fn qwen2_is_batch_invariant() {
     let engine = common::engine(common::QWEN2);
     engine.install(|| check_model(engine.model()));
+}
+
+/// The same checks on the CUDA backend (skipped, with a line saying so, without a GPU).
+#[test]
+fn tiny_models_are_batch_invariant_on_cuda() {
+    let cuda = match subspec::backend::cuda::CudaBackend::new(0, None) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("SKIP tiny_models_are_batch_invariant_on_cuda: no CUDA device ({e})");
+            return;
+        }
+    };
+    for qwen2 in [false, true] {
+        let dir = common::temp_dir(if qwen2 {
+            "bi-cuda-qwen2"
+        } else {
+            "bi-cuda-llama"
+        });
+        common::write_tiny_model(&dir, qwen2);
+        check_model(&Model::load(&dir, cuda.clone()).unwrap());
+    }
+    let dir = std::env::temp_dir().join("subspec-bi-cuda-smollm2-135m");
+    if !dir.join("model.safetensors").is_file() {
+        let shape = subspec::synth::SynthShape::named("smollm2-135m").unwrap();
+        subspec::synth::write_model(&dir, &shape, subspec::model::DType::F16, 3).unwrap();
+    }
+    check_model(&Model::load(&dir, cuda).unwrap());
 }

@@ -130,7 +130,7 @@ fn invalid_tokens_and_sequence_misuse_leave_state_unchanged() {
     let dir = common::temp_dir("tokens");
     common::write_tiny_model(&dir, false);
     let engine = load(&dir).unwrap();
-    let mut seq = engine.new_sequence();
+    let mut seq = engine.new_sequence().unwrap();
 
     let e = seq
         .step(&engine, &StepOptions::plain(SamplingParams::greedy()))
@@ -191,7 +191,7 @@ fn truncate_and_reuse_give_the_same_tokens() {
         top_p: 0.95,
         seed: 11,
     };
-    let mut seq = engine.new_sequence();
+    let mut seq = engine.new_sequence().unwrap();
     seq.append(&engine, &[5, 6, 7, 8]).unwrap();
     let first = seq
         .generate(&engine, &StepOptions::plain(p), 12, |_| true)

@@ -101,7 +101,7 @@ fn binding_fixtures() {
             ("greedy", StepOptions::plain(SamplingParams::greedy())),
             ("sampled", StepOptions::plain(sampled)),
         ] {
-            let mut seq = engine.new_sequence();
+            let mut seq = engine.new_sequence().unwrap();
             seq.append(&engine, &prompt).unwrap();
             let out = seq.generate(&engine, &opts, 32, |_| true).unwrap();
             lines += &format!("{key}: {}\n", ids(&out));

@@ -71,7 +71,7 @@ fn check_logits(model: &str) {
         let name = p["name"].as_str().unwrap();
         let ids = ids(&p["ids"]);
         let n = ids.len();
-        let mut cache = m.new_cache(n);
+        let mut cache = m.new_cache(n).unwrap();
         let positions: Vec<usize> = (0..n).collect();
         let logits = engine
             .install(|| {
@@ -128,7 +128,7 @@ fn check_greedy(model: &str) {
     let fx = fixture(model);
     for p in fx["prompts"].as_array().unwrap() {
         let want = ids(&p["greedy"]);
-        let mut seq = engine.new_sequence();
+        let mut seq = engine.new_sequence().unwrap();
         seq.append(&engine, &ids(&p["ids"])).unwrap();
         let mut got = Vec::new();
         while got.len() < want.len() {

@@ -18,7 +18,7 @@ fn options(dir: &Path, budget: Option<u64>) -> EngineOptions {
 }
 
 fn generate(engine: &Engine, prompt: &[u32], opts: &StepOptions, n: usize) -> Vec<u32> {
-    let mut seq = engine.new_sequence();
+    let mut seq = engine.new_sequence().unwrap();
     seq.append(engine, prompt).unwrap();
     seq.generate(engine, opts, n, |_| true).unwrap()
 }
@@ -59,7 +59,7 @@ fn check_budgets(dir: &Path, prompt: &[u32], n: usize) {
             );
         }
         if offloaded > 0 {
-            let (bytes, _, _, _) = engine.model().stream_stats().unwrap();
+            let bytes = engine.model().stream_stats().unwrap().bytes;
             assert!(bytes > 0, "offloaded layers were streamed");
         }
     }
@@ -132,7 +132,7 @@ fn a_model_file_that_changes_size_while_open_is_an_error_not_a_crash() {
     common::write_tiny_model(&dir, true);
     let min = Engine::minimum_budget(&options(&dir, None)).unwrap();
     let engine = Engine::load(&options(&dir, Some(min))).unwrap();
-    let mut seq = engine.new_sequence();
+    let mut seq = engine.new_sequence().unwrap();
     seq.append(&engine, &[1, 2, 3]).unwrap();
     seq.step(&engine, &StepOptions::plain(SamplingParams::greedy()))
         .unwrap();
@@ -160,4 +160,50 @@ fn a_model_file_that_changes_size_while_open_is_an_error_not_a_crash() {
     seq.step(&engine, &StepOptions::plain(SamplingParams::greedy()))
         .unwrap();
     assert_eq!(seq.len(), len + 1);
+}
+
+/// The offloaded default tree (adaptive depth) and a draft with its own quantized lm_head
+/// stay lossless, and the planner counts that lm_head.
+#[test]
+fn adaptive_depth_and_a_quantized_draft_lm_head_are_lossless() {
+    for qwen2 in [false, true] {
+        let dir = common::temp_dir(if qwen2 { "off-head-q" } else { "off-head-l" });
+        common::write_tiny_model(&dir, qwen2);
+        let mut o = options(&dir, None);
+        let min = Engine::minimum_budget(&o).unwrap();
+        o.draft = Some(subspec::DraftOptions {
+            quantize_lm_head: true,
+            ..Default::default()
+        });
+        let min_head = Engine::minimum_budget(&o).unwrap();
+        assert!(min_head > min, "the draft lm_head is budgeted ({min_head} vs {min})");
+        o.budget = Some(min_head);
+        let engine = Engine::load(&o).unwrap();
+        assert!(engine.model().draft_lm_head.is_some());
+        let tree = engine.default_tree();
+        assert!(tree.adaptive, "offloaded engines default to the adaptive depth");
+        let prompt = [3, 9, 27, 81, 16];
+        for s in [
+            SamplingParams::greedy(),
+            SamplingParams {
+                temperature: 0.9,
+                top_k: 0,
+                top_p: 0.9,
+                seed: 5,
+            },
+        ] {
+            let want = generate(&engine, &prompt, &StepOptions::plain(s), 24);
+            for adaptive in [false, true] {
+                let opts = StepOptions {
+                    tree: subspec::TreeParams { adaptive, ..tree },
+                    ..StepOptions::speculative(s)
+                };
+                assert_eq!(
+                    generate(&engine, &prompt, &opts, 24),
+                    want,
+                    "adaptive {adaptive}, {s:?}"
+                );
+            }
+        }
+    }
 }

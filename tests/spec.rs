@@ -77,7 +77,7 @@ fn samplings() -> [SamplingParams; 3] {
 }
 
 fn generate(engine: &Engine, prompt: &[u32], opts: &StepOptions, n: usize) -> (Vec<u32>, f64) {
-    let mut seq = engine.new_sequence();
+    let mut seq = engine.new_sequence().unwrap();
     seq.append(engine, prompt).unwrap();
     let out = seq.generate(engine, opts, n, |_| true).unwrap();
     (out, seq.stats().tau())
@@ -177,7 +177,7 @@ fn speculation_stops_at_the_context_limit_like_plain() {
     );
     assert_eq!(spec, plain);
     assert!(plain.len() <= 6);
-    let mut seq = engine.new_sequence();
+    let mut seq = engine.new_sequence().unwrap();
     seq.append(&engine, &prompt).unwrap();
     seq.generate(
         &engine,
@@ -197,7 +197,7 @@ fn speculation_stops_at_the_context_limit_like_plain() {
 #[test]
 fn impossible_tree_settings_are_errors() {
     let engine = tiny_engine("spec-bad", false);
-    let mut seq = engine.new_sequence();
+    let mut seq = engine.new_sequence().unwrap();
     seq.append(&engine, &[1, 2, 3]).unwrap();
     let base = StepOptions::speculative(SamplingParams::greedy());
     for (tree, what) in [
@@ -262,7 +262,7 @@ fn impossible_tree_settings_are_errors() {
     o.require_tokenizer = false;
     o.draft = None;
     let plain_only = Engine::load(&o).unwrap();
-    let mut seq = plain_only.new_sequence();
+    let mut seq = plain_only.new_sequence().unwrap();
     seq.append(&plain_only, &[1, 2, 3]).unwrap();
     assert!(seq
         .step(&plain_only, &base)
@@ -293,7 +293,7 @@ fn speculative_samples_follow_the_target_distribution() {
             top_p: 1.0,
             seed,
         };
-        let mut seq = engine.new_sequence();
+        let mut seq = engine.new_sequence().unwrap();
         seq.append(&engine, &prompt).unwrap();
         let out = seq
             .step(
@@ -312,7 +312,7 @@ fn speculative_samples_follow_the_target_distribution() {
     }
     // The target's distribution after the prompt.
     let m = engine.model();
-    let mut cache = m.new_cache(8);
+    let mut cache = m.new_cache(8).unwrap();
     let pos: Vec<usize> = (0..prompt.len()).collect();
     let logits = m
         .forward(

@@ -9,9 +9,11 @@
 //! this makes the whole forward batch-invariant, bit for bit.
 
 pub mod cpu;
+pub mod cuda;
+pub mod device;
 
 use crate::error::{Error, Result};
-use crate::model::HostTensor;
+use crate::model::{HostTensor, Weights};
 use crate::quant::QMatrix;
 
 /// Which uncommitted (scratch) KV slots each token of a batch attends to, besides the
@@ -116,7 +118,9 @@ pub struct AttnShape {
 
 /// A compute device: where weights and activations live and how leaf operations run.
 ///
-/// Activations are row-major `[rows, cols]` f32 matrices, one row per token.
+/// Activations are row-major `[rows, cols]` f32 matrices, one row per token. Operations
+/// may run asynchronously (a GPU queues them); an error from a device is reported by the
+/// operation that sees it, at the latest by [`Backend::to_host`].
 pub trait Backend: Send + Sync {
     /// A weight (matrix or vector) resident on this backend.
     type Weight: Send + Sync;
@@ -124,22 +128,35 @@ pub trait Backend: Send + Sync {
     type Act: Send;
     /// Key/value storage of one sequence (all layers).
     type Kv: Send;
+    /// The slow tier holding the offloaded layers' linears between target passes.
+    type Tier: Send;
+    /// One streamed layer being computed; hands its staging buffer back on release.
+    type Ticket: Send;
 
     /// Short name for messages ("cpu", "cuda:0").
     fn name(&self) -> String;
     /// Makes a host tensor usable by kernels (a copy to the device, or a view on the CPU).
     fn upload(&self, t: &HostTensor) -> Result<Self::Weight>;
+    /// A matrix only ever read a few rows at a time ([`Backend::embed`]), left in host
+    /// memory (the untied embedding table).
+    fn host_matrix(&self, t: &HostTensor) -> Result<Self::Weight>;
     /// Makes a quantized substitute usable by [`Backend::linear`].
     fn upload_quant(&self, q: QMatrix) -> Result<Self::Weight>;
-    /// A zeroed activation matrix.
-    fn act(&self, rows: usize, cols: usize) -> Self::Act;
-    /// Copies an activation matrix to host memory.
-    fn to_host(&self, x: &Self::Act) -> Vec<f32>;
+    /// An activation matrix (contents unspecified until written).
+    fn act(&self, rows: usize, cols: usize) -> Result<Self::Act>;
+    /// Copies an activation matrix to host memory (waits for the work queued before).
+    fn to_host(&self, x: &Self::Act) -> Result<Vec<f32>>;
 
     /// `out[i] = table[ids[i]]`. Ids are validated by the caller.
-    fn embed(&self, table: &Self::Weight, ids: &[u32], out: &mut Self::Act);
+    fn embed(&self, table: &Self::Weight, ids: &[u32], out: &mut Self::Act) -> Result<()>;
     /// `out = rmsnorm(x) * w`, row by row.
-    fn rms_norm(&self, x: &Self::Act, w: &Self::Weight, eps: f32, out: &mut Self::Act);
+    fn rms_norm(
+        &self,
+        x: &Self::Act,
+        w: &Self::Weight,
+        eps: f32,
+        out: &mut Self::Act,
+    ) -> Result<()>;
     /// `out = x @ w^T (+ bias)`; `w` is `[out_features, in_features]`.
     fn linear(
         &self,
@@ -147,25 +164,31 @@ pub trait Backend: Send + Sync {
         w: &Self::Weight,
         bias: Option<&Self::Weight>,
         out: &mut Self::Act,
-    );
+    ) -> Result<()>;
     /// Rotary embedding in place over heads of width `inv_freq.len() * 2`, each row at its
     /// own position (rotate-half layout, as Hugging Face Llama/Qwen2).
-    fn rope(&self, x: &mut Self::Act, positions: &[usize], inv_freq: &[f32]);
+    fn rope(&self, x: &mut Self::Act, positions: &[usize], inv_freq: &[f32]) -> Result<()>;
     /// `gate = silu(gate) * up`.
-    fn silu_mul(&self, gate: &mut Self::Act, up: &Self::Act);
+    fn silu_mul(&self, gate: &mut Self::Act, up: &Self::Act) -> Result<()>;
     /// `x += y`.
-    fn add(&self, x: &mut Self::Act, y: &Self::Act);
+    fn add(&self, x: &mut Self::Act, y: &Self::Act) -> Result<()>;
     /// `out[i] = x[rows[i]]`.
-    fn gather_rows(&self, x: &Self::Act, rows: &[usize], out: &mut Self::Act);
+    fn gather_rows(&self, x: &Self::Act, rows: &[usize], out: &mut Self::Act) -> Result<()>;
 
-    /// Key/value storage for `layers` layers of width `kv_dim` (grows on demand up to
-    /// `capacity` slots).
-    fn kv_new(&self, layers: usize, kv_dim: usize, capacity: usize) -> Self::Kv;
+    /// Key/value storage for `layers` layers of width `kv_dim`, up to `capacity` slots.
+    fn kv_new(&self, layers: usize, kv_dim: usize, capacity: usize) -> Result<Self::Kv>;
     /// Writes `k`, `v` (one row per token) of `layer` into slots `first..first + rows`.
-    fn kv_write(&self, kv: &mut Self::Kv, layer: usize, first: usize, k: &Self::Act, v: &Self::Act);
+    fn kv_write(
+        &self,
+        kv: &mut Self::Kv,
+        layer: usize,
+        first: usize,
+        k: &Self::Act,
+        v: &Self::Act,
+    ) -> Result<()>;
     /// Moves the slots `src[i]` to `dst_first + i` in every layer (`src` ascending,
     /// `src[i] >= dst_first + i`).
-    fn kv_compact(&self, kv: &mut Self::Kv, src: &[usize], dst_first: usize);
+    fn kv_compact(&self, kv: &mut Self::Kv, src: &[usize], dst_first: usize) -> Result<()>;
     /// Attention of batch token `i` (query row `i` of `q`) over cache slots
     /// `0..committed` and the scratch slots `committed + j` for `j` in `mask.row(i)`.
     #[allow(clippy::too_many_arguments)]
@@ -178,7 +201,38 @@ pub trait Backend: Send + Sync {
         mask: &AttnMask,
         shape: AttnShape,
         out: &mut Self::Act,
-    );
+    ) -> Result<()>;
+
+    /// Puts the linears of `layers` (offloaded, ascending) into the slow tier, with
+    /// `staging` staging buffers for streaming them.
+    fn tier_new(&self, weights: &Weights, layers: &[usize], staging: usize) -> Result<Self::Tier>;
+    /// Starts a target pass: the next fetch is the first offloaded layer (a pass that
+    /// failed midway may have left the stream elsewhere).
+    fn tier_begin(&self, tier: &mut Self::Tier) -> Result<()>;
+    /// The seven linears of offloaded layer `layer` (the next one in order), ready for
+    /// compute; the next layers keep streaming meanwhile.
+    fn tier_fetch(
+        &self,
+        tier: &mut Self::Tier,
+        layer: usize,
+    ) -> Result<(Self::Ticket, Vec<Self::Weight>)>;
+    /// Hands a fetched layer's staging buffer back once its compute is queued.
+    fn tier_release(&self, tier: &mut Self::Tier, ticket: Self::Ticket) -> Result<()>;
+    /// Streaming counters.
+    fn tier_stats(&self, tier: &Self::Tier) -> TierStats;
+}
+
+/// What the slow tier has moved.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct TierStats {
+    /// Bytes moved from the slow tier.
+    pub bytes: u64,
+    /// Seconds the reader spent reading (CPU tier; `0` where copies are asynchronous).
+    pub read_s: f64,
+    /// Seconds compute waited for a layer (CPU tier; `0` where copies are asynchronous).
+    pub wait_s: f64,
+    /// Whether reads bypass the page cache (O_DIRECT) or come from pinned memory.
+    pub direct: bool,
 }
 
 #[cfg(test)]

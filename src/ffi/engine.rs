@@ -148,19 +148,6 @@ unsafe fn engine_options(p: &subspec_load_params) -> FfiResult<EngineOptions> {
             p.device
         )));
     }
-    if p.device >= 0 {
-        // SAFETY: only tries to dlopen the driver library; a panic is caught by the boundary.
-        let driver = unsafe { cudarc::driver::sys::is_culib_present() };
-        let why = if driver {
-            "the CUDA backend is not available in this build"
-        } else {
-            "no CUDA driver found"
-        };
-        return Err(Failure::new(
-            subspec_status::DeviceUnavailable,
-            format!("CUDA device {} requested: {why}", p.device),
-        ));
-    }
     let draft = if p.build_draft {
         let bits = u8::try_from(p.draft_bits).map_err(|_| {
             Failure::invalid(format!("draft_bits {} is out of range", p.draft_bits))
@@ -183,6 +170,7 @@ unsafe fn engine_options(p: &subspec_load_params) -> FfiResult<EngineOptions> {
         Some(DraftOptions {
             quant,
             offloaded_layers: None,
+            quantize_lm_head: false,
         })
     } else {
         None
@@ -202,6 +190,11 @@ unsafe fn engine_options(p: &subspec_load_params) -> FfiResult<EngineOptions> {
     o.draft = draft;
     o.progress = progress;
     o.budget = (p.memory_budget != 0).then_some(p.memory_budget);
+    o.device = if p.device >= 0 {
+        crate::backend::device::DeviceKind::Cuda(p.device as usize)
+    } else {
+        crate::backend::device::DeviceKind::Cpu
+    };
     if p.max_tree_tokens != 0 {
         o.max_tree_tokens = p.max_tree_tokens as usize;
     }
@@ -215,7 +208,7 @@ unsafe fn engine_options(p: &subspec_load_params) -> FfiResult<EngineOptions> {
 /// directory or file); `INVALID_MODEL` (corrupt config or weights); `UNSUPPORTED`;
 /// `INVALID_ARGUMENT` (a parameter out of range); `TOKENIZER` (`require_tokenizer` and no
 /// usable tokenizer.json); `DEVICE_UNAVAILABLE` (a CUDA device requested: "no CUDA driver
-/// found", or "the CUDA backend is not available in this build"); `OUT_OF_MEMORY` (the
+/// found", no such device, or cuBLAS missing); `OUT_OF_MEMORY` (the
 /// budget is too small: the message states the minimum, see [`subspec_minimum_budget`]);
 /// `ABORTED` (a callback asked to stop); `PANIC`.
 ///

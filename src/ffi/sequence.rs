@@ -111,6 +111,7 @@ impl subspec_step_params {
                 depth: self.tree_depth as usize,
                 max_tokens: self.tree_max_tokens as usize,
                 draft_temperature: self.draft_temperature,
+                adaptive: false,
             },
             max_tokens,
         }
@@ -171,7 +172,7 @@ pub unsafe extern "C" fn subspec_sequence_create(
             Arc::increment_strong_count(engine);
             Arc::from_raw(engine)
         };
-        let seq = engine.engine.new_sequence();
+        let seq = engine.engine.new_sequence()?;
         let handle = Box::new(subspec_sequence {
             engine,
             seq: Mutex::new(seq),

@@ -16,9 +16,10 @@ use std::path::Path;
 pub use config::{Arch, ModelConfig};
 pub use weights::{DType, HostTensor, Weights};
 
+use crate::backend::TierStats;
 use crate::backend::{AttnMask, AttnShape, Backend};
 use crate::error::{Error, ErrorKind, Result};
-use crate::offload::{plan::linear_names, read_resident, Placement, Residency, Streamer};
+use crate::offload::{plan::linear_names, read_resident, Placement, Residency};
 use crate::quant::{QMatrix, QuantConfig};
 use std::sync::Mutex;
 
@@ -106,6 +107,9 @@ pub struct Model<B: Backend> {
     pub norm: B::Weight,
     /// `(vocab, hidden)`; `None` when tied to `embed`.
     pub lm_head: Option<B::Weight>,
+    /// A quantized copy of lm_head (or of the tied embedding) that only the draft uses,
+    /// when [`Model::build_draft_lm_head`] made one.
+    pub draft_lm_head: Option<B::Weight>,
     /// RoPE inverse frequencies, `(head_dim / 2)`.
     pub inv_freq: Vec<f32>,
     /// Bytes of all weights in the checkpoint.
@@ -115,7 +119,7 @@ pub struct Model<B: Backend> {
     weights: Weights,
     /// The placement, when loaded under a budget.
     pub placement: Option<Placement>,
-    streamer: Option<Mutex<Streamer>>,
+    streamer: Option<Mutex<B::Tier>>,
 }
 
 /// Key/value cache of one sequence: `len()` committed slots, then scratch slots written by
@@ -150,11 +154,12 @@ impl<B: Backend> KvCache<B> {
 
     /// Keeps only the scratch slots `keep` (batch indices of the latest forward, ascending)
     /// and commits them, compacted, right after the committed positions.
-    pub fn commit_subset(&mut self, backend: &B, keep: &[usize]) {
+    pub fn commit_subset(&mut self, backend: &B, keep: &[usize]) -> Result<()> {
         debug_assert!(keep.windows(2).all(|w| w[0] < w[1]));
         let src: Vec<usize> = keep.iter().map(|&j| self.committed + j).collect();
-        backend.kv_compact(&mut self.store, &src, self.committed);
+        backend.kv_compact(&mut self.store, &src, self.committed)?;
         self.commit(keep.len());
+        Ok(())
     }
 
     /// Forgets every position from `len` on (scratch slots are always discarded).
@@ -255,13 +260,12 @@ impl<B: Backend> Model<B> {
         let embed = if c.tie_embeddings {
             up("model.embed_tokens.weight", &[c.vocab, h])?
         } else {
-            backend.upload(&embed_t)?
+            backend.host_matrix(&embed_t)?
         };
         let streamer = match &placement {
-            Some(p) if !p.offloaded().is_empty() => Some(Mutex::new(Streamer::new(
+            Some(p) if !p.offloaded().is_empty() => Some(Mutex::new(backend.tier_new(
                 &weights,
                 &p.offloaded(),
-                |l| linear_names(l).to_vec(),
                 p.staging_buffers,
             )?)),
             _ => None,
@@ -271,6 +275,7 @@ impl<B: Backend> Model<B> {
             embed,
             norm: up("model.norm.weight", &[h])?,
             lm_head,
+            draft_lm_head: None,
             layers,
             inv_freq: rope_inv_freq(c.head_dim, c.rope_theta),
             weight_bytes: weights.total_bytes(),
@@ -287,19 +292,11 @@ impl<B: Backend> Model<B> {
         &self.weights
     }
 
-    /// Streaming counters when layers are offloaded: bytes read, seconds reading, seconds
-    /// compute waited, and whether reads are O_DIRECT.
-    pub fn stream_stats(&self) -> Option<(u64, f64, f64, bool)> {
-        use std::sync::atomic::Ordering::Relaxed;
+    /// Streaming counters when layers are offloaded.
+    pub fn stream_stats(&self) -> Option<TierStats> {
         self.streamer.as_ref().map(|s| {
             let s = s.lock().unwrap_or_else(|e| e.into_inner());
-            let c = s.counters();
-            (
-                c.bytes.load(Relaxed),
-                c.read_ns.load(Relaxed) as f64 * 1e-9,
-                c.wait_ns.load(Relaxed) as f64 * 1e-9,
-                s.direct(),
-            )
+            self.backend.tier_stats(&s)
         })
     }
 
@@ -359,6 +356,27 @@ impl<B: Backend> Model<B> {
         Ok(stats)
     }
 
+    /// Quantizes lm_head (the embedding when tied) with `qc` into the draft's own output
+    /// head (`None` removes it). Returns its bytes.
+    pub fn build_draft_lm_head(&mut self, qc: Option<&QuantConfig>) -> Result<usize> {
+        let Some(qc) = qc else {
+            self.draft_lm_head = None;
+            return Ok(0);
+        };
+        qc.validate()?;
+        let name = if self.config.tie_embeddings {
+            "model.embed_tokens.weight"
+        } else {
+            "lm_head.weight"
+        };
+        let t = self.weights.get_any(name)?;
+        let m = QMatrix::quantize_tensor(&t, qc)
+            .map_err(|e| Error::new(e.kind(), format!("draft lm_head from `{name}`: {e}")))?;
+        let bytes = m.bytes();
+        self.draft_lm_head = Some(self.backend.upload_quant(m)?);
+        Ok(bytes)
+    }
+
     /// Whether any layer has substitutes (a draft exists).
     pub fn has_draft(&self) -> bool {
         self.layers.iter().any(|l| l.substitutes.is_some())
@@ -375,13 +393,13 @@ impl<B: Backend> Model<B> {
     }
 
     /// An empty KV cache for up to `capacity` positions (committed plus scratch).
-    pub fn new_cache(&self, capacity: usize) -> KvCache<B> {
+    pub fn new_cache(&self, capacity: usize) -> Result<KvCache<B>> {
         let c = &self.config;
-        KvCache {
-            store: self.backend.kv_new(c.n_layers, c.kv_dim(), capacity),
+        Ok(KvCache {
+            store: self.backend.kv_new(c.n_layers, c.kv_dim(), capacity)?,
             committed: 0,
             capacity,
-        }
+        })
     }
 
     /// Checks that every id is inside the vocabulary.
@@ -453,27 +471,27 @@ impl<B: Backend> Model<B> {
             head_dim: c.head_dim,
         };
         // Residual stream.
-        let mut x = be.act(n, c.hidden);
-        be.embed(&self.embed, tokens, &mut x);
-        let mut h = be.act(n, c.hidden);
-        let mut q = be.act(n, c.q_dim());
-        let mut k = be.act(n, c.kv_dim());
-        let mut v = be.act(n, c.kv_dim());
-        let mut attn = be.act(n, c.q_dim());
-        let mut gate = be.act(n, c.intermediate);
-        let mut up = be.act(n, c.intermediate);
+        let mut x = be.act(n, c.hidden)?;
+        be.embed(&self.embed, tokens, &mut x)?;
+        let mut h = be.act(n, c.hidden)?;
+        let mut q = be.act(n, c.q_dim())?;
+        let mut k = be.act(n, c.kv_dim())?;
+        let mut v = be.act(n, c.kv_dim())?;
+        let mut attn = be.act(n, c.q_dim())?;
+        let mut gate = be.act(n, c.intermediate)?;
+        let mut up = be.act(n, c.intermediate)?;
         // A target pass streams the offloaded layers in order (one pass at a time).
         let mut stream = match (pass, &self.streamer) {
             (Pass::Target, Some(s)) => {
                 let mut g = s.lock().unwrap_or_else(|e| e.into_inner());
-                g.reset(); // a pass that failed midway left the stream mid-model
+                be.tier_begin(&mut g)?; // a pass that failed midway left the stream mid-model
                 Some(g)
             }
             _ => None,
         };
         for (li, l) in self.layers.iter().enumerate() {
             // Attention block: norm, q/k/v projections, rotary, cache write, attention, o.
-            be.rms_norm(&x, &l.input_norm, c.rms_eps, &mut h);
+            be.rms_norm(&x, &l.input_norm, c.rms_eps, &mut h)?;
             // The linears this pass runs: the draft's substitutes, the resident weights,
             // or this layer's weights streamed into a staging buffer.
             let mut streamed = None;
@@ -481,16 +499,11 @@ impl<B: Backend> Model<B> {
                 (Pass::Draft, _, Some(sub)) => sub,
                 (_, Some(full), _) => full,
                 (Pass::Target, None, _) => {
-                    let st = stream
+                    let tier = stream
                         .as_mut()
-                        .ok_or_else(|| Error::internal("an offloaded layer without a streamer"))?
-                        .next_layer(li)?;
-                    let w = st
-                        .tensors
-                        .iter()
-                        .map(|t| be.upload(t))
-                        .collect::<Result<Vec<_>>>()?;
-                    &streamed.insert((st, Linears::from_vec(w))).1
+                        .ok_or_else(|| Error::internal("an offloaded layer without a streamer"))?;
+                    let (ticket, w) = be.tier_fetch(tier, li)?;
+                    &streamed.insert((ticket, Linears::from_vec(w))).1
                 }
                 (Pass::Draft, None, None) => {
                     return Err(Error::internal(format!(
@@ -502,12 +515,12 @@ impl<B: Backend> Model<B> {
                 &lin.q, &lin.k, &lin.v, &lin.o, &lin.gate, &lin.up, &lin.down,
             );
             let bias = l.qkv_bias.as_ref();
-            be.linear(&h, wq, bias.map(|b| &b[0]), &mut q);
-            be.linear(&h, wk, bias.map(|b| &b[1]), &mut k);
-            be.linear(&h, wv, bias.map(|b| &b[2]), &mut v);
-            be.rope(&mut q, positions, &self.inv_freq);
-            be.rope(&mut k, positions, &self.inv_freq);
-            be.kv_write(&mut cache.store, li, cache.committed + first, &k, &v);
+            be.linear(&h, wq, bias.map(|b| &b[0]), &mut q)?;
+            be.linear(&h, wk, bias.map(|b| &b[1]), &mut k)?;
+            be.linear(&h, wv, bias.map(|b| &b[2]), &mut v)?;
+            be.rope(&mut q, positions, &self.inv_freq)?;
+            be.rope(&mut k, positions, &self.inv_freq)?;
+            be.kv_write(&mut cache.store, li, cache.committed + first, &k, &v)?;
             be.attention(
                 &q,
                 &cache.store,
@@ -516,33 +529,32 @@ impl<B: Backend> Model<B> {
                 mask,
                 shape,
                 &mut attn,
-            );
-            be.linear(&attn, wo, None, &mut h);
-            be.add(&mut x, &h);
+            )?;
+            be.linear(&attn, wo, None, &mut h)?;
+            be.add(&mut x, &h)?;
             // MLP block: norm, gate/up, silu(gate) * up, down.
-            be.rms_norm(&x, &l.post_norm, c.rms_eps, &mut h);
-            be.linear(&h, wg, None, &mut gate);
-            be.linear(&h, wu, None, &mut up);
-            be.silu_mul(&mut gate, &up);
-            be.linear(&gate, wd, None, &mut h);
-            be.add(&mut x, &h);
-            if let (Some((st, w)), Some(stream)) = (streamed, stream.as_mut()) {
+            be.rms_norm(&x, &l.post_norm, c.rms_eps, &mut h)?;
+            be.linear(&h, wg, None, &mut gate)?;
+            be.linear(&h, wu, None, &mut up)?;
+            be.silu_mul(&mut gate, &up)?;
+            be.linear(&gate, wd, None, &mut h)?;
+            be.add(&mut x, &h)?;
+            if let (Some((ticket, w)), Some(stream)) = (streamed, stream.as_mut()) {
                 drop(w);
-                stream.release(st);
+                be.tier_release(stream, ticket)?;
             }
         }
         // Final norm and lm_head, only for the rows whose logits are wanted.
-        let mut sel = be.act(logit_rows.len(), c.hidden);
-        be.gather_rows(&x, logit_rows, &mut sel);
-        let mut normed = be.act(logit_rows.len(), c.hidden);
-        be.rms_norm(&sel, &self.norm, c.rms_eps, &mut normed);
-        let mut logits = be.act(logit_rows.len(), c.vocab);
-        be.linear(
-            &normed,
-            self.lm_head.as_ref().unwrap_or(&self.embed),
-            None,
-            &mut logits,
-        );
-        Ok(be.to_host(&logits))
+        let mut sel = be.act(logit_rows.len(), c.hidden)?;
+        be.gather_rows(&x, logit_rows, &mut sel)?;
+        let mut normed = be.act(logit_rows.len(), c.hidden)?;
+        be.rms_norm(&sel, &self.norm, c.rms_eps, &mut normed)?;
+        let mut logits = be.act(logit_rows.len(), c.vocab)?;
+        let head = match (pass, &self.draft_lm_head) {
+            (Pass::Draft, Some(q)) => q,
+            _ => self.lm_head.as_ref().unwrap_or(&self.embed),
+        };
+        be.linear(&normed, head, None, &mut logits)?;
+        be.to_host(&logits)
     }
 }

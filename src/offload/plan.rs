@@ -37,6 +37,9 @@ pub struct ModelSizes {
     pub layer_linears: Vec<u64>,
     /// Per layer: the seven substitutes in the planned format.
     pub layer_substitutes: Vec<u64>,
+    /// lm_head (the embedding when tied) in the planned format, for a draft with its own
+    /// quantized lm_head.
+    pub lm_head_substitute: u64,
 }
 
 /// Bytes of the substitute of a `rows x cols` matrix (codes plus f16 scale and minimum per
@@ -87,6 +90,7 @@ impl ModelSizes {
             vectors: w.vector_bytes() as u64,
             layer_linears,
             layer_substitutes,
+            lm_head_substitute: substitute_bytes(c.vocab as u64, c.hidden as u64, q),
         })
     }
 }
@@ -102,6 +106,8 @@ pub struct PlanRequest {
     pub tree_tokens: usize,
     /// Substitute format.
     pub quant: QuantConfig,
+    /// Whether the draft gets its own quantized lm_head.
+    pub draft_lm_head: bool,
 }
 
 /// The byte account of a placement.
@@ -113,6 +119,8 @@ pub struct PlanBytes {
     pub vectors: u64,
     /// Substitutes of the offloaded layers.
     pub substitutes: u64,
+    /// The draft's quantized lm_head (`0` when it shares the target's).
+    pub draft_lm_head: u64,
     /// Full-precision resident layers.
     pub resident_layers: u64,
     /// KV cache for context + tree, f32.
@@ -191,7 +199,12 @@ pub fn plan(c: &ModelConfig, s: &ModelSizes, r: &PlanRequest) -> Result<Placemen
     let activations = (r.tree_tokens.max(1) * per_token * 4) as u64;
     let headroom = (16 << 20) + r.budget / 50;
     let all_subs: u64 = s.layer_substitutes.iter().sum();
-    let fixed = lm_head + s.vectors + kv_cache + activations + headroom;
+    let draft_lm_head = if r.draft_lm_head {
+        s.lm_head_substitute
+    } else {
+        0
+    };
+    let fixed = lm_head + draft_lm_head + s.vectors + kv_cache + activations + headroom;
     let minimum = fixed + all_subs + staging;
     if r.budget < minimum {
         // The headroom grows with the budget (2%): solve for the budget that fits.
@@ -202,7 +215,7 @@ pub fn plan(c: &ModelConfig, s: &ModelSizes, r: &PlanRequest) -> Result<Placemen
                 "a budget of {} is too small: this model needs at least {} ({} lm_head, {} substitutes, {} KV cache for {} positions, {} staging, {} activations, {} headroom)",
                 human(r.budget),
                 human(needed),
-                human(lm_head),
+                human(lm_head + draft_lm_head),
                 human(all_subs),
                 human(kv_cache),
                 r.context + r.tree_tokens,
@@ -240,6 +253,7 @@ pub fn plan(c: &ModelConfig, s: &ModelSizes, r: &PlanRequest) -> Result<Placemen
     let staging = if offloaded.is_empty() { 0 } else { staging };
     let streamed_per_pass = offloaded.iter().map(|&l| s.layer_linears[l]).sum();
     let total = lm_head
+        + draft_lm_head
         + s.vectors
         + substitutes
         + resident_layers
@@ -258,6 +272,7 @@ pub fn plan(c: &ModelConfig, s: &ModelSizes, r: &PlanRequest) -> Result<Placemen
             lm_head,
             vectors: s.vectors,
             substitutes,
+            draft_lm_head,
             resident_layers,
             kv_cache,
             staging,

@@ -20,6 +20,12 @@ pub struct TreeParams {
     pub max_tokens: usize,
     /// Draft softmax temperature used to rank paths.
     pub draft_temperature: f32,
+    /// Stop growing early when one more draft step costs more than it can be expected
+    /// to return: the draft's probability mass on the frontier paths at the draft
+    /// temperature (an estimate of the extra tokens the next level can add) times the
+    /// sequence's measured time per token, against the measured time of a draft step.
+    /// `depth` stays the maximum.
+    pub adaptive: bool,
 }
 
 impl Default for TreeParams {
@@ -32,6 +38,7 @@ impl Default for TreeParams {
             depth: 8,
             max_tokens: 64,
             draft_temperature: 0.2,
+            adaptive: false,
         }
     }
 }

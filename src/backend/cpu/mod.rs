@@ -8,9 +8,12 @@ pub mod matmul;
 
 use rayon::prelude::*;
 
+use super::TierStats;
 use super::{AttnMask, AttnShape, Backend};
 use crate::error::Result;
 use crate::model::HostTensor;
+use crate::model::Weights;
+use crate::offload::{plan::linear_names, StreamedLayer, Streamer};
 use crate::quant::{qlinear, QMatrix};
 
 /// The CPU backend (stateless; threads come from the rayon pool it runs in).
@@ -97,6 +100,8 @@ impl Backend for CpuBackend {
     type Weight = CpuWeight;
     type Act = CpuAct;
     type Kv = CpuKv;
+    type Tier = Streamer;
+    type Ticket = StreamedLayer;
 
     fn name(&self) -> String {
         "cpu".into()
@@ -114,19 +119,23 @@ impl Backend for CpuBackend {
         Ok(CpuWeight::Quant(q))
     }
 
-    fn act(&self, rows: usize, cols: usize) -> CpuAct {
-        CpuAct {
+    fn host_matrix(&self, t: &HostTensor) -> Result<CpuWeight> {
+        self.upload(t)
+    }
+
+    fn act(&self, rows: usize, cols: usize) -> Result<CpuAct> {
+        Ok(CpuAct {
             rows,
             cols,
             data: vec![0.0; rows * cols],
-        }
+        })
     }
 
-    fn to_host(&self, x: &CpuAct) -> Vec<f32> {
-        x.data.clone()
+    fn to_host(&self, x: &CpuAct) -> Result<Vec<f32>> {
+        Ok(x.data.clone())
     }
 
-    fn embed(&self, table: &CpuWeight, ids: &[u32], out: &mut CpuAct) {
+    fn embed(&self, table: &CpuWeight, ids: &[u32], out: &mut CpuAct) -> Result<()> {
         let t = table.matrix();
         let cols = t.shape[1];
         for (i, &id) in ids.iter().enumerate() {
@@ -135,9 +144,10 @@ impl Backend for CpuBackend {
                 *o = t.get_f32(base + c);
             }
         }
+        Ok(())
     }
 
-    fn rms_norm(&self, x: &CpuAct, w: &CpuWeight, eps: f32, out: &mut CpuAct) {
+    fn rms_norm(&self, x: &CpuAct, w: &CpuWeight, eps: f32, out: &mut CpuAct) -> Result<()> {
         let w = w.vector();
         for r in 0..x.rows {
             let row = x.row(r);
@@ -151,17 +161,25 @@ impl Backend for CpuBackend {
                 *o = g * (v * inv);
             }
         }
+        Ok(())
     }
 
-    fn linear(&self, x: &CpuAct, w: &CpuWeight, bias: Option<&CpuWeight>, out: &mut CpuAct) {
+    fn linear(
+        &self,
+        x: &CpuAct,
+        w: &CpuWeight,
+        bias: Option<&CpuWeight>,
+        out: &mut CpuAct,
+    ) -> Result<()> {
         let bias = bias.map(|b| b.vector());
         match w {
             CpuWeight::Quant(q) => qlinear(&x.data, x.rows, q, bias, &mut out.data),
             w => matmul::linear(&x.data, x.rows, w.matrix(), bias, &mut out.data),
         }
+        Ok(())
     }
 
-    fn rope(&self, x: &mut CpuAct, positions: &[usize], inv_freq: &[f32]) {
+    fn rope(&self, x: &mut CpuAct, positions: &[usize], inv_freq: &[f32]) -> Result<()> {
         let half = inv_freq.len();
         let hd = 2 * half;
         let mut cos = vec![0f32; half];
@@ -181,36 +199,47 @@ impl Backend for CpuBackend {
                 }
             }
         }
+        Ok(())
     }
 
-    fn silu_mul(&self, gate: &mut CpuAct, up: &CpuAct) {
+    fn silu_mul(&self, gate: &mut CpuAct, up: &CpuAct) -> Result<()> {
         for (g, &u) in gate.data.iter_mut().zip(&up.data) {
             *g = *g / (1.0 + (-*g).exp()) * u;
         }
+        Ok(())
     }
 
-    fn add(&self, x: &mut CpuAct, y: &CpuAct) {
+    fn add(&self, x: &mut CpuAct, y: &CpuAct) -> Result<()> {
         for (a, &b) in x.data.iter_mut().zip(&y.data) {
             *a += b;
         }
+        Ok(())
     }
 
-    fn gather_rows(&self, x: &CpuAct, rows: &[usize], out: &mut CpuAct) {
+    fn gather_rows(&self, x: &CpuAct, rows: &[usize], out: &mut CpuAct) -> Result<()> {
         for (i, &r) in rows.iter().enumerate() {
             out.data[i * x.cols..(i + 1) * x.cols].copy_from_slice(x.row(r));
         }
+        Ok(())
     }
 
-    fn kv_new(&self, layers: usize, kv_dim: usize, capacity: usize) -> CpuKv {
-        CpuKv {
+    fn kv_new(&self, layers: usize, kv_dim: usize, capacity: usize) -> Result<CpuKv> {
+        Ok(CpuKv {
             k: vec![Vec::new(); layers],
             v: vec![Vec::new(); layers],
             kv_dim,
             capacity,
-        }
+        })
     }
 
-    fn kv_write(&self, kv: &mut CpuKv, layer: usize, first: usize, k: &CpuAct, v: &CpuAct) {
+    fn kv_write(
+        &self,
+        kv: &mut CpuKv,
+        layer: usize,
+        first: usize,
+        k: &CpuAct,
+        v: &CpuAct,
+    ) -> Result<()> {
         let d = kv.kv_dim;
         let end = (first + k.rows) * d;
         assert!(first + k.rows <= kv.capacity, "KV cache overflow");
@@ -220,9 +249,10 @@ impl Backend for CpuBackend {
             }
             store[first * d..end].copy_from_slice(&src.data);
         }
+        Ok(())
     }
 
-    fn kv_compact(&self, kv: &mut CpuKv, src: &[usize], dst_first: usize) {
+    fn kv_compact(&self, kv: &mut CpuKv, src: &[usize], dst_first: usize) -> Result<()> {
         let d = kv.kv_dim;
         for store in kv.k.iter_mut().chain(kv.v.iter_mut()) {
             for (i, &s) in src.iter().enumerate() {
@@ -232,6 +262,7 @@ impl Backend for CpuBackend {
                 }
             }
         }
+        Ok(())
     }
 
     fn attention(
@@ -243,7 +274,7 @@ impl Backend for CpuBackend {
         mask: &AttnMask,
         shape: AttnShape,
         out: &mut CpuAct,
-    ) {
+    ) -> Result<()> {
         let hd = shape.head_dim;
         let group = shape.n_heads / shape.n_kv_heads;
         let d = kv.kv_dim;
@@ -277,5 +308,45 @@ impl Backend for CpuBackend {
                     }
                 }
             });
+        Ok(())
+    }
+
+    fn tier_new(&self, weights: &Weights, layers: &[usize], staging: usize) -> Result<Streamer> {
+        Streamer::new(weights, layers, |l| linear_names(l).to_vec(), staging)
+    }
+
+    fn tier_begin(&self, tier: &mut Streamer) -> Result<()> {
+        tier.reset();
+        Ok(())
+    }
+
+    fn tier_fetch(
+        &self,
+        tier: &mut Streamer,
+        layer: usize,
+    ) -> Result<(StreamedLayer, Vec<CpuWeight>)> {
+        let st = tier.next_layer(layer)?;
+        let w = st
+            .tensors
+            .iter()
+            .map(|t| self.upload(t))
+            .collect::<Result<Vec<_>>>()?;
+        Ok((st, w))
+    }
+
+    fn tier_release(&self, tier: &mut Streamer, ticket: StreamedLayer) -> Result<()> {
+        tier.release(ticket);
+        Ok(())
+    }
+
+    fn tier_stats(&self, tier: &Streamer) -> TierStats {
+        use std::sync::atomic::Ordering::Relaxed;
+        let c = tier.counters();
+        TierStats {
+            bytes: c.bytes.load(Relaxed),
+            read_s: c.read_ns.load(Relaxed) as f64 * 1e-9,
+            wait_s: c.wait_ns.load(Relaxed) as f64 * 1e-9,
+            direct: tier.direct(),
+        }
     }
 }

@@ -98,6 +98,8 @@ struct RunStats {
     tau: f64,
     target_s: f64,
     streamed: u64,
+    /// Seconds the reader thread spent reading.
+    read_s: f64,
 }
 
 fn load_prompts(a: &BenchArgs) -> Result<Vec<(String, String)>, Error> {
@@ -131,7 +133,7 @@ fn load_prompts(a: &BenchArgs) -> Result<Vec<(String, String)>, Error> {
 
 /// Bytes/s of the slow tier: the best of three full reads of the offloaded layers, run
 /// before the engine is loaded so that nothing else reads at the same time.
-fn tier_bandwidth(opts: &EngineOptions) -> Result<Option<f64>, Error> {
+pub(crate) fn tier_bandwidth(opts: &EngineOptions) -> Result<Option<f64>, Error> {
     let Some(budget) = opts.budget else {
         return Ok(None);
     };
@@ -169,13 +171,14 @@ fn offload(a: &BenchArgs) -> Result<(), Error> {
     let bw = tier_bandwidth(&opts)?;
     let engine = Engine::load(&opts)?;
     let tok = engine.tokenizer()?;
-    let streamed = || engine.model().stream_stats().map_or(0, |s| s.0);
+    let streamed = || engine.model().stream_stats().map_or(0, |s| s.bytes);
+    let reading = || engine.model().stream_stats().map_or(0.0, |s| s.read_s);
     let spec_opts = a.spec.step(&engine, SamplingParams::greedy())?;
     let plain_opts = StepOptions::plain(SamplingParams::greedy());
     let run = |ids: &[u32], opts: &StepOptions| -> Result<(Vec<u32>, RunStats), Error> {
-        let mut seq = engine.new_sequence();
+        let mut seq = engine.new_sequence()?;
         seq.append(&engine, ids)?;
-        let b0 = streamed();
+        let (b0, r0) = (streamed(), reading());
         let t0 = Instant::now();
         let out = seq.generate(&engine, opts, a.max_new, |_| true)?;
         let st = seq.stats();
@@ -187,9 +190,21 @@ fn offload(a: &BenchArgs) -> Result<(), Error> {
                 tau: st.tau(),
                 target_s: st.verify_s,
                 streamed: streamed() - b0,
+                read_s: reading() - r0,
             },
         ))
     };
+    // Warm up (first touches of the KV cache and buffers, the reader's first cycle) on
+    // the first prompt, untimed.
+    if let Some((_, prompt)) = prompts.first() {
+        let text = format!("<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n");
+        let ids = tok.encode(&text, false)?;
+        for opts in [&plain_opts, &spec_opts] {
+            let mut seq = engine.new_sequence()?;
+            seq.append(&engine, &ids)?;
+            seq.generate(&engine, opts, 4, |_| true)?;
+        }
+    }
     let mut rows = Vec::new();
     let (mut plain_tot, mut spec_tot) = (Vec::new(), Vec::new());
     if !a.json {
@@ -224,6 +239,9 @@ fn offload(a: &BenchArgs) -> Result<(), Error> {
         plain_tot.push(p);
         spec_tot.push(s);
     }
+    let busy = |v: &[RunStats]| {
+        v.iter().map(|r| r.read_s).sum::<f64>() / v.iter().map(|r| r.target_s).sum::<f64>()
+    };
     let sum = |v: &[RunStats]| -> (usize, f64, f64, u64, f64) {
         (
             v.iter().map(|r| r.tokens).sum(),
@@ -246,6 +264,7 @@ fn offload(a: &BenchArgs) -> Result<(), Error> {
         "speedup": (sn as f64 / ss) / (pn as f64 / ps), "tau": tau_w / sn.max(1) as f64,
         "plain_bytes_per_token": pb as f64 / pn.max(1) as f64, "spec_bytes_per_token": sb as f64 / sn.max(1) as f64,
         "plain_link_utilisation": util(pb, pv), "spec_link_utilisation": util(sb, sv),
+        "plain_reader_busy": busy(&plain_tot), "spec_reader_busy": busy(&spec_tot),
         "identical": all_same, "tree": {"width": spec_opts.tree.width, "depth": spec_opts.tree.depth, "max_tokens": spec_opts.tree.max_tokens},
     });
     if a.json {
@@ -257,6 +276,8 @@ fn offload(a: &BenchArgs) -> Result<(), Error> {
             println!("slow tier: {:.2} GB/s measured; streamed {:.1} MB/token plain, {:.1} MB/token SubSpec; link utilisation during target passes: plain {:.0}%, SubSpec {:.0}%",
                 bw / 1e9, pb as f64 / 1e6 / pn.max(1) as f64, sb as f64 / 1e6 / sn.max(1) as f64,
                 100.0 * util(pb, pv).unwrap_or(0.0), 100.0 * util(sb, sv).unwrap_or(0.0));
+            println!("reader busy (seconds reading / seconds in target passes, self-calibrated): plain {:.0}%, SubSpec {:.0}%",
+                100.0 * busy(&plain_tot), 100.0 * busy(&spec_tot));
         } else {
             println!("everything resident (no --budget, or it fits): nothing streamed");
         }
@@ -281,7 +302,7 @@ fn kernels(a: &BenchArgs) -> Result<(), Error> {
     let prompt: Vec<u32> = (0..16u32)
         .map(|i| (i * 7919 + 13) % cfg.vocab as u32)
         .collect();
-    let mut seq = engine.new_sequence();
+    let mut seq = engine.new_sequence()?;
     seq.append(&engine, &prompt)?;
     seq.step(&engine, &StepOptions::plain(SamplingParams::greedy()))?;
     let t0 = Instant::now();
@@ -291,7 +312,7 @@ fn kernels(a: &BenchArgs) -> Result<(), Error> {
     let decode_s = t0.elapsed().as_secs_f64() / a.decode_tokens.max(1) as f64;
 
     // One forward of 1 token vs `tree_tokens` tree tokens, on top of the committed prompt.
-    let mut cache = model.new_cache(prompt.len() + a.tree_tokens);
+    let mut cache = model.new_cache(prompt.len() + a.tree_tokens)?;
     let rows: Vec<usize> = (0..prompt.len()).collect();
     engine.install(|| {
         model.forward(
@@ -322,7 +343,7 @@ fn kernels(a: &BenchArgs) -> Result<(), Error> {
             .collect();
         let all: Vec<usize> = (0..n).collect();
         let mut best = f64::MAX;
-        let mut c = model.new_cache(prompt.len() + n);
+        let mut c = model.new_cache(prompt.len() + n)?;
         engine.install(|| {
             model.forward(&mut c, &prompt, &rows, &AttnMask::causal(prompt.len()), &[])
         })?;

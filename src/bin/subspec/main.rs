@@ -1,6 +1,7 @@
 //! The `subspec` command: generate text, measure perplexity, benchmark.
 
 mod bench;
+mod passes;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -14,7 +15,7 @@ use subspec::offload::{human, parse_bytes, Residency};
 use subspec::quant::{QuantConfig, QuantMethod};
 use subspec::tokenizer::TextStream;
 use subspec::{
-    DraftOptions, Engine, EngineOptions, Error, SamplingParams, StepOptions, TreeParams,
+    DeviceKind, DraftOptions, Engine, EngineOptions, Error, SamplingParams, StepOptions, TreeParams,
 };
 
 /// subspec: lossless speculative decoding for offloaded LLM inference.
@@ -34,9 +35,57 @@ enum Command {
     /// Benchmark: plain offloaded decoding vs SubSpec on a prompt set (or, with
     /// --kernels, decode speed and batched forward cost against memory bandwidth).
     Bench(bench::BenchArgs),
+    /// Time one plain target token, one tree verification and one draft step, against
+    /// the slow tier's floor (no tokenizer needed; works on random-weight models).
+    Passes(passes::PassesArgs),
+    /// Write a random-weight model shaped like a real one (for benchmarks and GPU checks
+    /// on machines that cannot download models).
+    Synth(SynthArgs),
     /// Show the placement a memory budget gives (dry run: reads only config.json and the
     /// safetensors headers).
     Plan(PlanArgs),
+}
+
+#[derive(Args)]
+struct SynthArgs {
+    /// Shape: tiny, smollm2-135m, qwen2.5-0.5b or qwen2.5-7b.
+    #[arg(long)]
+    shape: String,
+    /// Weight type: f16, bf16 or f32.
+    #[arg(long, default_value = "f16")]
+    dtype: String,
+    /// Output directory (config.json and model.safetensors; no tokenizer).
+    #[arg(long)]
+    out: PathBuf,
+    /// Random seed.
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+}
+
+fn synth(a: &SynthArgs) -> Result<(), Error> {
+    use subspec::model::DType;
+    use subspec::synth::{write_model, SynthShape};
+    let shape = SynthShape::named(&a.shape)?;
+    let dtype = match a.dtype.as_str() {
+        "f16" => DType::F16,
+        "bf16" => DType::BF16,
+        "f32" => DType::F32,
+        d => {
+            return Err(Error::invalid_argument(format!(
+                "--dtype {d}: expected f16, bf16 or f32"
+            )))
+        }
+    };
+    let t0 = Instant::now();
+    write_model(&a.out, &shape, dtype, a.seed)?;
+    eprintln!(
+        "wrote {} ({}) to {} in {:.1}s",
+        a.shape,
+        human(shape.weight_bytes(dtype)),
+        a.out.display(),
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 #[derive(Args)]
@@ -93,6 +142,7 @@ fn plan(a: &PlanArgs) -> Result<(), Error> {
         ("lm_head", b.lm_head),
         ("norms and biases", b.vectors),
         ("substitutes", b.substitutes),
+        ("draft lm_head", b.draft_lm_head),
         ("resident layers", b.resident_layers),
         ("KV cache", b.kv_cache),
         ("staging buffers", b.staging),
@@ -129,12 +179,20 @@ pub struct ModelArgs {
     #[arg(long, default_value_t = 0)]
     ctx_len: usize,
     /// Device memory budget (e.g. 800MiB, 1.5GiB): layers that do not fit are streamed
-    /// from disk every target pass. Default: everything resident.
+    /// from the slow tier every target pass (disk for the CPU, pinned host memory for
+    /// CUDA); `min` is the smallest budget that works. Default: everything resident.
     #[arg(long)]
     budget: Option<String>,
     /// Largest verified tree the engine reserves room for.
     #[arg(long, default_value_t = subspec::engine::DEFAULT_MAX_TREE_TOKENS)]
     max_tree_tokens: usize,
+    /// Device: cpu, cuda or cuda:N. With CUDA the budget is GPU memory and offloaded
+    /// layers stream from pinned host memory.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Load without tokenizer.json (commands that need text then fail).
+    #[arg(long)]
+    no_tokenizer: bool,
 }
 
 impl ModelArgs {
@@ -150,7 +208,13 @@ impl ModelArgs {
         o.max_context = self.ctx_len;
         o.draft = draft;
         o.max_tree_tokens = self.max_tree_tokens;
-        o.budget = self.budget.as_deref().map(parse_bytes).transpose()?;
+        o.device = DeviceKind::parse(&self.device)?;
+        o.require_tokenizer = !self.no_tokenizer;
+        o.budget = match self.budget.as_deref() {
+            None => None,
+            Some("min") => Some(Engine::minimum_budget(&o)?),
+            Some(b) => Some(parse_bytes(b)?),
+        };
         Ok(o)
     }
 }
@@ -186,6 +250,13 @@ pub struct SpecArgs {
     /// Quantizer of the substitutes: hqq or rtn.
     #[arg(long, default_value = "hqq")]
     draft_method: String,
+    /// Give the draft a quantized copy of lm_head (cheaper draft steps, more memory).
+    #[arg(long)]
+    draft_lm_head: bool,
+    /// Stop drafting early when another step costs more than it is expected to return:
+    /// on or off (default: the engine's, on when layers are offloaded).
+    #[arg(long)]
+    adaptive_depth: Option<String>,
 }
 
 impl SpecArgs {
@@ -217,6 +288,7 @@ impl SpecArgs {
         Ok(Some(DraftOptions {
             quant,
             offloaded_layers: None,
+            quantize_lm_head: self.draft_lm_head,
         }))
     }
 
@@ -229,6 +301,16 @@ impl SpecArgs {
             depth: self.tree_depth.unwrap_or(d.depth),
             max_tokens: self.tree_max_tokens.unwrap_or(d.max_tokens),
             draft_temperature: self.draft_temperature,
+            adaptive: match self.adaptive_depth.as_deref() {
+                None => d.adaptive,
+                Some("on") => true,
+                Some("off") => false,
+                Some(v) => {
+                    return Err(Error::invalid_argument(format!(
+                        "--adaptive-depth {v}: expected on or off"
+                    )))
+                }
+            },
         };
         if self.enabled() {
             tree.validate()?;
@@ -323,7 +405,7 @@ fn generate(a: &GenerateArgs) -> Result<(), Error> {
         a.prompt.clone()
     };
     let ids = tok.encode(&text, !a.chat)?;
-    let mut seq = engine.new_sequence();
+    let mut seq = engine.new_sequence()?;
     seq.append(&engine, &ids)?;
     let mut stream = TextStream::new(tok);
     let mut out = std::io::stdout().lock();
@@ -418,6 +500,8 @@ fn main() -> ExitCode {
         Command::Perplexity(a) => perplexity(a),
         Command::Bench(a) => bench::run(a),
         Command::Plan(a) => plan(a),
+        Command::Passes(a) => passes::run(a),
+        Command::Synth(a) => synth(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

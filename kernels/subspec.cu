@@ -1,0 +1,453 @@
+// subspec's CUDA kernels: every leaf operation of the forward pass except the f16/bf16/f32
+// matrix products (cuBLAS). Compiled ahead of time to PTX (compute_80) by
+// scripts/build-kernels.py with a pinned NVRTC; the PTX is committed next to this file and
+// embedded in the library, so a GPU host needs only the driver.
+//
+// Conventions (shared with src/backend/cuda):
+// - activations are row-major f32 `[rows, cols]`, one row per token;
+// - the KV cache of a sequence is one f32 allocation `[layers][2][capacity][kv_dim]`
+//   (index 0 keys with rotary applied, 1 values);
+// - launch shapes are stated above each kernel; every kernel checks its bounds.
+//
+// No fast-math: expf, sinf and cosf are the accurate versions, as on the CPU backend.
+
+#include <cuda_fp16.h>
+#include <cuda_bf16.h>
+
+#define FULL_MASK 0xffffffffu
+#define NEG_INF (-__int_as_float(0x7f800000))
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
+    return v;
+}
+
+// Sum over a block whose size is a multiple of 32 (at most 1024); every thread gets it.
+__device__ float block_sum(float v) {
+    __shared__ float part[32];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    v = warp_sum(v);
+    __syncthreads();  // `part` may still be read by a previous call
+    if (lane == 0) part[warp] = v;
+    __syncthreads();
+    const int warps = blockDim.x >> 5;
+    v = (lane < warps) ? part[lane] : 0.0f;
+    v = warp_sum(v);
+    return v;
+}
+
+__device__ __forceinline__ float to_f32(float v) { return v; }
+__device__ __forceinline__ float to_f32(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+// ---------------------------------------------------------------------------------------
+// Element-wise and row-wise operations.
+
+// out = rmsnorm(x) * w, row by row. Grid: rows; block: 256.
+extern "C" __global__ void rms_norm(const float* __restrict__ x, const float* __restrict__ w,
+                                    float* __restrict__ out, int cols, float eps) {
+    const float* xr = x + (size_t)blockIdx.x * cols;
+    float* o = out + (size_t)blockIdx.x * cols;
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < cols; i += blockDim.x) ss += xr[i] * xr[i];
+    ss = block_sum(ss);
+    const float inv = 1.0f / sqrtf(ss / (float)cols + eps);
+    for (int i = threadIdx.x; i < cols; i += blockDim.x) o[i] = xr[i] * inv * w[i];
+}
+
+// y = (half) x. Grid-stride over n.
+extern "C" __global__ void f32_to_f16(const float* __restrict__ x, __half* __restrict__ y,
+                                      long long n) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
+         i += (long long)gridDim.x * blockDim.x)
+        y[i] = __float2half_rn(x[i]);
+}
+
+// y = (bfloat16) x. Grid-stride over n.
+extern "C" __global__ void f32_to_bf16(const float* __restrict__ x,
+                                       __nv_bfloat16* __restrict__ y, long long n) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
+         i += (long long)gridDim.x * blockDim.x)
+        y[i] = __float2bfloat16_rn(x[i]);
+}
+
+template <typename T>
+__device__ void embed_rows(const T* __restrict__ table, const unsigned* __restrict__ ids,
+                           float* __restrict__ out, int hidden) {
+    const T* src = table + (size_t)ids[blockIdx.x] * hidden;
+    float* dst = out + (size_t)blockIdx.x * hidden;
+    for (int i = threadIdx.x; i < hidden; i += blockDim.x) dst[i] = to_f32(src[i]);
+}
+
+// out[i] = table[ids[i]] (ids validated on the host). Grid: tokens; block: 256.
+extern "C" __global__ void embed_f32(const float* t, const unsigned* ids, float* out, int hidden) {
+    embed_rows(t, ids, out, hidden);
+}
+extern "C" __global__ void embed_f16(const __half* t, const unsigned* ids, float* out, int hidden) {
+    embed_rows(t, ids, out, hidden);
+}
+extern "C" __global__ void embed_bf16(const __nv_bfloat16* t, const unsigned* ids, float* out,
+                                      int hidden) {
+    embed_rows(t, ids, out, hidden);
+}
+
+// x[r, c] += b[c]. Grid-stride over rows * cols.
+extern "C" __global__ void add_bias(float* __restrict__ x, const float* __restrict__ b, int rows,
+                                    int cols) {
+    const long long n = (long long)rows * cols;
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
+         i += (long long)gridDim.x * blockDim.x)
+        x[i] += b[i % cols];
+}
+
+// Rotary embedding in place, rotate-half layout, heads of width 2 * half, row r at
+// position pos[r]. Grid: rows; block: 128.
+extern "C" __global__ void rope(float* __restrict__ x, const unsigned* __restrict__ pos,
+                                const float* __restrict__ inv_freq, int cols, int half) {
+    float* row = x + (size_t)blockIdx.x * cols;
+    const float p = (float)pos[blockIdx.x];
+    const int pairs = cols / 2;
+    for (int idx = threadIdx.x; idx < pairs; idx += blockDim.x) {
+        const int head = idx / half, j = idx % half;
+        float* h = row + head * 2 * half;
+        const float a = p * inv_freq[j];
+        const float c = cosf(a), s = sinf(a);
+        const float x1 = h[j], x2 = h[j + half];
+        h[j] = x1 * c - x2 * s;
+        h[j + half] = x2 * c + x1 * s;
+    }
+}
+
+// g = silu(g) * u. Grid-stride over n.
+extern "C" __global__ void silu_mul(float* __restrict__ g, const float* __restrict__ u,
+                                    long long n) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
+         i += (long long)gridDim.x * blockDim.x) {
+        const float v = g[i];
+        g[i] = v / (1.0f + expf(-v)) * u[i];
+    }
+}
+
+// x += y. Grid-stride over n.
+extern "C" __global__ void add_inplace(float* __restrict__ x, const float* __restrict__ y,
+                                       long long n) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
+         i += (long long)gridDim.x * blockDim.x)
+        x[i] += y[i];
+}
+
+// out[i] = x[rows[i]]. Grid: output rows; block: 256.
+extern "C" __global__ void gather_rows(const float* __restrict__ x,
+                                       const unsigned* __restrict__ rows,
+                                       float* __restrict__ out, int cols) {
+    const float* src = x + (size_t)rows[blockIdx.x] * cols;
+    float* dst = out + (size_t)blockIdx.x * cols;
+    for (int i = threadIdx.x; i < cols; i += blockDim.x) dst[i] = src[i];
+}
+
+// ---------------------------------------------------------------------------------------
+// KV cache compaction, in two race-free steps through a temporary: gather the kept slots
+// of every layer, then write them back at dst_first. Grid: (len, layers * 2); block: 128.
+
+extern "C" __global__ void kv_gather(const float* __restrict__ kv, float* __restrict__ tmp,
+                                     const unsigned* __restrict__ src, int len, int capacity,
+                                     int kv_dim) {
+    const size_t plane = blockIdx.y;  // layer * 2 + (0: K, 1: V)
+    const float* s = kv + (plane * capacity + src[blockIdx.x]) * (size_t)kv_dim;
+    float* d = tmp + (plane * len + blockIdx.x) * (size_t)kv_dim;
+    for (int c = threadIdx.x; c < kv_dim; c += blockDim.x) d[c] = s[c];
+}
+
+extern "C" __global__ void kv_scatter(float* __restrict__ kv, const float* __restrict__ tmp,
+                                      int dst_first, int len, int capacity, int kv_dim) {
+    const size_t plane = blockIdx.y;
+    const float* s = tmp + (plane * len + blockIdx.x) * (size_t)kv_dim;
+    float* d = kv + (plane * capacity + dst_first + blockIdx.x) * (size_t)kv_dim;
+    for (int c = threadIdx.x; c < kv_dim; c += blockDim.x) d[c] = s[c];
+}
+
+// ---------------------------------------------------------------------------------------
+// Tree attention over the KV cache.
+//
+// Query row i, head h attends to cache slots 0..committed and to the scratch slots
+// committed + slots[offs[i] .. offs[i + 1]] (its ancestors and itself). Each warp runs an
+// online softmax over a strided share of the slots; the warps' partial results are merged
+// through shared memory. head_dim is a multiple of 32, at most 256.
+// Grid: (rows, n_heads); block: ATT_WARPS * 32.
+
+#define ATT_WARPS 8
+#define ATT_MAX_PER_LANE 8
+
+extern "C" __global__ void attention(const float* __restrict__ q, const float* __restrict__ kv,
+                                     const unsigned* __restrict__ offs,
+                                     const unsigned* __restrict__ slots,
+                                     float* __restrict__ out, int layer, int capacity,
+                                     int committed, int n_heads, int n_kv_heads, int head_dim,
+                                     float scale) {
+    __shared__ float s_m[ATT_WARPS], s_l[ATT_WARPS];
+    __shared__ float s_acc[ATT_WARPS][ATT_MAX_PER_LANE * 32];
+    const int i = blockIdx.x, h = blockIdx.y;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int per = head_dim / 32;
+    const int kvh = h / (n_heads / n_kv_heads);
+    const int kv_dim = n_kv_heads * head_dim;
+    const float* K = kv + (size_t)(layer * 2) * capacity * kv_dim + kvh * head_dim;
+    const float* V = K + (size_t)capacity * kv_dim;
+    const float* qr = q + (size_t)i * n_heads * head_dim + h * head_dim;
+    float qv[ATT_MAX_PER_LANE], acc[ATT_MAX_PER_LANE];
+#pragma unroll
+    for (int e = 0; e < ATT_MAX_PER_LANE; e++) {
+        qv[e] = (e < per) ? qr[lane + 32 * e] : 0.0f;
+        acc[e] = 0.0f;
+    }
+    const unsigned first = offs[i], own = offs[i + 1] - first;
+    const int total = committed + (int)own;
+    float m = NEG_INF, l = 0.0f;
+    for (int t = warp; t < total; t += ATT_WARPS) {
+        const size_t slot = t < committed ? (size_t)t : (size_t)committed + slots[first + t - committed];
+        const float* kr = K + slot * kv_dim;
+        const float* vr = V + slot * kv_dim;
+        float d = 0.0f;
+#pragma unroll
+        for (int e = 0; e < ATT_MAX_PER_LANE; e++)
+            if (e < per) d += qv[e] * kr[lane + 32 * e];
+        const float s = warp_sum(d) * scale;
+        const float mn = fmaxf(m, s);
+        const float corr = expf(m - mn);  // 0 on the first slot (m = -inf)
+        const float p = expf(s - mn);
+        l = l * corr + p;
+#pragma unroll
+        for (int e = 0; e < ATT_MAX_PER_LANE; e++)
+            if (e < per) acc[e] = acc[e] * corr + p * vr[lane + 32 * e];
+        m = mn;
+    }
+    if (lane == 0) {
+        s_m[warp] = m;
+        s_l[warp] = l;
+    }
+#pragma unroll
+    for (int e = 0; e < ATT_MAX_PER_LANE; e++)
+        if (e < per) s_acc[warp][lane + 32 * e] = acc[e];
+    __syncthreads();
+    float M = NEG_INF;
+    for (int w = 0; w < ATT_WARPS; w++) M = fmaxf(M, s_m[w]);
+    float L = 0.0f;
+    for (int w = 0; w < ATT_WARPS; w++)
+        if (s_m[w] != NEG_INF) L += s_l[w] * expf(s_m[w] - M);
+    float* o = out + (size_t)i * n_heads * head_dim + h * head_dim;
+    for (int c = threadIdx.x; c < head_dim; c += blockDim.x) {
+        float v = 0.0f;
+        for (int w = 0; w < ATT_WARPS; w++)
+            if (s_m[w] != NEG_INF) v += s_acc[w][c] * expf(s_m[w] - M);
+        o[c] = v / L;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Fused dequantize-and-multiply for the draft's substitutes (layout: src/quant/format.rs).
+//
+// out[t, r] = sum_c x[t, c] * fma(code[r, c], scale[r, g], min[r, g]), g = c / group.
+// One warp per output row; lane b handles 32-code blocks b, b + 32, ...; each block is
+// decoded once and used for a tile of up to QL_TILE tokens.
+// Grid: (ceil(rows / QL_WARPS), ceil(tokens / QL_TILE)); block: QL_WARPS * 32.
+
+#define QL_WARPS 8
+#define QL_TILE 8
+
+template <int BITS>
+__device__ __forceinline__ void decode_block(const unsigned char* __restrict__ p,
+                                             unsigned (&c)[32]) {
+    if (BITS == 4) {
+        const uint4 v = *reinterpret_cast<const uint4*>(p);
+        const unsigned w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+        for (int j = 0; j < 16; j++) {
+            const unsigned b = (w[j >> 2] >> (8 * (j & 3))) & 0xffu;
+            c[j] = b & 0xfu;
+            c[j + 16] = b >> 4;
+        }
+    } else if (BITS == 8) {
+        const uint4 v0 = *reinterpret_cast<const uint4*>(p);
+        const uint4 v1 = *reinterpret_cast<const uint4*>(p + 16);
+        const unsigned w[8] = {v0.x, v0.y, v0.z, v0.w, v1.x, v1.y, v1.z, v1.w};
+#pragma unroll
+        for (int j = 0; j < 32; j++) c[j] = (w[j >> 2] >> (8 * (j & 3))) & 0xffu;
+    } else {  // 2 bits, and the low two bits of 3
+        // Two 4-byte loads: a 3-bit block (12 bytes) is only 4-byte aligned.
+        const unsigned w[2] = {reinterpret_cast<const unsigned*>(p)[0],
+                               reinterpret_cast<const unsigned*>(p)[1]};
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            const unsigned b = (w[j >> 2] >> (8 * (j & 3))) & 0xffu;
+            c[j] = b & 3u;
+            c[j + 8] = (b >> 2) & 3u;
+            c[j + 16] = (b >> 4) & 3u;
+            c[j + 24] = b >> 6;
+        }
+        if (BITS == 3) {
+            const unsigned hi = *reinterpret_cast<const unsigned*>(p + 8);
+#pragma unroll
+            for (int j = 0; j < 32; j++) c[j] |= ((hi >> j) & 1u) << 2;
+        }
+    }
+}
+
+template <int BITS>
+__device__ void qlinear_impl(const unsigned char* __restrict__ codes,
+                             const __half* __restrict__ params, const float* __restrict__ x,
+                             float* __restrict__ out, int rows, int cols, int group, int tokens) {
+    const int lane = threadIdx.x & 31;
+    const int r = blockIdx.x * QL_WARPS + (threadIdx.x >> 5);
+    if (r >= rows) return;
+    const int t0 = blockIdx.y * QL_TILE;
+    const int tn = min(QL_TILE, tokens - t0);
+    const size_t row_bytes = (size_t)cols * BITS / 8;
+    const int blocks = cols / 32, groups = cols / group;
+    const unsigned char* rc = codes + (size_t)r * row_bytes;
+    const __half* rp = params + (size_t)2 * r * groups;
+    float acc[QL_TILE];
+#pragma unroll
+    for (int t = 0; t < QL_TILE; t++) acc[t] = 0.0f;
+    for (int b = lane; b < blocks; b += 32) {
+        unsigned c[32];
+        decode_block<BITS>(rc + (size_t)b * 4 * BITS, c);
+        const int g = (b * 32) / group;
+        const float scale = __half2float(rp[2 * g]), mn = __half2float(rp[2 * g + 1]);
+        float w[32];
+#pragma unroll
+        for (int j = 0; j < 32; j++) w[j] = fmaf((float)c[j], scale, mn);
+#pragma unroll
+        for (int t = 0; t < QL_TILE; t++) {
+            if (t < tn) {
+                const float4* xp =
+                    reinterpret_cast<const float4*>(x + (size_t)(t0 + t) * cols + b * 32);
+                float s = 0.0f;
+#pragma unroll
+                for (int j = 0; j < 8; j++) {
+                    const float4 xv = xp[j];
+                    s += w[4 * j] * xv.x + w[4 * j + 1] * xv.y + w[4 * j + 2] * xv.z +
+                         w[4 * j + 3] * xv.w;
+                }
+                acc[t] += s;
+            }
+        }
+    }
+#pragma unroll
+    for (int t = 0; t < QL_TILE; t++) {
+        if (t < tn) {
+            const float s = warp_sum(acc[t]);
+            if (lane == 0) out[(size_t)(t0 + t) * rows + r] = s;
+        }
+    }
+}
+
+extern "C" __global__ void qlinear_b2(const unsigned char* codes, const __half* params,
+                                      const float* x, float* out, int rows, int cols, int group,
+                                      int tokens) {
+    qlinear_impl<2>(codes, params, x, out, rows, cols, group, tokens);
+}
+extern "C" __global__ void qlinear_b3(const unsigned char* codes, const __half* params,
+                                      const float* x, float* out, int rows, int cols, int group,
+                                      int tokens) {
+    qlinear_impl<3>(codes, params, x, out, rows, cols, group, tokens);
+}
+extern "C" __global__ void qlinear_b4(const unsigned char* codes, const __half* params,
+                                      const float* x, float* out, int rows, int cols, int group,
+                                      int tokens) {
+    qlinear_impl<4>(codes, params, x, out, rows, cols, group, tokens);
+}
+extern "C" __global__ void qlinear_b8(const unsigned char* codes, const __half* params,
+                                      const float* x, float* out, int rows, int cols, int group,
+                                      int tokens) {
+    qlinear_impl<8>(codes, params, x, out, rows, cols, group, tokens);
+}
+
+// ---------------------------------------------------------------------------------------
+// Batch-invariant dense products for f32/f16/bf16 weights: out[t, r] = sum_c x[t, c] w[r, c].
+//
+// The same shape as qlinear: one warp per output row, lane l takes the 8-column chunks
+// l, l + 32, ..., and the warp sums its lanes at the end. Every output element is reduced
+// in one fixed order that depends only on `cols`, never on how many tokens share the batch,
+// so a token's result is bit-identical alone, in a chain or in a tree (what makes
+// speculative output equal plain output exactly). cols must be a multiple of 8.
+// Grid: (ceil(rows / QL_WARPS), ceil(tokens / DN_TILE)); block: QL_WARPS * 32.
+
+#define DN_TILE 16
+
+__device__ __forceinline__ void load8(const float* p, float (&w)[8]) {
+    const float4 a = reinterpret_cast<const float4*>(p)[0];
+    const float4 b = reinterpret_cast<const float4*>(p)[1];
+    w[0] = a.x; w[1] = a.y; w[2] = a.z; w[3] = a.w;
+    w[4] = b.x; w[5] = b.y; w[6] = b.z; w[7] = b.w;
+}
+
+__device__ __forceinline__ void load8(const __half* p, float (&w)[8]) {
+    const uint4 v = *reinterpret_cast<const uint4*>(p);
+    const unsigned u[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        w[2 * i] = __half2float(__ushort_as_half((unsigned short)(u[i] & 0xffffu)));
+        w[2 * i + 1] = __half2float(__ushort_as_half((unsigned short)(u[i] >> 16)));
+    }
+}
+
+__device__ __forceinline__ void load8(const __nv_bfloat16* p, float (&w)[8]) {
+    const uint4 v = *reinterpret_cast<const uint4*>(p);
+    const unsigned u[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        w[2 * i] = __uint_as_float(u[i] << 16);
+        w[2 * i + 1] = __uint_as_float(u[i] & 0xffff0000u);
+    }
+}
+
+template <typename T>
+__device__ void dense_impl(const T* __restrict__ w, const float* __restrict__ x,
+                           float* __restrict__ out, int rows, int cols, int tokens) {
+    const int lane = threadIdx.x & 31;
+    const int r = blockIdx.x * QL_WARPS + (threadIdx.x >> 5);
+    if (r >= rows) return;
+    const int t0 = blockIdx.y * DN_TILE;
+    const int tn = min(DN_TILE, tokens - t0);
+    const T* wr = w + (size_t)r * cols;
+    float acc[DN_TILE];
+#pragma unroll
+    for (int t = 0; t < DN_TILE; t++) acc[t] = 0.0f;
+    const int chunks = cols / 8;
+    for (int c = lane; c < chunks; c += 32) {
+        float wv[8];
+        load8(wr + (size_t)c * 8, wv);
+#pragma unroll
+        for (int t = 0; t < DN_TILE; t++) {
+            if (t < tn) {
+                float xv[8];
+                load8(x + (size_t)(t0 + t) * cols + (size_t)c * 8, xv);
+                float s = 0.0f;
+#pragma unroll
+                for (int j = 0; j < 8; j++) s = fmaf(wv[j], xv[j], s);
+                acc[t] += s;
+            }
+        }
+    }
+#pragma unroll
+    for (int t = 0; t < DN_TILE; t++) {
+        if (t < tn) {
+            const float s = warp_sum(acc[t]);
+            if (lane == 0) out[(size_t)(t0 + t) * rows + r] = s;
+        }
+    }
+}
+
+extern "C" __global__ void dense_f32(const float* w, const float* x, float* out, int rows,
+                                     int cols, int tokens) {
+    dense_impl(w, x, out, rows, cols, tokens);
+}
+extern "C" __global__ void dense_f16(const __half* w, const float* x, float* out, int rows,
+                                     int cols, int tokens) {
+    dense_impl(w, x, out, rows, cols, tokens);
+}
+extern "C" __global__ void dense_bf16(const __nv_bfloat16* w, const float* x, float* out,
+                                      int rows, int cols, int tokens) {
+    dense_impl(w, x, out, rows, cols, tokens);
+}

@@ -280,7 +280,6 @@ impl Engine {
                 width: 2,
                 depth: 16,
                 max_tokens: 64.min(self.max_tree_tokens),
-                adaptive: true,
                 ..TreeParams::default()
             }
         } else {

@@ -362,6 +362,7 @@ mod tests {
             vectors: 2_000,
             layer_linears: vec![1_000_000; 4],
             layer_substitutes: vec![300_000; 4],
+            lm_head_substitute: 3_600,
         }
     }
 
@@ -371,7 +372,24 @@ mod tests {
             context: 100,
             tree_tokens: 28,
             quant: QuantConfig::default(),
+            draft_lm_head: false,
         }
+    }
+
+    #[test]
+    fn a_draft_lm_head_raises_the_minimum_by_its_size() {
+        let (c, s) = (cfg(), sizes());
+        let with = PlanRequest {
+            draft_lm_head: true,
+            ..req(0)
+        };
+        let (m0, m1) = (minimum_budget(&c, &s, &req(0)), minimum_budget(&c, &s, &with));
+        // The headroom is 2% of the budget, so the minimum grows by the size over 0.98.
+        let grown = (m1 - m0) as f64;
+        assert!((grown - 3_600.0 / 0.98).abs() < 2.0, "{m0} -> {m1}");
+        let p = plan(&c, &s, &PlanRequest { budget: m1, ..with }).unwrap();
+        assert_eq!(p.bytes.draft_lm_head, 3_600);
+        assert!(p.bytes.total <= m1);
     }
 
     #[test]

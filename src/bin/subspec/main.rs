@@ -122,7 +122,7 @@ fn plan(a: &PlanArgs) -> Result<(), Error> {
             .collect();
         let v = json!({
             "layers": layers, "staging_buffers": p.staging_buffers, "budget": b.budget, "total": b.total,
-            "lm_head": b.lm_head, "norms_and_biases": b.vectors, "substitutes": b.substitutes,
+            "lm_head": b.lm_head, "norms_and_biases": b.vectors, "substitutes": b.substitutes, "draft_lm_head": b.draft_lm_head,
             "resident_layers": b.resident_layers, "kv_cache": b.kv_cache, "staging": b.staging,
             "activations": b.activations, "headroom": b.headroom, "streamed_per_pass": b.streamed_per_pass,
         });

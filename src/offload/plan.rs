@@ -383,7 +383,10 @@ mod tests {
             draft_lm_head: true,
             ..req(0)
         };
-        let (m0, m1) = (minimum_budget(&c, &s, &req(0)), minimum_budget(&c, &s, &with));
+        let (m0, m1) = (
+            minimum_budget(&c, &s, &req(0)),
+            minimum_budget(&c, &s, &with),
+        );
         // The headroom is 2% of the budget, so the minimum grows by the size over 0.98.
         let grown = (m1 - m0) as f64;
         assert!((grown - 3_600.0 / 0.98).abs() < 2.0, "{m0} -> {m1}");

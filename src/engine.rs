@@ -23,7 +23,7 @@ use crate::spec::{accept, SpecStats, Tree, TreeParams};
 use crate::tokenizer::Tokenizer;
 
 /// How the draft is built from the target.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DraftOptions {
     /// Quantization of the substitutes (bits, group size, HQQ or RTN).
     pub quant: QuantConfig,
@@ -34,6 +34,24 @@ pub struct DraftOptions {
     /// the paper, which shares the target's): a draft step then reads a quarter of the
     /// lm_head bytes. It costs the quantized lm_head's memory, counted by the planner.
     pub quantize_lm_head: bool,
+    /// Give every decoder layer a substitute, resident ones too, so that a draft step
+    /// reads only quantized weights (the planner counts the extra substitutes). On by
+    /// default: with layers offloaded on the CPU it made SubSpec ~5% faster at an equal
+    /// budget with the same tau (docs/BENCHMARKS.md); with nothing offloaded every layer
+    /// has a substitute anyway.
+    pub substitute_all_layers: bool,
+}
+
+impl Default for DraftOptions {
+    /// 4-bit HQQ substitutes (group 64) for every layer; the target's lm_head shared.
+    fn default() -> Self {
+        DraftOptions {
+            quant: QuantConfig::default(),
+            offloaded_layers: None,
+            quantize_lm_head: false,
+            substitute_all_layers: true,
+        }
+    }
 }
 
 /// How one step chooses tokens.
@@ -204,7 +222,7 @@ impl Engine {
                     .unwrap_or_default();
                 let layers: Vec<usize> = match &d.offloaded_layers {
                     Some(l) => l.clone(),
-                    None if !offloaded.is_empty() => offloaded,
+                    None if !offloaded.is_empty() && !d.substitute_all_layers => offloaded,
                     None => (0..model.config.n_layers).collect(),
                 };
                 let n = layers.len().max(1) as f32;
@@ -261,6 +279,10 @@ impl Engine {
             tree_tokens: opts.max_tree_tokens,
             quant,
             draft_lm_head: opts.draft.as_ref().is_some_and(|d| d.quantize_lm_head),
+            substitute_resident: opts
+                .draft
+                .as_ref()
+                .is_some_and(|d| d.substitute_all_layers || d.offloaded_layers.is_some()),
         };
         Ok((config, sizes, req))
     }

@@ -162,49 +162,68 @@ fn a_model_file_that_changes_size_while_open_is_an_error_not_a_crash() {
     assert_eq!(seq.len(), len + 1);
 }
 
-/// The offloaded default tree (adaptive depth) and a draft with its own quantized lm_head
-/// stay lossless, and the planner counts that lm_head.
+/// The adaptive depth, a draft with its own quantized lm_head, and a draft with
+/// substitutes for every layer stay lossless under a budget, and the planner counts the
+/// extra draft weights.
 #[test]
-fn adaptive_depth_and_a_quantized_draft_lm_head_are_lossless() {
+fn draft_variants_are_lossless_and_budgeted() {
     for qwen2 in [false, true] {
         let dir = common::temp_dir(if qwen2 { "off-head-q" } else { "off-head-l" });
         common::write_tiny_model(&dir, qwen2);
-        let mut o = options(&dir, None);
-        let min = Engine::minimum_budget(&o).unwrap();
-        o.draft = Some(subspec::DraftOptions {
-            quantize_lm_head: true,
-            ..Default::default()
-        });
-        let min_head = Engine::minimum_budget(&o).unwrap();
-        assert!(
-            min_head > min,
-            "the draft lm_head is budgeted ({min_head} vs {min})"
-        );
-        o.budget = Some(min_head);
-        let engine = Engine::load(&o).unwrap();
-        assert!(engine.model().draft_lm_head.is_some());
-        let tree = engine.default_tree();
-        let prompt = [3, 9, 27, 81, 16];
-        for s in [
-            SamplingParams::greedy(),
-            SamplingParams {
-                temperature: 0.9,
-                top_k: 0,
-                top_p: 0.9,
-                seed: 5,
+        let base = options(&dir, None);
+        let min = Engine::minimum_budget(&base).unwrap();
+        let variants = [
+            subspec::DraftOptions {
+                quantize_lm_head: true,
+                ..Default::default()
             },
-        ] {
-            let want = generate(&engine, &prompt, &StepOptions::plain(s), 24);
-            for adaptive in [false, true] {
-                let opts = StepOptions {
-                    tree: subspec::TreeParams { adaptive, ..tree },
-                    ..StepOptions::speculative(s)
-                };
-                assert_eq!(
-                    generate(&engine, &prompt, &opts, 24),
-                    want,
-                    "adaptive {adaptive}, {s:?}"
+            subspec::DraftOptions {
+                substitute_all_layers: true,
+                ..Default::default()
+            },
+        ];
+        for d in variants {
+            let mut o = options(&dir, None);
+            o.draft = Some(d.clone());
+            let min_d = Engine::minimum_budget(&o).unwrap();
+            // A budget that keeps some layers resident.
+            o.budget = Some(min_d + min_d / 4);
+            let engine = Engine::load(&o).unwrap();
+            let m = engine.model();
+            let layers = m.layers.len();
+            let with_subs = m.layers.iter().filter(|l| l.substitutes.is_some()).count();
+            if d.quantize_lm_head {
+                assert!(
+                    min_d > min,
+                    "the draft lm_head is budgeted ({min_d} vs {min})"
                 );
+                assert!(m.draft_lm_head.is_some());
+            } else {
+                assert_eq!(with_subs, layers, "every layer has a substitute");
+            }
+            let tree = engine.default_tree();
+            let prompt = [3, 9, 27, 81, 16];
+            for s in [
+                SamplingParams::greedy(),
+                SamplingParams {
+                    temperature: 0.9,
+                    top_k: 0,
+                    top_p: 0.9,
+                    seed: 5,
+                },
+            ] {
+                let want = generate(&engine, &prompt, &StepOptions::plain(s), 24);
+                for adaptive in [false, true] {
+                    let opts = StepOptions {
+                        tree: subspec::TreeParams { adaptive, ..tree },
+                        ..StepOptions::speculative(s)
+                    };
+                    assert_eq!(
+                        generate(&engine, &prompt, &opts, 24),
+                        want,
+                        "{d:?}, adaptive {adaptive}, {s:?}"
+                    );
+                }
             }
         }
     }

@@ -170,7 +170,7 @@ unsafe fn engine_options(p: &subspec_load_params) -> FfiResult<EngineOptions> {
         Some(DraftOptions {
             quant,
             offloaded_layers: None,
-            quantize_lm_head: false,
+            ..DraftOptions::default()
         })
     } else {
         None

@@ -108,6 +108,9 @@ pub struct PlanRequest {
     pub quant: QuantConfig,
     /// Whether the draft gets its own quantized lm_head.
     pub draft_lm_head: bool,
+    /// Whether resident layers keep a substitute too (the draft then never reads a
+    /// full-precision layer).
+    pub substitute_resident: bool,
 }
 
 /// The byte account of a placement.
@@ -228,7 +231,11 @@ pub fn plan(c: &ModelConfig, s: &ModelSizes, r: &PlanRequest) -> Result<Placemen
     let mut layers = vec![Residency::Offloaded; c.n_layers];
     let mut used = minimum;
     for l in 0..c.n_layers {
-        let extra = s.layer_linears[l].saturating_sub(s.layer_substitutes[l]);
+        let extra = if r.substitute_resident {
+            s.layer_linears[l]
+        } else {
+            s.layer_linears[l].saturating_sub(s.layer_substitutes[l])
+        };
         // The last offloaded layer going resident also frees the staging buffers.
         let offloaded_left = layers
             .iter()
@@ -249,7 +256,11 @@ pub fn plan(c: &ModelConfig, s: &ModelSizes, r: &PlanRequest) -> Result<Placemen
         .filter(|&l| layers[l] == Residency::Resident)
         .map(|l| s.layer_linears[l])
         .sum();
-    let substitutes: u64 = offloaded.iter().map(|&l| s.layer_substitutes[l]).sum();
+    let substitutes: u64 = if r.substitute_resident {
+        all_subs
+    } else {
+        offloaded.iter().map(|&l| s.layer_substitutes[l]).sum()
+    };
     let staging = if offloaded.is_empty() { 0 } else { staging };
     let streamed_per_pass = offloaded.iter().map(|&l| s.layer_linears[l]).sum();
     let total = lm_head
@@ -373,7 +384,29 @@ mod tests {
             tree_tokens: 28,
             quant: QuantConfig::default(),
             draft_lm_head: false,
+            substitute_resident: false,
         }
+    }
+
+    #[test]
+    fn substituting_resident_layers_costs_their_substitutes() {
+        let (c, s) = (cfg(), sizes());
+        let budget = minimum_budget(&c, &s, &req(0)) + 1_500_000;
+        let plain = plan(&c, &s, &req(budget)).unwrap();
+        let all = plan(
+            &c,
+            &s,
+            &PlanRequest {
+                substitute_resident: true,
+                ..req(budget)
+            },
+        )
+        .unwrap();
+        // Each resident layer now also keeps its substitute: fewer layers fit.
+        let resident = |p: &Placement| 4 - p.offloaded().len();
+        assert!(resident(&all) < resident(&plain), "{plain:?} vs {all:?}");
+        assert_eq!(all.bytes.substitutes, 4 * 300_000);
+        assert!(all.bytes.total <= budget);
     }
 
     #[test]

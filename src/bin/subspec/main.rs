@@ -253,6 +253,10 @@ pub struct SpecArgs {
     /// Give the draft a quantized copy of lm_head (cheaper draft steps, more memory).
     #[arg(long)]
     draft_lm_head: bool,
+    /// Whether resident layers get substitutes too, so the draft reads only quantized
+    /// weights: on (default) or off.
+    #[arg(long, default_value = "on")]
+    draft_all_layers: String,
     /// Stop drafting early when another step costs more than it is expected to return:
     /// on or off (default: the engine's, on when layers are offloaded).
     #[arg(long)]
@@ -289,6 +293,15 @@ impl SpecArgs {
             quant,
             offloaded_layers: None,
             quantize_lm_head: self.draft_lm_head,
+            substitute_all_layers: match self.draft_all_layers.as_str() {
+                "on" => true,
+                "off" => false,
+                v => {
+                    return Err(Error::invalid_argument(format!(
+                        "--draft-all-layers {v}: expected on or off"
+                    )))
+                }
+            },
         }))
     }
 

@@ -185,10 +185,5 @@ fn tiny_models_are_batch_invariant_on_cuda() {
         common::write_tiny_model(&dir, qwen2);
         check_model(&Model::load(&dir, cuda.clone()).unwrap());
     }
-    let dir = std::env::temp_dir().join("subspec-bi-cuda-smollm2-135m");
-    if !dir.join("model.safetensors").is_file() {
-        let shape = subspec::synth::SynthShape::named("smollm2-135m").unwrap();
-        subspec::synth::write_model(&dir, &shape, subspec::model::DType::F16, 3).unwrap();
-    }
-    check_model(&Model::load(&dir, cuda).unwrap());
+    check_model(&Model::load(&common::synth_model_dir("smollm2-135m"), cuda).unwrap());
 }

@@ -3,11 +3,13 @@
 //! Runs where a CUDA device is present (scripts/gpu-check.sh runs it on the GPU machine);
 //! elsewhere each test prints a skip line and passes, and `cuda_is_a_clear_error_without_a_gpu`
 //! checks the error instead. Models are random-weight ones shaped like the test models
-//! (`subspec::synth`), written once per run under `SUBSPEC_SYNTH_DIR` (default: the temp
+//! (`common::synth_model_dir`), written once per run under `SUBSPEC_SYNTH_DIR` (default: the temp
 //! directory); `SUBSPEC_CUDA_SHAPES` picks the shapes (default
 //! `tiny,smollm2-135m,qwen2.5-0.5b`).
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
 use half::{bf16, f16};
@@ -17,7 +19,6 @@ use subspec::backend::{AttnMask, AttnShape, Backend};
 use subspec::model::weights::{AlignedBuf, Storage};
 use subspec::model::{DType, HostTensor, Pass};
 use subspec::quant::{QMatrix, QuantConfig, QuantMethod};
-use subspec::synth::{write_model, SynthShape};
 use subspec::{
     DeviceKind, DraftOptions, Engine, EngineOptions, ErrorKind, SamplingParams, StepOptions,
     TreeParams,
@@ -42,21 +43,6 @@ fn shapes() -> Vec<String> {
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
         .collect()
-}
-
-/// A random-weight model of shape `name` in f16, written once.
-fn model_dir(name: &str) -> PathBuf {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let root = std::env::var_os("SUBSPEC_SYNTH_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(std::env::temp_dir);
-    let dir = root.join(format!("subspec-synth-{name}-f16"));
-    if !dir.join("model.safetensors").is_file() {
-        let shape = SynthShape::named(name).unwrap();
-        write_model(&dir, &shape, DType::F16, 7).unwrap();
-    }
-    dir
 }
 
 fn options(dir: &Path, device: DeviceKind, draft: bool, budget: Option<u64>) -> EngineOptions {
@@ -100,18 +86,10 @@ fn rel_err(a: &[f32], b: &[f32]) -> f64 {
     (num / den.max(1e-30)).sqrt()
 }
 
-/// Deterministic values in [-1, 1).
+/// Deterministic values in [-1, 1), a different sequence per seed.
 fn rnd(n: usize, seed: u64) -> Vec<f32> {
     (0..n as u64)
-        .map(|i| {
-            let mut x = (i + 1)
-                .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-                .wrapping_add(seed.wrapping_mul(0xD1B5_4A32_D192_ED03));
-            x ^= x >> 31;
-            x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            x ^= x >> 29;
-            ((x >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
+        .map(|i| common::rnd((seed << 32) | i))
         .collect()
 }
 
@@ -324,7 +302,7 @@ fn logits_and_greedy_continuations_match_the_cpu() {
         return;
     }
     for name in shapes() {
-        let dir = model_dir(&name);
+        let dir = common::synth_model_dir(&name);
         let cpu = load(&dir, DeviceKind::Cpu, false, None);
         let cuda = load(&dir, DeviceKind::Cuda(0), false, None);
         let vocab = cpu.config().vocab;
@@ -396,7 +374,7 @@ fn speculative_output_equals_plain_output() {
         },
     ];
     for name in shapes() {
-        let dir = model_dir(&name);
+        let dir = common::synth_model_dir(&name);
         let engine = load(&dir, DeviceKind::Cuda(0), true, None);
         let vocab = engine.config().vocab;
         for (k, s) in samplings.iter().enumerate() {
@@ -431,7 +409,7 @@ fn streamed_layers_give_the_resident_output() {
         return;
     }
     for name in shapes() {
-        let dir = model_dir(&name);
+        let dir = common::synth_model_dir(&name);
         let opts = options(&dir, DeviceKind::Cuda(0), true, None);
         let min = Engine::minimum_budget(&opts).unwrap();
         let resident = load(&dir, DeviceKind::Cuda(0), true, None);
@@ -479,7 +457,7 @@ fn the_draft_pass_matches_the_cpu() {
     if gpu("the_draft_pass_matches_the_cpu").is_none() {
         return;
     }
-    let dir = model_dir("tiny");
+    let dir = common::synth_model_dir("tiny");
     let cpu = load(&dir, DeviceKind::Cpu, true, None);
     let cuda = load(&dir, DeviceKind::Cuda(0), true, None);
     let p = prompt(cpu.config().vocab, 10, 4);
@@ -507,10 +485,7 @@ fn the_draft_pass_matches_the_cpu() {
 
 #[test]
 fn cuda_is_a_clear_error_without_a_gpu() {
-    let dir = std::env::temp_dir().join("subspec-cuda-error-tiny");
-    if !dir.join("model.safetensors").is_file() {
-        write_model(&dir, &SynthShape::named("tiny").unwrap(), DType::F16, 1).unwrap();
-    }
+    let dir = common::synth_model_dir("tiny");
     let opts = options(&dir, DeviceKind::Cuda(0), false, None);
     if !driver_present() {
         let err = Engine::load(&opts).err().expect("no driver, no engine");

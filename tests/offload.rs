@@ -23,11 +23,9 @@ fn generate(engine: &Engine, prompt: &[u32], opts: &StepOptions, n: usize) -> Ve
     seq.generate(engine, opts, n, |_| true).unwrap()
 }
 
-/// Budgets from "everything streamed" to "everything resident": same tokens as no budget.
-fn check_budgets(dir: &Path, prompt: &[u32], n: usize) {
-    let min = Engine::minimum_budget(&options(dir, None)).unwrap();
-    let reference = Engine::load(&options(dir, None)).unwrap();
-    let samplings = [
+/// Greedy, and seeded nucleus sampling.
+fn samplings() -> [SamplingParams; 2] {
+    [
         SamplingParams::greedy(),
         SamplingParams {
             temperature: 0.9,
@@ -35,7 +33,14 @@ fn check_budgets(dir: &Path, prompt: &[u32], n: usize) {
             top_p: 0.9,
             seed: 5,
         },
-    ];
+    ]
+}
+
+/// Budgets from "everything streamed" to "everything resident": same tokens as no budget.
+fn check_budgets(dir: &Path, prompt: &[u32], n: usize) {
+    let min = Engine::minimum_budget(&options(dir, None)).unwrap();
+    let reference = Engine::load(&options(dir, None)).unwrap();
+    let samplings = samplings();
     let want: Vec<Vec<u32>> = samplings
         .iter()
         .map(|s| generate(&reference, prompt, &StepOptions::plain(*s), n))
@@ -203,15 +208,7 @@ fn draft_variants_are_lossless_and_budgeted() {
             }
             let tree = engine.default_tree();
             let prompt = [3, 9, 27, 81, 16];
-            for s in [
-                SamplingParams::greedy(),
-                SamplingParams {
-                    temperature: 0.9,
-                    top_k: 0,
-                    top_p: 0.9,
-                    seed: 5,
-                },
-            ] {
+            for s in samplings() {
                 let want = generate(&engine, &prompt, &StepOptions::plain(s), 24);
                 for adaptive in [false, true] {
                     let opts = StepOptions {

@@ -430,9 +430,7 @@ pub unsafe extern "C" fn subspec_token_to_id(
     // SAFETY: the caller's guarantee.
     unsafe {
         with_engine(engine, |e| {
-            let token = c_str(token, "token")?
-                .to_str()
-                .map_err(|_| Failure::invalid("`token` is not valid UTF-8"))?;
+            let token = c_utf8(token, "token")?;
             check_out(out, "out")?;
             let id = e.engine.tokenizer()?.token_to_id(token);
             out.write(id.map_or(-1, |t| t as i32));
@@ -461,9 +459,7 @@ pub unsafe extern "C" fn subspec_tokenize(
     // SAFETY: the caller's guarantee.
     unsafe {
         with_engine(engine, |e| {
-            let text = c_str(text, "text")?
-                .to_str()
-                .map_err(|_| Failure::invalid("`text` is not valid UTF-8"))?;
+            let text = c_utf8(text, "text")?;
             check_out(n_out, "n_out")?;
             let ids = e.engine.tokenizer()?.encode(text, add_special)?;
             let ids: Vec<i32> = ids.iter().map(|&t| t as i32).collect();

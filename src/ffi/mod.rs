@@ -238,6 +238,17 @@ pub(crate) unsafe fn c_str<'a>(p: *const c_char, name: &str) -> FfiResult<&'a CS
     Ok(unsafe { CStr::from_ptr(p) })
 }
 
+/// A NUL-terminated string argument that must be valid UTF-8.
+///
+/// # Safety
+/// As [`c_str`].
+pub(crate) unsafe fn c_utf8<'a>(p: *const c_char, name: &str) -> FfiResult<&'a str> {
+    // SAFETY: the caller's guarantee.
+    unsafe { c_str(p, name) }?
+        .to_str()
+        .map_err(|_| Failure::invalid(format!("`{name}` is not valid UTF-8")))
+}
+
 /// Token ids from C (`int32_t`) to the engine's `u32`, refusing negative ids.
 pub(crate) fn token_ids(ids: &[i32]) -> FfiResult<Vec<u32>> {
     ids.iter()

@@ -193,3 +193,19 @@ pub fn temp_dir(tag: &str) -> PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// A random-weight f16 model shaped like `name` (`subspec::synth`), written once under
+/// `SUBSPEC_SYNTH_DIR` (default: the temp directory) and shared by the tests that use it.
+pub fn synth_model_dir(name: &str) -> PathBuf {
+    static LOCK: Mutex<()> = Mutex::new(());
+    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let root = std::env::var_os("SUBSPEC_SYNTH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    let dir = root.join(format!("subspec-synth-{name}-f16"));
+    if !dir.join("model.safetensors").is_file() {
+        let shape = subspec::synth::SynthShape::named(name).unwrap();
+        subspec::synth::write_model(&dir, &shape, subspec::model::DType::F16, 7).unwrap();
+    }
+    dir
+}

@@ -657,9 +657,11 @@ impl CudaBackend {
             .ok_or_else(|| Error::internal("cuBLAS is not loaded"))?
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        // SAFETY: column-major view of the row-major product: out^T (rows x n) =
-        // W^T^T ... A = W as a (cols x rows) column-major matrix, transposed; B = x as a
-        // (cols x n) column-major matrix; all buffers hold the sizes named.
+        // cuBLAS is column-major: the row-major `out = x @ W^T` ([n, rows]) is the
+        // column-major `out^T = W @ x^T` ([rows, n]), where row-major W ([rows, cols]) read
+        // column-major is W^T ([cols, rows], hence CUBLAS_OP_T) and row-major x ([n, cols])
+        // is x^T ([cols, n]).
+        // SAFETY: every buffer holds the elements these dimensions name.
         unsafe {
             cudarc::cublas::result::gemm_ex(
                 *h,

@@ -194,14 +194,16 @@ fn offload(a: &BenchArgs) -> Result<(), Error> {
             },
         ))
     };
+    let encoded = prompts
+        .iter()
+        .map(|(_, prompt)| tok.encode(&super::chatml_text(prompt), false))
+        .collect::<Result<Vec<_>, Error>>()?;
     // Warm up (first touches of the KV cache and buffers, the reader's first cycle) on
     // the first prompt, untimed.
-    if let Some((_, prompt)) = prompts.first() {
-        let text = format!("<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n");
-        let ids = tok.encode(&text, false)?;
+    if let Some(ids) = encoded.first() {
         for opts in [&plain_opts, &spec_opts] {
             let mut seq = engine.new_sequence()?;
-            seq.append(&engine, &ids)?;
+            seq.append(&engine, ids)?;
             seq.generate(&engine, opts, 4, |_| true)?;
         }
     }
@@ -213,11 +215,9 @@ fn offload(a: &BenchArgs) -> Result<(), Error> {
             "category", "plain t/s", "spec t/s", "tau", "speedup", "MB/token", "same"
         );
     }
-    for (cat, prompt) in &prompts {
-        let text = format!("<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n");
-        let ids = tok.encode(&text, false)?;
-        let (p_out, p) = run(&ids, &plain_opts)?;
-        let (s_out, s) = run(&ids, &spec_opts)?;
+    for ((cat, prompt), ids) in prompts.iter().zip(&encoded) {
+        let (p_out, p) = run(ids, &plain_opts)?;
+        let (s_out, s) = run(ids, &spec_opts)?;
         let same = p_out == s_out;
         let (pt, stps) = (p.tokens as f64 / p.seconds, s.tokens as f64 / s.seconds);
         if !a.json {

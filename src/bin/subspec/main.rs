@@ -396,9 +396,12 @@ fn chatml(engine: &Engine, prompt: &str) -> Result<String, Error> {
             "--chat: this model's tokenizer has no <|im_start|> token (not a ChatML model)",
         ));
     }
-    Ok(format!(
-        "<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n"
-    ))
+    Ok(chatml_text(prompt))
+}
+
+/// `prompt` as one ChatML user turn, ready for the assistant's answer.
+fn chatml_text(prompt: &str) -> String {
+    format!("<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n")
 }
 
 fn generate(a: &GenerateArgs) -> Result<(), Error> {

@@ -72,6 +72,27 @@ pub fn run(a: &PassesArgs) -> Result<(), Error> {
             "--tree-tokens {n} is too small for two levels of width {w}"
         )));
     }
+    // Arguments first: a typo should not cost a model load and minutes of measuring.
+    let modes: Vec<bool> = match a.gemm.as_str() {
+        "exact" => vec![false],
+        "cublas" => vec![true],
+        "both" => vec![false, true],
+        g => {
+            return Err(Error::invalid_argument(format!(
+                "--gemm {g}: expected exact, cublas or both"
+            )))
+        }
+    };
+    let taus = a
+        .tau
+        .iter()
+        .map(|t| {
+            let (name, v) = t.split_once('=').unwrap_or(("tau", t.as_str()));
+            v.parse::<f64>()
+                .map(|tau| (name.to_string(), tau))
+                .map_err(|_| Error::invalid_argument(format!("--tau {t}: expected NAME=NUMBER")))
+        })
+        .collect::<Result<Vec<_>, Error>>()?;
     let mut opts = a
         .model
         .options(a.spec.draft()?.or(Some(DraftOptions::default())))?;
@@ -88,7 +109,7 @@ pub fn run(a: &PassesArgs) -> Result<(), Error> {
     let backend = &model.backend;
     let (tier_bw, tier_name) = match backend.as_cuda() {
         Some(c) => (
-            Some(c.measure_h2d(256 << 20, 10)?),
+            Some(c.measure_h2d(64 << 20, 10)?),
             "host-to-device copy from pinned memory",
         ),
         None => (slow_tier_cpu, "O_DIRECT reads of the offloaded layers"),
@@ -110,23 +131,36 @@ pub fn run(a: &PassesArgs) -> Result<(), Error> {
     engine.install(|| model.forward(&mut cache, &prompt, &pos, &AttnMask::causal(p), &[p - 1]))?;
     cache.commit(p);
 
-    let modes: Vec<bool> = match (a.gemm.as_str(), backend.as_cuda()) {
-        (_, None) | ("exact", _) => vec![false],
-        ("cublas", _) => vec![true],
-        ("both", _) => vec![false, true],
-        (g, _) => {
-            return Err(Error::invalid_argument(format!(
-                "--gemm {g}: expected exact, cublas or both"
-            )))
-        }
+    // The three forwards: a plain target token; a tree of w chains under the root (node
+    // i > w hangs under node i - w) verified in one pass; and a draft step over the w
+    // nodes of the tree's second level, on top of the first.
+    let tok = ids(1, 2);
+    let parents: Vec<Option<usize>> = (0..n)
+        .map(|i| match i {
+            0 => None,
+            i if i <= w => Some(0),
+            i => Some(i - w),
+        })
+        .collect();
+    let depth = |i: usize| if i == 0 { 0 } else { (i - 1) / w + 1 };
+    let tree = ids(n, 3);
+    let tree_pos: Vec<usize> = (0..n).map(|i| p + depth(i)).collect();
+    let mask = AttnMask::from_parents(&parents)?;
+    let rows: Vec<usize> = (0..n).collect();
+    let first = 1 + w;
+    let dmask = AttnMask::tree_rows(&parents, first..first + w);
+    let drows: Vec<usize> = (0..w).collect();
+    // cuBLAS only exists on CUDA: the CPU measures its one kind of product once.
+    let modes = if backend.as_cuda().is_some() {
+        modes
+    } else {
+        vec![false]
     };
     let mut runs = Vec::new();
     for cublas in modes {
         if let Some(c) = backend.as_cuda() {
             c.set_cublas_gemm(cublas)?;
         }
-        // A plain target token.
-        let tok = ids(1, 2);
         let plain_s = time(a.reps, || {
             engine
                 .install(|| {
@@ -142,20 +176,6 @@ pub fn run(a: &PassesArgs) -> Result<(), Error> {
                 })
                 .map(|_| ())
         })?;
-
-        // A tree of w chains under the root: node i > w hangs under node i - w.
-        let parents: Vec<Option<usize>> = (0..n)
-            .map(|i| match i {
-                0 => None,
-                i if i <= w => Some(0),
-                i => Some(i - w),
-            })
-            .collect();
-        let depth = |i: usize| if i == 0 { 0 } else { (i - 1) / w + 1 };
-        let tree = ids(n, 3);
-        let tree_pos: Vec<usize> = (0..n).map(|i| p + depth(i)).collect();
-        let mask = AttnMask::from_parents(&parents)?;
-        let rows: Vec<usize> = (0..n).collect();
         let verify_s = time(a.reps, || {
             engine
                 .install(|| {
@@ -163,11 +183,6 @@ pub fn run(a: &PassesArgs) -> Result<(), Error> {
                 })
                 .map(|_| ())
         })?;
-
-        // A draft step: the w nodes of the tree's second level, on top of the first.
-        let first = 1 + w;
-        let dmask = AttnMask::tree_rows(&parents, first..first + w);
-        let drows: Vec<usize> = (0..w).collect();
         let draft_s = time(a.reps.max(10), || {
             engine
                 .install(|| {
@@ -196,11 +211,7 @@ pub fn run(a: &PassesArgs) -> Result<(), Error> {
     for (gemm, plain_s, verify_s, draft_s) in runs {
         let iteration_s = verify_s + a.draft_steps as f64 * draft_s;
         let mut projections = Vec::new();
-        for t in &a.tau {
-            let (name, v) = t.split_once('=').unwrap_or(("tau", t.as_str()));
-            let tau: f64 = v
-                .parse()
-                .map_err(|_| Error::invalid_argument(format!("--tau {t}: expected NAME=NUMBER")))?;
+        for (name, tau) in &taus {
             projections.push(json!({"name": name, "tau": tau, "tokens_per_s": tau / iteration_s, "speedup": tau / iteration_s * plain_s}));
         }
         reports.push(json!({

@@ -287,6 +287,13 @@ mod avx512 {
             for (j, v) in xv.iter_mut().enumerate() {
                 *v = _mm512_loadu_ps(xp.add(j * k + i));
             }
+            // The next tile's rows at the same place: with only the hardware prefetcher
+            // the kernel waits on memory (lm_head at t=2: 23 -> 15 ms, benches/kernels.rs).
+            // A prefetch never faults, so running past the matrix's end is harmless.
+            for r in 0..R {
+                let ahead = wp.wrapping_add((r + R) * row_bytes + i * dtype.size());
+                _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
+            }
             for (r, acc_r) in acc.iter_mut().enumerate() {
                 let w = load16(dtype, wp.add(r * row_bytes), i);
                 for j in 0..T {
@@ -350,6 +357,11 @@ mod avx2 {
         let body = k - k % 16;
         let mut i = 0;
         while i < body {
+            for r in 0..R {
+                // as in the AVX-512 kernel
+                let ahead = wp.wrapping_add((r + R) * row_bytes + i * dtype.size());
+                _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
+            }
             for h in 0..2 {
                 let mut xv = [_mm256_setzero_ps(); T];
                 for (j, v) in xv.iter_mut().enumerate() {

@@ -1,0 +1,132 @@
+//! `cargo bench --bench kernels`: throughput of the CPU products a draft step runs, at
+//! Qwen2.5-0.5B's shapes and a draft's token counts (1, 2 and 6 rows): the 4-bit
+//! substitute product (`qlinear`) and the f16 dense product (`linear`, the lm_head).
+//! Prints GB/s of weight bytes read (the figure that matters when a draft step is
+//! bandwidth-bound) and GFLOP/s. Deterministic inputs; median of `REPS` timed calls
+//! after warm-up. No assertions: a ratio between two rows of one run is the result.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use subspec::backend::cpu::matmul::linear;
+use subspec::model::weights::{AlignedBuf, Storage};
+use subspec::model::{DType, HostTensor};
+use subspec::quant::{qlinear, QMatrix, QuantConfig, QuantMethod};
+
+const REPS: usize = 15;
+
+fn median_s(mut f: impl FnMut()) -> f64 {
+    for _ in 0..3 {
+        f();
+    }
+    let mut t: Vec<f64> = (0..REPS)
+        .map(|_| {
+            let t0 = Instant::now();
+            f();
+            t0.elapsed().as_secs_f64()
+        })
+        .collect();
+    t.sort_by(f64::total_cmp);
+    t[REPS / 2]
+}
+
+fn values(n: usize, seed: usize) -> Vec<f32> {
+    (0..n)
+        .map(|i| ((i.wrapping_mul(7919).wrapping_add(seed * 104729)) % 2001) as f32 / 1000.0 - 1.0)
+        .collect()
+}
+
+fn report(what: &str, rows: usize, cols: usize, t: usize, bytes: usize, s: f64) {
+    println!(
+        "{what:<22} {rows:>6}x{cols:<5} t={t:<2} {:>8.3} ms {:>7.2} GB/s {:>7.2} GFLOP/s",
+        s * 1e3,
+        bytes as f64 / s / 1e9,
+        2.0 * (rows * cols * t) as f64 / s / 1e9
+    );
+}
+
+fn main() {
+    // (rows, cols): gate/up, down, q/o, the lm_head
+    let shapes = [(4864, 896), (896, 4864), (896, 896)];
+    for bits in [4u8, 8] {
+        let cfg = QuantConfig {
+            bits,
+            group: 64,
+            method: QuantMethod::Rtn,
+        };
+        for &(rows, cols) in &shapes {
+            let q = QMatrix::quantize(&values(rows * cols, 1), rows, cols, &cfg).unwrap();
+            let bytes = rows * cols * bits as usize / 8 + rows * cols / 64 * 4;
+            for t in [1, 2, 6] {
+                let x = values(t * cols, 2);
+                let mut out = vec![0f32; t * rows];
+                let s = median_s(|| qlinear(&x, t, &q, None, &mut out));
+                report(&format!("qlinear {bits}-bit g64"), rows, cols, t, bytes, s);
+            }
+        }
+    }
+    // A draft step's linears from memory, not cache: 24 layers of 4-bit substitutes
+    // (q, k, v, o, gate, up, down of Qwen2.5-0.5B: ~190 MB), run in order.
+    let layer = [
+        (896, 896),
+        (128, 896),
+        (128, 896),
+        (896, 896),
+        (4864, 896),
+        (4864, 896),
+        (896, 4864),
+    ];
+    for bits in [4u8, 8] {
+        let cfg = QuantConfig {
+            bits,
+            group: 64,
+            method: QuantMethod::Rtn,
+        };
+        let mats: Vec<QMatrix> = (0..24)
+            .flat_map(|l| layer.iter().map(move |&s| (l, s)))
+            .map(|(l, (r, c))| QMatrix::quantize(&values(r * c, l), r, c, &cfg).unwrap())
+            .collect();
+        let bytes: usize = mats
+            .iter()
+            .map(|m| m.rows() * m.cols() * (bits as usize * 16 + 4) / 128)
+            .sum();
+        for t in [1, 2, 6] {
+            let x = values(t * 4864, 2);
+            let mut out = vec![0f32; t * 4864];
+            let s = median_s(|| {
+                for m in &mats {
+                    qlinear(&x[..t * m.cols()], t, m, None, &mut out[..t * m.rows()]);
+                }
+            });
+            let flops_cols: usize = mats.iter().map(|m| m.rows() * m.cols()).sum();
+            report(
+                &format!("24 layers {bits}-bit"),
+                flops_cols / 896,
+                896,
+                t,
+                bytes,
+                s,
+            );
+        }
+    }
+    let (rows, cols) = (151936, 896);
+    let mut buf = AlignedBuf::new(rows * cols * 2);
+    for (i, b) in buf.as_mut_slice().chunks_exact_mut(2).enumerate() {
+        let v = half::f16::from_f32(((i * 7919) % 2001) as f32 / 1000.0 - 1.0);
+        b.copy_from_slice(&v.to_le_bytes());
+    }
+    let w = HostTensor::view(
+        "lm_head.weight",
+        DType::F16,
+        vec![rows, cols],
+        Arc::new(Storage::Owned(buf)),
+        0,
+        rows * cols * 2,
+    );
+    for t in [1, 2, 6] {
+        let x = values(t * cols, 3);
+        let mut out = vec![0f32; t * rows];
+        let s = median_s(|| linear(&x, t, &w, None, &mut out));
+        report("linear f16 (lm_head)", rows, cols, t, rows * cols * 2, s);
+    }
+}

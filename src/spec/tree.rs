@@ -33,19 +33,51 @@ fn better(a: &Candidate, b: &Candidate) -> Ordering {
         .then(a.2.cmp(&b.2))
 }
 
-/// Log-softmax of `logits / temperature`, in f32 (computed through f64 sums).
-pub fn log_softmax(logits: &[f32], temperature: f32) -> Vec<f32> {
+/// Terms of the softmax sum below `exp(-CUT)` of the largest are skipped: 152k of them
+/// add less than 1e-12 relative, far below f32's resolution of the result.
+const CUT: f64 = 40.0;
+
+/// `ln(sum(exp((x - max) / temperature)))` over `logits` (`max` their maximum), in f64,
+/// skipping terms too small to change the result (see `CUT`).
+fn log_sum_exp(logits: &[f32], max: f32, temperature: f32) -> f64 {
     let t = temperature as f64;
-    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
-    let lse = logits
-        .iter()
-        .map(|&x| ((x as f64 - max) / t).exp())
-        .sum::<f64>()
-        .ln();
+    let floor = (max as f64 - CUT * t) as f32;
     logits
         .iter()
-        .map(|&x| ((x as f64 - max) / t - lse) as f32)
+        .filter(|&&x| x > floor)
+        .map(|&x| ((x as f64 - max as f64) / t).exp())
+        .sum::<f64>()
+        .ln()
+}
+
+/// Log-softmax of `logits / temperature`, in f32 (computed through f64 sums).
+pub fn log_softmax(logits: &[f32], temperature: f32) -> Vec<f32> {
+    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    let lse = log_sum_exp(logits, max, temperature);
+    let t = temperature as f64;
+    logits
+        .iter()
+        .map(|&x| ((x as f64 - max as f64) / t - lse) as f32)
         .collect()
+}
+
+/// The `take` largest logits of a row with their token ids, best first (ties: lower id
+/// first; NaN never ranks), in one pass: a short sorted list and its threshold.
+fn row_top(logits: &[f32], take: usize) -> Vec<(f32, u32)> {
+    let mut top: Vec<(f32, u32)> = Vec::with_capacity(take + 1);
+    let mut floor = f32::NEG_INFINITY;
+    for (i, &x) in logits.iter().enumerate() {
+        if top.len() == take && x <= floor || x.is_nan() {
+            continue;
+        }
+        let at = top.iter().position(|&(y, _)| x > y).unwrap_or(top.len());
+        top.insert(at, (x, i as u32));
+        top.truncate(take);
+        if top.len() == take {
+            floor = top[take - 1].0;
+        }
+    }
+    top
 }
 
 impl Tree {
@@ -107,20 +139,19 @@ impl Tree {
             return start..start;
         }
         let mut cands: Vec<Candidate> = Vec::with_capacity(frontier.len() * take);
+        let t = temperature as f64;
         for (row, node) in frontier.clone().enumerate() {
-            let lp = log_softmax(&logits[row * vocab..(row + 1) * vocab], temperature);
+            let logits = &logits[row * vocab..(row + 1) * vocab];
+            // Only the row's own top `take` can be in the global top `take`, and the
+            // log-softmax keeps a row's order: rank by logit, then score the few kept.
+            let top = row_top(logits, take);
+            let max = top.first().map_or(f32::NEG_INFINITY, |c| c.0);
+            let lse = log_sum_exp(logits, max, temperature);
             let base = self.score[node];
-            let mut row_cands: Vec<Candidate> = lp
-                .iter()
-                .enumerate()
-                .map(|(t, &l)| (base + l, row, t as u32))
-                .collect();
-            // Only the row's own top `take` can be in the global top `take`.
-            if row_cands.len() > take {
-                row_cands.select_nth_unstable_by(take - 1, better);
-                row_cands.truncate(take);
-            }
-            cands.extend(row_cands);
+            cands.extend(top.into_iter().map(|(x, tok)| {
+                let lp = ((x as f64 - max as f64) / t - lse) as f32;
+                (base + lp, row, tok)
+            }));
         }
         cands.sort_by(better);
         cands.truncate(take);
@@ -182,6 +213,54 @@ mod tests {
         // Low temperature sharpens: log p of the best token approaches 0.
         let sharp = log_softmax(&logits(&[0.2, 0.3, 0.5]), 0.2);
         assert!(sharp[2] > -0.2 && sharp[0] < -3.0, "{sharp:?}");
+    }
+
+    #[test]
+    fn one_pass_growth_equals_a_full_sort() {
+        // Rows with repeated values (ties inside and across rows), a NaN and -inf.
+        let vocab = 500;
+        let mut seed = 7u64;
+        let mut next = || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((seed >> 33) % 64) as f32 / 4.0 - 8.0
+        };
+        let mut logits: Vec<f32> = (0..3 * vocab).map(|_| next()).collect();
+        logits[17] = f32::NAN;
+        logits[vocab + 3] = f32::NEG_INFINITY;
+        for take in [1, 2, 5, 9] {
+            let mut t = Tree::new(0);
+            t.grow(0..1, &logits[..vocab], vocab, 3, 1.0, 100);
+            let start = t.len();
+            t.grow(1..4, &logits, vocab, take, 0.2, 100);
+            // Reference: every (row, token) scored with the full log-softmax, sorted.
+            let mut all: Vec<Candidate> = Vec::new();
+            for row in 0..3 {
+                let lp = log_softmax(&logits[row * vocab..(row + 1) * vocab], 0.2);
+                for (tok, &l) in lp.iter().enumerate() {
+                    if !l.is_nan() {
+                        all.push((t.score[1 + row] + l, row, tok as u32));
+                    }
+                }
+            }
+            all.sort_by(better);
+            all.truncate(take);
+            all.sort_by(|a, b| a.1.cmp(&b.1).then(better(a, b)));
+            let got: Vec<(usize, u32)> = (start..t.len())
+                .map(|n| (t.parents[n].unwrap() - 1, t.tokens[n]))
+                .collect();
+            let want: Vec<(usize, u32)> = all.iter().map(|c| (c.1, c.2)).collect();
+            assert_eq!(got, want, "take {take}");
+            for (n, c) in (start..t.len()).zip(&all) {
+                assert!(
+                    (t.score[n] - c.0).abs() < 1e-5,
+                    "take {take}: {} {}",
+                    t.score[n],
+                    c.0
+                );
+            }
+        }
     }
 
     #[test]

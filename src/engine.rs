@@ -661,6 +661,22 @@ impl Sequence {
 
     /// Runs tokens `cache.len()..upto` (in chunks) and commits them; returns the logits of
     /// token `upto - 1` when `want_logits` (re-running it if it was already cached).
+    /// Runs every pending token but the last into the KV cache (a prompt's prefill), so
+    /// that the next step's time is decoding alone. The last token stays pending, as every
+    /// step expects; a step after this gives exactly what it would have without it. On an
+    /// error the cache is left as it was.
+    pub fn prefill_pending(&mut self, engine: &Engine) -> Result<()> {
+        let (committed, upto) = (self.cache.len(), self.tokens.len().saturating_sub(1));
+        if committed >= upto {
+            return Ok(());
+        }
+        let r = self.prefill(engine, upto, false).map(drop);
+        if r.is_err() {
+            self.cache.truncate(committed);
+        }
+        r
+    }
+
     fn prefill(&mut self, engine: &Engine, upto: usize, want_logits: bool) -> Result<Vec<f32>> {
         let model = &engine.model;
         if self.cache.len() > upto || (want_logits && self.cache.len() == upto) {

@@ -160,6 +160,27 @@ fn tiny_models_speculative_equals_plain_with_limits() {
 }
 
 #[test]
+fn prefilling_the_prompt_first_changes_nothing() {
+    let engine = tiny_engine("spec-prefill", true);
+    let prompt: Vec<u32> = (0..100).map(|j| (j * 31 + 7) % 128).collect();
+    for sampling in samplings() {
+        for opts in [
+            StepOptions::plain(sampling),
+            StepOptions::speculative(sampling),
+        ] {
+            let (want, _) = generate(&engine, &prompt, &opts, 12);
+            let mut seq = engine.new_sequence().unwrap();
+            seq.append(&engine, &prompt).unwrap();
+            seq.prefill_pending(&engine).unwrap();
+            seq.prefill_pending(&engine).unwrap(); // nothing left: a no-op
+            assert_eq!(seq.len(), prompt.len());
+            let got = seq.generate(&engine, &opts, 12, |_| true).unwrap();
+            assert_eq!(got, want, "{opts:?}");
+        }
+    }
+}
+
+#[test]
 fn speculation_stops_at_the_context_limit_like_plain() {
     let engine = tiny_engine("spec-ctx", false); // context 256
     let prompt: Vec<u32> = (0..250).map(|j| (j * 7 + 3) % 128).collect();

@@ -123,7 +123,8 @@ fn main() {
         0,
         rows * cols * 2,
     );
-    for t in [1, 2, 6] {
+    // 1-2: a draft step; 12-33: verifying a tree's rows
+    for t in [1, 2, 6, 12, 17, 33] {
         let x = values(t * cols, 3);
         let mut out = vec![0f32; t * rows];
         let s = median_s(|| linear(&x, t, &w, None, &mut out));

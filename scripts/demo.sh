@@ -16,7 +16,10 @@ cargo build --release --quiet
 bin=./target/release/subspec
 args=(--model "models/$MODEL" --budget "$BUDGET" --ctx-len 2048 --chat --prompt "$PROMPT" -n "$N")
 
+echo "== SubSpec's placement (4-bit substitutes of every layer resident)"
 "$bin" plan --model "models/$MODEL" --budget "$BUDGET" --ctx-len 2048 | tail -10
+echo "== plain decoding's placement (no draft: the budget holds more full-precision layers)"
+"$bin" plan --model "models/$MODEL" --budget "$BUDGET" --ctx-len 2048 --no-spec | tail -2
 
 echo "== plain offloaded decoding (one streamed target pass per token)"
 "$bin" generate "${args[@]}" --no-spec --json > /tmp/subspec-demo-plain.json

@@ -277,6 +277,7 @@ impl Engine {
             budget,
             context,
             tree_tokens: opts.max_tree_tokens,
+            draft: opts.draft.is_some(),
             quant,
             draft_lm_head: opts.draft.as_ref().is_some_and(|d| d.quantize_lm_head),
             substitute_resident: opts

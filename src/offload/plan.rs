@@ -104,6 +104,10 @@ pub struct PlanRequest {
     pub context: usize,
     /// Largest verified tree (KV scratch and activations).
     pub tree_tokens: usize,
+    /// Whether the engine builds a draft. Without one no substitutes are reserved: the
+    /// memory they would take holds more full-precision layers (plain decoding's best
+    /// placement).
+    pub draft: bool,
     /// Substitute format.
     pub quant: QuantConfig,
     /// Whether the draft gets its own quantized lm_head.
@@ -201,8 +205,9 @@ pub fn plan(c: &ModelConfig, s: &ModelSizes, r: &PlanRequest) -> Result<Placemen
     let per_token = c.hidden * 3 + c.q_dim() * 2 + c.kv_dim() * 2 + c.intermediate * 2 + c.vocab;
     let activations = (r.tree_tokens.max(1) * per_token * 4) as u64;
     let headroom = (16 << 20) + r.budget / 50;
-    let all_subs: u64 = s.layer_substitutes.iter().sum();
-    let draft_lm_head = if r.draft_lm_head {
+    let subs = |l: usize| if r.draft { s.layer_substitutes[l] } else { 0 };
+    let all_subs: u64 = (0..c.n_layers).map(subs).sum();
+    let draft_lm_head = if r.draft && r.draft_lm_head {
         s.lm_head_substitute
     } else {
         0
@@ -234,7 +239,7 @@ pub fn plan(c: &ModelConfig, s: &ModelSizes, r: &PlanRequest) -> Result<Placemen
         let extra = if r.substitute_resident {
             s.layer_linears[l]
         } else {
-            s.layer_linears[l].saturating_sub(s.layer_substitutes[l])
+            s.layer_linears[l].saturating_sub(subs(l))
         };
         // The last offloaded layer going resident also frees the staging buffers.
         let offloaded_left = layers
@@ -259,7 +264,7 @@ pub fn plan(c: &ModelConfig, s: &ModelSizes, r: &PlanRequest) -> Result<Placemen
     let substitutes: u64 = if r.substitute_resident {
         all_subs
     } else {
-        offloaded.iter().map(|&l| s.layer_substitutes[l]).sum()
+        offloaded.iter().map(|&l| subs(l)).sum()
     };
     let staging = if offloaded.is_empty() { 0 } else { staging };
     let streamed_per_pass = offloaded.iter().map(|&l| s.layer_linears[l]).sum();
@@ -382,6 +387,7 @@ mod tests {
             budget,
             context: 100,
             tree_tokens: 28,
+            draft: true,
             quant: QuantConfig::default(),
             draft_lm_head: false,
             substitute_resident: false,
@@ -407,6 +413,37 @@ mod tests {
         assert!(resident(&all) < resident(&plain), "{plain:?} vs {all:?}");
         assert_eq!(all.bytes.substitutes, 4 * 300_000);
         assert!(all.bytes.total <= budget);
+    }
+
+    #[test]
+    fn without_a_draft_no_substitutes_are_reserved() {
+        let (c, s) = (cfg(), sizes());
+        let no_draft = |budget| PlanRequest {
+            draft: false,
+            draft_lm_head: true, // ignored without a draft
+            ..req(budget)
+        };
+        let (m_draft, m_plain) = (
+            minimum_budget(&c, &s, &req(0)),
+            minimum_budget(&c, &s, &no_draft(0)),
+        );
+        // The minimum drops by the four substitutes (over 0.98, the headroom's share).
+        let dropped = (m_draft - m_plain) as f64;
+        assert!(
+            (dropped - 1_200_000.0 / 0.98).abs() < 2.0,
+            "{m_draft} -> {m_plain}"
+        );
+        let budget = m_draft + 1_000_000;
+        let (spec, plain) = (
+            plan(&c, &s, &req(budget)).unwrap(),
+            plan(&c, &s, &no_draft(budget)).unwrap(),
+        );
+        assert_eq!(plain.bytes.substitutes + plain.bytes.draft_lm_head, 0);
+        assert!(
+            plain.offloaded().len() < spec.offloaded().len(),
+            "{spec:?} vs {plain:?}"
+        );
+        assert!(plain.bytes.total <= budget);
     }
 
     #[test]

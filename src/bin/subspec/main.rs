@@ -100,9 +100,8 @@ struct PlanArgs {
 }
 
 fn plan(a: &PlanArgs) -> Result<(), Error> {
-    let opts = a
-        .model
-        .options(a.spec.draft()?.or(Some(DraftOptions::default())))?;
+    // `--no-spec`: the placement of an engine without a draft (no substitutes).
+    let opts = a.model.options(a.spec.draft()?)?;
     let budget = opts
         .budget
         .ok_or_else(|| Error::invalid_argument("plan needs --budget (e.g. --budget 1.5GiB)"))?;
@@ -130,11 +129,13 @@ fn plan(a: &PlanArgs) -> Result<(), Error> {
         return Ok(());
     }
     for (l, r) in p.layers.iter().enumerate() {
-        let what = match r {
-            Residency::Resident => "resident (full precision, shared by the draft)",
-            Residency::Offloaded => {
+        let what = match (r, opts.draft.is_some()) {
+            (Residency::Resident, true) => "resident (full precision, shared by the draft)",
+            (Residency::Offloaded, true) => {
                 "offloaded (streamed every target pass; draft uses a substitute)"
             }
+            (Residency::Resident, false) => "resident (full precision)",
+            (Residency::Offloaded, false) => "offloaded (streamed every target pass)",
         };
         println!("layer {l:3}  {what}");
     }

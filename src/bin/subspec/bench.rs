@@ -45,6 +45,11 @@ pub struct BenchArgs {
     /// Repetitions of each forward measurement (the best is kept).
     #[arg(long, default_value_t = 5)]
     reps: usize,
+    /// Also run plain decoding on an engine loaded without a draft: with no substitutes
+    /// to hold, the budget keeps more full-precision layers (plain decoding's own best
+    /// placement), a stronger baseline than the shared placement.
+    #[arg(long)]
+    own_baseline: bool,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -185,34 +190,39 @@ fn offload(a: &BenchArgs) -> Result<(), Error> {
     let opts = a.model.options(Some(draft))?;
     let bw = tier_bandwidth(&opts)?;
     let engine = Engine::load(&opts)?;
+    let own = match a.own_baseline {
+        true => Some(Engine::load(&a.model.options(None)?)?),
+        false => None,
+    };
     let tok = engine.tokenizer()?;
-    let streamed = || engine.model().stream_stats().map_or(0, |s| s.bytes);
-    let reading = || engine.model().stream_stats().map_or(0.0, |s| s.read_s);
+    let streamed = |e: &Engine| e.model().stream_stats().map_or(0, |s| s.bytes);
+    let reading = |e: &Engine| e.model().stream_stats().map_or(0.0, |s| s.read_s);
     let spec_opts = a.spec.step(&engine, SamplingParams::greedy())?;
     let plain_opts = StepOptions::plain(SamplingParams::greedy());
-    let run = |ids: &[u32], opts: &StepOptions| -> Result<(Vec<u32>, RunStats), Error> {
-        let mut seq = engine.new_sequence()?;
-        seq.append(&engine, ids)?;
-        let t0 = Instant::now();
-        seq.prefill_pending(&engine)?;
-        let prefill_s = t0.elapsed().as_secs_f64();
-        // Bytes and reading from here on: decoding's, like the target-pass seconds.
-        let (b0, r0) = (streamed(), reading());
-        let out = seq.generate(&engine, opts, a.max_new, |_| true)?;
-        let st = seq.stats();
-        Ok((
-            out.clone(),
-            RunStats {
-                tokens: out.len(),
-                seconds: t0.elapsed().as_secs_f64(),
-                prefill_s,
-                tau: st.tau(),
-                target_s: st.verify_s,
-                streamed: streamed() - b0,
-                read_s: reading() - r0,
-            },
-        ))
-    };
+    let run =
+        |engine: &Engine, ids: &[u32], opts: &StepOptions| -> Result<(Vec<u32>, RunStats), Error> {
+            let mut seq = engine.new_sequence()?;
+            seq.append(engine, ids)?;
+            let t0 = Instant::now();
+            seq.prefill_pending(engine)?;
+            let prefill_s = t0.elapsed().as_secs_f64();
+            // Bytes and reading from here on: decoding's, like the target-pass seconds.
+            let (b0, r0) = (streamed(engine), reading(engine));
+            let out = seq.generate(engine, opts, a.max_new, |_| true)?;
+            let st = seq.stats();
+            Ok((
+                out.clone(),
+                RunStats {
+                    tokens: out.len(),
+                    seconds: t0.elapsed().as_secs_f64(),
+                    prefill_s,
+                    tau: st.tau(),
+                    target_s: st.verify_s,
+                    streamed: streamed(engine) - b0,
+                    read_s: reading(engine) - r0,
+                },
+            ))
+        };
     let encoded = prompts
         .iter()
         .map(|(_, prompt)| tok.encode(&super::chatml_text(prompt), false))
@@ -220,14 +230,15 @@ fn offload(a: &BenchArgs) -> Result<(), Error> {
     // Warm up (first touches of the KV cache and buffers, the reader's first cycle) on
     // the first prompt, untimed.
     if let Some(ids) = encoded.first() {
-        for opts in [&plain_opts, &spec_opts] {
-            let mut seq = engine.new_sequence()?;
-            seq.append(&engine, ids)?;
-            seq.generate(&engine, opts, 4, |_| true)?;
+        let warm = [(&engine, &plain_opts), (&engine, &spec_opts)];
+        for (e, opts) in warm.into_iter().chain(own.iter().map(|e| (e, &plain_opts))) {
+            let mut seq = e.new_sequence()?;
+            seq.append(e, ids)?;
+            seq.generate(e, opts, 4, |_| true)?;
         }
     }
     let mut rows = Vec::new();
-    let (mut plain_tot, mut spec_tot) = (Vec::new(), Vec::new());
+    let (mut plain_tot, mut spec_tot, mut own_tot) = (Vec::new(), Vec::new(), Vec::new());
     if !a.json {
         println!(
             "{:<14} {:>9} {:>9} {:>8} {:>10} {:>10} {:>8} {:>6} {:>13} {:>5}",
@@ -244,9 +255,16 @@ fn offload(a: &BenchArgs) -> Result<(), Error> {
         );
     }
     for ((cat, prompt), ids) in prompts.iter().zip(&encoded) {
-        let (p_out, p) = run(ids, &plain_opts)?;
-        let (s_out, s) = run(ids, &spec_opts)?;
-        let same = p_out == s_out;
+        let (p_out, p) = run(&engine, ids, &plain_opts)?;
+        let (s_out, s) = run(&engine, ids, &spec_opts)?;
+        let mut same = p_out == s_out;
+        let mut own_rates = None;
+        if let Some(e) = &own {
+            let (o_out, o) = run(e, ids, &plain_opts)?;
+            same &= o_out == p_out;
+            own_rates = Some((o.rate(), o.decode_rate()));
+            own_tot.push(o);
+        }
         let (pt, stps) = (p.rate(), s.rate());
         let (pd, sd) = (p.decode_rate(), s.decode_rate());
         if !a.json {
@@ -269,6 +287,7 @@ fn offload(a: &BenchArgs) -> Result<(), Error> {
             "plain_decode_tokens_per_s": pd, "spec_decode_tokens_per_s": sd, "decode_speedup": sd / pd,
             "plain_prefill_s": p.prefill_s, "spec_prefill_s": s.prefill_s, "tau": s.tau,
             "plain_bytes_per_token": p.streamed as f64 / p.tokens.max(1) as f64, "spec_bytes_per_token": s.streamed as f64 / s.tokens.max(1) as f64,
+            "own_plain_tokens_per_s": own_rates.map(|r| r.0), "own_plain_decode_tokens_per_s": own_rates.map(|r| r.1),
             "identical": same, "tokens": s.tokens}));
         plain_tot.push(p);
         spec_tot.push(s);
@@ -294,6 +313,16 @@ fn offload(a: &BenchArgs) -> Result<(), Error> {
     );
     let util = |bytes: u64, verify_s: f64| bw.map(|bw| bytes as f64 / (verify_s * bw));
     let all_same = rows.iter().all(|r| r["identical"] == true);
+    // Plain decoding on the engine without a draft: its own placement.
+    let own_total = own.as_ref().map(|e| {
+        let (on, os, ..) = sum(&own_tot);
+        let od = on as f64 / (os - prefill(&own_tot));
+        let p = e.placement();
+        json!({"tokens_per_s": on as f64 / os, "decode_tokens_per_s": od,
+            "speedup": (sn as f64 / ss) / (on as f64 / os), "decode_speedup": sd / od,
+            "placement_offloaded_layers": p.map_or(0, |p| p.offloaded().len()),
+            "streamed_per_pass": p.map_or(0, |p| p.bytes.streamed_per_pass)})
+    });
     let total = json!({
         "prompts": prompts.len(), "max_new": a.max_new,
         "tier_bandwidth_gbs": bw.map(|b| b / 1e9),
@@ -306,6 +335,7 @@ fn offload(a: &BenchArgs) -> Result<(), Error> {
         "plain_link_utilisation": util(pb, pv), "spec_link_utilisation": util(sb, sv),
         "plain_reader_busy": busy(&plain_tot), "spec_reader_busy": busy(&spec_tot),
         "identical": all_same, "tree": {"width": spec_opts.tree.width, "depth": spec_opts.tree.depth, "max_tokens": spec_opts.tree.max_tokens},
+        "own_baseline": own_total,
     });
     if a.json {
         println!("{}", json!({"total": total, "runs": rows}));
@@ -314,6 +344,12 @@ fn offload(a: &BenchArgs) -> Result<(), Error> {
             pn as f64 / ps, sn as f64 / ss, (sn as f64 / ss) / (pn as f64 / ps), tau_w / sn.max(1) as f64);
         println!("decoding alone (the prompt's prefill, the same work for both, left out): plain {pd:.2} tokens/s, SubSpec {sd:.2} tokens/s, speedup {:.2}x",
             sd / pd);
+        if let Some(o) = &own_total {
+            println!("plain without a draft (its own placement: {} layers streamed, {:.1} MB per pass): {:.2} tokens/s, decoding {:.2}; SubSpec's speedup over it {:.2}x, decoding {:.2}x",
+                o["placement_offloaded_layers"], o["streamed_per_pass"].as_u64().unwrap_or(0) as f64 / 1e6,
+                o["tokens_per_s"].as_f64().unwrap_or(0.0), o["decode_tokens_per_s"].as_f64().unwrap_or(0.0),
+                o["speedup"].as_f64().unwrap_or(0.0), o["decode_speedup"].as_f64().unwrap_or(0.0));
+        }
         if let Some(bw) = bw {
             println!("slow tier: {:.2} GB/s measured; streamed {:.1} MB/token plain, {:.1} MB/token SubSpec; link utilisation during target passes: plain {:.0}%, SubSpec {:.0}%",
                 bw / 1e9, pb as f64 / 1e6 / pn.max(1) as f64, sb as f64 / 1e6 / sn.max(1) as f64,

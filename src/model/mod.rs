@@ -444,9 +444,27 @@ impl<B: Backend> Model<B> {
         mask: &AttnMask,
         logit_rows: &[usize],
     ) -> Result<Vec<f32>> {
+        if logit_rows.iter().any(|&r| r >= tokens.len()) {
+            return Err(Error::internal("forward: a logit row outside the batch"));
+        }
+        let x = self.forward_hidden(cache, pass, first, tokens, positions, mask)?;
+        self.logits(pass, &x, logit_rows)
+    }
+
+    /// [`Model::forward_at`] up to the last decoder layer: the residual stream of the
+    /// batch, `(tokens.len(), hidden)`, for [`Model::logits`] to finish.
+    pub fn forward_hidden(
+        &self,
+        cache: &mut KvCache<B>,
+        pass: Pass,
+        first: usize,
+        tokens: &[u32],
+        positions: &[usize],
+        mask: &AttnMask,
+    ) -> Result<B::Act> {
         let c = &self.config;
         let n = tokens.len();
-        if positions.len() != n || mask.len() != n || logit_rows.iter().any(|&r| r >= n) {
+        if positions.len() != n || mask.len() != n {
             return Err(Error::internal(
                 "forward: tokens, positions, mask and logit rows disagree",
             ));
@@ -544,9 +562,17 @@ impl<B: Backend> Model<B> {
                 be.tier_release(stream, ticket)?;
             }
         }
-        // Final norm and lm_head, only for the rows whose logits are wanted.
+        Ok(x)
+    }
+
+    /// The `pass`'s logits of rows `logit_rows` of a batch's residual stream `x` (from
+    /// [`Model::forward_hidden`]): final norm and lm_head, `(logit_rows.len(), vocab)`
+    /// row-major. A row's logits do not depend on which other rows are asked for. The
+    /// rows must be inside the batch (the callers check; a backend may panic otherwise).
+    pub(crate) fn logits(&self, pass: Pass, x: &B::Act, logit_rows: &[usize]) -> Result<Vec<f32>> {
+        let (c, be) = (&self.config, &self.backend);
         let mut sel = be.act(logit_rows.len(), c.hidden)?;
-        be.gather_rows(&x, logit_rows, &mut sel)?;
+        be.gather_rows(x, logit_rows, &mut sel)?;
         let mut normed = be.act(logit_rows.len(), c.hidden)?;
         be.rms_norm(&sel, &self.norm, c.rms_eps, &mut normed)?;
         let mut logits = be.act(logit_rows.len(), c.vocab)?;

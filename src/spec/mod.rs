@@ -5,7 +5,7 @@ pub mod tree;
 pub mod verify;
 
 pub use tree::Tree;
-pub use verify::{accept, Walk};
+pub use verify::{accept, accept_from, AllRows, NodeLogits, Walk};
 
 use crate::error::{Error, Result};
 

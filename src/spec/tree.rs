@@ -107,6 +107,24 @@ impl Tree {
         &self.children[n]
     }
 
+    /// `from` and its draft-likeliest descendants: each node's best-scored child (the
+    /// first added among equals), down to a leaf.
+    pub fn best_path(&self, from: usize) -> Vec<usize> {
+        let mut path = vec![from];
+        let mut n = from;
+        while let Some(&c) = self.children[n].iter().reduce(|a, b| {
+            if self.score[*b] > self.score[*a] {
+                b
+            } else {
+                a
+            }
+        }) {
+            path.push(c);
+            n = c;
+        }
+        path
+    }
+
     /// Adds one node.
     pub fn push(&mut self, parent: usize, token: u32, score: f32) -> usize {
         let id = self.tokens.len();
@@ -261,6 +279,24 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn best_path_follows_the_best_scored_child() {
+        let mut t = Tree::new(0);
+        let a = t.push(0, 1, -0.5);
+        let b = t.push(0, 2, -0.2);
+        let c = t.push(b, 3, -0.9);
+        let d = t.push(b, 4, -0.3);
+        let e = t.push(d, 5, -0.4);
+        let f = t.push(a, 6, -0.6);
+        assert_eq!(t.best_path(0), vec![0, b, d, e]);
+        assert_eq!(t.best_path(a), vec![a, f]);
+        assert_eq!(t.best_path(c), vec![c]);
+        // Equal scores: the first child added.
+        let g = t.push(e, 7, -1.0);
+        t.push(e, 8, -1.0);
+        assert_eq!(t.best_path(d), vec![d, e, g]);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! token plain decoding would have chosen at that position, whatever the draft proposed.
 
 use super::tree::Tree;
+use crate::error::Result;
 use crate::sample::{sample, SamplingParams};
 
 /// The outcome of one acceptance walk.
@@ -35,6 +36,27 @@ impl Walk {
     }
 }
 
+/// The target's logits of tree nodes, as the walk asks for them (a verification may
+/// compute only the rows the walk visits).
+pub trait NodeLogits {
+    /// Row `node`: `vocab` logits, the distribution after that node.
+    fn row(&mut self, node: usize) -> Result<&[f32]>;
+}
+
+/// Every node's row computed up front: `tree.len()` rows of `vocab`.
+pub struct AllRows<'a> {
+    /// The rows, row-major.
+    pub logits: &'a [f32],
+    /// Row length.
+    pub vocab: usize,
+}
+
+impl NodeLogits for AllRows<'_> {
+    fn row(&mut self, node: usize) -> Result<&[f32]> {
+        Ok(&self.logits[node * self.vocab..(node + 1) * self.vocab])
+    }
+}
+
 /// Walks `tree` with the target's `logits` (`tree.len()` rows of `vocab`, row `n` the
 /// distribution after node `n`). The root's successor is the token at absolute position
 /// `position`. Emits at most `max_tokens` (>= 1) tokens and stops after one `is_eos` says
@@ -48,14 +70,29 @@ pub fn accept(
     max_tokens: usize,
     is_eos: impl Fn(u32) -> bool,
 ) -> Walk {
+    let rows = &mut AllRows { logits, vocab };
+    match accept_from(tree, rows, params, position, max_tokens, is_eos) {
+        Ok(walk) => walk,
+        Err(e) => unreachable!("rows computed up front cannot fail: {e}"),
+    }
+}
+
+/// [`accept`] with rows from `rows`, asked for only as the walk reaches each node.
+pub fn accept_from(
+    tree: &Tree,
+    rows: &mut impl NodeLogits,
+    params: &SamplingParams,
+    position: usize,
+    max_tokens: usize,
+    is_eos: impl Fn(u32) -> bool,
+) -> Result<Walk> {
     let mut walk = Walk {
         tokens: Vec::new(),
         nodes: Vec::new(),
     };
     let mut node = 0;
     loop {
-        let row = &logits[node * vocab..(node + 1) * vocab];
-        let t = sample(row, params, position + tree.depth[node]);
+        let t = sample(rows.row(node)?, params, position + tree.depth[node]);
         walk.tokens.push(t);
         let child = tree
             .children(node)
@@ -67,7 +104,7 @@ pub fn accept(
         }
         match child {
             Some(c) if walk.tokens.len() < max_tokens && !is_eos(t) => node = c,
-            _ => return walk,
+            _ => return Ok(walk),
         }
     }
 }
@@ -162,5 +199,35 @@ mod tests {
         for (i, &tok) in w.tokens.iter().enumerate() {
             assert_eq!(tok, sample(&flat[..4], &p, 7 + i));
         }
+    }
+
+    /// Rows served from a dense table, recording which nodes were asked for.
+    struct Counting<'a> {
+        all: AllRows<'a>,
+        asked: Vec<usize>,
+    }
+
+    impl NodeLogits for Counting<'_> {
+        fn row(&mut self, node: usize) -> Result<&[f32]> {
+            self.asked.push(node);
+            self.all.row(node)
+        }
+    }
+
+    #[test]
+    fn the_walk_asks_only_for_the_rows_it_visits() {
+        let t = tree();
+        let l = target(&[3, 0, 0, 0, 2]);
+        let rows = &mut Counting {
+            all: AllRows {
+                logits: &l,
+                vocab: 4,
+            },
+            asked: Vec::new(),
+        };
+        let params = SamplingParams::greedy();
+        let w = accept_from(&t, rows, &params, 10, 100, |_| false).unwrap();
+        assert_eq!(w, accept(&t, &l, 4, &params, 10, 100, |_| false));
+        assert_eq!(rows.asked, vec![0, 2, 4]);
     }
 }

@@ -466,7 +466,7 @@ impl<B: Backend> Model<B> {
         let n = tokens.len();
         if positions.len() != n || mask.len() != n {
             return Err(Error::internal(
-                "forward: tokens, positions, mask and logit rows disagree",
+                "forward: tokens, positions and mask disagree",
             ));
         }
         mask.validate(first)?;

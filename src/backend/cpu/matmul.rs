@@ -232,6 +232,17 @@ pub(crate) fn dot_portable(dtype: DType, row: &[u8], x: &[f32]) -> f32 {
     finish(&acc, dtype, row, x, body)
 }
 
+/// The dtype a kernel's const parameter stands for (0: f32, 1: f16, 2: bf16).
+#[inline(always)]
+#[cfg(target_arch = "x86_64")]
+fn dtype_of(d: u8) -> DType {
+    match d {
+        0 => DType::F32,
+        1 => DType::F16,
+        _ => DType::BF16,
+    }
+}
+
 /// The fixed pairwise sum of 16 lanes, then the scalar tail from `body` on.
 #[inline(always)]
 fn finish(acc: &[f32; 16], dtype: DType, row: &[u8], x: &[f32], body: usize) -> f32 {
@@ -276,6 +287,22 @@ mod avx512 {
         k: usize,
         res: &mut [f32],
     ) {
+        // One body per dtype, so the loads in the hot loop do not test it.
+        match dtype {
+            DType::F32 => tile_of::<0, R, T>(rows, xs, k, res),
+            DType::F16 => tile_of::<1, R, T>(rows, xs, k, res),
+            DType::BF16 => tile_of::<2, R, T>(rows, xs, k, res),
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,fma,f16c")]
+    unsafe fn tile_of<const D: u8, const R: usize, const T: usize>(
+        rows: &[u8],
+        xs: &[f32],
+        k: usize,
+        res: &mut [f32],
+    ) {
+        let dtype = super::dtype_of(D);
         let row_bytes = k * dtype.size();
         let wp = rows.as_ptr();
         let xp = xs.as_ptr();
@@ -401,7 +428,7 @@ mod tests {
             .map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * 0.3)
             .collect();
         let path = dir.join("model.safetensors");
-        crate::model::weights::testutil::write_f16(&path, &[("w".into(), vec![n, k], w)]);
+        crate::model::weights::testutil::write_f16(&path, &[("w".into(), vec![n, k], w.clone())]);
         let weights = crate::model::Weights::open(&dir).unwrap();
         let wt = weights.get("w", &[n, k]).unwrap();
         let t_count = 13; // two full 6-token tiles and a 1-token tail
@@ -424,29 +451,42 @@ mod tests {
                 assert_eq!(p, single[o], "row {o} token {t}");
             }
         }
-        // Every kernel this CPU can run gives the portable bits, for every tile shape.
-        let rb = k * 2;
-        for isa in crate::backend::cpu::isa::supported_isas() {
-            for (rr, tt) in [(8, 1), (4, 2), (4, 6), (2, 9), (2, 12), (1, 1), (1, 7)] {
-                let mut res = [0f32; 8 * MAX_TT];
-                dot_tile(
-                    isa,
-                    DType::F16,
-                    &wt.bytes()[..rr * rb],
-                    rr,
-                    &x[..tt * k],
-                    tt,
-                    k,
-                    &mut res,
-                );
-                for i in 0..rr {
-                    for j in 0..tt {
-                        let p = dot_portable(
-                            DType::F16,
-                            &wt.bytes()[i * rb..(i + 1) * rb],
-                            &x[j * k..(j + 1) * k],
-                        );
-                        assert_eq!(res[i * tt + j], p, "{isa:?} tile {rr}x{tt}");
+        // Every kernel this CPU can run gives the portable bits, for every tile shape and
+        // weight dtype.
+        let f16_rows = wt.bytes().to_vec();
+        let f32_rows: Vec<u8> = w.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let bf16_rows: Vec<u8> = w
+            .iter()
+            .flat_map(|v| ((v.to_bits() >> 16) as u16).to_le_bytes())
+            .collect();
+        for (dtype, bytes) in [
+            (DType::F16, &f16_rows),
+            (DType::F32, &f32_rows),
+            (DType::BF16, &bf16_rows),
+        ] {
+            let rb = k * dtype.size();
+            for isa in crate::backend::cpu::isa::supported_isas() {
+                for (rr, tt) in [(8, 1), (4, 2), (4, 6), (2, 9), (2, 12), (1, 1), (1, 7)] {
+                    let mut res = [0f32; 8 * MAX_TT];
+                    dot_tile(
+                        isa,
+                        dtype,
+                        &bytes[..rr * rb],
+                        rr,
+                        &x[..tt * k],
+                        tt,
+                        k,
+                        &mut res,
+                    );
+                    for i in 0..rr {
+                        for j in 0..tt {
+                            let p = dot_portable(
+                                dtype,
+                                &bytes[i * rb..(i + 1) * rb],
+                                &x[j * k..(j + 1) * k],
+                            );
+                            assert_eq!(res[i * tt + j], p, "{isa:?} {dtype:?} tile {rr}x{tt}");
+                        }
                     }
                 }
             }

@@ -32,7 +32,6 @@ struct LazyLogits<'a> {
     engine: &'a Engine,
     hidden: &'a <Device as Backend>::Act,
     tree: &'a Tree,
-    vocab: usize,
     /// Rows computed so far, in the order computed.
     rows: Vec<f32>,
     /// Where each node's row starts in `rows`.
@@ -41,6 +40,7 @@ struct LazyLogits<'a> {
 
 impl NodeLogits for LazyLogits<'_> {
     fn row(&mut self, node: usize) -> Result<&[f32]> {
+        let vocab = self.engine.model.config.vocab;
         let start = match self.at[node] {
             Some(start) => start,
             None => {
@@ -50,13 +50,13 @@ impl NodeLogits for LazyLogits<'_> {
                     .engine
                     .install(|| model.logits(Pass::Target, hidden, &want))?;
                 for (i, &n) in want.iter().enumerate() {
-                    self.at[n] = Some(self.rows.len() + i * self.vocab);
+                    self.at[n] = Some(self.rows.len() + i * vocab);
                 }
                 self.rows.extend_from_slice(&l);
                 self.rows.len() - l.len()
             }
         };
-        Ok(&self.rows[start..start + self.vocab])
+        Ok(&self.rows[start..start + vocab])
     }
 }
 
@@ -680,7 +680,6 @@ impl Sequence {
             engine,
             hidden: &hidden,
             tree: &tree,
-            vocab,
             rows: Vec::new(),
             at: vec![None; tree.len()],
         };

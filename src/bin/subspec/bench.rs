@@ -120,6 +120,31 @@ impl RunStats {
     fn decode_rate(&self) -> f64 {
         self.tokens as f64 / (self.seconds - self.prefill_s)
     }
+
+    /// Bytes streamed per generated token.
+    fn bytes_per_token(&self) -> f64 {
+        self.streamed as f64 / self.tokens.max(1) as f64
+    }
+
+    /// The reader's busy fraction during target passes.
+    fn reader_busy(&self) -> f64 {
+        self.read_s / self.target_s
+    }
+
+    /// The runs of `v` as one: sums, with tau weighted by the tokens of each run.
+    fn total(v: &[RunStats]) -> RunStats {
+        let tokens = v.iter().map(|r| r.tokens).sum::<usize>();
+        let tau_w = v.iter().map(|r| r.tau * r.tokens as f64).sum::<f64>();
+        RunStats {
+            tokens,
+            seconds: v.iter().map(|r| r.seconds).sum(),
+            prefill_s: v.iter().map(|r| r.prefill_s).sum(),
+            tau: tau_w / tokens.max(1) as f64,
+            target_s: v.iter().map(|r| r.target_s).sum(),
+            streamed: v.iter().map(|r| r.streamed).sum(),
+            read_s: v.iter().map(|r| r.read_s).sum(),
+        }
+    }
 }
 
 fn load_prompts(a: &BenchArgs) -> Result<Vec<(String, String)>, Error> {
@@ -278,84 +303,69 @@ fn offload(a: &BenchArgs) -> Result<(), Error> {
                 sd,
                 sd / pd,
                 s.tau,
-                p.streamed as f64 / 1e6 / p.tokens.max(1) as f64,
-                s.streamed as f64 / 1e6 / s.tokens.max(1) as f64,
+                p.bytes_per_token() / 1e6,
+                s.bytes_per_token() / 1e6,
                 same
             );
         }
         rows.push(json!({"category": cat, "prompt": prompt, "plain_tokens_per_s": pt, "spec_tokens_per_s": stps, "speedup": stps / pt,
             "plain_decode_tokens_per_s": pd, "spec_decode_tokens_per_s": sd, "decode_speedup": sd / pd,
             "plain_prefill_s": p.prefill_s, "spec_prefill_s": s.prefill_s, "tau": s.tau,
-            "plain_bytes_per_token": p.streamed as f64 / p.tokens.max(1) as f64, "spec_bytes_per_token": s.streamed as f64 / s.tokens.max(1) as f64,
+            "plain_bytes_per_token": p.bytes_per_token(), "spec_bytes_per_token": s.bytes_per_token(),
             "own_plain_tokens_per_s": own_rates.map(|r| r.0), "own_plain_decode_tokens_per_s": own_rates.map(|r| r.1),
             "identical": same, "tokens": s.tokens}));
         plain_tot.push(p);
         spec_tot.push(s);
     }
-    let busy = |v: &[RunStats]| {
-        v.iter().map(|r| r.read_s).sum::<f64>() / v.iter().map(|r| r.target_s).sum::<f64>()
-    };
-    let sum = |v: &[RunStats]| -> (usize, f64, f64, u64, f64) {
-        (
-            v.iter().map(|r| r.tokens).sum(),
-            v.iter().map(|r| r.seconds).sum(),
-            v.iter().map(|r| r.target_s).sum(),
-            v.iter().map(|r| r.streamed).sum(),
-            v.iter().map(|r| r.tau * r.tokens as f64).sum::<f64>(),
-        )
-    };
-    let (pn, ps, pv, pb, _) = sum(&plain_tot);
-    let (sn, ss, sv, sb, tau_w) = sum(&spec_tot);
-    let prefill = |v: &[RunStats]| v.iter().map(|r| r.prefill_s).sum::<f64>();
-    let (pd, sd) = (
-        pn as f64 / (ps - prefill(&plain_tot)),
-        sn as f64 / (ss - prefill(&spec_tot)),
-    );
-    let util = |bytes: u64, verify_s: f64| bw.map(|bw| bytes as f64 / (verify_s * bw));
+    let (p, s) = (RunStats::total(&plain_tot), RunStats::total(&spec_tot));
+    let (pd, sd) = (p.decode_rate(), s.decode_rate());
+    let util = |r: &RunStats| bw.map(|bw| r.streamed as f64 / (r.target_s * bw));
     let all_same = rows.iter().all(|r| r["identical"] == true);
     // Plain decoding on the engine without a draft: its own placement.
-    let own_total = own.as_ref().map(|e| {
-        let (on, os, ..) = sum(&own_tot);
-        let od = on as f64 / (os - prefill(&own_tot));
+    let own = own.as_ref().map(|e| {
         let p = e.placement();
-        json!({"tokens_per_s": on as f64 / os, "decode_tokens_per_s": od,
-            "speedup": (sn as f64 / ss) / (on as f64 / os), "decode_speedup": sd / od,
-            "placement_offloaded_layers": p.map_or(0, |p| p.offloaded().len()),
-            "streamed_per_pass": p.map_or(0, |p| p.bytes.streamed_per_pass)})
+        (
+            RunStats::total(&own_tot),
+            p.map_or(0, |p| p.offloaded().len()),
+            p.map_or(0, |p| p.bytes.streamed_per_pass),
+        )
+    });
+    let own_json = own.as_ref().map(|(o, offloaded, streamed)| {
+        json!({"tokens_per_s": o.rate(), "decode_tokens_per_s": o.decode_rate(),
+            "speedup": s.rate() / o.rate(), "decode_speedup": sd / o.decode_rate(),
+            "placement_offloaded_layers": offloaded, "streamed_per_pass": streamed})
     });
     let total = json!({
         "prompts": prompts.len(), "max_new": a.max_new,
         "tier_bandwidth_gbs": bw.map(|b| b / 1e9),
         "placement_offloaded_layers": engine.placement().map(|p| p.offloaded().len()).unwrap_or(0),
         "streamed_per_pass": engine.placement().map(|p| p.bytes.streamed_per_pass).unwrap_or(0),
-        "plain_tokens_per_s": pn as f64 / ps, "spec_tokens_per_s": sn as f64 / ss,
-        "speedup": (sn as f64 / ss) / (pn as f64 / ps), "tau": tau_w / sn.max(1) as f64,
+        "plain_tokens_per_s": p.rate(), "spec_tokens_per_s": s.rate(),
+        "speedup": s.rate() / p.rate(), "tau": s.tau,
         "plain_decode_tokens_per_s": pd, "spec_decode_tokens_per_s": sd, "decode_speedup": sd / pd,
-        "plain_bytes_per_token": pb as f64 / pn.max(1) as f64, "spec_bytes_per_token": sb as f64 / sn.max(1) as f64,
-        "plain_link_utilisation": util(pb, pv), "spec_link_utilisation": util(sb, sv),
-        "plain_reader_busy": busy(&plain_tot), "spec_reader_busy": busy(&spec_tot),
+        "plain_bytes_per_token": p.bytes_per_token(), "spec_bytes_per_token": s.bytes_per_token(),
+        "plain_link_utilisation": util(&p), "spec_link_utilisation": util(&s),
+        "plain_reader_busy": p.reader_busy(), "spec_reader_busy": s.reader_busy(),
         "identical": all_same, "tree": {"width": spec_opts.tree.width, "depth": spec_opts.tree.depth, "max_tokens": spec_opts.tree.max_tokens},
-        "own_baseline": own_total,
+        "own_baseline": own_json,
     });
     if a.json {
         println!("{}", json!({"total": total, "runs": rows}));
     } else {
         println!("total: plain {:.2} tokens/s, SubSpec {:.2} tokens/s, speedup {:.2}x, tau {:.2}, identical output: {all_same}",
-            pn as f64 / ps, sn as f64 / ss, (sn as f64 / ss) / (pn as f64 / ps), tau_w / sn.max(1) as f64);
+            p.rate(), s.rate(), s.rate() / p.rate(), s.tau);
         println!("decoding alone (the prompt's prefill, the same work for both, left out): plain {pd:.2} tokens/s, SubSpec {sd:.2} tokens/s, speedup {:.2}x",
             sd / pd);
-        if let Some(o) = &own_total {
-            println!("plain without a draft (its own placement: {} layers streamed, {:.1} MB per pass): {:.2} tokens/s, decoding {:.2}; SubSpec's speedup over it {:.2}x, decoding {:.2}x",
-                o["placement_offloaded_layers"], o["streamed_per_pass"].as_u64().unwrap_or(0) as f64 / 1e6,
-                o["tokens_per_s"].as_f64().unwrap_or(0.0), o["decode_tokens_per_s"].as_f64().unwrap_or(0.0),
-                o["speedup"].as_f64().unwrap_or(0.0), o["decode_speedup"].as_f64().unwrap_or(0.0));
+        if let Some((o, offloaded, streamed)) = &own {
+            println!("plain without a draft (its own placement: {offloaded} layers streamed, {:.1} MB per pass): {:.2} tokens/s, decoding {:.2}; SubSpec's speedup over it {:.2}x, decoding {:.2}x",
+                *streamed as f64 / 1e6, o.rate(), o.decode_rate(), s.rate() / o.rate(), sd / o.decode_rate());
         }
         if let Some(bw) = bw {
             println!("slow tier: {:.2} GB/s measured; streamed {:.1} MB/token plain, {:.1} MB/token SubSpec; link utilisation during target passes: plain {:.0}%, SubSpec {:.0}%",
-                bw / 1e9, pb as f64 / 1e6 / pn.max(1) as f64, sb as f64 / 1e6 / sn.max(1) as f64,
-                100.0 * util(pb, pv).unwrap_or(0.0), 100.0 * util(sb, sv).unwrap_or(0.0));
+                bw / 1e9, p.bytes_per_token() / 1e6, s.bytes_per_token() / 1e6,
+                100.0 * util(&p).unwrap_or(0.0), 100.0 * util(&s).unwrap_or(0.0));
             println!("reader busy (seconds reading / seconds in target passes, self-calibrated): plain {:.0}%, SubSpec {:.0}%",
-                100.0 * busy(&plain_tot), 100.0 * busy(&spec_tot));
+                100.0 * p.reader_busy(), 100.0 * s.reader_busy());
         } else {
             println!("everything resident (no --budget, or it fits): nothing streamed");
         }

@@ -259,7 +259,7 @@ pub struct SpecArgs {
     #[arg(long, default_value = "on")]
     draft_all_layers: String,
     /// Stop drafting early when another step costs more than it is expected to return:
-    /// on or off (default: the engine's, on when layers are offloaded).
+    /// on or off (default: the engine's, off).
     #[arg(long)]
     adaptive_depth: Option<String>,
 }

@@ -11,6 +11,7 @@ use std::time::Instant;
 use subspec::backend::cpu::matmul::linear;
 use subspec::model::weights::{AlignedBuf, Storage};
 use subspec::model::{DType, HostTensor};
+use subspec::offload::plan::substitute_bytes;
 use subspec::quant::{qlinear, QMatrix, QuantConfig, QuantMethod};
 
 const REPS: usize = 15;
@@ -56,7 +57,7 @@ fn main() {
         };
         for &(rows, cols) in &shapes {
             let q = QMatrix::quantize(&values(rows * cols, 1), rows, cols, &cfg).unwrap();
-            let bytes = rows * cols * bits as usize / 8 + rows * cols / 64 * 4;
+            let bytes = substitute_bytes(rows as u64, cols as u64, &cfg) as usize;
             for t in [1, 2, 6] {
                 let x = values(t * cols, 2);
                 let mut out = vec![0f32; t * rows];
@@ -88,7 +89,7 @@ fn main() {
             .collect();
         let bytes: usize = mats
             .iter()
-            .map(|m| m.rows() * m.cols() * (bits as usize * 16 + 4) / 128)
+            .map(|m| substitute_bytes(m.rows() as u64, m.cols() as u64, &cfg) as usize)
             .sum();
         for t in [1, 2, 6] {
             let x = values(t * 4864, 2);

@@ -67,7 +67,7 @@ fn main() {
         }
     }
     // A draft step's linears from memory, not cache: 24 layers of 4-bit substitutes
-    // (q, k, v, o, gate, up, down of Qwen2.5-0.5B: ~190 MB), run in order.
+    // (q, k, v, o, gate, up, down of Qwen2.5-0.5B: ~201 MB), run in order.
     let layer = [
         (896, 896),
         (128, 896),

@@ -47,6 +47,28 @@ struct TierFile {
     size: u64,
 }
 
+impl TierFile {
+    /// An error if the file no longer has the size it had when opened.
+    fn check_size(&self) -> Result<()> {
+        let now = self
+            .file
+            .metadata()
+            .map_err(|err| Error::io(&self.path, err))?
+            .len();
+        if now != self.size {
+            return Err(Error::new(
+                ErrorKind::Io,
+                format!(
+                    "{}: the model file changed size while open (was {} bytes, now {now})",
+                    self.path.display(),
+                    self.size
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Streaming counters, shared with the reader thread.
 #[derive(Debug, Default)]
 pub struct StreamCounters {
@@ -328,21 +350,7 @@ fn read_layer(
     let mut starts = Vec::with_capacity(e.tensors.len());
     for t in &e.tensors {
         let f = &files[t.file];
-        let now = f
-            .file
-            .metadata()
-            .map_err(|err| Error::io(&f.path, err))?
-            .len();
-        if now != f.size {
-            return Err(Error::new(
-                ErrorKind::Io,
-                format!(
-                    "{}: the model file changed size while open (was {} bytes, now {now})",
-                    f.path.display(),
-                    f.size
-                ),
-            ));
-        }
+        f.check_size()?;
         let begin = t.offset / BLOCK * BLOCK;
         let end = (t.offset + t.len as u64).div_ceil(BLOCK) * BLOCK;
         let want = (end - begin) as usize;
@@ -353,11 +361,17 @@ fn read_layer(
                 Ok(0) => break,
                 Ok(n) => got += n,
                 Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(err) => return Err(Error::io(&f.path, err)),
+                // A resize racing the read can fail it (EINVAL under O_DIRECT): name the
+                // cause rather than the errno when that is what happened.
+                Err(err) => {
+                    f.check_size()?;
+                    return Err(Error::io(&f.path, err));
+                }
             }
         }
         let needed = (t.offset + t.len as u64 - begin) as usize;
         if got < needed {
+            f.check_size()?;
             return Err(Error::new(
                 ErrorKind::Io,
                 format!("{}: short read of tensor `{}` ({got} of {needed} bytes): the file is truncated", f.path.display(), t.name),

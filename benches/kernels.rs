@@ -8,11 +8,12 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use subspec::backend::cpu::matmul::linear;
-use subspec::model::weights::{AlignedBuf, Storage};
-use subspec::model::{DType, HostTensor};
-use subspec::offload::plan::substitute_bytes;
-use subspec::quant::{qlinear, QMatrix, QuantConfig, QuantMethod};
+use subspec::internals::matmul::linear;
+use subspec::internals::substitute_bytes;
+use subspec::internals::{qlinear, QMatrix};
+use subspec::internals::{AlignedBuf, Storage};
+use subspec::internals::{DType, HostTensor};
+use subspec::{QuantConfig, QuantMethod};
 
 const REPS: usize = 15;
 

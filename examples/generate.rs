@@ -15,10 +15,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let engine = Engine::load(&EngineOptions::new(dir))?;
     let tok = engine.tokenizer()?;
     let mut seq = engine.new_sequence()?;
-    seq.append(&engine, &tok.encode(&prompt, true)?)?;
+    seq.append(&tok.encode(&prompt, true)?)?;
 
     let opts = StepOptions::speculative(SamplingParams::greedy());
-    let out = seq.generate(&engine, &opts, 48, |_| true)?;
+    let out = seq.generate(&opts, 48, |_| true)?;
     println!("{prompt}{}", tok.decode(&out)?);
     let st = seq.stats();
     println!(

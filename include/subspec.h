@@ -20,7 +20,7 @@
 #define SUBSPEC_VERSION_MAJOR 0
 
 // Library minor version (matches Cargo.toml; checked at compile time).
-#define SUBSPEC_VERSION_MINOR 1
+#define SUBSPEC_VERSION_MINOR 2
 
 // Library patch version (matches Cargo.toml; checked at compile time).
 #define SUBSPEC_VERSION_PATCH 0

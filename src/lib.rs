@@ -1,32 +1,84 @@
 //! subspec: lossless speculative decoding for LLMs whose weights do not fit on the device.
 //!
-//! The crate is organised by responsibility, data flowing one way:
-//! - [`model`]: config, weights (memory-mapped safetensors), KV cache, the forward pass;
-//! - [`backend`]: the narrow device interface and the CPU reference backend;
-//! - [`quant`]: HQQ/RTN low-bit substitutes and their fused matrix product;
-//! - [`spec`]: the token tree, its growth, and lossless verification (pure logic);
-//! - [`sample`]: greedy and seeded sampling with a counter-based RNG;
-//! - [`tokenizer`]: tokenizer.json through the `tokenizers` crate;
-//! - [`engine`]: engines and sequences, the API the C ABI wraps;
-//! - [`ffi`]: the C ABI (`include/subspec.h`), the only place with `extern "C"`.
+//! The target model's weights are *offloaded* (streamed from a slower tier on every
+//! forward pass); a *draft* is built from the target itself by replacing decoder layers
+//! with 4-bit quantized *substitutes* that stay resident, sharing everything else and the
+//! KV cache; the draft grows a token *tree* and the target verifies it in one pass,
+//! *accepting* the longest path it agrees with. Output is exactly the target's.
+//!
+//! # Using it
+//! Load an [`Engine`] with [`EngineOptions`] (a memory budget makes the planner offload
+//! layers), make a [`Sequence`], append a prompt and [`Sequence::step`] or
+//! [`Sequence::generate`] with [`StepOptions`]. C, C++, Go and Node programs use the
+//! same engine through the C ABI (`include/subspec.h`, module [`ffi`]).
+//!
+//! # Layers
+//! Modules import only downward, in this order (`tests/layers.rs` checks it):
+//!
+//! ```text
+//! error                 the one error type
+//! util                  byte sizes, CPU features
+//! checkpoint            config.json, safetensors, tensor names, host tensors, direct reads
+//! tokenizer, sample     text <-> ids; logits -> tokens (counter-based RNG)
+//! quant                 HQQ/RTN substitutes and their fused product
+//! synth                 random-weight checkpoints shaped like real models
+//! backend               the Backend trait; CPU (disk slow tier) and CUDA (pinned slow tier)
+//! plan                  the memory planner: a pure function of sizes and a budget
+//! model                 weights on a backend, the KV cache, the one forward pass
+//! spec                  the tree, the draft loop, the acceptance walk
+//! engine                Engine and Sequence
+//! ffi                   the C ABI
+//! ```
+//!
+//! The command-line tool (`cli/`) and the tests sit on top and use the public API plus
+//! the hidden [`internals`] module.
 
-pub mod backend;
-pub mod engine;
-pub mod error;
+#![warn(missing_docs, unsafe_op_in_unsafe_fn)]
+
+mod backend;
+mod checkpoint;
+mod engine;
+mod error;
 pub mod ffi;
-pub mod model;
-pub mod offload;
-pub mod quant;
-pub mod sample;
-pub mod spec;
-pub mod synth;
-pub mod tokenizer;
+mod model;
+mod plan;
+mod quant;
+mod sample;
+mod spec;
+mod synth;
+mod tokenizer;
+mod util;
 
-pub use backend::device::DeviceKind;
-pub use engine::{DraftOptions, Engine, EngineOptions, Progress, Sequence, StepOptions};
+pub use backend::DeviceKind;
+pub use checkpoint::{Arch, ModelConfig};
+pub use engine::{
+    DraftOptions, Engine, EngineOptions, Progress, Sequence, StepOptions, DEFAULT_MAX_TREE_TOKENS,
+};
 pub use error::{Error, ErrorKind, Result};
+pub use model::{Pass, SubstituteStats};
+pub use plan::{Placement, PlanBytes, Residency};
+pub use quant::{QuantConfig, QuantMethod};
 pub use sample::SamplingParams;
 pub use spec::{SpecStats, TreeParams};
+pub use tokenizer::{TextStream, Tokenizer};
 
 /// The library version (from Cargo.toml).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// What the tests, the benchmarks and the command-line tool's measuring commands need
+/// beyond the public API: the model and its backends, checkpoints, kernels, the planner's
+/// parts. Not part of the stable API: it changes whenever the internals do.
+#[doc(hidden)]
+pub mod internals {
+    pub use crate::backend::cpu::{matmul, CpuBackend, Streamer};
+    pub use crate::backend::cuda::{driver_present, CudaBackend};
+    pub use crate::backend::{AttnMask, AttnShape, Backend, Device, TierStats};
+    pub use crate::checkpoint::names::linear_names;
+    pub use crate::checkpoint::{AlignedBuf, DType, HostTensor, Linear, Storage, Weights};
+    pub use crate::engine::measure;
+    pub use crate::model::{KvCache, Model};
+    pub use crate::quant::{qlinear, reconstruction_error, substitute_bytes, QMatrix};
+    pub use crate::sample::distribution;
+    pub use crate::synth::{write_model, SynthShape};
+    pub use crate::util::{human, parse_bytes};
+}

@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 
 /// How the next token is chosen.
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
 pub struct SamplingParams {
     /// Softmax temperature; `0` means greedy (argmax).
     pub temperature: f32,
@@ -37,6 +38,40 @@ impl SamplingParams {
         Self::default()
     }
 
+    /// Sampling at `temperature` (`0`: greedy) from the `top_k` most likely tokens (`0`:
+    /// all) whose probability reaches `top_p` (`1.0`: all), with the RNG seeded by `seed`.
+    pub fn new(temperature: f32, top_k: usize, top_p: f32, seed: u64) -> Self {
+        SamplingParams {
+            temperature,
+            top_k,
+            top_p,
+            seed,
+        }
+    }
+
+    /// With softmax temperature `t` (`0`: greedy).
+    pub fn with_temperature(self, t: f32) -> Self {
+        SamplingParams {
+            temperature: t,
+            ..self
+        }
+    }
+
+    /// Keeping only the `k` most likely tokens (`0`: all).
+    pub fn with_top_k(self, k: usize) -> Self {
+        SamplingParams { top_k: k, ..self }
+    }
+
+    /// Keeping the smallest set of tokens whose probability reaches `p` (`1.0`: all).
+    pub fn with_top_p(self, p: f32) -> Self {
+        SamplingParams { top_p: p, ..self }
+    }
+
+    /// With the RNG seeded by `seed`.
+    pub fn with_seed(self, seed: u64) -> Self {
+        SamplingParams { seed, ..self }
+    }
+
     /// Checks the ranges.
     pub fn validate(&self) -> Result<()> {
         if !(self.temperature.is_finite() && self.temperature >= 0.0) {
@@ -58,6 +93,41 @@ impl SamplingParams {
     pub fn is_greedy(&self) -> bool {
         self.temperature == 0.0
     }
+}
+
+/// Terms of the softmax sum below `exp(-CUT)` of the largest are skipped: 152k of them
+/// add less than 1e-12 relative, far below f32's resolution of the result.
+const CUT: f64 = 40.0;
+
+/// `ln(sum(exp((x - max) / temperature)))` over `logits` (`max` their maximum), in f64,
+/// skipping terms too small to change the result (see `CUT`).
+pub(crate) fn log_sum_exp(logits: &[f32], max: f32, temperature: f32) -> f64 {
+    let t = temperature as f64;
+    let floor = (max as f64 - CUT * t) as f32;
+    logits
+        .iter()
+        .filter(|&&x| x > floor)
+        .map(|&x| ((x as f64 - max as f64) / t).exp())
+        .sum::<f64>()
+        .ln()
+}
+
+/// Log-softmax of `logits / temperature`, in f32 (computed through f64 sums).
+#[cfg(test)]
+pub fn log_softmax(logits: &[f32], temperature: f32) -> Vec<f32> {
+    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    let lse = log_sum_exp(logits, max, temperature);
+    let t = temperature as f64;
+    logits
+        .iter()
+        .map(|&x| ((x as f64 - max as f64) / t - lse) as f32)
+        .collect()
+}
+
+/// `-log softmax(logits)[target]` in f64: the negative log-likelihood of `target`.
+pub fn nll(logits: &[f32], target: u32) -> f64 {
+    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    max as f64 + log_sum_exp(logits, max, 1.0) - logits[target as usize] as f64
 }
 
 /// Philox-4x32-10 (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3"): a
@@ -168,6 +238,18 @@ pub fn sample(logits: &[f32], p: &SamplingParams, position: usize) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nll_is_minus_the_log_probability() {
+        let logits = [1.0f32, 2.0, 3.0];
+        let z: f64 = logits.iter().map(|&x| (x as f64).exp()).sum();
+        for t in 0..3 {
+            let want = -((logits[t] as f64).exp() / z).ln();
+            assert!((nll(&logits, t as u32) - want).abs() < 1e-12);
+        }
+        let lp = log_softmax(&logits, 1.0);
+        assert!((lp[2] as f64 + nll(&logits, 2)).abs() < 1e-6);
+    }
 
     #[test]
     fn philox_known_answer() {

@@ -22,8 +22,8 @@ use std::sync::mpsc;
 use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
+use crate::checkpoint::DType;
 use crate::error::{Error, Result};
-use crate::model::DType;
 
 /// Shape of a synthetic Llama/Qwen2-style model.
 #[derive(Debug, Clone, PartialEq)]
@@ -445,7 +445,7 @@ fn fill(out: &mut [u8], dtype: DType, key: u64, first: u64, init: Init) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Arch, ModelConfig, Weights};
+    use crate::checkpoint::{Arch, ModelConfig, Weights};
     use std::path::PathBuf;
 
     fn temp_dir(tag: &str) -> PathBuf {
@@ -606,7 +606,7 @@ mod tests {
     #[test]
     fn named_shapes_and_sizes() {
         let e = SynthShape::named("llama-70b").unwrap_err();
-        assert_eq!(e.kind(), crate::ErrorKind::InvalidArgument);
+        assert_eq!(e.kind(), crate::error::ErrorKind::InvalidArgument);
         for name in NAMES {
             assert!(e.message().contains(name), "{}", e.message());
             SynthShape::named(name).unwrap().validate().unwrap();
@@ -629,11 +629,11 @@ mod tests {
         };
         let dir = temp_dir("bad");
         let e = write_model(&dir, &shape, DType::F16, 0).unwrap_err();
-        assert_eq!(e.kind(), crate::ErrorKind::InvalidArgument);
+        assert_eq!(e.kind(), crate::error::ErrorKind::InvalidArgument);
         // A regular file where the directory should be.
         std::fs::write(&dir, b"x").unwrap();
         let e = write_model(&dir, &SynthShape::named("tiny").unwrap(), DType::F16, 0).unwrap_err();
-        assert_eq!(e.kind(), crate::ErrorKind::Io);
+        assert_eq!(e.kind(), crate::error::ErrorKind::Io);
         assert!(e.message().contains(&dir.display().to_string()));
         std::fs::remove_file(&dir).unwrap();
     }

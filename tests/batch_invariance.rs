@@ -4,9 +4,9 @@
 
 mod common;
 
-use subspec::backend::cpu::CpuBackend;
-use subspec::backend::{AttnMask, Backend};
-use subspec::model::Model;
+use subspec::internals::CpuBackend;
+use subspec::internals::Model;
+use subspec::internals::{AttnMask, Backend};
 
 /// Logits of `chain` continuing `prompt`, fed one token at a time (plain decoding).
 fn one_by_one<B: Backend>(m: &Model<B>, prompt: &[u32], chain: &[u32]) -> Vec<Vec<f32>> {
@@ -41,11 +41,11 @@ fn one_by_one<B: Backend>(m: &Model<B>, prompt: &[u32], chain: &[u32]) -> Vec<Ve
 }
 
 fn check_model<B: Backend>(m: &Model<B>) {
-    let v = m.config.vocab as u32;
+    let v = m.config().vocab as u32;
     let prompt: Vec<u32> = (0..11u32).map(|i| (i * 31 + 5) % v).collect();
     let chain: Vec<u32> = (0..5u32).map(|i| (i * 17 + 3) % v).collect();
     let want = one_by_one(m, &prompt, &chain);
-    let vocab = m.config.vocab;
+    let vocab = m.config().vocab;
     let n0 = prompt.len();
 
     // The whole chain in one batch.
@@ -111,7 +111,7 @@ fn check_model<B: Backend>(m: &Model<B>) {
     }
 
     // Compaction onto the accepted path c0, c1, c2, then c3 alone continues exactly.
-    cache.commit_subset(&m.backend, &[0, 2, 4]).unwrap();
+    cache.commit_subset(m.backend(), &[0, 2, 4]).unwrap();
     assert_eq!(cache.len(), n0 + 3);
     let next = m
         .forward(
@@ -169,7 +169,7 @@ fn qwen2_is_batch_invariant() {
 /// The same checks on the CUDA backend (skipped, with a line saying so, without a GPU).
 #[test]
 fn tiny_models_are_batch_invariant_on_cuda() {
-    let cuda = match subspec::backend::cuda::CudaBackend::new(0, None) {
+    let cuda = match subspec::internals::CudaBackend::new(0, None) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("SKIP tiny_models_are_batch_invariant_on_cuda: no CUDA device ({e})");

@@ -13,16 +13,18 @@ use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
 use half::{bf16, f16};
-use subspec::backend::cpu::CpuBackend;
-use subspec::backend::cuda::{driver_present, CudaBackend};
-use subspec::backend::{AttnMask, AttnShape, Backend};
-use subspec::model::weights::{AlignedBuf, Storage};
-use subspec::model::{DType, HostTensor, Pass};
-use subspec::quant::{QMatrix, QuantConfig, QuantMethod};
+use subspec::internals::CpuBackend;
+use subspec::internals::QMatrix;
+use subspec::internals::{driver_present, CudaBackend};
+use subspec::internals::{AlignedBuf, Storage};
+use subspec::internals::{AttnMask, AttnShape, Backend};
+use subspec::internals::{DType, HostTensor};
+use subspec::Pass;
 use subspec::{
     DeviceKind, DraftOptions, Engine, EngineOptions, ErrorKind, SamplingParams, StepOptions,
     TreeParams,
 };
+use subspec::{QuantConfig, QuantMethod};
 
 /// The CUDA backend on device 0, or `None` (with the reason printed) where there is none.
 fn gpu(test: &str) -> Option<CudaBackend> {
@@ -71,8 +73,8 @@ fn prompt(vocab: usize, n: usize, salt: u64) -> Vec<u32> {
 
 fn generate(engine: &Engine, prompt: &[u32], opts: &StepOptions, n: usize) -> Vec<u32> {
     let mut seq = engine.new_sequence().unwrap();
-    seq.append(engine, prompt).unwrap();
-    seq.generate(engine, opts, n, |_| true).unwrap()
+    seq.append(prompt).unwrap();
+    seq.generate(opts, n, |_| true).unwrap()
 }
 
 /// ‖a − b‖ / ‖b‖ in f64; infinite when either holds a NaN.
@@ -345,33 +347,19 @@ fn speculative_output_equals_plain_output() {
     }
     let samplings = [
         SamplingParams::greedy(),
-        SamplingParams {
-            temperature: 0.8,
-            top_k: 0,
-            top_p: 0.95,
-            seed: 11,
-        },
-        SamplingParams {
-            temperature: 1.3,
-            top_k: 40,
-            top_p: 1.0,
-            seed: 3,
-        },
+        SamplingParams::new(0.8, 0, 0.95, 11),
+        SamplingParams::new(1.3, 40, 1.0, 3),
     ];
     let trees = [
         TreeParams::default(),
-        TreeParams {
-            width: 2,
-            depth: 16,
-            max_tokens: 64,
-            ..TreeParams::default()
-        },
-        TreeParams {
-            width: 4,
-            depth: 6,
-            max_tokens: 48,
-            ..TreeParams::default()
-        },
+        TreeParams::default()
+            .with_width(2)
+            .with_depth(16)
+            .with_max_tokens(64),
+        TreeParams::default()
+            .with_width(4)
+            .with_depth(6)
+            .with_max_tokens(48),
     ];
     for name in shapes() {
         let dir = common::synth_model_dir(&name);
@@ -381,13 +369,10 @@ fn speculative_output_equals_plain_output() {
             let p = prompt(vocab, 12 + k, 2 + k as u64);
             let want = generate(&engine, &p, &StepOptions::plain(*s), 40);
             for t in &trees {
-                let opts = StepOptions {
-                    tree: *t,
-                    ..StepOptions::speculative(*s)
-                };
+                let opts = StepOptions::speculative(*s).with_tree(*t);
                 let mut seq = engine.new_sequence().unwrap();
-                seq.append(&engine, &p).unwrap();
-                let got = seq.generate(&engine, &opts, 40, |_| true).unwrap();
+                seq.append(&p).unwrap();
+                let got = seq.generate(&opts, 40, |_| true).unwrap();
                 println!(
                     "{name}: {s:?} tree {}x{}: tau {:.2}",
                     t.width,
@@ -415,12 +400,7 @@ fn streamed_layers_give_the_resident_output() {
         let resident = load(&dir, DeviceKind::Cuda(0), true, None);
         let vocab = resident.config().vocab;
         let p = prompt(vocab, 16, 9);
-        let sampled = SamplingParams {
-            temperature: 0.9,
-            top_k: 0,
-            top_p: 0.9,
-            seed: 5,
-        };
+        let sampled = SamplingParams::new(0.9, 0, 0.9, 5);
         let want: Vec<Vec<u32>> = [SamplingParams::greedy(), sampled]
             .iter()
             .map(|s| generate(&resident, &p, &StepOptions::plain(*s), 24))
@@ -438,7 +418,7 @@ fn streamed_layers_give_the_resident_output() {
                     );
                 }
             }
-            let (used, peak, limit) = engine.model().backend.as_cuda().unwrap().memory();
+            let (used, peak, limit) = engine.model().backend().as_cuda().unwrap().memory();
             println!(
                 "{name}: budget {budget}: {streamed} layers streamed, peak {peak} of {limit} (in use {used}), {} bytes streamed",
                 engine.model().stream_stats().unwrap().bytes
@@ -446,8 +426,7 @@ fn streamed_layers_give_the_resident_output() {
             assert!(peak <= limit);
         }
         let err = Engine::load(&options(&dir, DeviceKind::Cuda(0), true, Some(min - 1)))
-            .err()
-            .expect("a budget under the minimum is refused");
+            .expect_err("a budget under the minimum is refused");
         assert_eq!(err.kind(), ErrorKind::OutOfMemory, "{err}");
     }
 }
@@ -488,14 +467,13 @@ fn cuda_is_a_clear_error_without_a_gpu() {
     let dir = common::synth_model_dir("tiny");
     let opts = options(&dir, DeviceKind::Cuda(0), false, None);
     if !driver_present() {
-        let err = Engine::load(&opts).err().expect("no driver, no engine");
+        let err = Engine::load(&opts).expect_err("no driver, no engine");
         assert_eq!(err.kind(), ErrorKind::DeviceUnavailable);
         assert!(err.to_string().contains("no CUDA driver found"), "{err}");
     }
     // A device that does not exist, with or without a driver.
     let err = Engine::load(&options(&dir, DeviceKind::Cuda(97), false, None))
-        .err()
-        .expect("no such device");
+        .expect_err("no such device");
     assert_eq!(err.kind(), ErrorKind::DeviceUnavailable, "{err}");
     assert!(err.to_string().contains("cuda:97"), "{err}");
     assert!(DeviceKind::parse("gpu").is_err());

@@ -133,11 +133,11 @@ fn invalid_tokens_and_sequence_misuse_leave_state_unchanged() {
     let mut seq = engine.new_sequence().unwrap();
 
     let e = seq
-        .step(&engine, &StepOptions::plain(SamplingParams::greedy()))
+        .step(&StepOptions::plain(SamplingParams::greedy()))
         .unwrap_err();
     assert!(e.message().contains("empty"), "{e}");
 
-    let e = seq.append(&engine, &[3, 128, 4]).unwrap_err();
+    let e = seq.append(&[3, 128, 4]).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidToken);
     assert!(e.message().contains("128"), "{e}");
     assert!(
@@ -145,36 +145,29 @@ fn invalid_tokens_and_sequence_misuse_leave_state_unchanged() {
         "a rejected append must not change the sequence"
     );
 
-    seq.append(&engine, &[3, 4, 5]).unwrap();
-    let bad = SamplingParams {
-        temperature: -1.0,
-        ..SamplingParams::greedy()
-    };
+    seq.append(&[3, 4, 5]).unwrap();
+    let bad = SamplingParams::greedy().with_temperature(-1.0);
     assert_eq!(
-        seq.step(&engine, &StepOptions::plain(bad))
-            .unwrap_err()
-            .kind(),
+        seq.step(&StepOptions::plain(bad)).unwrap_err().kind(),
         ErrorKind::InvalidArgument
     );
     assert_eq!(seq.tokens(), &[3, 4, 5]);
-    let bad = SamplingParams {
-        temperature: 1.0,
-        top_p: 0.0,
-        ..SamplingParams::greedy()
-    };
+    let bad = SamplingParams::greedy()
+        .with_temperature(1.0)
+        .with_top_p(0.0);
     assert!(seq
-        .step(&engine, &StepOptions::plain(bad))
+        .step(&StepOptions::plain(bad))
         .unwrap_err()
         .message()
         .contains("top_p"));
 
     // Context limit (256 for the tiny model).
-    let e = seq.append(&engine, &vec![7; 254]).unwrap_err();
+    let e = seq.append(&vec![7; 254]).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::ContextFull);
     assert_eq!(seq.len(), 3);
 
     let tok = seq
-        .step(&engine, &StepOptions::plain(SamplingParams::greedy()))
+        .step(&StepOptions::plain(SamplingParams::greedy()))
         .unwrap();
     assert_eq!(tok.len(), 1);
     assert_eq!(seq.len(), 4);
@@ -185,22 +178,13 @@ fn truncate_and_reuse_give_the_same_tokens() {
     let dir = common::temp_dir("truncate");
     common::write_tiny_model(&dir, true);
     let engine = load(&dir).unwrap();
-    let p = SamplingParams {
-        temperature: 0.8,
-        top_k: 0,
-        top_p: 0.95,
-        seed: 11,
-    };
+    let p = SamplingParams::new(0.8, 0, 0.95, 11);
     let mut seq = engine.new_sequence().unwrap();
-    seq.append(&engine, &[5, 6, 7, 8]).unwrap();
-    let first = seq
-        .generate(&engine, &StepOptions::plain(p), 12, |_| true)
-        .unwrap();
+    seq.append(&[5, 6, 7, 8]).unwrap();
+    let first = seq.generate(&StepOptions::plain(p), 12, |_| true).unwrap();
     seq.truncate(4);
     assert_eq!(seq.tokens(), &[5, 6, 7, 8]);
-    let again = seq
-        .generate(&engine, &StepOptions::plain(p), 12, |_| true)
-        .unwrap();
+    let again = seq.generate(&StepOptions::plain(p), 12, |_| true).unwrap();
     assert_eq!(first, again, "same seed, same positions, same tokens");
     seq.truncate(0);
     assert!(seq.is_empty());

@@ -90,20 +90,15 @@ fn binding_fixtures() {
             let want = tok.encode("The three primary colours are", false).unwrap();
             assert_eq!(want, prompt, "the fixture prompt is not the tokenizer's");
         }
-        let sampled = SamplingParams {
-            temperature: 0.8,
-            top_k: 40,
-            top_p: 0.95,
-            seed: 7,
-        };
+        let sampled = SamplingParams::new(0.8, 40, 0.95, 7);
         let mut lines = format!("model: {}\nprompt: {}\n", model.display(), ids(&prompt));
         for (key, opts) in [
             ("greedy", StepOptions::plain(SamplingParams::greedy())),
             ("sampled", StepOptions::plain(sampled)),
         ] {
             let mut seq = engine.new_sequence().unwrap();
-            seq.append(&engine, &prompt).unwrap();
-            let out = seq.generate(&engine, &opts, 32, |_| true).unwrap();
+            seq.append(&prompt).unwrap();
+            let out = seq.generate(&opts, 32, |_| true).unwrap();
             lines += &format!("{key}: {}\n", ids(&out));
         }
         std::fs::write(dir.join(format!("{name}.expected")), lines).unwrap();

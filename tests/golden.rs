@@ -7,8 +7,8 @@ mod common;
 use std::path::Path;
 
 use serde_json::Value;
-use subspec::backend::AttnMask;
-use subspec::model::Pass;
+use subspec::internals::AttnMask;
+use subspec::Pass;
 use subspec::{SamplingParams, StepOptions};
 
 const LOGIT_TOL: f32 = 1e-3;
@@ -64,7 +64,7 @@ fn check_tokenizer(model: &str) {
 fn check_logits(model: &str) {
     let engine = common::engine(model);
     let m = engine.model();
-    let vocab = m.config.vocab;
+    let vocab = m.config().vocab;
     let fx = fixture(model);
     assert_eq!(fx["vocab_size"].as_u64().unwrap() as usize, vocab);
     for p in fx["prompts"].as_array().unwrap() {
@@ -129,11 +129,11 @@ fn check_greedy(model: &str) {
     for p in fx["prompts"].as_array().unwrap() {
         let want = ids(&p["greedy"]);
         let mut seq = engine.new_sequence().unwrap();
-        seq.append(&engine, &ids(&p["ids"])).unwrap();
+        seq.append(&ids(&p["ids"])).unwrap();
         let mut got = Vec::new();
         while got.len() < want.len() {
             got.extend(
-                seq.step(&engine, &StepOptions::plain(SamplingParams::greedy()))
+                seq.step(&StepOptions::plain(SamplingParams::greedy()))
                     .unwrap(),
             );
         }

@@ -19,20 +19,15 @@ fn options(dir: &Path, budget: Option<u64>) -> EngineOptions {
 
 fn generate(engine: &Engine, prompt: &[u32], opts: &StepOptions, n: usize) -> Vec<u32> {
     let mut seq = engine.new_sequence().unwrap();
-    seq.append(engine, prompt).unwrap();
-    seq.generate(engine, opts, n, |_| true).unwrap()
+    seq.append(prompt).unwrap();
+    seq.generate(opts, n, |_| true).unwrap()
 }
 
 /// Greedy, and seeded nucleus sampling.
 fn samplings() -> [SamplingParams; 2] {
     [
         SamplingParams::greedy(),
-        SamplingParams {
-            temperature: 0.9,
-            top_k: 0,
-            top_p: 0.9,
-            seed: 5,
-        },
+        SamplingParams::new(0.9, 0, 0.9, 5),
     ]
 }
 
@@ -138,8 +133,8 @@ fn a_model_file_that_changes_size_while_open_is_an_error_not_a_crash() {
     let min = Engine::minimum_budget(&options(&dir, None)).unwrap();
     let engine = Engine::load(&options(&dir, Some(min))).unwrap();
     let mut seq = engine.new_sequence().unwrap();
-    seq.append(&engine, &[1, 2, 3]).unwrap();
-    seq.step(&engine, &StepOptions::plain(SamplingParams::greedy()))
+    seq.append(&[1, 2, 3]).unwrap();
+    seq.step(&StepOptions::plain(SamplingParams::greedy()))
         .unwrap();
     let path = dir.join("model.safetensors");
     let size = std::fs::metadata(&path).unwrap().len();
@@ -148,7 +143,7 @@ fn a_model_file_that_changes_size_while_open_is_an_error_not_a_crash() {
     // Layers already prefetched may still serve one pass; the next reads see the change.
     let mut error = None;
     for _ in 0..4 {
-        match seq.step(&engine, &StepOptions::plain(SamplingParams::greedy())) {
+        match seq.step(&StepOptions::plain(SamplingParams::greedy())) {
             Ok(_) => {}
             Err(e) => {
                 error = Some(e);
@@ -162,7 +157,7 @@ fn a_model_file_that_changes_size_while_open_is_an_error_not_a_crash() {
     // Put it back: streaming recovers.
     f.set_len(size).unwrap();
     let len = seq.len();
-    seq.step(&engine, &StepOptions::plain(SamplingParams::greedy()))
+    seq.step(&StepOptions::plain(SamplingParams::greedy()))
         .unwrap();
     assert_eq!(seq.len(), len + 1);
 }
@@ -178,14 +173,8 @@ fn draft_variants_are_lossless_and_budgeted() {
         let base = options(&dir, None);
         let min = Engine::minimum_budget(&base).unwrap();
         let variants = [
-            subspec::DraftOptions {
-                quantize_lm_head: true,
-                ..Default::default()
-            },
-            subspec::DraftOptions {
-                substitute_all_layers: true,
-                ..Default::default()
-            },
+            subspec::DraftOptions::default().with_quantize_lm_head(true),
+            subspec::DraftOptions::default().with_substitute_all_layers(true),
         ];
         for d in variants {
             let mut o = options(&dir, None);
@@ -194,15 +183,15 @@ fn draft_variants_are_lossless_and_budgeted() {
             // A budget that keeps some layers resident.
             o.budget = Some(min_d + min_d / 4);
             let engine = Engine::load(&o).unwrap();
-            let m = engine.model();
-            let layers = m.layers.len();
-            let with_subs = m.layers.iter().filter(|l| l.substitutes.is_some()).count();
+            let (_, subs) = engine.draft().unwrap();
+            let layers = engine.config().n_layers;
+            let with_subs = subs.layers;
             if d.quantize_lm_head {
                 assert!(
                     min_d > min,
                     "the draft lm_head is budgeted ({min_d} vs {min})"
                 );
-                assert!(m.draft_lm_head.is_some());
+                assert!(subs.lm_head_bytes > 0, "the draft has its own lm_head");
             } else {
                 assert_eq!(with_subs, layers, "every layer has a substitute");
             }
@@ -211,10 +200,7 @@ fn draft_variants_are_lossless_and_budgeted() {
             for s in samplings() {
                 let want = generate(&engine, &prompt, &StepOptions::plain(s), 24);
                 for adaptive in [false, true] {
-                    let opts = StepOptions {
-                        tree: subspec::TreeParams { adaptive, ..tree },
-                        ..StepOptions::speculative(s)
-                    };
+                    let opts = StepOptions::speculative(s).with_tree(tree.with_adaptive(adaptive));
                     assert_eq!(
                         generate(&engine, &prompt, &opts, 24),
                         want,

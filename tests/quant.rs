@@ -10,9 +10,11 @@ mod common;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use subspec::backend::cpu::matmul;
-use subspec::model::{ModelConfig, Weights};
-use subspec::quant::{qlinear, reconstruction_error, QMatrix, QuantConfig, QuantMethod};
+use subspec::internals::matmul;
+use subspec::internals::Weights;
+use subspec::internals::{qlinear, reconstruction_error, QMatrix};
+use subspec::ModelConfig;
+use subspec::{QuantConfig, QuantMethod};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 

@@ -4,7 +4,7 @@
 
 mod common;
 
-use subspec::sample::distribution;
+use subspec::internals::distribution;
 use subspec::{Engine, EngineOptions, ErrorKind, SamplingParams, StepOptions, TreeParams};
 
 /// 20+ prompts of varied kinds: prose, code, chat, lists, numbers, other languages.
@@ -37,23 +37,10 @@ const PROMPTS: &[&str] = &[
 fn shapes() -> [TreeParams; 4] {
     let d = TreeParams::default();
     [
-        TreeParams {
-            width: 1,
-            depth: 6,
-            ..d
-        },
+        d.with_width(1).with_depth(6),
         d,
-        TreeParams {
-            width: 8,
-            depth: 2,
-            max_tokens: 17,
-            ..d
-        },
-        TreeParams {
-            width: 4,
-            depth: 4,
-            ..d
-        },
+        d.with_width(8).with_depth(2).with_max_tokens(17),
+        d.with_width(4).with_depth(4),
     ]
 }
 
@@ -61,25 +48,15 @@ fn shapes() -> [TreeParams; 4] {
 fn samplings() -> [SamplingParams; 3] {
     [
         SamplingParams::greedy(),
-        SamplingParams {
-            temperature: 0.8,
-            top_k: 0,
-            top_p: 0.95,
-            seed: 1,
-        },
-        SamplingParams {
-            temperature: 1.3,
-            top_k: 40,
-            top_p: 1.0,
-            seed: 7,
-        },
+        SamplingParams::new(0.8, 0, 0.95, 1),
+        SamplingParams::new(1.3, 40, 1.0, 7),
     ]
 }
 
 fn generate(engine: &Engine, prompt: &[u32], opts: &StepOptions, n: usize) -> (Vec<u32>, f64) {
     let mut seq = engine.new_sequence().unwrap();
-    seq.append(engine, prompt).unwrap();
-    let out = seq.generate(engine, opts, n, |_| true).unwrap();
+    seq.append(prompt).unwrap();
+    let out = seq.generate(opts, n, |_| true).unwrap();
     (out, seq.stats().tau())
 }
 
@@ -92,10 +69,7 @@ fn check_equality(model: &str, n_new: usize) {
         let tree = shapes()[i % 4];
         for sampling in samplings() {
             let (plain, _) = generate(&engine, &ids, &StepOptions::plain(sampling), n_new);
-            let spec_opts = StepOptions {
-                tree,
-                ..StepOptions::speculative(sampling)
-            };
+            let spec_opts = StepOptions::speculative(sampling).with_tree(tree);
             let (spec, tau) = generate(&engine, &ids, &spec_opts, n_new);
             assert_eq!(
                 spec, plain,
@@ -143,10 +117,7 @@ fn tiny_models_speculative_equals_plain_with_limits() {
                 // Several lengths, so the requested length is reached mid-path.
                 for n in [1, 2, 7, 30] {
                     let (plain, _) = generate(&engine, &prompt, &StepOptions::plain(*sampling), n);
-                    let spec_opts = StepOptions {
-                        tree,
-                        ..StepOptions::speculative(*sampling)
-                    };
+                    let spec_opts = StepOptions::speculative(*sampling).with_tree(tree);
                     let (spec, _) = generate(&engine, &prompt, &spec_opts, n);
                     assert_eq!(
                         spec, plain,
@@ -170,11 +141,11 @@ fn prefilling_the_prompt_first_changes_nothing() {
         ] {
             let (want, _) = generate(&engine, &prompt, &opts, 12);
             let mut seq = engine.new_sequence().unwrap();
-            seq.append(&engine, &prompt).unwrap();
-            seq.prefill_pending(&engine).unwrap();
-            seq.prefill_pending(&engine).unwrap(); // nothing left: a no-op
+            seq.append(&prompt).unwrap();
+            seq.prefill_pending().unwrap();
+            seq.prefill_pending().unwrap(); // nothing left: a no-op
             assert_eq!(seq.len(), prompt.len());
-            let got = seq.generate(&engine, &opts, 12, |_| true).unwrap();
+            let got = seq.generate(&opts, 12, |_| true).unwrap();
             assert_eq!(got, want, "{opts:?}");
         }
     }
@@ -199,9 +170,8 @@ fn speculation_stops_at_the_context_limit_like_plain() {
     assert_eq!(spec, plain);
     assert!(plain.len() <= 6);
     let mut seq = engine.new_sequence().unwrap();
-    seq.append(&engine, &prompt).unwrap();
+    seq.append(&prompt).unwrap();
     seq.generate(
-        &engine,
         &StepOptions::speculative(SamplingParams::greedy()),
         100,
         |_| true,
@@ -209,7 +179,7 @@ fn speculation_stops_at_the_context_limit_like_plain() {
     .unwrap();
     if seq.len() == 256 {
         let e = seq
-            .step(&engine, &StepOptions::speculative(SamplingParams::greedy()))
+            .step(&StepOptions::speculative(SamplingParams::greedy()))
             .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::ContextFull);
     }
@@ -219,55 +189,17 @@ fn speculation_stops_at_the_context_limit_like_plain() {
 fn impossible_tree_settings_are_errors() {
     let engine = tiny_engine("spec-bad", false);
     let mut seq = engine.new_sequence().unwrap();
-    seq.append(&engine, &[1, 2, 3]).unwrap();
+    seq.append(&[1, 2, 3]).unwrap();
     let base = StepOptions::speculative(SamplingParams::greedy());
     for (tree, what) in [
-        (
-            TreeParams {
-                width: 0,
-                ..base.tree
-            },
-            "width",
-        ),
-        (
-            TreeParams {
-                depth: 0,
-                ..base.tree
-            },
-            "depth",
-        ),
-        (
-            TreeParams {
-                depth: 256,
-                ..base.tree
-            },
-            "context",
-        ),
-        (
-            TreeParams {
-                max_tokens: 1,
-                ..base.tree
-            },
-            "max tokens",
-        ),
-        (
-            TreeParams {
-                max_tokens: 100_000,
-                ..base.tree
-            },
-            "max tokens",
-        ),
-        (
-            TreeParams {
-                draft_temperature: 0.0,
-                ..base.tree
-            },
-            "temperature",
-        ),
+        (base.tree.with_width(0), "width"),
+        (base.tree.with_depth(0), "depth"),
+        (base.tree.with_depth(256), "context"),
+        (base.tree.with_max_tokens(1), "max tokens"),
+        (base.tree.with_max_tokens(100_000), "max tokens"),
+        (base.tree.with_draft_temperature(0.0), "temperature"),
     ] {
-        let e = seq
-            .step(&engine, &StepOptions { tree, ..base })
-            .unwrap_err();
+        let e = seq.step(&base.with_tree(tree)).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{tree:?}");
         assert!(e.message().contains(what), "{tree:?}: {e}");
         assert_eq!(
@@ -284,14 +216,10 @@ fn impossible_tree_settings_are_errors() {
     o.draft = None;
     let plain_only = Engine::load(&o).unwrap();
     let mut seq = plain_only.new_sequence().unwrap();
-    seq.append(&plain_only, &[1, 2, 3]).unwrap();
-    assert!(seq
-        .step(&plain_only, &base)
-        .unwrap_err()
-        .message()
-        .contains("draft"));
+    seq.append(&[1, 2, 3]).unwrap();
+    assert!(seq.step(&base).unwrap_err().message().contains("draft"));
     assert_eq!(
-        seq.step(&plain_only, &StepOptions::plain(SamplingParams::greedy()))
+        seq.step(&StepOptions::plain(SamplingParams::greedy()))
             .unwrap()
             .len(),
         1
@@ -308,25 +236,13 @@ fn speculative_samples_follow_the_target_distribution() {
     let n = 3000;
     let mut first = vec![0usize; 128];
     for seed in 0..n {
-        let sampling = SamplingParams {
-            temperature: temp,
-            top_k: 0,
-            top_p: 1.0,
-            seed,
-        };
+        let sampling = SamplingParams::new(temp, 0, 1.0, seed);
         let mut seq = engine.new_sequence().unwrap();
-        seq.append(&engine, &prompt).unwrap();
+        seq.append(&prompt).unwrap();
         let out = seq
             .step(
-                &engine,
-                &StepOptions {
-                    tree: TreeParams {
-                        width: 3,
-                        depth: 2,
-                        ..TreeParams::default()
-                    },
-                    ..StepOptions::speculative(sampling)
-                },
+                &StepOptions::speculative(sampling)
+                    .with_tree(TreeParams::default().with_width(3).with_depth(2)),
             )
             .unwrap();
         first[out[0] as usize] += 1;
@@ -340,19 +256,11 @@ fn speculative_samples_follow_the_target_distribution() {
             &mut cache,
             &prompt,
             &pos,
-            &subspec::backend::AttnMask::causal(prompt.len()),
+            &subspec::internals::AttnMask::causal(prompt.len()),
             &[prompt.len() - 1],
         )
         .unwrap();
-    let p = distribution(
-        &logits,
-        &SamplingParams {
-            temperature: temp,
-            top_k: 0,
-            top_p: 1.0,
-            seed: 0,
-        },
-    );
+    let p = distribution(&logits, &SamplingParams::new(temp, 0, 1.0, 0));
     let mut probs = vec![0f64; 128];
     for (t, pr) in p {
         probs[t as usize] = pr;

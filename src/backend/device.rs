@@ -4,16 +4,16 @@
 //! and caches carry the same tag, so mixing them is an internal error, never undefined
 //! behaviour.
 
-use super::cpu::{CpuAct, CpuBackend, CpuKv, CpuWeight};
+use super::cpu::{CpuAct, CpuBackend, CpuKv, CpuWeight, StreamedLayer, Streamer};
 use super::cuda::{CudaAct, CudaBackend, CudaKv, CudaTier, CudaWeight};
 use super::{AttnMask, AttnShape, Backend, TierStats};
+use crate::checkpoint::{HostTensor, Weights};
 use crate::error::{Error, Result};
-use crate::model::{HostTensor, Weights};
-use crate::offload::{StreamedLayer, Streamer};
 use crate::quant::QMatrix;
 
 /// Which device to run on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum DeviceKind {
     /// The CPU backend.
     #[default]

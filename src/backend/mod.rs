@@ -1,6 +1,6 @@
 //! The narrow interface between the forward pass and the hardware.
 //!
-//! [`crate::model::Model`] writes the transformer once against [`Backend`]; a backend owns
+//! The model (`model::Model`) writes the transformer once against [`Backend`]; a backend owns
 //! where weights and activations live and how each leaf operation runs. The CPU backend
 //! ([`cpu::CpuBackend`]) is the reference every other backend is compared with.
 //!
@@ -10,10 +10,12 @@
 
 pub mod cpu;
 pub mod cuda;
-pub mod device;
+mod device;
 
+pub use device::{Device, DeviceKind};
+
+use crate::checkpoint::{HostTensor, Weights};
 use crate::error::{Error, Result};
-use crate::model::{HostTensor, Weights};
 use crate::quant::QMatrix;
 
 /// Which uncommitted (scratch) KV slots each token of a batch attends to, besides the

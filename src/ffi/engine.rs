@@ -5,8 +5,8 @@ use std::ffi::{c_char, c_void, CStr};
 use std::sync::{Arc, Mutex};
 
 use super::*;
+use crate::checkpoint::Arch;
 use crate::engine::{DraftOptions, Engine, EngineOptions, Progress};
-use crate::model::config::Arch;
 use crate::quant::{QuantConfig, QuantMethod};
 
 /// `subspec_load_params.device`: the CPU backend.
@@ -169,7 +169,7 @@ unsafe fn engine_options(p: &subspec_load_params) -> FfiResult<EngineOptions> {
         quant.validate()?;
         Some(DraftOptions {
             quant,
-            offloaded_layers: None,
+            substitute_layers: None,
             ..DraftOptions::default()
         })
     } else {
@@ -191,9 +191,9 @@ unsafe fn engine_options(p: &subspec_load_params) -> FfiResult<EngineOptions> {
     o.progress = progress;
     o.budget = (p.memory_budget != 0).then_some(p.memory_budget);
     o.device = if p.device >= 0 {
-        crate::backend::device::DeviceKind::Cuda(p.device as usize)
+        crate::backend::DeviceKind::Cuda(p.device as usize)
     } else {
-        crate::backend::device::DeviceKind::Cpu
+        crate::backend::DeviceKind::Cpu
     };
     if p.max_tree_tokens != 0 {
         o.max_tree_tokens = p.max_tree_tokens as usize;

@@ -30,7 +30,7 @@ use crate::error::{Error, ErrorKind};
 /// Library major version (matches Cargo.toml; checked at compile time).
 pub const SUBSPEC_VERSION_MAJOR: u32 = 0;
 /// Library minor version (matches Cargo.toml; checked at compile time).
-pub const SUBSPEC_VERSION_MINOR: u32 = 1;
+pub const SUBSPEC_VERSION_MINOR: u32 = 2;
 /// Library patch version (matches Cargo.toml; checked at compile time).
 pub const SUBSPEC_VERSION_PATCH: u32 = 0;
 

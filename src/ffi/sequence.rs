@@ -362,11 +362,10 @@ pub unsafe extern "C" fn subspec_step(
                 ));
             }
             let opts = p.options(out_capacity);
-            let engine = &s.engine.engine;
             let mut q = s.lock()?;
             let before = q.len();
-            q.append(engine, &input)?;
-            let tokens = match q.step(engine, &opts) {
+            q.append(&input)?;
+            let tokens = match q.step(&opts) {
                 Ok(t) if t.len() <= out_capacity => t,
                 r => {
                     // The step left the sequence as it was; undo the append too.

@@ -1,89 +1,79 @@
-//! The transformer: configuration, weights, KV cache and the one forward pass.
+//! The transformer: its weights on a backend and the one forward pass.
 //!
 //! [`Model::forward_at`] takes new tokens with explicit positions and an [`AttnMask`]
 //! saying which uncommitted (scratch) slots each may see, on top of everything committed in
 //! the [`KvCache`]. Plain decoding is a chain; tree verification is the same call with a
 //! tree mask; a draft step is the same call again with [`Pass::Draft`], which runs each
-//! offloaded layer's quantized substitutes instead of its full-precision linears and shares
-//! everything else (embeddings, norms, biases, lm_head, resident layers, the KV cache). It
-//! is written once against [`Backend`].
+//! substituted layer's quantized substitutes instead of its full-precision linears and
+//! shares everything else (embeddings, norms, biases, lm_head, resident layers, the KV
+//! cache). It is written once against [`Backend`].
+//!
+//! Loading (`load.rs`) puts the checkpoint's weights on the backend under a placement and
+//! builds the draft's substitutes; `sizes.rs` gives the planner the checkpoint's sizes.
 
-pub mod config;
-pub mod weights;
+mod kv;
+mod load;
+mod sizes;
 
-use std::path::Path;
+use std::ops::Index;
+use std::sync::Mutex;
 
-pub use config::{Arch, ModelConfig};
-pub use weights::{DType, HostTensor, Weights};
+pub use kv::KvCache;
+pub(crate) use sizes::model_sizes;
 
 use crate::backend::TierStats;
 use crate::backend::{AttnMask, AttnShape, Backend};
+use crate::checkpoint::{Linear, ModelConfig, Weights};
 use crate::error::{Error, ErrorKind, Result};
-use crate::offload::{plan::linear_names, read_resident, Placement, Residency};
-use crate::quant::{QMatrix, QuantConfig};
-use std::sync::Mutex;
+use crate::plan::Placement;
 
 /// Which weights a forward runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pass {
     /// The target: full-precision weights everywhere.
     Target,
-    /// The draft: substitutes in the offloaded layers, shared weights elsewhere.
+    /// The draft: substitutes where a layer has them, shared weights elsewhere.
     Draft,
 }
 
 /// The seven linear weights of a decoder layer (full precision, or quantized substitutes
-/// of the same shapes).
-pub struct Linears<B: Backend> {
-    /// `(n_heads * head_dim, hidden)`.
-    pub q: B::Weight,
-    /// `(n_kv_heads * head_dim, hidden)`.
-    pub k: B::Weight,
-    /// `(n_kv_heads * head_dim, hidden)`.
-    pub v: B::Weight,
-    /// `(hidden, n_heads * head_dim)`.
-    pub o: B::Weight,
-    /// `(intermediate, hidden)`.
-    pub gate: B::Weight,
-    /// `(intermediate, hidden)`.
-    pub up: B::Weight,
-    /// `(hidden, intermediate)`.
-    pub down: B::Weight,
+/// of the same shapes), indexed by [`Linear`].
+pub(crate) struct Linears<W>([W; 7]);
+
+impl<W> Linears<W> {
+    /// From seven weights in [`Linear::ALL`] order.
+    fn from_vec(w: Vec<W>) -> Result<Linears<W>> {
+        let n = w.len();
+        w.try_into()
+            .map(Linears)
+            .map_err(|_| Error::internal(format!("a layer has 7 linears, got {n}")))
+    }
 }
 
-impl<B: Backend> Linears<B> {
-    /// From seven weights in the order `[q, k, v, o, gate, up, down]`.
-    fn from_vec(w: Vec<B::Weight>) -> Linears<B> {
-        let mut it = w.into_iter();
-        let mut next = || it.next().expect("seven linears");
-        Linears {
-            q: next(),
-            k: next(),
-            v: next(),
-            o: next(),
-            gate: next(),
-            up: next(),
-            down: next(),
-        }
+impl<W> Index<Linear> for Linears<W> {
+    type Output = W;
+    fn index(&self, k: Linear) -> &W {
+        &self.0[k as usize]
     }
 }
 
 /// The weights of one decoder layer.
-pub struct Layer<B: Backend> {
+pub(crate) struct Layer<B: Backend> {
     /// RMSNorm before attention, `(hidden)`.
-    pub input_norm: B::Weight,
+    input_norm: B::Weight,
     /// Biases of q, k, v (Qwen2 only).
-    pub qkv_bias: Option<[B::Weight; 3]>,
+    qkv_bias: Option<[B::Weight; 3]>,
     /// RMSNorm before the MLP, `(hidden)`.
-    pub post_norm: B::Weight,
+    post_norm: B::Weight,
     /// Full-precision linears when resident; `None` when offloaded (streamed per pass).
-    pub full: Option<Linears<B>>,
+    full: Option<Linears<B::Weight>>,
     /// Quantized substitutes when the draft replaces this layer.
-    pub substitutes: Option<Linears<B>>,
+    substitutes: Option<Linears<B::Weight>>,
 }
 
-/// Bytes and count of the substitutes built by [`Model::build_substitutes`].
+/// Bytes and count of the substitutes the draft was built with.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SubstituteStats {
     /// Layers that got substitutes.
     pub layers: usize,
@@ -91,205 +81,54 @@ pub struct SubstituteStats {
     pub bytes: usize,
     /// Bytes of the full-precision linears they stand in for.
     pub replaced_bytes: usize,
+    /// Bytes of the draft's own quantized lm_head (`0`: it shares the target's).
+    pub lm_head_bytes: usize,
 }
 
-/// A loaded model on backend `B`.
+/// A loaded model on backend `B`: the target, and the draft once substitutes are built.
 pub struct Model<B: Backend> {
     /// Shape and hyper-parameters.
-    pub config: ModelConfig,
+    config: ModelConfig,
     /// The backend the weights live on.
-    pub backend: B,
+    backend: B,
     /// `(vocab, hidden)`.
-    pub embed: B::Weight,
+    embed: B::Weight,
     /// Decoder layers.
-    pub layers: Vec<Layer<B>>,
+    layers: Vec<Layer<B>>,
     /// Final RMSNorm, `(hidden)`.
-    pub norm: B::Weight,
+    norm: B::Weight,
     /// `(vocab, hidden)`; `None` when tied to `embed`.
-    pub lm_head: Option<B::Weight>,
+    lm_head: Option<B::Weight>,
     /// A quantized copy of lm_head (or of the tied embedding) that only the draft uses,
     /// when [`Model::build_draft_lm_head`] made one.
-    pub draft_lm_head: Option<B::Weight>,
+    draft_lm_head: Option<B::Weight>,
     /// RoPE inverse frequencies, `(head_dim / 2)`.
-    pub inv_freq: Vec<f32>,
+    inv_freq: Vec<f32>,
     /// Bytes of all weights in the checkpoint.
-    pub weight_bytes: usize,
+    weight_bytes: usize,
     /// Bytes of the embedding matrix.
-    pub embed_bytes: usize,
+    embed_bytes: usize,
     weights: Weights,
     /// The placement, when loaded under a budget.
-    pub placement: Option<Placement>,
+    placement: Option<Placement>,
+    /// The slow tier of the offloaded layers (one target pass streams at a time).
     streamer: Option<Mutex<B::Tier>>,
 }
 
-/// Key/value cache of one sequence: `len()` committed slots, then scratch slots written by
-/// the latest forward that are not committed yet.
-pub struct KvCache<B: Backend> {
-    store: B::Kv,
-    committed: usize,
-    capacity: usize,
-}
-
-impl<B: Backend> KvCache<B> {
-    /// Number of committed positions.
-    pub fn len(&self) -> usize {
-        self.committed
-    }
-
-    /// Whether nothing is committed.
-    pub fn is_empty(&self) -> bool {
-        self.committed == 0
-    }
-
-    /// Most positions the cache can hold.
-    pub fn capacity(&self) -> usize {
-        self.capacity
-    }
-
-    /// Commits the first `n` scratch slots written by the latest forward.
-    pub fn commit(&mut self, n: usize) {
-        assert!(self.committed + n <= self.capacity);
-        self.committed += n;
-    }
-
-    /// Keeps only the scratch slots `keep` (batch indices of the latest forward, ascending)
-    /// and commits them, compacted, right after the committed positions.
-    pub fn commit_subset(&mut self, backend: &B, keep: &[usize]) -> Result<()> {
-        debug_assert!(keep.windows(2).all(|w| w[0] < w[1]));
-        let src: Vec<usize> = keep.iter().map(|&j| self.committed + j).collect();
-        backend.kv_compact(&mut self.store, &src, self.committed)?;
-        self.commit(keep.len());
-        Ok(())
-    }
-
-    /// Forgets every position from `len` on (scratch slots are always discarded).
-    pub fn truncate(&mut self, len: usize) {
-        self.committed = self.committed.min(len);
-    }
-}
-
-fn rope_inv_freq(head_dim: usize, theta: f32) -> Vec<f32> {
-    (0..head_dim / 2)
-        .map(|i| 1.0 / theta.powf((2 * i) as f32 / head_dim as f32))
-        .collect()
-}
-
 impl<B: Backend> Model<B> {
-    /// Loads a Hugging Face model directory onto `backend`, everything resident (weights
-    /// stay memory-mapped on the CPU).
-    pub fn load(dir: &Path, backend: B) -> Result<Model<B>> {
-        Self::load_placed(dir, backend, None)
+    /// Shape and hyper-parameters.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
     }
 
-    /// Loads a model directory with `placement`: resident weights are read once into owned
-    /// memory (O_DIRECT), offloaded layers' linears are left on disk and streamed by a
-    /// reader thread on every target pass. `None`: everything resident, memory-mapped.
-    pub fn load_placed(dir: &Path, backend: B, placement: Option<Placement>) -> Result<Model<B>> {
-        let config = ModelConfig::from_dir(dir)?;
-        let weights = Weights::open(dir)?;
-        let c = &config;
-        if let Some(p) = &placement {
-            if p.layers.len() != c.n_layers {
-                return Err(Error::invalid_argument(format!(
-                    "the placement covers {} layers, the model has {}",
-                    p.layers.len(),
-                    c.n_layers
-                )));
-            }
-        }
-        let owned = placement.is_some();
-        let (h, q, kv, ff) = (c.hidden, c.q_dim(), c.kv_dim(), c.intermediate);
-        // Resident matrices: owned copies under a placement, map views otherwise.
-        let up = |name: &str, shape: &[usize]| -> Result<B::Weight> {
-            let t = weights.get(name, shape)?;
-            if owned && shape.len() == 2 {
-                backend.upload(&read_resident(&weights, name)?)
-            } else {
-                backend.upload(&t)
-            }
-        };
-        let mut layers = Vec::with_capacity(c.n_layers);
-        for i in 0..c.n_layers {
-            let p = format!("model.layers.{i}");
-            let qkv_bias = if c.qkv_bias {
-                Some([
-                    up(&format!("{p}.self_attn.q_proj.bias"), &[q])?,
-                    up(&format!("{p}.self_attn.k_proj.bias"), &[kv])?,
-                    up(&format!("{p}.self_attn.v_proj.bias"), &[kv])?,
-                ])
-            } else {
-                None
-            };
-            let shapes = [[q, h], [kv, h], [kv, h], [h, q], [ff, h], [ff, h], [h, ff]];
-            let offloaded = placement
-                .as_ref()
-                .is_some_and(|p| p.layers[i] == Residency::Offloaded);
-            let full = if offloaded {
-                for (name, shape) in linear_names(i).iter().zip(&shapes) {
-                    weights.get(name, shape)?; // checked now, streamed later
-                }
-                None
-            } else {
-                let w = linear_names(i)
-                    .iter()
-                    .zip(&shapes)
-                    .map(|(name, shape)| up(name, shape))
-                    .collect::<Result<Vec<_>>>()?;
-                Some(Linears::from_vec(w))
-            };
-            layers.push(Layer {
-                input_norm: up(&format!("{p}.input_layernorm.weight"), &[h])?,
-                qkv_bias,
-                post_norm: up(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
-                full,
-                substitutes: None,
-            });
-        }
-        let lm_head = if c.tie_embeddings {
-            None
-        } else if weights.contains("lm_head.weight") {
-            Some(up("lm_head.weight", &[c.vocab, h])?)
-        } else {
-            return Err(Error::invalid_model(format!(
-                "{}: missing tensor `lm_head.weight` (config says tie_word_embeddings is false)",
-                dir.display()
-            )));
-        };
-        // The embedding is read a row per token: it stays mapped unless it is lm_head too.
-        let embed_t = weights.get("model.embed_tokens.weight", &[c.vocab, h])?;
-        let embed = if c.tie_embeddings {
-            up("model.embed_tokens.weight", &[c.vocab, h])?
-        } else {
-            backend.host_matrix(&embed_t)?
-        };
-        let streamer = match &placement {
-            Some(p) if !p.offloaded().is_empty() => Some(Mutex::new(backend.tier_new(
-                &weights,
-                &p.offloaded(),
-                p.staging_buffers,
-            )?)),
-            _ => None,
-        };
-        Ok(Model {
-            embed_bytes: embed_t.bytes().len(),
-            embed,
-            norm: up("model.norm.weight", &[h])?,
-            lm_head,
-            draft_lm_head: None,
-            layers,
-            inv_freq: rope_inv_freq(c.head_dim, c.rope_theta),
-            weight_bytes: weights.total_bytes(),
-            config,
-            backend,
-            weights,
-            placement,
-            streamer,
-        })
+    /// The backend the weights live on.
+    pub fn backend(&self) -> &B {
+        &self.backend
     }
 
-    /// The checkpoint (headers and mapped views).
-    pub fn weights(&self) -> &Weights {
-        &self.weights
+    /// The placement, when loaded under a budget (`None`: everything resident).
+    pub fn placement(&self) -> Option<&Placement> {
+        self.placement.as_ref()
     }
 
     /// Streaming counters when layers are offloaded.
@@ -298,83 +137,6 @@ impl<B: Backend> Model<B> {
             let s = s.lock().unwrap_or_else(|e| e.into_inner());
             self.backend.tier_stats(&s)
         })
-    }
-
-    /// Quantizes the seven linears of each layer in `layers` (the offloaded ones) into
-    /// substitutes for the draft; other layers lose theirs. `progress` is told how many
-    /// layers are done and may stop the work with an error (nothing changes then).
-    /// Returns sizes.
-    pub fn build_substitutes(
-        &mut self,
-        layers: &[usize],
-        qc: &QuantConfig,
-        progress: &mut dyn FnMut(usize) -> Result<()>,
-    ) -> Result<SubstituteStats> {
-        qc.validate()?;
-        if let Some(&bad) = layers.iter().find(|&&l| l >= self.layers.len()) {
-            return Err(Error::invalid_argument(format!(
-                "layer {bad} does not exist (the model has {})",
-                self.layers.len()
-            )));
-        }
-        let mut stats = SubstituteStats::default();
-        let mut built = Vec::with_capacity(layers.len());
-        for &li in layers {
-            let mut q: Vec<QMatrix> = Vec::with_capacity(7);
-            for name in linear_names(li) {
-                let t = self.weights.get_any(&name)?;
-                let m = QMatrix::quantize_tensor(&t, qc)
-                    .map_err(|e| Error::new(e.kind(), format!("substitute of `{name}`: {e}")))?;
-                stats.bytes += m.bytes();
-                stats.replaced_bytes += t.bytes().len();
-                q.push(m);
-            }
-            let mut it = q.into_iter().map(|m| self.backend.upload_quant(m));
-            let mut next = || it.next().unwrap();
-            progress(built.len() + 1)?;
-            built.push((
-                li,
-                Linears {
-                    q: next()?,
-                    k: next()?,
-                    v: next()?,
-                    o: next()?,
-                    gate: next()?,
-                    up: next()?,
-                    down: next()?,
-                },
-            ));
-        }
-        // Only now that every substitute exists: swap them in (no half-built draft).
-        for l in self.layers.iter_mut() {
-            l.substitutes = None;
-        }
-        stats.layers = built.len();
-        for (li, s) in built {
-            self.layers[li].substitutes = Some(s);
-        }
-        Ok(stats)
-    }
-
-    /// Quantizes lm_head (the embedding when tied) with `qc` into the draft's own output
-    /// head (`None` removes it). Returns its bytes.
-    pub fn build_draft_lm_head(&mut self, qc: Option<&QuantConfig>) -> Result<usize> {
-        let Some(qc) = qc else {
-            self.draft_lm_head = None;
-            return Ok(0);
-        };
-        qc.validate()?;
-        let name = if self.config.tie_embeddings {
-            "model.embed_tokens.weight"
-        } else {
-            "lm_head.weight"
-        };
-        let t = self.weights.get_any(name)?;
-        let m = QMatrix::quantize_tensor(&t, qc)
-            .map_err(|e| Error::new(e.kind(), format!("draft lm_head from `{name}`: {e}")))?;
-        let bytes = m.bytes();
-        self.draft_lm_head = Some(self.backend.upload_quant(m)?);
-        Ok(bytes)
     }
 
     /// Whether any layer has substitutes (a draft exists).
@@ -513,7 +275,7 @@ impl<B: Backend> Model<B> {
             // The linears this pass runs: the draft's substitutes, the resident weights,
             // or this layer's weights streamed into a staging buffer.
             let mut streamed = None;
-            let lin: &Linears<B> = match (pass, &l.full, &l.substitutes) {
+            let lin: &Linears<B::Weight> = match (pass, &l.full, &l.substitutes) {
                 (Pass::Draft, _, Some(sub)) => sub,
                 (_, Some(full), _) => full,
                 (Pass::Target, None, _) => {
@@ -521,7 +283,7 @@ impl<B: Backend> Model<B> {
                         .as_mut()
                         .ok_or_else(|| Error::internal("an offloaded layer without a streamer"))?;
                     let (ticket, w) = be.tier_fetch(tier, li)?;
-                    &streamed.insert((ticket, Linears::from_vec(w))).1
+                    &streamed.insert((ticket, Linears::from_vec(w)?)).1
                 }
                 (Pass::Draft, None, None) => {
                     return Err(Error::internal(format!(
@@ -529,13 +291,10 @@ impl<B: Backend> Model<B> {
                     )))
                 }
             };
-            let (wq, wk, wv, wo, wg, wu, wd) = (
-                &lin.q, &lin.k, &lin.v, &lin.o, &lin.gate, &lin.up, &lin.down,
-            );
             let bias = l.qkv_bias.as_ref();
-            be.linear(&h, wq, bias.map(|b| &b[0]), &mut q)?;
-            be.linear(&h, wk, bias.map(|b| &b[1]), &mut k)?;
-            be.linear(&h, wv, bias.map(|b| &b[2]), &mut v)?;
+            be.linear(&h, &lin[Linear::Q], bias.map(|b| &b[0]), &mut q)?;
+            be.linear(&h, &lin[Linear::K], bias.map(|b| &b[1]), &mut k)?;
+            be.linear(&h, &lin[Linear::V], bias.map(|b| &b[2]), &mut v)?;
             be.rope(&mut q, positions, &self.inv_freq)?;
             be.rope(&mut k, positions, &self.inv_freq)?;
             be.kv_write(&mut cache.store, li, cache.committed + first, &k, &v)?;
@@ -548,14 +307,14 @@ impl<B: Backend> Model<B> {
                 shape,
                 &mut attn,
             )?;
-            be.linear(&attn, wo, None, &mut h)?;
+            be.linear(&attn, &lin[Linear::O], None, &mut h)?;
             be.add(&mut x, &h)?;
             // MLP block: norm, gate/up, silu(gate) * up, down.
             be.rms_norm(&x, &l.post_norm, c.rms_eps, &mut h)?;
-            be.linear(&h, wg, None, &mut gate)?;
-            be.linear(&h, wu, None, &mut up)?;
+            be.linear(&h, &lin[Linear::Gate], None, &mut gate)?;
+            be.linear(&h, &lin[Linear::Up], None, &mut up)?;
             be.silu_mul(&mut gate, &up)?;
-            be.linear(&gate, wd, None, &mut h)?;
+            be.linear(&gate, &lin[Linear::Down], None, &mut h)?;
             be.add(&mut x, &h)?;
             if let (Some((ticket, w)), Some(stream)) = (streamed, stream.as_mut()) {
                 drop(w);
@@ -582,5 +341,19 @@ impl<B: Backend> Model<B> {
         };
         be.linear(&normed, head, None, &mut logits)?;
         be.to_host(&logits)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn linears_are_indexed_in_the_one_order() {
+        let l = Linears::from_vec(Linear::ALL.iter().map(|k| k.module()).collect()).unwrap();
+        for k in Linear::ALL {
+            assert_eq!(l[k], k.module());
+        }
+        assert!(Linears::from_vec(vec![0u8; 6]).is_err());
     }
 }

@@ -26,11 +26,17 @@ use half::f16;
 use half::slice::HalfFloatSliceExt;
 
 use super::{hqq, QuantConfig};
+use crate::checkpoint::{DType, HostTensor};
 use crate::error::{Error, Result};
-use crate::model::{DType, HostTensor};
 
 /// Codes per packing block.
 pub(crate) const BLOCK: usize = 32;
+
+/// Bytes of the substitute of a `rows x cols` matrix in format `q` (codes plus an f16
+/// scale and minimum per group): what [`QMatrix::bytes`] will be, known before quantizing.
+pub fn substitute_bytes(rows: u64, cols: u64, q: &QuantConfig) -> u64 {
+    rows * cols * q.bits as u64 / 8 + rows * (cols / q.group as u64) * 4
+}
 
 /// A quantized weight matrix `[rows = out_features, cols = in_features]`; see the module
 /// documentation for the exact byte layout.
@@ -251,6 +257,21 @@ pub(crate) fn unpack_block(bits: u8, b: &[u8], q: &mut [u8; BLOCK]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn substitute_bytes_match_the_format() {
+        // 4-bit, group 64: half a byte per weight plus 4 bytes per 64 weights.
+        assert_eq!(
+            substitute_bytes(10, 128, &QuantConfig::default()),
+            10 * 64 + 10 * 2 * 4
+        );
+        let w: Vec<f32> = (0..10 * 128).map(|i| (i % 17) as f32 * 0.01).collect();
+        let m = QMatrix::quantize(&w, 10, 128, &QuantConfig::default()).unwrap();
+        assert_eq!(
+            m.bytes() as u64,
+            substitute_bytes(10, 128, &QuantConfig::default())
+        );
+    }
 
     #[test]
     fn pack_unpack_every_position() {

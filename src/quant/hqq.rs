@@ -25,8 +25,9 @@ use half::f16;
 use rayon::prelude::*;
 
 use super::format::{block_bytes, pack_block, QMatrix, BLOCK};
-use super::{isa, Isa, QuantConfig, QuantMethod};
+use super::{QuantConfig, QuantMethod};
 use crate::error::{Error, Result};
+use crate::util::isa::{isa, Isa};
 
 /// HQQ's lp-norm exponent.
 const P: f32 = 0.7;
@@ -107,6 +108,8 @@ pub(crate) fn quantize_row(
     row_body(w, cfg, codes, params)
 }
 
+/// # Safety
+/// The CPU has AVX-512F/BW/VL (the body is plain Rust compiled for them).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 unsafe fn row_avx512(
@@ -118,6 +121,8 @@ unsafe fn row_avx512(
     row_body(w, cfg, codes, params)
 }
 
+/// # Safety
+/// The CPU has AVX2 and FMA (the body is plain Rust compiled for them).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn row_avx2(
@@ -297,9 +302,10 @@ pub(crate) fn pow_fast(a: f32, e: f32) -> f32 {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{reconstruction_error, supported_isas};
+    use super::super::reconstruction_error;
     use super::*;
-    use crate::ErrorKind;
+    use crate::error::ErrorKind;
+    use crate::util::isa::supported_isas;
 
     fn cfg(bits: u8, group: usize, method: QuantMethod) -> QuantConfig {
         QuantConfig {

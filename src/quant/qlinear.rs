@@ -16,7 +16,7 @@
 use rayon::prelude::*;
 
 use super::format::{block_bytes, unpack_block, QMatrix, BLOCK};
-use super::{isa, Isa};
+use crate::util::isa::{isa, Isa};
 
 /// A raw output pointer shared by tasks that write disjoint elements.
 #[derive(Clone, Copy)]
@@ -232,48 +232,67 @@ mod x86 {
     use std::arch::x86_64::*;
 
     /// Codes `16h .. 16h + 16` of the block at `p`, as 16 bytes in order.
+    ///
+    /// # Safety
+    /// The CPU has SSSE3 (every x86-64 with AVX2 has), `B` is 2, 3, 4 or 8, `h` is 0 or
+    /// 1, and `p` points to a whole packed block of `4 * B` bytes.
     #[inline(always)]
     pub unsafe fn unpack16<const B: u8>(p: *const u8, h: usize) -> __m128i {
-        match B {
-            8 => _mm_loadu_si128(p.add(16 * h) as *const __m128i),
-            4 => {
-                let v = _mm_loadu_si128(p as *const __m128i);
-                let v = if h == 0 { v } else { _mm_srli_epi16(v, 4) };
-                _mm_and_si128(v, _mm_set1_epi8(0x0f))
+        // SAFETY: the caller upholds the contract above.
+        unsafe {
+            match B {
+                8 => _mm_loadu_si128(p.add(16 * h) as *const __m128i),
+                4 => {
+                    let v = _mm_loadu_si128(p as *const __m128i);
+                    let v = if h == 0 { v } else { _mm_srli_epi16(v, 4) };
+                    _mm_and_si128(v, _mm_set1_epi8(0x0f))
+                }
+                2 => low2(p, h),
+                3 => {
+                    let hb = (p.add(8) as *const u32).read_unaligned() >> (16 * h);
+                    // byte j of `b` is byte j / 8 of the 16 high bits; keep bit j % 8
+                    let b = _mm_shuffle_epi8(
+                        _mm_cvtsi32_si128(hb as i32),
+                        _mm_set_epi64x(0x0101_0101_0101_0101, 0),
+                    );
+                    let bitsel = _mm_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+                    let set = _mm_cmpeq_epi8(_mm_and_si128(b, bitsel), bitsel);
+                    _mm_or_si128(low2(p, h), _mm_and_si128(set, _mm_set1_epi8(4)))
+                }
+                _ => unreachable!(),
             }
-            2 => low2(p, h),
-            3 => {
-                let hb = (p.add(8) as *const u32).read_unaligned() >> (16 * h);
-                // byte j of `b` is byte j / 8 of the 16 high bits; keep bit j % 8
-                let b = _mm_shuffle_epi8(
-                    _mm_cvtsi32_si128(hb as i32),
-                    _mm_set_epi64x(0x0101_0101_0101_0101, 0),
-                );
-                let bitsel = _mm_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
-                let set = _mm_cmpeq_epi8(_mm_and_si128(b, bitsel), bitsel);
-                _mm_or_si128(low2(p, h), _mm_and_si128(set, _mm_set1_epi8(4)))
-            }
-            _ => unreachable!(),
         }
     }
 
     /// The low two bits of codes `16h .. 16h + 16` in the 2-bit layout.
+    ///
+    /// # Safety
+    /// `p` is valid for reads of 8 bytes and `h` is 0 or 1.
     #[inline(always)]
     unsafe fn low2(p: *const u8, h: usize) -> __m128i {
-        const M: u64 = 0x0303_0303_0303_0303;
-        let v = (p as *const u64).read_unaligned();
-        let lo = (v >> (4 * h)) & M; // codes 16h .. 16h + 8
-        let hi = (v >> (4 * h + 2)) & M; // codes 16h + 8 .. 16h + 16
-        _mm_set_epi64x(hi as i64, lo as i64)
+        // SAFETY: the caller upholds the contract above.
+        unsafe {
+            const M: u64 = 0x0303_0303_0303_0303;
+            let v = (p as *const u64).read_unaligned();
+            let lo = (v >> (4 * h)) & M; // codes 16h .. 16h + 8
+            let hi = (v >> (4 * h + 2)) & M; // codes 16h + 8 .. 16h + 16
+            _mm_set_epi64x(hi as i64, lo as i64)
+        }
     }
 
     /// `(scale, min)` of the group at `p` (two f16), as f32.
+    ///
+    /// # Safety
+    /// The CPU has F16C and `p` is valid for reads of two `f16`.
     #[inline(always)]
     pub unsafe fn params(p: *const half::f16) -> [f32; 2] {
-        let v = _mm_cvtph_ps(_mm_cvtsi32_si128((p as *const i32).read_unaligned()));
-        let mut t = [0f32; 4];
-        _mm_storeu_ps(t.as_mut_ptr(), v);
-        [t[0], t[1]]
+        // SAFETY: the caller upholds the contract above.
+        unsafe {
+            let v = _mm_cvtph_ps(_mm_cvtsi32_si128((p as *const i32).read_unaligned()));
+            let mut t = [0f32; 4];
+            _mm_storeu_ps(t.as_mut_ptr(), v);
+            [t[0], t[1]]
+        }
     }
 }
 
@@ -288,55 +307,74 @@ mod avx512 {
     /// group's `fma(c, scale, min)` for every code `c`, repeated to fill 16 lanes (entry
     /// `i` is code `i mod 2^B`), and `vpermps` looks weights up by the low 4 bits of each
     /// lane; for `B = 8`, `lut` is the scale and `min` the min, and codes are converted.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F/BW, `B` is 2, 3, 4 or 8, and `p` points to a whole packed
+    /// block of `4 * B` bytes.
     #[inline(always)]
     unsafe fn weights<const B: u8>(p: *const u8, lut: __m512, min: __m512) -> [__m512; 2] {
-        match B {
-            4 => {
-                // lane j: byte j = code j | code (j + 16) << 4
-                let z = _mm512_cvtepu8_epi32(_mm_loadu_si128(p as *const __m128i));
-                [
-                    _mm512_permutexvar_ps(z, lut),
-                    _mm512_permutexvar_ps(_mm512_srli_epi32(z, 4), lut),
-                ]
-            }
-            2 | 3 => {
-                // lanes 0..8 and 8..16 both hold bytes 0..8: code j + 8s is at bit 2s
-                let v = (p as *const u64).read_unaligned();
-                let z = _mm512_cvtepu8_epi32(_mm_set1_epi64x(v as i64));
-                let s0 = _mm512_set_epi32(2, 2, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0);
-                let s1 = _mm512_set_epi32(6, 6, 6, 6, 6, 6, 6, 6, 4, 4, 4, 4, 4, 4, 4, 4);
-                let mut i0 = _mm512_srlv_epi32(z, s0);
-                let mut i1 = _mm512_srlv_epi32(z, s1);
-                if B == 3 {
-                    // bit 2 of code j is bit j of the u32 at byte 8: moved to bit 2
-                    let hb = _mm512_set1_epi32((p.add(8) as *const i32).read_unaligned());
-                    let lane =
-                        _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
-                    let h0 = _mm512_slli_epi32(_mm512_srlv_epi32(hb, lane), 2);
-                    let lane16 = _mm512_add_epi32(lane, _mm512_set1_epi32(16));
-                    let h1 = _mm512_slli_epi32(_mm512_srlv_epi32(hb, lane16), 2);
-                    let (three, four) = (_mm512_set1_epi32(3), _mm512_set1_epi32(4));
-                    i0 = _mm512_or_si512(_mm512_and_si512(i0, three), _mm512_and_si512(h0, four));
-                    i1 = _mm512_or_si512(_mm512_and_si512(i1, three), _mm512_and_si512(h1, four));
+        // SAFETY: the caller upholds the contract above.
+        unsafe {
+            match B {
+                4 => {
+                    // lane j: byte j = code j | code (j + 16) << 4
+                    let z = _mm512_cvtepu8_epi32(_mm_loadu_si128(p as *const __m128i));
+                    [
+                        _mm512_permutexvar_ps(z, lut),
+                        _mm512_permutexvar_ps(_mm512_srli_epi32(z, 4), lut),
+                    ]
                 }
-                [
-                    _mm512_permutexvar_ps(i0, lut),
-                    _mm512_permutexvar_ps(i1, lut),
-                ]
+                2 | 3 => {
+                    // lanes 0..8 and 8..16 both hold bytes 0..8: code j + 8s is at bit 2s
+                    let v = (p as *const u64).read_unaligned();
+                    let z = _mm512_cvtepu8_epi32(_mm_set1_epi64x(v as i64));
+                    let s0 = _mm512_set_epi32(2, 2, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0);
+                    let s1 = _mm512_set_epi32(6, 6, 6, 6, 6, 6, 6, 6, 4, 4, 4, 4, 4, 4, 4, 4);
+                    let mut i0 = _mm512_srlv_epi32(z, s0);
+                    let mut i1 = _mm512_srlv_epi32(z, s1);
+                    if B == 3 {
+                        // bit 2 of code j is bit j of the u32 at byte 8: moved to bit 2
+                        let hb = _mm512_set1_epi32((p.add(8) as *const i32).read_unaligned());
+                        let lane =
+                            _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+                        let h0 = _mm512_slli_epi32(_mm512_srlv_epi32(hb, lane), 2);
+                        let lane16 = _mm512_add_epi32(lane, _mm512_set1_epi32(16));
+                        let h1 = _mm512_slli_epi32(_mm512_srlv_epi32(hb, lane16), 2);
+                        let (three, four) = (_mm512_set1_epi32(3), _mm512_set1_epi32(4));
+                        i0 = _mm512_or_si512(
+                            _mm512_and_si512(i0, three),
+                            _mm512_and_si512(h0, four),
+                        );
+                        i1 = _mm512_or_si512(
+                            _mm512_and_si512(i1, three),
+                            _mm512_and_si512(h1, four),
+                        );
+                    }
+                    [
+                        _mm512_permutexvar_ps(i0, lut),
+                        _mm512_permutexvar_ps(i1, lut),
+                    ]
+                }
+                8 => {
+                    let q0 = _mm512_cvtepu8_epi32(_mm_loadu_si128(p as *const __m128i));
+                    let q1 = _mm512_cvtepu8_epi32(_mm_loadu_si128(p.add(16) as *const __m128i));
+                    [
+                        _mm512_fmadd_ps(_mm512_cvtepi32_ps(q0), lut, min),
+                        _mm512_fmadd_ps(_mm512_cvtepi32_ps(q1), lut, min),
+                    ]
+                }
+                _ => unreachable!(),
             }
-            8 => {
-                let q0 = _mm512_cvtepu8_epi32(_mm_loadu_si128(p as *const __m128i));
-                let q1 = _mm512_cvtepu8_epi32(_mm_loadu_si128(p.add(16) as *const __m128i));
-                [
-                    _mm512_fmadd_ps(_mm512_cvtepi32_ps(q0), lut, min),
-                    _mm512_fmadd_ps(_mm512_cvtepi32_ps(q1), lut, min),
-                ]
-            }
-            _ => unreachable!(),
         }
     }
 
     /// `R` rows times `T` tokens; see `super::dot_tile`.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F/BW/VL, FMA and F16C; `B` is 2, 3, 4 or 8; `codes` holds `R`
+    /// packed rows of `k` codes, `pars` their `R * k / group` (scale, min) pairs, `xs`
+    /// holds `T` rows of `k` f32, `group` divides `k` into whole blocks, and `res` holds
+    /// `R * T` values.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
     pub unsafe fn tile<const B: u8, const R: usize, const T: usize>(
         codes: &[u8],
@@ -346,76 +384,79 @@ mod avx512 {
         group: usize,
         res: &mut [f32],
     ) {
-        let rb = k * B as usize / 8;
-        let gpr = k / group;
-        let bb = 4 * B as usize;
-        let (cp, pp, xp) = (codes.as_ptr(), pars.as_ptr(), xs.as_ptr());
-        let mut acc = [[_mm512_setzero_ps(); T]; R];
-        let bpg = group / 32;
-        let mask = (1i32 << B.min(4)) - 1;
-        let iota = _mm512_and_si512(
-            _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-            _mm512_set1_epi32(mask),
-        );
-        let iota = _mm512_cvtepi32_ps(iota);
-        // (scale, min) of `GC` groups of each row, converted to f32 16 values at a time
-        const GC: usize = 16;
-        let mut dm = [[0f32; 2 * GC]; R];
-        for g in 0..gpr {
-            let gc = g % GC;
-            if gc == 0 {
+        // SAFETY: the caller upholds the contract above.
+        unsafe {
+            let rb = k * B as usize / 8;
+            let gpr = k / group;
+            let bb = 4 * B as usize;
+            let (cp, pp, xp) = (codes.as_ptr(), pars.as_ptr(), xs.as_ptr());
+            let mut acc = [[_mm512_setzero_ps(); T]; R];
+            let bpg = group / 32;
+            let mask = (1i32 << B.min(4)) - 1;
+            let iota = _mm512_and_si512(
+                _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                _mm512_set1_epi32(mask),
+            );
+            let iota = _mm512_cvtepi32_ps(iota);
+            // (scale, min) of `GC` groups of each row, converted to f32 16 values at a time
+            const GC: usize = 16;
+            let mut dm = [[0f32; 2 * GC]; R];
+            for g in 0..gpr {
+                let gc = g % GC;
+                if gc == 0 {
+                    for r in 0..R {
+                        let ahead = pp.wrapping_add(2 * ((r + R) * gpr + g));
+                        _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
+                    }
+                    let vals = 2 * (gpr - g).min(GC);
+                    for (r, dm_r) in dm.iter_mut().enumerate() {
+                        let src = pp.add(2 * (r * gpr + g)) as *const i16;
+                        for c in 0..vals.div_ceil(16) {
+                            let mask = (((1u32 << (vals - 16 * c).min(16)) - 1) & 0xffff) as u16;
+                            let h = _mm256_maskz_loadu_epi16(mask, src.add(16 * c));
+                            _mm512_storeu_ps(dm_r.as_mut_ptr().add(16 * c), _mm512_cvtph_ps(h));
+                        }
+                    }
+                }
+                // The next tile's rows at the same place (codes here, params above): with
+                // only the hardware prefetcher the kernel waits on memory when the matrix is
+                // not in cache (24 layers at t=2: 29 -> 19 ms, benches/kernels.rs). A
+                // prefetch never faults, so running past the matrix's end is harmless.
                 for r in 0..R {
-                    let ahead = pp.wrapping_add(2 * ((r + R) * gpr + g));
+                    let ahead = cp.wrapping_add((r + R) * rb + g * bpg * bb);
                     _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
                 }
-                let vals = 2 * (gpr - g).min(GC);
-                for (r, dm_r) in dm.iter_mut().enumerate() {
-                    let src = pp.add(2 * (r * gpr + g)) as *const i16;
-                    for c in 0..vals.div_ceil(16) {
-                        let mask = (((1u32 << (vals - 16 * c).min(16)) - 1) & 0xffff) as u16;
-                        let h = _mm256_maskz_loadu_epi16(mask, src.add(16 * c));
-                        _mm512_storeu_ps(dm_r.as_mut_ptr().add(16 * c), _mm512_cvtph_ps(h));
+                let mut lut = [_mm512_setzero_ps(); R];
+                let mut min = [_mm512_setzero_ps(); R];
+                for r in 0..R {
+                    let (d, m) = (
+                        _mm512_set1_ps(dm[r][2 * gc]),
+                        _mm512_set1_ps(dm[r][2 * gc + 1]),
+                    );
+                    if B == 8 {
+                        (lut[r], min[r]) = (d, m);
+                    } else {
+                        lut[r] = _mm512_fmadd_ps(iota, d, m);
+                    }
+                }
+                for b in g * bpg..(g + 1) * bpg {
+                    let i = 32 * b;
+                    for (r, acc_r) in acc.iter_mut().enumerate() {
+                        let [w0, w1] = weights::<B>(cp.add(r * rb + b * bb), lut[r], min[r]);
+                        for (j, a) in acc_r.iter_mut().enumerate() {
+                            let x = xp.add(j * k + i);
+                            *a = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x), *a);
+                            *a = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x.add(16)), *a);
+                        }
                     }
                 }
             }
-            // The next tile's rows at the same place (codes here, params above): with
-            // only the hardware prefetcher the kernel waits on memory when the matrix is
-            // not in cache (24 layers at t=2: 29 -> 19 ms, benches/kernels.rs). A
-            // prefetch never faults, so running past the matrix's end is harmless.
             for r in 0..R {
-                let ahead = cp.wrapping_add((r + R) * rb + g * bpg * bb);
-                _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
-            }
-            let mut lut = [_mm512_setzero_ps(); R];
-            let mut min = [_mm512_setzero_ps(); R];
-            for r in 0..R {
-                let (d, m) = (
-                    _mm512_set1_ps(dm[r][2 * gc]),
-                    _mm512_set1_ps(dm[r][2 * gc + 1]),
-                );
-                if B == 8 {
-                    (lut[r], min[r]) = (d, m);
-                } else {
-                    lut[r] = _mm512_fmadd_ps(iota, d, m);
+                for j in 0..T {
+                    let mut lanes = [0f32; 16];
+                    _mm512_storeu_ps(lanes.as_mut_ptr(), acc[r][j]);
+                    res[r * T + j] = sum16(&lanes);
                 }
-            }
-            for b in g * bpg..(g + 1) * bpg {
-                let i = 32 * b;
-                for (r, acc_r) in acc.iter_mut().enumerate() {
-                    let [w0, w1] = weights::<B>(cp.add(r * rb + b * bb), lut[r], min[r]);
-                    for (j, a) in acc_r.iter_mut().enumerate() {
-                        let x = xp.add(j * k + i);
-                        *a = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x), *a);
-                        *a = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x.add(16)), *a);
-                    }
-                }
-            }
-        }
-        for r in 0..R {
-            for j in 0..T {
-                let mut lanes = [0f32; 16];
-                _mm512_storeu_ps(lanes.as_mut_ptr(), acc[r][j]);
-                res[r * T + j] = sum16(&lanes);
             }
         }
     }
@@ -429,6 +470,11 @@ mod avx2 {
     use super::x86::{params, unpack16};
 
     /// `R` rows times `T` tokens, each 16-lane accumulator in two registers.
+    ///
+    /// # Safety
+    /// The CPU has AVX2, FMA, F16C and SSSE3; otherwise as the AVX-512 `tile`: `codes`
+    /// holds `R` packed rows of `k` codes, `pars` their (scale, min) pairs, `xs` `T` rows of
+    /// `k` f32, and `res` `R * T` values.
     #[target_feature(enable = "avx2,fma,f16c,ssse3")]
     pub unsafe fn tile<const B: u8, const R: usize, const T: usize>(
         codes: &[u8],
@@ -438,56 +484,59 @@ mod avx2 {
         group: usize,
         res: &mut [f32],
     ) {
-        let rb = k * B as usize / 8;
-        let gpr = k / group;
-        let bb = 4 * B as usize;
-        let (cp, pp, xp) = (codes.as_ptr(), pars.as_ptr(), xs.as_ptr());
-        let mut acc = [[[_mm256_setzero_ps(); 2]; T]; R];
-        let bpg = group / 32;
-        for g in 0..gpr {
-            let mut dm = [[0f32; 2]; R];
-            for (r, v) in dm.iter_mut().enumerate() {
-                *v = params(pp.add(2 * (r * gpr + g)));
-                // as in the AVX-512 kernel
-                let ahead = cp.wrapping_add((r + R) * rb + g * bpg * bb);
-                _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
-                if g % 16 == 0 {
-                    let ahead = pp.wrapping_add(2 * ((r + R) * gpr + g));
+        // SAFETY: the caller upholds the contract above.
+        unsafe {
+            let rb = k * B as usize / 8;
+            let gpr = k / group;
+            let bb = 4 * B as usize;
+            let (cp, pp, xp) = (codes.as_ptr(), pars.as_ptr(), xs.as_ptr());
+            let mut acc = [[[_mm256_setzero_ps(); 2]; T]; R];
+            let bpg = group / 32;
+            for g in 0..gpr {
+                let mut dm = [[0f32; 2]; R];
+                for (r, v) in dm.iter_mut().enumerate() {
+                    *v = params(pp.add(2 * (r * gpr + g)));
+                    // as in the AVX-512 kernel
+                    let ahead = cp.wrapping_add((r + R) * rb + g * bpg * bb);
                     _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
-                }
-            }
-            for b in g * bpg..(g + 1) * bpg {
-                let i = 32 * b;
-                for (r, acc_r) in acc.iter_mut().enumerate() {
-                    let p = cp.add(r * rb + b * bb);
-                    let (d, m) = (_mm256_set1_ps(dm[r][0]), _mm256_set1_ps(dm[r][1]));
-                    // w[4h + e]: weights 16h + 8e .. 16h + 8e + 8
-                    let mut w = [_mm256_setzero_ps(); 4];
-                    for h in 0..2 {
-                        let q = unpack16::<B>(p, h);
-                        let q0 = _mm256_cvtepu8_epi32(q);
-                        let q1 = _mm256_cvtepu8_epi32(_mm_unpackhi_epi64(q, q));
-                        w[2 * h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q0), d, m);
-                        w[2 * h + 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q1), d, m);
+                    if g % 16 == 0 {
+                        let ahead = pp.wrapping_add(2 * ((r + R) * gpr + g));
+                        _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
                     }
-                    for (j, a) in acc_r.iter_mut().enumerate() {
-                        let x = xp.add(j * k + i);
+                }
+                for b in g * bpg..(g + 1) * bpg {
+                    let i = 32 * b;
+                    for (r, acc_r) in acc.iter_mut().enumerate() {
+                        let p = cp.add(r * rb + b * bb);
+                        let (d, m) = (_mm256_set1_ps(dm[r][0]), _mm256_set1_ps(dm[r][1]));
+                        // w[4h + e]: weights 16h + 8e .. 16h + 8e + 8
+                        let mut w = [_mm256_setzero_ps(); 4];
                         for h in 0..2 {
-                            for (e, a) in a.iter_mut().enumerate() {
-                                let xv = _mm256_loadu_ps(x.add(16 * h + 8 * e));
-                                *a = _mm256_fmadd_ps(w[2 * h + e], xv, *a);
+                            let q = unpack16::<B>(p, h);
+                            let q0 = _mm256_cvtepu8_epi32(q);
+                            let q1 = _mm256_cvtepu8_epi32(_mm_unpackhi_epi64(q, q));
+                            w[2 * h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q0), d, m);
+                            w[2 * h + 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q1), d, m);
+                        }
+                        for (j, a) in acc_r.iter_mut().enumerate() {
+                            let x = xp.add(j * k + i);
+                            for h in 0..2 {
+                                for (e, a) in a.iter_mut().enumerate() {
+                                    let xv = _mm256_loadu_ps(x.add(16 * h + 8 * e));
+                                    *a = _mm256_fmadd_ps(w[2 * h + e], xv, *a);
+                                }
                             }
                         }
                     }
                 }
             }
-        }
-        for r in 0..R {
-            for j in 0..T {
-                let mut lanes = [0f32; 16];
-                _mm256_storeu_ps(lanes.as_mut_ptr(), acc[r][j][0]);
-                _mm256_storeu_ps(lanes.as_mut_ptr().add(8), acc[r][j][1]);
-                res[r * T + j] = sum16(&lanes);
+            for r in 0..R {
+                for j in 0..T {
+                    let mut lanes = [0f32; 16];
+                    _mm256_storeu_ps(lanes.as_mut_ptr(), acc[r][j][0]);
+                    _mm256_storeu_ps(lanes.as_mut_ptr().add(8), acc[r][j][1]);
+                    res[r * T + j] = sum16(&lanes);
+                }
             }
         }
     }
@@ -495,8 +544,9 @@ mod avx2 {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{supported_isas, QuantConfig, QuantMethod};
+    use super::super::{QuantConfig, QuantMethod};
     use super::*;
+    use crate::util::isa::supported_isas;
 
     fn matrix(rows: usize, cols: usize, bits: u8, group: usize) -> (Vec<f32>, QMatrix) {
         let w: Vec<f32> = (0..rows * cols)

@@ -1,16 +1,23 @@
-//! Speculation: the token tree, its growth, and lossless verification. Pure logic, no
-//! device code: the engine runs the forwards and hands the logits in.
+//! Speculation: the token tree and its growth, the draft loop, and lossless verification.
+//! Pure logic, no device code: the engine runs the forwards (as closures) and hands the
+//! logits in.
+//!
+//! - `tree.rs`: [`Tree`] and one level of growth (global top-k by path probability);
+//! - `draft.rs`: the draft loop, its adaptive stop and the default tree for a placement;
+//! - `verify.rs`: the acceptance walk.
 
-pub mod tree;
-pub mod verify;
+pub(crate) mod draft;
+mod tree;
+mod verify;
 
 pub use tree::Tree;
-pub use verify::{accept, accept_from, AllRows, NodeLogits, Walk};
+pub use verify::{accept_from, NodeLogits};
 
 use crate::error::{Error, Result};
 
 /// Shape of the draft tree.
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
 pub struct TreeParams {
     /// Nodes kept per depth step (the frontier width, `k`).
     pub width: usize,
@@ -44,6 +51,34 @@ impl Default for TreeParams {
 }
 
 impl TreeParams {
+    /// With frontier width `width`.
+    pub fn with_width(self, width: usize) -> Self {
+        TreeParams { width, ..self }
+    }
+
+    /// With `depth` draft steps.
+    pub fn with_depth(self, depth: usize) -> Self {
+        TreeParams { depth, ..self }
+    }
+
+    /// With at most `max_tokens` nodes, root included.
+    pub fn with_max_tokens(self, max_tokens: usize) -> Self {
+        TreeParams { max_tokens, ..self }
+    }
+
+    /// With the draft softmax temperature `t`.
+    pub fn with_draft_temperature(self, t: f32) -> Self {
+        TreeParams {
+            draft_temperature: t,
+            ..self
+        }
+    }
+
+    /// With the adaptive stop on or off.
+    pub fn with_adaptive(self, adaptive: bool) -> Self {
+        TreeParams { adaptive, ..self }
+    }
+
     /// Checks the ranges.
     pub fn validate(&self) -> Result<()> {
         if self.width == 0 {
@@ -70,6 +105,7 @@ impl TreeParams {
 
 /// Per-sequence speculation statistics.
 #[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
 pub struct SpecStats {
     /// Steps (one target pass each, after the prompt).
     pub iterations: usize,

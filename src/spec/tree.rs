@@ -8,17 +8,20 @@
 use std::cmp::Ordering;
 use std::ops::Range;
 
-/// A token tree.
+use crate::sample::log_sum_exp;
+
+/// A token tree. Its node lists only grow together (through [`Tree::push`] and
+/// [`Tree::grow`]), so they always agree.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Tree {
     /// Token of each node.
-    pub tokens: Vec<u32>,
+    tokens: Vec<u32>,
     /// Parent of each node (`None` for the root).
-    pub parents: Vec<Option<usize>>,
+    parents: Vec<Option<usize>>,
     /// Depth of each node (root 0).
-    pub depth: Vec<usize>,
+    depth: Vec<usize>,
     /// Cumulative draft log-probability of the path to each node (root 0).
-    pub score: Vec<f32>,
+    score: Vec<f32>,
     children: Vec<Vec<usize>>,
 }
 
@@ -31,34 +34,6 @@ fn better(a: &Candidate, b: &Candidate) -> Ordering {
         .unwrap_or(Ordering::Equal)
         .then(a.1.cmp(&b.1))
         .then(a.2.cmp(&b.2))
-}
-
-/// Terms of the softmax sum below `exp(-CUT)` of the largest are skipped: 152k of them
-/// add less than 1e-12 relative, far below f32's resolution of the result.
-const CUT: f64 = 40.0;
-
-/// `ln(sum(exp((x - max) / temperature)))` over `logits` (`max` their maximum), in f64,
-/// skipping terms too small to change the result (see `CUT`).
-fn log_sum_exp(logits: &[f32], max: f32, temperature: f32) -> f64 {
-    let t = temperature as f64;
-    let floor = (max as f64 - CUT * t) as f32;
-    logits
-        .iter()
-        .filter(|&&x| x > floor)
-        .map(|&x| ((x as f64 - max as f64) / t).exp())
-        .sum::<f64>()
-        .ln()
-}
-
-/// Log-softmax of `logits / temperature`, in f32 (computed through f64 sums).
-pub fn log_softmax(logits: &[f32], temperature: f32) -> Vec<f32> {
-    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-    let lse = log_sum_exp(logits, max, temperature);
-    let t = temperature as f64;
-    logits
-        .iter()
-        .map(|&x| ((x as f64 - max as f64) / t - lse) as f32)
-        .collect()
 }
 
 /// The `take` largest logits of a row with their token ids, best first (ties: lower id
@@ -97,9 +72,24 @@ impl Tree {
         self.tokens.len()
     }
 
-    /// Whether the tree is empty (never: it always has a root).
-    pub fn is_empty(&self) -> bool {
-        self.tokens.is_empty()
+    /// Token of every node, in node order.
+    pub fn tokens(&self) -> &[u32] {
+        &self.tokens
+    }
+
+    /// Parent of every node (`None` for the root), in node order.
+    pub fn parents(&self) -> &[Option<usize>] {
+        &self.parents
+    }
+
+    /// Depth of node `n` (the root is 0).
+    pub fn depth(&self, n: usize) -> usize {
+        self.depth[n]
+    }
+
+    /// Cumulative draft log-probability of the path to node `n` (the root is 0).
+    pub fn score(&self, n: usize) -> f32 {
+        self.score[n]
     }
 
     /// Children of node `n`, in the order they were added.
@@ -186,6 +176,7 @@ impl Tree {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sample::log_softmax;
 
     /// Logits whose temperature-1 softmax is the given probabilities.
     fn logits(p: &[f64]) -> Vec<f32> {

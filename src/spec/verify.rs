@@ -44,6 +44,7 @@ pub trait NodeLogits {
 }
 
 /// Every node's row computed up front: `tree.len()` rows of `vocab`.
+#[cfg(test)]
 pub struct AllRows<'a> {
     /// The rows, row-major.
     pub logits: &'a [f32],
@@ -51,6 +52,7 @@ pub struct AllRows<'a> {
     pub vocab: usize,
 }
 
+#[cfg(test)]
 impl NodeLogits for AllRows<'_> {
     fn row(&mut self, node: usize) -> Result<&[f32]> {
         Ok(&self.logits[node * self.vocab..(node + 1) * self.vocab])
@@ -61,6 +63,7 @@ impl NodeLogits for AllRows<'_> {
 /// distribution after node `n`). The root's successor is the token at absolute position
 /// `position`. Emits at most `max_tokens` (>= 1) tokens and stops after one `is_eos` says
 /// ends the sequence.
+#[cfg(test)]
 pub fn accept(
     tree: &Tree,
     logits: &[f32],
@@ -92,13 +95,13 @@ pub fn accept_from(
     };
     let mut node = 0;
     loop {
-        let t = sample(rows.row(node)?, params, position + tree.depth[node]);
+        let t = sample(rows.row(node)?, params, position + tree.depth(node));
         walk.tokens.push(t);
         let child = tree
             .children(node)
             .iter()
             .copied()
-            .find(|&c| tree.tokens[c] == t);
+            .find(|&c| tree.tokens()[c] == t);
         if let Some(c) = child {
             walk.nodes.push(c);
         }

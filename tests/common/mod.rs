@@ -204,8 +204,8 @@ pub fn synth_model_dir(name: &str) -> PathBuf {
         .unwrap_or_else(std::env::temp_dir);
     let dir = root.join(format!("subspec-synth-{name}-f16"));
     if !dir.join("model.safetensors").is_file() {
-        let shape = subspec::synth::SynthShape::named(name).unwrap();
-        subspec::synth::write_model(&dir, &shape, subspec::model::DType::F16, 7).unwrap();
+        let shape = subspec::internals::SynthShape::named(name).unwrap();
+        subspec::internals::write_model(&dir, &shape, subspec::internals::DType::F16, 7).unwrap();
     }
     dir
 }

@@ -11,8 +11,8 @@
 
 use rayon::prelude::*;
 
-use super::isa::{isa, Isa};
-use crate::model::{DType, HostTensor};
+use crate::checkpoint::{DType, HostTensor};
+use crate::util::isa::{isa, Isa};
 
 /// A raw output pointer shared by tasks that write disjoint elements.
 #[derive(Clone, Copy)]
@@ -263,22 +263,33 @@ mod avx512 {
     use std::arch::x86_64::*;
 
     use super::finish;
-    use crate::model::DType;
+    use crate::checkpoint::DType;
 
     /// 16 weights starting at element `i` of the row at `row`.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F/BW and F16C, and `row` is valid for reads of 16 elements of
+    /// `dtype` from element `i` on.
     #[inline(always)]
     unsafe fn load16(dtype: DType, row: *const u8, i: usize) -> __m512 {
-        match dtype {
-            DType::F32 => _mm512_loadu_ps(row.add(4 * i) as *const f32),
-            DType::F16 => _mm512_cvtph_ps(_mm256_loadu_si256(row.add(2 * i) as *const __m256i)),
-            DType::BF16 => {
-                let h = _mm256_loadu_si256(row.add(2 * i) as *const __m256i);
-                _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))
+        // SAFETY: the caller upholds the contract above.
+        unsafe {
+            match dtype {
+                DType::F32 => _mm512_loadu_ps(row.add(4 * i) as *const f32),
+                DType::F16 => _mm512_cvtph_ps(_mm256_loadu_si256(row.add(2 * i) as *const __m256i)),
+                DType::BF16 => {
+                    let h = _mm256_loadu_si256(row.add(2 * i) as *const __m256i);
+                    _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))
+                }
             }
         }
     }
 
     /// `R` weight rows times `T` token rows; see `super::dot_tile`.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F/BW, FMA and F16C; `rows` holds `R` rows of `k` elements of
+    /// `dtype`, `xs` holds `T` rows of `k` f32, and `res` holds `R * T` values.
     #[target_feature(enable = "avx512f,avx512bw,fma,f16c")]
     pub unsafe fn tile<const R: usize, const T: usize>(
         dtype: DType,
@@ -287,14 +298,19 @@ mod avx512 {
         k: usize,
         res: &mut [f32],
     ) {
-        // One body per dtype, so the loads in the hot loop do not test it.
-        match dtype {
-            DType::F32 => tile_of::<0, R, T>(rows, xs, k, res),
-            DType::F16 => tile_of::<1, R, T>(rows, xs, k, res),
-            DType::BF16 => tile_of::<2, R, T>(rows, xs, k, res),
+        // SAFETY: the caller upholds the contract above.
+        unsafe {
+            // One body per dtype, so the loads in the hot loop do not test it.
+            match dtype {
+                DType::F32 => tile_of::<0, R, T>(rows, xs, k, res),
+                DType::F16 => tile_of::<1, R, T>(rows, xs, k, res),
+                DType::BF16 => tile_of::<2, R, T>(rows, xs, k, res),
+            }
         }
     }
 
+    /// # Safety
+    /// As [`tile`] with `dtype = dtype_of(D)`.
     #[target_feature(enable = "avx512f,avx512bw,fma,f16c")]
     unsafe fn tile_of<const D: u8, const R: usize, const T: usize>(
         rows: &[u8],
@@ -302,39 +318,42 @@ mod avx512 {
         k: usize,
         res: &mut [f32],
     ) {
-        let dtype = super::dtype_of(D);
-        let row_bytes = k * dtype.size();
-        let wp = rows.as_ptr();
-        let xp = xs.as_ptr();
-        let mut acc = [[_mm512_setzero_ps(); T]; R];
-        let body = k - k % 16;
-        let mut i = 0;
-        while i < body {
-            let mut xv = [_mm512_setzero_ps(); T];
-            for (j, v) in xv.iter_mut().enumerate() {
-                *v = _mm512_loadu_ps(xp.add(j * k + i));
-            }
-            // The next tile's rows at the same place: with only the hardware prefetcher
-            // the kernel waits on memory (lm_head at t=2: 23 -> 15 ms, benches/kernels.rs).
-            // A prefetch never faults, so running past the matrix's end is harmless.
-            for r in 0..R {
-                let ahead = wp.wrapping_add((r + R) * row_bytes + i * dtype.size());
-                _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
-            }
-            for (r, acc_r) in acc.iter_mut().enumerate() {
-                let w = load16(dtype, wp.add(r * row_bytes), i);
-                for j in 0..T {
-                    acc_r[j] = _mm512_fmadd_ps(w, xv[j], acc_r[j]);
+        // SAFETY: the caller upholds the contract above.
+        unsafe {
+            let dtype = super::dtype_of(D);
+            let row_bytes = k * dtype.size();
+            let wp = rows.as_ptr();
+            let xp = xs.as_ptr();
+            let mut acc = [[_mm512_setzero_ps(); T]; R];
+            let body = k - k % 16;
+            let mut i = 0;
+            while i < body {
+                let mut xv = [_mm512_setzero_ps(); T];
+                for (j, v) in xv.iter_mut().enumerate() {
+                    *v = _mm512_loadu_ps(xp.add(j * k + i));
                 }
+                // The next tile's rows at the same place: with only the hardware prefetcher
+                // the kernel waits on memory (lm_head at t=2: 23 -> 15 ms, benches/kernels.rs).
+                // A prefetch never faults, so running past the matrix's end is harmless.
+                for r in 0..R {
+                    let ahead = wp.wrapping_add((r + R) * row_bytes + i * dtype.size());
+                    _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
+                }
+                for (r, acc_r) in acc.iter_mut().enumerate() {
+                    let w = load16(dtype, wp.add(r * row_bytes), i);
+                    for j in 0..T {
+                        acc_r[j] = _mm512_fmadd_ps(w, xv[j], acc_r[j]);
+                    }
+                }
+                i += 16;
             }
-            i += 16;
-        }
-        for r in 0..R {
-            let row = &rows[r * row_bytes..(r + 1) * row_bytes];
-            for j in 0..T {
-                let mut lanes = [0f32; 16];
-                _mm512_storeu_ps(lanes.as_mut_ptr(), acc[r][j]);
-                res[r * T + j] = finish(&lanes, dtype, row, &xs[j * k..(j + 1) * k], body);
+            for r in 0..R {
+                let row = &rows[r * row_bytes..(r + 1) * row_bytes];
+                for j in 0..T {
+                    let mut lanes = [0f32; 16];
+                    _mm512_storeu_ps(lanes.as_mut_ptr(), acc[r][j]);
+                    res[r * T + j] = finish(&lanes, dtype, row, &xs[j * k..(j + 1) * k], body);
+                }
             }
         }
     }
@@ -345,30 +364,48 @@ mod avx2 {
     use std::arch::x86_64::*;
 
     use super::finish;
-    use crate::model::DType;
+    use crate::checkpoint::DType;
 
     /// 8 weights starting at element `i` of the row at `row`.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and F16C, and `row` is valid for reads of 8 elements of `dtype`
+    /// from element `i` on.
     #[inline(always)]
     unsafe fn load8(dtype: DType, row: *const u8, i: usize) -> __m256 {
-        match dtype {
-            DType::F32 => _mm256_loadu_ps(row.add(4 * i) as *const f32),
-            DType::F16 => _mm256_cvtph_ps(_mm_loadu_si128(row.add(2 * i) as *const __m128i)),
-            DType::BF16 => {
-                let h = _mm_loadu_si128(row.add(2 * i) as *const __m128i);
-                _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))
+        // SAFETY: the caller upholds the contract above.
+        unsafe {
+            match dtype {
+                DType::F32 => _mm256_loadu_ps(row.add(4 * i) as *const f32),
+                DType::F16 => _mm256_cvtph_ps(_mm_loadu_si128(row.add(2 * i) as *const __m128i)),
+                DType::BF16 => {
+                    let h = _mm_loadu_si128(row.add(2 * i) as *const __m128i);
+                    _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))
+                }
             }
         }
     }
 
     /// Widens `dst.len()` (a multiple of 8) f16/bf16 values from `src` to f32.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and F16C, `dst.len()` is a multiple of 8, and `src` holds at least
+    /// `dst.len()` elements of `dtype`.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn widen(dtype: DType, src: &[u8], dst: &mut [f32]) {
-        for i in (0..dst.len()).step_by(8) {
-            _mm256_storeu_ps(dst.as_mut_ptr().add(i), load8(dtype, src.as_ptr(), i));
+        // SAFETY: the caller upholds the contract above.
+        unsafe {
+            for i in (0..dst.len()).step_by(8) {
+                _mm256_storeu_ps(dst.as_mut_ptr().add(i), load8(dtype, src.as_ptr(), i));
+            }
         }
     }
 
     /// `R` weight rows times `T` token rows, each 16-lane accumulator in two registers.
+    ///
+    /// # Safety
+    /// The CPU has AVX2, FMA and F16C; `rows` holds `R` rows of `k` elements of `dtype`,
+    /// `xs` holds `T` rows of `k` f32, and `res` holds `R * T` values.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn tile<const R: usize, const T: usize>(
         dtype: DType,
@@ -377,39 +414,42 @@ mod avx2 {
         k: usize,
         res: &mut [f32],
     ) {
-        let row_bytes = k * dtype.size();
-        let wp = rows.as_ptr();
-        let xp = xs.as_ptr();
-        let mut acc = [[[_mm256_setzero_ps(); 2]; T]; R];
-        let body = k - k % 16;
-        let mut i = 0;
-        while i < body {
-            for r in 0..R {
-                // as in the AVX-512 kernel
-                let ahead = wp.wrapping_add((r + R) * row_bytes + i * dtype.size());
-                _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
-            }
-            for h in 0..2 {
-                let mut xv = [_mm256_setzero_ps(); T];
-                for (j, v) in xv.iter_mut().enumerate() {
-                    *v = _mm256_loadu_ps(xp.add(j * k + i + 8 * h));
+        // SAFETY: the caller upholds the contract above.
+        unsafe {
+            let row_bytes = k * dtype.size();
+            let wp = rows.as_ptr();
+            let xp = xs.as_ptr();
+            let mut acc = [[[_mm256_setzero_ps(); 2]; T]; R];
+            let body = k - k % 16;
+            let mut i = 0;
+            while i < body {
+                for r in 0..R {
+                    // as in the AVX-512 kernel
+                    let ahead = wp.wrapping_add((r + R) * row_bytes + i * dtype.size());
+                    _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
                 }
-                for (r, acc_r) in acc.iter_mut().enumerate() {
-                    let w = load8(dtype, wp.add(r * row_bytes), i + 8 * h);
-                    for j in 0..T {
-                        acc_r[j][h] = _mm256_fmadd_ps(w, xv[j], acc_r[j][h]);
+                for h in 0..2 {
+                    let mut xv = [_mm256_setzero_ps(); T];
+                    for (j, v) in xv.iter_mut().enumerate() {
+                        *v = _mm256_loadu_ps(xp.add(j * k + i + 8 * h));
+                    }
+                    for (r, acc_r) in acc.iter_mut().enumerate() {
+                        let w = load8(dtype, wp.add(r * row_bytes), i + 8 * h);
+                        for j in 0..T {
+                            acc_r[j][h] = _mm256_fmadd_ps(w, xv[j], acc_r[j][h]);
+                        }
                     }
                 }
+                i += 16;
             }
-            i += 16;
-        }
-        for r in 0..R {
-            let row = &rows[r * row_bytes..(r + 1) * row_bytes];
-            for j in 0..T {
-                let mut lanes = [0f32; 16];
-                _mm256_storeu_ps(lanes.as_mut_ptr(), acc[r][j][0]);
-                _mm256_storeu_ps(lanes.as_mut_ptr().add(8), acc[r][j][1]);
-                res[r * T + j] = finish(&lanes, dtype, row, &xs[j * k..(j + 1) * k], body);
+            for r in 0..R {
+                let row = &rows[r * row_bytes..(r + 1) * row_bytes];
+                for j in 0..T {
+                    let mut lanes = [0f32; 16];
+                    _mm256_storeu_ps(lanes.as_mut_ptr(), acc[r][j][0]);
+                    _mm256_storeu_ps(lanes.as_mut_ptr().add(8), acc[r][j][1]);
+                    res[r * T + j] = finish(&lanes, dtype, row, &xs[j * k..(j + 1) * k], body);
+                }
             }
         }
     }
@@ -428,8 +468,11 @@ mod tests {
             .map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * 0.3)
             .collect();
         let path = dir.join("model.safetensors");
-        crate::model::weights::testutil::write_f16(&path, &[("w".into(), vec![n, k], w.clone())]);
-        let weights = crate::model::Weights::open(&dir).unwrap();
+        crate::checkpoint::safetensors::testutil::write_f16(
+            &path,
+            &[("w".into(), vec![n, k], w.clone())],
+        );
+        let weights = crate::checkpoint::Weights::open(&dir).unwrap();
         let wt = weights.get("w", &[n, k]).unwrap();
         let t_count = 13; // two full 6-token tiles and a 1-token tail
         let x: Vec<f32> = (0..t_count * k)
@@ -465,7 +508,7 @@ mod tests {
             (DType::BF16, &bf16_rows),
         ] {
             let rb = k * dtype.size();
-            for isa in crate::backend::cpu::isa::supported_isas() {
+            for isa in crate::util::isa::supported_isas() {
                 for (rr, tt) in [(8, 1), (4, 2), (4, 6), (2, 9), (2, 12), (1, 1), (1, 7)] {
                     let mut res = [0f32; 8 * MAX_TT];
                     dot_tile(

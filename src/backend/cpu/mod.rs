@@ -3,17 +3,18 @@
 //!
 //! It is the reference implementation: every other backend is tested against it.
 
-pub(crate) mod isa;
 pub mod matmul;
+pub mod tier;
 
 use rayon::prelude::*;
 
 use super::TierStats;
 use super::{AttnMask, AttnShape, Backend};
+pub use tier::{StreamedLayer, Streamer};
+
+use crate::checkpoint::names::linear_names;
+use crate::checkpoint::{HostTensor, Weights};
 use crate::error::Result;
-use crate::model::HostTensor;
-use crate::model::Weights;
-use crate::offload::{plan::linear_names, StreamedLayer, Streamer};
 use crate::quant::{qlinear, QMatrix};
 
 /// The CPU backend (stateless; threads come from the rayon pool it runs in).

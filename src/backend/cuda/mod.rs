@@ -33,8 +33,8 @@ use cudarc::driver::{result as cu, sys};
 use half::f16;
 
 use super::{AttnMask, AttnShape, Backend, TierStats};
+use crate::checkpoint::{DType, HostTensor, Weights};
 use crate::error::{Error, ErrorKind, Result};
-use crate::model::{DType, HostTensor, Weights};
 use crate::quant::QMatrix;
 pub use tier::CudaTier;
 
@@ -117,9 +117,9 @@ impl MemAccount {
                     ErrorKind::OutOfMemory,
                     format!(
                         "allocating {} for {what} would exceed the device memory budget: {} of {} in use",
-                        crate::offload::human(bytes),
-                        crate::offload::human(cur),
-                        crate::offload::human(self.limit)
+                        crate::util::human(bytes),
+                        crate::util::human(cur),
+                        crate::util::human(self.limit)
                     ),
                 ));
             }
@@ -491,8 +491,8 @@ impl CudaBackend {
                     ErrorKind::OutOfMemory,
                     format!(
                         "cuda:{ordinal}: the budget of {} exceeds the {} free on {name}",
-                        crate::offload::human(l),
-                        crate::offload::human(free as u64)
+                        crate::util::human(l),
+                        crate::util::human(free as u64)
                     ),
                 ))
             }

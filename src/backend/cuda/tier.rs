@@ -16,9 +16,9 @@ use cudarc::driver::{result as cu, sys};
 use rayon::prelude::*;
 
 use super::{cu_err, CudaWeight, DeviceBuf, Inner};
+use crate::checkpoint::names::linear_names;
+use crate::checkpoint::{DType, Weights};
 use crate::error::{Error, Result};
-use crate::model::{DType, Weights};
-use crate::offload::plan::linear_names;
 
 /// Alignment of each tensor inside a layer's block (bytes).
 const ALIGN: usize = 256;

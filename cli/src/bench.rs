@@ -4,17 +4,12 @@
 
 use std::time::Instant;
 
-use clap::Args;
-use rayon::prelude::*;
-use serde_json::json;
-use subspec::backend::AttnMask;
-use subspec::{Engine, EngineOptions, Error, SamplingParams, StepOptions};
-
 use std::path::PathBuf;
 
-use subspec::model::Weights;
-use subspec::offload::plan::linear_names;
-use subspec::offload::Streamer;
+use clap::Args;
+use serde_json::json;
+use subspec::internals::measure;
+use subspec::{Engine, Error, SamplingParams, StepOptions};
 
 use super::{ModelArgs, SpecArgs};
 
@@ -53,39 +48,6 @@ pub struct BenchArgs {
     /// Print JSON.
     #[arg(long)]
     json: bool,
-}
-
-/// Best-of-3 read bandwidth (bytes/s) over a 1 GiB buffer, on the engine's threads.
-fn read_bandwidth(engine: &Engine) -> f64 {
-    let n = (1usize << 30) / 4;
-    let buf: Vec<f32> = (0..n).map(|i| (i % 251) as f32).collect();
-    let mut best = f64::MAX;
-    for _ in 0..3 {
-        let t0 = Instant::now();
-        let s: f32 = engine.install(|| {
-            buf.par_chunks(1 << 16)
-                .map(|c| {
-                    let mut acc = [0f32; 16];
-                    for ch in c.chunks_exact(16) {
-                        for l in 0..16 {
-                            acc[l] += ch[l];
-                        }
-                    }
-                    acc.iter().sum::<f32>()
-                })
-                .sum()
-        });
-        std::hint::black_box(s);
-        best = best.min(t0.elapsed().as_secs_f64());
-    }
-    (n * 4) as f64 / best
-}
-
-/// A tree of `n` nodes in topological order: node i's parent is (i - 1) / 3 (width 3).
-fn tree_parents(n: usize) -> Vec<Option<usize>> {
-    (0..n)
-        .map(|i| if i == 0 { None } else { Some((i - 1) / 3) })
-        .collect()
 }
 
 pub fn run(a: &BenchArgs) -> Result<(), Error> {
@@ -176,36 +138,6 @@ fn load_prompts(a: &BenchArgs) -> Result<Vec<(String, String)>, Error> {
     Ok(out)
 }
 
-/// Bytes/s of the slow tier: the best of three full reads of the offloaded layers, run
-/// before the engine is loaded so that nothing else reads at the same time.
-pub(crate) fn tier_bandwidth(opts: &EngineOptions) -> Result<Option<f64>, Error> {
-    let Some(budget) = opts.budget else {
-        return Ok(None);
-    };
-    let layers = Engine::plan(opts, budget)?.offloaded();
-    if layers.is_empty() {
-        return Ok(None);
-    }
-    let weights = Weights::open(&opts.model_dir)?;
-    let mut best = 0f64;
-    for _ in 0..3 {
-        let mut s = Streamer::new(&weights, &layers, |l| linear_names(l).to_vec(), 2)?;
-        let t0 = Instant::now();
-        let mut bytes = 0u64;
-        for &l in &layers {
-            let layer = s.next_layer(l)?;
-            bytes += layer
-                .tensors
-                .iter()
-                .map(|t| t.bytes().len() as u64)
-                .sum::<u64>();
-            s.release(layer);
-        }
-        best = best.max(bytes as f64 / t0.elapsed().as_secs_f64());
-    }
-    Ok(Some(best))
-}
-
 fn offload(a: &BenchArgs) -> Result<(), Error> {
     let prompts = load_prompts(a)?;
     let draft = a
@@ -213,27 +145,27 @@ fn offload(a: &BenchArgs) -> Result<(), Error> {
         .draft()?
         .ok_or_else(|| Error::invalid_argument("bench compares with SubSpec: drop --no-spec"))?;
     let opts = a.model.options(Some(draft))?;
-    let bw = tier_bandwidth(&opts)?;
+    let bw = measure::slow_tier_bandwidth(&opts)?;
     let engine = Engine::load(&opts)?;
     let own = match a.own_baseline {
         true => Some(Engine::load(&a.model.options(None)?)?),
         false => None,
     };
     let tok = engine.tokenizer()?;
-    let streamed = |e: &Engine| e.model().stream_stats().map_or(0, |s| s.bytes);
-    let reading = |e: &Engine| e.model().stream_stats().map_or(0.0, |s| s.read_s);
+    let streamed = |e: &Engine| measure::stream_stats(e).map_or(0, |s| s.bytes);
+    let reading = |e: &Engine| measure::stream_stats(e).map_or(0.0, |s| s.read_s);
     let spec_opts = a.spec.step(&engine, SamplingParams::greedy())?;
     let plain_opts = StepOptions::plain(SamplingParams::greedy());
     let run =
         |engine: &Engine, ids: &[u32], opts: &StepOptions| -> Result<(Vec<u32>, RunStats), Error> {
             let mut seq = engine.new_sequence()?;
-            seq.append(engine, ids)?;
+            seq.append(ids)?;
             let t0 = Instant::now();
-            seq.prefill_pending(engine)?;
+            seq.prefill_pending()?;
             let prefill_s = t0.elapsed().as_secs_f64();
             // Bytes and reading from here on: decoding's, like the target-pass seconds.
             let (b0, r0) = (streamed(engine), reading(engine));
-            let out = seq.generate(engine, opts, a.max_new, |_| true)?;
+            let out = seq.generate(opts, a.max_new, |_| true)?;
             let st = seq.stats();
             Ok((
                 out.clone(),
@@ -258,8 +190,8 @@ fn offload(a: &BenchArgs) -> Result<(), Error> {
         let warm = [(&engine, &plain_opts), (&engine, &spec_opts)];
         for (e, opts) in warm.into_iter().chain(own.iter().map(|e| (e, &plain_opts))) {
             let mut seq = e.new_sequence()?;
-            seq.append(e, ids)?;
-            seq.generate(e, opts, 4, |_| true)?;
+            seq.append(ids)?;
+            seq.generate(opts, 4, |_| true)?;
         }
     }
     let mut rows = Vec::new();
@@ -380,10 +312,9 @@ fn offload(a: &BenchArgs) -> Result<(), Error> {
 
 fn kernels(a: &BenchArgs) -> Result<(), Error> {
     let engine = a.model.load(None)?;
-    let model = engine.model();
     let cfg = engine.config();
-    let bw = read_bandwidth(&engine);
-    let bytes = model.bytes_read_per_token();
+    let bw = measure::memory_bandwidth(&engine);
+    let bytes = measure::bytes_read_per_token(&engine);
     let floor_s = bytes as f64 / bw;
 
     // Decode: a short prompt, then one token per step.
@@ -391,60 +322,18 @@ fn kernels(a: &BenchArgs) -> Result<(), Error> {
         .map(|i| (i * 7919 + 13) % cfg.vocab as u32)
         .collect();
     let mut seq = engine.new_sequence()?;
-    seq.append(&engine, &prompt)?;
-    seq.step(&engine, &StepOptions::plain(SamplingParams::greedy()))?;
+    seq.append(&prompt)?;
+    let plain = StepOptions::plain(SamplingParams::greedy());
+    seq.step(&plain)?;
     let t0 = Instant::now();
     for _ in 0..a.decode_tokens {
-        seq.step(&engine, &StepOptions::plain(SamplingParams::greedy()))?;
+        seq.step(&plain)?;
     }
     let decode_s = t0.elapsed().as_secs_f64() / a.decode_tokens.max(1) as f64;
 
     // One forward of 1 token vs `tree_tokens` tree tokens, on top of the committed prompt.
-    let mut cache = model.new_cache(prompt.len() + a.tree_tokens)?;
-    let rows: Vec<usize> = (0..prompt.len()).collect();
-    engine.install(|| {
-        model.forward(
-            &mut cache,
-            &prompt,
-            &rows,
-            &AttnMask::causal(prompt.len()),
-            &[prompt.len() - 1],
-        )
-    })?;
-    cache.commit(prompt.len());
-    let time_forward = |n: usize| -> Result<f64, Error> {
-        let tokens: Vec<u32> = (0..n as u32)
-            .map(|i| (i * 104729 + 7) % cfg.vocab as u32)
-            .collect();
-        let parents = tree_parents(n);
-        let mask = AttnMask::from_parents(&parents)?;
-        let positions: Vec<usize> = (0..n)
-            .map(|i| {
-                let mut d = 0;
-                let mut j = i;
-                while let Some(p) = parents[j] {
-                    d += 1;
-                    j = p;
-                }
-                prompt.len() + d
-            })
-            .collect();
-        let all: Vec<usize> = (0..n).collect();
-        let mut best = f64::MAX;
-        let mut c = model.new_cache(prompt.len() + n)?;
-        engine.install(|| {
-            model.forward(&mut c, &prompt, &rows, &AttnMask::causal(prompt.len()), &[])
-        })?;
-        c.commit(prompt.len());
-        for _ in 0..a.reps.max(1) {
-            let t0 = Instant::now();
-            engine.install(|| model.forward(&mut c, &tokens, &positions, &mask, &all))?;
-            best = best.min(t0.elapsed().as_secs_f64());
-        }
-        Ok(best)
-    };
-    let one_s = time_forward(1)?;
-    let tree_s = time_forward(a.tree_tokens)?;
+    let one_s = measure::forward_time(&engine, prompt.len(), 1, a.reps)?;
+    let tree_s = measure::forward_time(&engine, prompt.len(), a.tree_tokens, a.reps)?;
 
     if a.json {
         let v = json!({

@@ -11,9 +11,10 @@
 //! The embedding table is only read a row per token, so when lm_head is untied it stays in
 //! the slow tier (rows are paged in on demand); when tied it is lm_head and is resident.
 
+use crate::checkpoint::ModelConfig;
 use crate::error::{Error, ErrorKind, Result};
-use crate::model::{ModelConfig, Weights};
 use crate::quant::QuantConfig;
+use crate::util::human;
 
 /// Where a decoder layer's full-precision linears live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,59 +41,6 @@ pub struct ModelSizes {
     /// lm_head (the embedding when tied) in the planned format, for a draft with its own
     /// quantized lm_head.
     pub lm_head_substitute: u64,
-}
-
-/// Bytes of the substitute of a `rows x cols` matrix (codes plus f16 scale and minimum per
-/// group; see `quant::format`).
-pub fn substitute_bytes(rows: u64, cols: u64, q: &QuantConfig) -> u64 {
-    rows * cols * q.bits as u64 / 8 + rows * (cols / q.group as u64) * 4
-}
-
-const LINEARS: [&str; 7] = [
-    "self_attn.q_proj",
-    "self_attn.k_proj",
-    "self_attn.v_proj",
-    "self_attn.o_proj",
-    "mlp.gate_proj",
-    "mlp.up_proj",
-    "mlp.down_proj",
-];
-
-/// The checkpoint names of layer `l`'s seven linear weights.
-pub fn linear_names(l: usize) -> [String; 7] {
-    LINEARS.map(|n| format!("model.layers.{l}.{n}.weight"))
-}
-
-impl ModelSizes {
-    /// Sizes from an opened checkpoint (headers only).
-    pub fn from_weights(c: &ModelConfig, w: &Weights, q: &QuantConfig) -> Result<ModelSizes> {
-        let embed = w.get_any("model.embed_tokens.weight")?.bytes().len() as u64;
-        let lm_head = if c.tie_embeddings {
-            0
-        } else {
-            w.get_any("lm_head.weight")?.bytes().len() as u64
-        };
-        let mut layer_linears = Vec::with_capacity(c.n_layers);
-        let mut layer_substitutes = Vec::with_capacity(c.n_layers);
-        for l in 0..c.n_layers {
-            let (mut full, mut sub) = (0, 0);
-            for name in linear_names(l) {
-                let t = w.get_any(&name)?;
-                full += t.bytes().len() as u64;
-                sub += substitute_bytes(t.shape[0] as u64, t.shape[1] as u64, q);
-            }
-            layer_linears.push(full);
-            layer_substitutes.push(sub);
-        }
-        Ok(ModelSizes {
-            embed,
-            lm_head,
-            vectors: w.vector_bytes() as u64,
-            layer_linears,
-            layer_substitutes,
-            lm_head_substitute: substitute_bytes(c.vocab as u64, c.hidden as u64, q),
-        })
-    }
 }
 
 /// What the plan is for.
@@ -301,55 +249,11 @@ pub fn plan(c: &ModelConfig, s: &ModelSizes, r: &PlanRequest) -> Result<Placemen
     })
 }
 
-/// Bytes in binary units, e.g. `1.50 GiB`.
-pub fn human(b: u64) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = b as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < units.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{b} B")
-    } else {
-        format!("{v:.2} {}", units[u])
-    }
-}
-
-/// Parses `1.5GiB`, `800MiB`, `2G`, `1000000` (bytes), `35%` is not accepted here.
-pub fn parse_bytes(s: &str) -> Result<u64> {
-    let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let v: f64 = num.parse().map_err(|_| {
-        Error::invalid_argument(format!(
-            "`{s}` is not a size (try 1.5GiB, 800MiB or a byte count)"
-        ))
-    })?;
-    let mult = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1.0,
-        "k" | "kib" => 1024.0,
-        "kb" => 1e3,
-        "m" | "mib" => 1024.0 * 1024.0,
-        "mb" => 1e6,
-        "g" | "gib" => 1024.0 * 1024.0 * 1024.0,
-        "gb" => 1e9,
-        u => {
-            return Err(Error::invalid_argument(format!(
-                "`{s}`: unknown unit `{u}` (use B, KiB, MiB, GiB, KB, MB, GB)"
-            )))
-        }
-    };
-    Ok((v * mult) as u64)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Arch;
+    use crate::checkpoint::Arch;
+    use crate::util::parse_bytes;
 
     fn cfg() -> ModelConfig {
         ModelConfig {
@@ -466,15 +370,6 @@ mod tests {
     }
 
     #[test]
-    fn substitute_bytes_match_the_format() {
-        // 4-bit, group 64: half a byte per weight plus 4 bytes per 64 weights.
-        assert_eq!(
-            substitute_bytes(10, 128, &QuantConfig::default()),
-            10 * 64 + 10 * 2 * 4
-        );
-    }
-
-    #[test]
     fn too_small_a_budget_states_the_minimum() {
         let e = plan(&cfg(), &sizes(), &req(1_000_000)).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::OutOfMemory);
@@ -530,17 +425,5 @@ mod tests {
         assert_eq!(p.bytes.staging, 0);
         assert_eq!(p.bytes.streamed_per_pass, 0);
         assert_eq!(p.staging_buffers, 0);
-    }
-
-    #[test]
-    fn parses_sizes() {
-        assert_eq!(parse_bytes("1.5GiB").unwrap(), 1_610_612_736);
-        assert_eq!(parse_bytes("800MiB").unwrap(), 838_860_800);
-        assert_eq!(parse_bytes("2G").unwrap(), 2 << 30);
-        assert_eq!(parse_bytes("1000").unwrap(), 1000);
-        assert_eq!(parse_bytes("3 GB").unwrap(), 3_000_000_000);
-        assert!(parse_bytes("lots").is_err());
-        assert!(parse_bytes("3 parsecs").is_err());
-        assert_eq!(human(1536), "1.50 KiB");
     }
 }

@@ -119,7 +119,7 @@ impl ModelConfig {
     pub fn from_dir(dir: &Path) -> Result<ModelConfig> {
         if !dir.is_dir() {
             return Err(Error::new(
-                crate::ErrorKind::Io,
+                crate::error::ErrorKind::Io,
                 format!("{}: model directory not found", dir.display()),
             ));
         }
@@ -304,7 +304,7 @@ mod tests {
             serde_json::json!(["MistralForCausalLM"]),
         );
         let e = ModelConfig::from_json(&o, Path::new("config.json")).unwrap_err();
-        assert_eq!(e.kind(), crate::ErrorKind::Unsupported);
+        assert_eq!(e.kind(), crate::error::ErrorKind::Unsupported);
         assert!(e.message().contains("MistralForCausalLM"), "{e}");
     }
 

@@ -46,3 +46,15 @@ pub(crate) fn supported_isas() -> Vec<Isa> {
     v.push(Isa::Portable);
     v
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn isa_list_ends_portable() {
+        let all = supported_isas();
+        assert_eq!(*all.last().unwrap(), Isa::Portable);
+        assert!(all.contains(&isa()));
+    }
+}

@@ -10,12 +10,10 @@ use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
-use subspec::model::Pass;
-use subspec::offload::{human, parse_bytes, Residency};
-use subspec::quant::{QuantConfig, QuantMethod};
-use subspec::tokenizer::TextStream;
+use subspec::internals::{human, parse_bytes};
 use subspec::{
-    DeviceKind, DraftOptions, Engine, EngineOptions, Error, SamplingParams, StepOptions, TreeParams,
+    DeviceKind, DraftOptions, Engine, EngineOptions, Error, Pass, QuantConfig, QuantMethod,
+    Residency, SamplingParams, StepOptions, TextStream, TreeParams,
 };
 
 /// subspec: lossless speculative decoding for offloaded LLM inference.
@@ -63,8 +61,7 @@ struct SynthArgs {
 }
 
 fn synth(a: &SynthArgs) -> Result<(), Error> {
-    use subspec::model::DType;
-    use subspec::synth::{write_model, SynthShape};
+    use subspec::internals::{write_model, DType, SynthShape};
     let shape = SynthShape::named(&a.shape)?;
     let dtype = match a.dtype.as_str() {
         "f16" => DType::F16,
@@ -185,7 +182,7 @@ pub struct ModelArgs {
     #[arg(long)]
     budget: Option<String>,
     /// Largest verified tree the engine reserves room for.
-    #[arg(long, default_value_t = subspec::engine::DEFAULT_MAX_TREE_TOKENS)]
+    #[arg(long, default_value_t = subspec::DEFAULT_MAX_TREE_TOKENS)]
     max_tree_tokens: usize,
     /// Device: cpu, cuda or cuda:N. With CUDA the budget is GPU memory and offloaded
     /// layers stream from pinned host memory.
@@ -290,51 +287,46 @@ impl SpecArgs {
             method,
         };
         quant.validate()?;
-        Ok(Some(DraftOptions {
-            quant,
-            offloaded_layers: None,
-            quantize_lm_head: self.draft_lm_head,
-            substitute_all_layers: match self.draft_all_layers.as_str() {
-                "on" => true,
-                "off" => false,
-                v => {
-                    return Err(Error::invalid_argument(format!(
-                        "--draft-all-layers {v}: expected on or off"
-                    )))
-                }
-            },
-        }))
+        let mut d = DraftOptions::default();
+        d.quant = quant;
+        d.quantize_lm_head = self.draft_lm_head;
+        d.substitute_all_layers = match self.draft_all_layers.as_str() {
+            "on" => true,
+            "off" => false,
+            v => {
+                return Err(Error::invalid_argument(format!(
+                    "--draft-all-layers {v}: expected on or off"
+                )))
+            }
+        };
+        Ok(Some(d))
     }
 
     /// The step options for `sampling` on `engine` (its default tree, overridden by the
     /// flags given).
     pub fn step(&self, engine: &Engine, sampling: SamplingParams) -> Result<StepOptions, Error> {
-        let d = engine.default_tree();
-        let tree = TreeParams {
-            width: self.tree_width.unwrap_or(d.width),
-            depth: self.tree_depth.unwrap_or(d.depth),
-            max_tokens: self.tree_max_tokens.unwrap_or(d.max_tokens),
-            draft_temperature: self.draft_temperature,
-            adaptive: match self.adaptive_depth.as_deref() {
-                None => d.adaptive,
-                Some("on") => true,
-                Some("off") => false,
-                Some(v) => {
-                    return Err(Error::invalid_argument(format!(
-                        "--adaptive-depth {v}: expected on or off"
-                    )))
-                }
-            },
+        let mut tree = engine.default_tree();
+        tree.width = self.tree_width.unwrap_or(tree.width);
+        tree.depth = self.tree_depth.unwrap_or(tree.depth);
+        tree.max_tokens = self.tree_max_tokens.unwrap_or(tree.max_tokens);
+        tree.draft_temperature = self.draft_temperature;
+        tree.adaptive = match self.adaptive_depth.as_deref() {
+            None => tree.adaptive,
+            Some("on") => true,
+            Some("off") => false,
+            Some(v) => {
+                return Err(Error::invalid_argument(format!(
+                    "--adaptive-depth {v}: expected on or off"
+                )))
+            }
         };
         if self.enabled() {
             tree.validate()?;
         }
-        Ok(StepOptions {
-            sampling,
-            speculate: self.enabled(),
-            tree,
-            max_tokens: 0,
-        })
+        let mut opts = StepOptions::plain(sampling);
+        opts.speculate = self.enabled();
+        opts.tree = tree;
+        Ok(opts)
     }
 }
 
@@ -406,12 +398,7 @@ fn chatml_text(prompt: &str) -> String {
 }
 
 fn generate(a: &GenerateArgs) -> Result<(), Error> {
-    let sampling = SamplingParams {
-        temperature: a.temperature,
-        top_k: a.top_k,
-        top_p: a.top_p,
-        seed: a.seed,
-    };
+    let sampling = SamplingParams::new(a.temperature, a.top_k, a.top_p, a.seed);
     sampling.validate()?;
     let engine = a.model.load(a.spec.draft()?)?;
     let opts = a.spec.step(&engine, sampling)?;
@@ -423,12 +410,12 @@ fn generate(a: &GenerateArgs) -> Result<(), Error> {
     };
     let ids = tok.encode(&text, !a.chat)?;
     let mut seq = engine.new_sequence()?;
-    seq.append(&engine, &ids)?;
+    seq.append(&ids)?;
     let mut stream = TextStream::new(tok);
     let mut out = std::io::stdout().lock();
     let t0 = Instant::now();
     let mut first_token_s = None;
-    let generated = seq.generate(&engine, &opts, a.max_new, |new| {
+    let generated = seq.generate(&opts, a.max_new, |new| {
         first_token_s.get_or_insert(t0.elapsed().as_secs_f64());
         if !a.json {
             let ids: Vec<u32> = new.iter().copied().filter(|&t| !engine.is_eos(t)).collect();

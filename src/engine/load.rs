@@ -1,0 +1,127 @@
+//! Loading an engine: plan the placement under the budget, open the device, load the
+//! target onto it, build the draft's substitutes; and the same plan as a dry run
+//! ([`Engine::plan`], [`Engine::minimum_budget`]) from the checkpoint's headers only.
+
+use std::sync::Arc;
+
+use super::{Engine, EngineOptions, Progress, Shared};
+use crate::backend::Device;
+use crate::checkpoint::{ModelConfig, Weights};
+use crate::error::{Error, Result};
+use crate::model::{model_sizes, Model};
+use crate::plan::{minimum_budget, plan, ModelSizes, Placement, PlanRequest};
+use crate::tokenizer::Tokenizer;
+
+impl Engine {
+    /// Loads the model directory named in `opts`.
+    pub fn load(opts: &EngineOptions) -> Result<Engine> {
+        let dir = opts.model_dir.as_path();
+        Progress::report(&opts.progress, 0.0)?;
+        if opts.max_tree_tokens < 2 {
+            return Err(Error::invalid_argument(
+                "max_tree_tokens must be at least 2",
+            ));
+        }
+        let placement = match opts.budget {
+            None => None,
+            Some(b) => Some(Self::plan(opts, b)?),
+        };
+        let device = Device::open(opts.device, opts.budget)?;
+        let mut model = Model::load_placed(dir, device, placement)?;
+        Progress::report(&opts.progress, 0.1)?;
+        let tokenizer = match Tokenizer::from_dir(dir) {
+            Ok(t) => Some(t),
+            Err(e) if opts.require_tokenizer => return Err(e),
+            Err(_) => None,
+        };
+        let max_context = match opts.max_context {
+            0 => model.config().max_position,
+            n if n > model.config().max_position => {
+                return Err(Error::invalid_argument(format!(
+                    "max_context {n} exceeds the model's max_position_embeddings {}",
+                    model.config().max_position
+                )))
+            }
+            n => n,
+        };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(opts.threads)
+            .build()
+            .map_err(|e| Error::internal(format!("thread pool: {e}")))?;
+        let draft = match &opts.draft {
+            None => None,
+            Some(d) => {
+                // The draft substitutes the offloaded layers and shares the resident ones;
+                // with nothing offloaded (no budget, or a budget that fits everything),
+                // every layer gets a substitute so speculation still has a cheaper draft.
+                let offloaded = model.placement().map(|p| p.offloaded()).unwrap_or_default();
+                let layers: Vec<usize> = match &d.substitute_layers {
+                    Some(l) => l.clone(),
+                    None if !offloaded.is_empty() && !d.substitute_all_layers => offloaded,
+                    None => (0..model.config().n_layers).collect(),
+                };
+                let n = layers.len().max(1) as f32;
+                let mut report =
+                    |done: usize| Progress::report(&opts.progress, 0.1 + 0.9 * done as f32 / n);
+                let mut stats =
+                    pool.install(|| model.build_substitutes(&layers, &d.quant, &mut report))?;
+                let head = d.quantize_lm_head.then_some(&d.quant);
+                stats.lm_head_bytes = pool.install(|| model.build_draft_lm_head(head))?;
+                Some((d.clone(), stats))
+            }
+        };
+        Progress::report(&opts.progress, 1.0)?;
+        Ok(Engine {
+            shared: Arc::new(Shared {
+                model,
+                tokenizer,
+                pool,
+                max_context,
+                dir: dir.to_path_buf(),
+                draft,
+                max_tree_tokens: opts.max_tree_tokens,
+            }),
+        })
+    }
+
+    /// The placement `opts` would load with under `budget`, from config.json and the
+    /// safetensors headers only (no weights are read).
+    pub fn plan(opts: &EngineOptions, budget: u64) -> Result<Placement> {
+        let (config, sizes, req) = Self::plan_inputs(opts, budget)?;
+        plan(&config, &sizes, &req)
+    }
+
+    /// The smallest budget `opts` can load with (headers only, like [`Engine::plan`]).
+    pub fn minimum_budget(opts: &EngineOptions) -> Result<u64> {
+        let (config, sizes, req) = Self::plan_inputs(opts, 0)?;
+        Ok(minimum_budget(&config, &sizes, &req))
+    }
+
+    fn plan_inputs(
+        opts: &EngineOptions,
+        budget: u64,
+    ) -> Result<(ModelConfig, ModelSizes, PlanRequest)> {
+        let dir = opts.model_dir.as_path();
+        let config = ModelConfig::from_dir(dir)?;
+        let weights = Weights::open(dir)?;
+        let quant = opts.draft.as_ref().map(|d| d.quant).unwrap_or_default();
+        let sizes = model_sizes(&config, &weights, &quant)?;
+        let context = match opts.max_context {
+            0 => config.max_position,
+            n => n,
+        };
+        let req = PlanRequest {
+            budget,
+            context,
+            tree_tokens: opts.max_tree_tokens,
+            draft: opts.draft.is_some(),
+            quant,
+            draft_lm_head: opts.draft.as_ref().is_some_and(|d| d.quantize_lm_head),
+            substitute_resident: opts
+                .draft
+                .as_ref()
+                .is_some_and(|d| d.substitute_all_layers || d.substitute_layers.is_some()),
+        };
+        Ok((config, sizes, req))
+    }
+}

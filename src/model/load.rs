@@ -1,0 +1,198 @@
+//! Loading a checkpoint onto a backend under a placement, and building the draft: the
+//! quantized substitutes of chosen layers and, optionally, the draft's own lm_head.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use super::{Layer, Linears, Model, SubstituteStats};
+use crate::backend::Backend;
+use crate::checkpoint::direct::read_resident;
+use crate::checkpoint::names::{self, linear_names, Linear};
+use crate::checkpoint::{ModelConfig, Weights};
+use crate::error::{Error, Result};
+use crate::plan::{Placement, Residency};
+use crate::quant::{QMatrix, QuantConfig};
+
+fn rope_inv_freq(head_dim: usize, theta: f32) -> Vec<f32> {
+    (0..head_dim / 2)
+        .map(|i| 1.0 / theta.powf((2 * i) as f32 / head_dim as f32))
+        .collect()
+}
+
+impl<B: Backend> Model<B> {
+    /// Loads a Hugging Face model directory onto `backend`, everything resident (weights
+    /// stay memory-mapped on the CPU).
+    pub fn load(dir: &Path, backend: B) -> Result<Model<B>> {
+        Self::load_placed(dir, backend, None)
+    }
+
+    /// Loads a model directory with `placement`: resident weights are read once into owned
+    /// memory (O_DIRECT), offloaded layers' linears are left on disk and streamed by a
+    /// reader thread on every target pass. `None`: everything resident, memory-mapped.
+    pub fn load_placed(dir: &Path, backend: B, placement: Option<Placement>) -> Result<Model<B>> {
+        let config = ModelConfig::from_dir(dir)?;
+        let weights = Weights::open(dir)?;
+        let c = &config;
+        if let Some(p) = &placement {
+            if p.layers.len() != c.n_layers {
+                return Err(Error::invalid_argument(format!(
+                    "the placement covers {} layers, the model has {}",
+                    p.layers.len(),
+                    c.n_layers
+                )));
+            }
+        }
+        let owned = placement.is_some();
+        let (h, q, kv) = (c.hidden, c.q_dim(), c.kv_dim());
+        // Resident matrices: owned copies under a placement, map views otherwise.
+        let up = |name: &str, shape: &[usize]| -> Result<B::Weight> {
+            let t = weights.get(name, shape)?;
+            if owned && shape.len() == 2 {
+                backend.upload(&read_resident(&weights, name)?)
+            } else {
+                backend.upload(&t)
+            }
+        };
+        let mut layers = Vec::with_capacity(c.n_layers);
+        for i in 0..c.n_layers {
+            let qkv_bias = if c.qkv_bias {
+                let [bq, bk, bv] = names::qkv_bias(i);
+                Some([up(&bq, &[q])?, up(&bk, &[kv])?, up(&bv, &[kv])?])
+            } else {
+                None
+            };
+            let shapes = Linear::ALL.map(|k| k.shape(c));
+            let offloaded = placement
+                .as_ref()
+                .is_some_and(|p| p.layers[i] == Residency::Offloaded);
+            let full = if offloaded {
+                for (name, shape) in linear_names(i).iter().zip(&shapes) {
+                    weights.get(name, shape)?; // checked now, streamed later
+                }
+                None
+            } else {
+                let w = linear_names(i)
+                    .iter()
+                    .zip(&shapes)
+                    .map(|(name, shape)| up(name, shape))
+                    .collect::<Result<Vec<_>>>()?;
+                Some(Linears::from_vec(w)?)
+            };
+            layers.push(Layer {
+                input_norm: up(&names::input_norm(i), &[h])?,
+                qkv_bias,
+                post_norm: up(&names::post_attention_norm(i), &[h])?,
+                full,
+                substitutes: None,
+            });
+        }
+        let lm_head = if c.tie_embeddings {
+            None
+        } else if weights.contains(names::LM_HEAD) {
+            Some(up(names::LM_HEAD, &[c.vocab, h])?)
+        } else {
+            return Err(Error::invalid_model(format!(
+                "{}: missing tensor `lm_head.weight` (config says tie_word_embeddings is false)",
+                dir.display()
+            )));
+        };
+        // The embedding is read a row per token: it stays mapped unless it is lm_head too.
+        let embed_t = weights.get(names::EMBED, &[c.vocab, h])?;
+        let embed = if c.tie_embeddings {
+            up(names::EMBED, &[c.vocab, h])?
+        } else {
+            backend.host_matrix(&embed_t)?
+        };
+        let streamer = match &placement {
+            Some(p) if !p.offloaded().is_empty() => Some(Mutex::new(backend.tier_new(
+                &weights,
+                &p.offloaded(),
+                p.staging_buffers,
+            )?)),
+            _ => None,
+        };
+        Ok(Model {
+            embed_bytes: embed_t.bytes().len(),
+            embed,
+            norm: up(names::FINAL_NORM, &[h])?,
+            lm_head,
+            draft_lm_head: None,
+            layers,
+            inv_freq: rope_inv_freq(c.head_dim, c.rope_theta),
+            weight_bytes: weights.total_bytes(),
+            config,
+            backend,
+            weights,
+            placement,
+            streamer,
+        })
+    }
+
+    /// Quantizes the seven linears of each layer in `layers` (the offloaded ones) into
+    /// substitutes for the draft; other layers lose theirs. `progress` is told how many
+    /// layers are done and may stop the work with an error (nothing changes then).
+    /// Returns sizes.
+    pub fn build_substitutes(
+        &mut self,
+        layers: &[usize],
+        qc: &QuantConfig,
+        progress: &mut dyn FnMut(usize) -> Result<()>,
+    ) -> Result<SubstituteStats> {
+        qc.validate()?;
+        if let Some(&bad) = layers.iter().find(|&&l| l >= self.layers.len()) {
+            return Err(Error::invalid_argument(format!(
+                "layer {bad} does not exist (the model has {})",
+                self.layers.len()
+            )));
+        }
+        let mut stats = SubstituteStats::default();
+        let mut built = Vec::with_capacity(layers.len());
+        for &li in layers {
+            let mut q: Vec<QMatrix> = Vec::with_capacity(7);
+            for name in linear_names(li) {
+                let t = self.weights.get_any(&name)?;
+                let m = QMatrix::quantize_tensor(&t, qc)
+                    .map_err(|e| Error::new(e.kind(), format!("substitute of `{name}`: {e}")))?;
+                stats.bytes += m.bytes();
+                stats.replaced_bytes += t.bytes().len();
+                q.push(m);
+            }
+            let uploaded = q
+                .into_iter()
+                .map(|m| self.backend.upload_quant(m))
+                .collect::<Result<Vec<_>>>()?;
+            progress(built.len() + 1)?;
+            built.push((li, Linears::from_vec(uploaded)?));
+        }
+        // Only now that every substitute exists: swap them in (no half-built draft).
+        for l in self.layers.iter_mut() {
+            l.substitutes = None;
+        }
+        stats.layers = built.len();
+        for (li, s) in built {
+            self.layers[li].substitutes = Some(s);
+        }
+        Ok(stats)
+    }
+
+    /// Quantizes lm_head (the embedding when tied) with `qc` into the draft's own output
+    /// head (`None` removes it). Returns its bytes.
+    pub fn build_draft_lm_head(&mut self, qc: Option<&QuantConfig>) -> Result<usize> {
+        let Some(qc) = qc else {
+            self.draft_lm_head = None;
+            return Ok(0);
+        };
+        qc.validate()?;
+        let name = if self.config.tie_embeddings {
+            names::EMBED
+        } else {
+            names::LM_HEAD
+        };
+        let t = self.weights.get_any(name)?;
+        let m = QMatrix::quantize_tensor(&t, qc)
+            .map_err(|e| Error::new(e.kind(), format!("draft lm_head from `{name}`: {e}")))?;
+        let bytes = m.bytes();
+        self.draft_lm_head = Some(self.backend.upload_quant(m)?);
+        Ok(bytes)
+    }
+}

@@ -1,0 +1,39 @@
+//! The byte sizes of a checkpoint's parts that the memory planner places: what the
+//! planner, a pure function of sizes, is given.
+
+use crate::checkpoint::names::{self, linear_names};
+use crate::checkpoint::{ModelConfig, Weights};
+use crate::error::Result;
+use crate::plan::ModelSizes;
+use crate::quant::{substitute_bytes, QuantConfig};
+
+/// Sizes of the parts the planner places, from an opened checkpoint (headers only) and the
+/// substitute format.
+pub(crate) fn model_sizes(c: &ModelConfig, w: &Weights, q: &QuantConfig) -> Result<ModelSizes> {
+    let embed = w.get_any(names::EMBED)?.bytes().len() as u64;
+    let lm_head = if c.tie_embeddings {
+        0
+    } else {
+        w.get_any(names::LM_HEAD)?.bytes().len() as u64
+    };
+    let mut layer_linears = Vec::with_capacity(c.n_layers);
+    let mut layer_substitutes = Vec::with_capacity(c.n_layers);
+    for l in 0..c.n_layers {
+        let (mut full, mut sub) = (0, 0);
+        for name in linear_names(l) {
+            let t = w.get_any(&name)?;
+            full += t.bytes().len() as u64;
+            sub += substitute_bytes(t.shape[0] as u64, t.shape[1] as u64, q);
+        }
+        layer_linears.push(full);
+        layer_substitutes.push(sub);
+    }
+    Ok(ModelSizes {
+        embed,
+        lm_head,
+        vectors: w.vector_bytes() as u64,
+        layer_linears,
+        layer_substitutes,
+        lm_head_substitute: substitute_bytes(c.vocab as u64, c.hidden as u64, q),
+    })
+}

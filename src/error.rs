@@ -10,6 +10,7 @@ use std::path::Path;
 
 /// What kind of failure this is. Stable: the C ABI maps each kind to a status code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum ErrorKind {
     /// A file or directory could not be opened or read.
     Io,

@@ -67,6 +67,7 @@ pub struct PlanRequest {
 
 /// The byte account of a placement.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PlanBytes {
     /// lm_head (the embedding when tied).
     pub lm_head: u64,
@@ -96,6 +97,7 @@ pub struct PlanBytes {
 
 /// A placement of every decoder layer, with its byte account.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Placement {
     /// Per decoder layer.
     pub layers: Vec<Residency>,

@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 
 /// The supported architectures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Arch {
     /// `LlamaForCausalLM` (also SmolLM2): no attention bias.
     Llama,
@@ -22,6 +23,7 @@ pub enum Arch {
 
 /// The shape and hyper-parameters of a decoder-only transformer.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct ModelConfig {
     /// Architecture.
     pub arch: Arch,

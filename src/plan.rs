@@ -269,9 +269,12 @@ mod tests {
             vocab: 100,
             rms_eps: 1e-6,
             rope_theta: 1e4,
+            rope_scaling: crate::checkpoint::RopeScaling::None,
             max_position: 256,
             tie_embeddings: false,
             qkv_bias: true,
+            qk_norm: false,
+            attn_window: vec![None; 4],
             eos_ids: vec![1],
             bos_id: None,
         }

@@ -210,6 +210,13 @@ impl Backend for Device {
         })
     }
 
+    fn reshape(&self, x: &mut DevAct, rows: usize, cols: usize) -> Result<()> {
+        match self {
+            Device::Cpu(b) => b.reshape(x.cpu_mut()?, rows, cols),
+            Device::Cuda(b) => b.reshape(x.cuda_mut()?, rows, cols),
+        }
+    }
+
     fn to_host(&self, x: &DevAct) -> Result<Vec<f32>> {
         match self {
             Device::Cpu(b) => b.to_host(x.cpu()?),

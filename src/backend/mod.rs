@@ -26,17 +26,26 @@ use crate::quant::QMatrix;
 /// scratch slots token `i` attends to, ascending, ending with its own `first + i` (parents
 /// precede children, as in a tree laid out in topological order). A chain at offset 0
 /// (plain causal decoding) is row `i` = `0..=i`.
+///
+/// Every row is an ancestor chain: its last entry is the token itself and the entry `k`
+/// places before it is `k` positions back (a chain's earlier tokens, a tree node's
+/// ancestors), which is what [`AttnMask::windowed`] relies on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AttnMask {
     rows: Vec<Vec<u32>>,
+    /// Per row, the first committed slot it attends to (`0` without a window).
+    starts: Vec<u32>,
 }
 
 impl AttnMask {
     /// Causal mask over `n` tokens (a chain).
     pub fn causal(n: usize) -> AttnMask {
-        AttnMask {
-            rows: (0..n).map(|i| (0..=i as u32).collect()).collect(),
-        }
+        Self::new((0..n).map(|i| (0..=i as u32).collect()).collect())
+    }
+
+    fn new(rows: Vec<Vec<u32>>) -> AttnMask {
+        let starts = vec![0; rows.len()];
+        AttnMask { rows, starts }
     }
 
     /// Tree mask from parent indices: `parents[i]` is the batch index of token `i`'s
@@ -56,7 +65,7 @@ impl AttnMask {
             row.push(i as u32);
             rows.push(row);
         }
-        Ok(AttnMask { rows })
+        Ok(Self::new(rows))
     }
 
     /// Rows of the tree nodes `nodes` (indices into `parents`, a tree in topological order
@@ -74,7 +83,36 @@ impl AttnMask {
                 row
             })
             .collect();
-        AttnMask { rows }
+        Self::new(rows)
+    }
+
+    /// This mask under a sliding window of `window` positions: row `i`, a query at
+    /// absolute position `positions[i]` on top of `committed` committed slots (slot `j` at
+    /// position `j`), keeps only the keys fewer than `window` positions back: committed
+    /// slots from `positions[i] + 1 - window` on, and the last `window` entries of its
+    /// (ancestor-chain) row.
+    pub fn windowed(&self, positions: &[usize], window: usize, committed: usize) -> AttnMask {
+        let window = window.max(1);
+        let rows = self
+            .rows
+            .iter()
+            .map(|r| r[r.len().saturating_sub(window)..].to_vec())
+            .collect();
+        let starts = positions
+            .iter()
+            .map(|&p| (p + 1).saturating_sub(window).min(committed) as u32)
+            .collect();
+        AttnMask { rows, starts }
+    }
+
+    /// The first committed slot row `i` attends to (`0` unless windowed).
+    pub fn start(&self, i: usize) -> usize {
+        self.starts[i] as usize
+    }
+
+    /// Whether some row skips committed slots (a window is in effect).
+    pub fn is_windowed(&self) -> bool {
+        self.starts.iter().any(|&s| s > 0)
     }
 
     /// Checks that row `i` ends with its own slot `first + i` and references only earlier
@@ -146,6 +184,9 @@ pub trait Backend: Send + Sync {
     fn upload_quant(&self, q: QMatrix) -> Result<Self::Weight>;
     /// An activation matrix (contents unspecified until written).
     fn act(&self, rows: usize, cols: usize) -> Result<Self::Act>;
+    /// Views `x` (row-major) as `rows x cols`, the same elements in the same order (e.g.
+    /// one row per attention head); an error if the element count differs.
+    fn reshape(&self, x: &mut Self::Act, rows: usize, cols: usize) -> Result<()>;
     /// Copies an activation matrix to host memory (waits for the work queued before).
     fn to_host(&self, x: &Self::Act) -> Result<Vec<f32>>;
 
@@ -192,7 +233,8 @@ pub trait Backend: Send + Sync {
     /// `src[i] >= dst_first + i`).
     fn kv_compact(&self, kv: &mut Self::Kv, src: &[usize], dst_first: usize) -> Result<()>;
     /// Attention of batch token `i` (query row `i` of `q`) over cache slots
-    /// `0..committed` and the scratch slots `committed + j` for `j` in `mask.row(i)`.
+    /// `mask.start(i)..committed` and the scratch slots `committed + j` for `j` in
+    /// `mask.row(i)`.
     #[allow(clippy::too_many_arguments)]
     fn attention(
         &self,
@@ -259,5 +301,21 @@ mod tests {
         assert_eq!(f.row(0), &[0, 2]);
         assert_eq!(f.row(1), &[0, 2, 3]);
         f.validate(2).unwrap();
+        assert!(!f.is_windowed());
+    }
+
+    #[test]
+    fn a_window_keeps_the_last_positions() {
+        // Four new tokens at positions 10..14 on 10 committed slots, window 3: token 0 (at
+        // 10) sees committed 8, 9 and itself; token 3 (at 13) sees scratch 1, 2, 3 only.
+        let m = AttnMask::causal(4).windowed(&[10, 11, 12, 13], 3, 10);
+        assert_eq!((m.start(0), m.row(0)), (8, &[0u32][..]));
+        assert_eq!((m.start(1), m.row(1)), (9, &[0u32, 1][..]));
+        assert_eq!((m.start(3), m.row(3)), (10, &[1u32, 2, 3][..]));
+        assert!(m.is_windowed());
+        m.validate(0).unwrap();
+        // A window wider than everything changes nothing.
+        let w = AttnMask::causal(4).windowed(&[10, 11, 12, 13], 100, 10);
+        assert_eq!(w, AttnMask::causal(4));
     }
 }

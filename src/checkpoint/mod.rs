@@ -11,7 +11,7 @@ pub(crate) mod names;
 pub(crate) mod safetensors;
 pub(crate) mod tensor;
 
-pub use config::{Arch, ModelConfig};
+pub use config::{Arch, ModelConfig, RopeScaling};
 pub use names::Linear;
 pub use safetensors::Weights;
 pub use tensor::{AlignedBuf, DType, HostTensor, Storage};

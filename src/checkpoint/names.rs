@@ -88,6 +88,11 @@ pub fn post_attention_norm(l: usize) -> String {
     format!("model.layers.{l}.post_attention_layernorm.weight")
 }
 
+/// Layer `l`'s per-head RMSNorm weights of q and k (Qwen3), `(head_dim)` each.
+pub fn qk_norm(l: usize) -> [String; 2] {
+    ["q_norm", "k_norm"].map(|n| format!("model.layers.{l}.self_attn.{n}.weight"))
+}
+
 /// Layer `l`'s q, k and v biases (Qwen2).
 pub fn qkv_bias(l: usize) -> [String; 3] {
     [Linear::Q, Linear::K, Linear::V].map(|k| format!("model.layers.{l}.{}.bias", k.module()))

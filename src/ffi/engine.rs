@@ -5,7 +5,6 @@ use std::ffi::{c_char, c_void, CStr};
 use std::sync::{Arc, Mutex};
 
 use super::*;
-use crate::checkpoint::Arch;
 use crate::engine::{DraftOptions, Engine, EngineOptions, Progress};
 use crate::quant::{QuantConfig, QuantMethod};
 
@@ -347,10 +346,7 @@ pub unsafe extern "C" fn subspec_get_model_info(
             check_out(out, "out")?;
             let eng = &e.engine;
             let c = eng.config();
-            let arch: &'static CStr = match c.arch {
-                Arch::Llama => c"LlamaForCausalLM",
-                Arch::Qwen2 => c"Qwen2ForCausalLM",
-            };
+            let arch: &'static CStr = c.arch.hf_name_c();
             let tok = eng.tokenizer().ok();
             let u = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
             let info = subspec_model_info {

@@ -13,12 +13,6 @@ use crate::error::{Error, Result};
 use crate::plan::{Placement, Residency};
 use crate::quant::{QMatrix, QuantConfig};
 
-fn rope_inv_freq(head_dim: usize, theta: f32) -> Vec<f32> {
-    (0..head_dim / 2)
-        .map(|i| 1.0 / theta.powf((2 * i) as f32 / head_dim as f32))
-        .collect()
-}
-
 impl<B: Backend> Model<B> {
     /// Loads a Hugging Face model directory onto `backend`, everything resident (weights
     /// stay memory-mapped on the CPU).
@@ -61,6 +55,12 @@ impl<B: Backend> Model<B> {
             } else {
                 None
             };
+            let qk_norm = if c.qk_norm {
+                let [nq, nk] = names::qk_norm(i);
+                Some([up(&nq, &[c.head_dim])?, up(&nk, &[c.head_dim])?])
+            } else {
+                None
+            };
             let shapes = Linear::ALL.map(|k| k.shape(c));
             let offloaded = placement
                 .as_ref()
@@ -81,6 +81,7 @@ impl<B: Backend> Model<B> {
             layers.push(Layer {
                 input_norm: up(&names::input_norm(i), &[h])?,
                 qkv_bias,
+                qk_norm,
                 post_norm: up(&names::post_attention_norm(i), &[h])?,
                 full,
                 substitutes: None,
@@ -118,7 +119,7 @@ impl<B: Backend> Model<B> {
             lm_head,
             draft_lm_head: None,
             layers,
-            inv_freq: rope_inv_freq(c.head_dim, c.rope_theta),
+            inv_freq: c.rope_inv_freq(),
             weight_bytes: weights.total_bytes(),
             config,
             backend,

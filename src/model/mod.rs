@@ -63,6 +63,8 @@ pub(crate) struct Layer<B: Backend> {
     input_norm: B::Weight,
     /// Biases of q, k, v (Qwen2 only).
     qkv_bias: Option<[B::Weight; 3]>,
+    /// Per-head RMSNorm weights of q and k, `(head_dim)` each (Qwen3 only).
+    qk_norm: Option<[B::Weight; 2]>,
     /// RMSNorm before the MLP, `(hidden)`.
     post_norm: B::Weight,
     /// Full-precision linears when resident; `None` when offloaded (streamed per pass).
@@ -260,6 +262,13 @@ impl<B: Backend> Model<B> {
         let mut attn = be.act(n, c.q_dim())?;
         let mut gate = be.act(n, c.intermediate)?;
         let mut up = be.act(n, c.intermediate)?;
+        // Windowed layers see only the last `w` positions: their masks, made once.
+        let mut windowed: Vec<(usize, AttnMask)> = Vec::new();
+        for w in c.attn_window.iter().flatten() {
+            if !windowed.iter().any(|(x, _)| x == w) {
+                windowed.push((*w, mask.windowed(positions, *w, cache.committed)));
+            }
+        }
         // A target pass streams the offloaded layers in order (one pass at a time).
         let mut stream = match (pass, &self.streamer) {
             (Pass::Target, Some(s)) => {
@@ -295,15 +304,29 @@ impl<B: Backend> Model<B> {
             be.linear(&h, &lin[Linear::Q], bias.map(|b| &b[0]), &mut q)?;
             be.linear(&h, &lin[Linear::K], bias.map(|b| &b[1]), &mut k)?;
             be.linear(&h, &lin[Linear::V], bias.map(|b| &b[2]), &mut v)?;
+            if let Some([qn, kn]) = &l.qk_norm {
+                self.head_norm(&mut q, qn, n, c.n_heads)?;
+                self.head_norm(&mut k, kn, n, c.n_kv_heads)?;
+            }
             be.rope(&mut q, positions, &self.inv_freq)?;
             be.rope(&mut k, positions, &self.inv_freq)?;
             be.kv_write(&mut cache.store, li, cache.committed + first, &k, &v)?;
+            let layer_mask = match c.attn_window[li] {
+                Some(w) => {
+                    &windowed
+                        .iter()
+                        .find(|(x, _)| *x == w)
+                        .expect("made above")
+                        .1
+                }
+                None => mask,
+            };
             be.attention(
                 &q,
                 &cache.store,
                 li,
                 cache.committed,
-                mask,
+                layer_mask,
                 shape,
                 &mut attn,
             )?;
@@ -322,6 +345,17 @@ impl<B: Backend> Model<B> {
             }
         }
         Ok(x)
+    }
+
+    /// RMSNorm of every head of `x`, `(rows, heads * head_dim)`, with `w`, in place.
+    fn head_norm(&self, x: &mut B::Act, w: &B::Weight, rows: usize, heads: usize) -> Result<()> {
+        let (be, hd) = (&self.backend, self.config.head_dim);
+        be.reshape(x, rows * heads, hd)?;
+        let mut out = be.act(rows * heads, hd)?;
+        be.rms_norm(x, w, self.config.rms_eps, &mut out)?;
+        be.reshape(&mut out, rows, heads * hd)?;
+        *x = out;
+        Ok(())
     }
 
     /// The `pass`'s logits of rows `logit_rows` of a batch's residual stream `x` (from

@@ -132,6 +132,17 @@ impl Backend for CpuBackend {
         })
     }
 
+    fn reshape(&self, x: &mut CpuAct, rows: usize, cols: usize) -> Result<()> {
+        if rows * cols != x.data.len() {
+            return Err(crate::error::Error::internal(format!(
+                "reshape of {}x{} to {rows}x{cols}",
+                x.rows, x.cols
+            )));
+        }
+        (x.rows, x.cols) = (rows, cols);
+        Ok(())
+    }
+
     fn to_host(&self, x: &CpuAct) -> Result<Vec<f32>> {
         Ok(x.data.clone())
     }
@@ -288,8 +299,8 @@ impl Backend for CpuBackend {
                 let (t, h) = (task / shape.n_heads, task % shape.n_heads);
                 let qh = &q.data[t * q.cols + h * hd..t * q.cols + (h + 1) * hd];
                 let kv_off = (h / group) * hd;
-                let slots =
-                    (0..committed).chain(mask.row(t).iter().map(|&j| committed + j as usize));
+                let slots = (mask.start(t)..committed)
+                    .chain(mask.row(t).iter().map(|&j| committed + j as usize));
                 let mut scores: Vec<f32> = slots
                     .clone()
                     .map(|s| dot(qh, &ks[s * d + kv_off..s * d + kv_off + hd]) * scale)

@@ -769,6 +769,17 @@ impl Backend for CudaBackend {
         })
     }
 
+    fn reshape(&self, x: &mut CudaAct, rows: usize, cols: usize) -> Result<()> {
+        if rows * cols != x.len() {
+            return Err(Error::internal(format!(
+                "reshape of {}x{} to {rows}x{cols}",
+                x.rows, x.cols
+            )));
+        }
+        (x.rows, x.cols) = (rows, cols);
+        Ok(())
+    }
+
     fn to_host(&self, x: &CudaAct) -> Result<Vec<f32>> {
         let inner = &self.inner;
         inner.bind()?;
@@ -1136,6 +1147,11 @@ impl Backend for CudaBackend {
             )));
         }
         Self::check_act(out, q.rows, q.cols, "attention")?;
+        if mask.is_windowed() {
+            return Err(Error::unsupported(
+                "sliding-window attention (Mistral with a window shorter than the context) is not implemented on CUDA yet; use the CPU",
+            ));
+        }
         let mut offs = Vec::with_capacity(mask.len() + 1);
         let mut slots = Vec::new();
         offs.push(0u32);

@@ -1,0 +1,110 @@
+//! The architectures beyond the two trained test models, against transformers: tiny
+//! random-weight models built from real-shaped configs (Llama 3.1 and 3.2 with llama3
+//! rope scaling, linear scaling, Qwen3, Mistral with and without a sliding window shorter
+//! than the prompt), saved by transformers 5 (`tests/golden/make_arch_fixtures.py`).
+//! Logits at every prompt position within 1e-4, the same 16-token greedy continuation,
+//! and speculative output equal to plain output.
+
+mod common;
+
+use serde_json::Value;
+use subspec::internals::AttnMask;
+use subspec::{Engine, EngineOptions, SamplingParams, StepOptions, TreeParams};
+
+const ARCHS: &[&str] = &[
+    "llama3.1",
+    "llama3.2",
+    "llama-linear",
+    "qwen3",
+    "mistral",
+    "mistral-window",
+];
+const TOL: f32 = 1e-4;
+
+fn fixture(name: &str) -> (Engine, Value) {
+    let dir = common::root().join("tests/golden/arch").join(name);
+    let expected: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+    let mut o = EngineOptions::new(&dir);
+    o.require_tokenizer = false;
+    o.threads = 2;
+    let engine = Engine::load(&o).unwrap_or_else(|e| panic!("{name}: {e}"));
+    (engine, expected)
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+#[test]
+fn logits_match_transformers_at_every_position() {
+    for name in ARCHS {
+        let (engine, fx) = fixture(name);
+        let prompt = ids(&fx["prompt"]);
+        let n = prompt.len();
+        let m = engine.model();
+        let vocab = engine.config().vocab;
+        let mut cache = m.new_cache(n).unwrap();
+        let pos: Vec<usize> = (0..n).collect();
+        let logits = engine
+            .install(|| m.forward(&mut cache, &prompt, &pos, &AttnMask::causal(n), &pos))
+            .unwrap();
+        let mut worst = 0f32;
+        for (p, want) in fx["logits"].as_array().unwrap().iter().enumerate() {
+            for (t, w) in want.as_array().unwrap().iter().enumerate() {
+                let (ours, w) = (logits[p * vocab + t], w.as_f64().unwrap() as f32);
+                let d = (ours - w).abs();
+                worst = worst.max(d);
+                assert!(
+                    d <= TOL * w.abs().max(1.0),
+                    "{name}: position {p} token {t}: ours {ours} vs transformers {w}"
+                );
+            }
+        }
+        eprintln!("{name}: {n} positions, max |logit diff| {worst:.2e}");
+    }
+}
+
+#[test]
+fn greedy_continuations_match_and_speculation_changes_nothing() {
+    for name in ARCHS {
+        let (engine, fx) = fixture(name);
+        let prompt = ids(&fx["prompt"]);
+        let want = ids(&fx["greedy"]);
+        let run = |opts: &StepOptions| {
+            let mut seq = engine.new_sequence().unwrap();
+            seq.append(&prompt).unwrap();
+            // EOS (id 1) is a token like any other here: the reference does not stop.
+            let mut out = Vec::new();
+            while out.len() < want.len() {
+                let got = seq
+                    .step(&opts.with_max_tokens(want.len() - out.len()))
+                    .unwrap();
+                out.extend(got);
+            }
+            out
+        };
+        let plain = run(&StepOptions::plain(SamplingParams::greedy()));
+        assert_eq!(
+            plain, want,
+            "{name}: greedy continuation differs from transformers'"
+        );
+        for tree in [
+            TreeParams::default(),
+            TreeParams::default().with_width(3).with_depth(4),
+        ] {
+            let spec = run(&StepOptions::speculative(SamplingParams::greedy()).with_tree(tree));
+            assert_eq!(spec, plain, "{name}: speculative != plain with {tree:?}");
+        }
+        let sampled = SamplingParams::new(0.9, 0, 0.95, 3);
+        assert_eq!(
+            run(&StepOptions::speculative(sampled)),
+            run(&StepOptions::plain(sampled)),
+            "{name}: sampled speculative != plain"
+        );
+    }
+}

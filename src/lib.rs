@@ -60,7 +60,7 @@ pub use plan::{Placement, PlanBytes, Residency};
 pub use quant::{QuantConfig, QuantMethod};
 pub use sample::SamplingParams;
 pub use spec::{SpecStats, TreeParams};
-pub use tokenizer::{TextStream, Tokenizer};
+pub use tokenizer::{ChatMessage, ChatTemplate, TextStream, Tokenizer};
 
 /// The library version (from Cargo.toml).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -12,8 +12,8 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 use subspec::internals::{human, parse_bytes};
 use subspec::{
-    DeviceKind, DraftOptions, Engine, EngineOptions, Error, Pass, QuantConfig, QuantMethod,
-    Residency, SamplingParams, StepOptions, TextStream, TreeParams,
+    ChatMessage, DeviceKind, DraftOptions, Engine, EngineOptions, Error, Pass, QuantConfig,
+    QuantMethod, Residency, SamplingParams, StepOptions, TextStream, TreeParams,
 };
 
 /// subspec: lossless speculative decoding for offloaded LLM inference.
@@ -339,7 +339,8 @@ struct GenerateArgs {
     /// The prompt.
     #[arg(long)]
     prompt: String,
-    /// Wrap the prompt as a user turn in the ChatML template (SmolLM2 and Qwen2.5 use it).
+    /// Wrap the prompt as a user turn with the model's own chat template (ChatML when the
+    /// model ships none).
     #[arg(long)]
     chat: bool,
     /// Most tokens to generate.
@@ -382,14 +383,11 @@ struct PerplexityArgs {
     json: bool,
 }
 
-fn chatml(engine: &Engine, prompt: &str) -> Result<String, Error> {
-    let tok = engine.tokenizer()?;
-    if tok.token_to_id("<|im_start|>").is_none() {
-        return Err(Error::invalid_argument(
-            "--chat: this model's tokenizer has no <|im_start|> token (not a ChatML model)",
-        ));
-    }
-    Ok(chatml_text(prompt))
+/// `prompt` as one user turn in the model's chat template, ready for the answer.
+fn chat_prompt(engine: &Engine, prompt: &str) -> Result<String, Error> {
+    engine
+        .tokenizer()?
+        .apply_chat_template(&[ChatMessage::new("user", prompt)], true)
 }
 
 /// `prompt` as one ChatML user turn, ready for the assistant's answer.
@@ -404,7 +402,7 @@ fn generate(a: &GenerateArgs) -> Result<(), Error> {
     let opts = a.spec.step(&engine, sampling)?;
     let tok = engine.tokenizer()?;
     let text = if a.chat {
-        chatml(&engine, &a.prompt)?
+        chat_prompt(&engine, &a.prompt)?
     } else {
         a.prompt.clone()
     };

@@ -11,6 +11,7 @@ pub(crate) mod names;
 pub(crate) mod safetensors;
 pub(crate) mod tensor;
 
+pub(crate) use config::read_json_object;
 pub use config::{Arch, ModelConfig, RopeScaling};
 pub use names::Linear;
 pub use safetensors::Weights;

@@ -1,0 +1,170 @@
+//! Text <-> token ids through the `tokenizers` crate (`tokenizer.json`), the model's chat
+//! template (`chat.rs`), and a streaming detokenizer that only emits complete UTF-8 text.
+
+mod chat;
+
+use std::path::Path;
+
+pub use chat::{ChatMessage, ChatTemplate};
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// A Hugging Face fast tokenizer loaded from `tokenizer.json`, with the model's chat
+/// template.
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    chat: ChatTemplate,
+}
+
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokenizer")
+            .field("vocab_size", &self.vocab_size())
+            .field("chat_template", &self.chat.is_models_own())
+            .finish()
+    }
+}
+
+/// A special token in tokenizer_config.json: a string or `{"content": "..."}`.
+fn token_string(v: Option<&serde_json::Value>) -> String {
+    match v {
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(serde_json::Value::Object(o)) => o
+            .get("content")
+            .and_then(|c| c.as_str())
+            .unwrap_or("")
+            .to_string(),
+        _ => String::new(),
+    }
+}
+
+/// The chat template of a model directory: `chat_template.jinja`, else `chat_template`
+/// in tokenizer_config.json (a string, or a list of named templates: "default" is used),
+/// else ChatML.
+fn dir_chat_template(dir: &Path) -> Result<ChatTemplate> {
+    let cfg_path = dir.join("tokenizer_config.json");
+    let cfg = if cfg_path.is_file() {
+        crate::checkpoint::read_json_object(&cfg_path)?
+    } else {
+        serde_json::Map::new()
+    };
+    let (bos, eos) = (
+        token_string(cfg.get("bos_token")),
+        token_string(cfg.get("eos_token")),
+    );
+    let jinja = dir.join("chat_template.jinja");
+    let source = if jinja.is_file() {
+        Some(std::fs::read_to_string(&jinja).map_err(|e| Error::io(&jinja, e))?)
+    } else {
+        match cfg.get("chat_template") {
+            Some(serde_json::Value::String(s)) => Some(s.clone()),
+            Some(serde_json::Value::Array(list)) => list
+                .iter()
+                .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
+                .and_then(|t| t.get("template"))
+                .and_then(|t| t.as_str())
+                .map(str::to_string),
+            _ => None,
+        }
+    };
+    match source {
+        Some(s) => ChatTemplate::new(&s, &bos, &eos)
+            .map_err(|e| Error::new(e.kind(), format!("{}: {}", cfg_path.display(), e.message()))),
+        None => Ok(ChatTemplate::chatml(&bos, &eos)),
+    }
+}
+
+fn tok_err(e: impl std::fmt::Display) -> Error {
+    Error::new(ErrorKind::Tokenizer, format!("tokenizer: {e}"))
+}
+
+impl Tokenizer {
+    /// Loads `dir/tokenizer.json`.
+    pub fn from_dir(dir: &Path) -> Result<Tokenizer> {
+        let path = dir.join("tokenizer.json");
+        if !path.is_file() {
+            return Err(Error::new(
+                ErrorKind::Tokenizer,
+                format!("{}: not found", path.display()),
+            ));
+        }
+        let inner = tokenizers::Tokenizer::from_file(&path)
+            .map_err(|e| Error::new(ErrorKind::Tokenizer, format!("{}: {e}", path.display())))?;
+        Ok(Tokenizer {
+            inner,
+            chat: dir_chat_template(dir)?,
+        })
+    }
+
+    /// The model's chat template (ChatML when the model ships none).
+    pub fn chat_template(&self) -> &ChatTemplate {
+        &self.chat
+    }
+
+    /// `messages` rendered by the model's chat template; see [`ChatTemplate::render`].
+    pub fn apply_chat_template(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String> {
+        self.chat.render(messages, add_generation_prompt)
+    }
+
+    /// Encodes text; `special` adds the model's special tokens (e.g. BOS) as configured.
+    pub fn encode(&self, text: &str, special: bool) -> Result<Vec<u32>> {
+        Ok(self
+            .inner
+            .encode(text, special)
+            .map_err(tok_err)?
+            .get_ids()
+            .to_vec())
+    }
+
+    /// Decodes ids to text, keeping special tokens visible.
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.inner.decode(ids, false).map_err(tok_err)
+    }
+
+    /// Number of tokens including added ones.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// The id of a token string, if it exists.
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+}
+
+/// Turns a stream of ids into a stream of text pieces, never splitting a UTF-8 character.
+pub struct TextStream<'a> {
+    tok: &'a Tokenizer,
+    ids: Vec<u32>,
+    emitted: usize,
+}
+
+impl<'a> TextStream<'a> {
+    /// A stream that starts empty.
+    pub fn new(tok: &'a Tokenizer) -> Self {
+        TextStream {
+            tok,
+            ids: Vec::new(),
+            emitted: 0,
+        }
+    }
+
+    /// Adds ids and returns the new complete text (possibly empty).
+    pub fn push(&mut self, ids: &[u32]) -> Result<String> {
+        self.ids.extend_from_slice(ids);
+        let text = self.tok.decode(&self.ids)?;
+        if text.ends_with('\u{FFFD}')
+            || text.len() < self.emitted
+            || !text.is_char_boundary(self.emitted)
+        {
+            return Ok(String::new());
+        }
+        let piece = text[self.emitted..].to_string();
+        self.emitted = text.len();
+        Ok(piece)
+    }
+}

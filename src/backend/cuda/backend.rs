@@ -191,15 +191,22 @@ impl Backend for CudaBackend {
                     .map_err(|e| cu_err("cuMemcpyHtoDAsync", e))
             }
             CudaWeight::Dense {
-                ptr, cols, dtype, ..
+                ptr,
+                rows,
+                cols,
+                dtype,
+                ..
             } => {
                 Self::check_act(out, ids.len(), *cols, "embed")?;
+                if ids.iter().any(|&id| id as usize >= *rows) {
+                    return Err(Error::internal("embed: a token id is outside the table"));
+                }
                 let d_ids = inner.upload(ids, "token ids")?;
                 let at = inner.launch((ids.len() as u32, 1, 1), 256);
                 let (t, ids, out, hidden) = (*ptr, d_ids.ptr(), out.ptr_mut(), *cols as i32);
                 let k = &inner.kernels;
-                // SAFETY: the table holds `rows` rows of `cols` values of `dtype`, the ids are
-                // below `rows` (Model::check_tokens); `out` holds ids.len() rows of `cols`.
+                // SAFETY: the table holds `rows` rows of `cols` values of `dtype` and every
+                // id is below `rows`; `out` holds ids.len() rows of `cols` (checked above).
                 unsafe {
                     match dtype {
                         DType::F32 => k.embed_f32(at, DevPtr::from_addr(t), ids, out, hidden),
@@ -524,6 +531,15 @@ impl Backend for CudaBackend {
             )));
         }
         Self::check_act(out, q.rows, q.cols, "attention")?;
+        if q.cols != shape.n_heads * hd
+            || kv.kv_dim != shape.n_kv_heads * hd
+            || layer >= kv.layers
+            || mask.len() < q.rows
+        {
+            return Err(Error::internal(
+                "attention: the shape disagrees with the queries, the cache or the mask",
+            ));
+        }
         let mut offs = Vec::with_capacity(mask.len() + 1);
         let mut slots = Vec::new();
         offs.push(0u32);
@@ -537,8 +553,9 @@ impl Backend for CudaBackend {
         let d_offs = inner.upload(&offs, "attention rows")?;
         let d_slots = inner.upload(&slots, "attention slots")?;
         let scale = 1.0 / (hd as f32).sqrt();
-        // SAFETY: every slot the mask names lies inside the cache (checked above); the
-        // model passes queries, cache and mask of `shape`; hd is a multiple of 32 up to
+        // SAFETY: `q` and `out` hold q.rows rows of n_heads heads of hd, the cache holds
+        // layer `layer` with n_kv_heads heads of hd, `offs` has a row per query and every
+        // slot it names lies inside the cache (checked above); hd is a multiple of 32 up to
         // ATT_MAX_HEAD_DIM and the block has ATT_WARPS warps, as the kernel is written for.
         unsafe {
             inner.kernels.attention(

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Checks the committed PTX of kernels/*.cu: it must be what the pinned NVRTC makes of the
-# sources (scripts/build-kernels.py --check), and ptxas must accept it for sm_80 and sm_90.
+# Checks what is generated from kernels/*.cu: the Rust launch table
+# (src/backend/cuda/kernels.rs, plain Python, checked first so a stale table fails without
+# any download) and the committed PTX must be what scripts/build-kernels.py makes of the
+# sources now (the PTX with the pinned NVRTC), and ptxas must accept the PTX for sm_80 and
+# sm_90.
 # Needs only python3 and access to PyPI: the pinned NVRTC, CUDA headers and ptxas are
 # installed from PyPI wheels into a virtual environment at
 # ${SUBSPEC_NVRTC_VENV:-$HOME/.cache/subspec/nvrtc-venv} (once; later runs reuse it).
@@ -26,6 +29,11 @@ die() {
 }
 
 VPY="$VENV/bin/python"
+
+# --- the Rust table is what the sources give (no NVRTC needed) ------------------------------
+command -v "$PYTHON" >/dev/null || die "$PYTHON not found"
+"$PYTHON" "$ROOT/scripts/build-kernels.py" --check-rust ||
+    die "the Rust kernel table is stale: run python3 scripts/build-kernels.py"
 
 pins_installed() {
     [ -x "$VPY" ] || return 1
@@ -77,7 +85,6 @@ EOF
 # --- the environment ----------------------------------------------------------------------
 if ! pins_installed; then
     echo "check-kernels: installing the pinned NVRTC and ptxas into $VENV" >&2
-    command -v "$PYTHON" >/dev/null || die "$PYTHON not found"
     mkdir -p "$(dirname "$VENV")"
     if [ ! -x "$VPY" ]; then
         if ! "$PYTHON" -m venv "$VENV" >/dev/null 2>&1; then
@@ -103,8 +110,8 @@ for p in sys.path:
 [ -n "$PTXAS" ] || die "ptxas not found in $VENV"
 [ -x "$PTXAS" ] || chmod +x "$PTXAS"
 
-# --- PTX is what the sources compile to ---------------------------------------------------
-"$VPY" "$ROOT/scripts/build-kernels.py" --check >/dev/null
+# --- the Rust table and the PTX are what the sources give ----------------------------------
+"$VPY" "$ROOT/scripts/build-kernels.py" --check || die "generated files are stale (see above)"
 
 # --- ptxas accepts it -----------------------------------------------------------------------
 shopt -s nullglob
@@ -141,4 +148,4 @@ n_spills="$(echo "$summary" | sed -n 's/^#[0-9]* [0-9]* \([0-9]*\)$/\1/p')"
 echo "sm_90 resource usage (full log: $LOG):"
 echo "$summary" | grep -v '^#' | sort
 echo "  max registers: ${max_regs:-0}; kernels with spills: ${n_spills:-0}"
-echo "kernels: PTX fresh, ptxas clean for sm_80 and sm_90 (${n_kernels:-0} kernels)"
+echo "kernels: Rust table fresh, PTX fresh, ptxas clean for sm_80 and sm_90 (${n_kernels:-0} kernels)"

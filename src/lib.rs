@@ -71,7 +71,9 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 #[doc(hidden)]
 pub mod internals {
     pub use crate::backend::cpu::{matmul, CpuBackend, Streamer};
-    pub use crate::backend::cuda::{driver_present, CudaBackend};
+    pub use crate::backend::cuda::{
+        driver_present, CudaBackend, KernelAbi, ParamAbi, ParamKind, KERNELS_PTX, KERNEL_ABI,
+    };
     pub use crate::backend::{AttnMask, AttnShape, Backend, Device, TierStats};
     pub use crate::checkpoint::names::linear_names;
     pub use crate::checkpoint::{AlignedBuf, DType, HostTensor, Linear, Storage, Weights};

@@ -15,54 +15,14 @@ use std::sync::Arc;
 use cudarc::driver::{result as cu, sys};
 use rayon::prelude::*;
 
-use super::{cu_err, CudaWeight, DeviceBuf, Inner};
+use super::context::{cu_err, Inner};
+use super::memory::{CudaWeight, DeviceBuf, Pinned};
 use crate::checkpoint::names::linear_names;
 use crate::checkpoint::{DType, Weights};
 use crate::error::{Error, Result};
 
 /// Alignment of each tensor inside a layer's block (bytes).
 const ALIGN: usize = 256;
-
-/// Page-locked host memory (`cuMemHostAlloc`).
-pub(crate) struct Pinned {
-    ptr: *mut u8,
-    len: usize,
-}
-
-// SAFETY: plain memory owned by this value.
-unsafe impl Send for Pinned {}
-unsafe impl Sync for Pinned {}
-
-impl Pinned {
-    /// Allocates `len` bytes (the context must be current).
-    pub(crate) fn new(len: usize) -> Result<Pinned> {
-        // SAFETY: a plain allocation; freed in Drop.
-        let ptr = unsafe { cu::malloc_host(len.max(1), 0) }
-            .map_err(|e| cu_err(&format!("allocating {len} bytes of pinned host memory"), e))?;
-        Ok(Pinned {
-            ptr: ptr as *mut u8,
-            len,
-        })
-    }
-
-    pub(crate) fn ptr(&self) -> *mut u8 {
-        self.ptr
-    }
-
-    fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: `len` bytes owned by self.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
-    }
-}
-
-impl Drop for Pinned {
-    fn drop(&mut self) {
-        // SAFETY: allocated by cuMemHostAlloc.
-        unsafe {
-            let _ = cu::free_host(self.ptr as *mut c_void);
-        }
-    }
-}
 
 /// One tensor inside a layer's block.
 #[derive(Debug, Clone, Copy)]
@@ -162,7 +122,7 @@ impl CudaTier {
             })?;
         let max_block = blocks.iter().map(|b| b.1).max().unwrap_or(0);
         let staging = (0..ring)
-            .map(|_| inner.alloc(max_block, "a staging buffer"))
+            .map(|_| inner.alloc::<u8>(max_block, "a staging buffer"))
             .collect::<Result<Vec<_>>>()?;
         let event = || {
             cu::event::create(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING)
@@ -216,8 +176,8 @@ impl CudaTier {
             )
             .map_err(|e| cu_err("cuStreamWaitEvent", e))?;
             sys::cuMemcpyHtoDAsync_v2(
-                self.staging[slot].ptr,
-                self.host.ptr.add(off) as *const c_void,
+                self.staging[slot].addr(),
+                self.host.ptr().add(off) as *const c_void,
                 len,
                 inner.copy,
             )
@@ -280,7 +240,7 @@ impl CudaTier {
             )
         }
         .map_err(|e| cu_err("cuStreamWaitEvent", e))?;
-        let base = self.staging[slot].ptr;
+        let base = self.staging[slot].addr();
         let w = self.slots[j]
             .iter()
             .map(|s| CudaWeight::Dense {

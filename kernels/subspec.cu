@@ -1,5 +1,6 @@
-// subspec's CUDA kernels: every leaf operation of the forward pass except the f16/bf16/f32
-// matrix products (cuBLAS). Compiled ahead of time to PTX (compute_80) by
+// subspec's CUDA kernels: every leaf operation of the forward pass, the f16/bf16/f32 and
+// low-bit matrix products included (batch-invariant; cuBLAS is an option). Compiled
+// ahead of time to PTX (compute_80) by
 // scripts/build-kernels.py with a pinned NVRTC; the PTX is committed next to this file and
 // embedded in the library, so a GPU host needs only the driver.
 //

@@ -146,9 +146,9 @@ fn offload(a: &BenchArgs) -> Result<(), Error> {
         .ok_or_else(|| Error::invalid_argument("bench compares with SubSpec: drop --no-spec"))?;
     let opts = a.model.options(Some(draft))?;
     let bw = measure::slow_tier_bandwidth(&opts)?;
-    let engine = Engine::load(&opts)?;
+    let engine = super::load_engine(opts.clone())?;
     let own = match a.own_baseline {
-        true => Some(Engine::load(&a.model.options(None)?)?),
+        true => Some(super::load_engine(a.model.options(None)?)?),
         false => None,
     };
     let tok = engine.tokenizer()?;

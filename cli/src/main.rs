@@ -12,8 +12,8 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 use subspec::internals::{human, parse_bytes};
 use subspec::{
-    ChatMessage, DeviceKind, DraftOptions, Engine, EngineOptions, Error, Pass, QuantConfig,
-    QuantMethod, Residency, SamplingParams, StepOptions, TextStream, TreeParams,
+    ChatMessage, DeviceKind, DraftOptions, Engine, EngineOptions, Error, Pass, Progress,
+    QuantConfig, QuantMethod, Residency, SamplingParams, StepOptions, TextStream, TreeParams,
 };
 
 /// subspec: lossless speculative decoding for offloaded LLM inference.
@@ -164,6 +164,42 @@ fn plan(a: &PlanArgs) -> Result<(), Error> {
     Ok(())
 }
 
+/// A progress bar on stderr for loading, when stderr is a terminal.
+fn load_bar() -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(1000);
+    let style = indicatif::ProgressStyle::with_template(
+        "{spinner} loading {bar:30} {percent:>3}% {elapsed} {msg}",
+    )
+    .ok()?;
+    bar.set_style(style);
+    bar.set_message("reading weights");
+    Some(bar)
+}
+
+/// Loads an engine, with a progress bar on a terminal (see [`load_bar`]).
+pub fn load_engine(mut opts: EngineOptions) -> Result<Engine, Error> {
+    let bar = load_bar();
+    if let Some(bar) = &bar {
+        let b = bar.clone();
+        opts.progress = Some(Progress::new(move |f| {
+            b.set_position((f * 1000.0) as u64);
+            if f >= 0.1 {
+                b.set_message("quantizing substitutes");
+            }
+            true
+        }));
+    }
+    let r = Engine::load(&opts);
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    r
+}
+
 /// Options shared by every command that loads a model.
 #[derive(Args)]
 pub struct ModelArgs {
@@ -194,9 +230,11 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
-    /// Loads the engine these options describe, with `draft` if given.
+    /// Loads the engine these options describe, with `draft` if given; on a terminal a
+    /// progress bar shows the load and the substitutes' quantization (stderr only, so
+    /// `--json` output stays clean).
     pub fn load(&self, draft: Option<DraftOptions>) -> Result<Engine, Error> {
-        Engine::load(&self.options(draft)?)
+        load_engine(self.options(draft)?)
     }
 
     /// The engine options these arguments describe.

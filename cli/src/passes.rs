@@ -97,7 +97,7 @@ pub fn run(a: &PassesArgs) -> Result<(), Error> {
         _ => None,
     };
     let t0 = Instant::now();
-    let engine = Engine::load(&opts)?;
+    let engine = super::load_engine(opts.clone())?;
     let load_s = t0.elapsed().as_secs_f64();
     let cfg = engine.config();
     let (tier_bw, tier_name) = match measure::link_bandwidth(&engine, 64 << 20, 10)? {

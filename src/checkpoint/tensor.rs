@@ -34,6 +34,7 @@ pub struct AlignedBuf {
 
 // SAFETY: AlignedBuf owns its allocation exclusively, like a Vec<u8>.
 unsafe impl Send for AlignedBuf {}
+// SAFETY: shared access only reads (`as_slice`); writing needs `&mut self`.
 unsafe impl Sync for AlignedBuf {}
 
 impl AlignedBuf {

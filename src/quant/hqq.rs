@@ -97,9 +97,10 @@ pub(crate) fn quantize_row(
 ) -> Result<()> {
     #[cfg(target_arch = "x86_64")]
     {
-        // SAFETY: `isa` is one of `supported_isas()`, so the CPU has these features.
         match isa {
+            // SAFETY: `isa` is one of `supported_isas()`, so the CPU has these features.
             Isa::Avx512 => return unsafe { row_avx512(w, cfg, codes, params) },
+            // SAFETY: as above.
             Isa::Avx2 => return unsafe { row_avx2(w, cfg, codes, params) },
             Isa::Portable => {}
         }

@@ -23,6 +23,7 @@ use crate::util::isa::{isa, Isa};
 struct OutPtr(*mut f32);
 // SAFETY: tasks write disjoint (row-chunk) columns of the output; see `qlinear_isa`.
 unsafe impl Send for OutPtr {}
+// SAFETY: as above: no two tasks write the same element.
 unsafe impl Sync for OutPtr {}
 
 impl OutPtr {

@@ -26,6 +26,7 @@ impl OutPtr {
 }
 // SAFETY: tasks write disjoint (row-chunk) columns of the output; see `linear`.
 unsafe impl Send for OutPtr {}
+// SAFETY: as above: no two tasks write the same element.
 unsafe impl Sync for OutPtr {}
 
 /// Rows of `w` handed to one task.

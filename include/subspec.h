@@ -36,42 +36,47 @@
 #define SUBSPEC_QUANT_RTN 1
 
 // The result of every call. `0` is success; the numbers are stable (new codes are only
-// ever appended).
+// ever appended). Each code's first comment line is its `subspec_status_string()`; codes
+// marked "(C layer)" come from the C layer's own checks, the others from the engine.
 enum subspec_status
 #if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
   : uint32_t
 #endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
  {
-  // Success.
+  // "ok" (C layer): success.
   SUBSPEC_STATUS_OK = 0,
-  // A file or directory could not be opened or read.
+  // "I/O error": a file or directory could not be opened or read.
   SUBSPEC_STATUS_IO = 1,
-  // A model file is malformed (corrupt safetensors, bad JSON, wrong size).
+  // "invalid model": a model file is malformed (corrupt safetensors, bad JSON, wrong size).
   SUBSPEC_STATUS_INVALID_MODEL = 2,
-  // The model is well-formed but uses something this engine does not support.
+  // "unsupported model": the model is well-formed but uses something this engine does
+  // not support.
   SUBSPEC_STATUS_UNSUPPORTED = 3,
-  // A parameter is out of range or inconsistent (the message names it).
+  // "invalid argument": a parameter is out of range or inconsistent (the message names
+  // it), including a params struct whose `struct_size` this library cannot accept.
   SUBSPEC_STATUS_INVALID_ARGUMENT = 4,
-  // A token id is negative or outside the model's vocabulary.
+  // "invalid token": a token id is negative or outside the model's vocabulary.
   SUBSPEC_STATUS_INVALID_TOKEN = 5,
-  // The sequence would exceed its context length.
+  // "context full": the sequence would exceed its context length.
   SUBSPEC_STATUS_CONTEXT_FULL = 6,
-  // The memory budget is too small (the message states the minimum).
+  // "out of memory": the memory budget is too small (the message states the minimum).
   SUBSPEC_STATUS_OUT_OF_MEMORY = 7,
-  // The requested device is not available (e.g. CUDA without a driver).
+  // "device unavailable": the requested device is not available (e.g. CUDA without a
+  // driver).
   SUBSPEC_STATUS_DEVICE_UNAVAILABLE = 8,
-  // The tokenizer is missing or failed.
+  // "tokenizer error": the tokenizer is missing or failed.
   SUBSPEC_STATUS_TOKENIZER = 9,
-  // Aborted by the caller (progress or abort callback).
+  // "aborted": aborted by the caller (progress or abort callback).
   SUBSPEC_STATUS_ABORTED = 10,
-  // A bug: an internal invariant was violated.
+  // "internal error": a bug: an internal invariant was violated.
   SUBSPEC_STATUS_INTERNAL = 11,
-  // A required pointer argument was NULL.
+  // "null pointer" (C layer): a required pointer argument was NULL.
   SUBSPEC_STATUS_NULL_POINTER = 12,
-  // An output buffer is too small; the required size was written where documented.
+  // "buffer too small" (C layer): an output buffer is too small; the required size was
+  // written where documented.
   SUBSPEC_STATUS_BUFFER_TOO_SMALL = 13,
-  // The library panicked (a bug); the call had no effect other than what its
-  // documentation says about panics.
+  // "panic" (C layer): the library panicked (a bug); the call had no effect other than
+  // what its documentation says about panics.
   SUBSPEC_STATUS_PANIC = 14,
 };
 #ifndef __cplusplus
@@ -213,11 +218,12 @@ typedef struct subspec_sequence_stats {
 extern "C" {
 #endif // __cplusplus
 
-// The library version, e.g. `"0.1.0"`: a static NUL-terminated string (never free it).
+// The library version, e.g. `"0.2.0"`: a static NUL-terminated string (never free it).
 const char *subspec_version(void);
 
-// A short static description of a status code (`"ok"`, `"I/O error"`, ...; `"unknown
-// status"` for a value not in [`subspec_status`]). Never NULL; never free it.
+// A short static description of a status code (`"ok"`, `"I/O error"`, ...: the first
+// comment line of each code in [`subspec_status`]; `"unknown status"` for a value not in
+// it). Never NULL; never free it.
 const char *subspec_status_string(uint32_t status);
 
 // Copies the message of the last failed call into `buf` (NUL-terminated, UTF-8).

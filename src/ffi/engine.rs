@@ -4,6 +4,7 @@
 use std::ffi::{c_char, c_void, CStr};
 use std::sync::{Arc, Mutex};
 
+use super::handle::{arc_into_handle, borrow, free_arc, Castable, OwnershipArc};
 use super::*;
 use crate::checkpoint::Arch;
 use crate::engine::{DraftOptions, Engine, EngineOptions, Progress};
@@ -97,6 +98,11 @@ pub struct subspec_engine {
     pub(crate) engine: Engine,
     /// The message of the last failed call on this engine or its sequences.
     pub(crate) last_error: Mutex<String>,
+}
+
+impl Castable for subspec_engine {
+    type Ownership = OwnershipArc;
+    const ARG: &'static str = "engine";
 }
 
 /// The callbacks of a load, callable from the engine's worker threads.
@@ -229,12 +235,12 @@ pub unsafe extern "C" fn subspec_load(
         // SAFETY: the caller's guarantee on `model_path`.
         let opts = unsafe { engine_options(p) }?;
         let engine = Engine::load(&opts)?;
-        let handle = Arc::new(subspec_engine {
+        let handle = arc_into_handle(subspec_engine {
             engine,
             last_error: Mutex::new(String::new()),
         });
         // SAFETY: `out` checked non-NULL and valid by the caller's guarantee.
-        unsafe { out.write(Arc::into_raw(handle).cast_mut()) };
+        unsafe { out.write(handle) };
         Ok(())
     })
 }
@@ -273,12 +279,9 @@ pub unsafe extern "C" fn subspec_minimum_budget(
 /// thread may be using this handle (its sequences may still be in use).
 #[no_mangle]
 pub unsafe extern "C" fn subspec_free(engine: *mut subspec_engine) {
-    if engine.is_null() {
-        return;
-    }
     let _ = catch_unwind(AssertUnwindSafe(|| {
-        // SAFETY: a live handle from `Arc::into_raw` in `subspec_load`, released once.
-        drop(unsafe { Arc::from_raw(engine.cast_const()) });
+        // SAFETY: the caller's guarantee: a live handle, released once.
+        unsafe { free_arc(engine) }
     }));
 }
 
@@ -286,15 +289,15 @@ pub unsafe extern "C" fn subspec_free(engine: *mut subspec_engine) {
 ///
 /// # Safety
 /// `engine` must be NULL or a live handle.
-unsafe fn with_engine(
+pub(crate) unsafe fn with_engine(
     engine: *const subspec_engine,
     f: impl FnOnce(&subspec_engine) -> FfiResult<()>,
 ) -> subspec_status {
     // SAFETY: the caller's guarantee.
-    let Some(e) = (unsafe { engine.as_ref() }) else {
-        return boundary(None, || Err(Failure::null("engine")));
-    };
-    boundary(Some(&e.last_error), || f(e))
+    match unsafe { borrow(engine) } {
+        Ok(e) => boundary(Some(&e.last_error), || f(e)),
+        Err(failure) => boundary(None, || Err(failure)),
+    }
 }
 
 /// Model and engine metadata, for a host to check that its tokenizer and settings match.

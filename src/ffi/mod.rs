@@ -2,7 +2,8 @@
 //! by cbindgen (`cbindgen.toml`); `tests/ffi.rs` fails when the committed header is stale.
 //!
 //! The rules every export follows (rustls-ffi is the model):
-//! - handles are opaque ([`subspec_engine`], [`subspec_sequence`]); `*_free(NULL)` is a no-op;
+//! - handles are opaque ([`subspec_engine`], [`subspec_sequence`]) and made, shared and
+//!   freed only through `handle.rs`; `*_free(NULL)` is a no-op;
 //! - every call runs inside a panic boundary and returns a [`subspec_status`]; a panic
 //!   becomes [`subspec_status::Panic`], never an unwind across the C frame;
 //! - every pointer is checked for NULL ([`subspec_status::NullPointer`]); out-of-range
@@ -16,6 +17,7 @@
 //! mapping from [`ErrorKind`](crate::ErrorKind), [`status_of`], from that list.
 
 mod engine;
+mod handle;
 mod sequence;
 mod status;
 

@@ -7,6 +7,7 @@
 
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 
+use super::handle::{borrow, box_into_handle, clone_arc, free_box, Castable, OwnershipBox};
 use super::*;
 use crate::engine::{Sequence, StepOptions};
 use crate::sample::SamplingParams;
@@ -18,6 +19,11 @@ use crate::spec::TreeParams;
 pub struct subspec_sequence {
     engine: Arc<subspec_engine>,
     seq: Mutex<Sequence>,
+}
+
+impl Castable for subspec_sequence {
+    type Ownership = OwnershipBox;
+    const ARG: &'static str = "seq";
 }
 
 /// How [`subspec_step`] chooses tokens. Start from [`subspec_step_default_params`].
@@ -77,23 +83,21 @@ pub unsafe extern "C" fn subspec_engine_step_params(
     out: *mut subspec_step_params,
 ) -> subspec_status {
     // SAFETY: the caller's guarantee.
-    let Some(e) = (unsafe { engine.as_ref() }) else {
-        return boundary(None, || Err(Failure::null("engine")));
-    };
-    boundary(Some(&e.last_error), || {
-        check_out(out, "out")?;
-        let t = e.engine.default_tree();
-        let p = subspec_step_params {
-            tree_width: t.width as u32,
-            tree_depth: t.depth as u32,
-            tree_max_tokens: t.max_tokens as u32,
-            draft_temperature: t.draft_temperature,
-            ..subspec_step_default_params()
-        };
-        // SAFETY: checked non-NULL, valid by the caller's guarantee.
-        unsafe { out.write(p) };
-        Ok(())
-    })
+    unsafe {
+        with_engine(engine, |e| {
+            check_out(out, "out")?;
+            let t = e.engine.default_tree();
+            let p = subspec_step_params {
+                tree_width: t.width as u32,
+                tree_depth: t.depth as u32,
+                tree_max_tokens: t.max_tokens as u32,
+                draft_temperature: t.draft_temperature,
+                ..subspec_step_default_params()
+            };
+            out.write(p);
+            Ok(())
+        })
+    }
 }
 
 impl subspec_step_params {
@@ -143,10 +147,10 @@ unsafe fn with_sequence(
     f: impl FnOnce(&subspec_sequence) -> FfiResult<()>,
 ) -> subspec_status {
     // SAFETY: the caller's guarantee.
-    let Some(s) = (unsafe { seq.as_ref() }) else {
-        return boundary(None, || Err(Failure::null("seq")));
-    };
-    boundary(Some(&s.engine.last_error), || f(s))
+    match unsafe { borrow(seq) } {
+        Ok(s) => boundary(Some(&s.engine.last_error), || f(s)),
+        Err(failure) => boundary(None, || Err(failure)),
+    }
 }
 
 /// Creates an empty sequence on `engine` and writes it to `*out` (free it with
@@ -161,26 +165,20 @@ pub unsafe extern "C" fn subspec_sequence_create(
     out: *mut *mut subspec_sequence,
 ) -> subspec_status {
     // SAFETY: the caller's guarantee.
-    let Some(e) = (unsafe { engine.as_ref() }) else {
-        return boundary(None, || Err(Failure::null("engine")));
-    };
-    boundary(Some(&e.last_error), || {
-        check_out(out, "out")?;
-        // SAFETY: `engine` is a live handle made by `Arc::into_raw`; this adds one count
-        // for the sequence's own `Arc`.
-        let engine = unsafe {
-            Arc::increment_strong_count(engine);
-            Arc::from_raw(engine)
-        };
-        let seq = engine.engine.new_sequence()?;
-        let handle = Box::new(subspec_sequence {
-            engine,
-            seq: Mutex::new(seq),
-        });
-        // SAFETY: checked non-NULL, valid by the caller's guarantee.
-        unsafe { out.write(Box::into_raw(handle)) };
-        Ok(())
-    })
+    unsafe {
+        with_engine(engine, |_| {
+            check_out(out, "out")?;
+            // The sequence's own count on the engine.
+            let engine = clone_arc(engine)?;
+            let seq = engine.engine.new_sequence()?;
+            let handle = box_into_handle(subspec_sequence {
+                engine,
+                seq: Mutex::new(seq),
+            });
+            out.write(handle);
+            Ok(())
+        })
+    }
 }
 
 /// Frees a sequence (and its reference to the engine); NULL is a no-op.
@@ -189,12 +187,9 @@ pub unsafe extern "C" fn subspec_sequence_create(
 /// `seq` must be NULL or a live sequence handle that no other thread is using.
 #[no_mangle]
 pub unsafe extern "C" fn subspec_sequence_free(seq: *mut subspec_sequence) {
-    if seq.is_null() {
-        return;
-    }
     let _ = catch_unwind(AssertUnwindSafe(|| {
-        // SAFETY: a live handle from `Box::into_raw` in `subspec_sequence_create`.
-        drop(unsafe { Box::from_raw(seq) });
+        // SAFETY: the caller's guarantee: a live handle, freed once.
+        unsafe { free_box(seq) }
     }));
 }
 

@@ -8,6 +8,8 @@
 //!   becomes [`subspec_status::Panic`], never an unwind across the C frame;
 //! - every pointer is checked for NULL ([`subspec_status::NullPointer`]); out-of-range
 //!   tokens, too-small buffers and bad parameters are errors, never undefined behaviour;
+//! - every struct that crosses the boundary is size-versioned (`struct_size` first, see
+//!   `versioned.rs`), so fields can be added without breaking callers;
 //! - outputs are written last and only on success (the one exception: on
 //!   [`subspec_status::BufferTooSmall`] the required size is written, so the caller can
 //!   retry with a larger buffer);
@@ -20,6 +22,7 @@ mod engine;
 mod handle;
 mod sequence;
 mod status;
+mod versioned;
 
 pub use engine::*;
 pub use sequence::*;
@@ -133,15 +136,6 @@ fn record(slot: Option<&Mutex<String>>, message: &str) {
             message.clone_into(&mut s);
         }
     }));
-}
-
-/// `&*p`, or a NULL-pointer failure naming the argument.
-///
-/// # Safety
-/// `p` must be NULL or valid for reads as a `T` for `'a`.
-pub(crate) unsafe fn deref<'a, T>(p: *const T, name: &str) -> FfiResult<&'a T> {
-    // SAFETY: the caller guarantees `p` is NULL or valid.
-    unsafe { p.as_ref() }.ok_or_else(|| Failure::null(name))
 }
 
 /// Checks that an output pointer is not NULL.

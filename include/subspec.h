@@ -7,6 +7,31 @@
  * subspec_last_error() gives the message. Token ids are int32_t in 0..vocab_size.
  * Threads: an engine may be shared by any number of threads; one sequence is used by one
  * thread at a time. Freeing an engine while its sequences live is safe (they keep it alive).
+ *
+ * Structs that can grow. Every struct passed to or filled by the library begins with
+ * `size_t struct_size`, the size the caller was compiled with, so fields can be appended
+ * in later versions without breaking callers built against an older or a newer header:
+ *  - params (subspec_load_params, subspec_step_params): initialize with their _INIT macro,
+ *    e.g. `subspec_load_params p; SUBSPEC_LOAD_PARAMS_INIT(&p);`, which passes sizeof to
+ *    the library's init function (defaults for the fields it knows, zero beyond, and
+ *    struct_size set), then change fields. The library reads only struct_size bytes and
+ *    defaults the rest. It refuses (SUBSPEC_STATUS_INVALID_ARGUMENT, naming the struct) a
+ *    struct_size of 0 (never initialized), one below the first published layout
+ *    (SUBSPEC_*_SIZE_0_2), and a larger one whose bytes beyond its own fields are not all
+ *    zero: a field a newer header added is set, and this older library cannot honour it.
+ *    A field added after 0.2.0 has zero as its default, so zero means "not set".
+ *  - outputs (subspec_model_info, subspec_sequence_stats): set struct_size to sizeof
+ *    (`subspec_model_info info = {.struct_size = sizeof info};`); the library writes only
+ *    min(struct_size, its own size) bytes and stores that number in struct_size.
+ *  - no struct has trailing padding; `reserved` bytes fill it and are zero.
+ *
+ * Changes in 0.2.0 (not source- or binary-compatible with 0.1): struct_size first in every
+ * struct; subspec_load_default_params(), subspec_step_default_params() (defaults returned
+ * by value) and subspec_engine_step_params() are removed: use SUBSPEC_LOAD_PARAMS_INIT,
+ * SUBSPEC_STEP_PARAMS_INIT and SUBSPEC_ENGINE_STEP_PARAMS_INIT; fields are regrouped
+ * (pointers, 64-bit, 32-bit, bools); new: quantize_lm_head, substitute_all_layers and
+ * substitute_layers (load), adaptive_depth (step), draft_bytes, draft_lm_head_bytes and
+ * n_substitute_layers (model info). Every function is declared SUBSPEC_API.
  */
 
 #ifndef SUBSPEC_H
@@ -15,6 +40,51 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+
+/*
+ * SUBSPEC_API marks every function of the library. Define it yourself to override.
+ * Windows: __declspec(dllimport) for users of the DLL, __declspec(dllexport) when building
+ * it (SUBSPEC_BUILD), nothing when linking the static library (SUBSPEC_STATIC).
+ * GCC/Clang elsewhere: default visibility.
+ */
+#ifndef SUBSPEC_API
+#  if defined(_WIN32) || defined(__CYGWIN__)
+#    if defined(SUBSPEC_STATIC)
+#      define SUBSPEC_API
+#    elif defined(SUBSPEC_BUILD)
+#      define SUBSPEC_API __declspec(dllexport)
+#    else
+#      define SUBSPEC_API __declspec(dllimport)
+#    endif
+#  elif defined(__GNUC__) || defined(__clang__)
+#    define SUBSPEC_API __attribute__((visibility("default")))
+#  else
+#    define SUBSPEC_API
+#  endif
+#endif
+
+/*
+ * Initializing the params structs: the library writes the defaults (see "Structs that can
+ * grow" above). Each evaluates to the subspec_status of the init call.
+ */
+#define SUBSPEC_LOAD_PARAMS_INIT(p) subspec_load_params_init((p), sizeof *(p))
+#define SUBSPEC_STEP_PARAMS_INIT(p) subspec_step_params_init((p), sizeof *(p))
+#define SUBSPEC_ENGINE_STEP_PARAMS_INIT(engine, p) \
+    subspec_engine_step_params_init((engine), (p), sizeof *(p))
+
+/*
+ * The first published layouts (subspec 0.2.0): the smallest struct_size the library
+ * accepts for each struct, i.e. where its last 0.2.0 field ends. In 0.2.0 they equal
+ * sizeof; a later header keeps them, so a caller may still pass the 0.2 size.
+ */
+#define SUBSPEC_LOAD_PARAMS_SIZE_0_2 \
+    (offsetof(subspec_load_params, substitute_all_layers) + sizeof(bool))
+#define SUBSPEC_STEP_PARAMS_SIZE_0_2 \
+    (offsetof(subspec_step_params, reserved) + sizeof(((subspec_step_params *)0)->reserved))
+#define SUBSPEC_MODEL_INFO_SIZE_0_2 \
+    (offsetof(subspec_model_info, reserved) + sizeof(((subspec_model_info *)0)->reserved))
+#define SUBSPEC_SEQUENCE_STATS_SIZE_0_2 \
+    (offsetof(subspec_sequence_stats, verify_seconds) + sizeof(double))
 
 // Library major version (matches Cargo.toml; checked at compile time).
 #define SUBSPEC_VERSION_MAJOR 0
@@ -36,42 +106,47 @@
 #define SUBSPEC_QUANT_RTN 1
 
 // The result of every call. `0` is success; the numbers are stable (new codes are only
-// ever appended).
+// ever appended). Each code's first comment line is its `subspec_status_string()`; codes
+// marked "(C layer)" come from the C layer's own checks, the others from the engine.
 enum subspec_status
 #if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
   : uint32_t
 #endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
  {
-  // Success.
+  // "ok" (C layer): success.
   SUBSPEC_STATUS_OK = 0,
-  // A file or directory could not be opened or read.
+  // "I/O error": a file or directory could not be opened or read.
   SUBSPEC_STATUS_IO = 1,
-  // A model file is malformed (corrupt safetensors, bad JSON, wrong size).
+  // "invalid model": a model file is malformed (corrupt safetensors, bad JSON, wrong size).
   SUBSPEC_STATUS_INVALID_MODEL = 2,
-  // The model is well-formed but uses something this engine does not support.
+  // "unsupported model": the model is well-formed but uses something this engine does
+  // not support.
   SUBSPEC_STATUS_UNSUPPORTED = 3,
-  // A parameter is out of range or inconsistent (the message names it).
+  // "invalid argument": a parameter is out of range or inconsistent (the message names
+  // it), including a params struct whose `struct_size` this library cannot accept.
   SUBSPEC_STATUS_INVALID_ARGUMENT = 4,
-  // A token id is negative or outside the model's vocabulary.
+  // "invalid token": a token id is negative or outside the model's vocabulary.
   SUBSPEC_STATUS_INVALID_TOKEN = 5,
-  // The sequence would exceed its context length.
+  // "context full": the sequence would exceed its context length.
   SUBSPEC_STATUS_CONTEXT_FULL = 6,
-  // The memory budget is too small (the message states the minimum).
+  // "out of memory": the memory budget is too small (the message states the minimum).
   SUBSPEC_STATUS_OUT_OF_MEMORY = 7,
-  // The requested device is not available (e.g. CUDA without a driver).
+  // "device unavailable": the requested device is not available (e.g. CUDA without a
+  // driver).
   SUBSPEC_STATUS_DEVICE_UNAVAILABLE = 8,
-  // The tokenizer is missing or failed.
+  // "tokenizer error": the tokenizer is missing or failed.
   SUBSPEC_STATUS_TOKENIZER = 9,
-  // Aborted by the caller (progress or abort callback).
+  // "aborted": aborted by the caller (progress or abort callback).
   SUBSPEC_STATUS_ABORTED = 10,
-  // A bug: an internal invariant was violated.
+  // "internal error": a bug: an internal invariant was violated.
   SUBSPEC_STATUS_INTERNAL = 11,
-  // A required pointer argument was NULL.
+  // "null pointer" (C layer): a required pointer argument was NULL.
   SUBSPEC_STATUS_NULL_POINTER = 12,
-  // An output buffer is too small; the required size was written where documented.
+  // "buffer too small" (C layer): an output buffer is too small; the required size was
+  // written where documented.
   SUBSPEC_STATUS_BUFFER_TOO_SMALL = 13,
-  // The library panicked (a bug); the call had no effect other than what its
-  // documentation says about panics.
+  // "panic" (C layer): the library panicked (a bug); the call had no effect other than
+  // what its documentation says about panics.
   SUBSPEC_STATUS_PANIC = 14,
 };
 #ifndef __cplusplus
@@ -96,15 +171,36 @@ typedef bool (*subspec_progress_callback)(float progress, void *user_data);
 // Polled during loading: return `true` to abort (`SUBSPEC_STATUS_ABORTED`).
 typedef bool (*subspec_abort_callback)(void *user_data);
 
-// How to load an engine. Start from [`subspec_load_default_params`] and change fields.
+// How to load an engine. Size-versioned: initialize it with
+// `SUBSPEC_LOAD_PARAMS_INIT(&p)` ([`subspec_load_params_init`]), then change fields.
+// Pointers, then 64-bit and 32-bit fields, then the bools; fields added after 0.2.0 are
+// appended and default to zero.
 typedef struct subspec_load_params {
+  // `sizeof(subspec_load_params)` as the caller was compiled (the init function sets
+  // it). The library reads only this many bytes.
+  size_t struct_size;
   // Model directory (config.json, *.safetensors, tokenizer.json), NUL-terminated.
-  // Borrowed for the duration of `subspec_load` only. Default NULL (must be set).
+  // Borrowed for the duration of the call only. Default NULL (must be set).
   const char *model_path;
-  // `SUBSPEC_DEVICE_CPU` (default) or a CUDA device ordinal (>= 0).
-  int32_t device;
   // Device memory budget in bytes; `0` (default) keeps everything resident.
   uint64_t memory_budget;
+  // The decoder layers that get substitutes, i.e. that the draft replaces
+  // (`n_substitute_layers` ids, each below the model's layer count, no repeats);
+  // borrowed for the duration of the call only. Default NULL with 0: every layer, or
+  // only the offloaded ones when `substitute_all_layers` is false.
+  const uint32_t *substitute_layers;
+  // Number of ids at `substitute_layers` (default 0).
+  size_t n_substitute_layers;
+  // Called with the fraction loaded; may be NULL (default).
+  subspec_progress_callback progress_callback;
+  // Passed to `progress_callback`. Default NULL.
+  void *progress_user_data;
+  // Polled at each progress point during loading; may be NULL (default).
+  subspec_abort_callback abort_callback;
+  // Passed to `abort_callback`. Default NULL.
+  void *abort_user_data;
+  // `SUBSPEC_DEVICE_CPU` (-1, default) or a CUDA device ordinal (>= 0).
+  int32_t device;
   // Context length per sequence; `0` (default) uses the model's maximum.
   uint32_t context_length;
   // Largest tree (root included) a step may verify; sizes the KV scratch and the
@@ -112,31 +208,44 @@ typedef struct subspec_load_params {
   uint32_t max_tree_tokens;
   // Worker threads; `0` (default) uses one per core.
   uint32_t threads;
-  // Build the substitute draft (default true); without it only plain steps work.
-  bool build_draft;
   // Bits per substitute weight: 2, 3, 4 (default) or 8.
   uint32_t draft_bits;
   // Quantization group size: a positive multiple of 32 (default 64).
   uint32_t draft_group;
-  // `SUBSPEC_QUANT_HQQ` (default) or `SUBSPEC_QUANT_RTN`.
+  // `SUBSPEC_QUANT_HQQ` (0, default) or `SUBSPEC_QUANT_RTN` (1).
   uint32_t draft_method;
+  // Build the substitute draft (default true); without it only plain steps work.
+  bool build_draft;
   // Whether a missing tokenizer.json fails the load (default false: hosts that
   // tokenize themselves need none; the tokenizer helpers then fail).
   bool require_tokenizer;
-  // Called with the fraction loaded; may be NULL (default).
-  subspec_progress_callback progress_callback;
-  // Passed to `progress_callback`.
-  void *progress_user_data;
-  // Polled at each progress point during loading; may be NULL (default).
-  subspec_abort_callback abort_callback;
-  // Passed to `abort_callback`.
-  void *abort_user_data;
+  // Give the draft its own lm_head, quantized like the substitutes (default false: it
+  // shares the target's, as in the paper). A draft step then reads a quarter of the
+  // lm_head bytes, at the cost of the quantized lm_head's memory (counted by the
+  // planner and `subspec_minimum_budget`; reported as `draft_lm_head_bytes`).
+  bool quantize_lm_head;
+  // Give every decoder layer a substitute, resident ones too, so a draft step reads
+  // only quantized weights (default true; the planner counts the extra substitutes).
+  // False: only the offloaded layers get one (the paper's draft). Ignored when
+  // `substitute_layers` is given.
+  bool substitute_all_layers;
 } subspec_load_params;
 
 // Model and engine metadata, for a host to check that its tokenizer and settings match.
+// Size-versioned output: set `struct_size = sizeof(subspec_model_info)` before the call
+// (e.g. `subspec_model_info info = {.struct_size = sizeof info};`); the library writes
+// `min(struct_size, its size)` bytes and stores that number in `struct_size`. Fields
+// added after 0.2.0 are appended.
 typedef struct subspec_model_info {
+  // Set by the caller to `sizeof(subspec_model_info)`; on return, the bytes written.
+  size_t struct_size;
   // `"LlamaForCausalLM"` or `"Qwen2ForCausalLM"`: static, never free it.
   const char *architecture;
+  // Bytes the draft adds to the target: its substitutes (codes, scales, zeros) and its
+  // own lm_head (0 without a draft).
+  uint64_t draft_bytes;
+  // Of `draft_bytes`, the draft's own quantized lm_head (0: it shares the target's).
+  uint64_t draft_lm_head_bytes;
   // Vocabulary size: valid token ids are `0..vocab_size`.
   uint32_t vocab_size;
   // Decoder layers.
@@ -151,46 +260,69 @@ typedef struct subspec_model_info {
   uint32_t max_tree_tokens;
   // Decoder layers streamed from the slow tier each target pass (0: all resident).
   uint32_t n_offloaded_layers;
+  // Decoder layers the draft replaces with substitutes (0 without a draft).
+  uint32_t n_substitute_layers;
   // Beginning-of-sequence id, or -1 if the model has none.
   int32_t bos_id;
   // Number of end-of-sequence ids ([`subspec_eos_ids`]).
   uint32_t n_eos;
-  // Whether the engine was loaded with a draft (speculative steps need one).
-  bool has_draft;
-  // Whether a tokenizer.json was loaded.
-  bool has_tokenizer;
   // The tokenizer's vocabulary size including added tokens (0 without a tokenizer).
   uint32_t tokenizer_vocab_size;
   // Worker threads.
   uint32_t threads;
+  // Whether the engine was loaded with a draft (speculative steps need one).
+  bool has_draft;
+  // Whether a tokenizer.json was loaded.
+  bool has_tokenizer;
+  // Written as zero: keeps the struct free of trailing padding (room for later fields).
+  uint8_t reserved[6];
 } subspec_model_info;
 
-// How [`subspec_step`] chooses tokens. Start from [`subspec_step_default_params`].
+// How [`subspec_step`] chooses tokens. Size-versioned: initialize it with
+// `SUBSPEC_STEP_PARAMS_INIT(&p)` ([`subspec_step_params_init`]) or, for the tree suited
+// to an engine, `SUBSPEC_ENGINE_STEP_PARAMS_INIT(engine, &p)`, then change fields.
+// Fields added after 0.2.0 are appended (or take `reserved` bytes) and default to zero.
 typedef struct subspec_step_params {
+  // `sizeof(subspec_step_params)` as the caller was compiled (the init functions set
+  // it). The library reads only this many bytes.
+  size_t struct_size;
+  // RNG seed; a token's draw depends only on (seed, position). Default 0.
+  uint64_t seed;
   // Softmax temperature; `0` (default) is greedy.
   float temperature;
   // Keep the `top_k` most likely tokens; `0` (default) keeps all.
   uint32_t top_k;
   // Nucleus sampling threshold in (0, 1]; `1` (default) keeps all.
   float top_p;
-  // RNG seed; a token's draw depends only on (seed, position). Default 0.
-  uint64_t seed;
-  // Draft a tree and verify it (default true; needs an engine with a draft). Output is
-  // identical either way, only faster with speculation.
-  bool speculate;
   // Tree frontier width (default 1).
   uint32_t tree_width;
-  // Tree depth in draft steps (default 8).
+  // Tree depth in draft steps: the most with `adaptive_depth` (default 8).
   uint32_t tree_depth;
   // Most tree nodes verified at once, root included (default 64; at most the engine's
   // `max_tree_tokens`).
   uint32_t tree_max_tokens;
   // Draft softmax temperature used to rank paths (default 0.2).
   float draft_temperature;
+  // Draft a tree and verify it (default true; needs an engine with a draft). Output is
+  // identical either way, only faster with speculation.
+  bool speculate;
+  // Stop growing the tree early when one more draft step is expected to cost more than
+  // it returns (the draft's mass on the frontier times the measured time per token,
+  // against the measured time of a draft step); `tree_depth` stays the maximum.
+  // Default false. Output is identical either way.
+  bool adaptive_depth;
+  // Must be zero (the init functions zero it): keeps the struct free of trailing
+  // padding; a later version may give these bytes a meaning, with zero its default.
+  uint8_t reserved[2];
 } subspec_step_params;
 
-// Statistics of a sequence since its creation or last reset.
+// Statistics of a sequence since its creation or last reset. Size-versioned output: set
+// `struct_size = sizeof(subspec_sequence_stats)` before the call; the library writes
+// `min(struct_size, its size)` bytes and stores that number in `struct_size`. Fields
+// added after 0.2.0 are appended.
 typedef struct subspec_sequence_stats {
+  // Set by the caller to `sizeof(subspec_sequence_stats)`; on return, the bytes written.
+  size_t struct_size;
   // Tokens in the sequence (prompt and generated).
   uint64_t length;
   // Steps run (one target pass each, prompt prefill excluded).
@@ -213,12 +345,13 @@ typedef struct subspec_sequence_stats {
 extern "C" {
 #endif // __cplusplus
 
-// The library version, e.g. `"0.1.0"`: a static NUL-terminated string (never free it).
-const char *subspec_version(void);
+// The library version, e.g. `"0.2.0"`: a static NUL-terminated string (never free it).
+SUBSPEC_API const char *subspec_version(void);
 
-// A short static description of a status code (`"ok"`, `"I/O error"`, ...; `"unknown
-// status"` for a value not in [`subspec_status`]). Never NULL; never free it.
-const char *subspec_status_string(uint32_t status);
+// A short static description of a status code (`"ok"`, `"I/O error"`, ...: the first
+// comment line of each code in [`subspec_status`]; `"unknown status"` for a value not in
+// it). Never NULL; never free it.
+SUBSPEC_API const char *subspec_status_string(uint32_t status);
 
 // Copies the message of the last failed call into `buf` (NUL-terminated, UTF-8).
 //
@@ -234,38 +367,52 @@ const char *subspec_status_string(uint32_t status);
 // # Safety
 // `engine` must be NULL or a live engine handle; `buf` NULL or valid for `cap` bytes;
 // `needed` NULL or valid for a write.
-subspec_status subspec_last_error(const struct subspec_engine *engine, char *buf, size_t cap, size_t *needed);
+SUBSPEC_API subspec_status subspec_last_error(const struct subspec_engine *engine, char *buf, size_t cap, size_t *needed);
 
-// The defaults: CPU, everything resident, the model's context, all cores, a 4-bit HQQ
-// draft with groups of 64, no callbacks, `model_path` NULL.
-struct subspec_load_params subspec_load_default_params(void);
+// Initializes `*params` (the caller's `size` bytes: pass `sizeof *params`, as
+// `SUBSPEC_LOAD_PARAMS_INIT(params)` does) with the defaults: CPU, everything resident,
+// the model's context, all cores, a 4-bit HQQ draft with groups of 64 substituting every
+// layer and sharing the target's lm_head, no callbacks, `model_path` NULL. Bytes beyond
+// the fields this library knows are zeroed; `struct_size` is set to `size`.
+//
+// Statuses: `OK`; `NULL_POINTER`; `INVALID_ARGUMENT` (`size` 0, smaller than the 0.2.0
+// layout `SUBSPEC_LOAD_PARAMS_SIZE_0_2`, or over 4096); `PANIC`.
+//
+// # Safety
+// `params` must be NULL or valid for writes of `size` bytes.
+SUBSPEC_API subspec_status subspec_load_params_init(struct subspec_load_params *params, size_t size);
 
 // Loads an engine. On success writes a new handle to `*out` (free it with
 // [`subspec_free`]); on failure `*out` is left untouched and nothing stays allocated.
 //
-// Statuses: `OK`; `NULL_POINTER` (`params`, `params->model_path` or `out`); `IO` (no such
-// directory or file); `INVALID_MODEL` (corrupt config or weights); `UNSUPPORTED`;
-// `INVALID_ARGUMENT` (a parameter out of range); `TOKENIZER` (`require_tokenizer` and no
+// Statuses: `OK`; `NULL_POINTER` (`params`, `params->model_path`, `out`, or
+// `params->substitute_layers` with a count); `IO` (no such directory or file);
+// `INVALID_MODEL` (corrupt config or weights); `UNSUPPORTED`; `INVALID_ARGUMENT` (a
+// parameter out of range; a `struct_size` that is 0, below the 0.2.0 layout, or larger
+// with a field this library does not know set); `TOKENIZER` (`require_tokenizer` and no
 // usable tokenizer.json); `DEVICE_UNAVAILABLE` (a CUDA device requested: "no CUDA driver
-// found", no such device, or cuBLAS missing); `OUT_OF_MEMORY` (the
-// budget is too small: the message states the minimum, see [`subspec_minimum_budget`]);
-// `ABORTED` (a callback asked to stop); `PANIC`.
+// found", no such device, or cuBLAS missing); `OUT_OF_MEMORY` (the budget is too small:
+// the message states the minimum, see [`subspec_minimum_budget`]); `ABORTED` (a callback
+// asked to stop); `PANIC`.
 //
 // # Safety
-// `params` must be NULL or point to a valid `subspec_load_params` whose `model_path` is
-// NULL or NUL-terminated; `out` NULL or valid for a write. The callbacks, if set, must be
-// safe to call with their user data from any thread until `subspec_load` returns (they
-// are called one at a time, never after it returns) and must not unwind or longjmp.
-subspec_status subspec_load(const struct subspec_load_params *params, struct subspec_engine **out);
+// `params` must be NULL or point to an initialized `subspec_load_params` valid for its
+// `struct_size` bytes, whose `model_path` is NULL or NUL-terminated and whose
+// `substitute_layers` is NULL or valid for `n_substitute_layers` reads; `out` NULL or
+// valid for a write. The callbacks, if set, must be safe to call with their user data
+// from any thread until `subspec_load` returns (they are called one at a time, never
+// after it returns) and must not unwind or longjmp.
+SUBSPEC_API subspec_status subspec_load(const struct subspec_load_params *params, struct subspec_engine **out);
 
 // Writes to `*out` the smallest `memory_budget` (bytes) with which `params` can load,
 // reading only config.json and the safetensors headers (no weights). Every other field of
-// `params` counts (context length, tree size, draft quantization); `memory_budget` is
-// ignored. Statuses as for [`subspec_load`] (but no callbacks are called).
+// `params` counts (context length, tree size, draft quantization, `quantize_lm_head`,
+// `substitute_all_layers`); `memory_budget` is ignored. Statuses as for [`subspec_load`]
+// (but no callbacks are called).
 //
 // # Safety
 // As for [`subspec_load`]; `out` NULL or valid for a write.
-subspec_status subspec_minimum_budget(const struct subspec_load_params *params, uint64_t *out);
+SUBSPEC_API subspec_status subspec_minimum_budget(const struct subspec_load_params *params, uint64_t *out);
 
 // Releases the caller's reference to `engine`; NULL is a no-op. Sequences created from it
 // keep the model alive until they are freed too, so any order of freeing is safe.
@@ -273,33 +420,36 @@ subspec_status subspec_minimum_budget(const struct subspec_load_params *params, 
 // # Safety
 // `engine` must be NULL or a handle from [`subspec_load`] not yet freed, and no other
 // thread may be using this handle (its sequences may still be in use).
-void subspec_free(struct subspec_engine *engine);
+SUBSPEC_API void subspec_free(struct subspec_engine *engine);
 
-// Writes the model's metadata to `*out`. Statuses: `OK`, `NULL_POINTER`, `PANIC`.
+// Writes the model's metadata to `*out` (its `struct_size` set by the caller).
+// Statuses: `OK`, `NULL_POINTER`, `INVALID_ARGUMENT` (`out->struct_size` 0 or below the
+// 0.2.0 layout), `PANIC`.
 //
 // # Safety
-// `engine` must be NULL or a live handle; `out` NULL or valid for a write.
-subspec_status subspec_get_model_info(const struct subspec_engine *engine, struct subspec_model_info *out);
+// `engine` must be NULL or a live handle; `out` NULL or valid for reads and writes of
+// its `struct_size` bytes.
+SUBSPEC_API subspec_status subspec_get_model_info(const struct subspec_engine *engine, struct subspec_model_info *out);
 
 // Copies the end-of-sequence ids into `out` (capacity `cap`) and their number to
 // `*n_out`. `BUFFER_TOO_SMALL`: only `*n_out` (the number needed) is written.
 //
 // # Safety
 // `engine` NULL or live; `out` NULL or valid for `cap` writes; `n_out` NULL or valid.
-subspec_status subspec_eos_ids(const struct subspec_engine *engine, int32_t *out, size_t cap, size_t *n_out);
+SUBSPEC_API subspec_status subspec_eos_ids(const struct subspec_engine *engine, int32_t *out, size_t cap, size_t *n_out);
 
 // Whether `token` ends generation; false for a NULL engine or an id that is not EOS.
 //
 // # Safety
 // `engine` must be NULL or a live handle.
-bool subspec_is_eos(const struct subspec_engine *engine, int32_t token);
+SUBSPEC_API bool subspec_is_eos(const struct subspec_engine *engine, int32_t token);
 
 // Writes the id of the token string `token` (e.g. `"<|im_end|>"`) to `*out`, or -1 if
 // the tokenizer has no such token. `TOKENIZER` when the engine has no tokenizer.
 //
 // # Safety
 // `engine` NULL or live; `token` NULL or NUL-terminated; `out` NULL or valid.
-subspec_status subspec_token_to_id(const struct subspec_engine *engine, const char *token, int32_t *out);
+SUBSPEC_API subspec_status subspec_token_to_id(const struct subspec_engine *engine, const char *token, int32_t *out);
 
 // Tokenizes the NUL-terminated UTF-8 `text` (with the model's special tokens such as BOS
 // when `add_special`) into `out` (capacity `cap`), writing the count to `*n_out`.
@@ -309,7 +459,7 @@ subspec_status subspec_token_to_id(const struct subspec_engine *engine, const ch
 // # Safety
 // `engine` NULL or live; `text` NULL or NUL-terminated; `out` NULL or valid for `cap`
 // writes; `n_out` NULL or valid.
-subspec_status subspec_tokenize(const struct subspec_engine *engine, const char *text, bool add_special, int32_t *out, size_t cap, size_t *n_out);
+SUBSPEC_API subspec_status subspec_tokenize(const struct subspec_engine *engine, const char *text, bool add_special, int32_t *out, size_t cap, size_t *n_out);
 
 // Decodes `n` token ids into `buf` (capacity `cap` bytes) as NUL-terminated UTF-8;
 // `*needed` (when not NULL) receives the size including the NUL, also on
@@ -319,18 +469,29 @@ subspec_status subspec_tokenize(const struct subspec_engine *engine, const char 
 // # Safety
 // `engine` NULL or live; `tokens` NULL or valid for `n` reads; `buf` NULL or valid for
 // `cap` writes; `needed` NULL or valid.
-subspec_status subspec_detokenize(const struct subspec_engine *engine, const int32_t *tokens, size_t n, char *buf, size_t cap, size_t *needed);
+SUBSPEC_API subspec_status subspec_detokenize(const struct subspec_engine *engine, const int32_t *tokens, size_t n, char *buf, size_t cap, size_t *needed);
 
-// Greedy decoding, speculative with the default tree.
-struct subspec_step_params subspec_step_default_params(void);
-
-// Writes to `*out` the step parameters that pay best for `engine`: greedy, speculative,
-// with the tree shape suited to its placement (deeper and wider when layers are
-// offloaded). Statuses: `OK`, `NULL_POINTER`, `PANIC`.
+// Initializes `*params` (the caller's `size` bytes: pass `sizeof *params`, as
+// `SUBSPEC_STEP_PARAMS_INIT(params)` does) with the defaults: greedy, speculative with
+// the default tree (width 1, depth 8, 64 tokens, draft temperature 0.2, fixed depth).
+// Bytes beyond the fields this library knows are zeroed; `struct_size` is set to `size`.
+//
+// Statuses: `OK`; `NULL_POINTER`; `INVALID_ARGUMENT` (`size` 0, smaller than the 0.2.0
+// layout `SUBSPEC_STEP_PARAMS_SIZE_0_2`, or over 4096); `PANIC`.
 //
 // # Safety
-// `engine` must be NULL or a live engine handle; `out` NULL or valid for a write.
-subspec_status subspec_engine_step_params(const struct subspec_engine *engine, struct subspec_step_params *out);
+// `params` must be NULL or valid for writes of `size` bytes.
+SUBSPEC_API subspec_status subspec_step_params_init(struct subspec_step_params *params, size_t size);
+
+// Initializes `*params` like [`subspec_step_params_init`], but with the tree shape that
+// pays best for `engine`'s placement (deeper and wider when layers are offloaded):
+// greedy, speculative. `SUBSPEC_ENGINE_STEP_PARAMS_INIT(engine, params)` passes the size.
+// Statuses: `OK`, `NULL_POINTER`, `INVALID_ARGUMENT` (as for the init), `PANIC`.
+//
+// # Safety
+// `engine` must be NULL or a live engine handle; `params` NULL or valid for writes of
+// `size` bytes.
+SUBSPEC_API subspec_status subspec_engine_step_params_init(const struct subspec_engine *engine, struct subspec_step_params *params, size_t size);
 
 // Creates an empty sequence on `engine` and writes it to `*out` (free it with
 // [`subspec_sequence_free`]). Its KV cache holds the engine's context length.
@@ -338,20 +499,20 @@ subspec_status subspec_engine_step_params(const struct subspec_engine *engine, s
 //
 // # Safety
 // `engine` NULL or a live engine handle; `out` NULL or valid for a write.
-subspec_status subspec_sequence_create(const struct subspec_engine *engine, struct subspec_sequence **out);
+SUBSPEC_API subspec_status subspec_sequence_create(const struct subspec_engine *engine, struct subspec_sequence **out);
 
 // Frees a sequence (and its reference to the engine); NULL is a no-op.
 //
 // # Safety
 // `seq` must be NULL or a live sequence handle that no other thread is using.
-void subspec_sequence_free(struct subspec_sequence *seq);
+SUBSPEC_API void subspec_sequence_free(struct subspec_sequence *seq);
 
 // Empties the sequence and zeroes its statistics (the KV cache is kept for reuse).
 // Statuses: `OK`, `NULL_POINTER`, `INVALID_ARGUMENT` (in use on another thread), `PANIC`.
 //
 // # Safety
 // `seq` must be NULL or a live sequence handle.
-subspec_status subspec_sequence_reset(struct subspec_sequence *seq);
+SUBSPEC_API subspec_status subspec_sequence_reset(struct subspec_sequence *seq);
 
 // Keeps the first `len` tokens and forgets the rest (prompt reuse: the cached prefix is
 // not recomputed); `0` is a reset. `INVALID_ARGUMENT` if `len` is beyond the sequence's
@@ -359,7 +520,7 @@ subspec_status subspec_sequence_reset(struct subspec_sequence *seq);
 //
 // # Safety
 // `seq` must be NULL or a live sequence handle.
-subspec_status subspec_sequence_truncate(struct subspec_sequence *seq, size_t len);
+SUBSPEC_API subspec_status subspec_sequence_truncate(struct subspec_sequence *seq, size_t len);
 
 // Copies the sequence's tokens (prompt and generated) into `out` (capacity `cap`) and
 // their number to `*n_out`; `BUFFER_TOO_SMALL` writes only `*n_out` (the number needed).
@@ -367,14 +528,15 @@ subspec_status subspec_sequence_truncate(struct subspec_sequence *seq, size_t le
 //
 // # Safety
 // `seq` NULL or live; `out` NULL or valid for `cap` writes; `n_out` NULL or valid.
-subspec_status subspec_sequence_tokens(const struct subspec_sequence *seq, int32_t *out, size_t cap, size_t *n_out);
+SUBSPEC_API subspec_status subspec_sequence_tokens(const struct subspec_sequence *seq, int32_t *out, size_t cap, size_t *n_out);
 
-// Writes the sequence's statistics to `*out`. Statuses: `OK`, `NULL_POINTER`,
-// `INVALID_ARGUMENT` (in use on another thread), `PANIC`.
+// Writes the sequence's statistics to `*out` (its `struct_size` set by the caller).
+// Statuses: `OK`, `NULL_POINTER`, `INVALID_ARGUMENT` (in use on another thread;
+// `out->struct_size` 0 or below the 0.2.0 layout), `PANIC`.
 //
 // # Safety
-// `seq` NULL or live; `out` NULL or valid for a write.
-subspec_status subspec_sequence_get_stats(const struct subspec_sequence *seq, struct subspec_sequence_stats *out);
+// `seq` NULL or live; `out` NULL or valid for reads and writes of its `struct_size` bytes.
+SUBSPEC_API subspec_status subspec_sequence_get_stats(const struct subspec_sequence *seq, struct subspec_sequence_stats *out);
 
 // Appends `n_input` tokens to the sequence (a prompt, a user turn, or nothing), runs
 // them, and chooses the next token(s): one with `speculate` false, or every token of one
@@ -389,14 +551,16 @@ subspec_status subspec_sequence_get_stats(const struct subspec_sequence *seq, st
 // `n_input > 0`); `BUFFER_TOO_SMALL` (`out_capacity` is 0); `INVALID_TOKEN` (an input id
 // is negative or outside the vocabulary); `INVALID_ARGUMENT` (a parameter out of range;
 // `speculate` without a draft; the sequence is empty and `n_input` is 0, e.g. after a
-// reset; in use on another thread); `CONTEXT_FULL`; `PANIC`.
+// reset; in use on another thread; `params->struct_size` 0, below the 0.2.0 layout, or
+// larger with a field this library does not know set); `CONTEXT_FULL`; `PANIC`.
 // After any failure the sequence is exactly as before the call (input not appended,
 // statistics unchanged) and `*n_out` and `out` are untouched.
 //
 // # Safety
-// `seq` NULL or a live sequence handle; `params` NULL or valid; `input` NULL or valid for
+// `seq` NULL or a live sequence handle; `params` NULL or an initialized struct valid for
+// its `struct_size` bytes; `input` NULL or valid for
 // `n_input` reads; `out` NULL or valid for `out_capacity` writes; `n_out` NULL or valid.
-subspec_status subspec_step(struct subspec_sequence *seq, const struct subspec_step_params *params, const int32_t *input, size_t n_input, int32_t *out, size_t out_capacity, size_t *n_out);
+SUBSPEC_API subspec_status subspec_step(struct subspec_sequence *seq, const struct subspec_step_params *params, const int32_t *input, size_t n_input, int32_t *out, size_t out_capacity, size_t *n_out);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -1,9 +1,10 @@
 //! The one error type of the library.
 //!
 //! Every failure a user can cause maps to one [`ErrorKind`]; the message says what was
-//! wrong and where (file, field, tensor, token). The C ABI maps the kind to a stable,
-//! explicitly numbered status code in one function, so adding detail to a message never
-//! changes what a C caller sees in the status.
+//! wrong and where (file, field, tensor, token). The C ABI maps each kind to the stable,
+//! explicitly numbered status code of the same name (`src/ffi/status.rs`; build.rs
+//! generates the mapping, so a kind without a code does not compile), so adding detail to
+//! a message never changes what a C caller sees in the status.
 
 use std::fmt;
 use std::path::Path;

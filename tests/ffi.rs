@@ -51,6 +51,30 @@ fn version_macros_match_cargo() {
     assert_eq!(v.to_str().unwrap(), env!("CARGO_PKG_VERSION"));
 }
 
+/// Every function the header declares is marked `SUBSPEC_API` (visibility/dllimport), and
+/// the params structs have their init macros.
+#[test]
+fn every_function_is_subspec_api() {
+    let header = std::fs::read_to_string(common::root().join("include/subspec.h")).unwrap();
+    let decls: Vec<&str> = header
+        .lines()
+        .filter(|l| l.contains("subspec_") && l.ends_with(");") && !l.starts_with(' '))
+        .filter(|l| !l.starts_with("typedef") && !l.starts_with('#'))
+        .collect();
+    assert!(decls.len() > 20, "{} declarations found", decls.len());
+    for d in decls {
+        assert!(d.starts_with("SUBSPEC_API "), "not SUBSPEC_API: {d}");
+    }
+    for m in [
+        "#define SUBSPEC_LOAD_PARAMS_INIT(p)",
+        "#define SUBSPEC_STEP_PARAMS_INIT(p)",
+        "#define SUBSPEC_ENGINE_STEP_PARAMS_INIT(engine, p)",
+        "define SUBSPEC_API __attribute__((visibility(\"default\")))",
+    ] {
+        assert!(header.contains(m), "header lacks `{m}`");
+    }
+}
+
 /// Where the binding tests find their fixtures: `target/tmp/bindings`.
 fn fixture_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("bindings")
@@ -103,4 +127,399 @@ fn binding_fixtures() {
         }
         std::fs::write(dir.join(format!("{name}.expected")), lines).unwrap();
     }
+}
+
+// ---- The C ABI's growable structs and the draft options, called from Rust ----
+
+use std::ffi::{c_char, CStr, CString};
+use std::mem::size_of;
+use std::sync::OnceLock;
+
+use subspec::ffi::*;
+
+/// A tiny random model for this binary's own tests.
+fn tiny() -> &'static CString {
+    static DIR: OnceLock<CString> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = common::temp_dir("ffi-structs");
+        common::write_tiny_model(&dir, false);
+        CString::new(dir.to_str().unwrap()).unwrap()
+    })
+}
+
+/// This thread's last error message.
+fn last_error() -> String {
+    let mut buf = [0 as c_char; 1024];
+    unsafe {
+        subspec_last_error(
+            std::ptr::null(),
+            buf.as_mut_ptr(),
+            buf.len(),
+            std::ptr::null_mut(),
+        )
+    };
+    unsafe { CStr::from_ptr(buf.as_ptr()) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn load_params() -> subspec_load_params {
+    let mut p = std::mem::MaybeUninit::<subspec_load_params>::uninit();
+    let st = unsafe { subspec_load_params_init(p.as_mut_ptr(), size_of::<subspec_load_params>()) };
+    assert_eq!(st, subspec_status::Ok);
+    let mut p = unsafe { p.assume_init() };
+    p.model_path = tiny().as_ptr();
+    p.context_length = 64;
+    p
+}
+
+fn minimum_budget(p: *const subspec_load_params) -> Result<u64, (subspec_status, String)> {
+    let mut min = 0u64;
+    match unsafe { subspec_minimum_budget(p, &mut min) } {
+        subspec_status::Ok => Ok(min),
+        st => Err((st, last_error())),
+    }
+}
+
+struct Loaded(*mut subspec_engine);
+
+impl Drop for Loaded {
+    fn drop(&mut self) {
+        unsafe { subspec_free(self.0) };
+    }
+}
+
+fn load(p: &subspec_load_params) -> Result<Loaded, (subspec_status, String)> {
+    let mut e = std::ptr::null_mut();
+    match unsafe { subspec_load(p, &mut e) } {
+        subspec_status::Ok => Ok(Loaded(e)),
+        st => Err((st, last_error())),
+    }
+}
+
+fn info(e: &Loaded) -> subspec_model_info {
+    let mut i = std::mem::MaybeUninit::<subspec_model_info>::zeroed();
+    unsafe { (*i.as_mut_ptr()).struct_size = size_of::<subspec_model_info>() };
+    assert_eq!(
+        unsafe { subspec_get_model_info(e.0, i.as_mut_ptr()) },
+        subspec_status::Ok
+    );
+    unsafe { i.assume_init() }
+}
+
+/// Greedy continuation of a fixed prompt, `n` tokens, with `sp`.
+fn generate(e: &Loaded, sp: &subspec_step_params, n: usize) -> Result<Vec<i32>, String> {
+    let mut s = std::ptr::null_mut();
+    assert_eq!(
+        unsafe { subspec_sequence_create(e.0, &mut s) },
+        subspec_status::Ok
+    );
+    let prompt = [0i32, 5, 17, 42, 99, 3];
+    let mut input: &[i32] = &prompt;
+    let mut out = vec![0i32; n];
+    let mut total = 0;
+    let mut result = Ok(());
+    while total < n {
+        let mut got = 0usize;
+        let st = unsafe {
+            subspec_step(
+                s,
+                sp,
+                input.as_ptr(),
+                input.len(),
+                out[total..].as_mut_ptr(),
+                n - total,
+                &mut got,
+            )
+        };
+        if st != subspec_status::Ok {
+            result = Err(last_error());
+            break;
+        }
+        input = &[];
+        total += got;
+    }
+    unsafe { subspec_sequence_free(s) };
+    result.map(|()| out)
+}
+
+fn step_params() -> subspec_step_params {
+    let mut p = std::mem::MaybeUninit::<subspec_step_params>::uninit();
+    let st = unsafe { subspec_step_params_init(p.as_mut_ptr(), size_of::<subspec_step_params>()) };
+    assert_eq!(st, subspec_status::Ok);
+    unsafe { p.assume_init() }
+}
+
+/// A caller compiled against a newer header: our struct plus a field we do not know.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Newer<T> {
+    known: T,
+    unknown: u64,
+}
+
+#[test]
+fn a_struct_size_of_zero_or_below_the_first_layout_is_refused_by_name() {
+    let mut p = load_params();
+    for size in [0, 8, size_of::<subspec_load_params>() - 1] {
+        p.struct_size = size;
+        let (st, msg) = minimum_budget(&p).unwrap_err();
+        assert_eq!(st, subspec_status::InvalidArgument, "{msg}");
+        assert!(
+            msg.contains("subspec_load_params: params->struct_size"),
+            "{msg}"
+        );
+        let mut q = std::mem::MaybeUninit::<subspec_load_params>::uninit();
+        let st = unsafe { subspec_load_params_init(q.as_mut_ptr(), size) };
+        assert_eq!(st, subspec_status::InvalidArgument);
+        assert!(
+            last_error().contains("subspec_load_params: size"),
+            "{}",
+            last_error()
+        );
+    }
+    assert!(minimum_budget(&load_params()).is_ok());
+
+    let e = load(&load_params()).unwrap();
+    let mut sp = step_params();
+    sp.struct_size = 0;
+    let msg = generate(&e, &sp, 4).unwrap_err();
+    assert!(
+        msg.contains("subspec_step_params: params->struct_size is 0"),
+        "{msg}"
+    );
+    let mut i: subspec_model_info = unsafe { std::mem::zeroed() };
+    assert_eq!(
+        unsafe { subspec_get_model_info(e.0, &mut i) },
+        subspec_status::InvalidArgument
+    );
+    assert!(
+        last_error().contains("subspec_model_info: out->struct_size is 0"),
+        "{}",
+        last_error()
+    );
+    assert_eq!(i.vocab_size, 0, "written on failure");
+    let mut s = std::ptr::null_mut();
+    assert_eq!(
+        unsafe { subspec_sequence_create(e.0, &mut s) },
+        subspec_status::Ok
+    );
+    let mut stats = subspec_sequence_stats {
+        struct_size: 16,
+        ..Default::default()
+    };
+    assert_eq!(
+        unsafe { subspec_sequence_get_stats(s, &mut stats) },
+        subspec_status::InvalidArgument
+    );
+    assert!(
+        last_error().contains("subspec_sequence_stats: out->struct_size 16"),
+        "{}",
+        last_error()
+    );
+    unsafe { subspec_sequence_free(s) };
+}
+
+#[test]
+fn a_newer_callers_struct_is_accepted_only_with_a_zero_tail() {
+    let mut p = Newer {
+        known: load_params(),
+        unknown: 0,
+    };
+    let n =
+        unsafe { subspec_load_params_init(&mut p.known, size_of::<Newer<subspec_load_params>>()) };
+    assert_eq!(n, subspec_status::Ok);
+    assert_eq!(p.known.struct_size, size_of::<Newer<subspec_load_params>>());
+    assert!(
+        p.known.build_draft && p.unknown == 0,
+        "init zeroes the unknown tail"
+    );
+    p.known.model_path = tiny().as_ptr();
+    p.known.context_length = 64;
+    let plain = minimum_budget(&load_params()).unwrap();
+    assert_eq!(minimum_budget(&p.known), Ok(plain));
+    p.unknown = 1;
+    let (st, msg) = minimum_budget(&p.known).unwrap_err();
+    assert_eq!(st, subspec_status::InvalidArgument);
+    assert!(
+        msg.contains("subspec_load_params: byte")
+            && msg.contains("unknown to this library version"),
+        "{msg}"
+    );
+
+    // Step params too, and the reserved bytes count as unknown.
+    let e = load(&load_params()).unwrap();
+    let mut sp = Newer {
+        known: step_params(),
+        unknown: 0,
+    };
+    sp.known.struct_size = size_of::<Newer<subspec_step_params>>();
+    let want = generate(&e, &step_params(), 8).unwrap();
+    assert_eq!(generate(&e, &sp.known, 8).unwrap(), want);
+    sp.unknown = 1 << 40;
+    assert!(generate(&e, &sp.known, 8)
+        .unwrap_err()
+        .contains("unknown to this library version"));
+    let mut r = step_params();
+    r.reserved[1] = 1;
+    assert!(generate(&e, &r, 8)
+        .unwrap_err()
+        .contains("`reserved` is not zero"));
+
+    // An output struct larger than ours: our bytes written, the tail untouched.
+    let mut i = Newer {
+        known: unsafe { std::mem::zeroed::<subspec_model_info>() },
+        unknown: 7,
+    };
+    i.known.struct_size = size_of::<Newer<subspec_model_info>>();
+    assert_eq!(
+        unsafe { subspec_get_model_info(e.0, &mut i.known) },
+        subspec_status::Ok
+    );
+    assert_eq!(
+        (i.known.struct_size, i.known.vocab_size, i.unknown),
+        (size_of::<subspec_model_info>(), 128, 7)
+    );
+}
+
+#[test]
+fn an_old_caller_passing_the_first_layout_size_gets_the_defaults() {
+    // In 0.2.0 the first published layout is the whole struct; a caller passing exactly
+    // that size reads and writes nothing beyond it (the C suite checks it under valgrind
+    // with structs allocated at exactly that size).
+    let mut p = load_params();
+    p.struct_size = size_of::<subspec_load_params>();
+    assert!(load(&p).is_ok());
+    let sp = step_params();
+    assert_eq!(sp.struct_size, size_of::<subspec_step_params>());
+    assert!(sp.speculate && !sp.adaptive_depth && sp.tree_width == 1 && sp.tree_depth == 8);
+}
+
+#[test]
+fn quantize_lm_head_costs_memory_and_is_reported() {
+    let shared = load_params();
+    let mut own = load_params();
+    own.quantize_lm_head = true;
+    let (min_shared, min_own) = (
+        minimum_budget(&shared).unwrap(),
+        minimum_budget(&own).unwrap(),
+    );
+    assert!(
+        min_own > min_shared,
+        "quantized lm_head: minimum {min_own} vs {min_shared}"
+    );
+    let (a, b) = (info(&load(&shared).unwrap()), info(&load(&own).unwrap()));
+    assert_eq!(a.draft_lm_head_bytes, 0);
+    assert!(b.draft_lm_head_bytes > 0 && b.draft_bytes == a.draft_bytes + b.draft_lm_head_bytes);
+    assert!(a.has_draft && a.n_substitute_layers == 2 && a.draft_bytes > 0);
+    let mut none = load_params();
+    none.build_draft = false;
+    let c = info(&load(&none).unwrap());
+    assert!(!c.has_draft && c.draft_bytes == 0 && c.n_substitute_layers == 0);
+}
+
+#[test]
+fn substitute_layers_and_substitute_all_layers_choose_the_drafts_layers() {
+    let mut p = load_params();
+    p.memory_budget = minimum_budget(&p).unwrap();
+    let all = info(&load(&p).unwrap());
+    assert!(all.n_offloaded_layers >= 1 && all.n_substitute_layers == 2);
+    p.substitute_all_layers = false;
+    p.memory_budget = minimum_budget(&p).unwrap();
+    let offloaded = info(&load(&p).unwrap());
+    assert_eq!(offloaded.n_substitute_layers, offloaded.n_offloaded_layers);
+
+    let mut p = load_params();
+    let layers = [1u32];
+    p.substitute_layers = layers.as_ptr();
+    p.n_substitute_layers = 1;
+    assert_eq!(info(&load(&p).unwrap()).n_substitute_layers, 1);
+    let twice = [1u32, 1];
+    p.substitute_layers = twice.as_ptr();
+    p.n_substitute_layers = 2;
+    let (st, msg) = load(&p).err().unwrap();
+    assert!(
+        st == subspec_status::InvalidArgument && msg.contains("layer 1 twice"),
+        "{msg}"
+    );
+    let bad = [5u32];
+    p.substitute_layers = bad.as_ptr();
+    p.n_substitute_layers = 1;
+    let (st, msg) = load(&p).err().unwrap();
+    assert!(
+        st == subspec_status::InvalidArgument && msg.contains("layer 5"),
+        "{msg}"
+    );
+    p.substitute_layers = std::ptr::null();
+    let (st, msg) = load(&p).err().unwrap();
+    assert!(
+        st == subspec_status::NullPointer && msg.contains("substitute_layers"),
+        "{msg}"
+    );
+}
+
+/// Every draft option and adaptive depth leave the output exactly plain decoding's.
+#[test]
+fn the_new_options_are_lossless() {
+    let base = load_params();
+    let plain_engine = load(&base).unwrap();
+    let mut plain = step_params();
+    plain.speculate = false;
+    let want = generate(&plain_engine, &plain, 24).unwrap();
+    let layers = [0u32];
+    for variant in 0..4 {
+        let mut p = load_params();
+        match variant {
+            0 => p.quantize_lm_head = true,
+            1 => {
+                p.substitute_all_layers = false;
+                p.memory_budget = minimum_budget(&p).unwrap();
+            }
+            2 => {
+                p.substitute_layers = layers.as_ptr();
+                p.n_substitute_layers = 1;
+            }
+            _ => {
+                p.quantize_lm_head = true;
+                p.memory_budget = minimum_budget(&p).unwrap();
+            }
+        }
+        let e = load(&p).unwrap();
+        for adaptive in [false, true] {
+            let mut sp = std::mem::MaybeUninit::<subspec_step_params>::uninit();
+            let st = unsafe {
+                subspec_engine_step_params_init(
+                    e.0,
+                    sp.as_mut_ptr(),
+                    size_of::<subspec_step_params>(),
+                )
+            };
+            assert_eq!(st, subspec_status::Ok);
+            let mut sp = unsafe { sp.assume_init() };
+            sp.adaptive_depth = adaptive;
+            let got = generate(&e, &sp, 24).unwrap();
+            assert_eq!(got, want, "variant {variant}, adaptive {adaptive}");
+        }
+    }
+}
+
+#[test]
+fn status_strings_come_from_the_list() {
+    let s = |n: u32| {
+        unsafe { CStr::from_ptr(subspec_status_string(n)) }
+            .to_str()
+            .unwrap()
+    };
+    assert_eq!(s(0), "ok");
+    assert_eq!(
+        s(subspec_status::InvalidArgument as u32),
+        "invalid argument"
+    );
+    assert_eq!(s(14), "panic");
+    assert_eq!(s(15), "unknown status");
+    assert_eq!(s(u32::MAX), "unknown status");
+    assert_eq!(
+        status_of(subspec::ErrorKind::ContextFull),
+        subspec_status::ContextFull
+    );
 }

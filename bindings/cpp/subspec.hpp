@@ -4,7 +4,10 @@
 //   subspec::Sequence seq = engine.new_sequence();
 //   std::vector<int32_t> out = seq.generate({504, 1345, 3340}, subspec::StepParams(), 64);
 //
-// Errors are thrown as subspec::Error (status code and message). Handles are move-only and
+// Errors are thrown as subspec::Error (status code and message). The C structs are
+// size-versioned: LoadParams and StepParams initialize theirs through the library
+// (SUBSPEC_*_INIT), and the output structs are passed with struct_size set, so a program
+// built with this header keeps working with a newer library. Handles are move-only and
 // freed by their destructors; a Sequence keeps its engine's model alive, so destruction
 // order does not matter. One Sequence is used by one thread at a time; an Engine may be
 // shared by many threads.
@@ -51,14 +54,16 @@ inline void check(subspec_status st) {
 }
 }  // namespace detail
 
-/// The library version, e.g. "0.1.0".
+/// The library version, e.g. "0.2.0".
 inline std::string version() { return subspec_version(); }
 
-/// Load parameters (defaults from subspec_load_default_params), with chainable setters.
+/// Load parameters (the library's defaults, from SUBSPEC_LOAD_PARAMS_INIT), with
+/// chainable setters.
 class LoadParams {
 public:
-    explicit LoadParams(std::string model_path)
-        : path_(std::move(model_path)), p_(subspec_load_default_params()) {}
+    explicit LoadParams(std::string model_path) : path_(std::move(model_path)) {
+        detail::check(SUBSPEC_LOAD_PARAMS_INIT(&p_));
+    }
     LoadParams &device(int32_t d) { p_.device = d; return *this; }
     LoadParams &memory_budget(uint64_t bytes) { p_.memory_budget = bytes; return *this; }
     LoadParams &context_length(uint32_t n) { p_.context_length = n; return *this; }
@@ -71,30 +76,49 @@ public:
         p_.draft_method = method;
         return *this;
     }
+    /// The draft's own quantized lm_head (default false: it shares the target's).
+    LoadParams &quantize_lm_head(bool q) { p_.quantize_lm_head = q; return *this; }
+    /// Substitutes for the resident layers too (default true); false: offloaded ones only.
+    LoadParams &substitute_all_layers(bool a) { p_.substitute_all_layers = a; return *this; }
+    /// Exactly these decoder layers get substitutes (empty: the default choice).
+    LoadParams &substitute_layers(std::vector<uint32_t> layers) {
+        layers_ = std::move(layers);
+        return *this;
+    }
     LoadParams &require_tokenizer(bool r) { p_.require_tokenizer = r; return *this; }
     /// Called with the fraction loaded; return false to abort (throws SUBSPEC_STATUS_ABORTED).
     LoadParams &progress(std::function<bool(float)> f) { progress_ = std::move(f); return *this; }
 
     /// The smallest memory_budget these parameters can load with (headers only).
     uint64_t minimum_budget() const {
-        subspec_load_params p = p_;
-        p.model_path = path_.c_str();
+        subspec_load_params p = raw();
         uint64_t min = 0;
         detail::check(subspec_minimum_budget(&p, &min));
         return min;
     }
 
+    /// The C struct, its pointers into this object (valid while it lives, unchanged).
+    subspec_load_params raw() const {
+        subspec_load_params p = p_;
+        p.model_path = path_.c_str();
+        p.substitute_layers = layers_.empty() ? nullptr : layers_.data();
+        p.n_substitute_layers = layers_.size();
+        return p;
+    }
+
 private:
     friend class Engine;
     std::string path_;
-    subspec_load_params p_;
+    std::vector<uint32_t> layers_;
+    subspec_load_params p_{};
     std::function<bool(float)> progress_;
 };
 
-/// Step parameters (defaults from subspec_step_default_params: greedy, speculative).
+/// Step parameters (the library's defaults, from SUBSPEC_STEP_PARAMS_INIT: greedy,
+/// speculative).
 class StepParams {
 public:
-    StepParams() : p_(subspec_step_default_params()) {}
+    StepParams() { detail::check(SUBSPEC_STEP_PARAMS_INIT(&p_)); }
     explicit StepParams(const subspec_step_params &p) : p_(p) {}
     StepParams &temperature(float t) { p_.temperature = t; return *this; }
     StepParams &top_k(uint32_t k) { p_.top_k = k; return *this; }
@@ -108,10 +132,12 @@ public:
         return *this;
     }
     StepParams &draft_temperature(float t) { p_.draft_temperature = t; return *this; }
+    /// Stop growing the tree early when another draft step does not pay (depth: the most).
+    StepParams &adaptive_depth(bool a) { p_.adaptive_depth = a; return *this; }
     const subspec_step_params &raw() const noexcept { return p_; }
 
 private:
-    subspec_step_params p_;
+    subspec_step_params p_{};
 };
 
 /// One conversation with its own KV cache. Move-only.
@@ -162,6 +188,7 @@ public:
     /// Statistics since creation or the last reset.
     subspec_sequence_stats stats() const {
         subspec_sequence_stats s{};
+        s.struct_size = sizeof s;
         detail::check(subspec_sequence_get_stats(h_.get(), &s));
         return s;
     }
@@ -182,8 +209,7 @@ class Engine {
 public:
     /// Loads a model; throws subspec::Error on failure.
     static Engine load(const LoadParams &params) {
-        subspec_load_params p = params.p_;
-        p.model_path = params.path_.c_str();
+        subspec_load_params p = params.raw();
         if (params.progress_) {
             p.progress_callback = [](float f, void *user) -> bool {
                 try {
@@ -208,6 +234,7 @@ public:
     }
     subspec_model_info info() const {
         subspec_model_info i{};
+        i.struct_size = sizeof i;
         detail::check(subspec_get_model_info(h_.get(), &i));
         return i;
     }
@@ -220,8 +247,8 @@ public:
     }
     /// The step parameters that pay best for this engine (its tree shape).
     StepParams step_params() const {
-        subspec_step_params p{};
-        detail::check(subspec_engine_step_params(h_.get(), &p));
+        subspec_step_params p;
+        detail::check(SUBSPEC_ENGINE_STEP_PARAMS_INIT(h_.get(), &p));
         return StepParams(p);
     }
     bool is_eos(int32_t token) const noexcept { return subspec_is_eos(h_.get(), token); }

@@ -120,6 +120,33 @@ int main(int argc, char **argv) {
         CHECK(e.new_sequence().generate(ids(fixture(dir, "tiny")["prompt"]), e.step_params(), 32) ==
               ids(fixture(dir, "tiny")["greedy"]));
     }
+    {
+        // The draft options: an own quantized lm_head costs memory and is reported, the
+        // layer choice is honoured, adaptive depth is accepted; the output stays greedy's.
+        auto tiny = fixture(dir, "tiny");
+        auto lp = subspec::LoadParams(dir + "/tiny").context_length(256);
+        uint64_t shared = lp.minimum_budget();
+        lp.quantize_lm_head(true);
+        CHECK(lp.minimum_budget() > shared);
+        auto e = subspec::Engine::load(lp);
+        auto i = e.info();
+        CHECK(i.draft_lm_head_bytes > 0 && i.draft_bytes > i.draft_lm_head_bytes && i.n_substitute_layers == 2);
+        CHECK(i.struct_size == sizeof(subspec_model_info));
+        auto sp = e.step_params().adaptive_depth(true);
+        CHECK(sp.raw().adaptive_depth && sp.raw().struct_size == sizeof(subspec_step_params));
+        CHECK(e.new_sequence().generate(ids(tiny["prompt"]), sp, 32) == ids(tiny["greedy"]));
+        auto one = subspec::Engine::load(subspec::LoadParams(dir + "/tiny").substitute_layers({1}));
+        CHECK(one.info().n_substitute_layers == 1);
+        auto lo = subspec::LoadParams(dir + "/tiny").context_length(256).substitute_all_layers(false);
+        auto off = subspec::Engine::load(lo.memory_budget(lo.minimum_budget()));
+        CHECK(off.info().n_offloaded_layers >= 1 && off.info().n_substitute_layers == off.info().n_offloaded_layers);
+        CHECK(off.new_sequence().generate(ids(tiny["prompt"]), off.step_params().adaptive_depth(true), 32) ==
+              ids(tiny["greedy"]));
+        CHECK(status_of([&] { subspec::Engine::load(subspec::LoadParams(dir + "/tiny").substitute_layers({0, 0})); }) ==
+              SUBSPEC_STATUS_INVALID_ARGUMENT);
+        auto st = e.new_sequence().stats();
+        CHECK(st.struct_size == sizeof st && st.length == 0);
+    }
     test_model(dir, "tiny", dir + "/tiny");
     auto info = subspec::Engine::load(subspec::LoadParams(dir + "/tiny").draft(false)).info();
     CHECK(info.vocab_size == 128 && !info.has_draft);

@@ -8,7 +8,10 @@
 //	defer seq.Close()
 //	out, err := seq.Generate([]int32{504, 1296, 3340}, nil, 64)
 //
-// It links libsubspec through pkg-config (`subspec.pc`, see scripts/install.sh). An Engine
+// It links libsubspec through pkg-config (`subspec.pc`, see scripts/install.sh). The C
+// structs are size-versioned: parameters start from the library's own init functions and
+// outputs are passed with struct_size set, so the binding keeps working with a newer
+// library. An Engine
 // may be shared by many goroutines; a Sequence is used by one goroutine at a time. Closing
 // an Engine while its sequences are open is safe: they keep the model alive.
 package subspec
@@ -59,7 +62,7 @@ type Error struct {
 
 func (e *Error) Error() string { return fmt.Sprintf("subspec: %v: %s", e.Status, e.Message) }
 
-// Version is the library version, e.g. "0.1.0".
+// Version is the library version, e.g. "0.2.0".
 func Version() string { return C.GoString(C.subspec_version()) }
 
 // call runs f on a locked OS thread, so that the thread-local last error read on failure
@@ -98,6 +101,14 @@ type LoadOptions struct {
 	DraftBits     uint32 // 0: 4
 	DraftGroup    uint32 // 0: 64
 	DraftRTN      bool   // round-to-nearest instead of HQQ
+	// QuantizeLMHead gives the draft its own quantized lm_head (default: the target's).
+	QuantizeLMHead bool
+	// SubstituteOffloadedOnly gives substitutes to the offloaded layers only (the
+	// paper's draft; default: every layer, resident ones too).
+	SubstituteOffloadedOnly bool
+	// SubstituteLayers lists exactly the decoder layers that get substitutes (nil: the
+	// default choice).
+	SubstituteLayers []uint32
 }
 
 // Engine is a loaded model.
@@ -105,12 +116,14 @@ type Engine struct {
 	h *C.subspec_engine
 }
 
-// params fills C load parameters; free the returned path.
-func params(path string, opts *LoadOptions) (C.subspec_load_params, *C.char) {
+// params fills C load parameters (from the library's defaults); call free when done.
+func params(path string, opts *LoadOptions) (p C.subspec_load_params, free func(), err error) {
 	if opts == nil {
 		opts = &LoadOptions{}
 	}
-	p := C.subspec_load_default_params()
+	if err = call(func() C.subspec_status { return C.subspec_load_params_init(&p, C.sizeof_subspec_load_params) }); err != nil {
+		return p, func() {}, err
+	}
 	cpath := C.CString(path)
 	p.model_path = cpath
 	p.max_tree_tokens = C.uint32_t(opts.MaxTreeTokens)
@@ -128,14 +141,30 @@ func params(path string, opts *LoadOptions) (C.subspec_load_params, *C.char) {
 	if opts.DraftRTN {
 		p.draft_method = C.SUBSPEC_QUANT_RTN
 	}
-	return p, cpath
+	p.quantize_lm_head = C.bool(opts.QuantizeLMHead)
+	p.substitute_all_layers = C.bool(!opts.SubstituteOffloadedOnly)
+	// The layer list in C memory: cgo forbids passing C a struct holding a Go pointer.
+	var layers *C.uint32_t
+	if n := len(opts.SubstituteLayers); n > 0 {
+		layers = (*C.uint32_t)(C.malloc(C.size_t(n) * C.sizeof_uint32_t))
+		copy(unsafe.Slice(layers, n), unsafe.Slice((*C.uint32_t)(unsafe.Pointer(&opts.SubstituteLayers[0])), n))
+		p.substitute_layers = layers
+		p.n_substitute_layers = C.size_t(n)
+	}
+	return p, func() {
+		C.free(unsafe.Pointer(cpath))
+		C.free(unsafe.Pointer(layers))
+	}, nil
 }
 
 // MinimumBudget is the smallest MemoryBudget with which path loads under opts (reads only
 // config.json and the safetensors headers).
 func MinimumBudget(path string, opts *LoadOptions) (uint64, error) {
-	p, cpath := params(path, opts)
-	defer C.free(unsafe.Pointer(cpath))
+	p, free, err := params(path, opts)
+	defer free()
+	if err != nil {
+		return 0, err
+	}
 	var min C.uint64_t
 	if err := call(func() C.subspec_status { return C.subspec_minimum_budget(&p, &min) }); err != nil {
 		return 0, err
@@ -145,8 +174,11 @@ func MinimumBudget(path string, opts *LoadOptions) (uint64, error) {
 
 // Load loads the model directory at path.
 func Load(path string, opts *LoadOptions) (*Engine, error) {
-	p, cpath := params(path, opts)
-	defer C.free(unsafe.Pointer(cpath))
+	p, free, err := params(path, opts)
+	defer free()
+	if err != nil {
+		return nil, err
+	}
 	var h *C.subspec_engine
 	if err := call(func() C.subspec_status { return C.subspec_load(&p, &h) }); err != nil {
 		return nil, err
@@ -176,7 +208,10 @@ type ModelInfo struct {
 	ContextLength      int
 	MaxTreeTokens      int
 	OffloadedLayers    int
-	BOS                int32 // -1: none
+	SubstituteLayers   int    // decoder layers the draft replaces (0 without a draft)
+	DraftBytes         uint64 // the draft's substitutes and own lm_head
+	DraftLMHeadBytes   uint64 // of which its own quantized lm_head (0: the target's)
+	BOS                int32  // -1: none
 	HasDraft           bool
 	HasTokenizer       bool
 	TokenizerVocabSize int
@@ -186,6 +221,7 @@ type ModelInfo struct {
 // Info returns the model's metadata.
 func (e *Engine) Info() (ModelInfo, error) {
 	var i C.subspec_model_info
+	i.struct_size = C.sizeof_subspec_model_info
 	err := call(func() C.subspec_status { return C.subspec_get_model_info(e.h, &i) })
 	runtime.KeepAlive(e)
 	if err != nil {
@@ -195,7 +231,9 @@ func (e *Engine) Info() (ModelInfo, error) {
 		Architecture: C.GoString(i.architecture), VocabSize: int(i.vocab_size),
 		Layers: int(i.n_layers), Hidden: int(i.hidden_size), MaxPosition: int(i.max_position),
 		ContextLength: int(i.context_length), MaxTreeTokens: int(i.max_tree_tokens),
-		OffloadedLayers: int(i.n_offloaded_layers), BOS: int32(i.bos_id), HasDraft: bool(i.has_draft),
+		OffloadedLayers: int(i.n_offloaded_layers), SubstituteLayers: int(i.n_substitute_layers),
+		DraftBytes: uint64(i.draft_bytes), DraftLMHeadBytes: uint64(i.draft_lm_head_bytes),
+		BOS: int32(i.bos_id), HasDraft: bool(i.has_draft),
 		HasTokenizer: bool(i.has_tokenizer), TokenizerVocabSize: int(i.tokenizer_vocab_size),
 		Threads: int(i.threads),
 	}, nil
@@ -294,7 +332,8 @@ func (s *Sequence) Close() error {
 	return nil
 }
 
-// StepParams chooses how Step picks tokens; start from DefaultStepParams.
+// StepParams chooses how Step picks tokens; start from DefaultStepParams or
+// Engine.StepParams.
 type StepParams struct {
 	Temperature      float32 // 0: greedy
 	TopK             uint32  // 0: all
@@ -302,29 +341,55 @@ type StepParams struct {
 	Seed             uint64
 	Speculate        bool
 	TreeWidth        uint32
-	TreeDepth        uint32
+	TreeDepth        uint32 // the most, with AdaptiveDepth
 	TreeMaxTokens    uint32
 	DraftTemperature float32
+	AdaptiveDepth    bool // stop growing the tree early when another draft step does not pay
 }
 
-// DefaultStepParams is greedy speculative decoding with the default tree.
-func DefaultStepParams() StepParams {
-	p := C.subspec_step_default_params()
+func stepParams(p *C.subspec_step_params) StepParams {
 	return StepParams{
 		Temperature: float32(p.temperature), TopK: uint32(p.top_k), TopP: float32(p.top_p),
 		Seed: uint64(p.seed), Speculate: bool(p.speculate), TreeWidth: uint32(p.tree_width),
 		TreeDepth: uint32(p.tree_depth), TreeMaxTokens: uint32(p.tree_max_tokens),
-		DraftTemperature: float32(p.draft_temperature),
+		DraftTemperature: float32(p.draft_temperature), AdaptiveDepth: bool(p.adaptive_depth),
 	}
 }
 
-func (p *StepParams) c() C.subspec_step_params {
-	return C.subspec_step_params{
-		temperature: C.float(p.Temperature), top_k: C.uint32_t(p.TopK), top_p: C.float(p.TopP),
-		seed: C.uint64_t(p.Seed), speculate: C.bool(p.Speculate), tree_width: C.uint32_t(p.TreeWidth),
-		tree_depth: C.uint32_t(p.TreeDepth), tree_max_tokens: C.uint32_t(p.TreeMaxTokens),
-		draft_temperature: C.float(p.DraftTemperature),
+// DefaultStepParams is greedy speculative decoding with the default tree.
+func DefaultStepParams() StepParams {
+	var p C.subspec_step_params
+	if st := C.subspec_step_params_init(&p, C.sizeof_subspec_step_params); st != C.SUBSPEC_STATUS_OK {
+		panic("subspec_step_params_init: " + Status(st).String())
 	}
+	return stepParams(&p)
+}
+
+// StepParams are the step parameters that pay best for the engine: greedy, speculative,
+// with the tree shape suited to its placement.
+func (e *Engine) StepParams() (StepParams, error) {
+	var p C.subspec_step_params
+	err := call(func() C.subspec_status {
+		return C.subspec_engine_step_params_init(e.h, &p, C.sizeof_subspec_step_params)
+	})
+	runtime.KeepAlive(e)
+	if err != nil {
+		return StepParams{}, err
+	}
+	return stepParams(&p), nil
+}
+
+func (p *StepParams) c() (C.subspec_step_params, error) {
+	var c C.subspec_step_params
+	if err := call(func() C.subspec_status { return C.subspec_step_params_init(&c, C.sizeof_subspec_step_params) }); err != nil {
+		return c, err
+	}
+	c.temperature, c.top_k, c.top_p = C.float(p.Temperature), C.uint32_t(p.TopK), C.float(p.TopP)
+	c.seed, c.speculate = C.uint64_t(p.Seed), C.bool(p.Speculate)
+	c.tree_width, c.tree_depth = C.uint32_t(p.TreeWidth), C.uint32_t(p.TreeDepth)
+	c.tree_max_tokens, c.draft_temperature = C.uint32_t(p.TreeMaxTokens), C.float(p.DraftTemperature)
+	c.adaptive_depth = C.bool(p.AdaptiveDepth)
+	return c, nil
 }
 
 // Step appends input (may be empty) and returns the next tokens: one, or every token of
@@ -338,14 +403,17 @@ func (s *Sequence) Step(input []int32, p *StepParams, maxTokens int) ([]int32, e
 	if maxTokens < 1 {
 		maxTokens = 1
 	}
-	cp := p.c()
+	cp, err := p.c()
+	if err != nil {
+		return nil, err
+	}
 	out := make([]int32, maxTokens)
 	var in *C.int32_t
 	if len(input) > 0 {
 		in = (*C.int32_t)(&input[0])
 	}
 	var n C.size_t
-	err := call(func() C.subspec_status {
+	err = call(func() C.subspec_status {
 		return C.subspec_step(s.h, &cp, in, C.size_t(len(input)), (*C.int32_t)(&out[0]), C.size_t(len(out)), &n)
 	})
 	runtime.KeepAlive(s)
@@ -407,6 +475,7 @@ type Stats struct {
 // Stats returns the sequence's statistics.
 func (s *Sequence) Stats() (Stats, error) {
 	var st C.subspec_sequence_stats
+	st.struct_size = C.sizeof_subspec_sequence_stats
 	err := call(func() C.subspec_status { return C.subspec_sequence_get_stats(s.h, &st) })
 	runtime.KeepAlive(s)
 	if err != nil {

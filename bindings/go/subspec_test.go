@@ -207,3 +207,74 @@ func TestSmolLM2MatchesC(t *testing.T) {
 		t.Fatalf("detokenize: %q %v", text, err)
 	}
 }
+
+func TestStatusStrings(t *testing.T) {
+	seen := map[string]Status{}
+	for s := StatusOK; s <= StatusPanic; s++ {
+		str := s.String()
+		if str == "unknown status" {
+			t.Fatalf("status %d has no string", s)
+		}
+		if o, dup := seen[str]; dup {
+			t.Fatalf("statuses %d and %d share %q", o, s, str)
+		}
+		seen[str] = s
+	}
+	if (StatusPanic+1).String() != "unknown status" || StatusIO.String() != "I/O error" {
+		t.Fatal("status strings")
+	}
+}
+
+// The draft options: an own quantized lm_head costs memory and is reported, the layer
+// choice is honoured, adaptive depth is accepted; the output stays the Rust engine's.
+func TestDraftOptions(t *testing.T) {
+	tiny := filepath.Join(fixtures(t), "tiny")
+	want := expected(t, "tiny")
+	prompt, greedy := parseIDs(want["prompt"]), parseIDs(want["greedy"])
+	shared, err := MinimumBudget(tiny, &LoadOptions{ContextLength: 256})
+	if err != nil {
+		t.Fatal(err)
+	}
+	own, err := MinimumBudget(tiny, &LoadOptions{ContextLength: 256, QuantizeLMHead: true})
+	if err != nil || own <= shared {
+		t.Fatalf("quantized lm_head: minimum %d vs %d (%v)", own, shared, err)
+	}
+	for _, opts := range []LoadOptions{
+		{ContextLength: 256, QuantizeLMHead: true},
+		{ContextLength: 256, SubstituteOffloadedOnly: true},
+		{ContextLength: 256, SubstituteLayers: []uint32{1}},
+	} {
+		if opts.SubstituteOffloadedOnly {
+			if opts.MemoryBudget, err = MinimumBudget(tiny, &opts); err != nil {
+				t.Fatal(err)
+			}
+		}
+		eng, err := Load(tiny, &opts)
+		if err != nil {
+			t.Fatalf("%+v: %v", opts, err)
+		}
+		info, _ := eng.Info()
+		switch {
+		case opts.QuantizeLMHead && (info.DraftLMHeadBytes == 0 || info.DraftBytes <= info.DraftLMHeadBytes):
+			t.Fatalf("quantized lm_head not reported: %+v", info)
+		case opts.SubstituteOffloadedOnly && (info.OffloadedLayers < 1 || info.SubstituteLayers != info.OffloadedLayers):
+			t.Fatalf("offloaded only: %+v", info)
+		case opts.SubstituteLayers != nil && info.SubstituteLayers != 1:
+			t.Fatalf("one layer: %+v", info)
+		}
+		p, err := eng.StepParams()
+		if err != nil || !p.Speculate {
+			t.Fatalf("engine step params: %+v %v", p, err)
+		}
+		p.AdaptiveDepth = true
+		if out, _ := generate(t, eng, prompt, &p); !equal(out, greedy) {
+			t.Fatalf("%+v adaptive: %v, want %v", opts, out, greedy)
+		}
+		eng.Close()
+	}
+	var e *Error
+	if _, err := Load(tiny, &LoadOptions{SubstituteLayers: []uint32{0, 0}}); !errors.As(err, &e) ||
+		e.Status != StatusInvalidArgument || !strings.Contains(e.Message, "twice") {
+		t.Fatalf("repeated layer: %v", err)
+	}
+}

@@ -14,8 +14,12 @@ export declare class SubspecError extends Error {
   readonly detail: string;
 }
 
-/** The library version, e.g. "0.1.0". */
+/** The library version, e.g. "0.2.0". */
 export declare const version: string;
+
+/** The library's short description of a status code ("ok", "I/O error", ...; "unknown
+ * status" for a number it does not know). */
+export declare function statusString(status: number): string;
 
 export interface LoadOptions {
   /** 'cpu' (default) or a CUDA device ordinal. */
@@ -33,6 +37,12 @@ export interface LoadOptions {
   draftBits?: 2 | 3 | 4 | 8;
   draftGroup?: number;
   draftMethod?: 'hqq' | 'rtn';
+  /** Give the draft its own quantized lm_head (default false: it shares the target's). */
+  quantizeLmHead?: boolean;
+  /** Substitutes for the resident layers too (default true); false: offloaded ones only. */
+  substituteAllLayers?: boolean;
+  /** Exactly these decoder layers get substitutes (default: the choice above). */
+  substituteLayers?: ArrayLike<number>;
   /** Fail when tokenizer.json is missing (default false). */
   requireTokenizer?: boolean;
   /** Called with the fraction loaded; return false to abort (SubspecError ABORTED). */
@@ -51,6 +61,9 @@ export interface StepOptions {
   treeDepth?: number;
   treeMaxTokens?: number;
   draftTemperature?: number;
+  /** Stop growing the tree early when another draft step does not pay (default false;
+   * treeDepth stays the most). The output is the same either way. */
+  adaptiveDepth?: boolean;
 }
 
 export interface ModelInfo {
@@ -63,6 +76,12 @@ export interface ModelInfo {
   maxTreeTokens: number;
   /** Decoder layers streamed each target pass (0: all resident). */
   nOffloadedLayers: number;
+  /** Decoder layers the draft replaces with substitutes (0 without a draft). */
+  nSubstituteLayers: number;
+  /** Bytes of the draft's substitutes and own lm_head. */
+  draftBytes: number;
+  /** Of draftBytes, the draft's own quantized lm_head (0: it shares the target's). */
+  draftLmHeadBytes: number;
   /** -1: none. */
   bosId: number;
   nEos: number;
@@ -104,6 +123,8 @@ export declare class Engine {
   info(): ModelInfo;
   eosIds(): number[];
   isEos(token: number): boolean;
+  /** The step options that pay best for this engine (its tree shape): greedy, speculative. */
+  stepOptions(): Required<StepOptions>;
   tokenize(text: string, addSpecial?: boolean): number[];
   detokenize(ids: ArrayLike<number>): string;
   newSequence(): Sequence;

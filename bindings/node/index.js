@@ -23,25 +23,36 @@ koffi.opaque('subspec_engine');
 koffi.opaque('subspec_sequence');
 const ProgressCallback = koffi.proto('bool subspec_progress_callback(float progress, void *user_data)');
 koffi.proto('bool subspec_abort_callback(void *user_data)');
+// The size-versioned structs of subspec.h (struct_size first; see "Structs that can grow"
+// there). Parameters always start from the library's init functions, so fields this
+// binding does not set keep the library's defaults.
 koffi.struct('subspec_load_params', {
+  struct_size: 'size_t',
   model_path: 'const char *',
-  device: 'int32_t',
   memory_budget: 'uint64_t',
-  context_length: 'uint32_t',
-  max_tree_tokens: 'uint32_t',
-  threads: 'uint32_t',
-  build_draft: 'bool',
-  draft_bits: 'uint32_t',
-  draft_group: 'uint32_t',
-  draft_method: 'uint32_t',
-  require_tokenizer: 'bool',
+  substitute_layers: 'const uint32_t *',
+  n_substitute_layers: 'size_t',
   progress_callback: 'subspec_progress_callback *',
   progress_user_data: 'void *',
   abort_callback: 'subspec_abort_callback *',
   abort_user_data: 'void *',
+  device: 'int32_t',
+  context_length: 'uint32_t',
+  max_tree_tokens: 'uint32_t',
+  threads: 'uint32_t',
+  draft_bits: 'uint32_t',
+  draft_group: 'uint32_t',
+  draft_method: 'uint32_t',
+  build_draft: 'bool',
+  require_tokenizer: 'bool',
+  quantize_lm_head: 'bool',
+  substitute_all_layers: 'bool',
 });
 koffi.struct('subspec_model_info', {
+  struct_size: 'size_t',
   architecture: 'const char *',
+  draft_bytes: 'uint64_t',
+  draft_lm_head_bytes: 'uint64_t',
   vocab_size: 'uint32_t',
   n_layers: 'uint32_t',
   hidden_size: 'uint32_t',
@@ -49,25 +60,31 @@ koffi.struct('subspec_model_info', {
   context_length: 'uint32_t',
   max_tree_tokens: 'uint32_t',
   n_offloaded_layers: 'uint32_t',
+  n_substitute_layers: 'uint32_t',
   bos_id: 'int32_t',
   n_eos: 'uint32_t',
-  has_draft: 'bool',
-  has_tokenizer: 'bool',
   tokenizer_vocab_size: 'uint32_t',
   threads: 'uint32_t',
+  has_draft: 'bool',
+  has_tokenizer: 'bool',
+  reserved: koffi.array('uint8_t', 6, 'Array'),
 });
 koffi.struct('subspec_step_params', {
+  struct_size: 'size_t',
+  seed: 'uint64_t',
   temperature: 'float',
   top_k: 'uint32_t',
   top_p: 'float',
-  seed: 'uint64_t',
-  speculate: 'bool',
   tree_width: 'uint32_t',
   tree_depth: 'uint32_t',
   tree_max_tokens: 'uint32_t',
   draft_temperature: 'float',
+  speculate: 'bool',
+  adaptive_depth: 'bool',
+  reserved: koffi.array('uint8_t', 2, 'Array'),
 });
 koffi.struct('subspec_sequence_stats', {
+  struct_size: 'size_t',
   length: 'uint64_t',
   iterations: 'uint64_t',
   generated: 'uint64_t',
@@ -82,25 +99,27 @@ const C = {
   version: lib.func('const char *subspec_version(void)'),
   statusString: lib.func('const char *subspec_status_string(uint32_t status)'),
   lastError: lib.func('subspec_status subspec_last_error(const subspec_engine *engine, void *buf, size_t cap, _Out_ size_t *needed)'),
-  loadDefaults: lib.func('subspec_load_params subspec_load_default_params(void)'),
+  loadInit: lib.func('subspec_status subspec_load_params_init(_Out_ subspec_load_params *params, size_t size)'),
   load: lib.func('subspec_status subspec_load(const subspec_load_params *params, _Out_ subspec_engine **out)'),
   free: lib.func('void subspec_free(subspec_engine *engine)'),
-  info: lib.func('subspec_status subspec_get_model_info(const subspec_engine *engine, _Out_ subspec_model_info *out)'),
+  info: lib.func('subspec_status subspec_get_model_info(const subspec_engine *engine, _Inout_ subspec_model_info *out)'),
   eosIds: lib.func('subspec_status subspec_eos_ids(const subspec_engine *engine, _Out_ int32_t *out, size_t cap, _Out_ size_t *n_out)'),
   isEos: lib.func('bool subspec_is_eos(const subspec_engine *engine, int32_t token)'),
   tokenize: lib.func('subspec_status subspec_tokenize(const subspec_engine *engine, const char *text, bool add_special, _Out_ int32_t *out, size_t cap, _Out_ size_t *n_out)'),
   detokenize: lib.func('subspec_status subspec_detokenize(const subspec_engine *engine, const int32_t *tokens, size_t n, void *buf, size_t cap, _Out_ size_t *needed)'),
-  stepDefaults: lib.func('subspec_step_params subspec_step_default_params(void)'),
+  stepInit: lib.func('subspec_status subspec_step_params_init(_Out_ subspec_step_params *params, size_t size)'),
+  engineStepInit: lib.func('subspec_status subspec_engine_step_params_init(const subspec_engine *engine, _Out_ subspec_step_params *params, size_t size)'),
   seqCreate: lib.func('subspec_status subspec_sequence_create(const subspec_engine *engine, _Out_ subspec_sequence **out)'),
   seqFree: lib.func('void subspec_sequence_free(subspec_sequence *seq)'),
   seqReset: lib.func('subspec_status subspec_sequence_reset(subspec_sequence *seq)'),
   seqTruncate: lib.func('subspec_status subspec_sequence_truncate(subspec_sequence *seq, size_t len)'),
   seqTokens: lib.func('subspec_status subspec_sequence_tokens(const subspec_sequence *seq, _Out_ int32_t *out, size_t cap, _Out_ size_t *n_out)'),
-  seqStats: lib.func('subspec_status subspec_sequence_get_stats(const subspec_sequence *seq, _Out_ subspec_sequence_stats *out)'),
+  seqStats: lib.func('subspec_status subspec_sequence_get_stats(const subspec_sequence *seq, _Inout_ subspec_sequence_stats *out)'),
   step: lib.func('subspec_status subspec_step(subspec_sequence *seq, const subspec_step_params *params, const int32_t *input, size_t n_input, _Out_ int32_t *out, size_t out_capacity, _Out_ size_t *n_out)'),
 };
 
-/** Status codes of the C ABI (SUBSPEC_STATUS_*). */
+/** Status codes of the C ABI (SUBSPEC_STATUS_*; test/subspec.test.js checks them against
+ * subspec.h, which is generated from the one list in src/ffi/status.rs). */
 const Status = Object.freeze({
   OK: 0, IO: 1, INVALID_MODEL: 2, UNSUPPORTED: 3, INVALID_ARGUMENT: 4, INVALID_TOKEN: 5,
   CONTEXT_FULL: 6, OUT_OF_MEMORY: 7, DEVICE_UNAVAILABLE: 8, TOKENIZER: 9, ABORTED: 10,
@@ -180,7 +199,7 @@ class Sequence {
   }
 
   stats() {
-    const s = {};
+    const s = output('subspec_sequence_stats');
     check(C.seqStats(this._handle(), s));
     return {
       length: Number(s.length), iterations: Number(s.iterations), generated: Number(s.generated),
@@ -198,8 +217,16 @@ class Sequence {
   }
 }
 
-function stepParams(o) {
-  const p = C.stepDefaults();
+/** An output struct: zeroed, with struct_size set (the library fills the rest). */
+function output(type) {
+  const o = koffi.decode(Buffer.alloc(koffi.sizeof(type)), type);
+  o.struct_size = koffi.sizeof(type);
+  return o;
+}
+
+/** C step parameters: `base` (the library's defaults, or an engine's) with `o` applied. */
+function stepParams(o, base) {
+  const p = { ...(base || defaultStepParams()) };
   if (o.temperature !== undefined) p.temperature = o.temperature;
   if (o.topK !== undefined) p.top_k = o.topK;
   if (o.topP !== undefined) p.top_p = o.topP;
@@ -209,7 +236,28 @@ function stepParams(o) {
   if (o.treeDepth !== undefined) p.tree_depth = o.treeDepth;
   if (o.treeMaxTokens !== undefined) p.tree_max_tokens = o.treeMaxTokens;
   if (o.draftTemperature !== undefined) p.draft_temperature = o.draftTemperature;
+  if (o.adaptiveDepth !== undefined) p.adaptive_depth = o.adaptiveDepth;
   return p;
+}
+
+let stepDefaults = null;
+function defaultStepParams() {
+  if (!stepDefaults) {
+    const p = {};
+    check(C.stepInit(p, koffi.sizeof('subspec_step_params')));
+    stepDefaults = Object.freeze(p);
+  }
+  return stepDefaults;
+}
+
+/** StepOptions from C step parameters. */
+function stepOptions(p) {
+  return {
+    temperature: p.temperature, topK: p.top_k, topP: p.top_p, seed: Number(p.seed),
+    speculate: p.speculate, treeWidth: p.tree_width, treeDepth: p.tree_depth,
+    treeMaxTokens: p.tree_max_tokens, draftTemperature: p.draft_temperature,
+    adaptiveDepth: p.adaptive_depth,
+  };
 }
 
 class Engine {
@@ -225,13 +273,14 @@ class Engine {
   }
 
   info() {
-    const i = {};
+    const i = output('subspec_model_info');
     check(C.info(this._handle(), i));
     return {
       architecture: i.architecture, vocabSize: i.vocab_size, nLayers: i.n_layers,
       hiddenSize: i.hidden_size, maxPosition: i.max_position, contextLength: i.context_length,
       maxTreeTokens: i.max_tree_tokens, nOffloadedLayers: i.n_offloaded_layers,
-      bosId: i.bos_id, nEos: i.n_eos, hasDraft: i.has_draft, hasTokenizer: i.has_tokenizer,
+      nSubstituteLayers: i.n_substitute_layers, draftBytes: Number(i.draft_bytes),
+      draftLmHeadBytes: Number(i.draft_lm_head_bytes), bosId: i.bos_id, nEos: i.n_eos, hasDraft: i.has_draft, hasTokenizer: i.has_tokenizer,
       tokenizerVocabSize: i.tokenizer_vocab_size, threads: i.threads,
     };
   }
@@ -244,6 +293,13 @@ class Engine {
   }
 
   isEos(token) { return C.isEos(this._handle(), token); }
+
+  /** The step options that pay best for this engine (its tree shape): greedy, speculative. */
+  stepOptions() {
+    const p = {};
+    check(C.engineStepInit(this._handle(), p, koffi.sizeof('subspec_step_params')));
+    return stepOptions(p);
+  }
 
   tokenize(text, addSpecial = false) {
     const n = [0];
@@ -282,7 +338,8 @@ class Engine {
 
 /** Loads the model directory at `modelPath`. */
 function load(modelPath, options = {}) {
-  const p = C.loadDefaults();
+  const p = {};
+  check(C.loadInit(p, koffi.sizeof('subspec_load_params')));
   p.model_path = modelPath;
   if (options.device !== undefined) p.device = options.device === 'cpu' ? -1 : options.device;
   if (options.memoryBudget !== undefined) p.memory_budget = options.memoryBudget;
@@ -293,7 +350,17 @@ function load(modelPath, options = {}) {
   if (options.draftBits !== undefined) p.draft_bits = options.draftBits;
   if (options.draftGroup !== undefined) p.draft_group = options.draftGroup;
   if (options.draftMethod !== undefined) p.draft_method = options.draftMethod === 'rtn' ? 1 : 0;
+  if (options.quantizeLmHead !== undefined) p.quantize_lm_head = options.quantizeLmHead;
+  if (options.substituteAllLayers !== undefined) p.substitute_all_layers = options.substituteAllLayers;
   if (options.requireTokenizer !== undefined) p.require_tokenizer = options.requireTokenizer;
+  let layers = null;
+  if (options.substituteLayers && options.substituteLayers.length) {
+    const ids = Array.from(options.substituteLayers);
+    layers = koffi.alloc('uint32_t', ids.length);
+    koffi.encode(layers, 'uint32_t', ids, ids.length);
+    p.substitute_layers = layers;
+    p.n_substitute_layers = ids.length;
+  }
   let cb = null;
   if (options.onProgress) {
     cb = koffi.register((f) => {
@@ -306,8 +373,12 @@ function load(modelPath, options = {}) {
     check(C.load(p, out));
   } finally {
     if (cb) koffi.unregister(cb);
+    if (layers) koffi.free(layers);
   }
   return new Engine(out[0]);
 }
 
-module.exports = { load, Engine, Sequence, SubspecError, Status, version: C.version() };
+/** The library's short description of a status code ("ok", "I/O error", ...). */
+function statusString(status) { return C.statusString(status); }
+
+module.exports = { load, Engine, Sequence, SubspecError, Status, statusString, version: C.version() };

@@ -21,7 +21,8 @@ static int fail(const char *what) {
 }
 
 int main(int argc, char **argv) {
-    subspec_load_params lp = subspec_load_default_params();
+    subspec_load_params lp;
+    SUBSPEC_LOAD_PARAMS_INIT(&lp); /* the library's defaults: CPU, 4-bit HQQ draft */
     lp.model_path = argc > 1 ? argv[1] : "models/smollm2-135m-instruct";
     lp.context_length = 1024;
     subspec_engine *engine = NULL;
@@ -29,7 +30,8 @@ int main(int argc, char **argv) {
 
     subspec_sequence *seq = NULL;
     if (subspec_sequence_create(engine, &seq) != SUBSPEC_STATUS_OK) return fail("sequence");
-    subspec_step_params sp = subspec_step_default_params(); /* greedy, speculative */
+    subspec_step_params sp;
+    SUBSPEC_ENGINE_STEP_PARAMS_INIT(engine, &sp); /* greedy, speculative, the engine's tree */
 
     int32_t out[256];
     size_t total = 0, n = 0, max_new = 128;
@@ -49,7 +51,7 @@ int main(int argc, char **argv) {
     char text[4096];
     if (subspec_detokenize(engine, out, total, text, sizeof text, NULL) == SUBSPEC_STATUS_OK)
         printf("\ntext: %s\n", text);
-    subspec_sequence_stats st;
+    subspec_sequence_stats st = {.struct_size = sizeof st};
     subspec_sequence_get_stats(seq, &st);
     printf("%llu tokens in %llu target passes: tau %.2f\n", (unsigned long long)st.generated,
            (unsigned long long)st.iterations, st.tau);

@@ -4,6 +4,8 @@
 use std::ffi::{c_char, c_void, CStr};
 use std::sync::{Arc, Mutex};
 
+use super::handle::{arc_into_handle, borrow, free_arc, Castable, OwnershipArc};
+use super::versioned::{self, check_layout, field_end, Versioned};
 use super::*;
 use crate::engine::{DraftOptions, Engine, EngineOptions, Progress};
 use crate::quant::{QuantConfig, QuantMethod};
@@ -26,18 +28,39 @@ pub type subspec_progress_callback =
 #[allow(non_camel_case_types)]
 pub type subspec_abort_callback = Option<unsafe extern "C" fn(user_data: *mut c_void) -> bool>;
 
-/// How to load an engine. Start from [`subspec_load_default_params`] and change fields.
+/// How to load an engine. Size-versioned: initialize it with
+/// `SUBSPEC_LOAD_PARAMS_INIT(&p)` ([`subspec_load_params_init`]), then change fields.
+/// Pointers, then 64-bit and 32-bit fields, then the bools; fields added after 0.2.0 are
+/// appended and default to zero.
 #[repr(C)]
 #[allow(non_camel_case_types)]
 #[derive(Debug, Clone, Copy)]
 pub struct subspec_load_params {
+    /// `sizeof(subspec_load_params)` as the caller was compiled (the init function sets
+    /// it). The library reads only this many bytes.
+    pub struct_size: usize,
     /// Model directory (config.json, *.safetensors, tokenizer.json), NUL-terminated.
-    /// Borrowed for the duration of `subspec_load` only. Default NULL (must be set).
+    /// Borrowed for the duration of the call only. Default NULL (must be set).
     pub model_path: *const c_char,
-    /// `SUBSPEC_DEVICE_CPU` (default) or a CUDA device ordinal (>= 0).
-    pub device: i32,
     /// Device memory budget in bytes; `0` (default) keeps everything resident.
     pub memory_budget: u64,
+    /// The decoder layers that get substitutes, i.e. that the draft replaces
+    /// (`n_substitute_layers` ids, each below the model's layer count, no repeats);
+    /// borrowed for the duration of the call only. Default NULL with 0: every layer, or
+    /// only the offloaded ones when `substitute_all_layers` is false.
+    pub substitute_layers: *const u32,
+    /// Number of ids at `substitute_layers` (default 0).
+    pub n_substitute_layers: usize,
+    /// Called with the fraction loaded; may be NULL (default).
+    pub progress_callback: subspec_progress_callback,
+    /// Passed to `progress_callback`. Default NULL.
+    pub progress_user_data: *mut c_void,
+    /// Polled at each progress point during loading; may be NULL (default).
+    pub abort_callback: subspec_abort_callback,
+    /// Passed to `abort_callback`. Default NULL.
+    pub abort_user_data: *mut c_void,
+    /// `SUBSPEC_DEVICE_CPU` (-1, default) or a CUDA device ordinal (>= 0).
+    pub device: i32,
     /// Context length per sequence; `0` (default) uses the model's maximum.
     pub context_length: u32,
     /// Largest tree (root included) a step may verify; sizes the KV scratch and the
@@ -45,49 +68,89 @@ pub struct subspec_load_params {
     pub max_tree_tokens: u32,
     /// Worker threads; `0` (default) uses one per core.
     pub threads: u32,
-    /// Build the substitute draft (default true); without it only plain steps work.
-    pub build_draft: bool,
     /// Bits per substitute weight: 2, 3, 4 (default) or 8.
     pub draft_bits: u32,
     /// Quantization group size: a positive multiple of 32 (default 64).
     pub draft_group: u32,
-    /// `SUBSPEC_QUANT_HQQ` (default) or `SUBSPEC_QUANT_RTN`.
+    /// `SUBSPEC_QUANT_HQQ` (0, default) or `SUBSPEC_QUANT_RTN` (1).
     pub draft_method: u32,
+    /// Build the substitute draft (default true); without it only plain steps work.
+    pub build_draft: bool,
     /// Whether a missing tokenizer.json fails the load (default false: hosts that
     /// tokenize themselves need none; the tokenizer helpers then fail).
     pub require_tokenizer: bool,
-    /// Called with the fraction loaded; may be NULL (default).
-    pub progress_callback: subspec_progress_callback,
-    /// Passed to `progress_callback`.
-    pub progress_user_data: *mut c_void,
-    /// Polled at each progress point during loading; may be NULL (default).
-    pub abort_callback: subspec_abort_callback,
-    /// Passed to `abort_callback`.
-    pub abort_user_data: *mut c_void,
+    /// Give the draft its own lm_head, quantized like the substitutes (default false: it
+    /// shares the target's, as in the paper). A draft step then reads a quarter of the
+    /// lm_head bytes, at the cost of the quantized lm_head's memory (counted by the
+    /// planner and `subspec_minimum_budget`; reported as `draft_lm_head_bytes`).
+    pub quantize_lm_head: bool,
+    /// Give every decoder layer a substitute, resident ones too, so a draft step reads
+    /// only quantized weights (default true; the planner counts the extra substitutes).
+    /// False: only the offloaded layers get one (the paper's draft). Ignored when
+    /// `substitute_layers` is given.
+    pub substitute_all_layers: bool,
 }
 
-/// The defaults: CPU, everything resident, the model's context, all cores, a 4-bit HQQ
-/// draft with groups of 64, no callbacks, `model_path` NULL.
-#[no_mangle]
-pub extern "C" fn subspec_load_default_params() -> subspec_load_params {
-    let q = QuantConfig::default();
-    subspec_load_params {
-        model_path: std::ptr::null(),
-        device: SUBSPEC_DEVICE_CPU,
-        memory_budget: 0,
-        context_length: 0,
-        max_tree_tokens: 0,
-        threads: 0,
-        build_draft: true,
-        draft_bits: q.bits as u32,
-        draft_group: q.group as u32,
-        draft_method: SUBSPEC_QUANT_HQQ,
-        require_tokenizer: false,
-        progress_callback: None,
-        progress_user_data: std::ptr::null_mut(),
-        abort_callback: None,
-        abort_user_data: std::ptr::null_mut(),
+// SAFETY: repr(C), `struct_size` first, no trailing padding (checked below); fields are
+// integers, bools, raw pointers and optional function pointers.
+unsafe impl Versioned for subspec_load_params {
+    const NAME: &'static str = "subspec_load_params";
+    const MIN_SIZE: usize = field_end!(subspec_load_params, substitute_all_layers);
+    /// CPU, everything resident, the model's context, all cores, a 4-bit HQQ draft with
+    /// groups of 64 substituting every layer and sharing the target's lm_head, no
+    /// callbacks, `model_path` NULL.
+    fn defaults() -> Self {
+        let q = QuantConfig::default();
+        let d = DraftOptions::default();
+        subspec_load_params {
+            struct_size: std::mem::size_of::<Self>(),
+            model_path: std::ptr::null(),
+            memory_budget: 0,
+            substitute_layers: std::ptr::null(),
+            n_substitute_layers: 0,
+            progress_callback: None,
+            progress_user_data: std::ptr::null_mut(),
+            abort_callback: None,
+            abort_user_data: std::ptr::null_mut(),
+            device: SUBSPEC_DEVICE_CPU,
+            context_length: 0,
+            max_tree_tokens: 0,
+            threads: 0,
+            draft_bits: q.bits as u32,
+            draft_group: q.group as u32,
+            draft_method: SUBSPEC_QUANT_HQQ,
+            build_draft: true,
+            require_tokenizer: false,
+            quantize_lm_head: d.quantize_lm_head,
+            substitute_all_layers: d.substitute_all_layers,
+        }
     }
+}
+const _: () = check_layout::<subspec_load_params>(
+    std::mem::offset_of!(subspec_load_params, struct_size),
+    field_end!(subspec_load_params, substitute_all_layers),
+);
+
+/// Initializes `*params` (the caller's `size` bytes: pass `sizeof *params`, as
+/// `SUBSPEC_LOAD_PARAMS_INIT(params)` does) with the defaults: CPU, everything resident,
+/// the model's context, all cores, a 4-bit HQQ draft with groups of 64 substituting every
+/// layer and sharing the target's lm_head, no callbacks, `model_path` NULL. Bytes beyond
+/// the fields this library knows are zeroed; `struct_size` is set to `size`.
+///
+/// Statuses: `OK`; `NULL_POINTER`; `INVALID_ARGUMENT` (`size` 0, smaller than the 0.2.0
+/// layout `SUBSPEC_LOAD_PARAMS_SIZE_0_2`, or over 4096); `PANIC`.
+///
+/// # Safety
+/// `params` must be NULL or valid for writes of `size` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn subspec_load_params_init(
+    params: *mut subspec_load_params,
+    size: usize,
+) -> subspec_status {
+    // SAFETY: the caller's guarantee.
+    boundary(None, || unsafe {
+        versioned::init(params, size, subspec_load_params::defaults())
+    })
 }
 
 /// An engine: a loaded model, shared (by reference count) with its sequences.
@@ -96,6 +159,11 @@ pub struct subspec_engine {
     pub(crate) engine: Engine,
     /// The message of the last failed call on this engine or its sequences.
     pub(crate) last_error: Mutex<String>,
+}
+
+impl Castable for subspec_engine {
+    type Ownership = OwnershipArc;
+    const ARG: &'static str = "engine";
 }
 
 /// The callbacks of a load, callable from the engine's worker threads.
@@ -130,10 +198,27 @@ impl Callbacks {
     }
 }
 
+/// The draft's layer list from C: `None` for the default choice; repeats refused.
+fn substitute_layers(ids: &[u32]) -> FfiResult<Option<Vec<usize>>> {
+    if ids.is_empty() {
+        return Ok(None);
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for &l in ids {
+        if !seen.insert(l) {
+            return Err(Failure::invalid(format!(
+                "params->substitute_layers lists layer {l} twice"
+            )));
+        }
+    }
+    Ok(Some(ids.iter().map(|&l| l as usize).collect()))
+}
+
 /// `EngineOptions` from the C parameters.
 ///
 /// # Safety
-/// `p.model_path` must be NULL or a NUL-terminated string.
+/// `p.model_path` must be NULL or a NUL-terminated string; `p.substitute_layers` NULL or
+/// valid for `p.n_substitute_layers` reads.
 unsafe fn engine_options(p: &subspec_load_params) -> FfiResult<EngineOptions> {
     // SAFETY: the caller's guarantee.
     let path = unsafe { c_str(p.model_path, "params->model_path") }?;
@@ -147,6 +232,14 @@ unsafe fn engine_options(p: &subspec_load_params) -> FfiResult<EngineOptions> {
             p.device
         )));
     }
+    // SAFETY: the caller's guarantee.
+    let layers = unsafe {
+        slice(
+            p.substitute_layers,
+            p.n_substitute_layers,
+            "params->substitute_layers",
+        )
+    }?;
     let draft = if p.build_draft {
         let bits = u8::try_from(p.draft_bits).map_err(|_| {
             Failure::invalid(format!("draft_bits {} is out of range", p.draft_bits))
@@ -166,11 +259,13 @@ unsafe fn engine_options(p: &subspec_load_params) -> FfiResult<EngineOptions> {
             method,
         };
         quant.validate()?;
-        Some(DraftOptions {
-            quant,
-            substitute_layers: None,
-            ..DraftOptions::default()
-        })
+        Some(
+            DraftOptions::default()
+                .with_quant(quant)
+                .with_substitute_layers(substitute_layers(layers)?)
+                .with_quantize_lm_head(p.quantize_lm_head)
+                .with_substitute_all_layers(p.substitute_all_layers),
+        )
     } else {
         None
     };
@@ -203,19 +298,23 @@ unsafe fn engine_options(p: &subspec_load_params) -> FfiResult<EngineOptions> {
 /// Loads an engine. On success writes a new handle to `*out` (free it with
 /// [`subspec_free`]); on failure `*out` is left untouched and nothing stays allocated.
 ///
-/// Statuses: `OK`; `NULL_POINTER` (`params`, `params->model_path` or `out`); `IO` (no such
-/// directory or file); `INVALID_MODEL` (corrupt config or weights); `UNSUPPORTED`;
-/// `INVALID_ARGUMENT` (a parameter out of range); `TOKENIZER` (`require_tokenizer` and no
+/// Statuses: `OK`; `NULL_POINTER` (`params`, `params->model_path`, `out`, or
+/// `params->substitute_layers` with a count); `IO` (no such directory or file);
+/// `INVALID_MODEL` (corrupt config or weights); `UNSUPPORTED`; `INVALID_ARGUMENT` (a
+/// parameter out of range; a `struct_size` that is 0, below the 0.2.0 layout, or larger
+/// with a field this library does not know set); `TOKENIZER` (`require_tokenizer` and no
 /// usable tokenizer.json); `DEVICE_UNAVAILABLE` (a CUDA device requested: "no CUDA driver
-/// found", no such device, or cuBLAS missing); `OUT_OF_MEMORY` (the
-/// budget is too small: the message states the minimum, see [`subspec_minimum_budget`]);
-/// `ABORTED` (a callback asked to stop); `PANIC`.
+/// found", no such device, or cuBLAS missing); `OUT_OF_MEMORY` (the budget is too small:
+/// the message states the minimum, see [`subspec_minimum_budget`]); `ABORTED` (a callback
+/// asked to stop); `PANIC`.
 ///
 /// # Safety
-/// `params` must be NULL or point to a valid `subspec_load_params` whose `model_path` is
-/// NULL or NUL-terminated; `out` NULL or valid for a write. The callbacks, if set, must be
-/// safe to call with their user data from any thread until `subspec_load` returns (they
-/// are called one at a time, never after it returns) and must not unwind or longjmp.
+/// `params` must be NULL or point to an initialized `subspec_load_params` valid for its
+/// `struct_size` bytes, whose `model_path` is NULL or NUL-terminated and whose
+/// `substitute_layers` is NULL or valid for `n_substitute_layers` reads; `out` NULL or
+/// valid for a write. The callbacks, if set, must be safe to call with their user data
+/// from any thread until `subspec_load` returns (they are called one at a time, never
+/// after it returns) and must not unwind or longjmp.
 #[no_mangle]
 pub unsafe extern "C" fn subspec_load(
     params: *const subspec_load_params,
@@ -223,25 +322,26 @@ pub unsafe extern "C" fn subspec_load(
 ) -> subspec_status {
     boundary(None, || {
         // SAFETY: the caller's guarantee on `params`.
-        let p = unsafe { deref(params, "params") }?;
+        let p = unsafe { versioned::read(params, "params") }?;
         check_out(out, "out")?;
-        // SAFETY: the caller's guarantee on `model_path`.
-        let opts = unsafe { engine_options(p) }?;
+        // SAFETY: the caller's guarantee on the pointers in `params`.
+        let opts = unsafe { engine_options(&p) }?;
         let engine = Engine::load(&opts)?;
-        let handle = Arc::new(subspec_engine {
+        let handle = arc_into_handle(subspec_engine {
             engine,
             last_error: Mutex::new(String::new()),
         });
         // SAFETY: `out` checked non-NULL and valid by the caller's guarantee.
-        unsafe { out.write(Arc::into_raw(handle).cast_mut()) };
+        unsafe { out.write(handle) };
         Ok(())
     })
 }
 
 /// Writes to `*out` the smallest `memory_budget` (bytes) with which `params` can load,
 /// reading only config.json and the safetensors headers (no weights). Every other field of
-/// `params` counts (context length, tree size, draft quantization); `memory_budget` is
-/// ignored. Statuses as for [`subspec_load`] (but no callbacks are called).
+/// `params` counts (context length, tree size, draft quantization, `quantize_lm_head`,
+/// `substitute_all_layers`); `memory_budget` is ignored. Statuses as for [`subspec_load`]
+/// (but no callbacks are called).
 ///
 /// # Safety
 /// As for [`subspec_load`]; `out` NULL or valid for a write.
@@ -252,10 +352,10 @@ pub unsafe extern "C" fn subspec_minimum_budget(
 ) -> subspec_status {
     boundary(None, || {
         // SAFETY: the caller's guarantee on `params`.
-        let p = unsafe { deref(params, "params") }?;
+        let p = unsafe { versioned::read(params, "params") }?;
         check_out(out, "out")?;
-        // SAFETY: the caller's guarantee on `model_path`.
-        let mut opts = unsafe { engine_options(p) }?;
+        // SAFETY: the caller's guarantee on the pointers in `params`.
+        let mut opts = unsafe { engine_options(&p) }?;
         opts.progress = None;
         let min = Engine::minimum_budget(&opts)?;
         // SAFETY: checked non-NULL, valid by the caller's guarantee.
@@ -272,12 +372,9 @@ pub unsafe extern "C" fn subspec_minimum_budget(
 /// thread may be using this handle (its sequences may still be in use).
 #[no_mangle]
 pub unsafe extern "C" fn subspec_free(engine: *mut subspec_engine) {
-    if engine.is_null() {
-        return;
-    }
     let _ = catch_unwind(AssertUnwindSafe(|| {
-        // SAFETY: a live handle from `Arc::into_raw` in `subspec_load`, released once.
-        drop(unsafe { Arc::from_raw(engine.cast_const()) });
+        // SAFETY: the caller's guarantee: a live handle, released once.
+        unsafe { free_arc(engine) }
     }));
 }
 
@@ -285,24 +382,35 @@ pub unsafe extern "C" fn subspec_free(engine: *mut subspec_engine) {
 ///
 /// # Safety
 /// `engine` must be NULL or a live handle.
-unsafe fn with_engine(
+pub(crate) unsafe fn with_engine(
     engine: *const subspec_engine,
     f: impl FnOnce(&subspec_engine) -> FfiResult<()>,
 ) -> subspec_status {
     // SAFETY: the caller's guarantee.
-    let Some(e) = (unsafe { engine.as_ref() }) else {
-        return boundary(None, || Err(Failure::null("engine")));
-    };
-    boundary(Some(&e.last_error), || f(e))
+    match unsafe { borrow(engine) } {
+        Ok(e) => boundary(Some(&e.last_error), || f(e)),
+        Err(failure) => boundary(None, || Err(failure)),
+    }
 }
 
 /// Model and engine metadata, for a host to check that its tokenizer and settings match.
+/// Size-versioned output: set `struct_size = sizeof(subspec_model_info)` before the call
+/// (e.g. `subspec_model_info info = {.struct_size = sizeof info};`); the library writes
+/// `min(struct_size, its size)` bytes and stores that number in `struct_size`. Fields
+/// added after 0.2.0 are appended.
 #[repr(C)]
 #[allow(non_camel_case_types)]
 #[derive(Debug, Clone, Copy)]
 pub struct subspec_model_info {
+    /// Set by the caller to `sizeof(subspec_model_info)`; on return, the bytes written.
+    pub struct_size: usize,
     /// `"LlamaForCausalLM"` or `"Qwen2ForCausalLM"`: static, never free it.
     pub architecture: *const c_char,
+    /// Bytes the draft adds to the target: its substitutes (codes, scales, zeros) and its
+    /// own lm_head (0 without a draft).
+    pub draft_bytes: u64,
+    /// Of `draft_bytes`, the draft's own quantized lm_head (0: it shares the target's).
+    pub draft_lm_head_bytes: u64,
     /// Vocabulary size: valid token ids are `0..vocab_size`.
     pub vocab_size: u32,
     /// Decoder layers.
@@ -317,24 +425,64 @@ pub struct subspec_model_info {
     pub max_tree_tokens: u32,
     /// Decoder layers streamed from the slow tier each target pass (0: all resident).
     pub n_offloaded_layers: u32,
+    /// Decoder layers the draft replaces with substitutes (0 without a draft).
+    pub n_substitute_layers: u32,
     /// Beginning-of-sequence id, or -1 if the model has none.
     pub bos_id: i32,
     /// Number of end-of-sequence ids ([`subspec_eos_ids`]).
     pub n_eos: u32,
-    /// Whether the engine was loaded with a draft (speculative steps need one).
-    pub has_draft: bool,
-    /// Whether a tokenizer.json was loaded.
-    pub has_tokenizer: bool,
     /// The tokenizer's vocabulary size including added tokens (0 without a tokenizer).
     pub tokenizer_vocab_size: u32,
     /// Worker threads.
     pub threads: u32,
+    /// Whether the engine was loaded with a draft (speculative steps need one).
+    pub has_draft: bool,
+    /// Whether a tokenizer.json was loaded.
+    pub has_tokenizer: bool,
+    /// Written as zero: keeps the struct free of trailing padding (room for later fields).
+    pub reserved: [u8; 6],
 }
 
-/// Writes the model's metadata to `*out`. Statuses: `OK`, `NULL_POINTER`, `PANIC`.
+// SAFETY: repr(C), `struct_size` first, no trailing padding (checked below); plain fields.
+unsafe impl Versioned for subspec_model_info {
+    const NAME: &'static str = "subspec_model_info";
+    const MIN_SIZE: usize = field_end!(subspec_model_info, reserved);
+    fn defaults() -> Self {
+        subspec_model_info {
+            struct_size: std::mem::size_of::<Self>(),
+            architecture: std::ptr::null(),
+            draft_bytes: 0,
+            draft_lm_head_bytes: 0,
+            vocab_size: 0,
+            n_layers: 0,
+            hidden_size: 0,
+            max_position: 0,
+            context_length: 0,
+            max_tree_tokens: 0,
+            n_offloaded_layers: 0,
+            n_substitute_layers: 0,
+            bos_id: -1,
+            n_eos: 0,
+            tokenizer_vocab_size: 0,
+            threads: 0,
+            has_draft: false,
+            has_tokenizer: false,
+            reserved: [0; 6],
+        }
+    }
+}
+const _: () = check_layout::<subspec_model_info>(
+    std::mem::offset_of!(subspec_model_info, struct_size),
+    field_end!(subspec_model_info, reserved),
+);
+
+/// Writes the model's metadata to `*out` (its `struct_size` set by the caller).
+/// Statuses: `OK`, `NULL_POINTER`, `INVALID_ARGUMENT` (`out->struct_size` 0 or below the
+/// 0.2.0 layout), `PANIC`.
 ///
 /// # Safety
-/// `engine` must be NULL or a live handle; `out` NULL or valid for a write.
+/// `engine` must be NULL or a live handle; `out` NULL or valid for reads and writes of
+/// its `struct_size` bytes.
 #[no_mangle]
 pub unsafe extern "C" fn subspec_get_model_info(
     engine: *const subspec_engine,
@@ -343,14 +491,16 @@ pub unsafe extern "C" fn subspec_get_model_info(
     // SAFETY: the caller's guarantee.
     unsafe {
         with_engine(engine, |e| {
-            check_out(out, "out")?;
             let eng = &e.engine;
             let c = eng.config();
             let arch: &'static CStr = c.arch.hf_name_c();
             let tok = eng.tokenizer().ok();
             let u = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+            let draft = eng.draft().map(|(_, s)| s);
             let info = subspec_model_info {
                 architecture: arch.as_ptr(),
+                draft_bytes: draft.map_or(0, |s| (s.bytes + s.lm_head_bytes) as u64),
+                draft_lm_head_bytes: draft.map_or(0, |s| s.lm_head_bytes as u64),
                 vocab_size: u(c.vocab),
                 n_layers: u(c.n_layers),
                 hidden_size: u(c.hidden),
@@ -358,15 +508,16 @@ pub unsafe extern "C" fn subspec_get_model_info(
                 context_length: u(eng.max_context()),
                 max_tree_tokens: u(eng.max_tree_tokens()),
                 n_offloaded_layers: u(eng.placement().map_or(0, |p| p.offloaded().len())),
+                n_substitute_layers: draft.map_or(0, |s| u(s.layers)),
                 bos_id: c.bos_id.map_or(-1, |b| b as i32),
                 n_eos: u(c.eos_ids.len()),
-                has_draft: eng.draft().is_some(),
-                has_tokenizer: tok.is_some(),
                 tokenizer_vocab_size: tok.map_or(0, |t| u(t.vocab_size())),
                 threads: u(eng.threads()),
+                has_draft: draft.is_some(),
+                has_tokenizer: tok.is_some(),
+                ..subspec_model_info::defaults()
             };
-            out.write(info);
-            Ok(())
+            versioned::write(out, "out", info)
         })
     }
 }

@@ -2,30 +2,38 @@
 //! by cbindgen (`cbindgen.toml`); `tests/ffi.rs` fails when the committed header is stale.
 //!
 //! The rules every export follows (rustls-ffi is the model):
-//! - handles are opaque ([`subspec_engine`], [`subspec_sequence`]); `*_free(NULL)` is a no-op;
+//! - handles are opaque ([`subspec_engine`], [`subspec_sequence`]) and made, shared and
+//!   freed only through `handle.rs`; `*_free(NULL)` is a no-op;
 //! - every call runs inside a panic boundary and returns a [`subspec_status`]; a panic
 //!   becomes [`subspec_status::Panic`], never an unwind across the C frame;
 //! - every pointer is checked for NULL ([`subspec_status::NullPointer`]); out-of-range
 //!   tokens, too-small buffers and bad parameters are errors, never undefined behaviour;
+//! - every struct that crosses the boundary is size-versioned (`struct_size` first, see
+//!   `versioned.rs`), so fields can be added without breaking callers;
 //! - outputs are written last and only on success (the one exception: on
 //!   [`subspec_status::BufferTooSmall`] the required size is written, so the caller can
 //!   retry with a larger buffer);
 //! - on failure the message is kept for [`subspec_last_error`], per thread and per engine.
 //!
-//! Status codes are mapped from [`ErrorKind`] in one function, [`status_of`].
+//! Status codes are listed once, in `status.rs`; build.rs generates their strings and the
+//! mapping from [`ErrorKind`](crate::ErrorKind), [`status_of`], from that list.
 
 mod engine;
+mod handle;
 mod sequence;
+mod status;
+mod versioned;
 
 pub use engine::*;
 pub use sequence::*;
+pub use status::{status_of, subspec_status};
 
 use std::cell::RefCell;
 use std::ffi::{c_char, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Mutex;
 
-use crate::error::{Error, ErrorKind};
+use crate::error::Error;
 
 /// Library major version (matches Cargo.toml; checked at compile time).
 pub const SUBSPEC_VERSION_MAJOR: u32 = 0;
@@ -52,62 +60,6 @@ const _: () = assert!(
         && SUBSPEC_VERSION_PATCH == parse_version(env!("CARGO_PKG_VERSION_PATCH")),
     "SUBSPEC_VERSION_* in src/ffi/mod.rs must match the version in Cargo.toml"
 );
-
-/// The result of every call. `0` is success; the numbers are stable (new codes are only
-/// ever appended).
-#[repr(u32)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[allow(non_camel_case_types)]
-pub enum subspec_status {
-    /// Success.
-    Ok = 0,
-    /// A file or directory could not be opened or read.
-    Io = 1,
-    /// A model file is malformed (corrupt safetensors, bad JSON, wrong size).
-    InvalidModel = 2,
-    /// The model is well-formed but uses something this engine does not support.
-    Unsupported = 3,
-    /// A parameter is out of range or inconsistent (the message names it).
-    InvalidArgument = 4,
-    /// A token id is negative or outside the model's vocabulary.
-    InvalidToken = 5,
-    /// The sequence would exceed its context length.
-    ContextFull = 6,
-    /// The memory budget is too small (the message states the minimum).
-    OutOfMemory = 7,
-    /// The requested device is not available (e.g. CUDA without a driver).
-    DeviceUnavailable = 8,
-    /// The tokenizer is missing or failed.
-    Tokenizer = 9,
-    /// Aborted by the caller (progress or abort callback).
-    Aborted = 10,
-    /// A bug: an internal invariant was violated.
-    Internal = 11,
-    /// A required pointer argument was NULL.
-    NullPointer = 12,
-    /// An output buffer is too small; the required size was written where documented.
-    BufferTooSmall = 13,
-    /// The library panicked (a bug); the call had no effect other than what its
-    /// documentation says about panics.
-    Panic = 14,
-}
-
-/// The one mapping from the library's error kinds to C status codes.
-pub fn status_of(kind: ErrorKind) -> subspec_status {
-    match kind {
-        ErrorKind::Io => subspec_status::Io,
-        ErrorKind::InvalidModel => subspec_status::InvalidModel,
-        ErrorKind::Unsupported => subspec_status::Unsupported,
-        ErrorKind::InvalidArgument => subspec_status::InvalidArgument,
-        ErrorKind::InvalidToken => subspec_status::InvalidToken,
-        ErrorKind::ContextFull => subspec_status::ContextFull,
-        ErrorKind::OutOfMemory => subspec_status::OutOfMemory,
-        ErrorKind::DeviceUnavailable => subspec_status::DeviceUnavailable,
-        ErrorKind::Tokenizer => subspec_status::Tokenizer,
-        ErrorKind::Aborted => subspec_status::Aborted,
-        ErrorKind::Internal => subspec_status::Internal,
-    }
-}
 
 /// A failed call: its status and message.
 #[derive(Debug)]
@@ -184,15 +136,6 @@ fn record(slot: Option<&Mutex<String>>, message: &str) {
             message.clone_into(&mut s);
         }
     }));
-}
-
-/// `&*p`, or a NULL-pointer failure naming the argument.
-///
-/// # Safety
-/// `p` must be NULL or valid for reads as a `T` for `'a`.
-pub(crate) unsafe fn deref<'a, T>(p: *const T, name: &str) -> FfiResult<&'a T> {
-    // SAFETY: the caller guarantees `p` is NULL or valid.
-    unsafe { p.as_ref() }.ok_or_else(|| Failure::null(name))
 }
 
 /// Checks that an output pointer is not NULL.
@@ -329,35 +272,20 @@ pub(crate) unsafe fn write_string(
     Ok(())
 }
 
-/// The library version, e.g. `"0.1.0"`: a static NUL-terminated string (never free it).
+/// The library version, e.g. `"0.2.0"`: a static NUL-terminated string (never free it).
 #[no_mangle]
 pub extern "C" fn subspec_version() -> *const c_char {
     concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
 }
 
-/// A short static description of a status code (`"ok"`, `"I/O error"`, ...; `"unknown
-/// status"` for a value not in [`subspec_status`]). Never NULL; never free it.
+/// A short static description of a status code (`"ok"`, `"I/O error"`, ...: the first
+/// comment line of each code in [`subspec_status`]; `"unknown status"` for a value not in
+/// it). Never NULL; never free it.
 #[no_mangle]
 pub extern "C" fn subspec_status_string(status: u32) -> *const c_char {
-    let s: &'static CStr = match status {
-        0 => c"ok",
-        1 => c"I/O error",
-        2 => c"invalid model",
-        3 => c"unsupported model",
-        4 => c"invalid argument",
-        5 => c"invalid token",
-        6 => c"context full",
-        7 => c"out of memory",
-        8 => c"device unavailable",
-        9 => c"tokenizer error",
-        10 => c"aborted",
-        11 => c"internal error",
-        12 => c"null pointer",
-        13 => c"buffer too small",
-        14 => c"panic",
-        _ => c"unknown status",
-    };
-    s.as_ptr()
+    subspec_status::from_u32(status)
+        .map_or(c"unknown status", subspec_status::description)
+        .as_ptr()
 }
 
 /// Copies the message of the last failed call into `buf` (NUL-terminated, UTF-8).
@@ -407,28 +335,6 @@ mod tests {
 
     fn last() -> String {
         LAST_ERROR.with(|e| e.borrow().clone())
-    }
-
-    #[test]
-    fn every_kind_has_its_own_status() {
-        use ErrorKind::*;
-        let kinds = [
-            Io,
-            InvalidModel,
-            Unsupported,
-            InvalidArgument,
-            InvalidToken,
-            ContextFull,
-            OutOfMemory,
-            DeviceUnavailable,
-            Tokenizer,
-            Aborted,
-            Internal,
-        ];
-        let codes: std::collections::HashSet<u32> =
-            kinds.iter().map(|&k| status_of(k) as u32).collect();
-        assert_eq!(codes.len(), kinds.len());
-        assert!(!codes.contains(&(subspec_status::Ok as u32)));
     }
 
     #[test]

@@ -7,6 +7,8 @@
 
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 
+use super::handle::{borrow, box_into_handle, clone_arc, free_box, Castable, OwnershipBox};
+use super::versioned::{self, check_layout, field_end, Versioned};
 use super::*;
 use crate::engine::{Sequence, StepOptions};
 use crate::sample::SamplingParams;
@@ -20,85 +22,139 @@ pub struct subspec_sequence {
     seq: Mutex<Sequence>,
 }
 
-/// How [`subspec_step`] chooses tokens. Start from [`subspec_step_default_params`].
+impl Castable for subspec_sequence {
+    type Ownership = OwnershipBox;
+    const ARG: &'static str = "seq";
+}
+
+/// How [`subspec_step`] chooses tokens. Size-versioned: initialize it with
+/// `SUBSPEC_STEP_PARAMS_INIT(&p)` ([`subspec_step_params_init`]) or, for the tree suited
+/// to an engine, `SUBSPEC_ENGINE_STEP_PARAMS_INIT(engine, &p)`, then change fields.
+/// Fields added after 0.2.0 are appended (or take `reserved` bytes) and default to zero.
 #[repr(C)]
 #[allow(non_camel_case_types)]
 #[derive(Debug, Clone, Copy)]
 pub struct subspec_step_params {
+    /// `sizeof(subspec_step_params)` as the caller was compiled (the init functions set
+    /// it). The library reads only this many bytes.
+    pub struct_size: usize,
+    /// RNG seed; a token's draw depends only on (seed, position). Default 0.
+    pub seed: u64,
     /// Softmax temperature; `0` (default) is greedy.
     pub temperature: f32,
     /// Keep the `top_k` most likely tokens; `0` (default) keeps all.
     pub top_k: u32,
     /// Nucleus sampling threshold in (0, 1]; `1` (default) keeps all.
     pub top_p: f32,
-    /// RNG seed; a token's draw depends only on (seed, position). Default 0.
-    pub seed: u64,
-    /// Draft a tree and verify it (default true; needs an engine with a draft). Output is
-    /// identical either way, only faster with speculation.
-    pub speculate: bool,
     /// Tree frontier width (default 1).
     pub tree_width: u32,
-    /// Tree depth in draft steps (default 8).
+    /// Tree depth in draft steps: the most with `adaptive_depth` (default 8).
     pub tree_depth: u32,
     /// Most tree nodes verified at once, root included (default 64; at most the engine's
     /// `max_tree_tokens`).
     pub tree_max_tokens: u32,
     /// Draft softmax temperature used to rank paths (default 0.2).
     pub draft_temperature: f32,
-}
-
-/// Greedy decoding, speculative with the default tree.
-#[no_mangle]
-pub extern "C" fn subspec_step_default_params() -> subspec_step_params {
-    let s = SamplingParams::default();
-    let t = TreeParams::default();
-    subspec_step_params {
-        temperature: s.temperature,
-        top_k: s.top_k as u32,
-        top_p: s.top_p,
-        seed: s.seed,
-        speculate: true,
-        tree_width: t.width as u32,
-        tree_depth: t.depth as u32,
-        tree_max_tokens: t.max_tokens as u32,
-        draft_temperature: t.draft_temperature,
-    }
-}
-
-/// Writes to `*out` the step parameters that pay best for `engine`: greedy, speculative,
-/// with the tree shape suited to its placement (deeper and wider when layers are
-/// offloaded). Statuses: `OK`, `NULL_POINTER`, `PANIC`.
-///
-/// # Safety
-/// `engine` must be NULL or a live engine handle; `out` NULL or valid for a write.
-#[no_mangle]
-pub unsafe extern "C" fn subspec_engine_step_params(
-    engine: *const subspec_engine,
-    out: *mut subspec_step_params,
-) -> subspec_status {
-    // SAFETY: the caller's guarantee.
-    let Some(e) = (unsafe { engine.as_ref() }) else {
-        return boundary(None, || Err(Failure::null("engine")));
-    };
-    boundary(Some(&e.last_error), || {
-        check_out(out, "out")?;
-        let t = e.engine.default_tree();
-        let p = subspec_step_params {
-            tree_width: t.width as u32,
-            tree_depth: t.depth as u32,
-            tree_max_tokens: t.max_tokens as u32,
-            draft_temperature: t.draft_temperature,
-            ..subspec_step_default_params()
-        };
-        // SAFETY: checked non-NULL, valid by the caller's guarantee.
-        unsafe { out.write(p) };
-        Ok(())
-    })
+    /// Draft a tree and verify it (default true; needs an engine with a draft). Output is
+    /// identical either way, only faster with speculation.
+    pub speculate: bool,
+    /// Stop growing the tree early when one more draft step is expected to cost more than
+    /// it returns (the draft's mass on the frontier times the measured time per token,
+    /// against the measured time of a draft step); `tree_depth` stays the maximum.
+    /// Default false. Output is identical either way.
+    pub adaptive_depth: bool,
+    /// Must be zero (the init functions zero it): keeps the struct free of trailing
+    /// padding; a later version may give these bytes a meaning, with zero its default.
+    pub reserved: [u8; 2],
 }
 
 impl subspec_step_params {
-    fn options(&self, max_tokens: usize) -> StepOptions {
-        StepOptions {
+    /// The parameters for `tree`: greedy, speculative.
+    fn with_tree(tree: TreeParams) -> Self {
+        let s = SamplingParams::default();
+        subspec_step_params {
+            struct_size: std::mem::size_of::<Self>(),
+            seed: s.seed,
+            temperature: s.temperature,
+            top_k: s.top_k as u32,
+            top_p: s.top_p,
+            tree_width: tree.width as u32,
+            tree_depth: tree.depth as u32,
+            tree_max_tokens: tree.max_tokens as u32,
+            draft_temperature: tree.draft_temperature,
+            speculate: true,
+            adaptive_depth: tree.adaptive,
+            reserved: [0; 2],
+        }
+    }
+}
+
+// SAFETY: repr(C), `struct_size` first, no trailing padding (checked below); plain fields.
+unsafe impl Versioned for subspec_step_params {
+    const NAME: &'static str = "subspec_step_params";
+    const MIN_SIZE: usize = field_end!(subspec_step_params, reserved);
+    fn defaults() -> Self {
+        subspec_step_params::with_tree(TreeParams::default())
+    }
+}
+const _: () = check_layout::<subspec_step_params>(
+    std::mem::offset_of!(subspec_step_params, struct_size),
+    field_end!(subspec_step_params, reserved),
+);
+
+/// Initializes `*params` (the caller's `size` bytes: pass `sizeof *params`, as
+/// `SUBSPEC_STEP_PARAMS_INIT(params)` does) with the defaults: greedy, speculative with
+/// the default tree (width 1, depth 8, 64 tokens, draft temperature 0.2, fixed depth).
+/// Bytes beyond the fields this library knows are zeroed; `struct_size` is set to `size`.
+///
+/// Statuses: `OK`; `NULL_POINTER`; `INVALID_ARGUMENT` (`size` 0, smaller than the 0.2.0
+/// layout `SUBSPEC_STEP_PARAMS_SIZE_0_2`, or over 4096); `PANIC`.
+///
+/// # Safety
+/// `params` must be NULL or valid for writes of `size` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn subspec_step_params_init(
+    params: *mut subspec_step_params,
+    size: usize,
+) -> subspec_status {
+    // SAFETY: the caller's guarantee.
+    boundary(None, || unsafe {
+        versioned::init(params, size, subspec_step_params::defaults())
+    })
+}
+
+/// Initializes `*params` like [`subspec_step_params_init`], but with the tree shape that
+/// pays best for `engine`'s placement (deeper and wider when layers are offloaded):
+/// greedy, speculative. `SUBSPEC_ENGINE_STEP_PARAMS_INIT(engine, params)` passes the size.
+/// Statuses: `OK`, `NULL_POINTER`, `INVALID_ARGUMENT` (as for the init), `PANIC`.
+///
+/// # Safety
+/// `engine` must be NULL or a live engine handle; `params` NULL or valid for writes of
+/// `size` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn subspec_engine_step_params_init(
+    engine: *const subspec_engine,
+    params: *mut subspec_step_params,
+    size: usize,
+) -> subspec_status {
+    // SAFETY: the caller's guarantee.
+    unsafe {
+        with_engine(engine, |e| {
+            let p = subspec_step_params::with_tree(e.engine.default_tree());
+            versioned::init(params, size, p)
+        })
+    }
+}
+
+impl subspec_step_params {
+    fn options(&self, max_tokens: usize) -> FfiResult<StepOptions> {
+        if self.reserved != [0; 2] {
+            return Err(Failure::invalid(
+                "subspec_step_params: `reserved` is not zero: a field unknown to this \
+                 library version is set (initialize with SUBSPEC_STEP_PARAMS_INIT)",
+            ));
+        }
+        Ok(StepOptions {
             sampling: SamplingParams {
                 temperature: self.temperature,
                 top_k: self.top_k as usize,
@@ -111,10 +167,10 @@ impl subspec_step_params {
                 depth: self.tree_depth as usize,
                 max_tokens: self.tree_max_tokens as usize,
                 draft_temperature: self.draft_temperature,
-                adaptive: false,
+                adaptive: self.adaptive_depth,
             },
             max_tokens,
-        }
+        })
     }
 }
 
@@ -143,10 +199,10 @@ unsafe fn with_sequence(
     f: impl FnOnce(&subspec_sequence) -> FfiResult<()>,
 ) -> subspec_status {
     // SAFETY: the caller's guarantee.
-    let Some(s) = (unsafe { seq.as_ref() }) else {
-        return boundary(None, || Err(Failure::null("seq")));
-    };
-    boundary(Some(&s.engine.last_error), || f(s))
+    match unsafe { borrow(seq) } {
+        Ok(s) => boundary(Some(&s.engine.last_error), || f(s)),
+        Err(failure) => boundary(None, || Err(failure)),
+    }
 }
 
 /// Creates an empty sequence on `engine` and writes it to `*out` (free it with
@@ -161,26 +217,20 @@ pub unsafe extern "C" fn subspec_sequence_create(
     out: *mut *mut subspec_sequence,
 ) -> subspec_status {
     // SAFETY: the caller's guarantee.
-    let Some(e) = (unsafe { engine.as_ref() }) else {
-        return boundary(None, || Err(Failure::null("engine")));
-    };
-    boundary(Some(&e.last_error), || {
-        check_out(out, "out")?;
-        // SAFETY: `engine` is a live handle made by `Arc::into_raw`; this adds one count
-        // for the sequence's own `Arc`.
-        let engine = unsafe {
-            Arc::increment_strong_count(engine);
-            Arc::from_raw(engine)
-        };
-        let seq = engine.engine.new_sequence()?;
-        let handle = Box::new(subspec_sequence {
-            engine,
-            seq: Mutex::new(seq),
-        });
-        // SAFETY: checked non-NULL, valid by the caller's guarantee.
-        unsafe { out.write(Box::into_raw(handle)) };
-        Ok(())
-    })
+    unsafe {
+        with_engine(engine, |_| {
+            check_out(out, "out")?;
+            // The sequence's own count on the engine.
+            let engine = clone_arc(engine)?;
+            let seq = engine.engine.new_sequence()?;
+            let handle = box_into_handle(subspec_sequence {
+                engine,
+                seq: Mutex::new(seq),
+            });
+            out.write(handle);
+            Ok(())
+        })
+    }
 }
 
 /// Frees a sequence (and its reference to the engine); NULL is a no-op.
@@ -189,12 +239,9 @@ pub unsafe extern "C" fn subspec_sequence_create(
 /// `seq` must be NULL or a live sequence handle that no other thread is using.
 #[no_mangle]
 pub unsafe extern "C" fn subspec_sequence_free(seq: *mut subspec_sequence) {
-    if seq.is_null() {
-        return;
-    }
     let _ = catch_unwind(AssertUnwindSafe(|| {
-        // SAFETY: a live handle from `Box::into_raw` in `subspec_sequence_create`.
-        drop(unsafe { Box::from_raw(seq) });
+        // SAFETY: the caller's guarantee: a live handle, freed once.
+        unsafe { free_box(seq) }
     }));
 }
 
@@ -263,11 +310,16 @@ pub unsafe extern "C" fn subspec_sequence_tokens(
     }
 }
 
-/// Statistics of a sequence since its creation or last reset.
+/// Statistics of a sequence since its creation or last reset. Size-versioned output: set
+/// `struct_size = sizeof(subspec_sequence_stats)` before the call; the library writes
+/// `min(struct_size, its size)` bytes and stores that number in `struct_size`. Fields
+/// added after 0.2.0 are appended.
 #[repr(C)]
 #[allow(non_camel_case_types)]
 #[derive(Debug, Clone, Copy, Default)]
 pub struct subspec_sequence_stats {
+    /// Set by the caller to `sizeof(subspec_sequence_stats)`; on return, the bytes written.
+    pub struct_size: usize,
     /// Tokens in the sequence (prompt and generated).
     pub length: u64,
     /// Steps run (one target pass each, prompt prefill excluded).
@@ -286,11 +338,28 @@ pub struct subspec_sequence_stats {
     pub verify_seconds: f64,
 }
 
-/// Writes the sequence's statistics to `*out`. Statuses: `OK`, `NULL_POINTER`,
-/// `INVALID_ARGUMENT` (in use on another thread), `PANIC`.
+// SAFETY: repr(C), `struct_size` first, no trailing padding (checked below); plain fields.
+unsafe impl Versioned for subspec_sequence_stats {
+    const NAME: &'static str = "subspec_sequence_stats";
+    const MIN_SIZE: usize = field_end!(subspec_sequence_stats, verify_seconds);
+    fn defaults() -> Self {
+        subspec_sequence_stats {
+            struct_size: std::mem::size_of::<Self>(),
+            ..Default::default()
+        }
+    }
+}
+const _: () = check_layout::<subspec_sequence_stats>(
+    std::mem::offset_of!(subspec_sequence_stats, struct_size),
+    field_end!(subspec_sequence_stats, verify_seconds),
+);
+
+/// Writes the sequence's statistics to `*out` (its `struct_size` set by the caller).
+/// Statuses: `OK`, `NULL_POINTER`, `INVALID_ARGUMENT` (in use on another thread;
+/// `out->struct_size` 0 or below the 0.2.0 layout), `PANIC`.
 ///
 /// # Safety
-/// `seq` NULL or live; `out` NULL or valid for a write.
+/// `seq` NULL or live; `out` NULL or valid for reads and writes of its `struct_size` bytes.
 #[no_mangle]
 pub unsafe extern "C" fn subspec_sequence_get_stats(
     seq: *const subspec_sequence,
@@ -311,9 +380,9 @@ pub unsafe extern "C" fn subspec_sequence_get_stats(
                 tau: st.tau(),
                 draft_seconds: st.draft_s,
                 verify_seconds: st.verify_s,
+                ..subspec_sequence_stats::defaults()
             };
-            out.write(stats);
-            Ok(())
+            versioned::write(out, "out", stats)
         })
     }
 }
@@ -331,12 +400,14 @@ pub unsafe extern "C" fn subspec_sequence_get_stats(
 /// `n_input > 0`); `BUFFER_TOO_SMALL` (`out_capacity` is 0); `INVALID_TOKEN` (an input id
 /// is negative or outside the vocabulary); `INVALID_ARGUMENT` (a parameter out of range;
 /// `speculate` without a draft; the sequence is empty and `n_input` is 0, e.g. after a
-/// reset; in use on another thread); `CONTEXT_FULL`; `PANIC`.
+/// reset; in use on another thread; `params->struct_size` 0, below the 0.2.0 layout, or
+/// larger with a field this library does not know set); `CONTEXT_FULL`; `PANIC`.
 /// After any failure the sequence is exactly as before the call (input not appended,
 /// statistics unchanged) and `*n_out` and `out` are untouched.
 ///
 /// # Safety
-/// `seq` NULL or a live sequence handle; `params` NULL or valid; `input` NULL or valid for
+/// `seq` NULL or a live sequence handle; `params` NULL or an initialized struct valid for
+/// its `struct_size` bytes; `input` NULL or valid for
 /// `n_input` reads; `out` NULL or valid for `out_capacity` writes; `n_out` NULL or valid.
 #[no_mangle]
 pub unsafe extern "C" fn subspec_step(
@@ -351,7 +422,7 @@ pub unsafe extern "C" fn subspec_step(
     // SAFETY: the caller's guarantee.
     unsafe {
         with_sequence(seq, |s| {
-            let p = deref(params, "params")?;
+            let p = versioned::read(params, "params")?;
             let input = token_ids(slice(input, n_input, "input")?)?;
             check_out(out, "out")?;
             check_out(n_out, "n_out")?;
@@ -361,7 +432,7 @@ pub unsafe extern "C" fn subspec_step(
                     "out_capacity is 0: a step returns at least one token",
                 ));
             }
-            let opts = p.options(out_capacity);
+            let opts = p.options(out_capacity)?;
             let mut q = s.lock()?;
             let before = q.len();
             q.append(&input)?;

@@ -88,8 +88,22 @@ static int read_fixture(const char *model, const char *key, ids_t *out, char *li
     return found;
 }
 
+/* The library's defaults (the init functions write them; this test's own by-value copies
+ * are fine: they are compiled against the same header). */
+static subspec_load_params load_defaults(void) {
+    subspec_load_params p;
+    if (SUBSPEC_LOAD_PARAMS_INIT(&p) != SUBSPEC_STATUS_OK) abort();
+    return p;
+}
+
+static subspec_step_params step_defaults(void) {
+    subspec_step_params sp;
+    if (SUBSPEC_STEP_PARAMS_INIT(&sp) != SUBSPEC_STATUS_OK) abort();
+    return sp;
+}
+
 static subspec_engine *load(const char *path, unsigned context, unsigned threads) {
-    subspec_load_params p = subspec_load_default_params();
+    subspec_load_params p = load_defaults();
     p.model_path = path;
     p.context_length = context;
     p.threads = threads;
@@ -130,7 +144,7 @@ static int same(const ids_t *a, const ids_t *b) {
 }
 
 static subspec_step_params sampled_params(void) {
-    subspec_step_params sp = subspec_step_default_params();
+    subspec_step_params sp = step_defaults();
     sp.temperature = 0.8f;
     sp.top_k = 40;
     sp.top_p = 0.95f;
@@ -149,21 +163,37 @@ static void test_version_and_strings(void) {
     CHECK(strcmp(subspec_status_string(SUBSPEC_STATUS_NULL_POINTER), "null pointer") == 0, "null string");
     CHECK(strcmp(subspec_status_string(9999), "unknown status") == 0, "unknown string");
     CHECK(SUBSPEC_STATUS_OK == 0 && SUBSPEC_STATUS_PANIC == 14, "status numbering");
+    /* Every code has its own string (all from the one list in src/ffi/status.rs). */
+    for (unsigned a = 0; a <= SUBSPEC_STATUS_PANIC; a++) {
+        CHECK(strcmp(subspec_status_string(a), "unknown status") != 0, "status %u has no string", a);
+        for (unsigned b = 0; b < a; b++)
+            CHECK(strcmp(subspec_status_string(a), subspec_status_string(b)) != 0, "statuses %u and %u", a, b);
+    }
+    CHECK(strcmp(subspec_status_string(SUBSPEC_STATUS_PANIC + 1), "unknown status") == 0, "past the last");
 
-    subspec_load_params p = subspec_load_default_params();
+    subspec_load_params p = load_defaults();
     CHECK(p.model_path == NULL && p.device == SUBSPEC_DEVICE_CPU && p.memory_budget == 0 &&
               p.build_draft && p.draft_bits == 4 && p.draft_group == 64 &&
-              p.draft_method == SUBSPEC_QUANT_HQQ && p.progress_callback == NULL,
+              p.draft_method == SUBSPEC_QUANT_HQQ && p.progress_callback == NULL &&
+              p.struct_size == sizeof p && !p.quantize_lm_head && p.substitute_all_layers &&
+              p.substitute_layers == NULL && p.n_substitute_layers == 0,
           "load defaults");
-    subspec_step_params sp = subspec_step_default_params();
+    subspec_step_params sp = step_defaults();
     CHECK(sp.temperature == 0.0f && sp.top_p == 1.0f && sp.speculate && sp.tree_width >= 1 &&
-              sp.tree_depth >= 1 && sp.tree_max_tokens >= 2,
+              sp.tree_depth >= 1 && sp.tree_max_tokens >= 2 && !sp.adaptive_depth &&
+              sp.struct_size == sizeof sp && sp.reserved[0] == 0 && sp.reserved[1] == 0,
           "step defaults");
+    /* In 0.2.0 the first published layouts are the whole structs. */
+    CHECK(SUBSPEC_LOAD_PARAMS_SIZE_0_2 == sizeof(subspec_load_params) &&
+              SUBSPEC_STEP_PARAMS_SIZE_0_2 == sizeof(subspec_step_params) &&
+              SUBSPEC_MODEL_INFO_SIZE_0_2 == sizeof(subspec_model_info) &&
+              SUBSPEC_SEQUENCE_STATS_SIZE_0_2 == sizeof(subspec_sequence_stats),
+          "0.2 layout sizes");
 }
 
 static void test_load_errors(const char *tiny) {
     subspec_engine *e = (subspec_engine *)0x1; /* must stay untouched on failure */
-    subspec_load_params p = subspec_load_default_params();
+    subspec_load_params p = load_defaults();
 
     CHECK_STATUS(subspec_load(NULL, &e), SUBSPEC_STATUS_NULL_POINTER, "params");
     p.model_path = tiny;
@@ -260,7 +290,7 @@ static bool abort_now(void *user) {
 }
 
 static void test_callbacks(const char *tiny) {
-    subspec_load_params p = subspec_load_default_params();
+    subspec_load_params p = load_defaults();
     p.model_path = tiny;
     progress_t pr = {0, -1.0f, -1};
     p.progress_callback = on_progress;
@@ -290,9 +320,9 @@ static void test_null_pointers(subspec_engine *e) {
     int32_t buf[8], id = 0;
     size_t n = 0;
     char text[64];
-    subspec_model_info info;
-    subspec_sequence_stats stats;
-    subspec_step_params sp = subspec_step_default_params();
+    subspec_model_info info = {.struct_size = sizeof info};
+    subspec_sequence_stats stats = {.struct_size = sizeof stats};
+    subspec_step_params sp = step_defaults();
 
     CHECK_STATUS(subspec_sequence_create(NULL, &s), SUBSPEC_STATUS_NULL_POINTER, "engine");
     CHECK_STATUS(subspec_sequence_create(e, NULL), SUBSPEC_STATUS_NULL_POINTER, "out");
@@ -346,7 +376,7 @@ static void test_null_pointers(subspec_engine *e) {
 }
 
 static void test_metadata_tiny(subspec_engine *e) {
-    subspec_model_info info;
+    subspec_model_info info = {.struct_size = sizeof info};
     CHECK(subspec_get_model_info(e, &info) == SUBSPEC_STATUS_OK, "info");
     CHECK(strcmp(info.architecture, "LlamaForCausalLM") == 0 && info.vocab_size == 128 &&
               info.n_layers == 2 && info.hidden_size == 64 && info.bos_id == 0 && info.n_eos == 1 &&
@@ -376,7 +406,7 @@ static void test_generation(subspec_engine *e, const char *model, ids_t *greedy_
     const char *keys[2] = {"greedy", "sampled"};
     for (int k = 0; k < 2; k++) {
         CHECK(read_fixture(model, keys[k], &want, NULL, 0), "fixture %s", keys[k]);
-        subspec_step_params sp = k == 0 ? subspec_step_default_params() : sampled_params();
+        subspec_step_params sp = k == 0 ? step_defaults() : sampled_params();
         for (int spec = 1; spec >= 0; spec--) {
             sp.speculate = spec;
             subspec_sequence *s = NULL;
@@ -386,7 +416,7 @@ static void test_generation(subspec_engine *e, const char *model, ids_t *greedy_
             CHECK(same(&got, &want), "%s %s %s: %zu tokens, want %zu (first %d vs %d)", model,
                   keys[k], spec ? "speculative" : "plain", got.n, want.n, got.n ? got.ids[0] : -1,
                   want.n ? want.ids[0] : -1);
-            subspec_sequence_stats stats;
+            subspec_sequence_stats stats = {.struct_size = sizeof stats};
             CHECK(subspec_sequence_get_stats(s, &stats) == SUBSPEC_STATUS_OK, "stats");
             CHECK(stats.length == prompt.n + got.n && stats.generated == got.n &&
                       stats.iterations >= 1 && stats.tau >= 1.0 &&
@@ -409,14 +439,14 @@ static void test_sequence_errors(subspec_engine *e, const char *model) {
     ids_t prompt, want, got;
     read_fixture(model, "prompt", &prompt, NULL, 0);
     read_fixture(model, "greedy", &want, NULL, 0);
-    subspec_model_info info;
+    subspec_model_info info = {.struct_size = sizeof info};
     subspec_get_model_info(e, &info);
     subspec_sequence *s = NULL;
     subspec_sequence_create(e, &s);
-    subspec_step_params sp = subspec_step_default_params();
+    subspec_step_params sp = step_defaults();
     int32_t out[64];
     size_t n = 12345, len = 0;
-    subspec_sequence_stats stats;
+    subspec_sequence_stats stats = {.struct_size = sizeof stats};
 
     CHECK_STATUS(subspec_step(s, &sp, NULL, 0, out, 64, &n), SUBSPEC_STATUS_INVALID_ARGUMENT, "empty");
     int32_t bad[2] = {3, (int32_t)info.vocab_size};
@@ -477,7 +507,7 @@ static void test_context_full(const char *tiny) {
     subspec_engine *e = load(tiny, 12, 1);
     subspec_sequence *s = NULL;
     subspec_sequence_create(e, &s);
-    subspec_step_params sp = subspec_step_default_params();
+    subspec_step_params sp = step_defaults();
     int32_t in[13] = {0, 5, 17, 42, 99, 3, 7, 8, 9, 10, 11, 12, 13}, out[16];
     size_t n = 0, total = 0;
     CHECK_STATUS(subspec_step(s, &sp, in, 13, out, 16, &n), SUBSPEC_STATUS_CONTEXT_FULL, "context length 12");
@@ -494,7 +524,7 @@ static void test_context_full(const char *tiny) {
     subspec_sequence_free(s);
 
     /* Without a draft, speculation is refused; plain steps work. */
-    subspec_load_params p = subspec_load_default_params();
+    subspec_load_params p = load_defaults();
     p.model_path = tiny;
     p.build_draft = false;
     CHECK(subspec_load(&p, &e) == SUBSPEC_STATUS_OK, "load without draft");
@@ -509,7 +539,7 @@ static void test_context_full(const char *tiny) {
 /* At the smallest budget layers are offloaded (streamed each target pass): the output is
  * still the Rust engine's, token for token, with the engine's own tree. */
 static void test_minimum_budget(const char *tiny) {
-    subspec_load_params p = subspec_load_default_params();
+    subspec_load_params p = load_defaults();
     p.model_path = tiny;
     p.context_length = 256;
     uint64_t min = 0;
@@ -520,14 +550,16 @@ static void test_minimum_budget(const char *tiny) {
         CHECK(0, "load at the minimum budget %llu: %s", (unsigned long long)min, last_error(NULL));
         return;
     }
-    subspec_model_info info;
+    subspec_model_info info = {.struct_size = sizeof info};
     subspec_get_model_info(e, &info);
     CHECK(info.n_offloaded_layers >= 1 && info.max_tree_tokens == 128, "offloaded %u, tree %u",
           info.n_offloaded_layers, info.max_tree_tokens);
     subspec_step_params sp;
-    CHECK_STATUS(subspec_engine_step_params(NULL, &sp), SUBSPEC_STATUS_NULL_POINTER, "engine");
-    CHECK_STATUS(subspec_engine_step_params(e, NULL), SUBSPEC_STATUS_NULL_POINTER, "out");
-    CHECK(subspec_engine_step_params(e, &sp) == SUBSPEC_STATUS_OK && sp.speculate && sp.temperature == 0.0f &&
+    CHECK_STATUS(SUBSPEC_ENGINE_STEP_PARAMS_INIT(NULL, &sp), SUBSPEC_STATUS_NULL_POINTER, "engine");
+    CHECK_STATUS(subspec_engine_step_params_init(e, NULL, sizeof sp), SUBSPEC_STATUS_NULL_POINTER,
+                 "subspec_step_params");
+    CHECK(SUBSPEC_ENGINE_STEP_PARAMS_INIT(e, &sp) == SUBSPEC_STATUS_OK && sp.speculate && sp.temperature == 0.0f &&
+              !sp.adaptive_depth && sp.struct_size == sizeof sp &&
               sp.tree_max_tokens <= info.max_tree_tokens,
           "engine step params");
     ids_t prompt, want, got;
@@ -567,7 +599,7 @@ static void test_threads(subspec_engine *e, const char *model) {
     worker_t w[4];
     pthread_t th[4];
     for (int i = 0; i < 4; i++) {
-        w[i] = (worker_t){e, &prompt, i % 2 ? sampled_params() : subspec_step_default_params(), {{0}, 0}, 0};
+        w[i] = (worker_t){e, &prompt, i % 2 ? sampled_params() : step_defaults(), {{0}, 0}, 0};
         pthread_create(&th[i], NULL, worker, &w[i]);
     }
     for (int i = 0; i < 4; i++) {
@@ -578,7 +610,7 @@ static void test_threads(subspec_engine *e, const char *model) {
 }
 
 static void test_tokenizer_smollm2(subspec_engine *e, const ids_t *prompt) {
-    subspec_model_info info;
+    subspec_model_info info = {.struct_size = sizeof info};
     CHECK(subspec_get_model_info(e, &info) == SUBSPEC_STATUS_OK && info.has_tokenizer &&
               info.vocab_size == 49152 && info.tokenizer_vocab_size == 49152 && info.bos_id == 1 &&
               strcmp(info.architecture, "LlamaForCausalLM") == 0,
@@ -599,6 +631,219 @@ static void test_tokenizer_smollm2(subspec_engine *e, const ids_t *prompt) {
           "detokenize: %s", buf);
     CHECK(subspec_token_to_id(e, "<|im_end|>", &id) == SUBSPEC_STATUS_OK && id == 2, "im_end %d", id);
     CHECK(subspec_token_to_id(e, "no such token, surely", &id) == SUBSPEC_STATUS_OK && id == -1, "unknown");
+}
+
+/* A caller compiled against a newer header: the struct this library knows, then a field
+ * it does not. */
+typedef struct {
+    subspec_load_params known;
+    uint64_t newer_field;
+} newer_load_params;
+
+typedef struct {
+    subspec_step_params known;
+    uint64_t newer_field;
+} newer_step_params;
+
+typedef struct {
+    subspec_model_info known;
+    uint64_t newer_field;
+} newer_model_info;
+
+/* struct_size: 0 or below the first layout is refused by name; an old caller's exact
+ * 0.2.0 size works, reading and writing nothing beyond it (the structs are malloc'ed at
+ * exactly that size, so valgrind sees any access past it); a newer caller's larger struct
+ * works only while the fields this library does not know are zero. */
+static void test_struct_sizes(const char *tiny) {
+    subspec_engine *e = (subspec_engine *)0x1;
+    subspec_load_params p;
+    uint64_t min = 0;
+
+    CHECK_STATUS(subspec_load_params_init(NULL, sizeof p), SUBSPEC_STATUS_NULL_POINTER, "subspec_load_params");
+    CHECK_STATUS(subspec_load_params_init(&p, 0), SUBSPEC_STATUS_INVALID_ARGUMENT, "subspec_load_params: size is 0");
+    CHECK_STATUS(subspec_load_params_init(&p, SUBSPEC_LOAD_PARAMS_SIZE_0_2 - 1), SUBSPEC_STATUS_INVALID_ARGUMENT,
+                 "smaller than its first published layout");
+    CHECK_STATUS(subspec_step_params_init(NULL, 64), SUBSPEC_STATUS_NULL_POINTER, "subspec_step_params");
+
+    p = load_defaults();
+    p.model_path = tiny;
+    p.struct_size = 0;
+    CHECK_STATUS(subspec_load(&p, &e), SUBSPEC_STATUS_INVALID_ARGUMENT,
+                 "subspec_load_params: params->struct_size is 0");
+    p.struct_size = 8;
+    CHECK_STATUS(subspec_minimum_budget(&p, &min), SUBSPEC_STATUS_INVALID_ARGUMENT,
+                 "subspec_load_params: params->struct_size 8 is smaller");
+    p.struct_size = 1 << 20;
+    CHECK_STATUS(subspec_load(&p, &e), SUBSPEC_STATUS_INVALID_ARGUMENT, "not initialized");
+    CHECK(e == (subspec_engine *)0x1, "out written on failure");
+
+    /* The old caller: every struct exactly its 0.2.0 size. */
+    subspec_load_params *op = malloc(SUBSPEC_LOAD_PARAMS_SIZE_0_2);
+    CHECK(subspec_load_params_init(op, SUBSPEC_LOAD_PARAMS_SIZE_0_2) == SUBSPEC_STATUS_OK &&
+              op->struct_size == SUBSPEC_LOAD_PARAMS_SIZE_0_2 && op->build_draft && op->substitute_all_layers,
+          "old load params init");
+    op->model_path = tiny;
+    op->context_length = 64;
+    CHECK(subspec_load(op, &e) == SUBSPEC_STATUS_OK, "old caller load: %s", last_error(NULL));
+    free(op);
+    subspec_model_info *oi = malloc(SUBSPEC_MODEL_INFO_SIZE_0_2);
+    memset(oi, 0, SUBSPEC_MODEL_INFO_SIZE_0_2);
+    oi->struct_size = SUBSPEC_MODEL_INFO_SIZE_0_2;
+    CHECK(subspec_get_model_info(e, oi) == SUBSPEC_STATUS_OK && oi->struct_size == SUBSPEC_MODEL_INFO_SIZE_0_2 &&
+              oi->vocab_size == 128 && oi->context_length == 64 && oi->has_draft,
+          "old caller info");
+    oi->struct_size = SUBSPEC_MODEL_INFO_SIZE_0_2 - 1;
+    CHECK_STATUS(subspec_get_model_info(e, oi), SUBSPEC_STATUS_INVALID_ARGUMENT,
+                 "subspec_model_info: out->struct_size");
+    oi->struct_size = 0;
+    CHECK_STATUS(subspec_get_model_info(e, oi), SUBSPEC_STATUS_INVALID_ARGUMENT, "out->struct_size is 0");
+    free(oi);
+    subspec_step_params *os = malloc(SUBSPEC_STEP_PARAMS_SIZE_0_2);
+    CHECK(subspec_step_params_init(os, SUBSPEC_STEP_PARAMS_SIZE_0_2) == SUBSPEC_STATUS_OK && os->speculate,
+          "old step params init");
+    subspec_sequence *s = NULL;
+    subspec_sequence_create(e, &s);
+    int32_t in[3] = {0, 5, 17}, out[8];
+    size_t n = 0;
+    CHECK(subspec_step(s, os, in, 3, out, 8, &n) == SUBSPEC_STATUS_OK && n >= 1, "old caller step: %s",
+          last_error(NULL));
+    os->struct_size = 0;
+    CHECK_STATUS(subspec_step(s, os, NULL, 0, out, 8, &n), SUBSPEC_STATUS_INVALID_ARGUMENT,
+                 "subspec_step_params: params->struct_size is 0");
+    free(os);
+    subspec_sequence_stats *ost = malloc(SUBSPEC_SEQUENCE_STATS_SIZE_0_2);
+    memset(ost, 0, SUBSPEC_SEQUENCE_STATS_SIZE_0_2);
+    ost->struct_size = SUBSPEC_SEQUENCE_STATS_SIZE_0_2;
+    CHECK(subspec_sequence_get_stats(s, ost) == SUBSPEC_STATUS_OK && ost->length == 3 + n, "old caller stats");
+    ost->struct_size = 3;
+    CHECK_STATUS(subspec_sequence_get_stats(s, ost), SUBSPEC_STATUS_INVALID_ARGUMENT,
+                 "subspec_sequence_stats: out->struct_size 3");
+    free(ost);
+
+    /* The newer caller: accepted with the unknown field zero, refused when it is set. */
+    newer_load_params np;
+    memset(&np, 0xAB, sizeof np);
+    CHECK(subspec_load_params_init(&np.known, sizeof np) == SUBSPEC_STATUS_OK && np.newer_field == 0 &&
+              np.known.struct_size == sizeof np,
+          "newer init zeroes the unknown tail");
+    np.known.model_path = tiny;
+    np.known.context_length = 64;
+    uint64_t want = 0;
+    p = load_defaults();
+    p.model_path = tiny;
+    p.context_length = 64;
+    subspec_minimum_budget(&p, &want);
+    CHECK(subspec_minimum_budget(&np.known, &min) == SUBSPEC_STATUS_OK && min == want, "newer, zero tail");
+    np.newer_field = 1;
+    CHECK_STATUS(subspec_minimum_budget(&np.known, &min), SUBSPEC_STATUS_INVALID_ARGUMENT,
+                 "unknown to this library version");
+    subspec_engine *e2 = NULL;
+    CHECK_STATUS(subspec_load(&np.known, &e2), SUBSPEC_STATUS_INVALID_ARGUMENT, "subspec_load_params: byte");
+    CHECK(e2 == NULL, "engine made from a refused struct");
+
+    newer_step_params ns;
+    subspec_step_params_init(&ns.known, sizeof ns);
+    CHECK(subspec_step(s, &ns.known, NULL, 0, out, 8, &n) == SUBSPEC_STATUS_OK, "newer step, zero tail: %s",
+          last_error(NULL));
+    ns.newer_field = 7;
+    CHECK_STATUS(subspec_step(s, &ns.known, NULL, 0, out, 8, &n), SUBSPEC_STATUS_INVALID_ARGUMENT,
+                 "subspec_step_params: byte");
+    subspec_step_params_init(&ns.known, sizeof ns);
+    ns.known.reserved[0] = 1;
+    CHECK_STATUS(subspec_step(s, &ns.known, NULL, 0, out, 8, &n), SUBSPEC_STATUS_INVALID_ARGUMENT,
+                 "`reserved` is not zero");
+
+    newer_model_info ni;
+    memset(&ni, 0, sizeof ni);
+    ni.known.struct_size = sizeof ni;
+    ni.newer_field = 42;
+    CHECK(subspec_get_model_info(e, &ni.known) == SUBSPEC_STATUS_OK &&
+              ni.known.struct_size == sizeof(subspec_model_info) && ni.newer_field == 42 &&
+              ni.known.vocab_size == 128,
+          "newer info: struct_size %zu, tail %llu", ni.known.struct_size, (unsigned long long)ni.newer_field);
+    subspec_sequence_free(s);
+    subspec_free(e);
+}
+
+/* The draft options the Rust API has: an own quantized lm_head costs memory and is
+ * reported; the layer choice is honoured; adaptive depth is accepted; the output stays
+ * the Rust engine's plain greedy decoding, token for token. */
+static void test_draft_options(const char *tiny) {
+    ids_t prompt, want, got;
+    read_fixture("tiny", "prompt", &prompt, NULL, 0);
+    read_fixture("tiny", "greedy", &want, NULL, 0);
+    subspec_load_params p = load_defaults();
+    p.model_path = tiny;
+    p.context_length = 256;
+    uint64_t shared = 0, own = 0;
+    subspec_minimum_budget(&p, &shared);
+    p.quantize_lm_head = true;
+    CHECK(subspec_minimum_budget(&p, &own) == SUBSPEC_STATUS_OK && own > shared,
+          "quantized lm_head: minimum %llu vs %llu", (unsigned long long)own, (unsigned long long)shared);
+
+    uint32_t one[1] = {1}, twice[2] = {0, 0};
+    uint64_t budget = 0;
+    for (int variant = 0; variant < 4; variant++) {
+        p = load_defaults();
+        p.model_path = tiny;
+        p.context_length = 256;
+        if (variant == 0) p.quantize_lm_head = true;
+        if (variant == 1) {
+            p.substitute_all_layers = false;
+            subspec_minimum_budget(&p, &budget);
+            p.memory_budget = budget;
+        }
+        if (variant == 2) {
+            p.substitute_layers = one;
+            p.n_substitute_layers = 1;
+        }
+        if (variant == 3) {
+            p.quantize_lm_head = true;
+            subspec_minimum_budget(&p, &budget);
+            p.memory_budget = budget;
+        }
+        subspec_engine *e = NULL;
+        if (subspec_load(&p, &e) != SUBSPEC_STATUS_OK) {
+            CHECK(0, "variant %d: %s", variant, last_error(NULL));
+            continue;
+        }
+        subspec_model_info info = {.struct_size = sizeof info};
+        subspec_get_model_info(e, &info);
+        CHECK(info.has_draft && info.draft_bytes > 0 &&
+                  (variant == 0 || variant == 3 ? info.draft_lm_head_bytes > 0 : info.draft_lm_head_bytes == 0),
+              "variant %d: draft %llu bytes, lm_head %llu", variant, (unsigned long long)info.draft_bytes,
+              (unsigned long long)info.draft_lm_head_bytes);
+        if (variant == 1)
+            CHECK(info.n_offloaded_layers >= 1 && info.n_substitute_layers == info.n_offloaded_layers,
+                  "offloaded only: %u substitutes, %u offloaded", info.n_substitute_layers, info.n_offloaded_layers);
+        if (variant == 2) CHECK(info.n_substitute_layers == 1, "one layer: %u", info.n_substitute_layers);
+        if (variant == 0) CHECK(info.n_substitute_layers == 2, "all layers: %u", info.n_substitute_layers);
+        for (int adaptive = 0; adaptive <= 1; adaptive++) {
+            subspec_step_params sp;
+            SUBSPEC_ENGINE_STEP_PARAMS_INIT(e, &sp);
+            sp.adaptive_depth = adaptive;
+            subspec_sequence *s = NULL;
+            subspec_sequence_create(e, &s);
+            CHECK(generate(e, s, &sp, &prompt, 32, &got) == SUBSPEC_STATUS_OK && same(&got, &want),
+                  "variant %d adaptive %d: %zu tokens: %s", variant, adaptive, got.n, last_error(NULL));
+            subspec_sequence_free(s);
+        }
+        subspec_free(e);
+    }
+
+    p = load_defaults();
+    p.model_path = tiny;
+    subspec_engine *e = (subspec_engine *)0x1;
+    p.substitute_layers = twice;
+    p.n_substitute_layers = 2;
+    CHECK_STATUS(subspec_load(&p, &e), SUBSPEC_STATUS_INVALID_ARGUMENT, "layer 0 twice");
+    one[0] = 9;
+    p.substitute_layers = one;
+    p.n_substitute_layers = 1;
+    CHECK_STATUS(subspec_load(&p, &e), SUBSPEC_STATUS_INVALID_ARGUMENT, "layer 9");
+    p.substitute_layers = NULL;
+    CHECK_STATUS(subspec_load(&p, &e), SUBSPEC_STATUS_NULL_POINTER, "params->substitute_layers");
+    CHECK(e == (subspec_engine *)0x1, "out written on failure");
 }
 
 int main(int argc, char **argv) {
@@ -623,6 +868,8 @@ int main(int argc, char **argv) {
     subspec_free(e);
     test_context_full(tiny);
     test_minimum_budget(tiny);
+    test_struct_sizes(tiny);
+    test_draft_options(tiny);
 
     if (!tiny_only) {
         char path[1200], line[2048];

@@ -24,6 +24,40 @@ test('version', () => {
   assert.match(subspec.version, /^\d+\.\d+\.\d+$/);
 });
 
+test('status codes are the ones subspec.h lists, each with its own string', () => {
+  const header = fs.readFileSync(path.join(__dirname, '..', '..', '..', 'include', 'subspec.h'), 'utf8');
+  const listed = {};
+  for (const m of header.matchAll(/^\s*SUBSPEC_STATUS_([A-Z_]+) = (\d+),$/gm)) listed[m[1]] = Number(m[2]);
+  assert.deepStrictEqual({ ...subspec.Status }, listed);
+  const strings = new Set(Object.values(listed).map((n) => subspec.statusString(n)));
+  assert.strictEqual(strings.size, Object.keys(listed).length);
+  assert.ok(!strings.has('unknown status'));
+  assert.strictEqual(subspec.statusString(9999), 'unknown status');
+});
+
+test('draft options: own lm_head, layer choice, adaptive depth, still lossless', () => {
+  const want = fixture('tiny');
+  const tiny = path.join(dir, 'tiny');
+  const a = subspec.load(tiny, { contextLength: 256, quantizeLmHead: true });
+  const info = a.info();
+  assert.ok(info.draftLmHeadBytes > 0 && info.draftBytes > info.draftLmHeadBytes && info.nSubstituteLayers === 2);
+  const opts = a.stepOptions();
+  assert.ok(opts.speculate && !opts.adaptiveDepth);
+  const s = a.newSequence();
+  assert.deepStrictEqual(s.generate(ids(want.prompt), { ...opts, adaptiveDepth: true }, 32), ids(want.greedy));
+  s.close();
+  a.close();
+  const b = subspec.load(tiny, { substituteLayers: [1] });
+  assert.strictEqual(b.info().nSubstituteLayers, 1);
+  assert.deepStrictEqual(b.newSequence().generate(ids(want.prompt), { adaptiveDepth: true }, 32), ids(want.greedy));
+  b.close();
+  assert.throws(() => subspec.load(tiny, { substituteLayers: [0, 0] }),
+    (e) => e.status === subspec.Status.INVALID_ARGUMENT && e.detail.includes('twice'));
+  const c = subspec.load(tiny, { substituteAllLayers: false, draft: true });
+  assert.strictEqual(c.info().nSubstituteLayers, 2); // nothing offloaded: every layer anyway
+  c.close();
+});
+
 test('errors carry status and message', () => {
   assert.throws(() => subspec.load('/nonexistent/model'),
     (e) => e instanceof subspec.SubspecError && e.status === subspec.Status.IO && e.detail.includes('/nonexistent/model'));

@@ -1,8 +1,14 @@
 // Compile-time check of index.d.ts (tsc --noEmit, run by scripts/test-bindings.sh): the
 // README's usage must type-check under --strict.
-import { load, Status, SubspecError, Engine, Sequence, SequenceStats, version } from '..';
+import { load, Status, SubspecError, Engine, Sequence, SequenceStats, StepOptions, statusString, version } from '..';
 
-const engine: Engine = load('models/smollm2-135m-instruct', { contextLength: 1024, threads: 0, draftMethod: 'hqq' });
+const engine: Engine = load('models/smollm2-135m-instruct', {
+  contextLength: 1024, threads: 0, draftMethod: 'hqq', quantizeLmHead: true, substituteAllLayers: false,
+  substituteLayers: [0, 1],
+});
+const tree: StepOptions = { ...engine.stepOptions(), adaptiveDepth: true };
+const lmHead: number = engine.info().draftLmHeadBytes;
+console.log(tree.treeDepth, lmHead, statusString(Status.OK));
 const seq: Sequence = engine.newSequence();
 const out: number[] = seq.generate(engine.tokenize('The three primary colours are'), { temperature: 0 }, 64);
 const stats: SequenceStats = seq.stats();

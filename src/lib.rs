@@ -52,7 +52,8 @@ mod util;
 pub use backend::DeviceKind;
 pub use checkpoint::{Arch, ModelConfig, RopeScaling};
 pub use engine::{
-    DraftOptions, Engine, EngineOptions, Progress, Sequence, StepOptions, DEFAULT_MAX_TREE_TOKENS,
+    DraftOptions, Engine, EngineOptions, ModelInfo, Progress, Sequence, StepOptions,
+    DEFAULT_MAX_TREE_TOKENS,
 };
 pub use error::{Error, ErrorKind, Result};
 pub use model::{Pass, SubstituteStats};

@@ -253,6 +253,7 @@ fn torch_dtype(dtype: DType) -> &'static str {
         DType::F16 => "float16",
         DType::BF16 => "bfloat16",
         DType::F32 => "float32",
+        DType::Quant(_) => unreachable!("synth writes float checkpoints only"),
     }
 }
 
@@ -261,6 +262,7 @@ fn st_dtype(dtype: DType) -> &'static str {
         DType::F16 => "F16",
         DType::BF16 => "BF16",
         DType::F32 => "F32",
+        DType::Quant(_) => unreachable!("synth writes float checkpoints only"),
     }
 }
 
@@ -283,6 +285,12 @@ fn write_model_chunked(
     chunk_bytes: usize,
 ) -> Result<()> {
     shape.validate()?;
+    if dtype.is_quantized() {
+        return Err(Error::invalid_argument(format!(
+            "synthetic models are written as F32, F16 or BF16, not {}",
+            dtype.name()
+        )));
+    }
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let config = dir.join("config.json");
     let text = serde_json::to_string_pretty(&shape.config_json(dtype))
@@ -438,6 +446,7 @@ fn fill(out: &mut [u8], dtype: DType, key: u64, first: u64, init: Init) {
                     o.copy_from_slice(&v.to_le_bytes());
                 }
             }
+            DType::Quant(_) => unreachable!("write_model refuses quantized types"),
         }
     }
 }

@@ -106,6 +106,7 @@ fn tensor(name: &str, dtype: DType, shape: Vec<usize>, v: &[f32]) -> HostTensor 
             .iter()
             .flat_map(|x| bf16::from_f32(*x).to_le_bytes())
             .collect(),
+        d => panic!("test tensors are float, not {d:?}"),
     };
     let mut buf = AlignedBuf::new(bytes.len());
     buf.as_mut_slice()[..bytes.len()].copy_from_slice(&bytes);

@@ -337,7 +337,7 @@ fn kernels(a: &BenchArgs) -> Result<(), Error> {
 
     if a.json {
         let v = json!({
-            "model": engine.model_dir().display().to_string(),
+            "model": engine.model_path().display().to_string(),
             "threads": engine.threads(),
             "read_bandwidth_gbs": bw / 1e9,
             "bytes_read_per_token": bytes,
@@ -352,7 +352,7 @@ fn kernels(a: &BenchArgs) -> Result<(), Error> {
         });
         println!("{v}");
     } else {
-        println!("model                 {}", engine.model_dir().display());
+        println!("model                 {}", engine.model_path().display());
         println!("threads               {}", engine.threads());
         println!("read bandwidth        {:.2} GB/s", bw / 1e9);
         println!("weight bytes / token  {:.1} MB", bytes as f64 / 1e6);

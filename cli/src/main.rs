@@ -39,9 +39,12 @@ enum Command {
     /// Write a random-weight model shaped like a real one (for benchmarks and GPU checks
     /// on machines that cannot download models).
     Synth(SynthArgs),
-    /// Show the placement a memory budget gives (dry run: reads only config.json and the
-    /// safetensors headers).
+    /// Show the placement a memory budget gives (dry run: reads only the config and the
+    /// tensor headers).
     Plan(PlanArgs),
+    /// What a model holds: architecture, shape, tensor types and bytes, context, chat
+    /// template, the minimum budget (headers only).
+    Info(PlanArgs),
 }
 
 #[derive(Args)]
@@ -198,6 +201,76 @@ pub fn load_engine(mut opts: EngineOptions) -> Result<Engine, Error> {
         bar.finish_and_clear();
     }
     r
+}
+
+fn info(a: &PlanArgs) -> Result<(), Error> {
+    let opts = a.model.options(a.spec.draft()?)?;
+    let i = Engine::inspect(&opts)?;
+    let c = &i.config;
+    if a.json {
+        let types: Vec<serde_json::Value> = i
+            .tensor_types
+            .iter()
+            .map(|(t, n, b)| json!({"type": t, "tensors": n, "bytes": b}))
+            .collect();
+        let v = json!({
+            "path": i.path.display().to_string(), "format": i.format,
+            "architecture": c.arch.hf_name(), "layers": c.n_layers, "hidden": c.hidden,
+            "intermediate": c.intermediate, "heads": c.n_heads, "kv_heads": c.n_kv_heads,
+            "head_dim": c.head_dim, "vocab": c.vocab, "context": c.max_position,
+            "tied_embeddings": c.tie_embeddings, "tensor_types": types,
+            "weight_bytes": i.weight_bytes, "tokenizer": i.tokenizer,
+            "chat_template": i.chat_template, "minimum_budget": i.minimum_budget,
+        });
+        println!("{v}");
+        return Ok(());
+    }
+    println!("model          {} ({})", i.path.display(), i.format);
+    println!(
+        "architecture   {}: {} layers, hidden {}, MLP {}, {} heads / {} kv heads of {}, vocab {}{}",
+        c.arch.hf_name(),
+        c.n_layers,
+        c.hidden,
+        c.intermediate,
+        c.n_heads,
+        c.n_kv_heads,
+        c.head_dim,
+        c.vocab,
+        if c.tie_embeddings {
+            ", tied embeddings"
+        } else {
+            ""
+        }
+    );
+    println!("context        {} positions", c.max_position);
+    for (t, n, b) in &i.tensor_types {
+        println!("tensors        {t:6} {n:4} tensors {:>12}", human(*b));
+    }
+    println!("weights        {}", human(i.weight_bytes));
+    println!(
+        "tokenizer      {}; chat template: {}",
+        if i.tokenizer { "yes" } else { "none" },
+        if i.chat_template {
+            "the model's own"
+        } else {
+            "none (ChatML fallback)"
+        }
+    );
+    println!(
+        "minimum budget {} ({} positions of context, {})",
+        human(i.minimum_budget),
+        if opts.max_context == 0 {
+            c.max_position
+        } else {
+            opts.max_context
+        },
+        if opts.draft.is_some() {
+            "with the substitute draft"
+        } else {
+            "plain decoding"
+        }
+    );
+    Ok(())
 }
 
 /// Options shared by every command that loads a model.
@@ -540,6 +613,7 @@ fn main() -> ExitCode {
         Command::Perplexity(a) => perplexity(a),
         Command::Bench(a) => bench::run(a),
         Command::Plan(a) => plan(a),
+        Command::Info(a) => info(a),
         Command::Passes(a) => passes::run(a),
         Command::Synth(a) => synth(a),
     };

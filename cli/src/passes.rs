@@ -9,7 +9,7 @@ use clap::Args;
 use serde_json::{json, Value};
 use subspec::internals::human;
 use subspec::internals::measure::{self, PassTimes};
-use subspec::{DeviceKind, DraftOptions, Engine, Error};
+use subspec::{DeviceKind, DraftOptions, Error};
 
 use super::{ModelArgs, SpecArgs};
 
@@ -146,7 +146,7 @@ pub fn run(a: &PassesArgs) -> Result<(), Error> {
             })
             .collect();
         let v = json!({
-            "model": engine.model_dir().display().to_string(),
+            "model": engine.model_path().display().to_string(),
             "device": device.name,
             "device_name": device.device_name,
             "load_s": load_s,
@@ -167,7 +167,7 @@ pub fn run(a: &PassesArgs) -> Result<(), Error> {
         println!("{v}");
         return Ok(());
     }
-    println!("model        {}", engine.model_dir().display());
+    println!("model        {}", engine.model_path().display());
     println!(
         "device       {}{}",
         device.name,

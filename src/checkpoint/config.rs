@@ -52,7 +52,7 @@ impl Arch {
 }
 
 /// How RoPE frequencies are scaled for long contexts.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum RopeScaling {
     /// Plain RoPE.
@@ -67,8 +67,8 @@ pub enum RopeScaling {
     Llama3 {
         /// The divisor of the low frequencies.
         factor: f32,
-        /// `original_max_position_embeddings / low_freq_factor` is the longest wavelength
-        /// kept unscaled... (the low-frequency bound).
+        /// `original_max_position_embeddings / low_freq_factor` is the low-frequency
+        /// bound: longer wavelengths are divided by `factor`.
         low_freq_factor: f32,
         /// `original_max_position_embeddings / high_freq_factor` is the high-frequency
         /// bound.
@@ -76,6 +76,9 @@ pub enum RopeScaling {
         /// The context the model was pre-trained with.
         original_max_position: usize,
     },
+    /// Frequency `i` divided by `divisors[i]`: how llama.cpp's GGUF files store Llama
+    /// 3.x's scaling (the `rope_freqs.weight` tensor).
+    Divisors(Vec<f32>),
 }
 
 /// The shape and hyper-parameters of a decoder-only transformer.
@@ -409,6 +412,21 @@ fn rope_object(f: &Fields, key: &str, v: &Value) -> Result<(RopeScaling, Option<
 }
 
 impl ModelConfig {
+    /// The config of a checkpoint: a Hugging Face model directory's `config.json`, or a
+    /// GGUF file's metadata.
+    pub fn load(path: &std::path::Path) -> Result<ModelConfig> {
+        if path.is_dir() {
+            Self::from_dir(path)
+        } else if path.exists() {
+            super::gguf_model::config(&super::gguf::GgufFile::open(path)?)
+        } else {
+            Err(Error::new(
+                ErrorKind::Io,
+                format!("{}: no such model directory or GGUF file", path.display()),
+            ))
+        }
+    }
+
     /// Reads and validates `dir/config.json` (and the EOS ids of `generation_config.json`
     /// when present).
     pub fn from_dir(dir: &Path) -> Result<ModelConfig> {
@@ -636,16 +654,19 @@ impl ModelConfig {
         let base: Vec<f32> = (0..hd / 2)
             .map(|i| 1.0 / self.rope_theta.powf((2 * i) as f32 / hd as f32))
             .collect();
-        match self.rope_scaling {
+        match &self.rope_scaling {
             RopeScaling::None => base,
             RopeScaling::Linear { factor } => base.iter().map(|f| f / factor).collect(),
+            RopeScaling::Divisors(d) => base.iter().zip(d).map(|(f, d)| f / d).collect(),
             RopeScaling::Llama3 {
                 factor,
                 low_freq_factor,
                 high_freq_factor,
                 original_max_position,
             } => {
-                let old = original_max_position as f32;
+                let (factor, low_freq_factor, high_freq_factor) =
+                    (*factor, *low_freq_factor, *high_freq_factor);
+                let old = *original_max_position as f32;
                 let low_wavelen = old / low_freq_factor;
                 let high_wavelen = old / high_freq_factor;
                 base.iter()

@@ -13,8 +13,8 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::safetensors::Weights;
 use super::tensor::{AlignedBuf, DType, HostTensor, Storage};
+use super::weights::{gather_into, Weights};
 use crate::error::{Error, ErrorKind, Result};
 
 /// Where one tensor lives on disk.
@@ -26,6 +26,8 @@ pub(crate) struct TensorExtent {
     file: usize,
     offset: u64,
     len: usize,
+    /// Stored row `map[r]` is row `r` (llama.cpp's q/k permutation, undone after reading).
+    row_map: Option<Arc<[usize]>>,
 }
 
 /// A group of tensors read together (the linears of one layer).
@@ -131,11 +133,8 @@ pub(crate) fn locate(
         let mut tensors = Vec::new();
         let mut need = 0usize;
         for name in names(layer) {
-            let t = weights.get_any(&name)?;
-            let path = weights
-                .file_of(&name)
-                .expect("tensor has a file")
-                .to_path_buf();
+            let (t, path, row_map) = weights.stored(&name)?;
+            let (path, row_map) = (path.to_path_buf(), row_map.cloned());
             let file = match files.iter().position(|f| f.path == path) {
                 Some(i) => i,
                 None => {
@@ -156,6 +155,7 @@ pub(crate) fn locate(
                 file,
                 offset,
                 len,
+                row_map,
             });
         }
         buf_len = buf_len.max(need);
@@ -214,7 +214,13 @@ pub(crate) fn read_group(
                 )
             };
         }
-        starts.push(cursor + (t.offset - begin) as usize);
+        let start = cursor + (t.offset - begin) as usize;
+        if let Some(map) = &t.row_map {
+            let rows = &mut buf.as_mut_slice()[start..start + t.len];
+            let stored = rows.to_vec();
+            gather_into(&stored, t.len / map.len(), map, rows);
+        }
+        starts.push(start);
         cursor += want;
     }
     Ok(starts)

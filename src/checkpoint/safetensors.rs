@@ -5,7 +5,6 @@
 //! until a kernel touches it. Every lookup checks the dtype and the shape, and a failure
 //! names the file, the tensor and what was expected.
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -15,149 +14,54 @@ use memmap2::Mmap;
 use super::tensor::{DType, HostTensor, Storage};
 use crate::error::{Error, ErrorKind, Result};
 
-/// All tensors of a checkpoint, by name.
-pub struct Weights {
-    tensors: HashMap<String, (HostTensor, PathBuf)>,
-}
-
-impl Weights {
-    /// Opens the safetensors file(s) of a model directory.
-    pub fn open(dir: &Path) -> Result<Weights> {
-        let single = dir.join("model.safetensors");
-        let index = dir.join("model.safetensors.index.json");
-        let files: Vec<PathBuf> = if single.is_file() {
-            vec![single]
-        } else if index.is_file() {
-            let obj = super::config::read_json_object(&index)?;
-            let map = obj
-                .get("weight_map")
-                .and_then(|v| v.as_object())
-                .ok_or_else(|| {
-                    Error::invalid_model(format!(
-                        "{}: missing object `weight_map`",
-                        index.display()
-                    ))
-                })?;
-            let mut names: Vec<String> = Vec::new();
-            for (tensor, file) in map {
-                let file = file.as_str().ok_or_else(|| {
-                    Error::invalid_model(format!(
-                        "{}: `weight_map`.`{tensor}` is not a file name",
-                        index.display()
-                    ))
-                })?;
-                if file.contains('/') || file.contains("..") {
-                    return Err(Error::invalid_model(format!(
-                        "{}: shard name `{file}` must be a plain file name",
-                        index.display()
-                    )));
-                }
-                if !names.iter().any(|n| n == file) {
-                    names.push(file.to_string());
-                }
+/// The tensors of a model directory's safetensors file(s), each with its file.
+pub(crate) fn open_dir(dir: &Path) -> Result<Vec<(HostTensor, PathBuf)>> {
+    let single = dir.join("model.safetensors");
+    let index = dir.join("model.safetensors.index.json");
+    let files: Vec<PathBuf> = if single.is_file() {
+        vec![single]
+    } else if index.is_file() {
+        let obj = super::config::read_json_object(&index)?;
+        let map = obj
+            .get("weight_map")
+            .and_then(|v| v.as_object())
+            .ok_or_else(|| {
+                Error::invalid_model(format!("{}: missing object `weight_map`", index.display()))
+            })?;
+        let mut names: Vec<String> = Vec::new();
+        for (tensor, file) in map {
+            let file = file.as_str().ok_or_else(|| {
+                Error::invalid_model(format!(
+                    "{}: `weight_map`.`{tensor}` is not a file name",
+                    index.display()
+                ))
+            })?;
+            if file.contains('/') || file.contains("..") {
+                return Err(Error::invalid_model(format!(
+                    "{}: shard name `{file}` must be a plain file name",
+                    index.display()
+                )));
             }
-            names.sort();
-            names.into_iter().map(|n| dir.join(n)).collect()
-        } else {
-            return Err(Error::new(
-                ErrorKind::Io,
-                format!(
-                    "{}: no model.safetensors or model.safetensors.index.json",
-                    dir.display()
-                ),
-            ));
-        };
-        let mut tensors: HashMap<String, (HostTensor, PathBuf)> = HashMap::new();
-        for path in files {
-            for t in open_file(&path)? {
-                if let Some((_, other)) = tensors.get(&t.name) {
-                    return Err(Error::invalid_model(format!(
-                        "tensor `{}` appears in both {} and {}",
-                        t.name,
-                        other.display(),
-                        path.display()
-                    )));
-                }
-                tensors.insert(t.name.clone(), (t, path.clone()));
+            if !names.iter().any(|n| n == file) {
+                names.push(file.to_string());
             }
         }
-        Ok(Weights { tensors })
+        names.sort();
+        names.into_iter().map(|n| dir.join(n)).collect()
+    } else {
+        return Err(Error::new(
+            ErrorKind::Io,
+            format!(
+                "{}: no model.safetensors or model.safetensors.index.json",
+                dir.display()
+            ),
+        ));
+    };
+    let mut out = Vec::new();
+    for path in files {
+        out.extend(open_file(&path)?.into_iter().map(|t| (t, path.clone())));
     }
-
-    /// Whether a tensor exists.
-    pub fn contains(&self, name: &str) -> bool {
-        self.tensors.contains_key(name)
-    }
-
-    /// The tensor `name`, checked to have exactly `shape`.
-    pub fn get(&self, name: &str, shape: &[usize]) -> Result<HostTensor> {
-        let (t, path) = self.tensors.get(name).ok_or_else(|| {
-            Error::invalid_model(format!(
-                "missing tensor `{name}` (expected shape {shape:?})"
-            ))
-        })?;
-        if t.shape != shape {
-            return Err(Error::invalid_model(format!(
-                "{}: tensor `{name}` has shape {:?}, expected {shape:?}",
-                path.display(),
-                t.shape
-            )));
-        }
-        Ok(t.clone())
-    }
-
-    /// The file holding tensor `name`.
-    pub fn file_of(&self, name: &str) -> Option<&Path> {
-        self.tensors.get(name).map(|(_, p)| p.as_path())
-    }
-
-    /// The tensor `name`, whatever its shape.
-    pub fn get_any(&self, name: &str) -> Result<HostTensor> {
-        self.tensors
-            .get(name)
-            .map(|(t, _)| t.clone())
-            .ok_or_else(|| Error::invalid_model(format!("missing tensor `{name}`")))
-    }
-
-    /// Asks the kernel to drop the checkpoint files' pages from the page cache (after
-    /// reading weights through the maps once, e.g. to quantize them).
-    pub fn drop_page_cache(&self) {
-        let mut maps: Vec<&Arc<Storage>> =
-            self.tensors.values().map(|(t, _)| t.storage()).collect();
-        maps.sort_by_key(|m| Arc::as_ptr(m));
-        maps.dedup_by_key(|m| Arc::as_ptr(m));
-        for m in maps {
-            if let Storage::Mapped(map) = &**m {
-                // SAFETY: the map is private and read-only: dropping its pages loses
-                // nothing, a later access faults them in again from the file.
-                let _ = unsafe { map.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
-            }
-        }
-        let mut files: Vec<&PathBuf> = self.tensors.values().map(|(_, p)| p).collect();
-        files.sort();
-        files.dedup();
-        for p in files {
-            if let Ok(f) = File::open(p) {
-                use std::os::unix::io::AsRawFd;
-                // SAFETY: plain syscall on an open descriptor; only advice to the kernel.
-                unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-            }
-        }
-    }
-
-    /// Bytes of all 1-D tensors (norms, biases).
-    pub fn vector_bytes(&self) -> usize {
-        self.tensors
-            .values()
-            .filter(|(t, _)| t.shape.len() == 1)
-            .map(|(t, _)| t.bytes().len())
-            .sum()
-    }
-
-    /// Total bytes of all tensors.
-    pub fn total_bytes(&self) -> usize {
-        self.tensors.values().map(|(t, _)| t.bytes().len()).sum()
-    }
+    Ok(out)
 }
 
 fn open_file(path: &Path) -> Result<Vec<HostTensor>> {

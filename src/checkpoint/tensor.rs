@@ -5,7 +5,10 @@ use std::sync::Arc;
 
 use memmap2::Mmap;
 
-/// Element type of a stored tensor.
+use super::gguf::{dequantize_row, GgmlType};
+
+/// Element type of a stored tensor: a float type, or one of GGUF's block-quantized ones
+/// (groups of 32 or 256 weights sharing scales; a row is a whole number of blocks).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DType {
     /// IEEE single precision.
@@ -14,14 +17,81 @@ pub enum DType {
     F16,
     /// bfloat16.
     BF16,
+    /// A ggml block-quantized type (Q8_0, Q4_K, ...), read through its dequantizer.
+    Quant(GgmlType),
 }
 
 impl DType {
-    /// Bytes per element.
-    pub fn size(self) -> usize {
+    /// Bytes per element of a float type (`None` for the block-quantized ones).
+    pub fn elem_bytes(self) -> Option<usize> {
         match self {
-            DType::F32 => 4,
-            DType::F16 | DType::BF16 => 2,
+            DType::F32 => Some(4),
+            DType::F16 | DType::BF16 => Some(2),
+            DType::Quant(_) => None,
+        }
+    }
+
+    /// Bytes per element of a float type; block-quantized types have none (a bug to ask).
+    pub fn size(self) -> usize {
+        self.elem_bytes()
+            .expect("a block-quantized type has no per-element size")
+    }
+
+    /// Bytes of `n` elements (`None`: not a whole number of blocks, or an overflow).
+    pub fn bytes_for(self, n: usize) -> Option<usize> {
+        match self {
+            DType::Quant(t) => t.bytes_for(n),
+            d => n.checked_mul(d.size()),
+        }
+    }
+
+    /// Whether this is a block-quantized type.
+    pub fn is_quantized(self) -> bool {
+        matches!(self, DType::Quant(_))
+    }
+
+    /// The name as GGUF and llama.cpp write it (`F16`, `Q4_K`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::F32 => "F32",
+            DType::F16 => "F16",
+            DType::BF16 => "BF16",
+            DType::Quant(t) => t.name(),
+        }
+    }
+
+    /// The type of a GGUF tensor.
+    pub(crate) fn from_ggml(t: GgmlType) -> DType {
+        match t {
+            GgmlType::F32 => DType::F32,
+            GgmlType::F16 => DType::F16,
+            GgmlType::BF16 => DType::BF16,
+            q => DType::Quant(q),
+        }
+    }
+}
+
+/// `src` (a whole number of rows of `dtype`) as f32 in `out`: exact for the float types,
+/// bit-identical to gguf-py's dequantizer for the quantized ones.
+pub(crate) fn to_f32(dtype: DType, src: &[u8], out: &mut [f32]) {
+    match dtype {
+        DType::Quant(t) => {
+            dequantize_row(t, src, out).expect("callers pass whole rows of the tensor's type")
+        }
+        DType::F32 => {
+            for (o, b) in out.iter_mut().zip(src.chunks_exact(4)) {
+                *o = f32::from_le_bytes(b.try_into().unwrap());
+            }
+        }
+        DType::F16 => {
+            for (o, b) in out.iter_mut().zip(src.chunks_exact(2)) {
+                *o = half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32();
+            }
+        }
+        DType::BF16 => {
+            for (o, b) in out.iter_mut().zip(src.chunks_exact(2)) {
+                *o = half::bf16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32();
+            }
         }
     }
 }
@@ -131,7 +201,8 @@ impl HostTensor {
         len: usize,
     ) -> HostTensor {
         assert!(
-            start + len <= storage.len() && len == shape.iter().product::<usize>() * dtype.size()
+            start + len <= storage.len()
+                && Some(len) == dtype.bytes_for(shape.iter().product::<usize>())
         );
         HostTensor {
             name: name.to_string(),
@@ -163,22 +234,52 @@ impl HostTensor {
         self.shape.iter().product()
     }
 
+    /// Elements per row (the last dimension).
+    pub fn cols(&self) -> usize {
+        self.shape.last().copied().unwrap_or(1)
+    }
+
+    /// Bytes of one row.
+    pub fn row_bytes(&self) -> usize {
+        self.dtype
+            .bytes_for(self.cols())
+            .expect("rows are whole blocks (checked when the tensor was made)")
+    }
+
     /// Element `i` converted to f32.
     pub fn get_f32(&self, i: usize) -> f32 {
         let b = self.bytes();
         match self.dtype {
-            DType::F32 => f32::from_le_bytes(b[4 * i..4 * i + 4].try_into().unwrap()),
-            DType::F16 => {
-                half::f16::from_bits(u16::from_le_bytes([b[2 * i], b[2 * i + 1]])).to_f32()
+            DType::Quant(t) => {
+                let (n, bb) = (t.block_size(), t.block_bytes());
+                let mut block = [0f32; 256];
+                let first = i / n;
+                to_f32(
+                    self.dtype,
+                    &b[first * bb..(first + 1) * bb],
+                    &mut block[..n],
+                );
+                block[i % n]
             }
-            DType::BF16 => {
-                half::bf16::from_bits(u16::from_le_bytes([b[2 * i], b[2 * i + 1]])).to_f32()
+            d => {
+                let e = d.size();
+                let mut out = [0f32];
+                to_f32(d, &b[e * i..e * (i + 1)], &mut out);
+                out[0]
             }
         }
     }
 
+    /// Row `r` (of the last dimension) converted to f32 into `out` (`cols()` long).
+    pub fn row_f32(&self, r: usize, out: &mut [f32]) {
+        let rb = self.row_bytes();
+        to_f32(self.dtype, &self.bytes()[r * rb..(r + 1) * rb], out);
+    }
+
     /// All elements converted to f32.
     pub fn to_f32_vec(&self) -> Vec<f32> {
-        (0..self.numel()).map(|i| self.get_f32(i)).collect()
+        let mut out = vec![0f32; self.numel()];
+        to_f32(self.dtype, self.bytes(), &mut out);
+        out
     }
 }

@@ -2,6 +2,7 @@
 //! target onto it, build the draft's substitutes; and the same plan as a dry run
 //! ([`Engine::plan`], [`Engine::minimum_budget`]) from the checkpoint's headers only.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::{Engine, EngineOptions, Progress, Shared};
@@ -12,10 +13,56 @@ use crate::model::{model_sizes, Model};
 use crate::plan::{minimum_budget, plan, ModelSizes, Placement, PlanRequest};
 use crate::tokenizer::Tokenizer;
 
+/// What a checkpoint holds, from its headers: [`Engine::inspect`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ModelInfo {
+    /// The model: a directory or a GGUF file.
+    pub path: PathBuf,
+    /// `safetensors` or `gguf`.
+    pub format: &'static str,
+    /// Shape and hyper-parameters.
+    pub config: ModelConfig,
+    /// Per tensor type (`F16`, `Q4_K`, ...): how many tensors and bytes, largest first.
+    pub tensor_types: Vec<(String, usize, u64)>,
+    /// Bytes of all tensors.
+    pub weight_bytes: u64,
+    /// Whether a tokenizer is present.
+    pub tokenizer: bool,
+    /// Whether the model has its own chat template (else ChatML is used).
+    pub chat_template: bool,
+    /// The smallest budget the options passed to [`Engine::inspect`] load with.
+    pub minimum_budget: u64,
+}
+
 impl Engine {
+    /// What the model `opts` names holds, from config and tensor headers (nothing is
+    /// loaded onto a device; the tokenizer is read to tell whether it and a chat template
+    /// are there).
+    pub fn inspect(opts: &EngineOptions) -> Result<ModelInfo> {
+        let path = opts.model_path.as_path();
+        let config = ModelConfig::load(path)?;
+        let weights = Weights::open(path)?;
+        let tok = Tokenizer::load(path).ok();
+        Ok(ModelInfo {
+            path: path.to_path_buf(),
+            format: if path.is_dir() { "safetensors" } else { "gguf" },
+            tensor_types: weights
+                .dtype_summary()
+                .into_iter()
+                .map(|(d, n, b)| (d.name().to_string(), n, b))
+                .collect(),
+            weight_bytes: weights.total_bytes() as u64,
+            tokenizer: tok.is_some(),
+            chat_template: tok.is_some_and(|t| t.chat_template().is_models_own()),
+            minimum_budget: Self::minimum_budget(opts)?,
+            config,
+        })
+    }
+
     /// Loads the model directory named in `opts`.
     pub fn load(opts: &EngineOptions) -> Result<Engine> {
-        let dir = opts.model_dir.as_path();
+        let path = opts.model_path.as_path();
         Progress::report(&opts.progress, 0.0)?;
         if opts.max_tree_tokens < 2 {
             return Err(Error::invalid_argument(
@@ -27,9 +74,9 @@ impl Engine {
             Some(b) => Some(Self::plan(opts, b)?),
         };
         let device = Device::open(opts.device, opts.budget)?;
-        let mut model = Model::load_placed(dir, device, placement)?;
+        let mut model = Model::load_placed(path, device, placement)?;
         Progress::report(&opts.progress, 0.1)?;
-        let tokenizer = match Tokenizer::from_dir(dir) {
+        let tokenizer = match Tokenizer::load(path) {
             Ok(t) => Some(t),
             Err(e) if opts.require_tokenizer => return Err(e),
             Err(_) => None,
@@ -77,7 +124,7 @@ impl Engine {
                 tokenizer,
                 pool,
                 max_context,
-                dir: dir.to_path_buf(),
+                path: path.to_path_buf(),
                 draft,
                 max_tree_tokens: opts.max_tree_tokens,
             }),
@@ -101,9 +148,9 @@ impl Engine {
         opts: &EngineOptions,
         budget: u64,
     ) -> Result<(ModelConfig, ModelSizes, PlanRequest)> {
-        let dir = opts.model_dir.as_path();
-        let config = ModelConfig::from_dir(dir)?;
-        let weights = Weights::open(dir)?;
+        let path = opts.model_path.as_path();
+        let config = ModelConfig::load(path)?;
+        let weights = Weights::open(path)?;
         let quant = opts.draft.as_ref().map(|d| d.quant).unwrap_or_default();
         let sizes = model_sizes(&config, &weights, &quant)?;
         let context = match opts.max_context {

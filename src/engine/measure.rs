@@ -89,7 +89,7 @@ pub fn slow_tier_bandwidth(opts: &EngineOptions) -> Result<Option<f64>> {
     if layers.is_empty() {
         return Ok(None);
     }
-    let weights = Weights::open(&opts.model_dir)?;
+    let weights = Weights::open(&opts.model_path)?;
     let mut best = 0f64;
     for _ in 0..3 {
         let mut s = Streamer::new(&weights, &layers, |l| linear_names(l).to_vec(), 2)?;

@@ -20,6 +20,7 @@ mod sequence;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub use load::ModelInfo;
 pub use options::{DraftOptions, EngineOptions, Progress, StepOptions, DEFAULT_MAX_TREE_TOKENS};
 pub use sequence::Sequence;
 
@@ -40,7 +41,7 @@ struct Shared {
     tokenizer: Option<Tokenizer>,
     pool: rayon::ThreadPool,
     max_context: usize,
-    dir: PathBuf,
+    path: PathBuf,
     draft: Option<(DraftOptions, SubstituteStats)>,
     max_tree_tokens: usize,
 }
@@ -55,7 +56,7 @@ pub struct Engine {
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine")
-            .field("model_dir", &self.shared.dir)
+            .field("model_path", &self.shared.path)
             .field("device", &self.shared.model.backend().name())
             .finish_non_exhaustive()
     }
@@ -85,9 +86,9 @@ impl Engine {
         self.shared.draft.as_ref()
     }
 
-    /// The model directory.
-    pub fn model_dir(&self) -> &Path {
-        &self.shared.dir
+    /// The model: a Hugging Face directory or a GGUF file.
+    pub fn model_path(&self) -> &Path {
+        &self.shared.path
     }
 
     /// The model's configuration.
@@ -107,7 +108,7 @@ impl Engine {
         self.shared.tokenizer.as_ref().ok_or_else(|| {
             Error::new(
                 ErrorKind::Tokenizer,
-                format!("{}: no tokenizer.json", self.shared.dir.display()),
+                format!("{}: no tokenizer", self.shared.path.display()),
             )
         })
     }

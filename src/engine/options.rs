@@ -125,8 +125,9 @@ pub const DEFAULT_MAX_TREE_TOKENS: usize = 128;
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct EngineOptions {
-    /// Model directory (config.json, safetensors, tokenizer.json).
-    pub model_dir: PathBuf,
+    /// The model: a Hugging Face directory (config.json, safetensors, tokenizer.json) or
+    /// a GGUF file (any shard of a split `-00001-of-0000N.gguf` set).
+    pub model_path: PathBuf,
     /// Worker threads (`0`: one per core).
     pub threads: usize,
     /// Context length per sequence (`0`: the model's `max_position_embeddings`).
@@ -181,10 +182,11 @@ impl Progress {
 }
 
 impl EngineOptions {
-    /// Defaults for `model_dir`: all cores, the model's context, tokenizer required.
-    pub fn new(model_dir: impl Into<PathBuf>) -> Self {
+    /// Defaults for the model at `model_path`: all cores, the model's context, tokenizer
+    /// required.
+    pub fn new(model_path: impl Into<PathBuf>) -> Self {
         EngineOptions {
-            model_dir: model_dir.into(),
+            model_path: model_path.into(),
             threads: 0,
             max_context: 0,
             require_tokenizer: true,

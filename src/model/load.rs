@@ -14,18 +14,18 @@ use crate::plan::{Placement, Residency};
 use crate::quant::{QMatrix, QuantConfig};
 
 impl<B: Backend> Model<B> {
-    /// Loads a Hugging Face model directory onto `backend`, everything resident (weights
-    /// stay memory-mapped on the CPU).
-    pub fn load(dir: &Path, backend: B) -> Result<Model<B>> {
-        Self::load_placed(dir, backend, None)
+    /// Loads a checkpoint (a Hugging Face model directory or a GGUF file) onto
+    /// `backend`, everything resident (weights stay memory-mapped on the CPU).
+    pub fn load(path: &Path, backend: B) -> Result<Model<B>> {
+        Self::load_placed(path, backend, None)
     }
 
     /// Loads a model directory with `placement`: resident weights are read once into owned
     /// memory (O_DIRECT), offloaded layers' linears are left on disk and streamed by a
     /// reader thread on every target pass. `None`: everything resident, memory-mapped.
-    pub fn load_placed(dir: &Path, backend: B, placement: Option<Placement>) -> Result<Model<B>> {
-        let config = ModelConfig::from_dir(dir)?;
-        let weights = Weights::open(dir)?;
+    pub fn load_placed(path: &Path, backend: B, placement: Option<Placement>) -> Result<Model<B>> {
+        let config = ModelConfig::load(path)?;
+        let weights = Weights::open(path)?;
         let c = &config;
         if let Some(p) = &placement {
             if p.layers.len() != c.n_layers {
@@ -67,7 +67,7 @@ impl<B: Backend> Model<B> {
                 .is_some_and(|p| p.layers[i] == Residency::Offloaded);
             let full = if offloaded {
                 for (name, shape) in linear_names(i).iter().zip(&shapes) {
-                    weights.get(name, shape)?; // checked now, streamed later
+                    weights.check(name, shape)?; // checked now, streamed later
                 }
                 None
             } else {
@@ -94,7 +94,7 @@ impl<B: Backend> Model<B> {
         } else {
             return Err(Error::invalid_model(format!(
                 "{}: missing tensor `lm_head.weight` (config says tie_word_embeddings is false)",
-                dir.display()
+                path.display()
             )));
         };
         // The embedding is read a row per token: it stays mapped unless it is lm_head too.

@@ -10,20 +10,25 @@ use crate::quant::{substitute_bytes, QuantConfig};
 /// Sizes of the parts the planner places, from an opened checkpoint (headers only) and the
 /// substitute format.
 pub(crate) fn model_sizes(c: &ModelConfig, w: &Weights, q: &QuantConfig) -> Result<ModelSizes> {
-    let embed = w.get_any(names::EMBED)?.bytes().len() as u64;
+    let embed = w.info(names::EMBED)?.2 as u64;
     let lm_head = if c.tie_embeddings {
         0
     } else {
-        w.get_any(names::LM_HEAD)?.bytes().len() as u64
+        w.info(names::LM_HEAD)?.2 as u64
     };
     let mut layer_linears = Vec::with_capacity(c.n_layers);
     let mut layer_substitutes = Vec::with_capacity(c.n_layers);
     for l in 0..c.n_layers {
         let (mut full, mut sub) = (0, 0);
         for name in linear_names(l) {
-            let t = w.get_any(&name)?;
-            full += t.bytes().len() as u64;
-            sub += substitute_bytes(t.shape[0] as u64, t.shape[1] as u64, q);
+            let (_, shape, bytes) = w.info(&name)?;
+            if shape.len() != 2 {
+                return Err(crate::error::Error::invalid_model(format!(
+                    "tensor `{name}` has shape {shape:?}, expected a matrix"
+                )));
+            }
+            full += bytes as u64;
+            sub += substitute_bytes(shape[0] as u64, shape[1] as u64, q);
         }
         layer_linears.push(full);
         layer_substitutes.push(sub);

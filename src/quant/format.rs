@@ -89,11 +89,12 @@ impl QMatrix {
         }
         let (rows, cols) = (t.shape[0], t.shape[1]);
         let bytes = t.bytes();
-        let es = t.dtype.size();
+        let rb = t.row_bytes();
         let dtype = t.dtype;
         hqq::quantize_rows(rows, cols, cfg, |r, buf| {
-            let row = &bytes[r * cols * es..(r + 1) * cols * es];
+            let row = &bytes[r * rb..(r + 1) * rb];
             match dtype {
+                DType::Quant(_) => crate::checkpoint::to_f32(dtype, row, buf),
                 DType::F32 => {
                     for (v, b) in buf.iter_mut().zip(row.chunks_exact(4)) {
                         *v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);

@@ -2,6 +2,7 @@
 //! template (`chat.rs`), and a streaming detokenizer that only emits complete UTF-8 text.
 
 mod chat;
+mod gguf;
 
 use std::path::Path;
 
@@ -79,6 +80,17 @@ fn tok_err(e: impl std::fmt::Display) -> Error {
 }
 
 impl Tokenizer {
+    /// The tokenizer of a checkpoint: `tokenizer.json` (and the chat template) of a
+    /// Hugging Face model directory, or a GGUF file's `tokenizer.ggml.*` metadata.
+    pub fn load(path: &Path) -> Result<Tokenizer> {
+        if path.is_dir() {
+            Self::from_dir(path)
+        } else {
+            let g = crate::checkpoint::gguf::GgufFile::open(path)?;
+            Self::from_gguf_vocab(&gguf::GgufVocab::read(&g)?, &path.display().to_string())
+        }
+    }
+
     /// Loads `dir/tokenizer.json`.
     pub fn from_dir(dir: &Path) -> Result<Tokenizer> {
         let path = dir.join("tokenizer.json");

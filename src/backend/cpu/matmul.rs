@@ -49,17 +49,25 @@ pub fn linear(x: &[f32], t_count: usize, w: &HostTensor, bias: Option<&[f32]>, o
     assert_eq!(out.len(), t_count * n);
     let wb = w.bytes();
     let dtype = w.dtype;
-    let row_bytes = k * dtype.size();
+    let row_bytes = w.row_bytes();
     let ptr = OutPtr(out.as_mut_ptr());
     let isa = isa();
-    let widen = t_count > WIDEN_ABOVE && dtype != DType::F32;
+    // Quantized rows are always dequantized first (exactly as gguf-py does, so the
+    // products are those of the dequantized model's f32 weights).
+    let widen = dtype.is_quantized() || (t_count > WIDEN_ABOVE && dtype != DType::F32);
     let chunks = n.div_ceil(ROW_CHUNK);
     (0..chunks).into_par_iter().for_each(|c| {
         SCRATCH.with_borrow_mut(|scratch| {
             let r0 = c * ROW_CHUNK;
             let r1 = (r0 + ROW_CHUNK).min(n);
             let (rows, dtype, row_bytes) = if widen {
-                widen_rows(isa, dtype, &wb[r0 * row_bytes..r1 * row_bytes], scratch);
+                widen_rows(
+                    isa,
+                    dtype,
+                    &wb[r0 * row_bytes..r1 * row_bytes],
+                    (r1 - r0) * k,
+                    scratch,
+                );
                 // SAFETY: any f32 slice may be viewed as its bytes (u8 has no alignment or
                 // validity requirements); the view lives no longer than `scratch`'s borrow.
                 let bytes = unsafe {
@@ -109,10 +117,14 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Widens f16/bf16 `src` (little-endian bytes) to f32 in `dst` (exact).
-fn widen_rows(isa: Isa, dtype: DType, src: &[u8], dst: &mut Vec<f32>) {
-    let n = src.len() / 2;
+/// Widens the `n` weights in `src` (whole rows, little-endian) to f32 in `dst`: exact for
+/// f16/bf16, gguf-py's dequantization for the quantized types.
+fn widen_rows(isa: Isa, dtype: DType, src: &[u8], n: usize, dst: &mut Vec<f32>) {
     dst.resize(n, 0.0);
+    if dtype.is_quantized() {
+        super::dequant::rows_to_f32(isa, dtype, src, dst);
+        return;
+    }
     let mut done = 0;
     #[cfg(target_arch = "x86_64")]
     if isa != Isa::Portable {
@@ -217,6 +229,7 @@ fn weight(dtype: DType, row: &[u8], i: usize) -> f32 {
         DType::BF16 => {
             f32::from_bits((u16::from_le_bytes([row[2 * i], row[2 * i + 1]]) as u32) << 16)
         }
+        DType::Quant(_) => unreachable!("quantized rows are widened to f32 before the dot"),
     }
 }
 
@@ -282,6 +295,7 @@ mod avx512 {
                     let h = _mm256_loadu_si256(row.add(2 * i) as *const __m256i);
                     _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))
                 }
+                DType::Quant(_) => unreachable!("quantized rows are widened first"),
             }
         }
     }
@@ -306,6 +320,7 @@ mod avx512 {
                 DType::F32 => tile_of::<0, R, T>(rows, xs, k, res),
                 DType::F16 => tile_of::<1, R, T>(rows, xs, k, res),
                 DType::BF16 => tile_of::<2, R, T>(rows, xs, k, res),
+                DType::Quant(_) => unreachable!("quantized rows are widened first"),
             }
         }
     }
@@ -383,6 +398,7 @@ mod avx2 {
                     let h = _mm_loadu_si128(row.add(2 * i) as *const __m128i);
                     _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))
                 }
+                DType::Quant(_) => unreachable!("quantized rows are widened first"),
             }
         }
     }

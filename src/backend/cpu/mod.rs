@@ -3,6 +3,7 @@
 //!
 //! It is the reference implementation: every other backend is tested against it.
 
+pub(crate) mod dequant;
 pub mod matmul;
 pub mod tier;
 

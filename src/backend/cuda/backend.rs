@@ -223,6 +223,7 @@ impl Backend for CudaBackend {
                         DType::F32 => k.embed_f32(at, DevPtr::from_addr(t), ids, out, hidden),
                         DType::F16 => k.embed_f16(at, DevPtr::from_addr(t), ids, out, hidden),
                         DType::BF16 => k.embed_bf16(at, DevPtr::from_addr(t), ids, out, hidden),
+                        DType::Quant(q) => Err(quant_unsupported(*q)),
                     }
                 }
             }
@@ -299,6 +300,7 @@ impl Backend for CudaBackend {
                             DType::F32 => k.dense_f32(at, DevPtr::from_addr(w), xp, o, r, c, n),
                             DType::F16 => k.dense_f16(at, DevPtr::from_addr(w), xp, o, r, c, n),
                             DType::BF16 => k.dense_bf16(at, DevPtr::from_addr(w), xp, o, r, c, n),
+                            DType::Quant(q) => Err(quant_unsupported(*q)),
                         }
                     }?;
                 }
@@ -616,4 +618,12 @@ impl Backend for CudaBackend {
             direct: true,
         }
     }
+}
+
+/// GGUF's block-quantized weights have no CUDA kernels yet.
+fn quant_unsupported(t: crate::checkpoint::GgmlType) -> Error {
+    Error::unsupported(format!(
+        "{} weights (a quantized GGUF) are not implemented on CUDA yet; use the CPU, or an F16/BF16/F32 model",
+        t.name()
+    ))
 }

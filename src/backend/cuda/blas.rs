@@ -52,6 +52,12 @@ pub(super) fn gemm(
     // The activations in the weight's type, for f16/bf16 weights (kept alive until the
     // product is queued; the stream-ordered free waits for it).
     let (a_type, converted): (_, Option<DeviceBuf>) = match dtype {
+        DType::Quant(t) => {
+            return Err(Error::unsupported(format!(
+                "{} weights have no cuBLAS product",
+                t.name()
+            )))
+        }
         DType::F32 => (blas::cudaDataType_t::CUDA_R_32F, None),
         DType::F16 => {
             let mut buf = inner.alloc::<f16>(x.len(), "a converted activation")?;

@@ -22,7 +22,7 @@ pub(crate) const QK_K: usize = 256;
 /// A ggml tensor type this crate reads. Other types are refused when a file is parsed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[allow(non_camel_case_types)]
-pub(crate) enum GgmlType {
+pub enum GgmlType {
     /// IEEE single precision.
     F32,
     /// IEEE half precision.
@@ -130,11 +130,6 @@ impl GgmlType {
             return None;
         }
         (n / self.block_size()).checked_mul(self.block_bytes())
-    }
-
-    /// Whether the type is one of the block-quantized ones (not F32, F16 or BF16).
-    pub(crate) fn is_quantized(self) -> bool {
-        self.block_size() > 1
     }
 }
 

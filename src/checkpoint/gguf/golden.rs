@@ -12,8 +12,8 @@ use serde_json::Value as Json;
 
 use super::ggml::{dequantize_row, GgmlType};
 use super::GgufFile;
-use crate::checkpoint::safetensors::Weights;
 use crate::checkpoint::tensor::DType;
+use crate::checkpoint::Weights;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

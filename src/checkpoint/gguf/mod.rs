@@ -29,9 +29,6 @@
 //! file or shard cannot be opened) naming the file and the field, key or tensor; nothing
 //! the file claims is allocated before it is checked against the file's size.
 
-// Temporary: nothing above checkpoint uses GGUF yet; the loader that will is next.
-#![allow(dead_code)]
-
 pub(crate) mod ggml;
 pub(crate) mod parse;
 pub(crate) mod permute;
@@ -50,7 +47,8 @@ use std::sync::Arc;
 
 use memmap2::Mmap;
 
-pub(crate) use ggml::{dequantize_row, GgmlType};
+pub(crate) use ggml::dequantize_row;
+pub use ggml::GgmlType;
 pub(crate) use parse::{parse_bytes, Metadata, Parsed};
 pub(crate) use permute::unpermute_rows;
 
@@ -101,11 +99,13 @@ impl GgufTensor {
     }
 
     /// Row length (the innermost dimension, ggml `ne[0]`; 1 for a scalar).
+    #[cfg_attr(not(test), allow(dead_code))] // used by the tests only
     pub(crate) fn cols(&self) -> usize {
         self.shape.last().copied().unwrap_or(1)
     }
 
     /// Number of rows (all outer dimensions; 1 for a vector).
+    #[cfg_attr(not(test), allow(dead_code))] // used by the tests only
     pub(crate) fn rows(&self) -> usize {
         self.shape[..self.shape.len().saturating_sub(1)]
             .iter()
@@ -113,12 +113,14 @@ impl GgufTensor {
     }
 
     /// Bytes of one row.
+    #[cfg_attr(not(test), allow(dead_code))] // used by the tests only
     pub(crate) fn row_bytes(&self) -> usize {
         // Validated when the file was parsed.
         self.ggml_type.bytes_for(self.cols()).unwrap_or(0)
     }
 
     /// Row `r`'s bytes (whole blocks).
+    #[cfg_attr(not(test), allow(dead_code))] // used by the tests only
     pub(crate) fn row(&self, r: usize) -> &[u8] {
         assert!(
             r < self.rows(),
@@ -131,6 +133,7 @@ impl GgufTensor {
     }
 
     /// Row `r` dequantized into `out` (`cols()` elements).
+    #[cfg_attr(not(test), allow(dead_code))] // used by the tests only
     pub(crate) fn dequantize_row(&self, r: usize, out: &mut [f32]) -> Result<()> {
         dequantize_row(self.ggml_type, self.row(r), out)
     }
@@ -312,6 +315,7 @@ impl GgufFile {
     }
 
     /// Format version of the first shard.
+    #[cfg_attr(not(test), allow(dead_code))] // used by the tests only
     pub(crate) fn version(&self) -> u32 {
         self.version
     }

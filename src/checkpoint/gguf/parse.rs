@@ -181,6 +181,7 @@ impl Value {
 
 impl Array {
     /// Number of elements.
+    #[cfg_attr(not(test), allow(dead_code))] // used by the tests only
     pub(crate) fn len(&self) -> usize {
         match self {
             Array::U8(v) => v.len(),
@@ -197,11 +198,6 @@ impl Array {
             Array::Str(v) => v.len(),
             Array::Array(v) => v.len(),
         }
-    }
-
-    /// Whether the array has no elements.
-    pub(crate) fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// The element type.
@@ -261,6 +257,7 @@ pub(crate) struct Metadata {
     index: HashMap<String, usize>,
 }
 
+#[allow(dead_code)] // the complete typed accessor family; the loader reads a subset
 impl Metadata {
     /// The file the metadata was read from (as named in errors).
     pub(crate) fn file(&self) -> &str {
@@ -472,6 +469,7 @@ pub(crate) struct TensorInfo {
 
 impl TensorInfo {
     /// Number of elements.
+    #[cfg_attr(not(test), allow(dead_code))] // used by the tests only
     pub(crate) fn numel(&self) -> usize {
         self.shape.iter().product()
     }
@@ -483,9 +481,11 @@ pub(crate) struct Parsed {
     /// Format version (2 or 3).
     pub(crate) version: u32,
     /// Data alignment (`general.alignment`, default 32).
+    #[cfg_attr(not(test), allow(dead_code))] // used by the tests only
     pub(crate) alignment: usize,
     /// Byte offset of the data section (tensor offsets are relative to it in the file;
     /// [`TensorInfo::offset`] already includes it).
+    #[cfg_attr(not(test), allow(dead_code))] // used by the tests only
     pub(crate) data_start: usize,
     /// The key/values.
     pub(crate) meta: Metadata,

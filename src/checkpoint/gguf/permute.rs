@@ -41,6 +41,7 @@ pub(crate) fn unpermute_rows(rows: usize, n_head: usize) -> Result<Vec<usize>> {
 
 /// llama.cpp's forward permutation as a row map: GGUF row `g` is Hugging Face row
 /// `map[g]`. The inverse of [`unpermute_rows`].
+#[cfg_attr(not(test), allow(dead_code))] // used by the tests only
 pub(crate) fn permute_rows(rows: usize, n_head: usize) -> Result<Vec<usize>> {
     let inv = unpermute_rows(rows, n_head)?;
     let mut map = vec![0; rows];
@@ -52,6 +53,7 @@ pub(crate) fn permute_rows(rows: usize, n_head: usize) -> Result<Vec<usize>> {
 
 /// Gathers rows: row `r` of the result is row `map[r]` of `src`, rows being `row_len`
 /// items (elements, or bytes of a quantized row).
+#[cfg_attr(not(test), allow(dead_code))] // used by the tests only
 pub(crate) fn gather_rows<T: Copy>(src: &[T], row_len: usize, map: &[usize]) -> Vec<T> {
     assert_eq!(src.len(), row_len * map.len(), "gather_rows: size mismatch");
     let mut out = Vec::with_capacity(src.len());

@@ -1,0 +1,298 @@
+//! A tokenizer from a GGUF file's `tokenizer.ggml.*` metadata: the vocabulary, token
+//! types and BPE merges become the `tokenizer.json` the `tokenizers` crate reads, with
+//! the pre-tokenizer named by `tokenizer.ggml.pre` (the same construction as
+//! `scripts/fetch_models.py`, which made the test models' `tokenizer.json`, so both paths
+//! give the same ids).
+
+use serde_json::{json, Value};
+
+use super::{ChatTemplate, Tokenizer};
+use crate::checkpoint::gguf::GgufFile;
+use crate::error::{Error, ErrorKind, Result};
+
+/// GGUF token types (llama.cpp's `llama_token_type`).
+const TOKEN_CONTROL: i32 = 3;
+const TOKEN_USER_DEFINED: i32 = 4;
+
+/// The `tokenizer.ggml.*` and `tokenizer.chat_template` metadata of a GGUF file.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct GgufVocab {
+    /// `tokenizer.ggml.model`: `gpt2` (byte-level BPE) is supported.
+    pub model: String,
+    /// `tokenizer.ggml.pre`: the pre-tokenizer (`qwen2`, `smollm`, `llama-bpe`, `gpt2`).
+    pub pre: Option<String>,
+    /// `tokenizer.ggml.tokens`.
+    pub tokens: Vec<String>,
+    /// `tokenizer.ggml.token_type` (same length as `tokens`, or empty).
+    pub token_types: Vec<i32>,
+    /// `tokenizer.ggml.merges`: `"a b"` pairs, highest priority first.
+    pub merges: Vec<String>,
+    /// `tokenizer.ggml.bos_token_id` and friends.
+    pub bos_id: Option<u32>,
+    /// End of sequence.
+    pub eos_id: Option<u32>,
+    /// `tokenizer.ggml.add_bos_token`.
+    pub add_bos: bool,
+    /// `tokenizer.ggml.add_eos_token`.
+    pub add_eos: bool,
+    /// `tokenizer.chat_template`.
+    pub chat_template: Option<String>,
+}
+
+impl GgufVocab {
+    /// The vocabulary metadata of `g`.
+    pub(crate) fn read(g: &GgufFile) -> Result<GgufVocab> {
+        let m = g.meta();
+        let opt_strs = |k: &str| -> Result<Vec<String>> {
+            Ok(match m.get(k) {
+                None => Vec::new(),
+                Some(_) => m.get_str_array(k)?.to_vec(),
+            })
+        };
+        let token_types = match m.get("tokenizer.ggml.token_type") {
+            None => Vec::new(),
+            Some(_) => m
+                .get_int_array("tokenizer.ggml.token_type")?
+                .into_iter()
+                .map(|t| t as i32)
+                .collect(),
+        };
+        Ok(GgufVocab {
+            model: m.get_str("tokenizer.ggml.model")?.to_string(),
+            pre: m.opt_str("tokenizer.ggml.pre")?.map(str::to_string),
+            tokens: m.get_str_array("tokenizer.ggml.tokens")?.to_vec(),
+            token_types,
+            merges: opt_strs("tokenizer.ggml.merges")?,
+            bos_id: m.opt_u32("tokenizer.ggml.bos_token_id")?,
+            eos_id: m.opt_u32("tokenizer.ggml.eos_token_id")?,
+            add_bos: m.opt_bool("tokenizer.ggml.add_bos_token")?.unwrap_or(false),
+            add_eos: m.opt_bool("tokenizer.ggml.add_eos_token")?.unwrap_or(false),
+            chat_template: m.opt_str("tokenizer.chat_template")?.map(str::to_string),
+        })
+    }
+}
+
+/// The split regex of Qwen2 (and llama.cpp's `qwen2` pre-tokenizer).
+const QWEN2_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+/// The split regex of Llama 3 (`llama-bpe`): numbers in groups of up to three.
+const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+fn byte_level(add_prefix_space: bool, trim_offsets: bool, use_regex: bool) -> Value {
+    json!({"type": "ByteLevel", "add_prefix_space": add_prefix_space,
+        "trim_offsets": trim_offsets, "use_regex": use_regex})
+}
+
+/// `tokenizer.json` for `v`, `file` naming the GGUF in messages.
+fn tokenizer_json(v: &GgufVocab, file: &str) -> Result<Value> {
+    let bad = |msg: String| Error::new(ErrorKind::Tokenizer, format!("{file}: {msg}"));
+    if v.model != "gpt2" {
+        return Err(bad(format!(
+            "tokenizer.ggml.model is `{}`; only `gpt2` (byte-level BPE) is supported",
+            v.model
+        )));
+    }
+    if !v.token_types.is_empty() && v.token_types.len() != v.tokens.len() {
+        return Err(bad(format!(
+            "tokenizer.ggml.token_type has {} entries for {} tokens",
+            v.token_types.len(),
+            v.tokens.len()
+        )));
+    }
+    let mut vocab = serde_json::Map::new();
+    let mut added = Vec::new();
+    for (i, t) in v.tokens.iter().enumerate() {
+        if vocab.insert(t.clone(), json!(i)).is_some() {
+            return Err(bad(format!("tokenizer.ggml.tokens lists `{t}` twice")));
+        }
+        let ty = v.token_types.get(i).copied().unwrap_or(1);
+        if ty == TOKEN_CONTROL || ty == TOKEN_USER_DEFINED {
+            added.push(
+                json!({"id": i, "content": t, "single_word": false, "lstrip": false,
+                "rstrip": false, "normalized": false, "special": ty == TOKEN_CONTROL}),
+            );
+        }
+    }
+    let pre = v.pre.as_deref().unwrap_or("default");
+    let (normalizer, pre_tokenizer, decoder, post) = match pre {
+        "qwen2" | "llama-bpe" | "llama3" => {
+            let regex = if pre == "qwen2" {
+                QWEN2_REGEX
+            } else {
+                LLAMA3_REGEX
+            };
+            let normalizer = if pre == "qwen2" {
+                json!({"type": "NFC"})
+            } else {
+                Value::Null
+            };
+            let pre_tok = json!({"type": "Sequence", "pretokenizers": [
+                {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": false},
+                byte_level(false, false, false),
+            ]});
+            (
+                normalizer,
+                pre_tok,
+                byte_level(false, false, false),
+                byte_level(false, false, false),
+            )
+        }
+        "smollm" => (
+            Value::Null,
+            json!({"type": "Sequence", "pretokenizers": [
+                {"type": "Digits", "individual_digits": true},
+                byte_level(false, true, true),
+            ]}),
+            byte_level(true, true, true),
+            byte_level(true, false, true),
+        ),
+        "gpt2" | "default" => (
+            Value::Null,
+            byte_level(false, true, true),
+            byte_level(false, true, true),
+            byte_level(false, true, true),
+        ),
+        other => {
+            return Err(bad(format!(
+                "tokenizer.ggml.pre is `{other}`; supported: qwen2, smollm, llama-bpe, gpt2"
+            )))
+        }
+    };
+    let name = |id: Option<u32>, what: &str| -> Result<String> {
+        let id = id.ok_or_else(|| bad(format!("tokenizer.ggml.add_{what}_token is set but tokenizer.ggml.{what}_token_id is missing")))?;
+        v.tokens.get(id as usize).cloned().ok_or_else(|| {
+            bad(format!(
+                "tokenizer.ggml.{what}_token_id {id} is not a token"
+            ))
+        })
+    };
+    let post = if v.add_bos || v.add_eos {
+        let mut single = Vec::new();
+        let mut special = serde_json::Map::new();
+        if v.add_bos {
+            let b = name(v.bos_id, "bos")?;
+            single.push(json!({"SpecialToken": {"id": b, "type_id": 0}}));
+            special.insert(
+                b.clone(),
+                json!({"id": b, "ids": [v.bos_id], "tokens": [b]}),
+            );
+        }
+        single.push(json!({"Sequence": {"id": "A", "type_id": 0}}));
+        if v.add_eos {
+            let e = name(v.eos_id, "eos")?;
+            single.push(json!({"SpecialToken": {"id": e, "type_id": 0}}));
+            special.insert(
+                e.clone(),
+                json!({"id": e, "ids": [v.eos_id], "tokens": [e]}),
+            );
+        }
+        let mut pair = single.clone();
+        pair.extend(single.iter().map(|s| {
+            let mut s = s.clone();
+            if let Some(seq) = s.get_mut("Sequence") {
+                seq["id"] = json!("B");
+            }
+            for k in ["Sequence", "SpecialToken"] {
+                if let Some(x) = s.get_mut(k) {
+                    x["type_id"] = json!(1);
+                }
+            }
+            s
+        }));
+        json!({"type": "Sequence", "processors": [post,
+            {"type": "TemplateProcessing", "single": single, "pair": pair, "special_tokens": special}]})
+    } else {
+        post
+    };
+    Ok(json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
+        "normalizer": normalizer, "pre_tokenizer": pre_tokenizer, "post_processor": post,
+        "decoder": decoder,
+        "model": {"type": "BPE", "dropout": null, "unk_token": null,
+            "continuing_subword_prefix": "", "end_of_word_suffix": "", "fuse_unk": false,
+            "byte_fallback": false, "ignore_merges": false, "vocab": vocab, "merges": v.merges},
+    }))
+}
+
+impl Tokenizer {
+    /// The tokenizer and chat template of a GGUF file's metadata; `file` names it in
+    /// messages.
+    pub(crate) fn from_gguf_vocab(v: &GgufVocab, file: &str) -> Result<Tokenizer> {
+        let j = tokenizer_json(v, file)?;
+        let bytes = serde_json::to_vec(&j).map_err(|e| Error::internal(e.to_string()))?;
+        let inner = tokenizers::Tokenizer::from_bytes(bytes)
+            .map_err(|e| Error::new(ErrorKind::Tokenizer, format!("{file}: tokenizer: {e}")))?;
+        let token = |id: Option<u32>| {
+            id.and_then(|i| v.tokens.get(i as usize))
+                .cloned()
+                .unwrap_or_default()
+        };
+        let (bos, eos) = (token(v.bos_id), token(v.eos_id));
+        let chat = match &v.chat_template {
+            Some(t) => ChatTemplate::new(t, &bos, &eos).map_err(|e| {
+                Error::new(
+                    e.kind(),
+                    format!("{file}: tokenizer.chat_template: {}", e.message()),
+                )
+            })?,
+            None => ChatTemplate::chatml(&bos, &eos),
+        };
+        Ok(Tokenizer { inner, chat })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny() -> GgufVocab {
+        let tokens: Vec<String> = ["a", "b", "ab", "Ġ", "<|end|>"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        GgufVocab {
+            model: "gpt2".into(),
+            pre: Some("gpt2".into()),
+            token_types: vec![1, 1, 1, 1, TOKEN_CONTROL],
+            merges: vec!["a b".into()],
+            tokens,
+            eos_id: Some(4),
+            ..GgufVocab::default()
+        }
+    }
+
+    #[test]
+    fn merges_and_special_tokens_apply() {
+        let t = Tokenizer::from_gguf_vocab(&tiny(), "t.gguf").unwrap();
+        assert_eq!(t.encode("ab", false).unwrap(), vec![2]);
+        assert_eq!(t.encode("ba<|end|>", false).unwrap(), vec![1, 0, 4]);
+        assert_eq!(t.decode(&[2, 4]).unwrap(), "ab<|end|>");
+        assert!(!t.chat_template().is_models_own());
+    }
+
+    #[test]
+    fn unsupported_models_and_bad_metadata_are_named() {
+        let mut v = tiny();
+        v.model = "llama".into();
+        let e = Tokenizer::from_gguf_vocab(&v, "t.gguf").unwrap_err();
+        assert!(e.message().contains("tokenizer.ggml.model") && e.message().contains("t.gguf"));
+        let mut v = tiny();
+        v.pre = Some("falcon".into());
+        assert!(Tokenizer::from_gguf_vocab(&v, "t.gguf")
+            .unwrap_err()
+            .message()
+            .contains("tokenizer.ggml.pre"));
+        let mut v = tiny();
+        v.tokens.push("a".into());
+        v.token_types.push(1);
+        assert!(Tokenizer::from_gguf_vocab(&v, "t.gguf")
+            .unwrap_err()
+            .message()
+            .contains("twice"));
+        let mut v = tiny();
+        v.add_bos = true;
+        assert!(Tokenizer::from_gguf_vocab(&v, "t.gguf")
+            .unwrap_err()
+            .message()
+            .contains("bos_token_id"));
+    }
+}

@@ -179,7 +179,8 @@ typedef struct subspec_load_params {
   // `sizeof(subspec_load_params)` as the caller was compiled (the init function sets
   // it). The library reads only this many bytes.
   size_t struct_size;
-  // Model directory (config.json, *.safetensors, tokenizer.json), NUL-terminated.
+  // The model, NUL-terminated: a Hugging Face directory (config.json, *.safetensors,
+  // tokenizer.json) or a GGUF file (any shard of a split `-00001-of-0000N.gguf` set).
   // Borrowed for the duration of the call only. Default NULL (must be set).
   const char *model_path;
   // Device memory budget in bytes; `0` (default) keeps everything resident.
@@ -460,6 +461,21 @@ SUBSPEC_API subspec_status subspec_token_to_id(const struct subspec_engine *engi
 // `engine` NULL or live; `text` NULL or NUL-terminated; `out` NULL or valid for `cap`
 // writes; `n_out` NULL or valid.
 SUBSPEC_API subspec_status subspec_tokenize(const struct subspec_engine *engine, const char *text, bool add_special, int32_t *out, size_t cap, size_t *n_out);
+
+// Renders a conversation with the model's own chat template (`chat_template` of a
+// directory's tokenizer_config.json, `tokenizer.chat_template` of a GGUF file; ChatML
+// when the model has none) into `buf` (capacity `cap` bytes) as NUL-terminated UTF-8:
+// message `i` is `roles[i]` (`"system"`, `"user"`, `"assistant"`, ...) saying
+// `contents[i]`; with `add_generation_prompt` the text ends where the assistant's answer
+// begins. Tokenize the result with `add_special = false`. `*needed` (when not NULL)
+// receives the size including the NUL, also on `BUFFER_TOO_SMALL` (then nothing is
+// written to `buf`). `TOKENIZER` when the engine has no tokenizer or the template fails
+// (e.g. it refuses a role: its message says why).
+//
+// # Safety
+// `engine` NULL or live; `roles` and `contents` NULL or valid for `n` reads of
+// NUL-terminated strings; `buf` NULL or valid for `cap` writes; `needed` NULL or valid.
+SUBSPEC_API subspec_status subspec_apply_chat_template(const struct subspec_engine *engine, const char *const *roles, const char *const *contents, size_t n, bool add_generation_prompt, char *buf, size_t cap, size_t *needed);
 
 // Decodes `n` token ids into `buf` (capacity `cap` bytes) as NUL-terminated UTF-8;
 // `*needed` (when not NULL) receives the size including the NUL, also on

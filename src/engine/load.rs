@@ -77,9 +77,8 @@ impl Engine {
         let mut model = Model::load_placed(path, device, placement)?;
         Progress::report(&opts.progress, 0.1)?;
         let tokenizer = match Tokenizer::load(path) {
-            Ok(t) => Some(t),
             Err(e) if opts.require_tokenizer => return Err(e),
-            Err(_) => None,
+            r => r,
         };
         let max_context = match opts.max_context {
             0 => model.config().max_position,

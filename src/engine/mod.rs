@@ -38,7 +38,8 @@ const PREFILL_CHUNK: usize = 256;
 /// What an engine's handles share.
 struct Shared {
     model: Model<Device>,
-    tokenizer: Option<Tokenizer>,
+    /// The tokenizer, or why the model has none.
+    tokenizer: std::result::Result<Tokenizer, Error>,
     pool: rayon::ThreadPool,
     max_context: usize,
     path: PathBuf,
@@ -103,12 +104,12 @@ impl Engine {
         &self.shared.model
     }
 
-    /// The tokenizer, or an error if the model directory has none.
+    /// The tokenizer, or an error saying why the model has none.
     pub fn tokenizer(&self) -> Result<&Tokenizer> {
-        self.shared.tokenizer.as_ref().ok_or_else(|| {
+        self.shared.tokenizer.as_ref().map_err(|e| {
             Error::new(
                 ErrorKind::Tokenizer,
-                format!("{}: no tokenizer", self.shared.path.display()),
+                format!("the model has no usable tokenizer: {}", e.message()),
             )
         })
     }

@@ -39,7 +39,8 @@ pub struct subspec_load_params {
     /// `sizeof(subspec_load_params)` as the caller was compiled (the init function sets
     /// it). The library reads only this many bytes.
     pub struct_size: usize,
-    /// Model directory (config.json, *.safetensors, tokenizer.json), NUL-terminated.
+    /// The model, NUL-terminated: a Hugging Face directory (config.json, *.safetensors,
+    /// tokenizer.json) or a GGUF file (any shard of a split `-00001-of-0000N.gguf` set).
     /// Borrowed for the duration of the call only. Default NULL (must be set).
     pub model_path: *const c_char,
     /// Device memory budget in bytes; `0` (default) keeps everything resident.
@@ -611,6 +612,50 @@ pub unsafe extern "C" fn subspec_tokenize(
             let ids = e.engine.tokenizer()?.encode(text, add_special)?;
             let ids: Vec<i32> = ids.iter().map(|&t| t as i32).collect();
             write_items(&ids, out, cap, n_out, "tokens")
+        })
+    }
+}
+
+/// Renders a conversation with the model's own chat template (`chat_template` of a
+/// directory's tokenizer_config.json, `tokenizer.chat_template` of a GGUF file; ChatML
+/// when the model has none) into `buf` (capacity `cap` bytes) as NUL-terminated UTF-8:
+/// message `i` is `roles[i]` (`"system"`, `"user"`, `"assistant"`, ...) saying
+/// `contents[i]`; with `add_generation_prompt` the text ends where the assistant's answer
+/// begins. Tokenize the result with `add_special = false`. `*needed` (when not NULL)
+/// receives the size including the NUL, also on `BUFFER_TOO_SMALL` (then nothing is
+/// written to `buf`). `TOKENIZER` when the engine has no tokenizer or the template fails
+/// (e.g. it refuses a role: its message says why).
+///
+/// # Safety
+/// `engine` NULL or live; `roles` and `contents` NULL or valid for `n` reads of
+/// NUL-terminated strings; `buf` NULL or valid for `cap` writes; `needed` NULL or valid.
+#[no_mangle]
+pub unsafe extern "C" fn subspec_apply_chat_template(
+    engine: *const subspec_engine,
+    roles: *const *const c_char,
+    contents: *const *const c_char,
+    n: usize,
+    add_generation_prompt: bool,
+    buf: *mut c_char,
+    cap: usize,
+    needed: *mut usize,
+) -> subspec_status {
+    // SAFETY: the caller's guarantee.
+    unsafe {
+        with_engine(engine, |e| {
+            let roles = slice(roles, n, "roles")?;
+            let contents = slice(contents, n, "contents")?;
+            let mut messages = Vec::with_capacity(n);
+            for (i, (&r, &c)) in roles.iter().zip(contents).enumerate() {
+                let role = c_utf8(r, &format!("roles[{i}]"))?;
+                let content = c_utf8(c, &format!("contents[{i}]"))?;
+                messages.push(crate::tokenizer::ChatMessage::new(role, content));
+            }
+            let text = e
+                .engine
+                .tokenizer()?
+                .apply_chat_template(&messages, add_generation_prompt)?;
+            write_string(&text, buf, cap, needed)
         })
     }
 }

@@ -631,6 +631,24 @@ static void test_tokenizer_smollm2(subspec_engine *e, const ids_t *prompt) {
           "detokenize: %s", buf);
     CHECK(subspec_token_to_id(e, "<|im_end|>", &id) == SUBSPEC_STATUS_OK && id == 2, "im_end %d", id);
     CHECK(subspec_token_to_id(e, "no such token, surely", &id) == SUBSPEC_STATUS_OK && id == -1, "unknown");
+
+    /* The model's own chat template (SmolLM2 adds its default system turn). */
+    const char *roles[] = {"user"}, *contents[] = {"hi"};
+    const char *want = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by "
+                       "Hugging Face<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n";
+    char chat[512];
+    CHECK_STATUS(subspec_apply_chat_template(e, roles, contents, 1, true, chat, 8, &needed),
+                 SUBSPEC_STATUS_BUFFER_TOO_SMALL, "buffer holds");
+    CHECK(needed == strlen(want) + 1, "chat template needed %zu", needed);
+    CHECK(subspec_apply_chat_template(e, roles, contents, 1, true, chat, sizeof chat, NULL) ==
+                  SUBSPEC_STATUS_OK &&
+              strcmp(chat, want) == 0,
+          "chat template: %s", chat);
+    CHECK_STATUS(subspec_apply_chat_template(e, NULL, contents, 1, true, chat, sizeof chat, NULL),
+                 SUBSPEC_STATUS_NULL_POINTER, "roles");
+    const char *null_content[] = {NULL};
+    CHECK_STATUS(subspec_apply_chat_template(e, roles, null_content, 1, true, chat, sizeof chat, NULL),
+                 SUBSPEC_STATUS_NULL_POINTER, "contents[0]");
 }
 
 /* A caller compiled against a newer header: the struct this library knows, then a field

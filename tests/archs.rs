@@ -1,6 +1,6 @@
 //! The architectures beyond the two trained test models, against transformers: tiny
 //! random-weight models built from real-shaped configs (Llama 3.1 and 3.2 with llama3
-//! rope scaling, linear scaling, Qwen3, Mistral with and without a sliding window shorter
+//! rope scaling, linear scaling, Qwen2 and Qwen3, Mistral with and without a sliding window shorter
 //! than the prompt), saved by transformers 5 (`tests/golden/make_arch_fixtures.py`).
 //! Logits at every prompt position within 1e-4, the same 16-token greedy continuation,
 //! and speculative output equal to plain output.
@@ -15,6 +15,7 @@ const ARCHS: &[&str] = &[
     "llama3.1",
     "llama3.2",
     "llama-linear",
+    "qwen2",
     "qwen3",
     "mistral",
     "mistral-window",

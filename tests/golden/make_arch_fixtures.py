@@ -46,6 +46,10 @@ ARCHS = {
     # Linear position interpolation.
     "llama-linear": ("llama", dict(COMMON, rope_theta=10000.0, tie_word_embeddings=False,
                                    rope_scaling={"rope_type": "linear", "factor": 4.0})),
+    # Qwen2 as transformers 5 saves it: rope_theta only inside rope_parameters (a loader
+    # that ignored that key would use the default 10000 and compute wrong logits).
+    "qwen2": ("qwen2", dict(COMMON, rope_theta=1000000.0, tie_word_embeddings=False,
+                            use_sliding_window=False)),
     # Qwen3: q/k norms, head_dim 32 with hidden 64 and 4 heads (q_proj is 128 wide).
     "qwen3": ("qwen3", dict(COMMON, head_dim=32, rope_theta=1000000.0, tie_word_embeddings=True,
                             attention_bias=False, use_sliding_window=False)),

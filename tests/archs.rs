@@ -3,7 +3,9 @@
 //! rope scaling, linear scaling, Qwen2 and Qwen3, Mistral with and without a sliding window shorter
 //! than the prompt), saved by transformers 5 (`tests/golden/make_arch_fixtures.py`).
 //! Logits at every prompt position within 1e-4, the same 16-token greedy continuation,
-//! and speculative output equal to plain output.
+//! and speculative output equal to plain output; and the same for the same weights written
+//! as GGUF files the way llama.cpp's converter writes them (q/k rows permuted for Llama,
+//! Llama 3's scaling as a `rope_freqs` tensor).
 
 mod common;
 
@@ -22,15 +24,35 @@ const ARCHS: &[&str] = &[
 ];
 const TOL: f32 = 1e-4;
 
-fn fixture(name: &str) -> (Engine, Value) {
+/// The fixture's engine (from `file`: "" for the directory, or "model.gguf") and the
+/// expected values; `None` when the fixture has no such file.
+fn fixture_from(name: &str, file: &str) -> Option<(Engine, Value)> {
     let dir = common::root().join("tests/golden/arch").join(name);
     let expected: Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
-    let mut o = EngineOptions::new(&dir);
+    let path = dir.join(file);
+    if !path.exists() {
+        return None;
+    }
+    let mut o = EngineOptions::new(&path);
     o.require_tokenizer = false;
     o.threads = 2;
-    let engine = Engine::load(&o).unwrap_or_else(|e| panic!("{name}: {e}"));
-    (engine, expected)
+    let engine = Engine::load(&o).unwrap_or_else(|e| panic!("{name}/{file}: {e}"));
+    Some((engine, expected))
+}
+
+/// Every fixture as a directory and, where written, as a GGUF file.
+fn fixtures() -> Vec<(String, Engine, Value)> {
+    let mut out = Vec::new();
+    for name in ARCHS {
+        for file in ["", "model.gguf"] {
+            if let Some((e, v)) = fixture_from(name, file) {
+                out.push((format!("{name}/{file}"), e, v));
+            }
+        }
+    }
+    assert!(out.len() >= 2 * ARCHS.len() - 1, "GGUF fixtures missing");
+    out
 }
 
 fn ids(v: &Value) -> Vec<u32> {
@@ -43,8 +65,7 @@ fn ids(v: &Value) -> Vec<u32> {
 
 #[test]
 fn logits_match_transformers_at_every_position() {
-    for name in ARCHS {
-        let (engine, fx) = fixture(name);
+    for (name, engine, fx) in fixtures() {
         let prompt = ids(&fx["prompt"]);
         let n = prompt.len();
         let m = engine.model();
@@ -72,8 +93,7 @@ fn logits_match_transformers_at_every_position() {
 
 #[test]
 fn greedy_continuations_match_and_speculation_changes_nothing() {
-    for name in ARCHS {
-        let (engine, fx) = fixture(name);
+    for (name, engine, fx) in fixtures() {
         let prompt = ids(&fx["prompt"]);
         let want = ids(&fx["greedy"]);
         let run = |opts: &StepOptions| {

@@ -9,16 +9,23 @@ logits at every position of a fixed prompt and a 16-token greedy continuation.
 
     /work/refvenv/bin/python tests/golden/make_arch_fixtures.py     # see tests/golden/README.md
 
-Writes tests/golden/arch/<name>/{config.json, model.safetensors, expected.json}.
+Writes tests/golden/arch/<name>/{config.json, model.safetensors, expected.json} and, for
+the architectures llama.cpp converts (not the windowed Mistral), the same float16 weights
+as <name>/model.gguf, written with gguf-py the way llama.cpp's convert_hf_to_gguf.py does
+(llama.cpp tensor names, q/k rows permuted for the llama architecture, Llama 3's scaling
+as a `rope_freqs` tensor of per-frequency divisors).
 """
 
 import json
 import sys
 from pathlib import Path
 
+import gguf
+import numpy as np
 import torch
 import transformers
 from transformers import AutoConfig, AutoModelForCausalLM
+from safetensors.numpy import load_file
 
 OUT = Path("tests/golden/arch")
 VOCAB = 128
@@ -61,6 +68,84 @@ ARCHS = {
 }
 
 
+GGUF_NAMES = {
+    "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output", "self_attn.q_norm": "attn_q_norm",
+    "self_attn.k_norm": "attn_k_norm", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+    "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm",
+    "post_attention_layernorm": "ffn_norm",
+}
+
+
+def permute(w, n_head):
+    """llama.cpp convert_hf_to_gguf.py LlamaModel.permute."""
+    return (w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
+             .swapaxes(1, 2).reshape(w.shape))
+
+
+def write_gguf(d: Path, model_type: str, config) -> None:
+    arch = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}[model_type]
+    w = gguf.GGUFWriter(str(d / "model.gguf"), arch)
+    c = config
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    w.add_block_count(c.num_hidden_layers)
+    w.add_context_length(c.max_position_embeddings)
+    w.add_embedding_length(c.hidden_size)
+    w.add_feed_forward_length(c.intermediate_size)
+    w.add_head_count(c.num_attention_heads)
+    w.add_head_count_kv(c.num_key_value_heads)
+    w.add_key_length(head_dim)
+    w.add_value_length(head_dim)
+    w.add_layer_norm_rms_eps(c.rms_norm_eps)
+    rope = c.rope_parameters
+    w.add_rope_freq_base(rope["rope_theta"])
+    w.add_bos_token_id(c.bos_token_id)
+    w.add_eos_token_id(c.eos_token_id)
+    if rope.get("rope_type") == "linear":
+        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(rope["factor"])
+    tensors = load_file(str(d / "model.safetensors"))
+    if rope.get("rope_type") == "llama3":
+        # As convert_hf_to_gguf.py LlamaModel.generate_extra_tensors: 1 / the scaling.
+        base = rope["rope_theta"]
+        freqs = 1.0 / (base ** (np.arange(0, head_dim, 2, dtype=np.float32) / head_dim))
+        factor, lo, hi = rope["factor"], rope["low_freq_factor"], rope["high_freq_factor"]
+        old = rope["original_max_position_embeddings"]
+        lo_w, hi_w = old / lo, old / hi
+        factors = []
+        for f in freqs:
+            wl = 2 * np.pi / f
+            if wl < hi_w:
+                factors.append(1)
+            elif wl > lo_w:
+                factors.append(factor)
+            else:
+                smooth = (old / wl - lo) / (hi - lo)
+                factors.append(1 / ((1 - smooth) / factor + smooth))
+        w.add_tensor("rope_freqs.weight", np.array(factors, dtype=np.float32))
+    for name, t in sorted(tensors.items()):
+        if name == "model.embed_tokens.weight":
+            g = "token_embd.weight"
+        elif name == "model.norm.weight":
+            g = "output_norm.weight"
+        elif name == "lm_head.weight":
+            g = "output.weight"
+        else:
+            _, _, layer, rest = name.split(".", 3)
+            module, kind = rest.rsplit(".", 1)
+            g = f"blk.{layer}.{GGUF_NAMES[module]}.{kind}"
+        if arch == "llama" and name.endswith("q_proj.weight"):
+            t = permute(t, c.num_attention_heads)
+        elif arch == "llama" and name.endswith("k_proj.weight"):
+            t = permute(t, c.num_key_value_heads)
+        # Norms as F32, matrices as F16 (what the converter writes for an f16 model).
+        w.add_tensor(g, t.astype(np.float32) if t.ndim == 1 else t.astype(np.float16))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
 def main() -> int:
     names = sys.argv[1:] or list(ARCHS)
     for name in names:
@@ -98,6 +183,8 @@ def main() -> int:
             "greedy": greedy,
         }
         (d / "expected.json").write_text(json.dumps(expected) + "\n")
+        if name != "mistral-window":
+            write_gguf(d, model_type, ref.config)
         print(f"{name}: {d} ({sum(f.stat().st_size for f in d.iterdir())} bytes)")
     return 0
 

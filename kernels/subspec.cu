@@ -171,8 +171,9 @@ extern "C" __global__ void kv_scatter(float* __restrict__ kv, const float* __res
 // ---------------------------------------------------------------------------------------
 // Tree attention over the KV cache.
 //
-// Query row i, head h attends to cache slots 0..committed and to the scratch slots
-// committed + slots[offs[i] .. offs[i + 1]] (its ancestors and itself). Each warp runs an
+// Query row i, head h attends to cache slots starts[i]..committed (starts[i] > 0 under a
+// sliding window) and to the scratch slots committed + slots[offs[i] .. offs[i + 1]] (its
+// ancestors and itself). Each warp runs an
 // online softmax over a strided share of the slots; the warps' partial results are merged
 // through shared memory. head_dim is a multiple of 32, at most 256.
 // Grid: (rows, n_heads); block: ATT_WARPS * 32.
@@ -183,6 +184,7 @@ extern "C" __global__ void kv_scatter(float* __restrict__ kv, const float* __res
 extern "C" __global__ void attention(const float* __restrict__ q, const float* __restrict__ kv,
                                      const unsigned* __restrict__ offs,
                                      const unsigned* __restrict__ slots,
+                                     const unsigned* __restrict__ starts,
                                      float* __restrict__ out, int layer, int capacity,
                                      int committed, int n_heads, int n_kv_heads, int head_dim,
                                      float scale) {
@@ -203,10 +205,11 @@ extern "C" __global__ void attention(const float* __restrict__ q, const float* _
         acc[e] = 0.0f;
     }
     const unsigned first = offs[i], own = offs[i + 1] - first;
-    const int total = committed + (int)own;
+    const int start = (int)starts[i], past = committed - start;
+    const int total = past + (int)own;
     float m = NEG_INF, l = 0.0f;
     for (int t = warp; t < total; t += ATT_WARPS) {
-        const size_t slot = t < committed ? (size_t)t : (size_t)committed + slots[first + t - committed];
+        const size_t slot = t < past ? (size_t)(start + t) : (size_t)committed + slots[first + t - past];
         const float* kr = K + slot * kv_dim;
         const float* vr = V + slot * kv_dim;
         float d = 0.0f;
@@ -451,4 +454,228 @@ extern "C" __global__ void dense_f16(const __half* w, const float* x, float* out
 extern "C" __global__ void dense_bf16(const __nv_bfloat16* w, const float* x, float* out,
                                       int rows, int cols, int tokens) {
     dense_impl(w, x, out, rows, cols, tokens);
+}
+
+// ---------------------------------------------------------------------------------------
+// GGUF's block-quantized weights (ggml layouts): rows of whole blocks, each row
+// `cols / BS * BB` bytes. load8q gives the 8 weights of chunk c (elements 8c .. 8c + 8, all
+// in one block) exactly as gguf-py's dequantizer does (every product below is exact in
+// f32, so fmaf's single rounding of the last step equals numpy's), and the products and
+// embeddings reuse dense_impl's order.
+
+__device__ __forceinline__ float half_at(const unsigned char* p) {
+    return __half2float(__ushort_as_half((unsigned short)(p[0] | (p[1] << 8))));
+}
+
+__device__ __forceinline__ unsigned u32_at(const unsigned char* p) {
+    return (unsigned)p[0] | ((unsigned)p[1] << 8) | ((unsigned)p[2] << 16) | ((unsigned)p[3] << 24);
+}
+
+// The 6-bit scale and minimum of sub-block j of a Q4_K/Q5_K block (scales at s).
+__device__ __forceinline__ void k4_scale_min(const unsigned char* s, int j, int& sc, int& mn) {
+    if (j < 4) {
+        sc = s[j] & 63;
+        mn = s[j + 4] & 63;
+    } else {
+        sc = (s[j + 4] & 15) | ((s[j - 4] >> 6) << 4);
+        mn = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+    }
+}
+
+#define GGML_Q4_0 2
+#define GGML_Q4_1 3
+#define GGML_Q5_0 6
+#define GGML_Q5_1 7
+#define GGML_Q8_0 8
+#define GGML_Q4_K 12
+#define GGML_Q5_K 13
+#define GGML_Q6_K 14
+
+template <int T> struct GgmlBlock;
+template <> struct GgmlBlock<GGML_Q4_0> { enum { BS = 32, BB = 18 }; };
+template <> struct GgmlBlock<GGML_Q4_1> { enum { BS = 32, BB = 20 }; };
+template <> struct GgmlBlock<GGML_Q5_0> { enum { BS = 32, BB = 22 }; };
+template <> struct GgmlBlock<GGML_Q5_1> { enum { BS = 32, BB = 24 }; };
+template <> struct GgmlBlock<GGML_Q8_0> { enum { BS = 32, BB = 34 }; };
+template <> struct GgmlBlock<GGML_Q4_K> { enum { BS = 256, BB = 144 }; };
+template <> struct GgmlBlock<GGML_Q5_K> { enum { BS = 256, BB = 176 }; };
+template <> struct GgmlBlock<GGML_Q6_K> { enum { BS = 256, BB = 210 }; };
+
+template <int T>
+__device__ __forceinline__ void load8q(const unsigned char* __restrict__ row, int c, float (&w)[8]) {
+    const int bs = GgmlBlock<T>::BS, bb = GgmlBlock<T>::BB;
+    const int e0 = 8 * c;
+    const unsigned char* p = row + (size_t)(e0 / bs) * bb;
+    const int k = e0 % bs;  // first element inside the block
+    if (T == GGML_Q8_0) {
+        const float d = half_at(p);
+#pragma unroll
+        for (int j = 0; j < 8; j++) w[j] = (float)(signed char)p[2 + k + j] * d;
+    } else if (T == GGML_Q4_0 || T == GGML_Q4_1) {
+        const float d = half_at(p);
+        const unsigned char* qs = p + (T == GGML_Q4_0 ? 2 : 4);
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            const int e = k + j;
+            const int q = e < 16 ? (qs[e] & 15) : (qs[e - 16] >> 4);
+            if (T == GGML_Q4_0) w[j] = d * (float)(q - 8);
+            else w[j] = fmaf(d, (float)q, half_at(p + 2));
+        }
+    } else if (T == GGML_Q5_0 || T == GGML_Q5_1) {
+        const float d = half_at(p);
+        const unsigned qh = u32_at(p + (T == GGML_Q5_0 ? 2 : 4));
+        const unsigned char* qs = p + (T == GGML_Q5_0 ? 6 : 8);
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            const int e = k + j;
+            const int lo = e < 16 ? (qs[e] & 15) : (qs[e - 16] >> 4);
+            const int q = lo | (((qh >> e) & 1) << 4);
+            if (T == GGML_Q5_0) w[j] = d * (float)(q - 16);
+            else w[j] = fmaf(d, (float)q, half_at(p + 2));
+        }
+    } else if (T == GGML_Q4_K || T == GGML_Q5_K) {
+        const float d = half_at(p), dmin = half_at(p + 2);
+        const int sub = k / 32, l0 = k % 32;
+        int sc, mn;
+        k4_scale_min(p + 4, sub, sc, mn);
+        const float dj = d * (float)sc, mj = dmin * (float)mn;
+        const unsigned char* qs = p + (T == GGML_Q4_K ? 16 : 48) + 32 * (sub / 2);
+        const int shift = 4 * (sub % 2);
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            int q = (qs[l0 + j] >> shift) & 15;
+            if (T == GGML_Q5_K) q |= ((p[16 + l0 + j] >> sub) & 1) << 4;
+            w[j] = fmaf(dj, (float)q, -mj);
+        }
+    } else {  // GGML_Q6_K
+        const float d = half_at(p + 208);
+        const unsigned char* ql = p;
+        const unsigned char* qh = p + 128;
+        const float dk = d * (float)(signed char)p[192 + k / 16];
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            const int e = k + j, h = e / 128, r = e % 128;
+            const int lo = (ql[64 * h + r % 64] >> (4 * (r / 64))) & 15;
+            const int hi = (qh[32 * h + r % 32] >> (2 * (r / 32))) & 3;
+            w[j] = dk * (float)((lo | (hi << 4)) - 32);
+        }
+    }
+}
+
+template <int T>
+__device__ void dense_q_impl(const unsigned char* __restrict__ w, const float* __restrict__ x,
+                             float* __restrict__ out, int rows, int cols, int tokens) {
+    const int lane = threadIdx.x & 31;
+    const int r = blockIdx.x * QL_WARPS + (threadIdx.x >> 5);
+    if (r >= rows) return;
+    const int t0 = blockIdx.y * DN_TILE;
+    const int tn = min(DN_TILE, tokens - t0);
+    const unsigned char* wr = w + (size_t)r * (cols / GgmlBlock<T>::BS) * GgmlBlock<T>::BB;
+    float acc[DN_TILE];
+#pragma unroll
+    for (int t = 0; t < DN_TILE; t++) acc[t] = 0.0f;
+    const int chunks = cols / 8;
+    for (int c = lane; c < chunks; c += 32) {
+        float wv[8];
+        load8q<T>(wr, c, wv);
+#pragma unroll
+        for (int t = 0; t < DN_TILE; t++) {
+            if (t < tn) {
+                float xv[8];
+                load8(x + (size_t)(t0 + t) * cols + (size_t)c * 8, xv);
+                float s = 0.0f;
+#pragma unroll
+                for (int j = 0; j < 8; j++) s = fmaf(wv[j], xv[j], s);
+                acc[t] += s;
+            }
+        }
+    }
+#pragma unroll
+    for (int t = 0; t < DN_TILE; t++) {
+        if (t < tn) {
+            const float s = warp_sum(acc[t]);
+            if (lane == 0) out[(size_t)(t0 + t) * rows + r] = s;
+        }
+    }
+}
+
+template <int T>
+__device__ void embed_q_rows(const unsigned char* __restrict__ table, const unsigned* __restrict__ ids,
+                             float* __restrict__ out, int hidden) {
+    const unsigned char* src = table + (size_t)ids[blockIdx.x] * (hidden / GgmlBlock<T>::BS) * GgmlBlock<T>::BB;
+    float* dst = out + (size_t)blockIdx.x * hidden;
+    for (int c = threadIdx.x; c < hidden / 8; c += blockDim.x) {
+        float wv[8];
+        load8q<T>(src, c, wv);
+#pragma unroll
+        for (int j = 0; j < 8; j++) dst[8 * c + j] = wv[j];
+    }
+}
+
+// The products and embeddings of the GGUF block types, written out one by one (so that
+// scripts/build-kernels.py sees every signature). Grids and blocks as dense_f32 and
+// embed_f32.
+extern "C" __global__ void dense_q4_0(const unsigned char* w, const float* x, float* out, int rows,
+                                     int cols, int tokens) {
+    dense_q_impl<GGML_Q4_0>(w, x, out, rows, cols, tokens);
+}
+extern "C" __global__ void embed_q4_0(const unsigned char* t, const unsigned* ids, float* out,
+                                     int hidden) {
+    embed_q_rows<GGML_Q4_0>(t, ids, out, hidden);
+}
+extern "C" __global__ void dense_q4_1(const unsigned char* w, const float* x, float* out, int rows,
+                                     int cols, int tokens) {
+    dense_q_impl<GGML_Q4_1>(w, x, out, rows, cols, tokens);
+}
+extern "C" __global__ void embed_q4_1(const unsigned char* t, const unsigned* ids, float* out,
+                                     int hidden) {
+    embed_q_rows<GGML_Q4_1>(t, ids, out, hidden);
+}
+extern "C" __global__ void dense_q5_0(const unsigned char* w, const float* x, float* out, int rows,
+                                     int cols, int tokens) {
+    dense_q_impl<GGML_Q5_0>(w, x, out, rows, cols, tokens);
+}
+extern "C" __global__ void embed_q5_0(const unsigned char* t, const unsigned* ids, float* out,
+                                     int hidden) {
+    embed_q_rows<GGML_Q5_0>(t, ids, out, hidden);
+}
+extern "C" __global__ void dense_q5_1(const unsigned char* w, const float* x, float* out, int rows,
+                                     int cols, int tokens) {
+    dense_q_impl<GGML_Q5_1>(w, x, out, rows, cols, tokens);
+}
+extern "C" __global__ void embed_q5_1(const unsigned char* t, const unsigned* ids, float* out,
+                                     int hidden) {
+    embed_q_rows<GGML_Q5_1>(t, ids, out, hidden);
+}
+extern "C" __global__ void dense_q8_0(const unsigned char* w, const float* x, float* out, int rows,
+                                     int cols, int tokens) {
+    dense_q_impl<GGML_Q8_0>(w, x, out, rows, cols, tokens);
+}
+extern "C" __global__ void embed_q8_0(const unsigned char* t, const unsigned* ids, float* out,
+                                     int hidden) {
+    embed_q_rows<GGML_Q8_0>(t, ids, out, hidden);
+}
+extern "C" __global__ void dense_q4_k(const unsigned char* w, const float* x, float* out, int rows,
+                                     int cols, int tokens) {
+    dense_q_impl<GGML_Q4_K>(w, x, out, rows, cols, tokens);
+}
+extern "C" __global__ void embed_q4_k(const unsigned char* t, const unsigned* ids, float* out,
+                                     int hidden) {
+    embed_q_rows<GGML_Q4_K>(t, ids, out, hidden);
+}
+extern "C" __global__ void dense_q5_k(const unsigned char* w, const float* x, float* out, int rows,
+                                     int cols, int tokens) {
+    dense_q_impl<GGML_Q5_K>(w, x, out, rows, cols, tokens);
+}
+extern "C" __global__ void embed_q5_k(const unsigned char* t, const unsigned* ids, float* out,
+                                     int hidden) {
+    embed_q_rows<GGML_Q5_K>(t, ids, out, hidden);
+}
+extern "C" __global__ void dense_q6_k(const unsigned char* w, const float* x, float* out, int rows,
+                                     int cols, int tokens) {
+    dense_q_impl<GGML_Q6_K>(w, x, out, rows, cols, tokens);
+}
+extern "C" __global__ void embed_q6_k(const unsigned char* t, const unsigned* ids, float* out,
+                                     int hidden) {
+    embed_q_rows<GGML_Q6_K>(t, ids, out, hidden);
 }

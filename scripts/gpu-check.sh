@@ -39,6 +39,8 @@ BIN=.gpu
 SYNTH=${SUBSPEC_SYNTH_DIR:-/tmp/subspec-synth}
 mkdir -p "$SYNTH"
 export SUBSPEC_SYNTH_DIR=$SYNTH
+# The test binaries were built elsewhere: the fixtures (tests/golden/arch) are here.
+export SUBSPEC_REPO_ROOT=$PWD
 # tau measured on the CPU with the real models (docs/BENCHMARKS.md): Qwen2.5-Coder-0.5B
 # offloaded at 720 MiB, width 2 x depth 16; and the resident default chain (depth 8).
 TAU=${SUBSPEC_TAU:-qwen0.5b-offloaded-cpu=11.9,qwen0.5b-chain8-cpu=6.8}

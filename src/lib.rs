@@ -77,7 +77,9 @@ pub mod internals {
     };
     pub use crate::backend::{AttnMask, AttnShape, Backend, Device, TierStats};
     pub use crate::checkpoint::names::linear_names;
-    pub use crate::checkpoint::{AlignedBuf, DType, HostTensor, Linear, Storage, Weights};
+    pub use crate::checkpoint::{
+        AlignedBuf, DType, GgmlType, HostTensor, Linear, Storage, Weights,
+    };
     pub use crate::engine::measure;
     pub use crate::model::{KvCache, Model};
     pub use crate::quant::{qlinear, reconstruction_error, substitute_bytes, QMatrix};

@@ -21,6 +21,8 @@ const ARCHS: &[&str] = &[
     "qwen3",
     "mistral",
     "mistral-window",
+    "llama3.1-hd32",
+    "mistral-window-hd32",
 ];
 const TOL: f32 = 1e-4;
 
@@ -51,7 +53,7 @@ fn fixtures() -> Vec<(String, Engine, Value)> {
             }
         }
     }
-    assert!(out.len() >= 2 * ARCHS.len() - 1, "GGUF fixtures missing");
+    assert!(out.len() >= 2 * ARCHS.len() - 2, "GGUF fixtures missing");
     out
 }
 
@@ -126,6 +128,52 @@ fn greedy_continuations_match_and_speculation_changes_nothing() {
             run(&StepOptions::speculative(sampled)),
             run(&StepOptions::plain(sampled)),
             "{name}: sampled speculative != plain"
+        );
+    }
+}
+
+#[test]
+fn a_quantized_gguf_matches_its_dequantized_reference_and_speculates_losslessly() {
+    // model-q.gguf: the llama3.1 fixture with its matrices in Q8_0, Q4_0, Q4_1, Q5_0 and
+    // Q5_1 (gguf-py's quantizers); expected-q.json: transformers' logits for the weights
+    // gguf-py dequantizes from it.
+    let (q, _) = fixture_from("llama3.1", "model-q.gguf").expect("model-q.gguf");
+    let path = common::root().join("tests/golden/arch/llama3.1/expected-q.json");
+    let fx: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let prompt = ids(&fx["prompt"]);
+    let n = prompt.len();
+    let m = q.model();
+    let vocab = q.config().vocab;
+    let mut cache = m.new_cache(n).unwrap();
+    let pos: Vec<usize> = (0..n).collect();
+    let logits = q
+        .install(|| m.forward(&mut cache, &prompt, &pos, &AttnMask::causal(n), &pos))
+        .unwrap();
+    let mut worst = 0f32;
+    for (p, want) in fx["logits"].as_array().unwrap().iter().enumerate() {
+        for (t, w) in want.as_array().unwrap().iter().enumerate() {
+            let (ours, w) = (logits[p * vocab + t], w.as_f64().unwrap() as f32);
+            worst = worst.max((ours - w).abs());
+            assert!(
+                (ours - w).abs() <= TOL * w.abs().max(1.0),
+                "position {p} token {t}: ours {ours} vs the dequantized reference {w}"
+            );
+        }
+    }
+    eprintln!("model-q.gguf: max |logit diff| {worst:.2e}");
+    for sampling in [
+        SamplingParams::greedy(),
+        SamplingParams::new(0.9, 0, 1.0, 2),
+    ] {
+        let run = |opts: StepOptions| {
+            let mut s = q.new_sequence().unwrap();
+            s.append(&prompt).unwrap();
+            s.generate(&opts, 16, |_| true).unwrap()
+        };
+        assert_eq!(
+            run(StepOptions::speculative(sampling)),
+            run(StepOptions::plain(sampling)),
+            "{sampling:?}"
         );
     }
 }

@@ -18,7 +18,7 @@ use subspec::internals::QMatrix;
 use subspec::internals::{driver_present, CudaBackend};
 use subspec::internals::{AlignedBuf, Storage};
 use subspec::internals::{AttnMask, AttnShape, Backend};
-use subspec::internals::{DType, HostTensor};
+use subspec::internals::{DType, GgmlType, HostTensor};
 use subspec::Pass;
 use subspec::{
     DeviceKind, DraftOptions, Engine, EngineOptions, ErrorKind, SamplingParams, StepOptions,
@@ -126,6 +126,49 @@ fn act<B: Backend>(b: &B, rows: usize, cols: usize, v: &[f32]) -> B::Act {
 }
 
 /// Every leaf operation on random inputs; named outputs, copied to the host.
+/// `rows x cols` random weights of GGUF block type `t` (finite f16 scales of mixed
+/// magnitude, random codes).
+fn gguf_tensor(name: &str, t: GgmlType, rows: usize, cols: usize, seed: u64) -> HostTensor {
+    let (bs, bb) = (t.block_size(), t.block_bytes());
+    let n = rows * cols / bs;
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut bytes = vec![0u8; n * bb];
+    let scales: &[usize] = match t {
+        GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => &[0],
+        GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q4_K | GgmlType::Q5_K => &[0, 2],
+        GgmlType::Q6_K => &[208],
+        _ => &[],
+    };
+    for b in bytes.chunks_exact_mut(bb) {
+        for v in b.iter_mut() {
+            *v = next() as u8;
+        }
+        for &f in scales {
+            // Exponents 2^-10 .. 2^-3: scales of trained weights.
+            let r = next();
+            let h = (r as u16 & 0x8000) | ((5 + (r >> 20) as u16 % 8) << 10) | (r as u16 & 0x3ff);
+            b[f..f + 2].copy_from_slice(&h.to_le_bytes());
+        }
+    }
+    let len = bytes.len();
+    let mut buf = AlignedBuf::new(len);
+    buf.as_mut_slice()[..len].copy_from_slice(&bytes);
+    HostTensor::view(
+        name,
+        DType::Quant(t),
+        vec![rows, cols],
+        Arc::new(Storage::Owned(buf)),
+        0,
+        len,
+    )
+}
+
 fn ops<B: Backend>(b: &B) -> Vec<(String, Vec<f32>)> {
     let mut out = Vec::new();
     let (n, h, ff) = (7usize, 256usize, 512usize);
@@ -150,6 +193,33 @@ fn ops<B: Backend>(b: &B) -> Vec<(String, Vec<f32>)> {
         let mut o = b.act(n, ff).unwrap();
         b.linear(&x, &w, Some(&bias), &mut o).unwrap();
         out.push((format!("linear {dt:?}"), b.to_host(&o).unwrap()));
+    }
+    // GGUF block types: products (resident weights) and embeddings (a device-resident
+    // table, as a tied lm_head is, and a host-side one).
+    for (i, t) in [
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
+        GgmlType::Q8_0,
+        GgmlType::Q4_K,
+        GgmlType::Q5_K,
+        GgmlType::Q6_K,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let wt = gguf_tensor("wq", t, ff, h, 40 + i as u64);
+        let w = b.upload(&wt).unwrap();
+        let mut o = b.act(n, ff).unwrap();
+        b.linear(&x, &w, None, &mut o).unwrap();
+        out.push((format!("linear {t:?}"), b.to_host(&o).unwrap()));
+        let mut e = b.act(3, h).unwrap();
+        b.embed(&w, &[ff as u32 - 1, 0, 7], &mut e).unwrap();
+        out.push((format!("embed {t:?}"), b.to_host(&e).unwrap()));
+        let host = b.host_matrix(&wt).unwrap();
+        b.embed(&host, &[3, 1, 2], &mut e).unwrap();
+        out.push((format!("embed {t:?} (host table)"), b.to_host(&e).unwrap()));
     }
     // Quantized substitutes, every width.
     for bits in [2u8, 3, 4, 8] {
@@ -209,6 +279,17 @@ fn ops<B: Backend>(b: &B) -> Vec<(String, Vec<f32>)> {
         b.attention(&q, &kv, 1, committed, &mask, shape, &mut o)
             .unwrap();
         out.push((format!("attention hd {hd}"), b.to_host(&o).unwrap()));
+        // The same under a sliding window of 5 positions (the tree's queries at positions
+        // committed + depth; committed slot j at position j).
+        let depth = [0usize, 1, 1, 2, 2, 2, 3];
+        let pos: Vec<usize> = depth.iter().map(|d| committed + d).collect();
+        let win = mask.windowed(&pos, 5, committed);
+        b.attention(&q, &kv, 1, committed, &win, shape, &mut o)
+            .unwrap();
+        out.push((
+            format!("attention hd {hd}, window 5"),
+            b.to_host(&o).unwrap(),
+        ));
         // Keep the path 0 -> 2 -> 5 -> 6 and read it back through one more token.
         b.kv_compact(
             &mut kv,
@@ -237,6 +318,17 @@ fn ops<B: Backend>(b: &B) -> Vec<(String, Vec<f32>)> {
         ));
     }
     out
+}
+
+#[test]
+fn the_parity_operations_run_on_the_cpu() {
+    // The reference half of every_operation_matches_the_cpu, so a broken case shows here
+    // on machines without a GPU too.
+    let ops = ops(&CpuBackend);
+    assert!(ops.len() > 30);
+    for (name, v) in &ops {
+        assert!(v.iter().all(|x| x.is_finite()), "{name}: non-finite output");
+    }
 }
 
 #[test]
@@ -339,6 +431,66 @@ fn logits_and_greedy_continuations_match_the_cpu() {
             "{name}: greedy continuation differs from the CPU's"
         );
     }
+}
+
+#[test]
+fn gguf_and_windowed_models_match_the_cpu() {
+    // The tiny transformers-built fixtures whose heads the CUDA kernels take (head_dim
+    // 32): GGUF files in f16 and in Q8_0/Q4_0/Q4_1/Q5_0/Q5_1 (permuted q/k, llama3
+    // rope_freqs), Mistral with a window shorter than the prompt, Qwen3's q/k norms.
+    if gpu("gguf_and_windowed_models_match_the_cpu").is_none() {
+        return;
+    }
+    let arch = common::root().join("tests/golden/arch");
+    let cases = [
+        arch.join("llama3.1-hd32/model.gguf"),
+        arch.join("llama3.1-hd32/model-q.gguf"),
+        arch.join("mistral-window-hd32"),
+        arch.join("qwen3"),
+        arch.join("qwen3/model.gguf"),
+    ];
+    for path in cases {
+        let name = path.display().to_string();
+        let cpu = load(&path, DeviceKind::Cpu, true, None);
+        let cuda = load(&path, DeviceKind::Cuda(0), true, None);
+        let p = prompt(cpu.config().vocab, 40, 3);
+        let rows: Vec<usize> = (0..p.len()).collect();
+        let logits = |e: &Engine| {
+            let m = e.model();
+            let mut c = m.new_cache(p.len()).unwrap();
+            e.install(|| m.forward(&mut c, &p, &rows, &AttnMask::causal(p.len()), &rows))
+                .unwrap()
+        };
+        let e = rel_err(&logits(&cuda), &logits(&cpu));
+        println!("{name}: logits rel err {e:.2e}");
+        assert!(e < 1e-3, "{name}: logits differ from the CPU's by {e:.2e}");
+        let greedy = StepOptions::plain(SamplingParams::greedy());
+        let want = generate(&cpu, &p, &greedy, 16);
+        assert_eq!(generate(&cuda, &p, &greedy, 16), want, "{name}: greedy");
+        for sampling in [
+            SamplingParams::greedy(),
+            SamplingParams::new(0.9, 0, 0.95, 4),
+        ] {
+            let plain = generate(&cuda, &p, &StepOptions::plain(sampling), 24);
+            let spec = generate(&cuda, &p, &StepOptions::speculative(sampling), 24);
+            assert_eq!(
+                spec, plain,
+                "{name}: CUDA speculative != plain ({sampling:?})"
+            );
+        }
+    }
+    // The quantized GGUF streamed from pinned memory at its minimum budget.
+    let q = arch.join("llama3.1-hd32/model-q.gguf");
+    let min = Engine::minimum_budget(&options(&q, DeviceKind::Cuda(0), true, None)).unwrap();
+    let streamed = load(&q, DeviceKind::Cuda(0), true, Some(min));
+    let resident = load(&q, DeviceKind::Cuda(0), true, None);
+    let p = prompt(resident.config().vocab, 20, 5);
+    let opts = StepOptions::speculative(SamplingParams::greedy());
+    assert_eq!(
+        generate(&streamed, &p, &opts, 24),
+        generate(&resident, &p, &opts, 24),
+        "streamed quantized GGUF on CUDA"
+    );
 }
 
 #[test]

@@ -13,9 +13,12 @@ pub const SMOLLM2: &str = "smollm2-135m-instruct";
 /// The Qwen2-architecture test model (q/k/v bias, untied lm_head).
 pub const QWEN2: &str = "qwen2.5-coder-0.5b-instruct";
 
-/// Repository root.
+/// Repository root: where the tests were built, or `SUBSPEC_REPO_ROOT` when the test
+/// binaries run elsewhere (scripts/gpu-check.sh carries them to a GPU machine).
 pub fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    std::env::var_os("SUBSPEC_REPO_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
 
 /// `models/<name>`, which `scripts/fetch-models.sh` creates; fails with instructions if

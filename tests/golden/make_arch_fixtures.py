@@ -65,6 +65,16 @@ ARCHS = {
                                 sliding_window=None)),
     "mistral-window": ("mistral", dict(COMMON, rope_theta=10000.0, tie_word_embeddings=False,
                                        sliding_window=8)),
+    # Head dimension 32 (2 heads, 1 kv head), which the CUDA kernels need (multiples of
+    # 32): the CUDA parity tests run these (tests/cuda.rs), with a quantized GGUF.
+    "llama3.1-hd32": ("llama", dict(COMMON, num_attention_heads=2, num_key_value_heads=1,
+                                    rope_theta=500000.0, tie_word_embeddings=False,
+                                    rope_scaling={"rope_type": "llama3", "factor": 8.0,
+                                                  "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                                  "original_max_position_embeddings": 32})),
+    "mistral-window-hd32": ("mistral", dict(COMMON, num_attention_heads=2, num_key_value_heads=1,
+                                            rope_theta=10000.0, tie_word_embeddings=False,
+                                            sliding_window=8)),
 }
 
 
@@ -83,9 +93,20 @@ def permute(w, n_head):
              .swapaxes(1, 2).reshape(w.shape))
 
 
-def write_gguf(d: Path, model_type: str, config) -> None:
+# The block types gguf-py can quantize to, one per kind of tensor (for model-q.gguf).
+QUANT = {
+    "attn_q": gguf.GGMLQuantizationType.Q8_0, "attn_k": gguf.GGMLQuantizationType.Q8_0,
+    "attn_v": gguf.GGMLQuantizationType.Q4_0, "attn_output": gguf.GGMLQuantizationType.Q4_1,
+    "ffn_gate": gguf.GGMLQuantizationType.Q5_0, "ffn_up": gguf.GGMLQuantizationType.Q5_0,
+    "ffn_down": gguf.GGMLQuantizationType.Q5_1, "token_embd": gguf.GGMLQuantizationType.Q8_0,
+}
+
+
+def write_gguf(d: Path, model_type: str, config, quantized: bool = False) -> None:
+    """The model as GGUF: model.gguf (f16 matrices), or with `quantized` model-q.gguf
+    (matrices in the block types of QUANT, for the CUDA parity tests)."""
     arch = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}[model_type]
-    w = gguf.GGUFWriter(str(d / "model.gguf"), arch)
+    w = gguf.GGUFWriter(str(d / ("model-q.gguf" if quantized else "model.gguf")), arch)
     c = config
     head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
     w.add_block_count(c.num_hidden_layers)
@@ -139,11 +160,57 @@ def write_gguf(d: Path, model_type: str, config) -> None:
         elif arch == "llama" and name.endswith("k_proj.weight"):
             t = permute(t, c.num_key_value_heads)
         # Norms as F32, matrices as F16 (what the converter writes for an f16 model).
-        w.add_tensor(g, t.astype(np.float32) if t.ndim == 1 else t.astype(np.float16))
+        kind = g.split(".")[-2] if g.startswith("blk.") else g.split(".")[0]
+        if t.ndim == 1:
+            w.add_tensor(g, t.astype(np.float32))
+        elif quantized and kind in QUANT:
+            q = gguf.quants.quantize(t.astype(np.float32), QUANT[kind])
+            w.add_tensor(g, q, raw_shape=q.shape, raw_dtype=QUANT[kind])
+        else:
+            w.add_tensor(g, t.astype(np.float16))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
+
+
+def write_quantized_reference(d: Path, ref, prompt) -> None:
+    """expected-q.json: float32 logits of the model whose weights are model-q.gguf's,
+    dequantized by gguf-py (q/k un-permuted), so the quantized GGUF path has an exact
+    reference too."""
+    from gguf.quants import dequantize
+    reader = gguf.GGUFReader(str(d / "model-q.gguf"))
+    c = ref.config
+    inv = {v: k for k, v in GGUF_NAMES.items()}
+    state = ref.state_dict()
+    with torch.no_grad():
+        for t in reader.tensors:
+            if t.name == "rope_freqs.weight":
+                continue
+            a = dequantize(t.data, t.tensor_type).reshape([int(x) for x in reversed(t.shape.tolist())])
+            if t.name == "token_embd.weight":
+                hf = "model.embed_tokens.weight"
+            elif t.name == "output_norm.weight":
+                hf = "model.norm.weight"
+            elif t.name == "output.weight":
+                hf = "lm_head.weight"
+            else:
+                _, layer, what, kind = t.name.split(".")
+                hf = f"model.layers.{layer}.{inv[what]}.{kind}"
+                if what == "attn_q":
+                    a = permute_back(a, c.num_attention_heads)
+                elif what == "attn_k":
+                    a = permute_back(a, c.num_key_value_heads)
+            state[hf].copy_(torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)))
+        logits = ref(torch.tensor([prompt])).logits[0].float()
+    (d / "expected-q.json").write_text(json.dumps(
+        {"prompt": prompt, "logits": [[float(x) for x in row] for row in logits.tolist()]}) + "\n")
+
+
+def permute_back(w, n_head):
+    """The inverse of `permute`."""
+    return (w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:])
+             .swapaxes(1, 2).reshape(w.shape))
 
 
 def main() -> int:
@@ -183,8 +250,11 @@ def main() -> int:
             "greedy": greedy,
         }
         (d / "expected.json").write_text(json.dumps(expected) + "\n")
-        if name != "mistral-window":
+        if not name.startswith("mistral-window"):
             write_gguf(d, model_type, ref.config)
+        if name in ("llama3.1", "llama3.1-hd32"):
+            write_gguf(d, model_type, ref.config, quantized=True)
+            write_quantized_reference(d, ref, prompt)
         print(f"{name}: {d} ({sum(f.stat().st_size for f in d.iterdir())} bytes)")
     return 0
 

@@ -152,10 +152,7 @@ impl Backend for CpuBackend {
         let t = table.matrix();
         let cols = t.shape[1];
         for (i, &id) in ids.iter().enumerate() {
-            let base = id as usize * cols;
-            for (c, o) in out.data[i * cols..(i + 1) * cols].iter_mut().enumerate() {
-                *o = t.get_f32(base + c);
-            }
+            t.row_f32(id as usize, &mut out.data[i * cols..(i + 1) * cols]);
         }
         Ok(())
     }
@@ -255,7 +252,14 @@ impl Backend for CpuBackend {
     ) -> Result<()> {
         let d = kv.kv_dim;
         let end = (first + k.rows) * d;
-        assert!(first + k.rows <= kv.capacity, "KV cache overflow");
+        if first + k.rows > kv.capacity || layer >= kv.k.len() {
+            return Err(crate::error::Error::internal(format!(
+                "kv_write of {} slots at {first} in layer {layer}: the cache has {} slots and {} layers",
+                k.rows,
+                kv.capacity,
+                kv.k.len()
+            )));
+        }
         for (store, src) in [(&mut kv.k[layer], k), (&mut kv.v[layer], v)] {
             if store.len() < end {
                 store.resize(end, 0.0);
@@ -267,7 +271,21 @@ impl Backend for CpuBackend {
 
     fn kv_compact(&self, kv: &mut CpuKv, src: &[usize], dst_first: usize) -> Result<()> {
         let d = kv.kv_dim;
+        let Some(&last) = src.iter().max() else {
+            return Ok(());
+        };
+        if last >= kv.capacity {
+            return Err(crate::error::Error::internal(format!(
+                "kv_compact from slot {last}: the cache has {} slots",
+                kv.capacity
+            )));
+        }
         for store in kv.k.iter_mut().chain(kv.v.iter_mut()) {
+            // Slots never written (this cache grows as it is written) read as zeros, as
+            // on a device where the whole cache is allocated up front.
+            if store.len() < (last + 1) * d {
+                store.resize((last + 1) * d, 0.0);
+            }
             for (i, &s) in src.iter().enumerate() {
                 let dst = dst_first + i;
                 if s != dst {

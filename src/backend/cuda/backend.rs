@@ -15,7 +15,7 @@ use super::launch::DevPtr;
 use super::memory::{CudaAct, CudaKv, CudaWeight};
 use super::tier::CudaTier;
 use crate::backend::{AttnMask, AttnShape, Backend, TierStats};
-use crate::checkpoint::{DType, HostTensor, Weights};
+use crate::checkpoint::{DType, GgmlType, HostTensor, Weights};
 use crate::error::{Error, ErrorKind, Result};
 use crate::quant::QMatrix;
 
@@ -190,12 +190,14 @@ impl Backend for CudaBackend {
             CudaWeight::Host(t) => {
                 let cols = t.shape[1];
                 Self::check_act(out, ids.len(), cols, "embed")?;
+                if ids.iter().any(|&id| id as usize >= t.shape[0]) {
+                    return Err(Error::internal("embed: a token id is outside the table"));
+                }
+                let mut row = vec![0f32; cols];
                 let mut rows = Vec::with_capacity(ids.len() * cols * 4);
                 for &id in ids {
-                    let base = id as usize * cols;
-                    for c in 0..cols {
-                        rows.extend_from_slice(&t.get_f32(base + c).to_le_bytes());
-                    }
+                    t.row_f32(id as usize, &mut row);
+                    rows.extend(row.iter().flat_map(|v| v.to_le_bytes()));
                 }
                 // SAFETY: `out` holds ids.len() * cols floats.
                 unsafe { cu::memcpy_htod_async(out.addr(), &rows, inner.stream) }
@@ -216,14 +218,28 @@ impl Backend for CudaBackend {
                 let at = inner.launch((ids.len() as u32, 1, 1), 256);
                 let (t, ids, out, hidden) = (*ptr, d_ids.ptr(), out.ptr_mut(), *cols as i32);
                 let k = &inner.kernels;
-                // SAFETY: the table holds `rows` rows of `cols` values of `dtype` and every
-                // id is below `rows`; `out` holds ids.len() rows of `cols` (checked above).
+                // SAFETY: the table holds `rows` rows of `cols` values of `dtype` (whole
+                // blocks for a GGUF block type) and every id is below `rows`; `out` holds
+                // ids.len() rows of `cols` (checked above).
                 unsafe {
                     match dtype {
                         DType::F32 => k.embed_f32(at, DevPtr::from_addr(t), ids, out, hidden),
                         DType::F16 => k.embed_f16(at, DevPtr::from_addr(t), ids, out, hidden),
                         DType::BF16 => k.embed_bf16(at, DevPtr::from_addr(t), ids, out, hidden),
-                        DType::Quant(q) => Err(quant_unsupported(*q)),
+                        DType::Quant(q) => {
+                            let t = DevPtr::from_addr(t);
+                            match q {
+                                GgmlType::Q4_0 => k.embed_q4_0(at, t, ids, out, hidden),
+                                GgmlType::Q4_1 => k.embed_q4_1(at, t, ids, out, hidden),
+                                GgmlType::Q5_0 => k.embed_q5_0(at, t, ids, out, hidden),
+                                GgmlType::Q5_1 => k.embed_q5_1(at, t, ids, out, hidden),
+                                GgmlType::Q8_0 => k.embed_q8_0(at, t, ids, out, hidden),
+                                GgmlType::Q4_K => k.embed_q4_k(at, t, ids, out, hidden),
+                                GgmlType::Q5_K => k.embed_q5_k(at, t, ids, out, hidden),
+                                GgmlType::Q6_K => k.embed_q6_k(at, t, ids, out, hidden),
+                                other => Err(quant_unsupported(*other)),
+                            }
+                        }
                     }
                 }
             }
@@ -273,7 +289,8 @@ impl Backend for CudaBackend {
             } => {
                 Self::check_act(x, x.rows, *cols, "linear input")?;
                 Self::check_act(out, x.rows, *rows, "linear output")?;
-                if inner.cublas_gemm.load(Ordering::Relaxed) {
+                // cuBLAS has no GGUF block types: those always take our kernels.
+                if inner.cublas_gemm.load(Ordering::Relaxed) && !dtype.is_quantized() {
                     blas::gemm(inner, x, *ptr, *rows, *cols, *dtype, out)?;
                 } else {
                     if cols % 8 != 0 {
@@ -292,15 +309,30 @@ impl Backend for CudaBackend {
                     let (w, xp, o) = (*ptr, x.ptr(), out.ptr_mut());
                     let (r, c, n) = (*rows as i32, *cols as i32, x.rows as i32);
                     let k = &inner.kernels;
-                    // SAFETY: the weight holds rows x cols values of `dtype`, `x` is
-                    // x.rows x cols and `out` x.rows x rows (checked above); cols is a
-                    // multiple of 8 as the kernels' 8-wide loads need.
+                    // SAFETY: the weight holds rows x cols values of `dtype` (for a GGUF
+                    // block type, rows of cols / block-size whole blocks, as the tensor was
+                    // checked to be when made), `x` is x.rows x cols and `out` x.rows x rows
+                    // (checked above); cols is a multiple of 8 as the kernels' 8-wide loads
+                    // need (a block holds 32 or 256).
                     unsafe {
                         match dtype {
                             DType::F32 => k.dense_f32(at, DevPtr::from_addr(w), xp, o, r, c, n),
                             DType::F16 => k.dense_f16(at, DevPtr::from_addr(w), xp, o, r, c, n),
                             DType::BF16 => k.dense_bf16(at, DevPtr::from_addr(w), xp, o, r, c, n),
-                            DType::Quant(q) => Err(quant_unsupported(*q)),
+                            DType::Quant(q) => {
+                                let w = DevPtr::from_addr(w);
+                                match q {
+                                    GgmlType::Q4_0 => k.dense_q4_0(at, w, xp, o, r, c, n),
+                                    GgmlType::Q4_1 => k.dense_q4_1(at, w, xp, o, r, c, n),
+                                    GgmlType::Q5_0 => k.dense_q5_0(at, w, xp, o, r, c, n),
+                                    GgmlType::Q5_1 => k.dense_q5_1(at, w, xp, o, r, c, n),
+                                    GgmlType::Q8_0 => k.dense_q8_0(at, w, xp, o, r, c, n),
+                                    GgmlType::Q4_K => k.dense_q4_k(at, w, xp, o, r, c, n),
+                                    GgmlType::Q5_K => k.dense_q5_k(at, w, xp, o, r, c, n),
+                                    GgmlType::Q6_K => k.dense_q6_k(at, w, xp, o, r, c, n),
+                                    other => Err(quant_unsupported(*other)),
+                                }
+                            }
                         }
                     }?;
                 }
@@ -544,11 +576,6 @@ impl Backend for CudaBackend {
             )));
         }
         Self::check_act(out, q.rows, q.cols, "attention")?;
-        if mask.is_windowed() {
-            return Err(Error::unsupported(
-                "sliding-window attention (Mistral with a window shorter than the context) is not implemented on CUDA yet; use the CPU",
-            ));
-        }
         if q.cols != shape.n_heads * hd
             || kv.kv_dim != shape.n_kv_heads * hd
             || layer >= kv.layers
@@ -568,12 +595,18 @@ impl Backend for CudaBackend {
         if committed + slots.iter().map(|&s| s as usize + 1).max().unwrap_or(0) > kv.capacity {
             return Err(Error::internal("attention: a slot is outside the cache"));
         }
+        // The first committed slot of each row (past 0 only under a sliding window).
+        let starts: Vec<u32> = (0..q.rows)
+            .map(|i| mask.start(i).min(committed) as u32)
+            .collect();
         let d_offs = inner.upload(&offs, "attention rows")?;
         let d_slots = inner.upload(&slots, "attention slots")?;
+        let d_starts = inner.upload(&starts, "attention window starts")?;
         let scale = 1.0 / (hd as f32).sqrt();
         // SAFETY: `q` and `out` hold q.rows rows of n_heads heads of hd, the cache holds
         // layer `layer` with n_kv_heads heads of hd, `offs` has a row per query and every
-        // slot it names lies inside the cache (checked above); hd is a multiple of 32 up to
+        // slot it names lies inside the cache (checked above), every start is at most
+        // `committed`; hd is a multiple of 32 up to
         // ATT_MAX_HEAD_DIM and the block has ATT_WARPS warps, as the kernel is written for.
         unsafe {
             inner.kernels.attention(
@@ -582,6 +615,7 @@ impl Backend for CudaBackend {
                 kv.buf.ptr(),
                 d_offs.ptr(),
                 d_slots.ptr(),
+                d_starts.ptr(),
                 out.ptr_mut(),
                 layer as i32,
                 kv.capacity as i32,
@@ -620,10 +654,7 @@ impl Backend for CudaBackend {
     }
 }
 
-/// GGUF's block-quantized weights have no CUDA kernels yet.
-fn quant_unsupported(t: crate::checkpoint::GgmlType) -> Error {
-    Error::unsupported(format!(
-        "{} weights (a quantized GGUF) are not implemented on CUDA yet; use the CPU, or an F16/BF16/F32 model",
-        t.name()
-    ))
+/// A GGUF block type without a CUDA kernel.
+fn quant_unsupported(t: GgmlType) -> Error {
+    Error::unsupported(format!("{} weights have no CUDA kernel", t.name()))
 }

@@ -99,9 +99,9 @@ kernel_table! {
     fn kv_scatter(kv: DevPtrMut<f32>, tmp: DevPtr<f32>, dst_first: i32, len: i32, capacity: i32, kv_dim: i32);
 
     /// ```text
-    /// extern "C" __global__ void attention(const float* __restrict__ q, const float* __restrict__ kv, const unsigned* __restrict__ offs, const unsigned* __restrict__ slots, float* __restrict__ out, int layer, int capacity, int committed, int n_heads, int n_kv_heads, int head_dim, float scale)
+    /// extern "C" __global__ void attention(const float* __restrict__ q, const float* __restrict__ kv, const unsigned* __restrict__ offs, const unsigned* __restrict__ slots, const unsigned* __restrict__ starts, float* __restrict__ out, int layer, int capacity, int committed, int n_heads, int n_kv_heads, int head_dim, float scale)
     /// ```
-    fn attention(q: DevPtr<f32>, kv: DevPtr<f32>, offs: DevPtr<u32>, slots: DevPtr<u32>, out: DevPtrMut<f32>, layer: i32, capacity: i32, committed: i32, n_heads: i32, n_kv_heads: i32, head_dim: i32, scale: f32);
+    fn attention(q: DevPtr<f32>, kv: DevPtr<f32>, offs: DevPtr<u32>, slots: DevPtr<u32>, starts: DevPtr<u32>, out: DevPtrMut<f32>, layer: i32, capacity: i32, committed: i32, n_heads: i32, n_kv_heads: i32, head_dim: i32, scale: f32);
 
     /// ```text
     /// extern "C" __global__ void qlinear_b2(const unsigned char* codes, const __half* params, const float* x, float* out, int rows, int cols, int group, int tokens)
@@ -137,4 +137,87 @@ kernel_table! {
     /// extern "C" __global__ void dense_bf16(const __nv_bfloat16* w, const float* x, float* out, int rows, int cols, int tokens)
     /// ```
     fn dense_bf16(w: DevPtr<bf16>, x: DevPtr<f32>, out: DevPtrMut<f32>, rows: i32, cols: i32, tokens: i32);
+
+    /// ```text
+    /// The products and embeddings of the GGUF block types, written out one by one (so that
+    /// scripts/build-kernels.py sees every signature). Grids and blocks as dense_f32 and
+    /// embed_f32.
+    /// extern "C" __global__ void dense_q4_0(const unsigned char* w, const float* x, float* out, int rows, int cols, int tokens)
+    /// ```
+    fn dense_q4_0(w: DevPtr<u8>, x: DevPtr<f32>, out: DevPtrMut<f32>, rows: i32, cols: i32, tokens: i32);
+
+    /// ```text
+    /// extern "C" __global__ void embed_q4_0(const unsigned char* t, const unsigned* ids, float* out, int hidden)
+    /// ```
+    fn embed_q4_0(t: DevPtr<u8>, ids: DevPtr<u32>, out: DevPtrMut<f32>, hidden: i32);
+
+    /// ```text
+    /// extern "C" __global__ void dense_q4_1(const unsigned char* w, const float* x, float* out, int rows, int cols, int tokens)
+    /// ```
+    fn dense_q4_1(w: DevPtr<u8>, x: DevPtr<f32>, out: DevPtrMut<f32>, rows: i32, cols: i32, tokens: i32);
+
+    /// ```text
+    /// extern "C" __global__ void embed_q4_1(const unsigned char* t, const unsigned* ids, float* out, int hidden)
+    /// ```
+    fn embed_q4_1(t: DevPtr<u8>, ids: DevPtr<u32>, out: DevPtrMut<f32>, hidden: i32);
+
+    /// ```text
+    /// extern "C" __global__ void dense_q5_0(const unsigned char* w, const float* x, float* out, int rows, int cols, int tokens)
+    /// ```
+    fn dense_q5_0(w: DevPtr<u8>, x: DevPtr<f32>, out: DevPtrMut<f32>, rows: i32, cols: i32, tokens: i32);
+
+    /// ```text
+    /// extern "C" __global__ void embed_q5_0(const unsigned char* t, const unsigned* ids, float* out, int hidden)
+    /// ```
+    fn embed_q5_0(t: DevPtr<u8>, ids: DevPtr<u32>, out: DevPtrMut<f32>, hidden: i32);
+
+    /// ```text
+    /// extern "C" __global__ void dense_q5_1(const unsigned char* w, const float* x, float* out, int rows, int cols, int tokens)
+    /// ```
+    fn dense_q5_1(w: DevPtr<u8>, x: DevPtr<f32>, out: DevPtrMut<f32>, rows: i32, cols: i32, tokens: i32);
+
+    /// ```text
+    /// extern "C" __global__ void embed_q5_1(const unsigned char* t, const unsigned* ids, float* out, int hidden)
+    /// ```
+    fn embed_q5_1(t: DevPtr<u8>, ids: DevPtr<u32>, out: DevPtrMut<f32>, hidden: i32);
+
+    /// ```text
+    /// extern "C" __global__ void dense_q8_0(const unsigned char* w, const float* x, float* out, int rows, int cols, int tokens)
+    /// ```
+    fn dense_q8_0(w: DevPtr<u8>, x: DevPtr<f32>, out: DevPtrMut<f32>, rows: i32, cols: i32, tokens: i32);
+
+    /// ```text
+    /// extern "C" __global__ void embed_q8_0(const unsigned char* t, const unsigned* ids, float* out, int hidden)
+    /// ```
+    fn embed_q8_0(t: DevPtr<u8>, ids: DevPtr<u32>, out: DevPtrMut<f32>, hidden: i32);
+
+    /// ```text
+    /// extern "C" __global__ void dense_q4_k(const unsigned char* w, const float* x, float* out, int rows, int cols, int tokens)
+    /// ```
+    fn dense_q4_k(w: DevPtr<u8>, x: DevPtr<f32>, out: DevPtrMut<f32>, rows: i32, cols: i32, tokens: i32);
+
+    /// ```text
+    /// extern "C" __global__ void embed_q4_k(const unsigned char* t, const unsigned* ids, float* out, int hidden)
+    /// ```
+    fn embed_q4_k(t: DevPtr<u8>, ids: DevPtr<u32>, out: DevPtrMut<f32>, hidden: i32);
+
+    /// ```text
+    /// extern "C" __global__ void dense_q5_k(const unsigned char* w, const float* x, float* out, int rows, int cols, int tokens)
+    /// ```
+    fn dense_q5_k(w: DevPtr<u8>, x: DevPtr<f32>, out: DevPtrMut<f32>, rows: i32, cols: i32, tokens: i32);
+
+    /// ```text
+    /// extern "C" __global__ void embed_q5_k(const unsigned char* t, const unsigned* ids, float* out, int hidden)
+    /// ```
+    fn embed_q5_k(t: DevPtr<u8>, ids: DevPtr<u32>, out: DevPtrMut<f32>, hidden: i32);
+
+    /// ```text
+    /// extern "C" __global__ void dense_q6_k(const unsigned char* w, const float* x, float* out, int rows, int cols, int tokens)
+    /// ```
+    fn dense_q6_k(w: DevPtr<u8>, x: DevPtr<f32>, out: DevPtrMut<f32>, rows: i32, cols: i32, tokens: i32);
+
+    /// ```text
+    /// extern "C" __global__ void embed_q6_k(const unsigned char* t, const unsigned* ids, float* out, int hidden)
+    /// ```
+    fn embed_q6_k(t: DevPtr<u8>, ids: DevPtr<u32>, out: DevPtrMut<f32>, hidden: i32);
 }

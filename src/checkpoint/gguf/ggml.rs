@@ -49,7 +49,7 @@ pub enum GgmlType {
 
 impl GgmlType {
     /// Every supported type.
-    pub(crate) const ALL: [GgmlType; 11] = [
+    pub const ALL: [GgmlType; 11] = [
         GgmlType::F32,
         GgmlType::F16,
         GgmlType::BF16,
@@ -92,12 +92,12 @@ impl GgmlType {
     }
 
     /// The ggml name (`Q4_K`, `BF16`, ...).
-    pub(crate) fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         ggml_type_name(self.id()).expect("every supported type has a name")
     }
 
     /// Elements per block (1 for the float types).
-    pub(crate) fn block_size(self) -> usize {
+    pub fn block_size(self) -> usize {
         match self {
             GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => 1,
             GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q8_0 => {
@@ -108,7 +108,7 @@ impl GgmlType {
     }
 
     /// Bytes per block.
-    pub(crate) fn block_bytes(self) -> usize {
+    pub fn block_bytes(self) -> usize {
         match self {
             GgmlType::F32 => 4,
             GgmlType::F16 | GgmlType::BF16 => 2,
@@ -125,7 +125,7 @@ impl GgmlType {
 
     /// Bytes of `n` elements, or `None` when `n` is not a whole number of blocks (or the
     /// size overflows).
-    pub(crate) fn bytes_for(self, n: usize) -> Option<usize> {
+    pub fn bytes_for(self, n: usize) -> Option<usize> {
         if !n.is_multiple_of(self.block_size()) {
             return None;
         }

@@ -148,6 +148,10 @@ enum subspec_status
   // "panic" (C layer): the library panicked (a bug); the call had no effect other than
   // what its documentation says about panics.
   SUBSPEC_STATUS_PANIC = 14,
+  // "invalid state": the call is not valid in the sequence's current state: a step,
+  // eval, truncate or reset while a host-sampled iteration is open, or an iteration call
+  // when none is open or it has ended. Nothing changed.
+  SUBSPEC_STATUS_INVALID_STATE = 15,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -524,7 +528,8 @@ SUBSPEC_API subspec_status subspec_sequence_create(const struct subspec_engine *
 SUBSPEC_API void subspec_sequence_free(struct subspec_sequence *seq);
 
 // Empties the sequence and zeroes its statistics (the KV cache is kept for reuse).
-// Statuses: `OK`, `NULL_POINTER`, `INVALID_ARGUMENT` (in use on another thread), `PANIC`.
+// Statuses: `OK`, `NULL_POINTER`, `INVALID_ARGUMENT` (in use on another thread),
+// `INVALID_STATE` (a host-sampled iteration is open: nothing changes), `PANIC`.
 //
 // # Safety
 // `seq` must be NULL or a live sequence handle.
@@ -532,7 +537,7 @@ SUBSPEC_API subspec_status subspec_sequence_reset(struct subspec_sequence *seq);
 
 // Keeps the first `len` tokens and forgets the rest (prompt reuse: the cached prefix is
 // not recomputed); `0` is a reset. `INVALID_ARGUMENT` if `len` is beyond the sequence's
-// length (nothing changes).
+// length, `INVALID_STATE` while a host-sampled iteration is open (nothing changes).
 //
 // # Safety
 // `seq` must be NULL or a live sequence handle.
@@ -568,7 +573,8 @@ SUBSPEC_API subspec_status subspec_sequence_get_stats(const struct subspec_seque
 // is negative or outside the vocabulary); `INVALID_ARGUMENT` (a parameter out of range;
 // `speculate` without a draft; the sequence is empty and `n_input` is 0, e.g. after a
 // reset; in use on another thread; `params->struct_size` 0, below the 0.2.0 layout, or
-// larger with a field this library does not know set); `CONTEXT_FULL`; `PANIC`.
+// larger with a field this library does not know set); `CONTEXT_FULL`; `INVALID_STATE`
+// (a host-sampled iteration is open: [`subspec_iter_end`] or cancel it first); `PANIC`.
 // After any failure the sequence is exactly as before the call (input not appended,
 // statistics unchanged) and `*n_out` and `out` are untouched.
 //
@@ -577,6 +583,116 @@ SUBSPEC_API subspec_status subspec_sequence_get_stats(const struct subspec_seque
 // its `struct_size` bytes; `input` NULL or valid for
 // `n_input` reads; `out` NULL or valid for `out_capacity` writes; `n_out` NULL or valid.
 SUBSPEC_API subspec_status subspec_step(struct subspec_sequence *seq, const struct subspec_step_params *params, const int32_t *input, size_t n_input, int32_t *out, size_t out_capacity, size_t *n_out);
+
+// Opens a host-sampled iteration on `seq`: appends `n_input` tokens (0 is valid only if
+// the sequence is non-empty), then drafts a tree shaped by `params` (its tree fields and
+// `speculate` are used; the sampling fields are ignored: the host samples) and verifies
+// it in one target pass (with `speculate` false: one plain target pass). The iteration is
+// then open at the position after the last token: [`subspec_iter_logits`], the host's
+// sampler, [`subspec_iter_push`] while it says `has_next`, then [`subspec_iter_end`].
+// Every logits row is the target's own at its position, so any host sampler (stateful
+// too) emits exactly what it would in plain decoding ([`subspec_sequence_eval`] one
+// token at a time), only faster.
+//
+// While the iteration is open, `subspec_step`, `subspec_sequence_eval`, `_truncate`,
+// `_reset` and another `subspec_iter_begin` fail with `INVALID_STATE`; read-only calls
+// (tokens, statistics) work and see the pushed tokens.
+//
+// Statuses: `OK`; `NULL_POINTER` (`seq`, `params`, or `input` with `n_input > 0`);
+// `INVALID_TOKEN`; `INVALID_ARGUMENT` (tree parameter out of range; `speculate` without
+// a draft; empty sequence and `n_input` 0; in use on another thread; bad
+// `params->struct_size`); `CONTEXT_FULL`; `INVALID_STATE` (an iteration is open
+// already); `PANIC`. After any failure the sequence is exactly as before the call (input
+// not appended) and no new iteration is open.
+//
+// # Safety
+// `seq` NULL or a live sequence handle; `params` NULL or an initialized struct valid for
+// its `struct_size` bytes; `input` NULL or valid for `n_input` reads.
+SUBSPEC_API subspec_status subspec_iter_begin(struct subspec_sequence *seq, const struct subspec_step_params *params, const int32_t *input, size_t n_input);
+
+// Writes to `*logits` the target's exact logits (`*n_vocab` floats) at the current
+// position of the open iteration, computed on demand. The array is owned by `seq`: it
+// stays valid until the next `subspec_iter_*` call on `seq` or its free; do not free it.
+//
+// Statuses: `OK`; `NULL_POINTER`; `INVALID_ARGUMENT` (in use on another thread);
+// `INVALID_STATE` (no iteration open, or it has ended: the last push returned
+// `has_next = false`); a device error; `PANIC`. On failure `*logits` and `*n_vocab` are
+// untouched and the iteration is unchanged.
+//
+// # Safety
+// `seq` NULL or live; `logits` and `n_vocab` NULL or valid for a write.
+SUBSPEC_API subspec_status subspec_iter_logits(struct subspec_sequence *seq, const float **logits, size_t *n_vocab);
+
+// The host chose `token` at the current position: it joins the sequence at once.
+// `*has_next = true`: the token is a child in the verified tree and the next position's
+// logits are known: sample again. `false`: the token ends the iteration (its KV is
+// computed by the next pass); only [`subspec_iter_end`] or cancel may follow.
+//
+// Statuses: `OK`; `NULL_POINTER` (`seq`, `has_next`); `INVALID_TOKEN` (negative or
+// outside the vocabulary); `CONTEXT_FULL` (the sequence is at its context length);
+// `INVALID_STATE` (no iteration open, or it has ended); `INVALID_ARGUMENT` (in use on
+// another thread); `PANIC`. On failure the iteration and `*has_next` are unchanged.
+//
+// # Safety
+// `seq` NULL or live; `has_next` NULL or valid for a write.
+SUBSPEC_API subspec_status subspec_iter_push(struct subspec_sequence *seq, int32_t token, bool *has_next);
+
+// The log-softmax of the current position's logits ([`subspec_iter_logits`]): the `n`
+// most likely token ids into `ids` and their log-probabilities into `logprobs`, most
+// likely first (ties: lower id first), for OpenAI-style `logprobs`. `*n_out` =
+// `min(n, n_vocab)` entries written. `ids` and `logprobs` may be NULL when `n` is 0.
+//
+// Statuses: `OK`; `NULL_POINTER`; `INVALID_STATE` (no iteration open, or it has ended,
+// as for [`subspec_iter_logits`]); `INVALID_ARGUMENT` (in use on another thread); a device
+// error; `PANIC`. On failure
+// the outputs are untouched and the iteration is unchanged.
+//
+// # Safety
+// `seq` NULL or live; `ids` and `logprobs` NULL or valid for `n` writes; `n_out` NULL or
+// valid for a write.
+SUBSPEC_API subspec_status subspec_iter_top_logprobs(struct subspec_sequence *seq, size_t n, int32_t *ids, float *logprobs, size_t *n_out);
+
+// Commits the open iteration: the sequence keeps its input and every pushed token (the
+// last one pending, as after `subspec_step`); the KV of the accepted path is kept, the
+// rest of the tree dropped; statistics updated. `*n_pushed` = tokens pushed. Ending with
+// no push is valid (the input is committed; the logits at its end are lost).
+//
+// Statuses: `OK`; `NULL_POINTER` (`seq`, `n_pushed`); `INVALID_STATE` (no iteration
+// open: nothing changes, e.g. a second end); `INVALID_ARGUMENT` (in use on another
+// thread); a device error while keeping the KV, after which the iteration is cancelled
+// (the sequence as before [`subspec_iter_begin`]); `PANIC`. `*n_pushed` is written only
+// on success.
+//
+// # Safety
+// `seq` NULL or live; `n_pushed` NULL or valid for a write.
+SUBSPEC_API subspec_status subspec_iter_end(struct subspec_sequence *seq, size_t *n_pushed);
+
+// Abandons the open iteration: the sequence is exactly as before
+// [`subspec_iter_begin`] (its input and the pushed tokens dropped, statistics unchanged).
+// Statuses: `OK`; `NULL_POINTER`; `INVALID_STATE` (none open: nothing changes);
+// `INVALID_ARGUMENT` (in use on another thread); `PANIC`.
+//
+// # Safety
+// `seq` NULL or a live sequence handle.
+SUBSPEC_API subspec_status subspec_iter_cancel(struct subspec_sequence *seq);
+
+// Plain exact logits: appends `n_input` tokens (0 is valid only if the sequence is
+// non-empty), runs the target alone (no draft) and writes the next position's logits
+// into `logits` (capacity `cap` floats) and their number to `*n_vocab`. Nothing is
+// sampled: pass the chosen token as the next call's input. The host's sampler over this
+// loop gives exactly the tokens it gives through `subspec_iter_*`.
+//
+// Statuses: `OK`; `NULL_POINTER` (`seq`, `n_vocab`, `logits` with `cap > 0`, `input`
+// with `n_input > 0`); `BUFFER_TOO_SMALL` (`cap` below the vocabulary size: only
+// `*n_vocab` is written, with the size needed); `INVALID_TOKEN`; `INVALID_ARGUMENT`
+// (empty sequence and `n_input` 0; in use on another thread); `CONTEXT_FULL`;
+// `INVALID_STATE` (a host-sampled iteration is open); `PANIC`. After any failure the
+// sequence is exactly as before the call and `logits` is untouched.
+//
+// # Safety
+// `seq` NULL or live; `input` NULL or valid for `n_input` reads; `logits` NULL or valid
+// for `cap` writes; `n_vocab` NULL or valid for a write.
+SUBSPEC_API subspec_status subspec_sequence_eval(struct subspec_sequence *seq, const int32_t *input, size_t n_input, float *logits, size_t cap, size_t *n_vocab);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -35,6 +35,9 @@ pub enum ErrorKind {
     Aborted,
     /// A bug: an invariant of the library was violated.
     Internal,
+    /// The call is not valid in the sequence's current state (a host-sampled iteration is
+    /// open, or none is).
+    InvalidState,
 }
 
 /// The library's error: a kind and a human-readable message.

@@ -130,6 +130,33 @@ pub fn nll(logits: &[f32], target: u32) -> f64 {
     max as f64 + log_sum_exp(logits, max, 1.0) - logits[target as usize] as f64
 }
 
+/// The `n` most likely tokens of `logits` (fewer if the vocabulary is smaller) with their
+/// log-probabilities under the softmax of `logits` (temperature 1), most likely first, ties
+/// by lower id (NaN logits rank last).
+pub fn top_logprobs(logits: &[f32], n: usize) -> Vec<(u32, f32)> {
+    let n = n.min(logits.len());
+    if n == 0 {
+        return Vec::new();
+    }
+    let key = |x: f32| if x.is_nan() { f32::NEG_INFINITY } else { x };
+    let order = |a: &u32, b: &u32| {
+        key(logits[*b as usize])
+            .total_cmp(&key(logits[*a as usize]))
+            .then(a.cmp(b))
+    };
+    let mut ids: Vec<u32> = (0..logits.len() as u32).collect();
+    if n < ids.len() {
+        ids.select_nth_unstable_by(n - 1, order);
+        ids.truncate(n);
+    }
+    ids.sort_unstable_by(order);
+    let max = key(logits[ids[0] as usize]);
+    let lse = log_sum_exp(logits, max, 1.0);
+    ids.iter()
+        .map(|&i| (i, (logits[i as usize] as f64 - max as f64 - lse) as f32))
+        .collect()
+}
+
 /// Philox-4x32-10 (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3"): a
 /// counter-based generator, here keyed by the seed and counted by the position.
 fn philox4x32(counter: [u32; 4], key: [u32; 2]) -> [u32; 4] {

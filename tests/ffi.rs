@@ -516,7 +516,8 @@ fn status_strings_come_from_the_list() {
         "invalid argument"
     );
     assert_eq!(s(14), "panic");
-    assert_eq!(s(15), "unknown status");
+    assert_eq!(s(15), "invalid state");
+    assert_eq!(s(16), "unknown status");
     assert_eq!(s(u32::MAX), "unknown status");
     assert_eq!(
         status_of(subspec::ErrorKind::ContextFull),

@@ -15,45 +15,101 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::model::{KvCache, Pass};
 use crate::sample::{sample, SamplingParams};
 use crate::spec::draft::{draft_tree, DraftLimits};
-use crate::spec::{accept_from, NodeLogits, SpecStats, Tree};
+use crate::spec::{accept_from, NodeLogits, SpecStats, Tree, Walk};
 
-/// The target's logits of a verified tree's nodes, computed as the acceptance walk asks
-/// for them from the pass's residual stream. Asked for a node it has no row for, it
-/// computes that node's draft-likeliest path ([`Tree::best_path`]) in one lm_head product,
-/// so a walk that follows the draft's best guess costs one product of depth + 1 rows
-/// instead of one of every tree node (33 rows: ~95 ms on the CPU for Qwen2.5-0.5B). A
-/// row's logits are the same bits however rows are batched, so no token changes.
-struct LazyLogits<'a> {
-    engine: &'a Engine,
-    hidden: &'a <Device as Backend>::Act,
-    tree: &'a Tree,
+/// A verified tree and the target's residual stream of its nodes; a node's logits are
+/// computed as a walk asks for them. Asked for a node it has no row for, it computes that
+/// node's draft-likeliest path ([`Tree::best_path`]) in one lm_head product, so a walk that
+/// follows the draft's best guess costs one product of depth + 1 rows instead of one of
+/// every tree node (33 rows: ~95 ms on the CPU for Qwen2.5-0.5B). A row's logits are the
+/// same bits however rows are batched, so no token changes. A plain pass (no draft) is a
+/// tree of the root alone with its row given.
+struct Verified {
+    tree: Tree,
+    /// The pass's residual stream, one row per node; `None` when every row is given.
+    hidden: Option<<Device as Backend>::Act>,
     /// Rows computed so far, in the order computed.
     rows: Vec<f32>,
     /// Where each node's row starts in `rows`.
     at: Vec<Option<usize>>,
 }
 
-impl NodeLogits for LazyLogits<'_> {
-    fn row(&mut self, node: usize) -> Result<&[f32]> {
-        let model = &self.engine.shared.model;
+impl Verified {
+    /// Where node `node`'s row starts in `rows`, computing it if needed.
+    fn ensure(&mut self, engine: &Engine, node: usize) -> Result<usize> {
+        if let Some(start) = self.at[node] {
+            return Ok(start);
+        }
+        let model = &engine.shared.model;
         let vocab = model.config().vocab;
-        let start = match self.at[node] {
-            Some(start) => start,
-            None => {
-                let want = self.tree.best_path(node);
-                let hidden = self.hidden;
-                let l = self
-                    .engine
-                    .install(|| model.logits(Pass::Target, hidden, &want))?;
-                for (i, &n) in want.iter().enumerate() {
-                    self.at[n] = Some(self.rows.len() + i * vocab);
-                }
-                self.rows.extend_from_slice(&l);
-                self.rows.len() - l.len()
-            }
-        };
+        let hidden = self.hidden.as_ref().ok_or_else(|| {
+            Error::internal(format!(
+                "no residual stream to compute node {node}'s logits"
+            ))
+        })?;
+        let want = self.tree.best_path(node);
+        let l = engine.install(|| model.logits(Pass::Target, hidden, &want))?;
+        for (i, &n) in want.iter().enumerate() {
+            self.at[n] = Some(self.rows.len() + i * vocab);
+        }
+        self.rows.extend_from_slice(&l);
+        Ok(self.at[node].unwrap_or(0))
+    }
+
+    /// Node `node`'s logits.
+    fn row(&mut self, engine: &Engine, node: usize) -> Result<&[f32]> {
+        let vocab = engine.shared.model.config().vocab;
+        let start = self.ensure(engine, node)?;
         Ok(&self.rows[start..start + vocab])
     }
+}
+
+/// [`Verified`] as the acceptance walk reads it.
+struct LazyLogits<'a> {
+    engine: &'a Engine,
+    verified: &'a mut Verified,
+}
+
+impl NodeLogits for LazyLogits<'_> {
+    fn row(&mut self, node: usize) -> Result<&[f32]> {
+        self.verified.row(self.engine, node)
+    }
+}
+
+/// A draft-and-verify pass ready to be walked, with its timings.
+struct Pending {
+    verified: Verified,
+    /// Whether a tree was drafted (its scratch K/V must be compacted on commit); `false`:
+    /// a plain pass whose K/V is committed already.
+    speculative: bool,
+    draft_s: f64,
+    verify_s: f64,
+    draft_steps: usize,
+}
+
+/// An open host-sampled iteration (see [`Sequence::begin`]).
+struct Open {
+    pass: Pending,
+    /// Sequence and committed-cache lengths before [`Sequence::begin`] (for a cancel).
+    len_before: usize,
+    cached_before: usize,
+    /// The node whose successor the host samples next; `None` once a push ended the walk.
+    node: Option<usize>,
+    walk: Walk,
+}
+
+fn no_iteration() -> Error {
+    Error::new(
+        ErrorKind::InvalidState,
+        "no host-sampled iteration is open on this sequence (begin one first)",
+    )
+}
+
+fn iteration_open(what: &str) -> Error {
+    Error::new(
+        ErrorKind::InvalidState,
+        format!("cannot {what} while a host-sampled iteration is open: end or cancel it first"),
+    )
 }
 
 /// One conversation: its engine, tokens, KV cache and statistics.
@@ -62,6 +118,7 @@ pub struct Sequence {
     cache: KvCache<Device>,
     tokens: Vec<u32>,
     stats: SpecStats,
+    open: Option<Open>,
 }
 
 impl std::fmt::Debug for Sequence {
@@ -81,6 +138,7 @@ impl Sequence {
             cache,
             tokens: Vec::new(),
             stats: SpecStats::default(),
+            open: None,
         }
     }
 
@@ -128,7 +186,11 @@ impl Sequence {
     }
 
     /// Forgets everything from token `len` on (prompt reuse); `0` resets, statistics too.
+    /// An open host-sampled iteration is cancelled first ([`Sequence::cancel`]).
     pub fn truncate(&mut self, len: usize) {
+        if self.open.is_some() {
+            self.cancel_open();
+        }
         self.tokens.truncate(len);
         self.cache.truncate(len);
         if len == 0 {
@@ -137,10 +199,30 @@ impl Sequence {
     }
 
     /// Runs the pending tokens and chooses the next token(s) as `opts` says; returns them
-    /// (already appended). On error nothing changes.
+    /// (already appended). On error nothing changes. `InvalidState` while a host-sampled
+    /// iteration is open.
     pub fn step(&mut self, opts: &StepOptions) -> Result<Vec<u32>> {
-        let (max_context, max_tree) = (self.engine.max_context(), self.engine.max_tree_tokens());
+        if self.open.is_some() {
+            return Err(iteration_open("step"));
+        }
         opts.sampling.validate()?;
+        let limit = self.check_pass(opts)?;
+        let committed = self.cache.len();
+        let r = if opts.speculate && limit > 1 {
+            self.speculative_step(opts, limit)
+        } else {
+            self.plain_step(&opts.sampling)
+        };
+        if r.is_err() {
+            self.cache.truncate(committed);
+        }
+        r
+    }
+
+    /// Checks `opts`' tree fields against the engine and the sequence against the context;
+    /// returns how many tokens the next pass may emit at most.
+    fn check_pass(&self, opts: &StepOptions) -> Result<usize> {
+        let (max_context, max_tree) = (self.engine.max_context(), self.engine.max_tree_tokens());
         if opts.speculate {
             opts.tree.validate()?;
             if opts.tree.depth >= max_context {
@@ -173,21 +255,11 @@ impl Sequence {
                 format!("the sequence has reached the context length {max_context}"),
             ));
         }
-        let limit = if opts.max_tokens == 0 {
+        Ok(if opts.max_tokens == 0 {
             room
         } else {
             opts.max_tokens.min(room)
-        };
-        let committed = self.cache.len();
-        let r = if opts.speculate && limit > 1 {
-            self.speculative_step(opts, limit)
-        } else {
-            self.plain_step(&opts.sampling)
-        };
-        if r.is_err() {
-            self.cache.truncate(committed);
-        }
-        r
+        })
     }
 
     fn plain_step(&mut self, params: &SamplingParams) -> Result<Vec<u32>> {
@@ -203,6 +275,48 @@ impl Sequence {
     /// One draft-and-verify iteration emitting at most `limit` (>= 2) tokens.
     fn speculative_step(&mut self, opts: &StepOptions, limit: usize) -> Result<Vec<u32>> {
         let engine = self.engine.clone();
+        let root_pos = self.tokens.len() - 1;
+        let mut pass = self.draft_and_verify(opts, limit)?;
+        let t0 = Instant::now();
+        let rows = &mut LazyLogits {
+            engine: &engine,
+            verified: &mut pass.verified,
+        };
+        let walk = accept_from(
+            &rows.verified.tree.clone(),
+            rows,
+            &opts.sampling,
+            root_pos + 1,
+            limit,
+            |t| engine.is_eos(t),
+        )?;
+        pass.verify_s += t0.elapsed().as_secs_f64();
+        self.commit_walk(pass, &walk)?;
+        Ok(walk.tokens)
+    }
+
+    /// Keeps the K/V of `walk`'s accepted path, appends its tokens and records the pass.
+    fn commit_walk(&mut self, pass: Pending, walk: &Walk) -> Result<()> {
+        if pass.speculative && !walk.tokens.is_empty() {
+            let backend = self.engine.shared.model.backend();
+            self.cache.commit_subset(backend, &walk.keep())?;
+        }
+        self.tokens.extend_from_slice(&walk.tokens);
+        let s = &mut self.stats;
+        s.draft_s += pass.draft_s;
+        s.verify_s += pass.verify_s;
+        s.draft_steps += pass.draft_steps;
+        if !walk.tokens.is_empty() {
+            s.record(walk.tokens.len(), walk.accepted());
+        }
+        Ok(())
+    }
+
+    /// Runs the pending tokens but the last into the cache, drafts a tree from the last
+    /// (no path longer than `limit - 1`: no walk may emit more than `limit` tokens) and
+    /// verifies it in one target pass. The tree's K/V is left in the cache's scratch.
+    fn draft_and_verify(&mut self, opts: &StepOptions, limit: usize) -> Result<Pending> {
+        let engine = self.engine.clone();
         let model = &engine.shared.model;
         // Everything but the last token goes into the cache; the last is the tree's root.
         let root_pos = self.tokens.len() - 1;
@@ -210,8 +324,7 @@ impl Sequence {
         self.prefill(root_pos, false)?;
         let prefill_s = t0.elapsed().as_secs_f64();
 
-        // Draft: grow the tree level by level; emitting more than `limit` tokens is
-        // impossible, so no path needs to be longer than `limit - 1`.
+        // Draft: grow the tree level by level.
         let t0 = Instant::now();
         let tp = &opts.tree;
         let s = &self.stats;
@@ -242,31 +355,220 @@ impl Sequence {
 
         // Verify: one target pass over the root and every tree node.
         let t0 = Instant::now();
-        let tree = &draft.tree;
+        let tree = draft.tree;
         let pos: Vec<usize> = (0..tree.len()).map(|n| root_pos + tree.depth(n)).collect();
         let mask = AttnMask::tree_rows(tree.parents(), 0..tree.len());
         let cache = &mut self.cache;
         let hidden = engine
             .install(|| model.forward_hidden(cache, Pass::Target, 0, tree.tokens(), &pos, &mask))?;
-        let rows = &mut LazyLogits {
-            engine: &engine,
-            hidden: &hidden,
-            tree,
-            rows: Vec::new(),
-            at: vec![None; tree.len()],
-        };
-        let walk = accept_from(tree, rows, &opts.sampling, root_pos + 1, limit, |t| {
-            engine.is_eos(t)
-        })?;
-        self.cache.commit_subset(model.backend(), &walk.keep())?;
-        self.tokens.extend_from_slice(&walk.tokens);
+        let at = vec![None; tree.len()];
+        Ok(Pending {
+            verified: Verified {
+                tree,
+                hidden: Some(hidden),
+                rows: Vec::new(),
+                at,
+            },
+            speculative: true,
+            draft_s,
+            verify_s: t0.elapsed().as_secs_f64() + prefill_s,
+            draft_steps: draft.steps,
+        })
+    }
 
-        let s = &mut self.stats;
-        s.draft_s += draft_s;
-        s.verify_s += t0.elapsed().as_secs_f64() + prefill_s;
-        s.draft_steps += draft.steps;
-        s.record(walk.tokens.len(), walk.accepted());
-        Ok(walk.tokens)
+    /// Opens a host-sampled iteration: appends `input` (may be empty if the sequence is
+    /// not), then with `opts.speculate` drafts a tree (shaped by `opts.tree`) and verifies
+    /// it in one target pass, or else runs the target alone. `opts.sampling` is ignored:
+    /// the host samples. The iteration is then at the position after the last token: read
+    /// its logits with [`Sequence::logits`], choose a token, [`Sequence::push`] it while
+    /// `push` returns `true`, then [`Sequence::end`] (or [`Sequence::cancel`]).
+    ///
+    /// Every logits row is the target's own at its position, so a host sampler driven this
+    /// way emits exactly the tokens it would emit in plain decoding. On error nothing
+    /// changes (input not appended, no iteration open); `InvalidState` if one is open.
+    pub fn begin(&mut self, input: &[u32], opts: &StepOptions) -> Result<()> {
+        if self.open.is_some() {
+            return Err(iteration_open("begin another iteration"));
+        }
+        let (len_before, cached_before) = (self.tokens.len(), self.cache.len());
+        self.append(input)?;
+        let r = self.check_pass(opts).and_then(|limit| {
+            if opts.speculate && limit > 1 {
+                self.draft_and_verify(opts, limit)
+            } else {
+                let t0 = Instant::now();
+                let root = self.tokens[self.tokens.len() - 1];
+                let rows = self.prefill(self.tokens.len(), true)?;
+                Ok(Pending {
+                    verified: Verified {
+                        tree: Tree::new(root),
+                        hidden: None,
+                        rows,
+                        at: vec![Some(0)],
+                    },
+                    speculative: false,
+                    draft_s: 0.0,
+                    verify_s: t0.elapsed().as_secs_f64(),
+                    draft_steps: 0,
+                })
+            }
+        });
+        match r {
+            Ok(pass) => {
+                self.open = Some(Open {
+                    pass,
+                    len_before,
+                    cached_before,
+                    node: Some(0),
+                    walk: Walk {
+                        tokens: Vec::new(),
+                        nodes: Vec::new(),
+                    },
+                });
+                Ok(())
+            }
+            Err(e) => {
+                self.tokens.truncate(len_before);
+                self.cache.truncate(cached_before);
+                Err(e)
+            }
+        }
+    }
+
+    /// Whether a host-sampled iteration is open ([`Sequence::begin`] .. `end`/`cancel`).
+    pub fn is_iterating(&self) -> bool {
+        self.open.is_some()
+    }
+
+    /// The open iteration, at a position whose logits are known.
+    fn current(&mut self) -> Result<(&mut Open, usize)> {
+        let open = self.open.as_mut().ok_or_else(no_iteration)?;
+        match open.node {
+            Some(node) => Ok((open, node)),
+            None => Err(Error::new(
+                ErrorKind::InvalidState,
+                "the iteration has ended (the last pushed token was not in the verified                  tree): end it and begin the next",
+            )),
+        }
+    }
+
+    /// The target's exact logits (`vocab` floats) at the open iteration's current
+    /// position, computed on demand. `InvalidState` if no iteration is open or it has
+    /// ended (a push returned `false`); nothing changes on error.
+    pub fn logits(&mut self) -> Result<&[f32]> {
+        let engine = self.engine.clone();
+        let (open, node) = self.current()?;
+        let t0 = Instant::now();
+        open.pass.verified.ensure(&engine, node)?;
+        open.pass.verify_s += t0.elapsed().as_secs_f64();
+        open.pass.verified.row(&engine, node)
+    }
+
+    /// The `n` most likely tokens at the open iteration's current position with their
+    /// log-probabilities (log-softmax of [`Sequence::logits`]), most likely first, ties by
+    /// lower id; fewer if the vocabulary is smaller. Errors as [`Sequence::logits`].
+    pub fn top_logprobs(&mut self, n: usize) -> Result<Vec<(u32, f32)>> {
+        Ok(crate::sample::top_logprobs(self.logits()?, n))
+    }
+
+    /// The host chose `token` at the current position: it joins the sequence at once.
+    /// Returns `true` if it is a child in the verified tree (the next position's logits
+    /// are known: sample again), `false` if it ends the iteration (its K/V is computed by
+    /// the next pass; only [`Sequence::end`] or [`Sequence::cancel`] may follow).
+    /// Errors, each leaving the iteration unchanged: `InvalidState` (none open, or it has
+    /// ended), `InvalidToken` (outside the vocabulary), `ContextFull` (the sequence is at
+    /// the context length).
+    pub fn push(&mut self, token: u32) -> Result<bool> {
+        let (len, max_context) = (self.tokens.len(), self.engine.max_context());
+        let engine = self.engine.clone();
+        let (open, node) = self.current()?;
+        engine.check_tokens(&[token])?;
+        if len >= max_context {
+            return Err(Error::new(
+                ErrorKind::ContextFull,
+                format!("the sequence has reached the context length {max_context}"),
+            ));
+        }
+        let tree = &open.pass.verified.tree;
+        let child = tree
+            .children(node)
+            .iter()
+            .copied()
+            .find(|&c| tree.tokens()[c] == token);
+        open.walk.tokens.push(token);
+        open.walk.nodes.extend(child);
+        open.node = child;
+        self.tokens.push(token);
+        Ok(child.is_some())
+    }
+
+    /// Commits the open iteration: the sequence keeps its input and every pushed token,
+    /// the K/V of the accepted path is kept and the rest of the tree dropped, statistics
+    /// are updated. Returns the number of tokens pushed (0 is valid: the input is
+    /// committed). `InvalidState` if none is open (nothing changes). Should keeping the
+    /// K/V fail (a device error), the iteration is cancelled instead: the sequence is as
+    /// before [`Sequence::begin`].
+    pub fn end(&mut self) -> Result<usize> {
+        let open = self.open.take().ok_or_else(no_iteration)?;
+        let n = open.walk.tokens.len();
+        // `commit_walk` appends the pushed tokens itself.
+        self.tokens.truncate(self.tokens.len() - n);
+        let (len_before, cached_before) = (open.len_before, open.cached_before);
+        if let Err(e) = self.commit_walk(open.pass, &open.walk) {
+            self.tokens.truncate(len_before);
+            self.cache.truncate(cached_before);
+            return Err(e);
+        }
+        Ok(n)
+    }
+
+    /// Abandons the open iteration: the sequence is exactly as before [`Sequence::begin`]
+    /// (its input and pushed tokens dropped, statistics unchanged). `InvalidState` if
+    /// none is open.
+    pub fn cancel(&mut self) -> Result<()> {
+        if self.open.is_none() {
+            return Err(no_iteration());
+        }
+        self.cancel_open();
+        Ok(())
+    }
+
+    fn cancel_open(&mut self) {
+        if let Some(open) = self.open.take() {
+            self.tokens.truncate(open.len_before);
+            self.cache.truncate(open.cached_before);
+        }
+    }
+
+    /// Plain exact logits: appends `input` (may be empty if the sequence is not), runs the
+    /// target alone over the pending tokens and returns the logits of the next position
+    /// (`vocab` floats). The tokens stay in the sequence; nothing is sampled. On error
+    /// nothing changes; `InvalidState` while an iteration is open.
+    pub fn eval(&mut self, input: &[u32]) -> Result<Vec<f32>> {
+        if self.open.is_some() {
+            return Err(iteration_open("eval"));
+        }
+        let (len_before, cached_before) = (self.tokens.len(), self.cache.len());
+        self.append(input)?;
+        let t0 = Instant::now();
+        let r = if self.tokens.is_empty() {
+            Err(Error::invalid_argument(
+                "the sequence is empty: pass at least one input token",
+            ))
+        } else {
+            self.prefill(self.tokens.len(), true)
+        };
+        match r {
+            Ok(logits) => {
+                self.stats.verify_s += t0.elapsed().as_secs_f64();
+                Ok(logits)
+            }
+            Err(e) => {
+                self.tokens.truncate(len_before);
+                self.cache.truncate(cached_before);
+                Err(e)
+            }
+        }
     }
 
     /// Runs every pending token but the last into the KV cache (a prompt's prefill), so
@@ -274,6 +576,9 @@ impl Sequence {
     /// step expects; a step after this gives exactly what it would have without it. On an
     /// error the cache is left as it was.
     pub fn prefill_pending(&mut self) -> Result<()> {
+        if self.open.is_some() {
+            return Err(iteration_open("prefill"));
+        }
         let (committed, upto) = (self.cache.len(), self.tokens.len().saturating_sub(1));
         if committed >= upto {
             return Ok(());

@@ -190,6 +190,20 @@ impl subspec_sequence {
     }
 }
 
+/// `INVALID_STATE` if a host-sampled iteration is open on `q` (`what` names the call).
+fn refuse_open(q: &Sequence, what: &str) -> FfiResult<()> {
+    if q.is_iterating() {
+        return Err(Failure::new(
+            subspec_status::InvalidState,
+            format!(
+                "cannot {what} while a host-sampled iteration is open: \
+                 subspec_iter_end or subspec_iter_cancel it first"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Runs `f` on a live sequence inside the boundary, recording failures on its engine.
 ///
 /// # Safety
@@ -246,7 +260,8 @@ pub unsafe extern "C" fn subspec_sequence_free(seq: *mut subspec_sequence) {
 }
 
 /// Empties the sequence and zeroes its statistics (the KV cache is kept for reuse).
-/// Statuses: `OK`, `NULL_POINTER`, `INVALID_ARGUMENT` (in use on another thread), `PANIC`.
+/// Statuses: `OK`, `NULL_POINTER`, `INVALID_ARGUMENT` (in use on another thread),
+/// `INVALID_STATE` (a host-sampled iteration is open: nothing changes), `PANIC`.
 ///
 /// # Safety
 /// `seq` must be NULL or a live sequence handle.
@@ -255,7 +270,9 @@ pub unsafe extern "C" fn subspec_sequence_reset(seq: *mut subspec_sequence) -> s
     // SAFETY: the caller's guarantee.
     unsafe {
         with_sequence(seq, |s| {
-            s.lock()?.truncate(0);
+            let mut q = s.lock()?;
+            refuse_open(&q, "reset")?;
+            q.truncate(0);
             Ok(())
         })
     }
@@ -263,7 +280,7 @@ pub unsafe extern "C" fn subspec_sequence_reset(seq: *mut subspec_sequence) -> s
 
 /// Keeps the first `len` tokens and forgets the rest (prompt reuse: the cached prefix is
 /// not recomputed); `0` is a reset. `INVALID_ARGUMENT` if `len` is beyond the sequence's
-/// length (nothing changes).
+/// length, `INVALID_STATE` while a host-sampled iteration is open (nothing changes).
 ///
 /// # Safety
 /// `seq` must be NULL or a live sequence handle.
@@ -276,6 +293,7 @@ pub unsafe extern "C" fn subspec_sequence_truncate(
     unsafe {
         with_sequence(seq, |s| {
             let mut q = s.lock()?;
+            refuse_open(&q, "truncate")?;
             if len > q.len() {
                 return Err(Failure::invalid(format!(
                     "cannot truncate to {len}: the sequence has {} tokens",
@@ -401,7 +419,8 @@ pub unsafe extern "C" fn subspec_sequence_get_stats(
 /// is negative or outside the vocabulary); `INVALID_ARGUMENT` (a parameter out of range;
 /// `speculate` without a draft; the sequence is empty and `n_input` is 0, e.g. after a
 /// reset; in use on another thread; `params->struct_size` 0, below the 0.2.0 layout, or
-/// larger with a field this library does not know set); `CONTEXT_FULL`; `PANIC`.
+/// larger with a field this library does not know set); `CONTEXT_FULL`; `INVALID_STATE`
+/// (a host-sampled iteration is open: [`subspec_iter_end`] or cancel it first); `PANIC`.
 /// After any failure the sequence is exactly as before the call (input not appended,
 /// statistics unchanged) and `*n_out` and `out` are untouched.
 ///
@@ -434,6 +453,7 @@ pub unsafe extern "C" fn subspec_step(
             }
             let opts = p.options(out_capacity)?;
             let mut q = s.lock()?;
+            refuse_open(&q, "step")?;
             let before = q.len();
             q.append(&input)?;
             let tokens = match q.step(&opts) {
@@ -453,6 +473,246 @@ pub unsafe extern "C" fn subspec_step(
             let ids: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
             std::ptr::copy_nonoverlapping(ids.as_ptr(), out, ids.len());
             n_out.write(ids.len());
+            Ok(())
+        })
+    }
+}
+
+/// Opens a host-sampled iteration on `seq`: appends `n_input` tokens (0 is valid only if
+/// the sequence is non-empty), then drafts a tree shaped by `params` (its tree fields and
+/// `speculate` are used; the sampling fields are ignored: the host samples) and verifies
+/// it in one target pass (with `speculate` false: one plain target pass). The iteration is
+/// then open at the position after the last token: [`subspec_iter_logits`], the host's
+/// sampler, [`subspec_iter_push`] while it says `has_next`, then [`subspec_iter_end`].
+/// Every logits row is the target's own at its position, so any host sampler (stateful
+/// too) emits exactly what it would in plain decoding ([`subspec_sequence_eval`] one
+/// token at a time), only faster.
+///
+/// While the iteration is open, `subspec_step`, `subspec_sequence_eval`, `_truncate`,
+/// `_reset` and another `subspec_iter_begin` fail with `INVALID_STATE`; read-only calls
+/// (tokens, statistics) work and see the pushed tokens.
+///
+/// Statuses: `OK`; `NULL_POINTER` (`seq`, `params`, or `input` with `n_input > 0`);
+/// `INVALID_TOKEN`; `INVALID_ARGUMENT` (tree parameter out of range; `speculate` without
+/// a draft; empty sequence and `n_input` 0; in use on another thread; bad
+/// `params->struct_size`); `CONTEXT_FULL`; `INVALID_STATE` (an iteration is open
+/// already); `PANIC`. After any failure the sequence is exactly as before the call (input
+/// not appended) and no new iteration is open.
+///
+/// # Safety
+/// `seq` NULL or a live sequence handle; `params` NULL or an initialized struct valid for
+/// its `struct_size` bytes; `input` NULL or valid for `n_input` reads.
+#[no_mangle]
+pub unsafe extern "C" fn subspec_iter_begin(
+    seq: *mut subspec_sequence,
+    params: *const subspec_step_params,
+    input: *const i32,
+    n_input: usize,
+) -> subspec_status {
+    // SAFETY: the caller's guarantee.
+    unsafe {
+        with_sequence(seq, |s| {
+            let p = versioned::read(params, "params")?;
+            let input = token_ids(slice(input, n_input, "input")?)?;
+            let opts = p.options(0)?;
+            s.lock()?.begin(&input, &opts)?;
+            Ok(())
+        })
+    }
+}
+
+/// Writes to `*logits` the target's exact logits (`*n_vocab` floats) at the current
+/// position of the open iteration, computed on demand. The array is owned by `seq`: it
+/// stays valid until the next `subspec_iter_*` call on `seq` or its free; do not free it.
+///
+/// Statuses: `OK`; `NULL_POINTER`; `INVALID_ARGUMENT` (in use on another thread);
+/// `INVALID_STATE` (no iteration open, or it has ended: the last push returned
+/// `has_next = false`); a device error; `PANIC`. On failure `*logits` and `*n_vocab` are
+/// untouched and the iteration is unchanged.
+///
+/// # Safety
+/// `seq` NULL or live; `logits` and `n_vocab` NULL or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn subspec_iter_logits(
+    seq: *mut subspec_sequence,
+    logits: *mut *const f32,
+    n_vocab: *mut usize,
+) -> subspec_status {
+    // SAFETY: the caller's guarantee.
+    unsafe {
+        with_sequence(seq, |s| {
+            check_out(logits, "logits")?;
+            check_out(n_vocab, "n_vocab")?;
+            let mut q = s.lock()?;
+            let row = q.logits()?;
+            logits.write(row.as_ptr());
+            n_vocab.write(row.len());
+            Ok(())
+        })
+    }
+}
+
+/// The host chose `token` at the current position: it joins the sequence at once.
+/// `*has_next = true`: the token is a child in the verified tree and the next position's
+/// logits are known: sample again. `false`: the token ends the iteration (its KV is
+/// computed by the next pass); only [`subspec_iter_end`] or cancel may follow.
+///
+/// Statuses: `OK`; `NULL_POINTER` (`seq`, `has_next`); `INVALID_TOKEN` (negative or
+/// outside the vocabulary); `CONTEXT_FULL` (the sequence is at its context length);
+/// `INVALID_STATE` (no iteration open, or it has ended); `INVALID_ARGUMENT` (in use on
+/// another thread); `PANIC`. On failure the iteration and `*has_next` are unchanged.
+///
+/// # Safety
+/// `seq` NULL or live; `has_next` NULL or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn subspec_iter_push(
+    seq: *mut subspec_sequence,
+    token: i32,
+    has_next: *mut bool,
+) -> subspec_status {
+    // SAFETY: the caller's guarantee.
+    unsafe {
+        with_sequence(seq, |s| {
+            check_out(has_next, "has_next")?;
+            let token = token_ids(&[token])?[0];
+            let next = s.lock()?.push(token)?;
+            has_next.write(next);
+            Ok(())
+        })
+    }
+}
+
+/// The log-softmax of the current position's logits ([`subspec_iter_logits`]): the `n`
+/// most likely token ids into `ids` and their log-probabilities into `logprobs`, most
+/// likely first (ties: lower id first), for OpenAI-style `logprobs`. `*n_out` =
+/// `min(n, n_vocab)` entries written. `ids` and `logprobs` may be NULL when `n` is 0.
+///
+/// Statuses: `OK`; `NULL_POINTER`; `INVALID_STATE` (no iteration open, or it has ended,
+/// as for [`subspec_iter_logits`]); `INVALID_ARGUMENT` (in use on another thread); a device
+/// error; `PANIC`. On failure
+/// the outputs are untouched and the iteration is unchanged.
+///
+/// # Safety
+/// `seq` NULL or live; `ids` and `logprobs` NULL or valid for `n` writes; `n_out` NULL or
+/// valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn subspec_iter_top_logprobs(
+    seq: *mut subspec_sequence,
+    n: usize,
+    ids: *mut i32,
+    logprobs: *mut f32,
+    n_out: *mut usize,
+) -> subspec_status {
+    // SAFETY: the caller's guarantee.
+    unsafe {
+        with_sequence(seq, |s| {
+            check_out(n_out, "n_out")?;
+            if n > 0 {
+                check_out(ids, "ids")?;
+                check_out(logprobs, "logprobs")?;
+            }
+            let top = s.lock()?.top_logprobs(n)?;
+            for (i, &(id, lp)) in top.iter().enumerate() {
+                ids.add(i).write(id as i32);
+                logprobs.add(i).write(lp);
+            }
+            n_out.write(top.len());
+            Ok(())
+        })
+    }
+}
+
+/// Commits the open iteration: the sequence keeps its input and every pushed token (the
+/// last one pending, as after `subspec_step`); the KV of the accepted path is kept, the
+/// rest of the tree dropped; statistics updated. `*n_pushed` = tokens pushed. Ending with
+/// no push is valid (the input is committed; the logits at its end are lost).
+///
+/// Statuses: `OK`; `NULL_POINTER` (`seq`, `n_pushed`); `INVALID_STATE` (no iteration
+/// open: nothing changes, e.g. a second end); `INVALID_ARGUMENT` (in use on another
+/// thread); a device error while keeping the KV, after which the iteration is cancelled
+/// (the sequence as before [`subspec_iter_begin`]); `PANIC`. `*n_pushed` is written only
+/// on success.
+///
+/// # Safety
+/// `seq` NULL or live; `n_pushed` NULL or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn subspec_iter_end(
+    seq: *mut subspec_sequence,
+    n_pushed: *mut usize,
+) -> subspec_status {
+    // SAFETY: the caller's guarantee.
+    unsafe {
+        with_sequence(seq, |s| {
+            check_out(n_pushed, "n_pushed")?;
+            let n = s.lock()?.end()?;
+            n_pushed.write(n);
+            Ok(())
+        })
+    }
+}
+
+/// Abandons the open iteration: the sequence is exactly as before
+/// [`subspec_iter_begin`] (its input and the pushed tokens dropped, statistics unchanged).
+/// Statuses: `OK`; `NULL_POINTER`; `INVALID_STATE` (none open: nothing changes);
+/// `INVALID_ARGUMENT` (in use on another thread); `PANIC`.
+///
+/// # Safety
+/// `seq` NULL or a live sequence handle.
+#[no_mangle]
+pub unsafe extern "C" fn subspec_iter_cancel(seq: *mut subspec_sequence) -> subspec_status {
+    // SAFETY: the caller's guarantee.
+    unsafe {
+        with_sequence(seq, |s| {
+            s.lock()?.cancel()?;
+            Ok(())
+        })
+    }
+}
+
+/// Plain exact logits: appends `n_input` tokens (0 is valid only if the sequence is
+/// non-empty), runs the target alone (no draft) and writes the next position's logits
+/// into `logits` (capacity `cap` floats) and their number to `*n_vocab`. Nothing is
+/// sampled: pass the chosen token as the next call's input. The host's sampler over this
+/// loop gives exactly the tokens it gives through `subspec_iter_*`.
+///
+/// Statuses: `OK`; `NULL_POINTER` (`seq`, `n_vocab`, `logits` with `cap > 0`, `input`
+/// with `n_input > 0`); `BUFFER_TOO_SMALL` (`cap` below the vocabulary size: only
+/// `*n_vocab` is written, with the size needed); `INVALID_TOKEN`; `INVALID_ARGUMENT`
+/// (empty sequence and `n_input` 0; in use on another thread); `CONTEXT_FULL`;
+/// `INVALID_STATE` (a host-sampled iteration is open); `PANIC`. After any failure the
+/// sequence is exactly as before the call and `logits` is untouched.
+///
+/// # Safety
+/// `seq` NULL or live; `input` NULL or valid for `n_input` reads; `logits` NULL or valid
+/// for `cap` writes; `n_vocab` NULL or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn subspec_sequence_eval(
+    seq: *mut subspec_sequence,
+    input: *const i32,
+    n_input: usize,
+    logits: *mut f32,
+    cap: usize,
+    n_vocab: *mut usize,
+) -> subspec_status {
+    // SAFETY: the caller's guarantee.
+    unsafe {
+        with_sequence(seq, |s| {
+            check_out(n_vocab, "n_vocab")?;
+            let input = token_ids(slice(input, n_input, "input")?)?;
+            let mut q = s.lock()?;
+            refuse_open(&q, "eval")?;
+            let vocab = q.engine().config().vocab;
+            if cap < vocab {
+                n_vocab.write(vocab);
+                return Err(Failure::new(
+                    subspec_status::BufferTooSmall,
+                    format!("logits: the buffer holds {cap} floats but {vocab} are needed"),
+                ));
+            }
+            check_out(logits, "logits")?;
+            let row = q.eval(&input)?;
+            std::ptr::copy_nonoverlapping(row.as_ptr(), logits, row.len());
+            n_vocab.write(row.len());
             Ok(())
         })
     }

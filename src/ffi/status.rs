@@ -64,6 +64,10 @@ pub enum subspec_status {
     /// "panic" (C layer): the library panicked (a bug); the call had no effect other than
     /// what its documentation says about panics.
     Panic = 14,
+    /// "invalid state": the call is not valid in the sequence's current state: a step,
+    /// eval, truncate or reset while a host-sampled iteration is open, or an iteration call
+    /// when none is open or it has ended. Nothing changed.
+    InvalidState = 15,
 }
 
 include!(concat!(env!("OUT_DIR"), "/status_generated.rs"));
@@ -76,7 +80,7 @@ mod tests {
     fn the_list_is_numbered_in_order_with_distinct_strings() {
         let all = subspec_status::ALL;
         // The numbers published in 0.1/0.2 never change.
-        assert_eq!(all.len(), 15);
+        assert_eq!(all.len(), 16);
         for (i, s) in all.iter().enumerate() {
             assert_eq!(*s as u32, i as u32, "{s:?}");
             assert_eq!(subspec_status::from_u32(i as u32), Some(*s));
@@ -105,6 +109,7 @@ mod tests {
             Tokenizer,
             Aborted,
             Internal,
+            InvalidState,
         ];
         let codes: std::collections::HashSet<u32> =
             kinds.iter().map(|&k| status_of(k) as u32).collect();

@@ -11,7 +11,7 @@ mod tree;
 mod verify;
 
 pub use tree::Tree;
-pub use verify::{accept_from, NodeLogits};
+pub use verify::{accept_from, NodeLogits, Walk};
 
 use crate::error::{Error, Result};
 

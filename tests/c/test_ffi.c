@@ -434,6 +434,201 @@ static void test_generation(subspec_engine *e, const char *model, ids_t *greedy_
     }
 }
 
+/* ---- host-owned sampling ---- */
+
+/* A host sampler: `kind` 0 greedy, 1 the second most likely, 2 greedy after a repetition
+ * penalty on every token it has picked so far (stateful). Ties: the lower id. */
+typedef struct {
+    int kind;
+    int32_t seen[256];
+    size_t n_seen;
+} host_sampler;
+
+static int32_t host_pick(host_sampler *h, const float *logits, size_t n_vocab) {
+    int32_t best = -1, second = -1;
+    float vb = 0, vs = 0;
+    for (size_t i = 0; i < n_vocab; i++) {
+        float x = logits[i];
+        if (h->kind == 2)
+            for (size_t k = 0; k < h->n_seen; k++)
+                if (h->seen[k] == (int32_t)i) {
+                    x = x > 0 ? x / 1.5f : x * 1.5f;
+                    break;
+                }
+        if (best < 0 || x > vb) {
+            second = best, vs = vb;
+            best = (int32_t)i, vb = x;
+        } else if (second < 0 || x > vs) {
+            second = (int32_t)i, vs = x;
+        }
+    }
+    int32_t t = h->kind == 1 ? second : best;
+    if (h->kind == 2 && h->n_seen < 256) h->seen[h->n_seen++] = t;
+    return t;
+}
+
+/* Plain decoding with the host sampler: subspec_sequence_eval one token at a time. */
+static int host_plain(subspec_engine *e, const ids_t *prompt, int kind, size_t n, ids_t *out) {
+    host_sampler h = {.kind = kind};
+    subspec_sequence *s = NULL;
+    if (subspec_sequence_create(e, &s) != SUBSPEC_STATUS_OK) return 0;
+    static float logits[1 << 16];
+    const int32_t *input = prompt->ids;
+    size_t n_input = prompt->n;
+    int32_t t = 0;
+    out->n = 0;
+    while (out->n < n) {
+        size_t n_vocab = 0;
+        if (subspec_sequence_eval(s, input, n_input, logits, sizeof logits / sizeof *logits,
+                                  &n_vocab) != SUBSPEC_STATUS_OK)
+            break;
+        t = host_pick(&h, logits, n_vocab);
+        out->ids[out->n++] = t;
+        input = &t;
+        n_input = 1;
+    }
+    subspec_sequence_free(s);
+    return out->n == n;
+}
+
+/* The host walk: begin, (logits, pick, push)* while has_next, end. */
+static int host_walk(subspec_sequence *s, const subspec_step_params *sp, const ids_t *prompt,
+                     int kind, size_t n, ids_t *out) {
+    host_sampler h = {.kind = kind};
+    const int32_t *input = prompt->ids;
+    size_t n_input = prompt->n;
+    out->n = 0;
+    while (out->n < n) {
+        if (subspec_iter_begin(s, sp, input, n_input) != SUBSPEC_STATUS_OK) return 0;
+        input = NULL;
+        n_input = 0;
+        bool has_next = true;
+        while (has_next && out->n < n) {
+            const float *logits = NULL;
+            size_t n_vocab = 0;
+            if (subspec_iter_logits(s, &logits, &n_vocab) != SUBSPEC_STATUS_OK) return 0;
+            int32_t t = host_pick(&h, logits, n_vocab);
+            if (subspec_iter_push(s, t, &has_next) != SUBSPEC_STATUS_OK) return 0;
+            out->ids[out->n++] = t;
+        }
+        size_t pushed = 0;
+        if (subspec_iter_end(s, &pushed) != SUBSPEC_STATUS_OK || pushed == 0) return 0;
+    }
+    return 1;
+}
+
+/* Every host sampler's speculative walk equals its plain output; the state errors. */
+static void test_host_sampling(subspec_engine *e, const char *model) {
+    ids_t prompt, want, got;
+    CHECK(read_fixture(model, "prompt", &prompt, NULL, 0), "fixture prompt");
+    subspec_step_params sp = step_defaults();
+    for (int kind = 0; kind < 3; kind++) {
+        CHECK(host_plain(e, &prompt, kind, 32, &want), "plain eval: %s", last_error(NULL));
+        for (int spec = 1; spec >= 0; spec--) {
+            sp.speculate = spec;
+            subspec_sequence *s = NULL;
+            CHECK(subspec_sequence_create(e, &s) == SUBSPEC_STATUS_OK, "create");
+            CHECK(host_walk(s, &sp, &prompt, kind, 32, &got), "walk: %s", last_error(NULL));
+            CHECK(same(&got, &want), "%s host sampler %d %s: first %d vs %d", model, kind,
+                  spec ? "speculative" : "plain", got.n ? got.ids[0] : -1, want.ids[0]);
+            subspec_sequence_stats st = {.struct_size = sizeof st};
+            CHECK(subspec_sequence_get_stats(s, &st) == SUBSPEC_STATUS_OK && st.generated == 32 &&
+                      st.length == prompt.n + 32 && (spec || st.iterations == 32),
+                  "host walk stats: generated %llu iterations %llu",
+                  (unsigned long long)st.generated, (unsigned long long)st.iterations);
+            if (kind == 0 && spec)
+                printf("%s: host greedy walk, 32 tokens in %llu passes, tau %.2f\n", model,
+                       (unsigned long long)st.iterations, st.tau);
+            subspec_sequence_free(s);
+        }
+    }
+
+    sp.speculate = true;
+    subspec_sequence *s = NULL;
+    CHECK(subspec_sequence_create(e, &s) == SUBSPEC_STATUS_OK, "create");
+    const float *logits = NULL;
+    size_t n_vocab = 0, n = 0, len = 0;
+    bool has_next = false;
+    int32_t toks[512];
+    /* Nothing open. */
+    CHECK_STATUS(subspec_iter_logits(s, &logits, &n_vocab), SUBSPEC_STATUS_INVALID_STATE, "no host-sampled");
+    CHECK_STATUS(subspec_iter_push(s, 1, &has_next), SUBSPEC_STATUS_INVALID_STATE, "no host-sampled");
+    CHECK_STATUS(subspec_iter_end(s, &n), SUBSPEC_STATUS_INVALID_STATE, "no host-sampled");
+    CHECK_STATUS(subspec_iter_cancel(s), SUBSPEC_STATUS_INVALID_STATE, "no host-sampled");
+    CHECK_STATUS(subspec_iter_begin(s, &sp, NULL, 0), SUBSPEC_STATUS_INVALID_ARGUMENT, "empty");
+    int32_t bad[2] = {1, 128};
+    CHECK_STATUS(subspec_iter_begin(s, &sp, bad, 2), SUBSPEC_STATUS_INVALID_TOKEN, "128");
+    CHECK_STATUS(subspec_iter_begin(s, NULL, bad, 1), SUBSPEC_STATUS_NULL_POINTER, "params");
+    CHECK(subspec_sequence_tokens(s, toks, 512, &len) == SUBSPEC_STATUS_OK && len == 0, "still empty");
+
+    CHECK(subspec_iter_begin(s, &sp, prompt.ids, prompt.n) == SUBSPEC_STATUS_OK, "begin: %s", last_error(NULL));
+    /* While open: step, eval, truncate, reset and another begin are refused. */
+    int32_t out[8];
+    float buf[256];
+    CHECK_STATUS(subspec_iter_begin(s, &sp, NULL, 0), SUBSPEC_STATUS_INVALID_STATE, "iteration is open");
+    CHECK_STATUS(subspec_step(s, &sp, NULL, 0, out, 8, &n), SUBSPEC_STATUS_INVALID_STATE, "iteration is open");
+    CHECK_STATUS(subspec_sequence_eval(s, NULL, 0, buf, 256, &n_vocab), SUBSPEC_STATUS_INVALID_STATE, "iteration is open");
+    CHECK_STATUS(subspec_sequence_truncate(s, 1), SUBSPEC_STATUS_INVALID_STATE, "iteration is open");
+    CHECK_STATUS(subspec_sequence_reset(s), SUBSPEC_STATUS_INVALID_STATE, "iteration is open");
+    CHECK_STATUS(subspec_iter_push(s, -1, &has_next), SUBSPEC_STATUS_INVALID_TOKEN, "-1");
+    CHECK_STATUS(subspec_iter_push(s, 128, &has_next), SUBSPEC_STATUS_INVALID_TOKEN, "128");
+    CHECK_STATUS(subspec_iter_push(s, 1, NULL), SUBSPEC_STATUS_NULL_POINTER, "has_next");
+    CHECK_STATUS(subspec_iter_logits(s, NULL, &n_vocab), SUBSPEC_STATUS_NULL_POINTER, "logits");
+    CHECK(subspec_sequence_tokens(s, toks, 512, &len) == SUBSPEC_STATUS_OK && len == prompt.n,
+          "the refused calls changed nothing: %zu tokens", len);
+    /* Top log-probabilities: descending, the first is the argmax. */
+    CHECK(subspec_iter_logits(s, &logits, &n_vocab) == SUBSPEC_STATUS_OK && n_vocab == 128, "logits");
+    host_sampler g = {.kind = 0};
+    int32_t argmax = host_pick(&g, logits, n_vocab);
+    int32_t ids[5];
+    float lps[5];
+    size_t n_top = 0;
+    CHECK(subspec_iter_top_logprobs(s, 5, ids, lps, &n_top) == SUBSPEC_STATUS_OK && n_top == 5 &&
+              ids[0] == argmax && lps[0] <= 0 && lps[0] >= lps[1] && lps[1] >= lps[4],
+          "top logprobs: %zu, %d (argmax %d) %f %f", n_top, ids[0], argmax, lps[0], lps[1]);
+    CHECK_STATUS(subspec_iter_top_logprobs(s, 5, NULL, lps, &n_top), SUBSPEC_STATUS_NULL_POINTER, "ids");
+    /* Push the second most likely token until one is not in the tree. */
+    host_sampler h2 = {.kind = 1};
+    size_t pushed = 0;
+    do {
+        CHECK(subspec_iter_logits(s, &logits, &n_vocab) == SUBSPEC_STATUS_OK, "logits");
+        CHECK(subspec_iter_push(s, host_pick(&h2, logits, n_vocab), &has_next) == SUBSPEC_STATUS_OK, "push");
+        pushed++;
+    } while (has_next && pushed < 64);
+    CHECK(!has_next, "the walk ended");
+    CHECK_STATUS(subspec_iter_push(s, 1, &has_next), SUBSPEC_STATUS_INVALID_STATE, "has ended");
+    CHECK_STATUS(subspec_iter_logits(s, &logits, &n_vocab), SUBSPEC_STATUS_INVALID_STATE, "has ended");
+    CHECK(subspec_sequence_tokens(s, toks, 512, &len) == SUBSPEC_STATUS_OK && len == prompt.n + pushed,
+          "after a refused push: %zu tokens, want %zu", len, prompt.n + pushed);
+    CHECK(subspec_iter_end(s, &n) == SUBSPEC_STATUS_OK && n == pushed, "end: %zu", n);
+    n = 999;
+    CHECK_STATUS(subspec_iter_end(s, &n), SUBSPEC_STATUS_INVALID_STATE, "no host-sampled");
+    CHECK(n == 999, "a failed end leaves n_pushed untouched");
+    CHECK(subspec_sequence_tokens(s, toks, 512, &len) == SUBSPEC_STATUS_OK && len == prompt.n + pushed,
+          "after ending twice: %zu tokens", len);
+
+    /* Cancel: the sequence exactly as before begin, its logits those of the same tokens. */
+    int32_t more[2] = {9, 10};
+    CHECK(subspec_iter_begin(s, &sp, more, 2) == SUBSPEC_STATUS_OK, "begin");
+    CHECK(subspec_iter_push(s, 3, &has_next) == SUBSPEC_STATUS_OK, "push");
+    CHECK(subspec_iter_cancel(s) == SUBSPEC_STATUS_OK, "cancel");
+    size_t len2 = 0;
+    CHECK(subspec_sequence_tokens(s, toks, 512, &len2) == SUBSPEC_STATUS_OK && len2 == len,
+          "after cancel: %zu tokens, want %zu", len2, len);
+    /* eval: a too-small buffer writes only the size needed. */
+    n_vocab = 0;
+    CHECK_STATUS(subspec_sequence_eval(s, NULL, 0, buf, 127, &n_vocab), SUBSPEC_STATUS_BUFFER_TOO_SMALL, "127");
+    CHECK(n_vocab == 128, "size needed %zu", n_vocab);
+    CHECK(subspec_sequence_eval(s, NULL, 0, buf, 256, &n_vocab) == SUBSPEC_STATUS_OK && n_vocab == 128, "eval");
+    subspec_sequence *fresh = NULL;
+    float buf2[256];
+    CHECK(subspec_sequence_create(e, &fresh) == SUBSPEC_STATUS_OK, "create");
+    CHECK(subspec_sequence_eval(fresh, toks, len, buf2, 256, &n_vocab) == SUBSPEC_STATUS_OK, "eval afresh");
+    CHECK(memcmp(buf, buf2, 128 * sizeof(float)) == 0, "the logits after a cancel are those afresh");
+    subspec_sequence_free(fresh);
+    subspec_sequence_free(s);
+}
+
 /* Every failed step leaves the sequence exactly as it was; reset and truncate. */
 static void test_sequence_errors(subspec_engine *e, const char *model) {
     ids_t prompt, want, got;
@@ -882,6 +1077,7 @@ int main(int argc, char **argv) {
     test_metadata_tiny(e);
     test_generation(e, "tiny", NULL);
     test_sequence_errors(e, "tiny");
+    test_host_sampling(e, "tiny");
     test_threads(e, "tiny");
     subspec_free(e);
     test_context_full(tiny);

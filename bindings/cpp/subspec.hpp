@@ -171,6 +171,78 @@ public:
         return out;
     }
 
+    // ---- host-owned sampling: begin, (logits, your sampler, push)* while push says
+    // has_next, end. Lossless for any sampler: each position's logits are the target's own.
+
+    /// Opens a host-sampled iteration: appends `input`, drafts and verifies a tree with
+    /// `params` (its sampling fields are ignored). On error throws; nothing changed.
+    void iter_begin(const std::vector<int32_t> &input, const StepParams &params = StepParams()) {
+        detail::check(subspec_iter_begin(h_.get(), &params.raw(), input.data(), input.size()));
+    }
+    /// The target's logits at the current position: (pointer, n_vocab), owned by the
+    /// sequence, valid until the next iter_* call.
+    std::pair<const float *, size_t> iter_logits() {
+        const float *l = nullptr;
+        size_t n = 0;
+        detail::check(subspec_iter_logits(h_.get(), &l, &n));
+        return {l, n};
+    }
+    /// Pushes the host's token; true: the next position's logits are known (sample again).
+    bool iter_push(int32_t token) {
+        bool has_next = false;
+        detail::check(subspec_iter_push(h_.get(), token, &has_next));
+        return has_next;
+    }
+    /// The `n` most likely (id, log-probability) pairs at the current position.
+    std::vector<std::pair<int32_t, float>> iter_top_logprobs(size_t n) {
+        std::vector<int32_t> ids(n);
+        std::vector<float> lps(n);
+        size_t got = 0;
+        detail::check(subspec_iter_top_logprobs(h_.get(), n, ids.data(), lps.data(), &got));
+        std::vector<std::pair<int32_t, float>> out;
+        for (size_t i = 0; i < got; i++) out.emplace_back(ids[i], lps[i]);
+        return out;
+    }
+    /// Commits the iteration; returns the number of tokens pushed.
+    size_t iter_end() {
+        size_t n = 0;
+        detail::check(subspec_iter_end(h_.get(), &n));
+        return n;
+    }
+    /// Abandons the iteration: the sequence as before iter_begin.
+    void iter_cancel() { detail::check(subspec_iter_cancel(h_.get())); }
+    /// One whole host-sampled iteration: `sample(logits, n_vocab)` picks each token; stops
+    /// when the tree has no next logits or after `max_tokens`. Returns the tokens pushed.
+    std::vector<int32_t> iter_sample(const std::vector<int32_t> &input, const StepParams &params,
+                                     const std::function<int32_t(const float *, size_t)> &sample,
+                                     size_t max_tokens = 1024) {
+        iter_begin(input, params);
+        std::vector<int32_t> out;
+        try {
+            bool more = true;
+            while (more && out.size() < max_tokens) {
+                auto [l, n] = iter_logits();
+                int32_t t = sample(l, n);
+                more = iter_push(t);
+                out.push_back(t);
+            }
+        } catch (...) {
+            iter_cancel();
+            throw;
+        }
+        iter_end();
+        return out;
+    }
+    /// Plain exact logits: appends `input`, runs the target alone, returns the next
+    /// position's logits (nothing sampled).
+    std::vector<float> eval(const std::vector<int32_t> &input, size_t n_vocab) {
+        std::vector<float> out(n_vocab);
+        size_t n = 0;
+        detail::check(subspec_sequence_eval(h_.get(), input.data(), input.size(), out.data(), out.size(), &n));
+        out.resize(n);
+        return out;
+    }
+
     /// Empties the sequence and its statistics.
     void reset() { detail::check(subspec_sequence_reset(h_.get())); }
     /// Keeps the first `len` tokens.

@@ -147,6 +147,59 @@ int main(int argc, char **argv) {
         auto st = e.new_sequence().stats();
         CHECK(st.struct_size == sizeof st && st.length == 0);
     }
+    {
+        // Host-owned sampling: a stateful host sampler (greedy after a repetition penalty
+        // on what it has picked) gives the same tokens walking verified trees as over
+        // plain eval, offloaded too.
+        auto prompt = ids(fixture(dir, "tiny")["prompt"]);
+        auto lo = subspec::LoadParams(dir + "/tiny").context_length(256);
+        for (uint64_t budget : {uint64_t(0), lo.minimum_budget()}) {
+            auto e = subspec::Engine::load(subspec::LoadParams(dir + "/tiny").context_length(256).memory_budget(budget));
+            size_t vocab = e.info().vocab_size;
+            auto sampler = [](std::vector<int32_t> &seen) {
+                return [&seen](const float *l, size_t n) {
+                    int32_t best = 0;
+                    float vb = 0;
+                    for (size_t i = 0; i < n; i++) {
+                        float x = l[i];
+                        for (int32_t t : seen)
+                            if (t == int32_t(i)) x = x > 0 ? x / 1.5f : x * 1.5f;
+                        if (i == 0 || x > vb) best = int32_t(i), vb = x;
+                    }
+                    seen.push_back(best);
+                    return best;
+                };
+            };
+            std::vector<int32_t> seen_plain, seen_spec, plain, spec;
+            auto pick_plain = sampler(seen_plain);
+            auto pick_spec = sampler(seen_spec);
+            auto a = e.new_sequence();
+            std::vector<int32_t> input = prompt;
+            while (plain.size() < 32) {
+                auto l = a.eval(input, vocab);
+                plain.push_back(pick_plain(l.data(), l.size()));
+                input = {plain.back()};
+            }
+            auto b = e.new_sequence();
+            input = prompt;
+            while (spec.size() < 32) {
+                auto got = b.iter_sample(input, e.step_params(), pick_spec, 32 - spec.size());
+                spec.insert(spec.end(), got.begin(), got.end());
+                input.clear();
+            }
+            CHECK(spec == plain);
+            CHECK(b.stats().generated == 32);
+            // State errors leave the sequence unchanged.
+            size_t len = b.tokens().size();
+            CHECK(status_of([&] { b.iter_end(); }) == SUBSPEC_STATUS_INVALID_STATE);
+            b.iter_begin({}, e.step_params());
+            CHECK(status_of([&] { b.step({}); }) == SUBSPEC_STATUS_INVALID_STATE);
+            auto top = b.iter_top_logprobs(3);
+            CHECK(top.size() == 3 && top[0].second >= top[1].second && top[1].second >= top[2].second);
+            b.iter_cancel();
+            CHECK(b.tokens().size() == len);
+        }
+    }
     test_model(dir, "tiny", dir + "/tiny");
     auto info = subspec::Engine::load(subspec::LoadParams(dir + "/tiny").draft(false)).info();
     CHECK(info.vocab_size == 128 && !info.has_draft);

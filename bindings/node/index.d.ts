@@ -4,7 +4,7 @@
 export declare const Status: Readonly<{
   OK: 0; IO: 1; INVALID_MODEL: 2; UNSUPPORTED: 3; INVALID_ARGUMENT: 4; INVALID_TOKEN: 5;
   CONTEXT_FULL: 6; OUT_OF_MEMORY: 7; DEVICE_UNAVAILABLE: 8; TOKENIZER: 9; ABORTED: 10;
-  INTERNAL: 11; NULL_POINTER: 12; BUFFER_TOO_SMALL: 13; PANIC: 14;
+  INTERNAL: 11; NULL_POINTER: 12; BUFFER_TOO_SMALL: 13; PANIC: 14; INVALID_STATE: 15;
 }>;
 export type StatusCode = (typeof Status)[keyof typeof Status];
 
@@ -110,6 +110,22 @@ export declare class Sequence {
   step(input?: ArrayLike<number>, options?: StepOptions, maxTokens?: number): number[];
   /** Steps from `prompt` until an EOS token or `maxNew` tokens. */
   generate(prompt: ArrayLike<number>, options?: StepOptions, maxNew?: number): number[];
+  /** Opens a host-sampled iteration: appends `input`, drafts and verifies a tree. */
+  iterBegin(input?: ArrayLike<number>, options?: StepOptions): void;
+  /** The target's exact logits at the current position. */
+  iterLogits(): Float32Array;
+  /** Pushes the host's token; true: the next position's logits are known. */
+  iterPush(token: number): boolean;
+  /** The `n` most likely tokens at the current position, descending. */
+  iterTopLogprobs(n: number): { id: number; logprob: number }[];
+  /** Commits the iteration; returns the number of tokens pushed. */
+  iterEnd(): number;
+  /** Abandons the iteration: the sequence as before iterBegin. */
+  iterCancel(): void;
+  /** One host-sampled iteration with `sample`; returns the tokens pushed. */
+  iterSample(input: ArrayLike<number>, options: StepOptions, sample: (logits: Float32Array) => number, maxTokens?: number): number[];
+  /** Plain exact logits of the next position (nothing sampled). */
+  eval(input: ArrayLike<number>, nVocab: number): Float32Array;
   reset(): void;
   truncate(length: number): void;
   tokens(): number[];

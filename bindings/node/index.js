@@ -115,6 +115,13 @@ const C = {
   seqTruncate: lib.func('subspec_status subspec_sequence_truncate(subspec_sequence *seq, size_t len)'),
   seqTokens: lib.func('subspec_status subspec_sequence_tokens(const subspec_sequence *seq, _Out_ int32_t *out, size_t cap, _Out_ size_t *n_out)'),
   seqStats: lib.func('subspec_status subspec_sequence_get_stats(const subspec_sequence *seq, _Inout_ subspec_sequence_stats *out)'),
+  iterBegin: lib.func('subspec_status subspec_iter_begin(subspec_sequence *seq, const subspec_step_params *params, const int32_t *input, size_t n_input)'),
+  iterLogits: lib.func('subspec_status subspec_iter_logits(subspec_sequence *seq, _Out_ void **logits, _Out_ size_t *n_vocab)'),
+  iterPush: lib.func('subspec_status subspec_iter_push(subspec_sequence *seq, int32_t token, _Out_ bool *has_next)'),
+  iterTop: lib.func('subspec_status subspec_iter_top_logprobs(subspec_sequence *seq, size_t n, _Out_ int32_t *ids, _Out_ float *logprobs, _Out_ size_t *n_out)'),
+  iterEnd: lib.func('subspec_status subspec_iter_end(subspec_sequence *seq, _Out_ size_t *n_pushed)'),
+  iterCancel: lib.func('subspec_status subspec_iter_cancel(subspec_sequence *seq)'),
+  seqEval: lib.func('subspec_status subspec_sequence_eval(subspec_sequence *seq, const int32_t *input, size_t n_input, _Out_ float *logits, size_t cap, _Out_ size_t *n_vocab)'),
   step: lib.func('subspec_status subspec_step(subspec_sequence *seq, const subspec_step_params *params, const int32_t *input, size_t n_input, _Out_ int32_t *out, size_t out_capacity, _Out_ size_t *n_out)'),
 };
 
@@ -123,7 +130,7 @@ const C = {
 const Status = Object.freeze({
   OK: 0, IO: 1, INVALID_MODEL: 2, UNSUPPORTED: 3, INVALID_ARGUMENT: 4, INVALID_TOKEN: 5,
   CONTEXT_FULL: 6, OUT_OF_MEMORY: 7, DEVICE_UNAVAILABLE: 8, TOKENIZER: 9, ABORTED: 10,
-  INTERNAL: 11, NULL_POINTER: 12, BUFFER_TOO_SMALL: 13, PANIC: 14,
+  INTERNAL: 11, NULL_POINTER: 12, BUFFER_TOO_SMALL: 13, PANIC: 14, INVALID_STATE: 15,
 });
 
 /** A failed call: `status` (a Status value) and the library's message. */
@@ -183,6 +190,81 @@ class Sequence {
       if (got.some((t) => this._eos.includes(t))) break;
     }
     return out;
+  }
+
+  // ---- host-owned sampling: iterBegin, (iterLogits, your sampler, iterPush)* while
+  // iterPush returns true, iterEnd. Lossless for any sampler: each position's logits are
+  // the target's own.
+
+  /** Opens a host-sampled iteration: appends `input`, drafts and verifies a tree (the
+   * sampling options are ignored). On error throws and nothing changed. */
+  iterBegin(input = [], options = {}) {
+    const inp = Int32Array.from(input);
+    check(C.iterBegin(this._handle(), stepParams(options), inp.length ? inp : null, inp.length));
+  }
+
+  /** The target's logits at the current position (a copy, Float32Array of n_vocab). */
+  iterLogits() {
+    const p = [null];
+    const n = [0];
+    check(C.iterLogits(this._handle(), p, n));
+    return Float32Array.from(koffi.decode(p[0], koffi.array('float', Number(n[0]), 'Array')));
+  }
+
+  /** Pushes the host's token; true: the next position's logits are known (sample again). */
+  iterPush(token) {
+    const next = [false];
+    check(C.iterPush(this._handle(), token, next));
+    return next[0];
+  }
+
+  /** The `n` most likely tokens at the current position: [{id, logprob}], descending. */
+  iterTopLogprobs(n) {
+    const ids = new Int32Array(Math.max(1, n));
+    const lps = new Float32Array(Math.max(1, n));
+    const got = [0];
+    check(C.iterTop(this._handle(), n, ids, lps, got));
+    return Array.from({ length: Number(got[0]) }, (_, i) => ({ id: ids[i], logprob: lps[i] }));
+  }
+
+  /** Commits the iteration; returns the number of tokens pushed. */
+  iterEnd() {
+    const n = [0];
+    check(C.iterEnd(this._handle(), n));
+    return Number(n[0]);
+  }
+
+  /** Abandons the iteration: the sequence as before iterBegin. */
+  iterCancel() { check(C.iterCancel(this._handle())); }
+
+  /** One whole host-sampled iteration: `sample(logits)` picks each token; at most
+   * `maxTokens`. Returns the tokens pushed. */
+  iterSample(input, options, sample, maxTokens = 1024) {
+    this.iterBegin(input, options);
+    const out = [];
+    try {
+      let more = true;
+      while (more && out.length < maxTokens) {
+        const t = sample(this.iterLogits());
+        more = this.iterPush(t);
+        out.push(t);
+      }
+    } catch (e) {
+      this.iterCancel();
+      throw e;
+    }
+    this.iterEnd();
+    return out;
+  }
+
+  /** Plain exact logits: appends `input`, runs the target alone, returns the next
+   * position's logits (Float32Array of `nVocab`); nothing is sampled. */
+  eval(input, nVocab) {
+    const inp = Int32Array.from(input);
+    const out = new Float32Array(nVocab);
+    const n = [0];
+    check(C.seqEval(this._handle(), inp.length ? inp : null, inp.length, out, out.length, n));
+    return out.subarray(0, Number(n[0]));
   }
 
   reset() { check(C.seqReset(this._handle())); }

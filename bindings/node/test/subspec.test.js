@@ -121,3 +121,56 @@ test('SmolLM2 matches the Rust engine and the C suite', (t) => {
   assert.strictEqual(e.info().vocabSize, 49152);
   e.close();
 });
+
+test('host-owned sampling: a stateful host sampler walks trees exactly as it decodes plainly', () => {
+  const tiny = path.join(dir, 'tiny');
+  const prompt = ids(fixture('tiny').prompt);
+  const e = subspec.load(tiny, { contextLength: 256 });
+  const vocab = e.info().vocabSize;
+  // Greedy after a repetition penalty on every token it has picked (its state).
+  const sampler = () => {
+    const seen = [];
+    return (l) => {
+      let best = 0;
+      let vb = -Infinity;
+      for (let i = 0; i < l.length; i++) {
+        let x = l[i];
+        if (seen.includes(i)) x = x > 0 ? x / 1.5 : x * 1.5;
+        if (x > vb) { best = i; vb = x; }
+      }
+      seen.push(best);
+      return best;
+    };
+  };
+  const a = e.newSequence();
+  const pickPlain = sampler();
+  const plain = [];
+  let input = prompt;
+  while (plain.length < 32) {
+    plain.push(pickPlain(a.eval(input, vocab)));
+    input = [plain[plain.length - 1]];
+  }
+  const b = e.newSequence();
+  const pickSpec = sampler();
+  const spec = [];
+  input = prompt;
+  while (spec.length < 32) {
+    spec.push(...b.iterSample(input, e.stepOptions(), pickSpec, 32 - spec.length));
+    input = [];
+  }
+  assert.deepStrictEqual(spec, plain);
+  assert.strictEqual(b.stats().generated, 32);
+  // State errors leave the sequence unchanged.
+  const len = b.tokens().length;
+  assert.throws(() => b.iterEnd(), (err) => err.status === subspec.Status.INVALID_STATE);
+  b.iterBegin([], e.stepOptions());
+  assert.throws(() => b.step([]), (err) => err.status === subspec.Status.INVALID_STATE);
+  const top = b.iterTopLogprobs(3);
+  assert.strictEqual(top.length, 3);
+  assert.ok(top[0].logprob >= top[1].logprob && top[1].logprob >= top[2].logprob);
+  b.iterCancel();
+  assert.strictEqual(b.tokens().length, len);
+  a.close();
+  b.close();
+  e.close();
+});

@@ -49,6 +49,7 @@ const (
 	StatusNullPointer       Status = C.SUBSPEC_STATUS_NULL_POINTER
 	StatusBufferTooSmall    Status = C.SUBSPEC_STATUS_BUFFER_TOO_SMALL
 	StatusPanic             Status = C.SUBSPEC_STATUS_PANIC
+	StatusInvalidState      Status = C.SUBSPEC_STATUS_INVALID_STATE
 )
 
 // String is the status's short description ("I/O error", ...).
@@ -450,6 +451,135 @@ func (s *Sequence) hasEOS(ids []int32) bool {
 		}
 	}
 	return false
+}
+
+// Host-owned sampling: IterBegin, then (IterLogits, your sampler, IterPush) while IterPush
+// reports a next position, then IterEnd. Lossless for any sampler: every position's
+// logits are the target's own.
+
+// IterBegin opens a host-sampled iteration: appends input, drafts and verifies a tree with
+// p (its sampling fields are ignored; nil means DefaultStepParams). On error nothing
+// changed.
+func (s *Sequence) IterBegin(input []int32, p *StepParams) error {
+	if p == nil {
+		d := DefaultStepParams()
+		p = &d
+	}
+	cp, err := p.c()
+	if err != nil {
+		return err
+	}
+	var in *C.int32_t
+	if len(input) > 0 {
+		in = (*C.int32_t)(&input[0])
+	}
+	err = call(func() C.subspec_status { return C.subspec_iter_begin(s.h, &cp, in, C.size_t(len(input))) })
+	runtime.KeepAlive(s)
+	return err
+}
+
+// IterLogits returns a copy of the target's exact logits at the current position.
+func (s *Sequence) IterLogits() ([]float32, error) {
+	var p *C.float
+	var n C.size_t
+	err := call(func() C.subspec_status { return C.subspec_iter_logits(s.h, &p, &n) })
+	if err != nil {
+		return nil, err
+	}
+	out := make([]float32, int(n))
+	copy(out, unsafe.Slice((*float32)(unsafe.Pointer(p)), int(n)))
+	runtime.KeepAlive(s)
+	return out, nil
+}
+
+// IterPush pushes the host's token; true: the next position's logits are known.
+func (s *Sequence) IterPush(token int32) (bool, error) {
+	var next C.bool
+	err := call(func() C.subspec_status { return C.subspec_iter_push(s.h, C.int32_t(token), &next) })
+	runtime.KeepAlive(s)
+	return bool(next), err
+}
+
+// TokenLogprob is one token and its log-probability.
+type TokenLogprob struct {
+	ID      int32
+	Logprob float32
+}
+
+// IterTopLogprobs returns the n most likely tokens at the current position, descending.
+func (s *Sequence) IterTopLogprobs(n int) ([]TokenLogprob, error) {
+	ids := make([]int32, n+1)
+	lps := make([]float32, n+1)
+	var got C.size_t
+	err := call(func() C.subspec_status {
+		return C.subspec_iter_top_logprobs(s.h, C.size_t(n), (*C.int32_t)(&ids[0]), (*C.float)(&lps[0]), &got)
+	})
+	runtime.KeepAlive(s)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]TokenLogprob, int(got))
+	for i := range out {
+		out[i] = TokenLogprob{ids[i], lps[i]}
+	}
+	return out, nil
+}
+
+// IterEnd commits the iteration; returns the number of tokens pushed.
+func (s *Sequence) IterEnd() (int, error) {
+	var n C.size_t
+	err := call(func() C.subspec_status { return C.subspec_iter_end(s.h, &n) })
+	runtime.KeepAlive(s)
+	return int(n), err
+}
+
+// IterCancel abandons the iteration: the sequence as before IterBegin.
+func (s *Sequence) IterCancel() error {
+	err := call(func() C.subspec_status { return C.subspec_iter_cancel(s.h) })
+	runtime.KeepAlive(s)
+	return err
+}
+
+// IterSample runs one whole host-sampled iteration, sample picking each token, at most
+// maxTokens; returns the tokens pushed. On error the iteration is cancelled.
+func (s *Sequence) IterSample(input []int32, p *StepParams, sample func([]float32) int32, maxTokens int) ([]int32, error) {
+	if err := s.IterBegin(input, p); err != nil {
+		return nil, err
+	}
+	var out []int32
+	for more := true; more && len(out) < maxTokens; {
+		l, err := s.IterLogits()
+		if err == nil {
+			t := sample(l)
+			more, err = s.IterPush(t)
+			out = append(out, t)
+		}
+		if err != nil {
+			_ = s.IterCancel()
+			return nil, err
+		}
+	}
+	_, err := s.IterEnd()
+	return out, err
+}
+
+// Eval appends input, runs the target alone and returns the next position's logits
+// (nVocab of them); nothing is sampled.
+func (s *Sequence) Eval(input []int32, nVocab int) ([]float32, error) {
+	out := make([]float32, nVocab+1)
+	var in *C.int32_t
+	if len(input) > 0 {
+		in = (*C.int32_t)(&input[0])
+	}
+	var n C.size_t
+	err := call(func() C.subspec_status {
+		return C.subspec_sequence_eval(s.h, in, C.size_t(len(input)), (*C.float)(&out[0]), C.size_t(nVocab), &n)
+	})
+	runtime.KeepAlive(s)
+	if err != nil {
+		return nil, err
+	}
+	return out[:n], nil
 }
 
 // Reset empties the sequence and its statistics.

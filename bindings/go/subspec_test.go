@@ -210,7 +210,7 @@ func TestSmolLM2MatchesC(t *testing.T) {
 
 func TestStatusStrings(t *testing.T) {
 	seen := map[string]Status{}
-	for s := StatusOK; s <= StatusPanic; s++ {
+	for s := StatusOK; s <= StatusInvalidState; s++ {
 		str := s.String()
 		if str == "unknown status" {
 			t.Fatalf("status %d has no string", s)
@@ -220,7 +220,7 @@ func TestStatusStrings(t *testing.T) {
 		}
 		seen[str] = s
 	}
-	if (StatusPanic+1).String() != "unknown status" || StatusIO.String() != "I/O error" {
+	if (StatusInvalidState+1).String() != "unknown status" || StatusIO.String() != "I/O error" {
 		t.Fatal("status strings")
 	}
 }
@@ -276,5 +276,94 @@ func TestDraftOptions(t *testing.T) {
 	if _, err := Load(tiny, &LoadOptions{SubstituteLayers: []uint32{0, 0}}); !errors.As(err, &e) ||
 		e.Status != StatusInvalidArgument || !strings.Contains(e.Message, "twice") {
 		t.Fatalf("repeated layer: %v", err)
+	}
+}
+
+// A stateful host sampler (greedy after a repetition penalty on what it has picked) walks
+// verified trees exactly as it decodes plainly; state errors leave the sequence unchanged.
+func TestHostSampling(t *testing.T) {
+	eng, err := Load(filepath.Join(fixtures(t), "tiny"), &LoadOptions{ContextLength: 256})
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := eng.Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+	vocab := info.VocabSize
+	sampler := func() func([]float32) int32 {
+		var seen []int32
+		return func(l []float32) int32 {
+			best, vb := int32(0), float32(0)
+			for i, x := range l {
+				for _, s := range seen {
+					if s == int32(i) {
+						if x > 0 {
+							x /= 1.5
+						} else {
+							x *= 1.5
+						}
+						break
+					}
+				}
+				if i == 0 || x > vb {
+					best, vb = int32(i), x
+				}
+			}
+			seen = append(seen, best)
+			return best
+		}
+	}
+	prompt := parseIDs(expected(t, "tiny")["prompt"])
+	a, _ := eng.NewSequence()
+	pick := sampler()
+	var plain []int32
+	input := prompt
+	for len(plain) < 32 {
+		l, err := a.Eval(input, vocab)
+		if err != nil {
+			t.Fatal(err)
+		}
+		plain = append(plain, pick(l))
+		input = plain[len(plain)-1:]
+	}
+	p, err := eng.StepParams()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := eng.NewSequence()
+	pick = sampler()
+	var spec []int32
+	input = prompt
+	for len(spec) < 32 {
+		got, err := b.IterSample(input, &p, pick, 32-len(spec))
+		if err != nil {
+			t.Fatal(err)
+		}
+		spec = append(spec, got...)
+		input = nil
+	}
+	if !equal(spec, plain) {
+		t.Fatalf("host walk %v, plain %v", spec, plain)
+	}
+	before, _ := b.Stats()
+	if _, err := b.IterEnd(); err == nil || err.(*Error).Status != StatusInvalidState {
+		t.Fatalf("end with none open: %v", err)
+	}
+	if err := b.IterBegin(nil, &p); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Step(nil, &p, 4); err == nil || err.(*Error).Status != StatusInvalidState {
+		t.Fatalf("step while open: %v", err)
+	}
+	top, err := b.IterTopLogprobs(3)
+	if err != nil || len(top) != 3 || top[0].Logprob < top[1].Logprob || top[1].Logprob < top[2].Logprob {
+		t.Fatalf("top logprobs %v %v", top, err)
+	}
+	if err := b.IterCancel(); err != nil {
+		t.Fatal(err)
+	}
+	if after, _ := b.Stats(); after.Length != before.Length || before.Generated != 32 {
+		t.Fatalf("cancel: %d tokens, want %d (generated %d)", after.Length, before.Length, before.Generated)
 	}
 }

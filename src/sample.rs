@@ -264,6 +264,19 @@ pub fn sample(logits: &[f32], p: &SamplingParams, position: usize) -> u32 {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn top_logprobs_rank_ties_by_lower_id_and_normalize() {
+        let l = [1.0f32, 3.0, 3.0, f32::NAN, 0.5];
+        let top = top_logprobs(&l, 3);
+        assert_eq!(top.iter().map(|t| t.0).collect::<Vec<_>>(), vec![1, 2, 0]);
+        let lse = (1f64.exp() + 2.0 * 3f64.exp() + 0.5f64.exp()).ln();
+        assert!((top[0].1 as f64 - (3.0 - lse)).abs() < 1e-6);
+        assert!((top[2].1 as f64 - (1.0 - lse)).abs() < 1e-6);
+        assert_eq!(top_logprobs(&l, 99).len(), 5);
+        assert_eq!(top_logprobs(&l, 99)[4].0, 3, "NaN ranks last");
+        assert!(top_logprobs(&l, 0).is_empty());
+    }
     use super::*;
 
     #[test]

@@ -15,6 +15,12 @@ bash scripts/check-kernels.sh
 cargo test --release
 # Without a GPU the CUDA parity tests skip; say so (scripts/gpu-check.sh runs them on one).
 cargo test --release -q --test cuda -- --nocapture 2>&1 | grep -m1 "^SKIP" || true
+# `subspec serve` against the real openai client (pinned, in its own venv; httpx pinned
+# below 0.28, which dropped an argument openai 1.51 passes).
+cargo build --release -p subspec-cli
+python3 -m venv target/serve-venv
+target/serve-venv/bin/pip install -q openai==1.51.0 httpx==0.27.2
+target/serve-venv/bin/python tests/serve/test_openai.py target/release/subspec models/smollm2-135m-instruct
 # The C ABI from C (also under valgrind), C++, Go and Node; installs gcc, valgrind,
 # golang-go, nodejs/npm and cmake from Debian when missing.
 bash scripts/test-bindings.sh

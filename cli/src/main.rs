@@ -2,6 +2,7 @@
 
 mod bench;
 mod passes;
+mod serve;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -45,6 +46,10 @@ enum Command {
     /// What a model holds: architecture, shape, tensor types and bytes, context, chat
     /// template, the minimum budget (headers only).
     Info(PlanArgs),
+    /// Serve the model over HTTP: OpenAI-compatible /v1/chat/completions, /v1/completions,
+    /// /v1/models, and llama.cpp-server-compatible /completion, /tokenize, /detokenize,
+    /// /health, /props, /metrics.
+    Serve(serve::ServeArgs),
 }
 
 #[derive(Args)]
@@ -616,6 +621,7 @@ fn main() -> ExitCode {
         Command::Info(a) => info(a),
         Command::Passes(a) => passes::run(a),
         Command::Synth(a) => synth(a),
+        Command::Serve(a) => serve::run(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

@@ -86,4 +86,77 @@ pub mod internals {
     pub use crate::sample::distribution;
     pub use crate::synth::{write_model, SynthShape};
     pub use crate::util::{human, parse_bytes};
+
+    /// The entry points the fuzz targets (`fuzz/fuzz_targets/`) call, and the corpus
+    /// replay test (`tests/fuzz_corpus.rs`) feeds every committed seed and crash
+    /// regression through: each takes untrusted bytes and returns an error or `Ok`,
+    /// never panics.
+    pub mod fuzz {
+        use std::path::Path;
+        use std::sync::Arc;
+
+        use crate::checkpoint::{AlignedBuf, ModelConfig, Storage};
+        use crate::error::{Error, Result};
+
+        /// Parses `bytes` as a config.json and validates it as [`ModelConfig::from_json`]
+        /// does; returns the config.
+        pub fn config(bytes: &[u8]) -> Result<ModelConfig> {
+            let file = Path::new("fuzz/config.json");
+            match serde_json::from_slice::<serde_json::Value>(bytes) {
+                Ok(serde_json::Value::Object(m)) => {
+                    let cfg = ModelConfig::from_json(&m, file)?;
+                    // What the loader derives from a config must not panic either.
+                    let _ = (cfg.q_dim(), cfg.kv_dim(), cfg.rope_inv_freq());
+                    Ok(cfg)
+                }
+                Ok(_) => Err(Error::invalid_model(format!(
+                    "{}: expected a JSON object",
+                    file.display()
+                ))),
+                Err(e) => Err(Error::invalid_model(format!(
+                    "{}: invalid JSON: {e}",
+                    file.display()
+                ))),
+            }
+        }
+
+        /// Parses `bytes` as a safetensors file: the header and the tensor table checked
+        /// against the length of `bytes`, then every tensor read as f32. Returns the
+        /// number of tensors.
+        pub fn safetensors(bytes: &[u8]) -> Result<usize> {
+            let mut buf = AlignedBuf::new(bytes.len());
+            buf.as_mut_slice()[..bytes.len()].copy_from_slice(bytes);
+            let tensors = crate::checkpoint::safetensors::tensors_of(
+                Arc::new(Storage::Owned(buf)),
+                bytes.len(),
+                Path::new("fuzz/model.safetensors"),
+            )?;
+            for t in &tensors {
+                let mut out = vec![0f32; t.numel()];
+                crate::checkpoint::tensor::to_f32(t.dtype, t.bytes(), &mut out);
+            }
+            Ok(tensors.len())
+        }
+
+        /// Parses `bytes` as a GGUF file (header, metadata, tensor table checked against
+        /// the length) and dequantizes every tensor. Returns the number of tensors.
+        pub fn gguf(bytes: &[u8]) -> Result<usize> {
+            let p = crate::checkpoint::gguf::parse::parse_bytes(bytes, "fuzz.gguf")?;
+            for t in &p.tensors {
+                let mut out = vec![0f32; t.numel()];
+                crate::checkpoint::gguf::dequantize_row(
+                    t.ggml_type,
+                    &bytes[t.offset..t.offset + t.len],
+                    &mut out,
+                )?;
+            }
+            Ok(p.tensors.len())
+        }
+
+        /// Loads `bytes` as a tokenizer.json, then encodes and decodes a short text with
+        /// it. Returns the vocabulary size.
+        pub fn tokenizer(bytes: &[u8]) -> Result<usize> {
+            crate::tokenizer::fuzz_load(bytes)
+        }
+    }
 }

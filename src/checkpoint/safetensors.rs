@@ -72,15 +72,21 @@ fn open_file(path: &Path) -> Result<Vec<HostTensor>> {
     // candle), and the sizes below are checked against the map so no view can point past
     // its end at load time.
     let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-    let map = Arc::new(Storage::Mapped(map));
+    let len = map.len();
+    tensors_of(Arc::new(Storage::Mapped(map)), len, path)
+}
+
+/// The tensors of one safetensors file already in memory (the first `len` bytes of
+/// `map`, `len <= map.len()`), every offset checked against `len`; `path` is used in messages. The fuzz target calls this directly.
+pub(crate) fn tensors_of(map: Arc<Storage>, len: usize, path: &Path) -> Result<Vec<HostTensor>> {
     let bad = |msg: String| Error::invalid_model(format!("{}: {msg}", path.display()));
-    if map.len() < 8 {
+    if len < 8 {
         return Err(bad(format!(
             "not a safetensors file ({} bytes, too short for a header)",
-            map.len()
+            len
         )));
     }
-    let (header_len, meta) = safetensors::SafeTensors::read_metadata(&map[..])
+    let (header_len, meta) = safetensors::SafeTensors::read_metadata(&map[..len])
         .map_err(|e| bad(format!("corrupt safetensors header: {e}")))?;
     let data_start = 8 + header_len;
     let mut out = Vec::new();
@@ -97,18 +103,22 @@ fn open_file(path: &Path) -> Result<Vec<HostTensor>> {
             }
         };
         let (begin, end) = info.data_offsets;
-        let numel: usize = info.shape.iter().product();
-        if end < begin || end - begin != numel * dtype.size() {
+        let numel = info
+            .shape
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .and_then(|n| n.checked_mul(dtype.size()));
+        if end < begin || Some(end - begin) != numel {
             return Err(bad(format!(
                 "tensor `{name}`: data offsets {begin}..{end} do not match shape {:?}",
                 info.shape
             )));
         }
-        if data_start + end > map.len() {
+        if data_start.checked_add(end).is_none_or(|e| e > len) {
             return Err(bad(format!(
                 "tensor `{name}` ends at byte {} but the file has {} bytes (truncated?)",
-                data_start + end,
-                map.len()
+                data_start as u128 + end as u128,
+                len
             )));
         }
         out.push(HostTensor::view(

@@ -79,6 +79,20 @@ fn tok_err(e: impl std::fmt::Display) -> Error {
     Error::new(ErrorKind::Tokenizer, format!("tokenizer: {e}"))
 }
 
+/// Loads a tokenizer.json held in memory and round-trips a short text through it (the
+/// fuzz target's body). Returns the vocabulary size.
+pub(crate) fn fuzz_load(bytes: &[u8]) -> Result<usize> {
+    let inner = tokenizers::Tokenizer::from_bytes(bytes)
+        .map_err(|e| Error::new(ErrorKind::Tokenizer, format!("fuzz/tokenizer.json: {e}")))?;
+    let tok = Tokenizer {
+        inner,
+        chat: ChatTemplate::chatml("", ""),
+    };
+    let ids = tok.encode("Hello, world! 123 \u{e9}\u{4e16}", true)?;
+    tok.decode(&ids)?;
+    Ok(tok.vocab_size())
+}
+
 impl Tokenizer {
     /// The tokenizer of a checkpoint: `tokenizer.json` (and the chat template) of a
     /// Hugging Face model directory, or a GGUF file's `tokenizer.ggml.*` metadata.

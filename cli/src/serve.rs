@@ -836,6 +836,26 @@ async fn not_found() -> ApiError {
     }
 }
 
+/// axum answers an over-limit body with a plain-text 413 before any handler
+/// runs; this rewrites it as the OpenAI-style JSON error every other failure
+/// gets, naming the limit and the flag that sets it.
+fn body_too_large_as_json(r: Response, limit: usize) -> Response {
+    let is_json = r
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if r.status() != StatusCode::PAYLOAD_TOO_LARGE || is_json {
+        return r;
+    }
+    ApiError {
+        status: StatusCode::PAYLOAD_TOO_LARGE,
+        message: format!("request body is larger than the limit of {limit} bytes (--max-body)"),
+        param: Some("body".into()),
+        kind: "invalid_request_error",
+    }
+    .into_response()
+}
+
 /// Runs `subspec serve` until interrupted.
 pub fn run(a: &ServeArgs) -> Result<(), Error> {
     if a.parallel == 0 {
@@ -861,6 +881,7 @@ pub fn run(a: &ServeArgs) -> Result<(), Error> {
         running: AtomicUsize::new(0),
         metrics: Metrics::default(),
     });
+    let max_body = a.max_body;
     let app = Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
@@ -874,6 +895,9 @@ pub fn run(a: &ServeArgs) -> Result<(), Error> {
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(a.max_body))
+        .layer(axum::middleware::map_response(move |r: Response| {
+            std::future::ready(body_too_large_as_json(r, max_body))
+        }))
         .with_state(state);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -91,8 +91,9 @@ try:
         assert got == status and err["error"]["param"] == field, (body[:40], got, err)
     got, err = post("/v1/chat/completions", json.dumps({"messages": "hi"}).encode())
     assert got == 400 and err["error"]["param"] == "messages", err
-    got, _ = post("/v1/completions", b'{"prompt":"' + b"a" * (2 << 20) + b'"}')
-    assert got == 413, got
+    got, err = post("/v1/completions", b'{"prompt":"' + b"a" * (2 << 20) + b'"}')
+    assert got == 413 and err["error"]["param"] == "body", (got, err)
+    assert "--max-body" in err["error"]["message"], err
 
     # A client that disconnects mid-stream frees its slot.
     for _ in range(5):

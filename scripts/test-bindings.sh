@@ -5,6 +5,7 @@
 #   c         tests/c/test_ffi.c (-Wall -Werror): every bad input, generation == Rust engine
 #   valgrind  the same C suite on the tiny model: no errors, definitely lost 0
 #   cpp       bindings/cpp test program (header-only RAII wrapper)
+#   sanitizers the C suite and the C++ test built with ASan + UBSan (LeakSanitizer at exit)
 #   examples  scripts/install.sh into a prefix; examples/ built with CMake find_package
 #             (when cmake is present) and pkg-config; the C example runs to the end
 #   go        bindings/go: go vet + go test (cgo, pkg-config)
@@ -82,6 +83,24 @@ cpp_suite() {
         -lpthread -o "$work/test_cpp" && "$work/test_cpp" "$fixtures"
 }
 stage cpp cpp_suite
+
+# The C and C++ sides instrumented (the Rust library is not, but ASan's malloc interposes
+# on its allocations too, so LeakSanitizer sees a handle the host forgets to free).
+sanitizer_suites() {
+    local san=(-g -O1 -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer)
+    cc -std=c11 -Wall -Wextra -Werror "${san[@]}" tests/c/test_ffi.c $(pkg-config --cflags --libs subspec) \
+        -lpthread -o "$work/test_ffi_asan" &&
+    c++ -std=c++17 -Wall -Wextra -Werror "${san[@]}" bindings/cpp/test.cpp $(pkg-config --cflags --libs subspec) \
+        -lpthread -o "$work/test_cpp_asan" || return 1
+    local t
+    for t in test_ffi_asan test_cpp_asan; do
+        ASAN_OPTIONS=detect_leaks=1:halt_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+            "$work/$t" "$fixtures" > "$work/$t.log" 2>&1 ||
+            { tail -40 "$work/$t.log"; return 1; }
+        tail -1 "$work/$t.log"
+    done
+}
+stage sanitizers sanitizer_suites
 
 examples() {
     local model; model=$(sed -n 's/^model: //p' "$fixtures/smollm2.expected")

@@ -803,7 +803,7 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
         .load(Ordering::SeqCst)
         .saturating_sub(st.running.load(Ordering::SeqCst));
     let per = |x: f64, n: u64| if n == 0 { 0.0 } else { x / n as f64 };
-    let body = format!(
+    let mut body = format!(
         "# HELP subspec_requests_total Generation requests received.\n# TYPE subspec_requests_total counter\nsubspec_requests_total {}\n\
 # HELP subspec_requests_rejected_total Requests refused with 503 (queue full).\n# TYPE subspec_requests_rejected_total counter\nsubspec_requests_rejected_total {}\n\
 # HELP subspec_requests_failed_total Generations that failed.\n# TYPE subspec_requests_failed_total counter\nsubspec_requests_failed_total {}\n\
@@ -824,6 +824,14 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
         per(tokens as f64, passes),
         st.running.load(Ordering::SeqCst),
     );
+    // The slow tier (all zero when every layer is resident).
+    let t = st.engine.model().stream_stats().unwrap_or_default();
+    body.push_str(&format!(
+        "# HELP subspec_streamed_bytes_total Weight bytes streamed from the slow tier.\n# TYPE subspec_streamed_bytes_total counter\nsubspec_streamed_bytes_total {}\n\
+# HELP subspec_stream_read_seconds_total Seconds the reader spent reading the slow tier.\n# TYPE subspec_stream_read_seconds_total counter\nsubspec_stream_read_seconds_total {}\n\
+# HELP subspec_stream_wait_seconds_total Seconds compute waited for a streamed layer.\n# TYPE subspec_stream_wait_seconds_total counter\nsubspec_stream_wait_seconds_total {}\n",
+        t.bytes, t.read_s, t.wait_s,
+    ));
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 

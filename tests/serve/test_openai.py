@@ -19,17 +19,31 @@ sock.bind(("127.0.0.1", 0))
 port = sock.getsockname()[1]
 sock.close()
 base = f"http://127.0.0.1:{port}"
-server = subprocess.Popen([binary, "serve", "--model", model, "--port", str(port),
-                           "--parallel", "4", "--queue", "16", "--ctx-len", "512"])
-try:
-    for _ in range(120):
+
+
+def start(*extra):
+    """Starts `subspec serve` on `port` and waits until /health answers."""
+    proc = subprocess.Popen([binary, "serve", "--model", model, "--port", str(port),
+                             "--queue", "16", "--ctx-len", "512", *extra])
+    for _ in range(240):
         try:
             urllib.request.urlopen(base + "/health").read()
-            break
+            return proc
         except OSError:
+            if proc.poll() is not None:
+                sys.exit(f"server exited with {proc.returncode}")
             time.sleep(0.5)
-    else:
-        sys.exit("server did not start")
+    proc.terminate()
+    sys.exit("server did not start")
+
+
+def metrics():
+    text = urllib.request.urlopen(base + "/metrics").read().decode()
+    return {k: float(v) for k, v in (l.split() for l in text.splitlines() if l and l[0] != "#")}
+
+
+server = start("--parallel", "4")
+try:
     client = openai.OpenAI(base_url=base + "/v1", api_key="none")
     name = client.models.list().data[0].id
 
@@ -102,6 +116,19 @@ try:
         next(iter(s))
         s.close()
     assert complete().choices[0].text == plain
+    m = metrics()
+    assert m["subspec_tokens_predicted_total"] > 0 and m["subspec_streamed_bytes_total"] == 0, m
+finally:
+    server.terminate()
+    server.wait(10)
+
+# Offloaded at the smallest budget: the same text, and /metrics shows the slow tier's work.
+server = start("--budget", "min")
+try:
+    client = openai.OpenAI(base_url=base + "/v1", api_key="none")
+    assert complete().choices[0].text == plain
+    m = metrics()
+    assert m["subspec_streamed_bytes_total"] > 0 and m["subspec_stream_read_seconds_total"] > 0, m
     print("serve: all checks passed")
 finally:
     server.terminate()

@@ -164,10 +164,7 @@ fn last_error() -> String {
 }
 
 fn load_params() -> subspec_load_params {
-    let mut p = std::mem::MaybeUninit::<subspec_load_params>::uninit();
-    let st = unsafe { subspec_load_params_init(p.as_mut_ptr(), size_of::<subspec_load_params>()) };
-    assert_eq!(st, subspec_status::Ok);
-    let mut p = unsafe { p.assume_init() };
+    let mut p = common::c_load_params();
     p.model_path = tiny().as_ptr();
     p.context_length = 64;
     p
@@ -243,13 +240,6 @@ fn generate(e: &Loaded, sp: &subspec_step_params, n: usize) -> Result<Vec<i32>, 
     result.map(|()| out)
 }
 
-fn step_params() -> subspec_step_params {
-    let mut p = std::mem::MaybeUninit::<subspec_step_params>::uninit();
-    let st = unsafe { subspec_step_params_init(p.as_mut_ptr(), size_of::<subspec_step_params>()) };
-    assert_eq!(st, subspec_status::Ok);
-    unsafe { p.assume_init() }
-}
-
 /// A caller compiled against a newer header: our struct plus a field we do not know.
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -281,7 +271,7 @@ fn a_struct_size_of_zero_or_below_the_first_layout_is_refused_by_name() {
     assert!(minimum_budget(&load_params()).is_ok());
 
     let e = load(&load_params()).unwrap();
-    let mut sp = step_params();
+    let mut sp = common::c_step_params();
     sp.struct_size = 0;
     let msg = generate(&e, &sp, 4).unwrap_err();
     assert!(
@@ -350,17 +340,17 @@ fn a_newer_callers_struct_is_accepted_only_with_a_zero_tail() {
     // Step params too, and the reserved bytes count as unknown.
     let e = load(&load_params()).unwrap();
     let mut sp = Newer {
-        known: step_params(),
+        known: common::c_step_params(),
         unknown: 0,
     };
     sp.known.struct_size = size_of::<Newer<subspec_step_params>>();
-    let want = generate(&e, &step_params(), 8).unwrap();
+    let want = generate(&e, &common::c_step_params(), 8).unwrap();
     assert_eq!(generate(&e, &sp.known, 8).unwrap(), want);
     sp.unknown = 1 << 40;
     assert!(generate(&e, &sp.known, 8)
         .unwrap_err()
         .contains("unknown to this library version"));
-    let mut r = step_params();
+    let mut r = common::c_step_params();
     r.reserved[1] = 1;
     assert!(generate(&e, &r, 8)
         .unwrap_err()
@@ -390,7 +380,7 @@ fn an_old_caller_passing_the_first_layout_size_gets_the_defaults() {
     let mut p = load_params();
     p.struct_size = size_of::<subspec_load_params>();
     assert!(load(&p).is_ok());
-    let sp = step_params();
+    let sp = common::c_step_params();
     assert_eq!(sp.struct_size, size_of::<subspec_step_params>());
     assert!(sp.speculate && !sp.adaptive_depth && sp.tree_width == 1 && sp.tree_depth == 8);
 }
@@ -463,7 +453,7 @@ fn substitute_layers_and_substitute_all_layers_choose_the_drafts_layers() {
 fn the_new_options_are_lossless() {
     let base = load_params();
     let plain_engine = load(&base).unwrap();
-    let mut plain = step_params();
+    let mut plain = common::c_step_params();
     plain.speculate = false;
     let want = generate(&plain_engine, &plain, 24).unwrap();
     let layers = [0u32];

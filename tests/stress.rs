@@ -31,21 +31,15 @@ unsafe impl<T> Sync for Handle<T> {}
 
 fn load(dir: &std::path::Path) -> Handle<subspec_engine> {
     let path = CString::new(dir.to_str().unwrap()).unwrap();
-    // SAFETY: a zeroed params struct initialised by the library, a valid path string
-    // outliving the call, and an out pointer to a local.
-    unsafe {
-        let mut p: subspec_load_params = std::mem::zeroed();
-        assert_eq!(
-            subspec_load_params_init(&mut p, std::mem::size_of::<subspec_load_params>()),
-            subspec_status::Ok
-        );
-        p.model_path = path.as_ptr();
-        p.context_length = CONTEXT;
-        p.threads = 1;
-        let mut e = std::ptr::null_mut();
-        assert_eq!(subspec_load(&p, &mut e), subspec_status::Ok);
-        Handle(e)
-    }
+    let mut p = common::c_load_params();
+    p.model_path = path.as_ptr();
+    p.context_length = CONTEXT;
+    p.threads = 1;
+    let mut e = std::ptr::null_mut();
+    // SAFETY: initialised params with a path string outliving the call; an out pointer to
+    // a local.
+    assert_eq!(unsafe { subspec_load(&p, &mut e) }, subspec_status::Ok);
+    Handle(e)
 }
 
 fn create(e: Handle<subspec_engine>) -> Handle<subspec_sequence> {
@@ -69,22 +63,15 @@ fn tokens(s: Handle<subspec_sequence>) -> Vec<i32> {
 }
 
 fn step_params(temperature: f32, seed: u64, speculate: bool) -> subspec_step_params {
-    // SAFETY: a zeroed struct initialised by the library.
-    unsafe {
-        let mut sp: subspec_step_params = std::mem::zeroed();
-        assert_eq!(
-            subspec_step_params_init(&mut sp, std::mem::size_of::<subspec_step_params>()),
-            subspec_status::Ok
-        );
-        sp.temperature = temperature;
-        sp.seed = seed;
-        sp.speculate = speculate;
-        if temperature > 0.0 {
-            sp.top_k = 40;
-            sp.top_p = 0.95;
-        }
-        sp
+    let mut sp = common::c_step_params();
+    sp.temperature = temperature;
+    sp.seed = seed;
+    sp.speculate = speculate;
+    if temperature > 0.0 {
+        sp.top_k = 40;
+        sp.top_p = 0.95;
     }
+    sp
 }
 
 /// One `subspec_step`: its status and the tokens it returned.

@@ -902,7 +902,7 @@ pub fn run(a: &ServeArgs) -> Result<(), Error> {
         .route("/props", get(props))
         .route("/metrics", get(metrics))
         .fallback(not_found)
-        .layer(DefaultBodyLimit::max(a.max_body))
+        .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::map_response(move |r: Response| {
             std::future::ready(body_too_large_as_json(r, max_body))
         }))

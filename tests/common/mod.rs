@@ -6,6 +6,10 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
+use subspec::ffi::{
+    subspec_load_params, subspec_load_params_init, subspec_status, subspec_step_params,
+    subspec_step_params_init,
+};
 use subspec::{Engine, EngineOptions};
 
 /// The small Llama-architecture test model (tied embeddings).
@@ -211,4 +215,26 @@ pub fn synth_model_dir(name: &str) -> PathBuf {
         subspec::internals::write_model(&dir, &shape, subspec::internals::DType::F16, 7).unwrap();
     }
     dir
+}
+
+/// The C ABI's default load parameters, as `subspec_load_params_init` writes them.
+pub fn c_load_params() -> subspec_load_params {
+    let mut p = std::mem::MaybeUninit::<subspec_load_params>::uninit();
+    // SAFETY: the library initialises the whole struct when it returns `Ok`.
+    let st = unsafe {
+        subspec_load_params_init(p.as_mut_ptr(), std::mem::size_of::<subspec_load_params>())
+    };
+    assert_eq!(st, subspec_status::Ok);
+    unsafe { p.assume_init() }
+}
+
+/// The C ABI's default step parameters, as `subspec_step_params_init` writes them.
+pub fn c_step_params() -> subspec_step_params {
+    let mut p = std::mem::MaybeUninit::<subspec_step_params>::uninit();
+    // SAFETY: the library initialises the whole struct when it returns `Ok`.
+    let st = unsafe {
+        subspec_step_params_init(p.as_mut_ptr(), std::mem::size_of::<subspec_step_params>())
+    };
+    assert_eq!(st, subspec_status::Ok);
+    unsafe { p.assume_init() }
 }

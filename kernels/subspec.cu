@@ -130,6 +130,26 @@ extern "C" __global__ void silu_mul(float* __restrict__ g, const float* __restri
     }
 }
 
+// g = gelu_tanh(g) * u, GeLU's tanh approximation in PyTorch's order. Grid-stride over n.
+extern "C" __global__ void gelu_tanh_mul(float* __restrict__ g, const float* __restrict__ u,
+                                         long long n) {
+    const float beta = 0.7978845608028654f;  // sqrt(2 / pi)
+    const float kappa = 0.044715f;
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
+         i += (long long)gridDim.x * blockDim.x) {
+        const float v = g[i];
+        const float inner = beta * (v + kappa * (v * v * v));
+        g[i] = 0.5f * v * (1.0f + tanhf(inner)) * u[i];
+    }
+}
+
+// x *= s. Grid-stride over n.
+extern "C" __global__ void scale_inplace(float* __restrict__ x, float s, long long n) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
+         i += (long long)gridDim.x * blockDim.x)
+        x[i] *= s;
+}
+
 // x += y. Grid-stride over n.
 extern "C" __global__ void add_inplace(float* __restrict__ x, const float* __restrict__ y,
                                        long long n) {

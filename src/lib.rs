@@ -50,7 +50,7 @@ mod tokenizer;
 mod util;
 
 pub use backend::DeviceKind;
-pub use checkpoint::{Arch, ModelConfig, RopeScaling};
+pub use checkpoint::{Activation, Arch, ModelConfig, RopeScaling};
 pub use engine::{
     DraftOptions, Engine, EngineOptions, ModelInfo, Progress, Sequence, StepOptions,
     DEFAULT_MAX_TREE_TOKENS,

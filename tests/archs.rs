@@ -1,11 +1,12 @@
 //! The architectures beyond the two trained test models, against transformers: tiny
 //! random-weight models built from real-shaped configs (Llama 3.1 and 3.2 with llama3
 //! rope scaling, linear scaling, Qwen2 and Qwen3, Mistral with and without a sliding window shorter
-//! than the prompt), saved by transformers 5 (`tests/golden/make_arch_fixtures.py`).
+//! than the prompt, Gemma 3 with local and global layers and a query_pre_attn_scalar of
+//! its own), saved by transformers 5 (`tests/golden/make_arch_fixtures.py`).
 //! Logits at every prompt position within 1e-4, the same 16-token greedy continuation,
 //! and speculative output equal to plain output; and the same for the same weights written
 //! as GGUF files the way llama.cpp's converter writes them (q/k rows permuted for Llama,
-//! Llama 3's scaling as a `rope_freqs` tensor).
+//! Llama 3's scaling as a `rope_freqs` tensor, Gemma's norms with their 1 added).
 
 mod common;
 
@@ -23,6 +24,8 @@ const ARCHS: &[&str] = &[
     "mistral-window",
     "llama3.1-hd32",
     "mistral-window-hd32",
+    "gemma3",
+    "gemma3-scalar",
 ];
 const TOL: f32 = 1e-4;
 
@@ -53,7 +56,8 @@ fn fixtures() -> Vec<(String, Engine, Value)> {
             }
         }
     }
-    assert!(out.len() >= 2 * ARCHS.len() - 2, "GGUF fixtures missing");
+    // Every fixture has its GGUF but the windowed Mistrals and gemma3-scalar.
+    assert!(out.len() >= 2 * ARCHS.len() - 3, "GGUF fixtures missing");
     out
 }
 

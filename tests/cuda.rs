@@ -245,6 +245,17 @@ fn ops<B: Backend>(b: &B) -> Vec<(String, Vec<f32>)> {
     let mut g = act(b, n, h, &rnd(n * h, 5));
     b.silu_mul(&mut g, &x).unwrap();
     out.push(("silu_mul".into(), b.to_host(&g).unwrap()));
+    // Gemma's: GeLU-tanh times up (on inputs spread over +-4), the embedding scale.
+    let mut gg = act(
+        b,
+        n,
+        h,
+        &rnd(n * h, 15).iter().map(|v| 4.0 * v).collect::<Vec<_>>(),
+    );
+    b.gelu_tanh_mul(&mut gg, &x).unwrap();
+    out.push(("gelu_tanh_mul".into(), b.to_host(&gg).unwrap()));
+    b.scale(&mut gg, 25.298_221).unwrap();
+    out.push(("scale".into(), b.to_host(&gg).unwrap()));
     b.add(&mut g, &x).unwrap();
     out.push(("add".into(), b.to_host(&g).unwrap()));
     let mut sel = b.act(3, h).unwrap();
@@ -258,12 +269,19 @@ fn ops<B: Backend>(b: &B) -> Vec<(String, Vec<f32>)> {
     b.embed(&table, &[49, 0, 7], &mut e).unwrap();
     out.push(("embed (host table)".into(), b.to_host(&e).unwrap()));
     // Attention: 10 committed slots, then a 7-node tree in scratch; then compaction.
-    for (heads, kv_heads, hd, committed) in [(4usize, 2usize, 64usize, 10usize), (8, 1, 128, 300)] {
+    // The last shape is Gemma 3 270M's: 4 heads sharing one of width 256, scores scaled
+    // by query_pre_attn_scalar ** -0.5 (here 1/sqrt(168), not 1/sqrt(256)).
+    for (heads, kv_heads, hd, committed, scale) in [
+        (4usize, 2usize, 64usize, 10usize, 0.125f32),
+        (8, 1, 128, 300, 1.0 / 128f32.sqrt()),
+        (4, 1, 256, 40, (1.0 / 168f64.sqrt()) as f32),
+    ] {
         let (qd, kvd) = (heads * hd, kv_heads * hd);
         let shape = AttnShape {
             n_heads: heads,
             n_kv_heads: kv_heads,
             head_dim: hd,
+            scale,
         };
         let mut kv = b.kv_new(2, kvd, committed + 32).unwrap();
         let k0 = act(b, committed, kvd, &rnd(committed * kvd, 7));
@@ -437,7 +455,8 @@ fn logits_and_greedy_continuations_match_the_cpu() {
 fn gguf_and_windowed_models_match_the_cpu() {
     // The tiny transformers-built fixtures whose heads the CUDA kernels take (head_dim
     // 32): GGUF files in f16 and in Q8_0/Q4_0/Q4_1/Q5_0/Q5_1 (permuted q/k, llama3
-    // rope_freqs), Mistral with a window shorter than the prompt, Qwen3's q/k norms.
+    // rope_freqs), Mistral with a window shorter than the prompt, Qwen3's q/k norms, Gemma
+    // 3 (GeLU-tanh, sandwich norms, scaled embedding, local and global RoPE, windows).
     if gpu("gguf_and_windowed_models_match_the_cpu").is_none() {
         return;
     }
@@ -448,6 +467,9 @@ fn gguf_and_windowed_models_match_the_cpu() {
         arch.join("mistral-window-hd32"),
         arch.join("qwen3"),
         arch.join("qwen3/model.gguf"),
+        arch.join("gemma3"),
+        arch.join("gemma3/model.gguf"),
+        arch.join("gemma3-scalar"),
     ];
     for path in cases {
         let name = path.display().to_string();

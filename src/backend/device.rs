@@ -265,6 +265,20 @@ impl Backend for Device {
         }
     }
 
+    fn gelu_tanh_mul(&self, gate: &mut DevAct, up: &DevAct) -> Result<()> {
+        match self {
+            Device::Cpu(b) => b.gelu_tanh_mul(gate.cpu_mut()?, up.cpu()?),
+            Device::Cuda(b) => b.gelu_tanh_mul(gate.cuda_mut()?, up.cuda()?),
+        }
+    }
+
+    fn scale(&self, x: &mut DevAct, s: f32) -> Result<()> {
+        match self {
+            Device::Cpu(b) => b.scale(x.cpu_mut()?, s),
+            Device::Cuda(b) => b.scale(x.cuda_mut()?, s),
+        }
+    }
+
     fn add(&self, x: &mut DevAct, y: &DevAct) -> Result<()> {
         match self {
             Device::Cpu(b) => b.add(x.cpu_mut()?, y.cpu()?),

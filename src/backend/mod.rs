@@ -154,6 +154,8 @@ pub struct AttnShape {
     pub n_kv_heads: usize,
     /// Width of one head.
     pub head_dim: usize,
+    /// Multiplies every query-key dot product (`1 / sqrt(head_dim)` in most models).
+    pub scale: f32,
 }
 
 /// A compute device: where weights and activations live and how leaf operations run.
@@ -213,6 +215,11 @@ pub trait Backend: Send + Sync {
     fn rope(&self, x: &mut Self::Act, positions: &[usize], inv_freq: &[f32]) -> Result<()>;
     /// `gate = silu(gate) * up`.
     fn silu_mul(&self, gate: &mut Self::Act, up: &Self::Act) -> Result<()>;
+    /// `gate = gelu_tanh(gate) * up`, with GeLU's tanh approximation computed as PyTorch
+    /// does: `0.5 * x * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 * x^3)))`.
+    fn gelu_tanh_mul(&self, gate: &mut Self::Act, up: &Self::Act) -> Result<()>;
+    /// `x *= s`, every element.
+    fn scale(&self, x: &mut Self::Act, s: f32) -> Result<()>;
     /// `x += y`.
     fn add(&self, x: &mut Self::Act, y: &Self::Act) -> Result<()>;
     /// `out[i] = x[rows[i]]`.

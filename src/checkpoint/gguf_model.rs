@@ -6,16 +6,18 @@
 
 use std::sync::Arc;
 
-use super::config::{Arch, ModelConfig, RopeScaling};
+use super::config::{Activation, Arch, ModelConfig, RopeScaling};
 use super::gguf::{GgufFile, GgufTensor};
 use super::tensor::{DType, HostTensor};
 use super::weights::Weights;
 use crate::error::{Error, ErrorKind, Result};
 
-/// The Hugging Face name of a GGUF tensor, or `None` for one this engine does not use
-/// (then the file is refused, naming it). `rope_freqs.weight` keeps its name: the config
-/// reads it.
-fn hf_name(gguf: &str) -> Option<String> {
+/// The Hugging Face name of a GGUF tensor of architecture `arch`, or `None` for one this
+/// engine does not use (then the file is refused, naming it). `rope_freqs.weight` keeps
+/// its name: the config reads it. llama.cpp's `ffn_norm` is the MLP's input norm, which
+/// Gemma 3 calls `pre_feedforward_layernorm` (its `post_attention_layernorm` normalises
+/// the attention output: llama.cpp's `post_attention_norm`).
+fn hf_name(gguf: &str, arch: Arch) -> Option<String> {
     Some(match gguf {
         "token_embd.weight" => "model.embed_tokens.weight".into(),
         "output_norm.weight" => "model.norm.weight".into(),
@@ -31,7 +33,10 @@ fn hf_name(gguf: &str) -> Option<String> {
             }
             let module = match what {
                 "attn_norm" => "input_layernorm",
+                "ffn_norm" if arch == Arch::Gemma3 => "pre_feedforward_layernorm",
                 "ffn_norm" => "post_attention_layernorm",
+                "post_attention_norm" if arch == Arch::Gemma3 => "post_attention_layernorm",
+                "post_ffw_norm" if arch == Arch::Gemma3 => "post_feedforward_layernorm",
                 "attn_q" => "self_attn.q_proj",
                 "attn_k" => "self_attn.k_proj",
                 "attn_v" => "self_attn.v_proj",
@@ -50,10 +55,11 @@ fn hf_name(gguf: &str) -> Option<String> {
 
 /// The GGUF file's tensors as [`Weights`] under Hugging Face names.
 pub(crate) fn weights(g: &GgufFile) -> Result<Weights> {
+    let arch = architecture(g)?;
     let mut items = Vec::with_capacity(g.tensors().len());
     for t in g.tensors() {
         let file = g.paths()[t.shard].clone();
-        let name = hf_name(&t.name).ok_or_else(|| {
+        let name = hf_name(&t.name, arch).ok_or_else(|| {
             Error::unsupported(format!(
                 "{}: tensor `{}` is not one this engine uses (another architecture, or mixture of experts?)",
                 file.display(),
@@ -95,7 +101,24 @@ const MODEL_KEYS: &[&str] = &[
     "rope.scaling.factor",
     "rope.scaling.original_context_length",
     "vocab_size",
+    "attention.sliding_window",
 ];
+
+/// The architecture a GGUF file names in `general.architecture`.
+fn architecture(g: &GgufFile) -> Result<Arch> {
+    Ok(match g.architecture()? {
+        "llama" => Arch::Llama,
+        "qwen2" => Arch::Qwen2,
+        "qwen3" => Arch::Qwen3,
+        "gemma3" => Arch::Gemma3,
+        other => {
+            return Err(Error::unsupported(format!(
+                "{}: general.architecture is `{other}`; supported: llama, qwen2, qwen3, gemma3",
+                g.paths()[0].display()
+            )))
+        }
+    })
+}
 
 /// `ModelConfig` of a GGUF file.
 pub(crate) fn config(g: &GgufFile) -> Result<ModelConfig> {
@@ -103,22 +126,14 @@ pub(crate) fn config(g: &GgufFile) -> Result<ModelConfig> {
     let m = g.meta();
     let bad = |msg: String| Error::invalid_model(format!("{file}: {msg}"));
     let unsupported = |msg: String| Error::unsupported(format!("{file}: {msg}"));
+    let arch = architecture(g)?;
     let arch_name = g.architecture()?;
-    let arch = match arch_name {
-        "llama" => Arch::Llama,
-        "qwen2" => Arch::Qwen2,
-        "qwen3" => Arch::Qwen3,
-        other => {
-            return Err(unsupported(format!(
-                "general.architecture is `{other}`; supported: llama, qwen2, qwen3"
-            )))
-        }
-    };
+    let gemma = arch == Arch::Gemma3;
     // No model key may go unread.
     let prefix = format!("{arch_name}.");
     for (key, _) in m.iter() {
         if let Some(k) = key.strip_prefix(&prefix) {
-            if !MODEL_KEYS.contains(&k) {
+            if !MODEL_KEYS.contains(&k) || (k == "attention.sliding_window" && !gemma) {
                 return Err(Error::new(
                     ErrorKind::Unsupported,
                     format!(
@@ -250,6 +265,24 @@ pub(crate) fn config(g: &GgufFile) -> Result<ModelConfig> {
         }
     }
     eos_ids.retain(|&i| (i as usize) < vocab);
+    // Gemma 3 as llama.cpp runs it: every sixth layer global, the others local with a
+    // window and RoPE base 10000; scores scaled by 1/sqrt(head_dim), except the 27B
+    // (62 layers), whose query_pre_attn_scalar is hidden / heads.
+    let attn_window = if gemma {
+        let w = positive("attention.sliding_window")?;
+        (0..n_layers)
+            .map(|i| if (i + 1) % 6 == 0 { None } else { Some(w) })
+            .collect()
+    } else {
+        vec![None; n_layers]
+    };
+    let attn_scale = if gemma && n_layers == 62 {
+        (1.0 / ((hidden / n_heads) as f64).sqrt()) as f32
+    } else if gemma {
+        (1.0 / (head_dim as f64).sqrt()) as f32
+    } else {
+        1.0 / (head_dim as f32).sqrt()
+    };
     Ok(ModelConfig {
         arch,
         hidden,
@@ -262,11 +295,22 @@ pub(crate) fn config(g: &GgufFile) -> Result<ModelConfig> {
         rms_eps: m.get_f32(&key("attention.layer_norm_rms_epsilon"))?,
         rope_theta,
         rope_scaling,
+        rope_local_theta: gemma.then_some(10_000.0),
         max_position,
         tie_embeddings,
         qkv_bias,
-        qk_norm: arch == Arch::Qwen3,
-        attn_window: vec![None; n_layers],
+        qk_norm: matches!(arch, Arch::Qwen3 | Arch::Gemma3),
+        attn_window,
+        hidden_act: if gemma {
+            Activation::GeluTanh
+        } else {
+            Activation::Silu
+        },
+        attn_scale,
+        embed_scale: gemma.then(|| (hidden as f64).sqrt() as f32),
+        // llama.cpp's converter stores Gemma's norm weights as 1 + w already.
+        norm_weight_offset: 0.0,
+        sandwich_norms: gemma,
         eos_ids,
         bos_id,
     })
@@ -279,20 +323,36 @@ mod tests {
     #[test]
     fn tensor_names_map_to_hugging_face() {
         assert_eq!(
-            hf_name("blk.3.attn_q.weight").unwrap(),
+            hf_name("blk.3.attn_q.weight", Arch::Llama).unwrap(),
             "model.layers.3.self_attn.q_proj.weight"
         );
         assert_eq!(
-            hf_name("blk.0.attn_k.bias").unwrap(),
+            hf_name("blk.0.attn_k.bias", Arch::Qwen2).unwrap(),
             "model.layers.0.self_attn.k_proj.bias"
         );
         assert_eq!(
-            hf_name("blk.11.ffn_norm.weight").unwrap(),
+            hf_name("blk.11.ffn_norm.weight", Arch::Llama).unwrap(),
             "model.layers.11.post_attention_layernorm.weight"
         );
-        assert_eq!(hf_name("output.weight").unwrap(), "lm_head.weight");
-        assert!(hf_name("blk.0.ffn_gate_inp.weight").is_none());
-        assert!(hf_name("blk.x.attn_q.weight").is_none());
-        assert!(hf_name("blk.0.attn_q.scale").is_none());
+        // Gemma 3's four norms.
+        for (g, hf) in [
+            ("attn_norm", "input_layernorm"),
+            ("post_attention_norm", "post_attention_layernorm"),
+            ("ffn_norm", "pre_feedforward_layernorm"),
+            ("post_ffw_norm", "post_feedforward_layernorm"),
+        ] {
+            assert_eq!(
+                hf_name(&format!("blk.2.{g}.weight"), Arch::Gemma3).unwrap(),
+                format!("model.layers.2.{hf}.weight")
+            );
+        }
+        assert!(hf_name("blk.2.post_ffw_norm.weight", Arch::Llama).is_none());
+        assert_eq!(
+            hf_name("output.weight", Arch::Llama).unwrap(),
+            "lm_head.weight"
+        );
+        assert!(hf_name("blk.0.ffn_gate_inp.weight", Arch::Llama).is_none());
+        assert!(hf_name("blk.x.attn_q.weight", Arch::Llama).is_none());
+        assert!(hf_name("blk.0.attn_q.scale", Arch::Llama).is_none());
     }
 }

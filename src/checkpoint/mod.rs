@@ -17,7 +17,7 @@ pub(crate) mod tensor;
 mod weights;
 
 pub(crate) use config::read_json_object;
-pub use config::{Arch, ModelConfig, RopeScaling};
+pub use config::{Activation, Arch, ModelConfig, RopeScaling};
 pub use gguf::GgmlType;
 pub use names::Linear;
 pub(crate) use tensor::to_f32;

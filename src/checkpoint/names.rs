@@ -83,9 +83,21 @@ pub fn input_norm(l: usize) -> String {
     format!("model.layers.{l}.input_layernorm.weight")
 }
 
-/// Layer `l`'s RMSNorm before the MLP.
-pub fn post_attention_norm(l: usize) -> String {
-    format!("model.layers.{l}.post_attention_layernorm.weight")
+/// Layer `l`'s RMSNorm before the MLP: `post_attention_layernorm`, except in models
+/// with sandwich norms (Gemma 3), which call it `pre_feedforward_layernorm`.
+pub fn mlp_norm(l: usize, c: &ModelConfig) -> String {
+    if c.sandwich_norms {
+        format!("model.layers.{l}.pre_feedforward_layernorm.weight")
+    } else {
+        format!("model.layers.{l}.post_attention_layernorm.weight")
+    }
+}
+
+/// Layer `l`'s sandwich norms (Gemma 3), `(hidden)` each: of the attention output and of
+/// the MLP output, before each joins the residual stream.
+pub fn sandwich_norms(l: usize) -> [String; 2] {
+    ["post_attention_layernorm", "post_feedforward_layernorm"]
+        .map(|n| format!("model.layers.{l}.{n}.weight"))
 }
 
 /// Layer `l`'s per-head RMSNorm weights of q and k (Qwen3), `(head_dim)` each.

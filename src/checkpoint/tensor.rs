@@ -214,6 +214,23 @@ impl HostTensor {
         }
     }
 
+    /// An owned f32 tensor of `values` (row-major, `shape` elements).
+    pub fn from_f32(name: &str, shape: Vec<usize>, values: &[f32]) -> HostTensor {
+        let len = values.len() * 4;
+        let mut buf = AlignedBuf::new(len);
+        for (d, v) in buf.as_mut_slice().chunks_exact_mut(4).zip(values) {
+            d.copy_from_slice(&v.to_le_bytes());
+        }
+        Self::view(
+            name,
+            DType::F32,
+            shape,
+            Arc::new(Storage::Owned(buf)),
+            0,
+            len,
+        )
+    }
+
     /// Where the bytes live.
     pub fn storage(&self) -> &Arc<Storage> {
         &self.map

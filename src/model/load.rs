@@ -8,7 +8,7 @@ use super::{Layer, Linears, Model, SubstituteStats};
 use crate::backend::Backend;
 use crate::checkpoint::direct::read_resident;
 use crate::checkpoint::names::{self, linear_names, Linear};
-use crate::checkpoint::{ModelConfig, Weights};
+use crate::checkpoint::{HostTensor, ModelConfig, Weights};
 use crate::error::{Error, Result};
 use crate::plan::{Placement, Residency};
 use crate::quant::{QMatrix, QuantConfig};
@@ -47,6 +47,20 @@ impl<B: Backend> Model<B> {
                 backend.upload(&t)
             }
         };
+        // RMSNorm weights, with the checkpoint's offset added (Gemma's `1 + w`, in f32
+        // as transformers adds it).
+        let norm = |name: &str, len: usize| -> Result<B::Weight> {
+            let t = weights.get(name, &[len])?;
+            if c.norm_weight_offset == 0.0 {
+                return backend.upload(&t);
+            }
+            let w: Vec<f32> = t
+                .to_f32_vec()
+                .iter()
+                .map(|w| w + c.norm_weight_offset)
+                .collect();
+            backend.upload(&HostTensor::from_f32(name, vec![len], &w))
+        };
         let mut layers = Vec::with_capacity(c.n_layers);
         for i in 0..c.n_layers {
             let qkv_bias = if c.qkv_bias {
@@ -57,7 +71,7 @@ impl<B: Backend> Model<B> {
             };
             let qk_norm = if c.qk_norm {
                 let [nq, nk] = names::qk_norm(i);
-                Some([up(&nq, &[c.head_dim])?, up(&nk, &[c.head_dim])?])
+                Some([norm(&nq, c.head_dim)?, norm(&nk, c.head_dim)?])
             } else {
                 None
             };
@@ -78,11 +92,18 @@ impl<B: Backend> Model<B> {
                     .collect::<Result<Vec<_>>>()?;
                 Some(Linears::from_vec(w)?)
             };
+            let sandwich = if c.sandwich_norms {
+                let [a, m] = names::sandwich_norms(i);
+                Some([norm(&a, h)?, norm(&m, h)?])
+            } else {
+                None
+            };
             layers.push(Layer {
-                input_norm: up(&names::input_norm(i), &[h])?,
+                input_norm: norm(&names::input_norm(i), h)?,
                 qkv_bias,
                 qk_norm,
-                post_norm: up(&names::post_attention_norm(i), &[h])?,
+                post_norm: norm(&names::mlp_norm(i, c), h)?,
+                sandwich,
                 full,
                 substitutes: None,
             });
@@ -115,11 +136,12 @@ impl<B: Backend> Model<B> {
         Ok(Model {
             embed_bytes: embed_t.bytes().len(),
             embed,
-            norm: up(names::FINAL_NORM, &[h])?,
+            norm: norm(names::FINAL_NORM, h)?,
             lm_head,
             draft_lm_head: None,
             layers,
             inv_freq: c.rope_inv_freq(),
+            inv_freq_local: c.rope_inv_freq_local(),
             weight_bytes: weights.total_bytes(),
             config,
             backend,

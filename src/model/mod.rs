@@ -23,7 +23,7 @@ pub(crate) use sizes::model_sizes;
 
 use crate::backend::TierStats;
 use crate::backend::{AttnMask, AttnShape, Backend};
-use crate::checkpoint::{Linear, ModelConfig, Weights};
+use crate::checkpoint::{Activation, Linear, ModelConfig, Weights};
 use crate::error::{Error, ErrorKind, Result};
 use crate::plan::Placement;
 
@@ -67,6 +67,8 @@ pub(crate) struct Layer<B: Backend> {
     qk_norm: Option<[B::Weight; 2]>,
     /// RMSNorm before the MLP, `(hidden)`.
     post_norm: B::Weight,
+    /// Gemma 3's RMSNorms of the attention output and of the MLP output, `(hidden)`.
+    sandwich: Option<[B::Weight; 2]>,
     /// Full-precision linears when resident; `None` when offloaded (streamed per pass).
     full: Option<Linears<B::Weight>>,
     /// Quantized substitutes when the draft replaces this layer.
@@ -106,6 +108,8 @@ pub struct Model<B: Backend> {
     draft_lm_head: Option<B::Weight>,
     /// RoPE inverse frequencies, `(head_dim / 2)`.
     inv_freq: Vec<f32>,
+    /// Those of the sliding-window layers when they have their own base (Gemma 3).
+    inv_freq_local: Option<Vec<f32>>,
     /// Bytes of all weights in the checkpoint.
     weight_bytes: usize,
     /// Bytes of the embedding matrix.
@@ -251,11 +255,20 @@ impl<B: Backend> Model<B> {
             n_heads: c.n_heads,
             n_kv_heads: c.n_kv_heads,
             head_dim: c.head_dim,
+            scale: c.attn_scale,
         };
         // Residual stream.
         let mut x = be.act(n, c.hidden)?;
         be.embed(&self.embed, tokens, &mut x)?;
+        if let Some(s) = c.embed_scale {
+            be.scale(&mut x, s)?;
+        }
         let mut h = be.act(n, c.hidden)?;
+        // The sandwich norms' output (Gemma 3).
+        let mut hn = match c.sandwich_norms {
+            true => Some(be.act(n, c.hidden)?),
+            false => None,
+        };
         let mut q = be.act(n, c.q_dim())?;
         let mut k = be.act(n, c.kv_dim())?;
         let mut v = be.act(n, c.kv_dim())?;
@@ -279,7 +292,8 @@ impl<B: Backend> Model<B> {
             _ => None,
         };
         for (li, l) in self.layers.iter().enumerate() {
-            // Attention block: norm, q/k/v projections, rotary, cache write, attention, o.
+            // Attention block: norm, q/k/v projections (q/k norms), rotary, cache write,
+            // attention, o (its sandwich norm).
             be.rms_norm(&x, &l.input_norm, c.rms_eps, &mut h)?;
             // The linears this pass runs: the draft's substitutes, the resident weights,
             // or this layer's weights streamed into a staging buffer.
@@ -308,8 +322,12 @@ impl<B: Backend> Model<B> {
                 self.head_norm(&mut q, qn, n, c.n_heads)?;
                 self.head_norm(&mut k, kn, n, c.n_kv_heads)?;
             }
-            be.rope(&mut q, positions, &self.inv_freq)?;
-            be.rope(&mut k, positions, &self.inv_freq)?;
+            let inv_freq = match (&self.inv_freq_local, c.attn_window[li]) {
+                (Some(local), Some(_)) => local,
+                _ => &self.inv_freq,
+            };
+            be.rope(&mut q, positions, inv_freq)?;
+            be.rope(&mut k, positions, inv_freq)?;
             be.kv_write(&mut cache.store, li, cache.committed + first, &k, &v)?;
             let layer_mask = match c.attn_window[li] {
                 Some(w) => {
@@ -331,20 +349,42 @@ impl<B: Backend> Model<B> {
                 &mut attn,
             )?;
             be.linear(&attn, &lin[Linear::O], None, &mut h)?;
-            be.add(&mut x, &h)?;
-            // MLP block: norm, gate/up, silu(gate) * up, down.
+            self.add_residual(&mut x, &h, l.sandwich.as_ref().map(|s| &s[0]), &mut hn)?;
+            // MLP block: norm, gate/up, act(gate) * up, down.
             be.rms_norm(&x, &l.post_norm, c.rms_eps, &mut h)?;
             be.linear(&h, &lin[Linear::Gate], None, &mut gate)?;
             be.linear(&h, &lin[Linear::Up], None, &mut up)?;
-            be.silu_mul(&mut gate, &up)?;
+            match c.hidden_act {
+                Activation::Silu => be.silu_mul(&mut gate, &up)?,
+                Activation::GeluTanh => be.gelu_tanh_mul(&mut gate, &up)?,
+            }
             be.linear(&gate, &lin[Linear::Down], None, &mut h)?;
-            be.add(&mut x, &h)?;
+            self.add_residual(&mut x, &h, l.sandwich.as_ref().map(|s| &s[1]), &mut hn)?;
             if let (Some((ticket, w)), Some(stream)) = (streamed, stream.as_mut()) {
                 drop(w);
                 be.tier_release(stream, ticket)?;
             }
         }
         Ok(x)
+    }
+
+    /// `x += y`, or `x += rmsnorm(y) * norm` with a sandwich norm (into `tmp`).
+    fn add_residual(
+        &self,
+        x: &mut B::Act,
+        y: &B::Act,
+        norm: Option<&B::Weight>,
+        tmp: &mut Option<B::Act>,
+    ) -> Result<()> {
+        let be = &self.backend;
+        match (norm, tmp) {
+            (Some(w), Some(t)) => {
+                be.rms_norm(y, w, self.config.rms_eps, t)?;
+                be.add(x, t)
+            }
+            (None, _) => be.add(x, y),
+            (Some(_), None) => Err(Error::internal("a sandwich norm without its buffer")),
+        }
     }
 
     /// RMSNorm of every head of `x`, `(rows, heads * head_dim)`, with `w`, in place.

@@ -1,8 +1,18 @@
 //! A tokenizer from a GGUF file's `tokenizer.ggml.*` metadata: the vocabulary, token
-//! types and BPE merges become the `tokenizer.json` the `tokenizers` crate reads, with
-//! the pre-tokenizer named by `tokenizer.ggml.pre` (the same construction as
-//! `scripts/fetch_models.py`, which made the test models' `tokenizer.json`, so both paths
-//! give the same ids).
+//! types and BPE merges become the `tokenizer.json` the `tokenizers` crate reads.
+//!
+//! - `gpt2` (byte-level BPE): the merges as given, with the pre-tokenizer named by
+//!   `tokenizer.ggml.pre`.
+//! - `llama` (SentencePiece BPE: Llama 2, Mistral, Gemma): no merges are stored, so they
+//!   are derived from the vocabulary, every split of a normal piece into two pieces,
+//!   ranked by the merged piece's score (SentencePiece merges the adjacent pair whose
+//!   concatenation scores best); spaces become `▁` (with one in front of the text when
+//!   `tokenizer.ggml.add_space_prefix` says so), characters outside the vocabulary fall
+//!   back to `<0xXX>` byte pieces, and user-defined pieces are matched on the raw text
+//!   first, as llama.cpp does.
+//!
+//! `scripts/fetch_models.py` makes the test models' `tokenizer.json` the same way, so both
+//! paths give the same ids; tests/golden checks them against SentencePiece itself.
 
 use serde_json::{json, Value};
 
@@ -11,13 +21,15 @@ use crate::checkpoint::gguf::GgufFile;
 use crate::error::{Error, ErrorKind, Result};
 
 /// GGUF token types (llama.cpp's `llama_token_type`).
+const TOKEN_NORMAL: i32 = 1;
+const TOKEN_UNKNOWN: i32 = 2;
 const TOKEN_CONTROL: i32 = 3;
 const TOKEN_USER_DEFINED: i32 = 4;
 
 /// The `tokenizer.ggml.*` and `tokenizer.chat_template` metadata of a GGUF file.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct GgufVocab {
-    /// `tokenizer.ggml.model`: `gpt2` (byte-level BPE) is supported.
+    /// `tokenizer.ggml.model`: `gpt2` (byte-level BPE) or `llama` (SentencePiece BPE).
     pub model: String,
     /// `tokenizer.ggml.pre`: the pre-tokenizer (`qwen2`, `smollm`, `llama-bpe`, `gpt2`).
     pub pre: Option<String>,
@@ -27,6 +39,12 @@ pub(crate) struct GgufVocab {
     pub token_types: Vec<i32>,
     /// `tokenizer.ggml.merges`: `"a b"` pairs, highest priority first.
     pub merges: Vec<String>,
+    /// `tokenizer.ggml.scores` (SentencePiece: higher merges first).
+    pub scores: Vec<f32>,
+    /// `tokenizer.ggml.unknown_token_id`.
+    pub unk_id: Option<u32>,
+    /// `tokenizer.ggml.add_space_prefix` (SentencePiece's dummy prefix; default true).
+    pub add_space_prefix: bool,
     /// `tokenizer.ggml.bos_token_id` and friends.
     pub bos_id: Option<u32>,
     /// End of sequence.
@@ -57,7 +75,16 @@ impl GgufVocab {
                 .map(|t| t as i32)
                 .collect(),
         };
+        let scores = match m.get("tokenizer.ggml.scores") {
+            None => Vec::new(),
+            Some(_) => m.get_f32_array("tokenizer.ggml.scores")?,
+        };
         Ok(GgufVocab {
+            scores,
+            unk_id: m.opt_u32("tokenizer.ggml.unknown_token_id")?,
+            add_space_prefix: m
+                .opt_bool("tokenizer.ggml.add_space_prefix")?
+                .unwrap_or(true),
             model: m.get_str("tokenizer.ggml.model")?.to_string(),
             pre: m.opt_str("tokenizer.ggml.pre")?.map(str::to_string),
             tokens: m.get_str_array("tokenizer.ggml.tokens")?.to_vec(),
@@ -82,15 +109,10 @@ fn byte_level(add_prefix_space: bool, trim_offsets: bool, use_regex: bool) -> Va
         "trim_offsets": trim_offsets, "use_regex": use_regex})
 }
 
-/// `tokenizer.json` for `v`, `file` naming the GGUF in messages.
-fn tokenizer_json(v: &GgufVocab, file: &str) -> Result<Value> {
-    let bad = |msg: String| Error::new(ErrorKind::Tokenizer, format!("{file}: {msg}"));
-    if v.model != "gpt2" {
-        return Err(bad(format!(
-            "tokenizer.ggml.model is `{}`; only `gpt2` (byte-level BPE) is supported",
-            v.model
-        )));
-    }
+/// The vocabulary as a `tokenizer.json` `vocab` object, and the added tokens (control
+/// and unknown tokens as special ones, user-defined ones as plain ones matched on the raw
+/// text).
+fn vocab_and_added(v: &GgufVocab, bad: &dyn Fn(String) -> Error) -> Result<(Value, Vec<Value>)> {
     if !v.token_types.is_empty() && v.token_types.len() != v.tokens.len() {
         return Err(bad(format!(
             "tokenizer.ggml.token_type has {} entries for {} tokens",
@@ -104,14 +126,160 @@ fn tokenizer_json(v: &GgufVocab, file: &str) -> Result<Value> {
         if vocab.insert(t.clone(), json!(i)).is_some() {
             return Err(bad(format!("tokenizer.ggml.tokens lists `{t}` twice")));
         }
-        let ty = v.token_types.get(i).copied().unwrap_or(1);
-        if ty == TOKEN_CONTROL || ty == TOKEN_USER_DEFINED {
+        let ty = v.token_type(i);
+        if matches!(ty, TOKEN_UNKNOWN | TOKEN_CONTROL | TOKEN_USER_DEFINED) {
             added.push(
                 json!({"id": i, "content": t, "single_word": false, "lstrip": false,
-                "rstrip": false, "normalized": false, "special": ty == TOKEN_CONTROL}),
+                "rstrip": false, "normalized": false, "special": ty != TOKEN_USER_DEFINED}),
             );
         }
     }
+    Ok((Value::Object(vocab), added))
+}
+
+impl GgufVocab {
+    /// The type of token `i` (normal when the file gives no types).
+    fn token_type(&self, i: usize) -> i32 {
+        self.token_types.get(i).copied().unwrap_or(TOKEN_NORMAL)
+    }
+}
+
+/// SentencePiece's merges implied by a vocabulary with scores: every way of writing a
+/// normal piece as two normal pieces, best-scoring piece first (ties: lower id, then the
+/// shorter left part).
+fn spm_merges(v: &GgufVocab) -> Vec<[&str; 2]> {
+    let normal = |i: usize| v.token_type(i) == TOKEN_NORMAL;
+    let ids: std::collections::HashMap<&str, usize> = v
+        .tokens
+        .iter()
+        .enumerate()
+        .filter(|&(i, _)| normal(i))
+        .map(|(i, t)| (t.as_str(), i))
+        .collect();
+    let mut merges: Vec<(f32, usize, [&str; 2])> = Vec::new();
+    for (i, t) in v.tokens.iter().enumerate().filter(|&(i, _)| normal(i)) {
+        for (cut, _) in t.char_indices().skip(1) {
+            let (a, b) = t.split_at(cut);
+            if ids.contains_key(a) && ids.contains_key(b) {
+                merges.push((v.scores[i], i, [a, b]));
+            }
+        }
+    }
+    // Stable: equal keys keep the order of their cuts.
+    merges.sort_by(|x, y| y.0.total_cmp(&x.0).then(x.1.cmp(&y.1)));
+    merges.into_iter().map(|(_, _, m)| m).collect()
+}
+
+/// The post-processor: `post` (`null`: none), followed by a template adding BOS and EOS
+/// where the file says to.
+fn bos_eos_template(v: &GgufVocab, post: Value, bad: &dyn Fn(String) -> Error) -> Result<Value> {
+    let name = |id: Option<u32>, what: &str| -> Result<String> {
+        let id = id.ok_or_else(|| bad(format!("tokenizer.ggml.add_{what}_token is set but tokenizer.ggml.{what}_token_id is missing")))?;
+        v.tokens.get(id as usize).cloned().ok_or_else(|| {
+            bad(format!(
+                "tokenizer.ggml.{what}_token_id {id} is not a token"
+            ))
+        })
+    };
+    Ok(if v.add_bos || v.add_eos {
+        let mut single = Vec::new();
+        let mut special = serde_json::Map::new();
+        if v.add_bos {
+            let b = name(v.bos_id, "bos")?;
+            single.push(json!({"SpecialToken": {"id": b, "type_id": 0}}));
+            special.insert(
+                b.clone(),
+                json!({"id": b, "ids": [v.bos_id], "tokens": [b]}),
+            );
+        }
+        single.push(json!({"Sequence": {"id": "A", "type_id": 0}}));
+        if v.add_eos {
+            let e = name(v.eos_id, "eos")?;
+            single.push(json!({"SpecialToken": {"id": e, "type_id": 0}}));
+            special.insert(
+                e.clone(),
+                json!({"id": e, "ids": [v.eos_id], "tokens": [e]}),
+            );
+        }
+        let mut pair = single.clone();
+        pair.extend(single.iter().map(|s| {
+            let mut s = s.clone();
+            if let Some(seq) = s.get_mut("Sequence") {
+                seq["id"] = json!("B");
+            }
+            for k in ["Sequence", "SpecialToken"] {
+                if let Some(x) = s.get_mut(k) {
+                    x["type_id"] = json!(1);
+                }
+            }
+            s
+        }));
+        let template = json!({"type": "TemplateProcessing", "single": single, "pair": pair,
+            "special_tokens": special});
+        match post {
+            Value::Null => template,
+            post => json!({"type": "Sequence", "processors": [post, template]}),
+        }
+    } else {
+        post
+    })
+}
+
+/// `tokenizer.json` for a SentencePiece BPE vocabulary (`tokenizer.ggml.model` = `llama`).
+fn spm_tokenizer_json(v: &GgufVocab, bad: &dyn Fn(String) -> Error) -> Result<Value> {
+    if v.scores.len() != v.tokens.len() {
+        return Err(bad(format!(
+            "tokenizer.ggml.scores has {} entries for {} tokens",
+            v.scores.len(),
+            v.tokens.len()
+        )));
+    }
+    let (vocab, added) = vocab_and_added(v, bad)?;
+    let unk = match v.unk_id {
+        None => Value::Null,
+        Some(id) => json!(v.tokens.get(id as usize).ok_or_else(|| bad(format!(
+            "tokenizer.ggml.unknown_token_id {id} is not a token"
+        )))?),
+    };
+    let meta = |prepend: &str| {
+        json!({"type": "Metaspace", "replacement": "\u{2581}", "prepend_scheme": prepend,
+            "split": false})
+    };
+    let mut decoders = vec![
+        json!({"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "}),
+        json!({"type": "ByteFallback"}),
+        json!({"type": "Fuse"}),
+    ];
+    if v.add_space_prefix {
+        decoders.push(json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}));
+    }
+    let post = bos_eos_template(v, Value::Null, bad)?;
+    Ok(json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
+        "normalizer": null,
+        "pre_tokenizer": meta(if v.add_space_prefix { "first" } else { "never" }),
+        "post_processor": post,
+        "decoder": {"type": "Sequence", "decoders": decoders},
+        "model": {"type": "BPE", "dropout": null, "unk_token": unk,
+            "continuing_subword_prefix": null, "end_of_word_suffix": null, "fuse_unk": true,
+            "byte_fallback": true, "ignore_merges": false, "vocab": vocab,
+            "merges": spm_merges(v)},
+    }))
+}
+
+/// `tokenizer.json` for `v`, `file` naming the GGUF in messages.
+fn tokenizer_json(v: &GgufVocab, file: &str) -> Result<Value> {
+    let bad = |msg: String| Error::new(ErrorKind::Tokenizer, format!("{file}: {msg}"));
+    match v.model.as_str() {
+        "gpt2" => {}
+        "llama" => return spm_tokenizer_json(v, &bad),
+        other => {
+            return Err(bad(format!(
+                "tokenizer.ggml.model is `{other}`; supported: `gpt2` (byte-level BPE), `llama` (SentencePiece BPE)"
+            )))
+        }
+    }
+    let (vocab, added) = vocab_and_added(v, &bad)?;
     let pre = v.pre.as_deref().unwrap_or("default");
     let (normalizer, pre_tokenizer, decoder, post) = match pre {
         "qwen2" | "llama-bpe" | "llama3" => {
@@ -157,52 +325,7 @@ fn tokenizer_json(v: &GgufVocab, file: &str) -> Result<Value> {
             )))
         }
     };
-    let name = |id: Option<u32>, what: &str| -> Result<String> {
-        let id = id.ok_or_else(|| bad(format!("tokenizer.ggml.add_{what}_token is set but tokenizer.ggml.{what}_token_id is missing")))?;
-        v.tokens.get(id as usize).cloned().ok_or_else(|| {
-            bad(format!(
-                "tokenizer.ggml.{what}_token_id {id} is not a token"
-            ))
-        })
-    };
-    let post = if v.add_bos || v.add_eos {
-        let mut single = Vec::new();
-        let mut special = serde_json::Map::new();
-        if v.add_bos {
-            let b = name(v.bos_id, "bos")?;
-            single.push(json!({"SpecialToken": {"id": b, "type_id": 0}}));
-            special.insert(
-                b.clone(),
-                json!({"id": b, "ids": [v.bos_id], "tokens": [b]}),
-            );
-        }
-        single.push(json!({"Sequence": {"id": "A", "type_id": 0}}));
-        if v.add_eos {
-            let e = name(v.eos_id, "eos")?;
-            single.push(json!({"SpecialToken": {"id": e, "type_id": 0}}));
-            special.insert(
-                e.clone(),
-                json!({"id": e, "ids": [v.eos_id], "tokens": [e]}),
-            );
-        }
-        let mut pair = single.clone();
-        pair.extend(single.iter().map(|s| {
-            let mut s = s.clone();
-            if let Some(seq) = s.get_mut("Sequence") {
-                seq["id"] = json!("B");
-            }
-            for k in ["Sequence", "SpecialToken"] {
-                if let Some(x) = s.get_mut(k) {
-                    x["type_id"] = json!(1);
-                }
-            }
-            s
-        }));
-        json!({"type": "Sequence", "processors": [post,
-            {"type": "TemplateProcessing", "single": single, "pair": pair, "special_tokens": special}]})
-    } else {
-        post
-    };
+    let post = bos_eos_template(v, post, &bad)?;
     Ok(json!({
         "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
         "normalizer": normalizer, "pre_tokenizer": pre_tokenizer, "post_processor": post,
@@ -272,7 +395,7 @@ mod tests {
     #[test]
     fn unsupported_models_and_bad_metadata_are_named() {
         let mut v = tiny();
-        v.model = "llama".into();
+        v.model = "bert".into();
         let e = Tokenizer::from_gguf_vocab(&v, "t.gguf").unwrap_err();
         assert!(e.message().contains("tokenizer.ggml.model") && e.message().contains("t.gguf"));
         let mut v = tiny();

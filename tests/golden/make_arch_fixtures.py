@@ -38,6 +38,14 @@ COMMON = dict(
     rms_norm_eps=1e-5, bos_token_id=0, eos_token_id=1, hidden_act="silu",
 )
 
+# Gemma 3 text: what its configs set (no `hidden_act`: Gemma reads `hidden_activation`).
+GEMMA = dict(
+    vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_attention_heads=2,
+    num_key_value_heads=1, head_dim=32, max_position_embeddings=512, rms_norm_eps=1e-6,
+    bos_token_id=0, eos_token_id=1, pad_token_id=2, hidden_activation="gelu_pytorch_tanh",
+    tie_word_embeddings=True,
+)
+
 ARCHS = {
     # Llama 3.1: llama3 rope scaling; original context short enough that the prompt's
     # positions are past the bounds where the scaling matters.
@@ -75,6 +83,22 @@ ARCHS = {
     "mistral-window-hd32": ("mistral", dict(COMMON, num_attention_heads=2, num_key_value_heads=1,
                                             rope_theta=10000.0, tie_word_embeddings=False,
                                             sliding_window=8)),
+    # Gemma 3 as the 4B+ are: 6 layers (five local with a window shorter than the prompt,
+    # then a global one: the default pattern), local RoPE base 10000, global base 1e6
+    # with linear scaling 8, head_dim 32, tied embeddings; GeLU-tanh and (1 + w) norms
+    # are the architecture's own.
+    "gemma3": ("gemma3_text", dict(GEMMA, num_hidden_layers=6, sliding_window=8,
+                                   query_pre_attn_scalar=32,
+                                   rope_parameters={
+                                       "full_attention": {"rope_type": "linear", "factor": 8.0,
+                                                          "rope_theta": 1000000.0},
+                                       "sliding_attention": {"rope_type": "default",
+                                                             "rope_theta": 10000.0}})),
+    # query_pre_attn_scalar other than head_dim (as Gemma 3 27B), explicit layer types.
+    # Directory only: llama.cpp derives the scalar from the model size.
+    "gemma3-scalar": ("gemma3_text", dict(GEMMA, num_hidden_layers=2, sliding_window=12,
+                                          query_pre_attn_scalar=48,
+                                          layer_types=["sliding_attention", "full_attention"])),
 }
 
 
@@ -102,10 +126,19 @@ QUANT = {
 }
 
 
+# Gemma 3's layer norms as llama.cpp names them (its `ffn_norm` is the MLP's input norm).
+GEMMA3_NORMS = {
+    "input_layernorm": "attn_norm", "post_attention_layernorm": "post_attention_norm",
+    "pre_feedforward_layernorm": "ffn_norm", "post_feedforward_layernorm": "post_ffw_norm",
+}
+
+
 def write_gguf(d: Path, model_type: str, config, quantized: bool = False) -> None:
     """The model as GGUF: model.gguf (f16 matrices), or with `quantized` model-q.gguf
     (matrices in the block types of QUANT, for the CUDA parity tests)."""
-    arch = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}[model_type]
+    arch = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3",
+            "gemma3_text": "gemma3"}[model_type]
+    names = dict(GGUF_NAMES, **GEMMA3_NORMS) if arch == "gemma3" else GGUF_NAMES
     w = gguf.GGUFWriter(str(d / ("model-q.gguf" if quantized else "model.gguf")), arch)
     c = config
     head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
@@ -119,6 +152,14 @@ def write_gguf(d: Path, model_type: str, config, quantized: bool = False) -> Non
     w.add_value_length(head_dim)
     w.add_layer_norm_rms_eps(c.rms_norm_eps)
     rope = c.rope_parameters
+    if arch == "gemma3":
+        # As convert_hf_to_gguf.py Gemma3Model: the global layers' RoPE (llama.cpp fixes
+        # the local base at 10000 and the pattern at every sixth layer global).
+        rope = rope["full_attention"]
+        assert c.rope_parameters["sliding_attention"]["rope_theta"] == 10000.0
+        assert c.layer_types == ["sliding_attention" if (i + 1) % 6 else "full_attention"
+                                 for i in range(c.num_hidden_layers)]
+        w.add_sliding_window(c.sliding_window)
     w.add_rope_freq_base(rope["rope_theta"])
     w.add_bos_token_id(c.bos_token_id)
     w.add_eos_token_id(c.eos_token_id)
@@ -154,11 +195,14 @@ def write_gguf(d: Path, model_type: str, config, quantized: bool = False) -> Non
         else:
             _, _, layer, rest = name.split(".", 3)
             module, kind = rest.rsplit(".", 1)
-            g = f"blk.{layer}.{GGUF_NAMES[module]}.{kind}"
+            g = f"blk.{layer}.{names[module]}.{kind}"
         if arch == "llama" and name.endswith("q_proj.weight"):
             t = permute(t, c.num_attention_heads)
         elif arch == "llama" and name.endswith("k_proj.weight"):
             t = permute(t, c.num_key_value_heads)
+        if arch == "gemma3" and name.endswith("norm.weight"):
+            # The converter stores Gemma's (1 + w) norm weights with the 1 added.
+            t = t.astype(np.float32) + np.float32(1.0)
         # Norms as F32, matrices as F16 (what the converter writes for an f16 model).
         kind = g.split(".")[-2] if g.startswith("blk.") else g.split(".")[0]
         if t.ndim == 1:
@@ -250,7 +294,7 @@ def main() -> int:
             "greedy": greedy,
         }
         (d / "expected.json").write_text(json.dumps(expected) + "\n")
-        if not name.startswith("mistral-window"):
+        if not name.startswith("mistral-window") and name != "gemma3-scalar":
             write_gguf(d, model_type, ref.config)
         if name in ("llama3.1", "llama3.1-hd32"):
             write_gguf(d, model_type, ref.config, quantized=True)

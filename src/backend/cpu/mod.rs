@@ -98,6 +98,16 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
+/// GeLU with the tanh approximation, in the order PyTorch's CPU kernel computes it.
+#[inline]
+pub(crate) fn gelu_tanh(x: f32) -> f32 {
+    const BETA: f32 = (std::f64::consts::SQRT_2 * std::f64::consts::FRAC_2_SQRT_PI * 0.5) as f32;
+    const KAPPA: f32 = 0.044715;
+    let cube = x * x * x;
+    let inner = BETA * (x + KAPPA * cube);
+    0.5 * x * (1.0 + inner.tanh())
+}
+
 impl Backend for CpuBackend {
     type Weight = CpuWeight;
     type Act = CpuAct;
@@ -219,6 +229,20 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
+    fn gelu_tanh_mul(&self, gate: &mut CpuAct, up: &CpuAct) -> Result<()> {
+        for (g, &u) in gate.data.iter_mut().zip(&up.data) {
+            *g = gelu_tanh(*g) * u;
+        }
+        Ok(())
+    }
+
+    fn scale(&self, x: &mut CpuAct, s: f32) -> Result<()> {
+        for a in x.data.iter_mut() {
+            *a *= s;
+        }
+        Ok(())
+    }
+
     fn add(&self, x: &mut CpuAct, y: &CpuAct) -> Result<()> {
         for (a, &b) in x.data.iter_mut().zip(&y.data) {
             *a += b;
@@ -310,7 +334,7 @@ impl Backend for CpuBackend {
         let group = shape.n_heads / shape.n_kv_heads;
         let d = kv.kv_dim;
         let (ks, vs) = (&kv.k[layer], &kv.v[layer]);
-        let scale = 1.0 / (hd as f32).sqrt();
+        let scale = shape.scale;
         out.data
             .par_chunks_mut(hd)
             .enumerate()
@@ -378,6 +402,24 @@ impl Backend for CpuBackend {
             read_s: c.read_ns.load(Relaxed) as f64 * 1e-9,
             wait_s: c.wait_ns.load(Relaxed) as f64 * 1e-9,
             direct: tier.direct(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gelu_tanh_is_pytorchs() {
+        // torch.nn.functional.gelu(x, approximate="tanh") in float32.
+        for (x, want) in [
+            (1.0f32, 0.841_192_f32),
+            (-2.5, -0.015_084_296),
+            (0.0, 0.0),
+            (6.0, 6.0),
+        ] {
+            assert!((gelu_tanh(x) - want).abs() < 1e-6, "{x}: {}", gelu_tanh(x));
         }
     }
 }

@@ -444,6 +444,32 @@ impl Backend for CudaBackend {
         }
     }
 
+    fn gelu_tanh_mul(&self, gate: &mut CudaAct, up: &CudaAct) -> Result<()> {
+        let inner = &self.inner;
+        inner.bind()?;
+        Self::check_act(up, gate.rows, gate.cols, "gelu_tanh_mul")?;
+        // SAFETY: both hold gate.len() floats (checked above).
+        unsafe {
+            inner.kernels.gelu_tanh_mul(
+                inner.elementwise(gate.len()),
+                gate.ptr_mut(),
+                up.ptr(),
+                gate.len() as i64,
+            )
+        }
+    }
+
+    fn scale(&self, x: &mut CudaAct, s: f32) -> Result<()> {
+        let inner = &self.inner;
+        inner.bind()?;
+        // SAFETY: x holds x.len() floats.
+        unsafe {
+            inner
+                .kernels
+                .scale_inplace(inner.elementwise(x.len()), x.ptr_mut(), s, x.len() as i64)
+        }
+    }
+
     fn add(&self, x: &mut CudaAct, y: &CudaAct) -> Result<()> {
         let inner = &self.inner;
         inner.bind()?;
@@ -602,7 +628,7 @@ impl Backend for CudaBackend {
         let d_offs = inner.upload(&offs, "attention rows")?;
         let d_slots = inner.upload(&slots, "attention slots")?;
         let d_starts = inner.upload(&starts, "attention window starts")?;
-        let scale = 1.0 / (hd as f32).sqrt();
+        let scale = shape.scale;
         // SAFETY: `q` and `out` hold q.rows rows of n_heads heads of hd, the cache holds
         // layer `layer` with n_kv_heads heads of hd, `offs` has a row per query and every
         // slot it names lies inside the cache (checked above), every start is at most

@@ -77,6 +77,18 @@ kernel_table! {
     fn silu_mul(g: DevPtrMut<f32>, u: DevPtr<f32>, n: i64);
 
     /// ```text
+    /// g = gelu_tanh(g) * u, GeLU's tanh approximation in PyTorch's order. Grid-stride over n.
+    /// extern "C" __global__ void gelu_tanh_mul(float* __restrict__ g, const float* __restrict__ u, long long n)
+    /// ```
+    fn gelu_tanh_mul(g: DevPtrMut<f32>, u: DevPtr<f32>, n: i64);
+
+    /// ```text
+    /// x *= s. Grid-stride over n.
+    /// extern "C" __global__ void scale_inplace(float* __restrict__ x, float s, long long n)
+    /// ```
+    fn scale_inplace(x: DevPtrMut<f32>, s: f32, n: i64);
+
+    /// ```text
     /// x += y. Grid-stride over n.
     /// extern "C" __global__ void add_inplace(float* __restrict__ x, const float* __restrict__ y, long long n)
     /// ```

@@ -435,6 +435,18 @@ impl Metadata {
         }
     }
 
+    /// `key` as an array of f32, required (`tokenizer.ggml.scores`).
+    pub(crate) fn get_f32_array(&self, key: &str) -> Result<Vec<f32>> {
+        match self.get_array(key)? {
+            Array::F32(v) => Ok(v.clone()),
+            a => Err(Error::invalid_model(format!(
+                "{}: metadata key `{key}` is {}, expected array of f32",
+                self.file,
+                a.type_name()
+            ))),
+        }
+    }
+
     /// `key` as an array of integers of any width that all fit i64, required
     /// (`tokenizer.ggml.token_type`).
     pub(crate) fn get_int_array(&self, key: &str) -> Result<Vec<i64>> {

@@ -20,6 +20,11 @@ use serde_json::{Map, Value};
 
 use crate::error::{Error, ErrorKind, Result};
 
+mod rope;
+
+use rope::rope_object;
+pub use rope::RopeScaling;
+
 /// The supported architectures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -32,6 +37,10 @@ pub enum Arch {
     Qwen3,
     /// `MistralForCausalLM`: Llama with an optional sliding attention window.
     Mistral,
+    /// `Gemma3ForCausalLM` (Gemma 3 text): GeLU-tanh MLP, `(1 + w)` RMSNorms before and
+    /// after attention and the MLP, q/k norms, a scaled embedding, sliding-window layers
+    /// with their own RoPE base between full-attention ones.
+    Gemma3,
 }
 
 impl Arch {
@@ -47,38 +56,19 @@ impl Arch {
             Arch::Qwen2 => c"Qwen2ForCausalLM",
             Arch::Qwen3 => c"Qwen3ForCausalLM",
             Arch::Mistral => c"MistralForCausalLM",
+            Arch::Gemma3 => c"Gemma3ForCausalLM",
         }
     }
 }
 
-/// How RoPE frequencies are scaled for long contexts.
-#[derive(Debug, Clone, PartialEq)]
+/// The MLP's activation: `down(act(gate(x)) * up(x))`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum RopeScaling {
-    /// Plain RoPE.
-    None,
-    /// Every frequency divided by `factor` (position interpolation).
-    Linear {
-        /// The divisor.
-        factor: f32,
-    },
-    /// Llama 3.1's: low frequencies divided by `factor`, high ones kept, a smooth blend
-    /// between the two wavelength bounds.
-    Llama3 {
-        /// The divisor of the low frequencies.
-        factor: f32,
-        /// `original_max_position_embeddings / low_freq_factor` is the low-frequency
-        /// bound: longer wavelengths are divided by `factor`.
-        low_freq_factor: f32,
-        /// `original_max_position_embeddings / high_freq_factor` is the high-frequency
-        /// bound.
-        high_freq_factor: f32,
-        /// The context the model was pre-trained with.
-        original_max_position: usize,
-    },
-    /// Frequency `i` divided by `divisors[i]`: how llama.cpp's GGUF files store Llama
-    /// 3.x's scaling (the `rope_freqs.weight` tensor).
-    Divisors(Vec<f32>),
+pub enum Activation {
+    /// SiLU (`silu`): Llama, Qwen, Mistral.
+    Silu,
+    /// GeLU with the tanh approximation (`gelu_pytorch_tanh`): Gemma.
+    GeluTanh,
 }
 
 /// The shape and hyper-parameters of a decoder-only transformer.
@@ -107,6 +97,9 @@ pub struct ModelConfig {
     pub rope_theta: f32,
     /// RoPE frequency scaling.
     pub rope_scaling: RopeScaling,
+    /// The RoPE base of the sliding-window layers when they have their own (Gemma 3's
+    /// local layers, unscaled); `None`: every layer uses `rope_theta` and `rope_scaling`.
+    pub rope_local_theta: Option<f32>,
     /// Longest context the model was trained for.
     pub max_position: usize,
     /// Whether lm_head shares the embedding matrix.
@@ -118,6 +111,21 @@ pub struct ModelConfig {
     /// Per decoder layer: the sliding attention window (a query at position `p` sees keys
     /// at positions `p - window + 1 ..= p`), or `None` for full attention.
     pub attn_window: Vec<Option<usize>>,
+    /// The MLP's activation.
+    pub hidden_act: Activation,
+    /// The attention score scale: `1 / sqrt(head_dim)`, or Gemma 3's
+    /// `query_pre_attn_scalar ** -0.5`.
+    pub attn_scale: f32,
+    /// Multiplies every embedding row as it is read (Gemma: `sqrt(hidden)`, in f32).
+    pub embed_scale: Option<f32>,
+    /// Added to every RMSNorm weight as the checkpoint stores it: Gemma's norms compute
+    /// `x * (1 + w)`, so a Hugging Face directory's weights get `1`; llama.cpp's GGUF
+    /// converter already added it, so a GGUF file's get `0`.
+    pub norm_weight_offset: f32,
+    /// Gemma 3's extra norms: the attention output and the MLP output are each
+    /// RMS-normalised before joining the residual stream (`post_attention_layernorm`,
+    /// `post_feedforward_layernorm`; the MLP's input norm is `pre_feedforward_layernorm`).
+    pub sandwich_norms: bool,
     /// End-of-sequence token ids (from config.json and generation_config.json).
     pub eos_ids: Vec<u32>,
     /// Beginning-of-sequence token id, if any.
@@ -331,84 +339,87 @@ pub(crate) fn read_json_object(path: &Path) -> Result<Map<String, Value>> {
     }
 }
 
-/// The RoPE settings of a rope object: `rope_scaling` (transformers 4) or
-/// `rope_parameters` (transformers 5), named `key` in messages. Returns the scaling and
-/// the theta the object states, if it does.
-fn rope_object(f: &Fields, key: &str, v: &Value) -> Result<(RopeScaling, Option<f32>)> {
-    let Some(o) = v.as_object() else {
-        return Err(f.bad(format!("field `{key}` must be an object, found {v}")));
-    };
-    let mut seen: Vec<&str> = Vec::new();
-    let mut get = |k: &'static str| {
-        let r = o.get(k).filter(|v| !v.is_null());
-        if r.is_some() {
-            seen.push(k);
+/// RoPE of a single-base model: `rope_theta` + `rope_scaling` (transformers 4) or
+/// `rope_parameters` (transformers 5); both forms must agree when both are given.
+fn plain_rope(f: &Fields) -> Result<(f32, RopeScaling)> {
+    let mut rope_theta = f.f32_or("rope_theta", 10000.0)?;
+    let mut rope_scaling = RopeScaling::None;
+    let old = f.get("rope_scaling");
+    let new = f.get("rope_parameters");
+    if let Some(v) = old {
+        rope_scaling = rope_object(f, "rope_scaling", v)?.0;
+    }
+    if let Some(v) = new {
+        let (scaling, theta) = rope_object(f, "rope_parameters", v)?;
+        if old.is_some() && scaling != rope_scaling {
+            return Err(
+                f.bad("`rope_scaling` and `rope_parameters` disagree; give one of them".into())
+            );
         }
-        r
-    };
-    let kind = get("rope_type")
-        .or_else(|| get("type"))
-        .map(|t| t.as_str().unwrap_or("?").to_string())
-        .unwrap_or_else(|| "default".into());
-    let theta = match get("rope_theta") {
-        None => None,
-        Some(t) => Some(positive_f32(t).ok_or_else(|| {
-            f.bad(format!(
-                "field `{key}`.`rope_theta` must be a positive number, found {t}"
-            ))
-        })?),
-    };
-    let num = |k: &str, x: Option<&Value>| -> Result<f32> {
-        x.and_then(positive_f32).ok_or_else(|| {
-            f.bad(format!(
-                "field `{key}`.`{k}` must be a positive number for rope type {kind}"
-            ))
-        })
-    };
-    let scaling = match kind.as_str() {
-        "default" => RopeScaling::None,
-        "linear" => RopeScaling::Linear {
-            factor: num("factor", get("factor"))?,
-        },
-        "llama3" => {
-            let factor = num("factor", get("factor"))?;
-            let low_freq_factor = num("low_freq_factor", get("low_freq_factor"))?;
-            let high_freq_factor = num("high_freq_factor", get("high_freq_factor"))?;
-            let orig = get("original_max_position_embeddings");
-            let original_max_position = orig.and_then(positive_usize).ok_or_else(|| {
-                f.bad(format!(
-                    "field `{key}`.`original_max_position_embeddings` must be a positive integer for rope type llama3"
-                ))
-            })?;
-            if high_freq_factor <= low_freq_factor {
+        rope_scaling = scaling;
+        if let Some(t) = theta {
+            if f.get("rope_theta").is_some() && t != rope_theta {
                 return Err(f.bad(format!(
-                    "field `{key}`: high_freq_factor ({high_freq_factor}) must exceed low_freq_factor ({low_freq_factor})"
+                    "`rope_theta` ({rope_theta}) and `rope_parameters`.`rope_theta` ({t}) disagree"
                 )));
             }
-            RopeScaling::Llama3 {
-                factor,
-                low_freq_factor,
-                high_freq_factor,
-                original_max_position,
+            rope_theta = t;
+        }
+    }
+    Ok((rope_theta, rope_scaling))
+}
+
+/// Gemma 3's two RoPEs: the full-attention layers' base and scaling, and the local
+/// (sliding-window) layers' base. transformers 4 writes `rope_theta`, `rope_scaling`
+/// (for the global layers) and `rope_local_base_freq`; transformers 5 writes
+/// `rope_parameters` with one object per layer type.
+fn gemma3_rope(f: &Fields) -> Result<(f32, RopeScaling, f32)> {
+    if let Some(v) = f.get("rope_parameters") {
+        let obj = v.as_object().ok_or_else(|| {
+            f.bad(format!(
+                "field `rope_parameters` must be an object, found {v}"
+            ))
+        })?;
+        if let Some(k) = obj
+            .keys()
+            .find(|k| !matches!(k.as_str(), "full_attention" | "sliding_attention"))
+        {
+            return Err(f.unsupported(format!(
+                "field `rope_parameters`.`{k}`: Gemma 3 has `full_attention` and `sliding_attention` entries"
+            )));
+        }
+        let part = |k: &str, default: f32| -> Result<(f32, RopeScaling)> {
+            match obj.get(k).filter(|v| !v.is_null()) {
+                None => Ok((default, RopeScaling::None)),
+                Some(v) => {
+                    let (s, t) = rope_object(f, &format!("rope_parameters`.`{k}"), v)?;
+                    Ok((t.unwrap_or(default), s))
+                }
+            }
+        };
+        let (theta, scaling) = part("full_attention", 1_000_000.0)?;
+        let (local, local_scaling) = part("sliding_attention", 10_000.0)?;
+        for k in ["rope_theta", "rope_scaling", "rope_local_base_freq"] {
+            if f.get(k).is_some() {
+                return Err(f.bad(format!(
+                    "give the RoPE either in `rope_parameters` or in `{k}`, not both"
+                )));
             }
         }
-        other => {
-            return Err(f.unsupported(format!(
-                "field `{key}` has rope type `{other}`; supported: default, linear, llama3"
-            )))
+        if local_scaling != RopeScaling::None {
+            return Err(f.unsupported(
+                "field `rope_parameters`.`sliding_attention`: scaling of the local layers' RoPE is not supported".into(),
+            ));
         }
-    };
-    // Anything else in the object could change the frequencies: refuse it.
-    if let Some(k) = o
-        .iter()
-        .find(|(k, v)| !v.is_null() && !seen.contains(&k.as_str()))
-        .map(|(k, _)| k)
-    {
-        return Err(f.unsupported(format!(
-            "field `{key}`.`{k}` is not understood for rope type {kind}"
-        )));
+        return Ok((theta, scaling, local));
     }
-    Ok((scaling, theta))
+    let theta = f.f32_or("rope_theta", 1_000_000.0)?;
+    let scaling = match f.get("rope_scaling") {
+        None => RopeScaling::None,
+        Some(v) => rope_object(f, "rope_scaling", v)?.0,
+    };
+    let local = f.f32_or("rope_local_base_freq", 10_000.0)?;
+    Ok((theta, scaling, local))
 }
 
 impl ModelConfig {
@@ -466,19 +477,36 @@ impl ModelConfig {
             "Qwen2ForCausalLM" => Arch::Qwen2,
             "Qwen3ForCausalLM" => Arch::Qwen3,
             "MistralForCausalLM" => Arch::Mistral,
+            "Gemma3ForCausalLM" => Arch::Gemma3,
             _ => {
                 return Err(f.unsupported(format!(
-                    "field `architectures` is {archs}; supported: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM"
+                    "field `architectures` is {archs}; supported: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Gemma3ForCausalLM"
                 )))
             }
         };
-        if let Some(v) = f.get("hidden_act") {
-            if v.as_str() != Some("silu") {
-                return Err(f.unsupported(format!(
-                    "field `hidden_act` is {v}; only \"silu\" is supported"
-                )));
+        let gemma = arch == Arch::Gemma3;
+        let hidden_act = if gemma {
+            // Gemma reads `hidden_activation`; a `hidden_act` beside it is not used.
+            let _ = f.get("hidden_act");
+            match f.get("hidden_activation") {
+                None => Activation::GeluTanh,
+                Some(v) if v.as_str() == Some("gelu_pytorch_tanh") => Activation::GeluTanh,
+                Some(v) => {
+                    return Err(f.unsupported(format!(
+                        "field `hidden_activation` is {v}; only \"gelu_pytorch_tanh\" is supported"
+                    )))
+                }
             }
-        }
+        } else {
+            if let Some(v) = f.get("hidden_act") {
+                if v.as_str() != Some("silu") {
+                    return Err(f.unsupported(format!(
+                        "field `hidden_act` is {v}; only \"silu\" is supported"
+                    )));
+                }
+            }
+            Activation::Silu
+        };
         // Biases: Qwen2 always has q/k/v biases; the others none, unless said.
         let attention_bias = f.bool_or("attention_bias", false)?;
         if f.bool_or("mlp_bias", false)? {
@@ -487,12 +515,12 @@ impl ModelConfig {
         let qkv_bias = match arch {
             Arch::Qwen2 => true,
             Arch::Qwen3 => attention_bias,
-            Arch::Llama | Arch::Mistral if attention_bias => {
+            Arch::Llama | Arch::Mistral | Arch::Gemma3 if attention_bias => {
                 return Err(f.unsupported(
                     "field `attention_bias` is true; not supported for this architecture".into(),
                 ))
             }
-            Arch::Llama | Arch::Mistral => false,
+            Arch::Llama | Arch::Mistral | Arch::Gemma3 => false,
         };
         let hidden = f.usize("hidden_size")?;
         let n_heads = f.usize("num_attention_heads")?;
@@ -503,6 +531,8 @@ impl ModelConfig {
             )));
         }
         let head_dim = match f.get("head_dim") {
+            // Gemma 3's default head width is 256 whatever the model width.
+            None if gemma => 256,
             None => {
                 if hidden % n_heads != 0 {
                     return Err(f.bad(format!(
@@ -519,31 +549,13 @@ impl ModelConfig {
         let n_layers = f.usize("num_hidden_layers")?;
         let max_position = f.usize("max_position_embeddings")?;
 
-        // RoPE: `rope_theta` + `rope_scaling` (transformers 4) or `rope_parameters` (5).
-        let mut rope_theta = f.f32_or("rope_theta", 10000.0)?;
-        let mut rope_scaling = RopeScaling::None;
-        let old = f.get("rope_scaling");
-        let new = f.get("rope_parameters");
-        if let Some(v) = old {
-            rope_scaling = rope_object(&f, "rope_scaling", v)?.0;
-        }
-        if let Some(v) = new {
-            let (scaling, theta) = rope_object(&f, "rope_parameters", v)?;
-            if old.is_some() && scaling != rope_scaling {
-                return Err(f.bad(
-                    "`rope_scaling` and `rope_parameters` disagree; give one of them".into(),
-                ));
-            }
-            rope_scaling = scaling;
-            if let Some(t) = theta {
-                if f.get("rope_theta").is_some() && t != rope_theta {
-                    return Err(f.bad(format!(
-                        "`rope_theta` ({rope_theta}) and `rope_parameters`.`rope_theta` ({t}) disagree"
-                    )));
-                }
-                rope_theta = t;
-            }
-        }
+        let (rope_theta, rope_scaling, rope_local_theta) = if gemma {
+            let (theta, scaling, local) = gemma3_rope(&f)?;
+            (theta, scaling, Some(local))
+        } else {
+            let (theta, scaling) = plain_rope(&f)?;
+            (theta, scaling, None)
+        };
         if let Some(v) = f.get("partial_rotary_factor") {
             if v.as_f64() != Some(1.0) {
                 return Err(f.unsupported(format!(
@@ -553,15 +565,24 @@ impl ModelConfig {
         }
 
         // Attention windows.
-        let window = match arch {
-            Arch::Mistral => match f.get("sliding_window") {
-                None => None,
+        let sliding_window = |default: Option<usize>| -> Result<Option<usize>> {
+            match f.get("sliding_window") {
+                None => Ok(default),
                 Some(v) => Some(positive_usize(v).ok_or_else(|| {
                     f.bad(format!(
                         "field `sliding_window` must be a positive integer or null, found {v}"
                     ))
-                })?),
-            },
+                }))
+                .transpose(),
+            }
+        };
+        let window = match arch {
+            Arch::Mistral => sliding_window(None)?,
+            // Gemma 3's local layers keep their window (and their RoPE base) even when it
+            // is as long as the context.
+            Arch::Gemma3 => Some(sliding_window(Some(4096))?.ok_or_else(|| {
+                f.bad("field `sliding_window` must be a positive integer for Gemma 3".into())
+            })?),
             Arch::Qwen2 | Arch::Qwen3 => {
                 // Qwen reads `sliding_window` only with `use_sliding_window`.
                 let _ = f.get("sliding_window");
@@ -583,10 +604,31 @@ impl ModelConfig {
             },
         };
         // A window as long as the context changes nothing.
-        let window = window.filter(|&w| w < max_position);
+        let window = window.filter(|&w| gemma || w < max_position);
         let attn_window = match f.get("layer_types") {
+            None if gemma => {
+                // The transformers 4 form: every `sliding_window_pattern`-th layer is global.
+                let pattern = match (
+                    f.get("sliding_window_pattern"),
+                    f.get("_sliding_window_pattern"),
+                ) {
+                    (Some(_), _) => f.usize("sliding_window_pattern")?,
+                    (None, Some(_)) => f.usize("_sliding_window_pattern")?,
+                    (None, None) => 6,
+                };
+                (0..n_layers)
+                    .map(|i| if (i + 1) % pattern == 0 { None } else { window })
+                    .collect()
+            }
             None => vec![window; n_layers],
             Some(v) => {
+                if gemma {
+                    // Only used by transformers when `layer_types` is absent.
+                    let _ = (
+                        f.get("sliding_window_pattern"),
+                        f.get("_sliding_window_pattern"),
+                    );
+                }
                 let types = v
                     .as_array()
                     .filter(|a| a.len() == n_layers)
@@ -608,8 +650,35 @@ impl ModelConfig {
             }
         };
 
+        let attn_scale = if gemma {
+            // Gemma 3 scales scores by query_pre_attn_scalar ** -0.5 (computed in f64 by
+            // Python, then used as an f32).
+            if f.get("query_pre_attn_scalar").is_some() {
+                let v = f.f32_or("query_pre_attn_scalar", 256.0)? as f64;
+                (1.0 / v.sqrt()) as f32
+            } else {
+                (1.0 / 256f64.sqrt()) as f32
+            }
+        } else {
+            1.0 / (head_dim as f32).sqrt()
+        };
+        if gemma {
+            for k in ["final_logit_softcapping", "attn_logit_softcapping"] {
+                if let Some(v) = f.get(k) {
+                    return Err(f.unsupported(format!(
+                        "field `{k}` is {v}; logit soft-capping (Gemma 2) is not supported"
+                    )));
+                }
+            }
+            if f.bool_or("use_bidirectional_attention", false)? {
+                return Err(f.unsupported(
+                    "field `use_bidirectional_attention` is true; only causal attention is supported".into(),
+                ));
+            }
+        }
+
         let vocab = f.usize("vocab_size")?;
-        let tie_embeddings = f.bool_or("tie_word_embeddings", false)?;
+        let tie_embeddings = f.bool_or("tie_word_embeddings", gemma)?;
         let bos_id = token_ids(f.get("bos_token_id")).first().copied();
         let eos_ids = token_ids(f.get("eos_token_id"));
         let cfg = ModelConfig {
@@ -624,11 +693,17 @@ impl ModelConfig {
             rms_eps: f.f32_or("rms_norm_eps", 1e-6)?,
             rope_theta,
             rope_scaling,
+            rope_local_theta,
             max_position,
             tie_embeddings,
             qkv_bias,
-            qk_norm: arch == Arch::Qwen3,
+            qk_norm: matches!(arch, Arch::Qwen3 | Arch::Gemma3),
             attn_window,
+            hidden_act,
+            attn_scale,
+            embed_scale: gemma.then(|| (hidden as f64).sqrt() as f32),
+            norm_weight_offset: if gemma { 1.0 } else { 0.0 },
+            sandwich_norms: gemma,
             eos_ids,
             bos_id,
         };
@@ -647,227 +722,19 @@ impl ModelConfig {
         self.n_kv_heads * self.head_dim
     }
 
-    /// RoPE inverse frequencies, `(head_dim / 2)`, with the scaling applied as
-    /// transformers computes them (f32).
+    /// RoPE inverse frequencies of the full-attention layers, `(head_dim / 2)`, with
+    /// the scaling applied as transformers computes them (f32).
     pub fn rope_inv_freq(&self) -> Vec<f32> {
-        let hd = self.head_dim;
-        let base: Vec<f32> = (0..hd / 2)
-            .map(|i| 1.0 / self.rope_theta.powf((2 * i) as f32 / hd as f32))
-            .collect();
-        match &self.rope_scaling {
-            RopeScaling::None => base,
-            RopeScaling::Linear { factor } => base.iter().map(|f| f / factor).collect(),
-            RopeScaling::Divisors(d) => base.iter().zip(d).map(|(f, d)| f / d).collect(),
-            RopeScaling::Llama3 {
-                factor,
-                low_freq_factor,
-                high_freq_factor,
-                original_max_position,
-            } => {
-                let (factor, low_freq_factor, high_freq_factor) =
-                    (*factor, *low_freq_factor, *high_freq_factor);
-                let old = *original_max_position as f32;
-                let low_wavelen = old / low_freq_factor;
-                let high_wavelen = old / high_freq_factor;
-                base.iter()
-                    .map(|&f| {
-                        let wavelen = 2.0 * std::f32::consts::PI / f;
-                        if wavelen < high_wavelen {
-                            f
-                        } else if wavelen > low_wavelen {
-                            f / factor
-                        } else {
-                            let smooth = (old / wavelen - low_freq_factor)
-                                / (high_freq_factor - low_freq_factor);
-                            (1.0 - smooth) * f / factor + smooth * f
-                        }
-                    })
-                    .collect()
-            }
-        }
+        rope::inv_freq(self.rope_theta, self.head_dim, &self.rope_scaling)
+    }
+
+    /// RoPE inverse frequencies of the sliding-window layers when they have their own
+    /// base (Gemma 3), unscaled; `None`: they use [`ModelConfig::rope_inv_freq`].
+    pub fn rope_inv_freq_local(&self) -> Option<Vec<f32>> {
+        self.rope_local_theta
+            .map(|t| rope::inv_freq(t, self.head_dim, &RopeScaling::None))
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn base() -> Map<String, Value> {
-        serde_json::from_str(
-            r#"{"architectures":["LlamaForCausalLM"],"hidden_size":64,"intermediate_size":128,
-            "num_hidden_layers":2,"num_attention_heads":4,"num_key_value_heads":2,"vocab_size":100,
-            "max_position_embeddings":256,"rms_norm_eps":1e-5,"rope_theta":10000.0,"eos_token_id":2}"#,
-        )
-        .unwrap()
-    }
-
-    fn parse(o: &Map<String, Value>) -> Result<ModelConfig> {
-        ModelConfig::from_json(o, Path::new("m/config.json"))
-    }
-
-    #[test]
-    fn parses_a_llama_config() {
-        let c = ModelConfig::from_json(&base(), Path::new("config.json")).unwrap();
-        assert_eq!(c.arch, Arch::Llama);
-        assert_eq!(c.head_dim, 16);
-        assert_eq!(c.kv_dim(), 32);
-        assert_eq!(c.eos_ids, vec![2]);
-        assert!(!c.qkv_bias);
-        assert_eq!(c.rope_scaling, RopeScaling::None);
-        assert_eq!(c.attn_window, vec![None, None]);
-    }
-
-    #[test]
-    fn refuses_rope_scaling_and_unknown_arch() {
-        let mut o = base();
-        o.insert(
-            "rope_scaling".into(),
-            serde_json::json!({"type": "yarn", "factor": 2.0}),
-        );
-        let e = parse(&o).unwrap_err();
-        assert!(e.message().contains("rope_scaling"), "{e}");
-        assert!(e.message().contains("m/config.json"), "{e}");
-        let mut o = base();
-        o.insert(
-            "architectures".into(),
-            serde_json::json!(["GPT2LMHeadModel"]),
-        );
-        let e = ModelConfig::from_json(&o, Path::new("config.json")).unwrap_err();
-        assert_eq!(e.kind(), ErrorKind::Unsupported);
-        assert!(e.message().contains("GPT2LMHeadModel"), "{e}");
-    }
-
-    #[test]
-    fn refuses_missing_and_inconsistent_fields() {
-        let mut o = base();
-        o.remove("hidden_size");
-        let e = ModelConfig::from_json(&o, Path::new("config.json")).unwrap_err();
-        assert!(e.message().contains("hidden_size"), "{e}");
-        let mut o = base();
-        o.insert("num_key_value_heads".into(), serde_json::json!(3));
-        let e = ModelConfig::from_json(&o, Path::new("config.json")).unwrap_err();
-        assert!(e.message().contains("num_key_value_heads"), "{e}");
-        let mut o = base();
-        o.insert(
-            "architectures".into(),
-            serde_json::json!(["Qwen2ForCausalLM"]),
-        );
-        o.insert("use_sliding_window".into(), serde_json::json!(true));
-        assert!(ModelConfig::from_json(&o, Path::new("config.json")).is_err());
-    }
-
-    #[test]
-    fn an_unknown_key_is_refused_by_name_and_harmless_ones_pass() {
-        let mut o = base();
-        o.insert("attn_logit_softcapping".into(), serde_json::json!(50.0));
-        let e = parse(&o).unwrap_err();
-        assert_eq!(e.kind(), ErrorKind::Unsupported);
-        assert!(e.message().contains("`attn_logit_softcapping`"), "{e}");
-        let mut o = base();
-        for k in [
-            "torch_dtype",
-            "transformers_version",
-            "use_cache",
-            "initializer_range",
-        ] {
-            o.insert(k.into(), serde_json::json!("x"));
-        }
-        parse(&o).unwrap();
-    }
-
-    #[test]
-    fn both_rope_forms_give_the_same_config() {
-        // transformers 4: top-level rope_theta and rope_scaling.
-        let mut old = base();
-        old.insert("rope_theta".into(), serde_json::json!(500000.0));
-        old.insert(
-            "rope_scaling".into(),
-            serde_json::json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                "high_freq_factor": 4.0, "original_max_position_embeddings": 64}),
-        );
-        // transformers 5: everything in rope_parameters.
-        let mut new = base();
-        new.remove("rope_theta");
-        new.insert(
-            "rope_parameters".into(),
-            serde_json::json!({"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
-                "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                "original_max_position_embeddings": 64}),
-        );
-        let (a, b) = (parse(&old).unwrap(), parse(&new).unwrap());
-        assert_eq!(a, b);
-        assert_eq!(a.rope_theta, 500000.0);
-        assert!(matches!(a.rope_scaling, RopeScaling::Llama3 { factor, .. } if factor == 8.0));
-        // The default theta must not sneak in when only rope_parameters states it.
-        let mut plain = base();
-        plain.remove("rope_theta");
-        plain.insert(
-            "rope_parameters".into(),
-            serde_json::json!({"rope_type": "default", "rope_theta": 1000000.0}),
-        );
-        assert_eq!(parse(&plain).unwrap().rope_theta, 1_000_000.0);
-        // Disagreeing forms are refused.
-        let mut both = new.clone();
-        both.insert("rope_theta".into(), serde_json::json!(10000.0));
-        assert!(parse(&both).is_err());
-        // An unknown key inside the rope object is refused too.
-        let mut odd = base();
-        odd.insert(
-            "rope_parameters".into(),
-            serde_json::json!({"rope_type": "linear", "factor": 2.0, "beta_fast": 32}),
-        );
-        assert!(parse(&odd).unwrap_err().message().contains("beta_fast"));
-    }
-
-    #[test]
-    fn llama3_scaling_keeps_high_and_divides_low_frequencies() {
-        let mut o = base();
-        o.insert(
-            "rope_scaling".into(),
-            serde_json::json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                "high_freq_factor": 4.0, "original_max_position_embeddings": 64}),
-        );
-        let c = parse(&o).unwrap();
-        let plain = ModelConfig {
-            rope_scaling: RopeScaling::None,
-            ..c.clone()
-        };
-        let (s, p) = (c.rope_inv_freq(), plain.rope_inv_freq());
-        // High frequency (wavelength < 16): unchanged; lowest: divided by the factor.
-        assert_eq!(s[0], p[0]);
-        assert!((s[7] - p[7] / 8.0).abs() < 1e-9, "{} vs {}", s[7], p[7]);
-        let mut lin = base();
-        lin.insert(
-            "rope_scaling".into(),
-            serde_json::json!({"type": "linear", "factor": 4.0}),
-        );
-        let l = parse(&lin).unwrap().rope_inv_freq();
-        assert!(l.iter().zip(&p).all(|(a, b)| *a == b / 4.0));
-    }
-
-    #[test]
-    fn qwen3_and_mistral() {
-        let mut q = base();
-        q.insert(
-            "architectures".into(),
-            serde_json::json!(["Qwen3ForCausalLM"]),
-        );
-        q.insert("head_dim".into(), serde_json::json!(32));
-        q.insert("attention_bias".into(), serde_json::json!(false));
-        let c = parse(&q).unwrap();
-        assert!(c.qk_norm && !c.qkv_bias);
-        assert_eq!(c.q_dim(), 128);
-        let mut m = base();
-        m.insert(
-            "architectures".into(),
-            serde_json::json!(["MistralForCausalLM"]),
-        );
-        m.insert("sliding_window".into(), serde_json::json!(16));
-        assert_eq!(parse(&m).unwrap().attn_window, vec![Some(16), Some(16)]);
-        // A window as long as the context is no window.
-        m.insert("sliding_window".into(), serde_json::json!(256));
-        assert_eq!(parse(&m).unwrap().attn_window, vec![None, None]);
-        m.insert("sliding_window".into(), Value::Null);
-        assert_eq!(parse(&m).unwrap().attn_window, vec![None, None]);
-    }
-}
+mod tests;

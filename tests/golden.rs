@@ -1,6 +1,8 @@
 //! Golden tests against Hugging Face transformers (float32, CPU): fixtures made by
 //! tests/golden/make_golden.py from the same converted models. Logits within 1e-3,
-//! greedy continuations identical, perplexity within 0.1%.
+//! greedy continuations identical, perplexity within 0.1%. Gemma 3 270M runs from its
+//! Q4_K_M GGUF, against transformers on the f32 conversion of that file (the fixture's
+//! `engine_path`).
 
 mod common;
 
@@ -22,6 +24,33 @@ fn fixture(model: &str) -> Value {
     serde_json::from_str(&text).unwrap()
 }
 
+/// The engine a fixture is checked on: its `engine_path` (a GGUF file) when it names
+/// one, else the converted model directory.
+fn engine(model: &str) -> std::sync::Arc<subspec::Engine> {
+    match fixture(model).get("engine_path").and_then(|p| p.as_str()) {
+        None => common::engine(model),
+        Some(p) => {
+            static ENGINES: std::sync::Mutex<Vec<(String, std::sync::Arc<subspec::Engine>)>> =
+                std::sync::Mutex::new(Vec::new());
+            let mut all = ENGINES.lock().unwrap();
+            if let Some((_, e)) = all.iter().find(|(m, _)| m == model) {
+                return e.clone();
+            }
+            let path = common::root().join(p);
+            assert!(
+                path.is_file(),
+                "{} is missing: run `bash scripts/fetch-models.sh` first",
+                path.display()
+            );
+            let mut o = subspec::EngineOptions::new(path);
+            o.max_context = 2048;
+            let e = std::sync::Arc::new(subspec::Engine::load(&o).unwrap());
+            all.push((model.to_string(), e.clone()));
+            e
+        }
+    }
+}
+
 fn ids(v: &Value) -> Vec<u32> {
     v.as_array()
         .unwrap()
@@ -38,7 +67,7 @@ fn read_f32(path: &Path) -> Vec<f32> {
 }
 
 fn check_tokenizer(model: &str) {
-    let engine = common::engine(model);
+    let engine = engine(model);
     let tok = engine.tokenizer().unwrap();
     let fx = fixture(model);
     for p in fx["prompts"].as_array().unwrap() {
@@ -62,7 +91,7 @@ fn check_tokenizer(model: &str) {
 }
 
 fn check_logits(model: &str) {
-    let engine = common::engine(model);
+    let engine = engine(model);
     let m = engine.model();
     let vocab = m.config().vocab;
     let fx = fixture(model);
@@ -124,7 +153,7 @@ fn check_logits(model: &str) {
 }
 
 fn check_greedy(model: &str) {
-    let engine = common::engine(model);
+    let engine = engine(model);
     let fx = fixture(model);
     for p in fx["prompts"].as_array().unwrap() {
         let want = ids(&p["greedy"]);
@@ -146,7 +175,7 @@ fn check_greedy(model: &str) {
 }
 
 fn check_perplexity(model: &str) {
-    let engine = common::engine(model);
+    let engine = engine(model);
     let fx = fixture(model);
     let ppl = &fx["perplexity"];
     let ids = ids(&ppl["ids"]);
@@ -207,4 +236,24 @@ fn qwen2_greedy_matches_transformers() {
 #[test]
 fn qwen2_perplexity_matches_transformers() {
     check_perplexity(common::QWEN2);
+}
+
+#[test]
+fn gemma3_tokenizer_matches_transformers() {
+    check_tokenizer(common::GEMMA3);
+}
+
+#[test]
+fn gemma3_logits_match_transformers() {
+    check_logits(common::GEMMA3);
+}
+
+#[test]
+fn gemma3_greedy_matches_transformers() {
+    check_greedy(common::GEMMA3);
+}
+
+#[test]
+fn gemma3_perplexity_matches_transformers() {
+    check_perplexity(common::GEMMA3);
 }

@@ -8,8 +8,8 @@
 //!   ranked by the merged piece's score (SentencePiece merges the adjacent pair whose
 //!   concatenation scores best); spaces become `▁` (with one in front of the text when
 //!   `tokenizer.ggml.add_space_prefix` says so), characters outside the vocabulary fall
-//!   back to `<0xXX>` byte pieces, and user-defined pieces are matched on the raw text
-//!   first, as llama.cpp does.
+//!   back to `<0xXX>` byte pieces, and user-defined pieces are matched first, in the
+//!   normalized text, as SentencePiece does.
 //!
 //! `scripts/fetch_models.py` makes the test models' `tokenizer.json` the same way, so both
 //! paths give the same ids; tests/golden checks them against SentencePiece itself.
@@ -113,13 +113,7 @@ fn byte_level(add_prefix_space: bool, trim_offsets: bool, use_regex: bool) -> Va
 /// and unknown tokens as special ones, user-defined ones as plain ones matched on the raw
 /// text).
 fn vocab_and_added(v: &GgufVocab, bad: &dyn Fn(String) -> Error) -> Result<(Value, Vec<Value>)> {
-    if !v.token_types.is_empty() && v.token_types.len() != v.tokens.len() {
-        return Err(bad(format!(
-            "tokenizer.ggml.token_type has {} entries for {} tokens",
-            v.token_types.len(),
-            v.tokens.len()
-        )));
-    }
+    v.check_types(bad)?;
     let mut vocab = serde_json::Map::new();
     let mut added = Vec::new();
     for (i, t) in v.tokens.iter().enumerate() {
@@ -138,6 +132,18 @@ fn vocab_and_added(v: &GgufVocab, bad: &dyn Fn(String) -> Error) -> Result<(Valu
 }
 
 impl GgufVocab {
+    /// Checks that the token types, when given, cover the tokens.
+    fn check_types(&self, bad: &dyn Fn(String) -> Error) -> Result<()> {
+        if !self.token_types.is_empty() && self.token_types.len() != self.tokens.len() {
+            return Err(bad(format!(
+                "tokenizer.ggml.token_type has {} entries for {} tokens",
+                self.token_types.len(),
+                self.tokens.len()
+            )));
+        }
+        Ok(())
+    }
+
     /// The type of token `i` (normal when the file gives no types).
     fn token_type(&self, i: usize) -> i32 {
         self.token_types.get(i).copied().unwrap_or(TOKEN_NORMAL)
@@ -225,8 +231,17 @@ fn bos_eos_template(v: &GgufVocab, post: Value, bad: &dyn Fn(String) -> Error) -
     })
 }
 
-/// `tokenizer.json` for a SentencePiece BPE vocabulary (`tokenizer.ggml.model` = `llama`).
-fn spm_tokenizer_json(v: &GgufVocab, bad: &dyn Fn(String) -> Error) -> Result<Value> {
+/// A part of a tokenizer (pre-tokenizer, decoder, post-processor) from its JSON form.
+fn part<T: serde::de::DeserializeOwned>(j: Value) -> Result<T> {
+    serde_json::from_value(j).map_err(|e| Error::internal(format!("tokenizer part: {e}")))
+}
+
+/// The tokenizer of a SentencePiece BPE vocabulary (`tokenizer.ggml.model` = `llama`),
+/// built through the `tokenizers` API (a `tokenizer.json` of Gemma's 262k pieces and 514k
+/// merges would take a second to write and another to parse).
+fn spm_tokenizer(v: &GgufVocab, bad: &dyn Fn(String) -> Error) -> Result<tokenizers::Tokenizer> {
+    use tokenizers::models::bpe::{Vocab, BPE};
+    use tokenizers::{AddedToken, DecoderWrapper, NormalizerWrapper, PostProcessorWrapper};
     if v.scores.len() != v.tokens.len() {
         return Err(bad(format!(
             "tokenizer.ggml.scores has {} entries for {} tokens",
@@ -234,17 +249,51 @@ fn spm_tokenizer_json(v: &GgufVocab, bad: &dyn Fn(String) -> Error) -> Result<Va
             v.tokens.len()
         )));
     }
-    let (vocab, added) = vocab_and_added(v, bad)?;
-    let unk = match v.unk_id {
-        None => Value::Null,
-        Some(id) => json!(v.tokens.get(id as usize).ok_or_else(|| bad(format!(
-            "tokenizer.ggml.unknown_token_id {id} is not a token"
-        )))?),
+    v.check_types(bad)?;
+    // User-defined pieces are matched in the normalized text, where spaces are `▁`:
+    // llama.cpp's converter wrote Gemma's whitespace pieces with spaces, so spell them
+    // back (as SentencePiece has them).
+    let piece = |i: usize| -> String {
+        match v.token_type(i) {
+            TOKEN_USER_DEFINED => v.tokens[i].replace(' ', "\u{2581}"),
+            _ => v.tokens[i].clone(),
+        }
     };
-    let meta = |prepend: &str| {
-        json!({"type": "Metaspace", "replacement": "\u{2581}", "prepend_scheme": prepend,
-            "split": false})
-    };
+    let mut vocab = Vocab::with_capacity(v.tokens.len());
+    for i in 0..v.tokens.len() {
+        let t = piece(i);
+        if vocab.contains_key(&t) {
+            return Err(bad(format!("tokenizer.ggml.tokens lists `{t}` twice")));
+        }
+        vocab.insert(t, i as u32);
+    }
+    let merges = spm_merges(v)
+        .into_iter()
+        .map(|[a, b]| (a.to_string(), b.to_string()))
+        .collect();
+    let mut model = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .byte_fallback(true)
+        .fuse_unk(true);
+    if let Some(id) = v.unk_id {
+        let unk = v.tokens.get(id as usize).ok_or_else(|| {
+            bad(format!(
+                "tokenizer.ggml.unknown_token_id {id} is not a token"
+            ))
+        })?;
+        model = model.unk_token(unk.clone());
+    }
+    let model = model
+        .build()
+        .map_err(|e| bad(format!("SentencePiece vocabulary: {e}")))?;
+    // Spaces become `▁`, with one in front of the text (and, as in llama.cpp, of the text
+    // after a special token) when the vocabulary has SentencePiece's dummy prefix.
+    let mut norms =
+        vec![json!({"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"})];
+    if v.add_space_prefix {
+        norms.insert(0, json!({"type": "Prepend", "prepend": "\u{2581}"}));
+    }
+    let normalizer: NormalizerWrapper = part(json!({"type": "Sequence", "normalizers": norms}))?;
     let mut decoders = vec![
         json!({"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "}),
         json!({"type": "ByteFallback"}),
@@ -253,33 +302,37 @@ fn spm_tokenizer_json(v: &GgufVocab, bad: &dyn Fn(String) -> Error) -> Result<Va
     if v.add_space_prefix {
         decoders.push(json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}));
     }
-    let post = bos_eos_template(v, Value::Null, bad)?;
-    Ok(json!({
-        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
-        "normalizer": null,
-        "pre_tokenizer": meta(if v.add_space_prefix { "first" } else { "never" }),
-        "post_processor": post,
-        "decoder": {"type": "Sequence", "decoders": decoders},
-        "model": {"type": "BPE", "dropout": null, "unk_token": unk,
-            "continuing_subword_prefix": null, "end_of_word_suffix": null, "fuse_unk": true,
-            "byte_fallback": true, "ignore_merges": false, "vocab": vocab,
-            "merges": spm_merges(v)},
-    }))
-}
-
-/// `tokenizer.json` for `v`, `file` naming the GGUF in messages.
-fn tokenizer_json(v: &GgufVocab, file: &str) -> Result<Value> {
-    let bad = |msg: String| Error::new(ErrorKind::Tokenizer, format!("{file}: {msg}"));
-    match v.model.as_str() {
-        "gpt2" => {}
-        "llama" => return spm_tokenizer_json(v, &bad),
-        other => {
-            return Err(bad(format!(
-                "tokenizer.ggml.model is `{other}`; supported: `gpt2` (byte-level BPE), `llama` (SentencePiece BPE)"
-            )))
+    let decoder: DecoderWrapper = part(json!({"type": "Sequence", "decoders": decoders}))?;
+    let mut t = tokenizers::Tokenizer::new(model);
+    t.with_normalizer(Some(normalizer));
+    t.with_decoder(Some(decoder));
+    match bos_eos_template(v, Value::Null, bad)? {
+        Value::Null => {}
+        post => {
+            t.with_post_processor(Some(part::<PostProcessorWrapper>(post)?));
         }
     }
-    let (vocab, added) = vocab_and_added(v, &bad)?;
+    // Control and unknown pieces as special tokens matched on the raw text, user-defined
+    // ones as plain tokens matched on the normalized text (their ids are their
+    // vocabulary ids).
+    let added = |special: bool| -> Vec<AddedToken> {
+        (0..v.tokens.len())
+            .filter(|&i| match v.token_type(i) {
+                TOKEN_UNKNOWN | TOKEN_CONTROL => special,
+                TOKEN_USER_DEFINED => !special,
+                _ => false,
+            })
+            .map(|i| AddedToken::from(piece(i), special).normalized(!special))
+            .collect()
+    };
+    t.add_special_tokens(&added(true));
+    t.add_tokens(&added(false));
+    Ok(t)
+}
+
+/// `tokenizer.json` for a byte-level BPE vocabulary (`tokenizer.ggml.model` = `gpt2`).
+fn gpt2_tokenizer_json(v: &GgufVocab, bad: &dyn Fn(String) -> Error) -> Result<Value> {
+    let (vocab, added) = vocab_and_added(v, bad)?;
     let pre = v.pre.as_deref().unwrap_or("default");
     let (normalizer, pre_tokenizer, decoder, post) = match pre {
         "qwen2" | "llama-bpe" | "llama3" => {
@@ -325,7 +378,7 @@ fn tokenizer_json(v: &GgufVocab, file: &str) -> Result<Value> {
             )))
         }
     };
-    let post = bos_eos_template(v, post, &bad)?;
+    let post = bos_eos_template(v, post, bad)?;
     Ok(json!({
         "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
         "normalizer": normalizer, "pre_tokenizer": pre_tokenizer, "post_processor": post,
@@ -340,10 +393,21 @@ impl Tokenizer {
     /// The tokenizer and chat template of a GGUF file's metadata; `file` names it in
     /// messages.
     pub(crate) fn from_gguf_vocab(v: &GgufVocab, file: &str) -> Result<Tokenizer> {
-        let j = tokenizer_json(v, file)?;
-        let bytes = serde_json::to_vec(&j).map_err(|e| Error::internal(e.to_string()))?;
-        let inner = tokenizers::Tokenizer::from_bytes(bytes)
-            .map_err(|e| Error::new(ErrorKind::Tokenizer, format!("{file}: tokenizer: {e}")))?;
+        let bad = |msg: String| Error::new(ErrorKind::Tokenizer, format!("{file}: {msg}"));
+        let inner = match v.model.as_str() {
+            "llama" => spm_tokenizer(v, &bad)?,
+            "gpt2" => {
+                let j = gpt2_tokenizer_json(v, &bad)?;
+                let bytes = serde_json::to_vec(&j).map_err(|e| Error::internal(e.to_string()))?;
+                tokenizers::Tokenizer::from_bytes(bytes)
+                    .map_err(|e| bad(format!("tokenizer: {e}")))?
+            }
+            other => {
+                return Err(bad(format!(
+                    "tokenizer.ggml.model is `{other}`; supported: `gpt2` (byte-level BPE), `llama` (SentencePiece BPE)"
+                )))
+            }
+        };
         let token = |id: Option<u32>| {
             id.and_then(|i| v.tokens.get(i as usize))
                 .cloned()

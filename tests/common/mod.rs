@@ -16,6 +16,8 @@ use subspec::{Engine, EngineOptions};
 pub const SMOLLM2: &str = "smollm2-135m-instruct";
 /// The Qwen2-architecture test model (q/k/v bias, untied lm_head).
 pub const QWEN2: &str = "qwen2.5-coder-0.5b-instruct";
+/// The Gemma 3 test model (base, Q4_K_M GGUF; SentencePiece vocabulary of 262k).
+pub const GEMMA3: &str = "gemma-3-270m";
 
 /// Repository root: where the tests were built, or `SUBSPEC_REPO_ROOT` when the test
 /// binaries run elsewhere (scripts/gpu-check.sh carries them to a GPU machine).

@@ -24,7 +24,14 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-MODELS = ["smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct"]
+MODELS = ["smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct", "gemma-3-270m"]
+# Models whose reference is the f32 conversion (models/f32/, written by
+# `scripts/fetch-models.sh --dtype f32 --out models/f32`, the GGUF dequantized by gguf-py)
+# and whose Rust tests load the GGUF itself (bit-identical to that conversion: tests/gguf.rs).
+# Gemma 3 has no chat template: its turn markers go in as text (control tokens).
+F32_GGUF = {"gemma-3-270m": "models/.cache/gguf/gemma-3-270m-Q4_K_M.gguf"}
+GEMMA_TURNS = ("<start_of_turn>user\nWhat is the capital of France? Answer in one short "
+               "sentence.<end_of_turn>\n<start_of_turn>model\n")
 N_TOP = 20
 N_GREEDY = 48
 
@@ -62,9 +69,15 @@ def sha256_file(path: Path) -> str:
 
 
 def make(name: str, models_root: Path, out_root: Path) -> None:
-    model_dir = models_root / name
+    gguf_file = F32_GGUF.get(name)
+    model_dir = (models_root / "f32" if gguf_file else models_root) / name
     print(f"=== {name} ({model_dir})", flush=True)
     tok = AutoTokenizer.from_pretrained(model_dir)
+    if gguf_file:
+        # The reference tokenizer is transformers' own reading of the GGUF (which
+        # tests/golden/make_spm_fixtures.py checks against SentencePiece).
+        g = Path(gguf_file)
+        tok = AutoTokenizer.from_pretrained(str(g.parent), gguf_file=g.name)
     raw = tokenizers.Tokenizer.from_file(str(model_dir / "tokenizer.json"))
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32,
                                                  attn_implementation="eager").eval()
@@ -81,7 +94,8 @@ def make(name: str, models_root: Path, out_root: Path) -> None:
         return ids
 
     prompts = []
-    for pname, text, template in PROMPTS:
+    model_prompts = PROMPTS if not gguf_file else PROMPTS[:2] + [("turns", GEMMA_TURNS, False)]
+    for pname, text, template in model_prompts:
         if template:
             text = tok.apply_chat_template([{"role": "user", "content": text}],
                                            add_generation_prompt=True, tokenize=False)
@@ -132,14 +146,27 @@ def make(name: str, models_root: Path, out_root: Path) -> None:
     ppl = math.exp(mean_nll)
     print(f"  perplexity: n_tokens={len(ids)} mean_nll={mean_nll:.6f} ppl={ppl:.4f}", flush=True)
 
+    if gguf_file:
+        # The f32 conversion is the GGUF exactly: transformers' own GGUF loader agrees.
+        g = Path(gguf_file)
+        direct = AutoModelForCausalLM.from_pretrained(str(g.parent), gguf_file=g.name,
+                                                      dtype=torch.float32,
+                                                      attn_implementation="eager").eval()
+        ids0 = prompts[0]["ids"]
+        d = np.abs(forward(direct, ids0) - forward(model, ids0)).max()
+        print(f"  transformers on the GGUF vs on the f32 conversion: max |diff| {d}", flush=True)
+        assert d == 0, d
+
     fixture = {
-        "model_dir": f"models/{name}",
+        "model_dir": str(model_dir),
         "transformers_version": transformers.__version__,
         "torch_version": torch.__version__,
         "tokenizers_version": tokenizers.__version__,
         "weights_dtype": cfg.get("torch_dtype"),
         "compute_dtype": "float32",
         "model_safetensors_sha256": sha256_file(model_dir / "model.safetensors"),
+        **({"engine_path": gguf_file, "gguf_sha256": sha256_file(Path(gguf_file))}
+           if gguf_file else {}),
         "vocab_size": vocab_size,
         "n_top": N_TOP,
         "n_greedy": N_GREEDY,

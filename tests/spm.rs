@@ -1,0 +1,68 @@
+//! SentencePiece tokenizers built from GGUF metadata (`tokenizer.ggml.model` = `llama`)
+//! against SentencePiece itself (`tests/golden/make_spm_fixtures.py`): Gemma 3's 262k
+//! pieces (no dummy prefix, user-defined whitespace pieces, byte fallback) and a tiny
+//! Llama-2-style model with a dummy prefix. Every text gives SentencePiece's ids, with
+//! BOS in front when special tokens are asked for, and decodes back to itself.
+
+mod common;
+
+use serde_json::Value;
+use subspec::Tokenizer;
+
+fn check(fixture: &str) {
+    let root = common::root();
+    let fx: Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("tests/golden/spm").join(fixture)).unwrap(),
+    )
+    .unwrap();
+    let path = root.join(fx["gguf"].as_str().unwrap());
+    assert!(
+        path.is_file(),
+        "{} is missing: run `bash scripts/fetch-models.sh` first (the README's test command does)",
+        path.display()
+    );
+    let tok = Tokenizer::load(&path).unwrap_or_else(|e| panic!("{fixture}: {e}"));
+    let bos = fx["bos_id"].as_u64().unwrap() as u32;
+    let cases = fx["cases"].as_array().unwrap();
+    for c in cases {
+        let text = c["text"].as_str().unwrap();
+        let want: Vec<u32> = c["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect();
+        let short: String = text.chars().take(40).collect();
+        assert_eq!(
+            tok.encode(text, false).unwrap(),
+            want,
+            "{fixture}: {short:?} (reference: {})",
+            c["reference"]
+        );
+        let with_bos: Vec<u32> = std::iter::once(bos).chain(want.iter().copied()).collect();
+        assert_eq!(
+            tok.encode(text, true).unwrap(),
+            with_bos,
+            "{fixture}: {short:?}"
+        );
+        // A literal U+2581 is a space to SentencePiece, so only it does not round-trip.
+        if !text.contains('\u{2581}') {
+            assert_eq!(
+                tok.decode(&want).unwrap(),
+                text,
+                "{fixture}: decoding {short:?}"
+            );
+        }
+    }
+    eprintln!("{fixture}: {} texts", cases.len());
+}
+
+#[test]
+fn gemma3_tokenizer_from_gguf_matches_sentencepiece() {
+    check("gemma3-270m.json");
+}
+
+#[test]
+fn a_dummy_prefix_vocabulary_matches_sentencepiece() {
+    check("prefix.json");
+}

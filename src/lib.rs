@@ -150,6 +150,10 @@ pub mod internals {
                     &mut out,
                 )?;
             }
+            // A vocabulary in the metadata becomes a tokenizer (BPE or SentencePiece).
+            if p.meta.get("tokenizer.ggml.model").is_some() {
+                crate::tokenizer::fuzz_gguf_vocab(&p.meta)?;
+            }
             Ok(p.tensors.len())
         }
 

@@ -146,7 +146,9 @@ fn offload(a: &BenchArgs) -> Result<(), Error> {
         .ok_or_else(|| Error::invalid_argument("bench compares with SubSpec: drop --no-spec"))?;
     let opts = a.model.options(Some(draft))?;
     let bw = measure::slow_tier_bandwidth(&opts)?;
+    let t0 = Instant::now();
     let engine = super::load_engine(opts.clone())?;
+    let load_s = t0.elapsed().as_secs_f64();
     let own = match a.own_baseline {
         true => Some(super::load_engine(a.model.options(None)?)?),
         false => None,
@@ -280,10 +282,12 @@ fn offload(a: &BenchArgs) -> Result<(), Error> {
         "plain_reader_busy": p.reader_busy(), "spec_reader_busy": s.reader_busy(),
         "identical": all_same, "tree": {"width": spec_opts.tree.width, "depth": spec_opts.tree.depth, "max_tokens": spec_opts.tree.max_tokens},
         "own_baseline": own_json,
+        "load_s": load_s,
     });
     if a.json {
         println!("{}", json!({"total": total, "runs": rows}));
     } else {
+        println!("loaded in {load_s:.1}s (weights, tokenizer and the draft's substitutes)");
         println!("total: plain {:.2} tokens/s, SubSpec {:.2} tokens/s, speedup {:.2}x, tau {:.2}, identical output: {all_same}",
             p.rate(), s.rate(), s.rate() / p.rate(), s.tau);
         println!("decoding alone (the prompt's prefill, the same work for both, left out): plain {pd:.2} tokens/s, SubSpec {sd:.2} tokens/s, speedup {:.2}x",

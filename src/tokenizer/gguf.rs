@@ -17,7 +17,7 @@
 use serde_json::{json, Value};
 
 use super::{ChatTemplate, Tokenizer};
-use crate::checkpoint::gguf::GgufFile;
+use crate::checkpoint::gguf::{GgufFile, Metadata};
 use crate::error::{Error, ErrorKind, Result};
 
 /// GGUF token types (llama.cpp's `llama_token_type`).
@@ -60,7 +60,11 @@ pub(crate) struct GgufVocab {
 impl GgufVocab {
     /// The vocabulary metadata of `g`.
     pub(crate) fn read(g: &GgufFile) -> Result<GgufVocab> {
-        let m = g.meta();
+        Self::from_meta(g.meta())
+    }
+
+    /// The vocabulary metadata in `m`.
+    pub(crate) fn from_meta(m: &Metadata) -> Result<GgufVocab> {
         let opt_strs = |k: &str| -> Result<Vec<String>> {
             Ok(match m.get(k) {
                 None => Vec::new(),

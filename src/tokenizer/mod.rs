@@ -93,6 +93,15 @@ pub(crate) fn fuzz_load(bytes: &[u8]) -> Result<usize> {
     Ok(tok.vocab_size())
 }
 
+/// Builds the tokenizer of a GGUF file's metadata and round-trips a short text through
+/// it (part of the GGUF fuzz target's body). Returns the vocabulary size.
+pub(crate) fn fuzz_gguf_vocab(m: &crate::checkpoint::gguf::Metadata) -> Result<usize> {
+    let tok = Tokenizer::from_gguf_vocab(&gguf::GgufVocab::from_meta(m)?, "fuzz.gguf")?;
+    let ids = tok.encode("Hello, world! 123 \u{e9}\u{4e16}  <s>", true)?;
+    tok.decode(&ids)?;
+    Ok(tok.vocab_size())
+}
+
 impl Tokenizer {
     /// The tokenizer of a checkpoint: `tokenizer.json` (and the chat template) of a
     /// Hugging Face model directory, or a GGUF file's `tokenizer.ggml.*` metadata.

@@ -13,7 +13,8 @@
    SentencePiece does not parse). Writes tests/golden/spm/gemma3-270m.json.
 2. A tiny SentencePiece BPE model trained here with a dummy prefix (as Llama 2 and
    Mistral have), written as a vocabulary-only GGUF the way llama.cpp's converter writes
-   one (tests/golden/spm/prefix.gguf), with its expected ids (prefix.json).
+   one (tests/golden/spm/prefix.gguf, also the fuzz seed
+   fuzz/corpus/gguf/valid-spm-vocab.gguf), with its expected ids (prefix.json).
 """
 
 import hashlib
@@ -154,6 +155,8 @@ def prefix() -> None:
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
+    # Also a seed of the GGUF fuzz target, whose body builds the tokenizer of a vocabulary.
+    Path("fuzz/corpus/gguf/valid-spm-vocab.gguf").write_bytes((OUT / "prefix.gguf").read_bytes())
     # Texts not starting with a user-defined piece: there SentencePiece puts its dummy
     # prefix before the piece, llama.cpp and transformers after it.
     cases = [{"text": t, "ids": sp.encode(t), "reference": "sentencepiece"}

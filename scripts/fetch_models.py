@@ -282,20 +282,26 @@ def build_spm_tokenizer(reader) -> dict:
     """tokenizer.json of a SentencePiece BPE vocabulary (tokenizer.ggml.model = llama), the
     construction of src/tokenizer/gguf.rs: spaces become U+2581 (with a dummy prefix when
     add_space_prefix), byte fallback, control pieces as special tokens, user-defined ones
-    (their spaces spelled U+2581 again) matched in the normalized text."""
+    matched in the normalized text (their spaces spelled U+2581 again), or in the raw text
+    with a dummy prefix."""
     tokens = list(field(reader, "tokenizer.ggml.tokens"))
     types = list(field(reader, "tokenizer.ggml.token_type"))
     scores = list(field(reader, "tokenizer.ggml.scores"))
     unk_id = field(reader, "tokenizer.ggml.unknown_token_id")
     prefix = bool(field(reader, "tokenizer.ggml.add_space_prefix", True))
-    pieces = [t.replace(" ", "\u2581") if ty == TT_USER_DEFINED else t for t, ty in zip(tokens, types)]
+    # User-defined pieces: matched in the normalized text (spaces spelled U+2581 again)
+    # without a dummy prefix, in the raw text with one (as llama.cpp).
+    user_normalized = not prefix
+    pieces = [t.replace(" ", "\u2581") if ty == TT_USER_DEFINED and user_normalized else t
+              for t, ty in zip(tokens, types)]
     vocab = {}
     for i, t in enumerate(pieces):
         if t in vocab:
             raise SystemExit(f"error: duplicate token {t!r}")
         vocab[t] = i
     added = [{"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
-              "normalized": ty == TT_USER_DEFINED, "special": ty != TT_USER_DEFINED}
+              "normalized": ty == TT_USER_DEFINED and user_normalized,
+              "special": ty != TT_USER_DEFINED}
              for i, (t, ty) in enumerate(zip(pieces, types))
              if ty in (TT_UNKNOWN, TT_CONTROL, TT_USER_DEFINED)]
     norms = [{"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"}]

@@ -2,7 +2,9 @@
 //! against SentencePiece itself (`tests/golden/make_spm_fixtures.py`): Gemma 3's 262k
 //! pieces (no dummy prefix, user-defined whitespace pieces, byte fallback) and a tiny
 //! Llama-2-style model with a dummy prefix. Every text gives SentencePiece's ids, with
-//! BOS in front when special tokens are asked for, and decodes back to itself.
+//! BOS in front when special tokens are asked for, and decodes back to itself. (Where
+//! SentencePiece and llama.cpp differ, a user-defined piece in a vocabulary with a dummy
+//! prefix, we follow llama.cpp; the hand-made vocabulary pins that down.)
 
 mod common;
 
@@ -65,4 +67,27 @@ fn gemma3_tokenizer_from_gguf_matches_sentencepiece() {
 #[test]
 fn a_dummy_prefix_vocabulary_matches_sentencepiece() {
     check("prefix.json");
+}
+
+#[test]
+fn a_hand_made_vocabulary_tokenizes_as_worked_out_by_hand() {
+    // fuzz/corpus/gguf/valid-spm-vocab.gguf: <unk> <s> </s> ▁ a b ▁a ab ▁ab <0x41>
+    // <tool> "  " <unused>, scores falling from ▁ (-1) to ▁ab (-6), a dummy prefix.
+    let path = common::root().join("fuzz/corpus/gguf/valid-spm-vocab.gguf");
+    let tok = Tokenizer::load(&path).unwrap();
+    // "▁ab▁a": ▁a merges first (best score), then ▁a + b into ▁ab.
+    assert_eq!(tok.encode("ab a", true).unwrap(), vec![1, 8, 6]);
+    // "A" is not a piece: its byte; "x" has no byte piece either: <unk>.
+    assert_eq!(tok.encode("A", false).unwrap(), vec![3, 9]);
+    assert_eq!(tok.encode("x", false).unwrap(), vec![3, 0]);
+    // With a dummy prefix, user-defined pieces are matched in the raw text and the text
+    // after one gets a prefix of its own, as llama.cpp tokenizes ("▁a", "  ", "▁b").
+    assert_eq!(tok.encode("a  b", false).unwrap(), vec![6, 11, 3, 5]);
+    assert_eq!(tok.decode(&[6, 11, 5]).unwrap(), "a  b");
+    assert_eq!(tok.encode("<tool>", false).unwrap(), vec![10]);
+    assert_eq!(tok.encode("<tool>a", false).unwrap(), vec![10, 6]);
+    assert_eq!(
+        subspec::internals::fuzz::gguf(&std::fs::read(&path).unwrap()).unwrap(),
+        0
+    );
 }

@@ -8,8 +8,9 @@
 //!   ranked by the merged piece's score (SentencePiece merges the adjacent pair whose
 //!   concatenation scores best); spaces become `▁` (with one in front of the text when
 //!   `tokenizer.ggml.add_space_prefix` says so), characters outside the vocabulary fall
-//!   back to `<0xXX>` byte pieces, and user-defined pieces are matched first, in the
-//!   normalized text, as SentencePiece does.
+//!   back to `<0xXX>` byte pieces, and user-defined pieces are matched first: in the
+//!   normalized text as SentencePiece does, or, with a dummy prefix, in the raw text as
+//!   llama.cpp does (then text after such a piece gets a prefix of its own, as there).
 //!
 //! `scripts/fetch_models.py` makes the test models' `tokenizer.json` the same way, so both
 //! paths give the same ids; tests/golden checks them against SentencePiece itself.
@@ -254,12 +255,15 @@ fn spm_tokenizer(v: &GgufVocab, bad: &dyn Fn(String) -> Error) -> Result<tokeniz
         )));
     }
     v.check_types(bad)?;
-    // User-defined pieces are matched in the normalized text, where spaces are `▁`:
-    // llama.cpp's converter wrote Gemma's whitespace pieces with spaces, so spell them
-    // back (as SentencePiece has them).
+    // Without a dummy prefix, user-defined pieces are matched in the normalized text,
+    // where spaces are `▁`, as SentencePiece matches them: llama.cpp's converter wrote
+    // Gemma's whitespace pieces with spaces, so spell them back. With the prefix they are
+    // matched in the raw text, as llama.cpp does (the tokenizers crate would run the
+    // prefix normalizer over the pieces themselves).
+    let user_normalized = !v.add_space_prefix;
     let piece = |i: usize| -> String {
         match v.token_type(i) {
-            TOKEN_USER_DEFINED => v.tokens[i].replace(' ', "\u{2581}"),
+            TOKEN_USER_DEFINED if user_normalized => v.tokens[i].replace(' ', "\u{2581}"),
             _ => v.tokens[i].clone(),
         }
     };
@@ -290,8 +294,9 @@ fn spm_tokenizer(v: &GgufVocab, bad: &dyn Fn(String) -> Error) -> Result<tokeniz
     let model = model
         .build()
         .map_err(|e| bad(format!("SentencePiece vocabulary: {e}")))?;
-    // Spaces become `▁`, with one in front of the text (and, as in llama.cpp, of the text
-    // after a special token) when the vocabulary has SentencePiece's dummy prefix.
+    // Spaces become `▁`, with one in front of the text when the vocabulary has
+    // SentencePiece's dummy prefix (and, as in llama.cpp, in front of any text that
+    // follows a control or user-defined token).
     let mut norms =
         vec![json!({"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"})];
     if v.add_space_prefix {
@@ -317,8 +322,7 @@ fn spm_tokenizer(v: &GgufVocab, bad: &dyn Fn(String) -> Error) -> Result<tokeniz
         }
     }
     // Control and unknown pieces as special tokens matched on the raw text, user-defined
-    // ones as plain tokens matched on the normalized text (their ids are their
-    // vocabulary ids).
+    // ones as plain tokens (their ids are their vocabulary ids).
     let added = |special: bool| -> Vec<AddedToken> {
         (0..v.tokens.len())
             .filter(|&i| match v.token_type(i) {
@@ -326,7 +330,7 @@ fn spm_tokenizer(v: &GgufVocab, bad: &dyn Fn(String) -> Error) -> Result<tokeniz
                 TOKEN_USER_DEFINED => !special,
                 _ => false,
             })
-            .map(|i| AddedToken::from(piece(i), special).normalized(!special))
+            .map(|i| AddedToken::from(piece(i), special).normalized(!special && user_normalized))
             .collect()
     };
     t.add_special_tokens(&added(true));

@@ -13,8 +13,8 @@
    SentencePiece does not parse). Writes tests/golden/spm/gemma3-270m.json.
 2. A tiny SentencePiece BPE model trained here with a dummy prefix (as Llama 2 and
    Mistral have), written as a vocabulary-only GGUF the way llama.cpp's converter writes
-   one (tests/golden/spm/prefix.gguf, also the fuzz seed
-   fuzz/corpus/gguf/valid-spm-vocab.gguf), with its expected ids (prefix.json).
+   one (tests/golden/spm/prefix.gguf), with its expected ids (prefix.json).
+3. fuzz/corpus/gguf/valid-spm-vocab.gguf, a hand-made vocabulary as a fuzz seed.
 """
 
 import hashlib
@@ -155,8 +155,6 @@ def prefix() -> None:
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    # Also a seed of the GGUF fuzz target, whose body builds the tokenizer of a vocabulary.
-    Path("fuzz/corpus/gguf/valid-spm-vocab.gguf").write_bytes((OUT / "prefix.gguf").read_bytes())
     # Texts not starting with a user-defined piece: there SentencePiece puts its dummy
     # prefix before the piece, llama.cpp and transformers after it.
     cases = [{"text": t, "ids": sp.encode(t), "reference": "sentencepiece"}
@@ -167,8 +165,32 @@ def prefix() -> None:
     print(f"prefix: {len(toks)} pieces, {len(cases)} cases")
 
 
+def fuzz_seed() -> None:
+    """fuzz/corpus/gguf/valid-spm-vocab.gguf: a hand-made SentencePiece vocabulary (every
+    token type, a user-defined whitespace piece, a byte piece) small enough for the GGUF
+    fuzz target's seeds, whose body builds the tokenizer of a vocabulary."""
+    toks = ["<unk>", "<s>", "</s>", "\u2581", "a", "b", "\u2581a", "ab", "\u2581ab", "<0x41>",
+            "<tool>", "  ", "<unused>"]
+    types = [2, 3, 3, 1, 1, 1, 1, 1, 1, 6, 4, 4, 5]
+    w = gguf.GGUFWriter("fuzz/corpus/gguf/valid-spm-vocab.gguf", "llama")
+    w.add_tokenizer_model("llama")
+    w.add_token_list(toks)
+    w.add_token_scores([0.0, 0.0, 0.0, -1.0, -2.0, -3.0, -4.0, -5.0, -6.0, 0.0, 0.0, 0.0, 0.0])
+    w.add_token_types(types)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_unk_token_id(0)
+    w.add_add_bos_token(True)
+    w.add_add_space_prefix(True)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
 def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
+    fuzz_seed()
     prefix()
     gemma()
     return 0

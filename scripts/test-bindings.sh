@@ -3,6 +3,9 @@
 # then runs, against target/release/libsubspec.so:
 #   header    the committed include/subspec.h is cbindgen's output; fixtures from the Rust engine
 #   c         tests/c/test_ffi.c (-Wall -Werror): every bad input, generation == Rust engine
+#   faults    tests/c/test_faults.c with tests/c/fault_shim.c interposing pread64: EIO and
+#             end-of-file reads of the model file mid-pass and at load (status IO, the
+#             sequence unchanged, recovery to the fault-free output)
 #   valgrind  the same C suite on the tiny model: no errors, definitely lost 0
 #   cpp       bindings/cpp test program (header-only RAII wrapper)
 #   sanitizers the C suite and the C++ test built with ASan + UBSan (LeakSanitizer at exit)
@@ -68,6 +71,13 @@ c_suite() {
         -lpthread -o "$work/test_ffi" && "$work/test_ffi" "$fixtures"
 }
 stage c c_suite
+
+fault_suite() {
+    cc -std=c11 -Wall -Wextra -Werror -g -O1 tests/c/test_faults.c tests/c/fault_shim.c \
+        $(pkg-config --cflags --libs subspec) -ldl -lpthread -o "$work/test_faults" &&
+        "$work/test_faults" "$fixtures"
+}
+stage faults fault_suite
 
 valgrind_suite() {
     valgrind --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite \

@@ -76,6 +76,7 @@ pub mod internals {
         driver_present, CudaBackend, KernelAbi, ParamAbi, ParamKind, KERNELS_PTX, KERNEL_ABI,
     };
     pub use crate::backend::{AttnMask, AttnShape, Backend, Device, TierStats};
+    pub use crate::checkpoint::faults;
     pub use crate::checkpoint::names::linear_names;
     pub use crate::checkpoint::{
         AlignedBuf, DType, GgmlType, HostTensor, Linear, Storage, Weights,

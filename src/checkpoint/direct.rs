@@ -13,6 +13,7 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use super::faults::Fault;
 use super::tensor::{AlignedBuf, DType, HostTensor, Storage};
 use super::weights::{gather_into, Weights};
 use crate::error::{Error, ErrorKind, Result};
@@ -182,8 +183,19 @@ pub(crate) fn read_group(
         let want = (end - begin) as usize;
         let dst = &mut buf.as_mut_slice()[cursor..cursor + want];
         let mut got = 0usize;
-        while got < want {
-            match f.file.read_at(&mut dst[got..], begin + got as u64) {
+        // Tests make reads fail here (checkpoint::faults); nothing is armed otherwise.
+        let mut stop_at = want;
+        match super::faults::take() {
+            None => {}
+            Some(Fault::Eio) => {
+                let err = std::io::Error::from_raw_os_error(libc::EIO);
+                return Err(Error::io(&f.path, err));
+            }
+            Some(Fault::ShortRead) => stop_at = want / 2,
+            Some(Fault::Stall(d)) => std::thread::sleep(d),
+        }
+        while got < stop_at {
+            match f.file.read_at(&mut dst[got..stop_at], begin + got as u64) {
                 Ok(0) => break,
                 Ok(n) => got += n,
                 Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}

@@ -9,6 +9,7 @@
 
 pub(crate) mod config;
 pub(crate) mod direct;
+pub mod faults;
 pub(crate) mod gguf;
 mod gguf_model;
 pub(crate) mod names;

@@ -1,0 +1,189 @@
+//! Faults on the slow tier (issue 13): reads of the model file that fail with EIO, come
+//! back short, or stall for a second, injected mid-pass through
+//! `subspec::internals::faults` while SmolLM2 runs at its minimum budget (every decoder
+//! layer streamed from disk on every target pass). A failed read fails its step with an
+//! I/O error naming the file and leaves the sequence as it was; once the fault clears,
+//! the reader restarts and the sequence goes on to exactly the tokens a fault-free run
+//! gives, plain and speculative; a stall only delays. No reader thread or file
+//! descriptor is left behind. A fault while loading resident weights fails the load.
+//!
+//! The fault plan is process-wide, so these tests take turns.
+
+mod common;
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use subspec::internals::faults::{self, Fault};
+use subspec::{Engine, EngineOptions, ErrorKind, SamplingParams, StepOptions};
+
+static TURN: Mutex<()> = Mutex::new(());
+
+/// Tensor reads of one streamed layer (its seven linears).
+const PER_LAYER: u64 = 7;
+
+fn options(budget: Option<u64>) -> EngineOptions {
+    let mut o = EngineOptions::new(common::model_dir(common::SMOLLM2));
+    o.max_context = 256;
+    o.max_tree_tokens = 33;
+    o.budget = budget;
+    o
+}
+
+/// SmolLM2 at its minimum budget: every layer streamed.
+fn offloaded() -> Engine {
+    let min = Engine::minimum_budget(&options(None)).unwrap();
+    let e = Engine::load(&options(Some(min))).unwrap();
+    assert_eq!(
+        e.placement().unwrap().offloaded().len(),
+        e.config().n_layers,
+        "every layer streamed at the minimum"
+    );
+    e
+}
+
+const PROMPT: [u32; 6] = [504, 2365, 3058, 314, 4849, 30];
+
+fn modes(e: &Engine) -> [StepOptions; 3] {
+    [
+        StepOptions::plain(SamplingParams::greedy()),
+        StepOptions::speculative(SamplingParams::greedy()).with_tree(e.default_tree()),
+        StepOptions::speculative(SamplingParams::new(0.8, 0, 0.95, 11)).with_tree(e.default_tree()),
+    ]
+}
+
+/// Threads of this process named `name` (the reader is "subspec-stream").
+fn threads_named(name: &str) -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|c| c.trim() == name)
+        .count()
+}
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+/// Waits (up to 10 s) for the reader threads to come down to `n`: a stopped reader exits
+/// once its current read returns.
+fn wait_for_readers(n: usize) {
+    let t0 = Instant::now();
+    while threads_named("subspec-stream") != n {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "{} reader threads, expected {n}",
+            threads_named("subspec-stream")
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_failed_read_mid_pass_fails_the_step_and_changes_nothing() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    faults::clear();
+    let engine = offloaded();
+    let n = 12;
+    for opts in modes(&engine) {
+        let want = {
+            let mut s = engine.new_sequence().unwrap();
+            s.append(&PROMPT).unwrap();
+            s.generate(&opts, n, |_| true).unwrap()
+        };
+        wait_for_readers(1);
+        let fds = open_fds();
+        for (fault, says) in [
+            (Fault::Eio, "Input/output error"),
+            (Fault::ShortRead, "short read"),
+        ] {
+            for skip_layers in [0, 5, 20] {
+                let mut seq = engine.new_sequence().unwrap();
+                seq.append(&PROMPT).unwrap();
+                seq.step(&opts).unwrap();
+                let before = seq.tokens().to_vec();
+                let stats = seq.stats().clone();
+                // The ring already holds the first layers of the next pass: the fault
+                // lands `skip_layers` layers after them, inside the next target pass.
+                faults::inject(fault, skip_layers * PER_LAYER, 1);
+                let e = seq
+                    .step(&opts)
+                    .expect_err("the faulty read must fail the step");
+                assert_eq!(faults::pending(), 0, "the fault was used");
+                assert_eq!(e.kind(), ErrorKind::Io, "{e}");
+                assert!(e.message().contains("model.safetensors"), "{e}");
+                assert!(e.message().contains(says), "{fault:?}: {e}");
+                assert_eq!(seq.tokens(), &before[..], "{fault:?}: the sequence changed");
+                assert_eq!(seq.stats(), &stats, "{fault:?}: the statistics changed");
+                // The fault is gone: the reader restarts and the output is the same.
+                while seq.len() < PROMPT.len() + n {
+                    seq.step(&opts).unwrap();
+                }
+                assert_eq!(
+                    &seq.tokens()[PROMPT.len()..PROMPT.len() + n],
+                    &want[..],
+                    "{fault:?} after {skip_layers} layers, {opts:?}"
+                );
+                drop(seq);
+                wait_for_readers(1);
+                assert_eq!(open_fds(), fds, "file descriptors after {fault:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_stalled_read_only_delays_the_pass() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    faults::clear();
+    let engine = offloaded();
+    let opts = StepOptions::speculative(SamplingParams::greedy()).with_tree(engine.default_tree());
+    let want = {
+        let mut s = engine.new_sequence().unwrap();
+        s.append(&PROMPT).unwrap();
+        s.generate(&opts, 16, |_| true).unwrap()
+    };
+    let mut seq = engine.new_sequence().unwrap();
+    seq.append(&PROMPT).unwrap();
+    seq.step(&opts).unwrap();
+    // Three reads of the next pass each block for half a second.
+    faults::inject(Fault::Stall(Duration::from_millis(500)), 3 * PER_LAYER, 3);
+    seq.step(&opts).unwrap();
+    assert_eq!(faults::pending(), 0, "the stalls happened");
+    while seq.len() < PROMPT.len() + 16 {
+        seq.step(&opts).unwrap();
+    }
+    assert_eq!(&seq.tokens()[PROMPT.len()..PROMPT.len() + 16], &want[..]);
+    drop(seq);
+    wait_for_readers(1);
+}
+
+#[test]
+fn a_failed_read_of_resident_weights_fails_the_load() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    faults::clear();
+    // Under a budget resident weights are read once through the slow tier's path (the
+    // tied embedding and lm_head first).
+    let min = Engine::minimum_budget(&options(None)).unwrap();
+    let threads = threads_named("subspec-stream");
+    let fds = open_fds();
+    for fault in [Fault::Eio, Fault::ShortRead] {
+        faults::inject(fault, 0, 1);
+        let e = Engine::load(&options(Some(min))).expect_err("the load must fail");
+        faults::clear();
+        assert_eq!(e.kind(), ErrorKind::Io, "{e}");
+        assert!(e.message().contains("model.safetensors"), "{e}");
+        assert_eq!(
+            threads_named("subspec-stream"),
+            threads,
+            "a reader was left"
+        );
+        assert_eq!(open_fds(), fds, "a file was left open");
+    }
+    // Nothing was left half-made: the next load works.
+    let e = Engine::load(&options(Some(min))).unwrap();
+    let mut s = e.new_sequence().unwrap();
+    s.append(&PROMPT).unwrap();
+    s.step(&StepOptions::plain(SamplingParams::greedy()))
+        .unwrap();
+}

@@ -74,6 +74,19 @@ pub struct CpuKv {
     capacity: usize,
 }
 
+/// Grows one layer's K or V store to `len` values (zeros). The first growth reserves the
+/// whole `capacity` at once, so the store is never reallocated: a Vec that doubled as the
+/// context grew would hold up to twice what the planner counted for the KV cache, and
+/// copy it. Pages past `len` are reserved but never touched, so they are not resident.
+fn grow(store: &mut Vec<f32>, len: usize, capacity: usize) {
+    if store.len() < len {
+        if store.capacity() < len {
+            store.reserve_exact(capacity.max(len) - store.len());
+        }
+        store.resize(len, 0.0);
+    }
+}
+
 /// Fixed-order dot product of two f32 slices (8 lanes, then the 8-lane sum, then the
 /// tail). Plain multiply-add, not fused: the compiler vectorises the lanes on any x86-64.
 #[inline]
@@ -285,9 +298,7 @@ impl Backend for CpuBackend {
             )));
         }
         for (store, src) in [(&mut kv.k[layer], k), (&mut kv.v[layer], v)] {
-            if store.len() < end {
-                store.resize(end, 0.0);
-            }
+            grow(store, end, kv.capacity * d);
             store[first * d..end].copy_from_slice(&src.data);
         }
         Ok(())
@@ -307,9 +318,7 @@ impl Backend for CpuBackend {
         for store in kv.k.iter_mut().chain(kv.v.iter_mut()) {
             // Slots never written (this cache grows as it is written) read as zeros, as
             // on a device where the whole cache is allocated up front.
-            if store.len() < (last + 1) * d {
-                store.resize((last + 1) * d, 0.0);
-            }
+            grow(store, (last + 1) * d, kv.capacity * d);
             for (i, &s) in src.iter().enumerate() {
                 let dst = dst_first + i;
                 if s != dst {

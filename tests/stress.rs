@@ -7,111 +7,13 @@
 
 mod common;
 
-use std::ffi::CString;
 use std::sync::{Arc, Barrier};
 
+use common::capi::{create, step, step_params, tokens, Handle, Rng};
 use subspec::ffi::*;
 
 const THREADS: u64 = 8;
 const CONTEXT: u32 = 256;
-
-/// A raw handle moved between threads; the C ABI documents engines as shareable and
-/// sequences as usable from any one thread at a time.
-struct Handle<T>(*mut T);
-impl<T> Clone for Handle<T> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-impl<T> Copy for Handle<T> {}
-// SAFETY: see the type's comment; the shared-sequence test relies on the ABI's own
-// in-use check, which is what it tests.
-unsafe impl<T> Send for Handle<T> {}
-unsafe impl<T> Sync for Handle<T> {}
-
-fn load(dir: &std::path::Path) -> Handle<subspec_engine> {
-    let path = CString::new(dir.to_str().unwrap()).unwrap();
-    let mut p = common::c_load_params();
-    p.model_path = path.as_ptr();
-    p.context_length = CONTEXT;
-    p.threads = 1;
-    let mut e = std::ptr::null_mut();
-    // SAFETY: initialised params with a path string outliving the call; an out pointer to
-    // a local.
-    assert_eq!(unsafe { subspec_load(&p, &mut e) }, subspec_status::Ok);
-    Handle(e)
-}
-
-fn create(e: Handle<subspec_engine>) -> Handle<subspec_sequence> {
-    let mut s = std::ptr::null_mut();
-    // SAFETY: a live engine and an out pointer to a local.
-    assert_eq!(
-        unsafe { subspec_sequence_create(e.0, &mut s) },
-        subspec_status::Ok
-    );
-    Handle(s)
-}
-
-fn tokens(s: Handle<subspec_sequence>) -> Vec<i32> {
-    let mut buf = vec![0i32; CONTEXT as usize];
-    let mut n = 0;
-    // SAFETY: a live sequence not used by another thread; `buf` holds `CONTEXT` ids.
-    let st = unsafe { subspec_sequence_tokens(s.0, buf.as_mut_ptr(), buf.len(), &mut n) };
-    assert_eq!(st, subspec_status::Ok);
-    buf.truncate(n);
-    buf
-}
-
-fn step_params(temperature: f32, seed: u64, speculate: bool) -> subspec_step_params {
-    let mut sp = common::c_step_params();
-    sp.temperature = temperature;
-    sp.seed = seed;
-    sp.speculate = speculate;
-    if temperature > 0.0 {
-        sp.top_k = 40;
-        sp.top_p = 0.95;
-    }
-    sp
-}
-
-/// One `subspec_step`: its status and the tokens it returned.
-fn step(
-    s: Handle<subspec_sequence>,
-    sp: &subspec_step_params,
-    input: &[i32],
-    cap: usize,
-) -> (subspec_status, Vec<i32>) {
-    let mut out = vec![-1i32; cap];
-    let mut n = 0;
-    // SAFETY: a live sequence; `input` and `out` valid for their lengths.
-    let st = unsafe {
-        subspec_step(
-            s.0,
-            sp,
-            if input.is_empty() {
-                std::ptr::null()
-            } else {
-                input.as_ptr()
-            },
-            input.len(),
-            out.as_mut_ptr(),
-            cap,
-            &mut n,
-        )
-    };
-    out.truncate(if st == subspec_status::Ok { n } else { 0 });
-    (st, out)
-}
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
 
 /// Runs script `id` on its own sequence; returns, per operation, a description of the
 /// call, its status, the tokens it returned and the sequence's tokens afterwards.
@@ -189,7 +91,7 @@ fn ops() -> usize {
 fn eight_threads_match_the_serial_run() {
     let dir = common::temp_dir("stress");
     common::write_tiny_model(&dir, false);
-    let e = load(&dir);
+    let e = common::capi::load(&dir, CONTEXT, 0, 1);
     let ops = ops();
     let serial: Vec<Vec<String>> = (0..THREADS).map(|id| script(e, id, ops)).collect();
     for round in 0..2 {
@@ -226,7 +128,7 @@ fn eight_threads_match_the_serial_run() {
 fn a_sequence_shared_by_two_threads_is_refused_not_corrupted() {
     let dir = common::temp_dir("stress-shared");
     common::write_tiny_model(&dir, false);
-    let e = load(&dir);
+    let e = common::capi::load(&dir, CONTEXT, 0, 1);
     let greedy = step_params(0.0, 0, true);
     let prompt = [5, 17, 33, 2, 90];
     // The reference: the same sequence grown by one thread.

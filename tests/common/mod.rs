@@ -2,6 +2,8 @@
 //! models written on the fly.
 #![allow(dead_code)]
 
+pub mod capi;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};

@@ -99,6 +99,8 @@ pub mod internals {
         use crate::checkpoint::{AlignedBuf, ModelConfig, Storage};
         use crate::error::{Error, Result};
 
+        pub use crate::ffi::fuzz::capi;
+
         /// Parses `bytes` as a config.json and validates it as [`ModelConfig::from_json`]
         /// does; returns the config.
         pub fn config(bytes: &[u8]) -> Result<ModelConfig> {

@@ -3,12 +3,12 @@
 //! 2,000 on the tiny random model; `SUBSPEC_SOAK_MODEL=smollm2` runs SmolLM2 instead;
 //! docs/RELIABILITY.md records the long runs): up to four live sequences, prompts of
 //! random lengths, greedy and seeded sampling, speculative and plain, random output
-//! capacities, truncates, resets, frees and re-creates, full contexts. Every 100 steps it
-//! samples the process's anonymous resident memory, open file descriptors and threads.
-//! The first fifth is the warm-up (it reaches every state: four live sequences, full
-//! caches); afterwards memory may not exceed the warm-up's highest sample by 5% or more
-//! (512 KiB at least: the allocator's noise on the tiny model's 2 MiB process), and the
-//! descriptor and thread counts may not change at all. `SUBSPEC_SOAK_TRACE=1` prints the
+//! capacities, truncates, resets, frees and re-creates, full contexts. Every 100 steps a
+//! session ends (its sequences are freed) and the process's anonymous resident memory,
+//! open file descriptors and threads are sampled, so every sample sees the same state.
+//! After the first fifth (warm-up), memory may not exceed the warm-up's highest sample
+//! by 5% or more (512 KiB at least: the allocator's noise on the tiny model's 2 MiB
+//! process), and the descriptor and thread counts may not change at all. `SUBSPEC_SOAK_TRACE=1` prints the
 //! samples.
 
 mod common;
@@ -134,6 +134,12 @@ fn mixed_generation_keeps_memory_descriptors_and_threads_flat() {
                 }
                 done += 1;
                 if done.is_multiple_of(100) {
+                    // A session ends: its sequences go, so every sample sees the same
+                    // state (the engine alone) and growth means something was kept.
+                    for q in live.drain(..) {
+                        free(q);
+                        frees += 1;
+                    }
                     samples.push((done, sample()));
                 }
             }

@@ -19,6 +19,7 @@
 //! mapping from [`ErrorKind`](crate::ErrorKind), [`status_of`], from that list.
 
 mod engine;
+pub(crate) mod fuzz;
 mod handle;
 mod sequence;
 mod status;

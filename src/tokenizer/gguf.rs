@@ -407,8 +407,7 @@ impl Tokenizer {
             "gpt2" => {
                 let j = gpt2_tokenizer_json(v, &bad)?;
                 let bytes = serde_json::to_vec(&j).map_err(|e| Error::internal(e.to_string()))?;
-                tokenizers::Tokenizer::from_bytes(bytes)
-                    .map_err(|e| bad(format!("tokenizer: {e}")))?
+                super::parse_tokenizer_json(&bytes, file)?
             }
             other => {
                 return Err(bad(format!(

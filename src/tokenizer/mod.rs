@@ -75,6 +75,24 @@ fn dir_chat_template(dir: &Path) -> Result<ChatTemplate> {
     }
 }
 
+/// Parses a `tokenizer.json` held in `bytes`; `name` names it in messages. The JSON's
+/// syntax is checked first: the tokenizers crate panics (`expect("Helper")`) on a
+/// malformed `decoder` value instead of returning its error (found by fuzzing; regression
+/// `fuzz/regressions/tokenizer/decoder-bad-json.json`). Any other panic inside it is
+/// caught and reported as an error too.
+pub(crate) fn parse_tokenizer_json(bytes: &[u8], name: &str) -> Result<tokenizers::Tokenizer> {
+    let bad = |msg: String| Error::new(ErrorKind::Tokenizer, format!("{name}: {msg}"));
+    serde_json::from_slice::<serde::de::IgnoredAny>(bytes)
+        .map_err(|e| bad(format!("invalid JSON: {e}")))?;
+    match std::panic::catch_unwind(|| tokenizers::Tokenizer::from_bytes(bytes)) {
+        Ok(Ok(t)) => Ok(t),
+        Ok(Err(e)) => Err(bad(e.to_string())),
+        Err(_) => Err(bad(
+            "the tokenizers library panicked reading it (a malformed field)".into(),
+        )),
+    }
+}
+
 fn tok_err(e: impl std::fmt::Display) -> Error {
     Error::new(ErrorKind::Tokenizer, format!("tokenizer: {e}"))
 }
@@ -82,8 +100,7 @@ fn tok_err(e: impl std::fmt::Display) -> Error {
 /// Loads a tokenizer.json held in memory and round-trips a short text through it (the
 /// fuzz target's body). Returns the vocabulary size.
 pub(crate) fn fuzz_load(bytes: &[u8]) -> Result<usize> {
-    let inner = tokenizers::Tokenizer::from_bytes(bytes)
-        .map_err(|e| Error::new(ErrorKind::Tokenizer, format!("fuzz/tokenizer.json: {e}")))?;
+    let inner = parse_tokenizer_json(bytes, "fuzz/tokenizer.json")?;
     let tok = Tokenizer {
         inner,
         chat: ChatTemplate::chatml("", ""),
@@ -123,8 +140,8 @@ impl Tokenizer {
                 format!("{}: not found", path.display()),
             ));
         }
-        let inner = tokenizers::Tokenizer::from_file(&path)
-            .map_err(|e| Error::new(ErrorKind::Tokenizer, format!("{}: {e}", path.display())))?;
+        let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        let inner = parse_tokenizer_json(&bytes, &path.display().to_string())?;
         Ok(Tokenizer {
             inner,
             chat: dir_chat_template(dir)?,

@@ -1,0 +1,7 @@
+//! `cargo fuzz run gguf`: `subspec::internals::fuzz::gguf` on every input (errors are fine,
+//! a panic or a crash is a finding).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    let _ = subspec::internals::fuzz::gguf(data);
+});

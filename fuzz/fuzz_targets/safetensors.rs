@@ -1,0 +1,7 @@
+//! `cargo fuzz run safetensors`: `subspec::internals::fuzz::safetensors` on every input (errors are fine,
+//! a panic or a crash is a finding).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    let _ = subspec::internals::fuzz::safetensors(data);
+});

@@ -132,6 +132,15 @@ fn step_params(engine: *const subspec_engine, s: &mut Script) -> subspec_step_pa
     p
 }
 
+/// `ids` as a C array: NULL when empty, as a caller without input passes it.
+fn ids_or_null(ids: &[i32]) -> *const i32 {
+    if ids.is_empty() {
+        std::ptr::null()
+    } else {
+        ids.as_ptr()
+    }
+}
+
 /// A sequence's tokens.
 fn tokens_of(seq: *const subspec_sequence) -> Vec<i32> {
     let mut out = vec![0i32; 128];
@@ -165,8 +174,6 @@ pub fn capi(bytes: &[u8]) -> crate::error::Result<usize> {
         let i = s.u8() as usize % seqs.len();
         let q = seqs[i];
         let before = tokens_of(q);
-        // Whether a failed call may have changed the sequence (it may not, except as
-        // documented: an error inside an open iteration leaves it open).
         let st = match op % 16 {
             1 => {
                 // SAFETY: a live sequence, freed once (removed from the list).
@@ -188,11 +195,7 @@ pub fn capi(bytes: &[u8]) -> crate::error::Result<usize> {
                         subspec_step(
                             q,
                             &p,
-                            if input.is_empty() {
-                                std::ptr::null()
-                            } else {
-                                input.as_ptr()
-                            },
+                            ids_or_null(&input),
                             input.len(),
                             if null_out {
                                 std::ptr::null_mut()
@@ -226,18 +229,7 @@ pub fn capi(bytes: &[u8]) -> crate::error::Result<usize> {
                 let input = s.tokens();
                 // SAFETY: a live sequence; `input` valid for its length.
                 check(
-                    unsafe {
-                        subspec_iter_begin(
-                            q,
-                            &p,
-                            if input.is_empty() {
-                                std::ptr::null()
-                            } else {
-                                input.as_ptr()
-                            },
-                            input.len(),
-                        )
-                    },
+                    unsafe { subspec_iter_begin(q, &p, ids_or_null(&input), input.len()) },
                     "iter_begin",
                 )
             }
@@ -281,11 +273,7 @@ pub fn capi(bytes: &[u8]) -> crate::error::Result<usize> {
                     unsafe {
                         subspec_sequence_eval(
                             q,
-                            if input.is_empty() {
-                                std::ptr::null()
-                            } else {
-                                input.as_ptr()
-                            },
+                            ids_or_null(&input),
                             input.len(),
                             logits.as_mut_ptr(),
                             cap,
@@ -312,6 +300,8 @@ pub fn capi(bytes: &[u8]) -> crate::error::Result<usize> {
                 st
             }
         };
+        // A failed call changes nothing; iteration calls are exempt (an error inside an
+        // open iteration leaves it open, with what was pushed).
         let changes_nothing = !matches!(op % 16, 9..=13);
         if st != subspec_status::Ok && changes_nothing {
             assert_eq!(

@@ -75,14 +75,44 @@ fn dir_chat_template(dir: &Path) -> Result<ChatTemplate> {
     }
 }
 
-/// Parses a `tokenizer.json` held in `bytes`; `name` names it in messages. The JSON's
-/// syntax is checked first: the tokenizers crate panics (`expect("Helper")`) on a
-/// malformed `decoder` value instead of returning its error (found by fuzzing; regression
-/// `fuzz/regressions/tokenizer/decoder-bad-json.json`). Any other panic inside it is
-/// caught and reported as an error too.
+/// Checks a tokenizer.json's syntax, and reads its small parts (decoder, normalizer,
+/// pre-tokenizer, post-processor) as JSON values, strictly (string escapes included),
+/// skipping the rest (the vocabulary and merges).
+struct StrictParts;
+
+impl<'de> serde::de::Visitor<'de> for StrictParts {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a tokenizer.json object")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> std::result::Result<(), A::Error> {
+        while let Some(key) = map.next_key::<String>()? {
+            match key.as_str() {
+                "decoder" | "normalizer" | "pre_tokenizer" | "post_processor" => {
+                    map.next_value::<serde_json::Value>()?;
+                }
+                _ => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Parses a `tokenizer.json` held in `bytes`; `name` names it in messages. The JSON is
+/// checked first ([`StrictParts`]): the tokenizers crate panics (`expect("Helper")`) on
+/// a malformed `decoder` (invalid JSON, or an escape that is no code point) instead of
+/// returning its error (found by fuzzing; regressions in `fuzz/regressions/tokenizer/`).
+/// Any other panic inside it is caught and reported as an error too.
 pub(crate) fn parse_tokenizer_json(bytes: &[u8], name: &str) -> Result<tokenizers::Tokenizer> {
     let bad = |msg: String| Error::new(ErrorKind::Tokenizer, format!("{name}: {msg}"));
-    serde_json::from_slice::<serde::de::IgnoredAny>(bytes)
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    serde::Deserializer::deserialize_map(&mut de, StrictParts)
+        .and_then(|()| de.end())
         .map_err(|e| bad(format!("invalid JSON: {e}")))?;
     match std::panic::catch_unwind(|| tokenizers::Tokenizer::from_bytes(bytes)) {
         Ok(Ok(t)) => Ok(t),

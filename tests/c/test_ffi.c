@@ -16,21 +16,9 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "check.h"
 #include "subspec.h"
 
-static int passed, failed;
-
-#define CHECK(cond, ...)                                                   \
-    do {                                                                   \
-        if (cond) {                                                        \
-            passed++;                                                      \
-        } else {                                                           \
-            failed++;                                                      \
-            fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond); \
-            fprintf(stderr, __VA_ARGS__);                                  \
-            fprintf(stderr, "\n");                                         \
-        }                                                                  \
-    } while (0)
 
 /* The last error of this thread (or of `e`). */
 static const char *last_error(const subspec_engine *e) {

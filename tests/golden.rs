@@ -30,23 +30,13 @@ fn engine(model: &str) -> std::sync::Arc<subspec::Engine> {
     match fixture(model).get("engine_path").and_then(|p| p.as_str()) {
         None => common::engine(model),
         Some(p) => {
-            static ENGINES: std::sync::Mutex<Vec<(String, std::sync::Arc<subspec::Engine>)>> =
-                std::sync::Mutex::new(Vec::new());
-            let mut all = ENGINES.lock().unwrap();
-            if let Some((_, e)) = all.iter().find(|(m, _)| m == model) {
-                return e.clone();
-            }
             let path = common::root().join(p);
             assert!(
                 path.is_file(),
                 "{} is missing: run `bash scripts/fetch-models.sh` first",
                 path.display()
             );
-            let mut o = subspec::EngineOptions::new(path);
-            o.max_context = 2048;
-            let e = std::sync::Arc::new(subspec::Engine::load(&o).unwrap());
-            all.push((model.to_string(), e.clone()));
-            e
+            common::engine_at(&path)
         }
     }
 }

@@ -8,7 +8,7 @@
 //! The plan is process-wide: a test binary that injects faults must not run other
 //! engines' reads concurrently (tests/faults.rs serialises its tests).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -32,7 +32,6 @@ struct Plan {
 }
 
 static ARMED: AtomicBool = AtomicBool::new(false);
-static READS: AtomicU64 = AtomicU64::new(0);
 static PLAN: Mutex<Option<Plan>> = Mutex::new(None);
 
 /// Arms `fault` for `times` reads, after letting `skip` reads through. Replaces any plan.
@@ -49,11 +48,6 @@ pub fn clear() {
     ARMED.store(false, Ordering::SeqCst);
 }
 
-/// Tensor reads so far in this process (faulty ones included).
-pub fn reads() -> u64 {
-    READS.load(Ordering::SeqCst)
-}
-
 /// Faulty reads still armed (`0`: the plan is spent or there is none).
 pub fn pending() -> u64 {
     PLAN.lock()
@@ -64,7 +58,6 @@ pub fn pending() -> u64 {
 
 /// Called before every read: the fault this read must suffer, if any.
 pub(crate) fn take() -> Option<Fault> {
-    READS.fetch_add(1, Ordering::SeqCst);
     if !ARMED.load(Ordering::Relaxed) {
         return None;
     }

@@ -102,41 +102,7 @@ impl GgufVocab {
             chat_template: m.opt_str("tokenizer.chat_template")?.map(str::to_string),
         })
     }
-}
 
-/// The split regex of Qwen2 (and llama.cpp's `qwen2` pre-tokenizer).
-const QWEN2_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-/// The split regex of Llama 3 (`llama-bpe`): numbers in groups of up to three.
-const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-
-fn byte_level(add_prefix_space: bool, trim_offsets: bool, use_regex: bool) -> Value {
-    json!({"type": "ByteLevel", "add_prefix_space": add_prefix_space,
-        "trim_offsets": trim_offsets, "use_regex": use_regex})
-}
-
-/// The vocabulary as a `tokenizer.json` `vocab` object, and the added tokens (control
-/// and unknown tokens as special ones, user-defined ones as plain ones matched on the raw
-/// text).
-fn vocab_and_added(v: &GgufVocab, bad: &dyn Fn(String) -> Error) -> Result<(Value, Vec<Value>)> {
-    v.check_types(bad)?;
-    let mut vocab = serde_json::Map::new();
-    let mut added = Vec::new();
-    for (i, t) in v.tokens.iter().enumerate() {
-        if vocab.insert(t.clone(), json!(i)).is_some() {
-            return Err(bad(format!("tokenizer.ggml.tokens lists `{t}` twice")));
-        }
-        let ty = v.token_type(i);
-        if matches!(ty, TOKEN_UNKNOWN | TOKEN_CONTROL | TOKEN_USER_DEFINED) {
-            added.push(
-                json!({"id": i, "content": t, "single_word": false, "lstrip": false,
-                "rstrip": false, "normalized": false, "special": ty != TOKEN_USER_DEFINED}),
-            );
-        }
-    }
-    Ok((Value::Object(vocab), added))
-}
-
-impl GgufVocab {
     /// Checks that the token types, when given, cover the tokens.
     fn check_types(&self, bad: &dyn Fn(String) -> Error) -> Result<()> {
         if !self.token_types.is_empty() && self.token_types.len() != self.tokens.len() {
@@ -153,6 +119,38 @@ impl GgufVocab {
     fn token_type(&self, i: usize) -> i32 {
         self.token_types.get(i).copied().unwrap_or(TOKEN_NORMAL)
     }
+}
+
+/// The split regex of Qwen2 (and llama.cpp's `qwen2` pre-tokenizer).
+const QWEN2_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+/// The split regex of Llama 3 (`llama-bpe`): numbers in groups of up to three.
+const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+fn byte_level(add_prefix_space: bool, trim_offsets: bool, use_regex: bool) -> Value {
+    json!({"type": "ByteLevel", "add_prefix_space": add_prefix_space,
+        "trim_offsets": trim_offsets, "use_regex": use_regex})
+}
+
+/// The vocabulary as a `tokenizer.json` `vocab` object, and the added tokens (control
+/// tokens as special ones, user-defined ones as plain ones, both matched on the raw text;
+/// as scripts/fetch_models.py writes them).
+fn vocab_and_added(v: &GgufVocab, bad: &dyn Fn(String) -> Error) -> Result<(Value, Vec<Value>)> {
+    v.check_types(bad)?;
+    let mut vocab = serde_json::Map::new();
+    let mut added = Vec::new();
+    for (i, t) in v.tokens.iter().enumerate() {
+        if vocab.insert(t.clone(), json!(i)).is_some() {
+            return Err(bad(format!("tokenizer.ggml.tokens lists `{t}` twice")));
+        }
+        let ty = v.token_type(i);
+        if matches!(ty, TOKEN_CONTROL | TOKEN_USER_DEFINED) {
+            added.push(
+                json!({"id": i, "content": t, "single_word": false, "lstrip": false,
+                "rstrip": false, "normalized": false, "special": ty == TOKEN_CONTROL}),
+            );
+        }
+    }
+    Ok((Value::Object(vocab), added))
 }
 
 /// SentencePiece's merges implied by a vocabulary with scores: every way of writing a

@@ -131,11 +131,16 @@ fn tok_err(e: impl std::fmt::Display) -> Error {
 /// fuzz target's body). Returns the vocabulary size.
 pub(crate) fn fuzz_load(bytes: &[u8]) -> Result<usize> {
     let inner = parse_tokenizer_json(bytes, "fuzz/tokenizer.json")?;
-    let tok = Tokenizer {
+    round_trip(&Tokenizer {
         inner,
         chat: ChatTemplate::chatml("", ""),
-    };
-    let ids = tok.encode("Hello, world! 123 \u{e9}\u{4e16}", true)?;
+    })
+}
+
+/// Encodes and decodes a short text with `tok` (the fuzz entries' last step); returns
+/// the vocabulary size.
+fn round_trip(tok: &Tokenizer) -> Result<usize> {
+    let ids = tok.encode("Hello, world! 123 \u{e9}\u{4e16}  <s>", true)?;
     tok.decode(&ids)?;
     Ok(tok.vocab_size())
 }
@@ -143,10 +148,10 @@ pub(crate) fn fuzz_load(bytes: &[u8]) -> Result<usize> {
 /// Builds the tokenizer of a GGUF file's metadata and round-trips a short text through
 /// it (part of the GGUF fuzz target's body). Returns the vocabulary size.
 pub(crate) fn fuzz_gguf_vocab(m: &crate::checkpoint::gguf::Metadata) -> Result<usize> {
-    let tok = Tokenizer::from_gguf_vocab(&gguf::GgufVocab::from_meta(m)?, "fuzz.gguf")?;
-    let ids = tok.encode("Hello, world! 123 \u{e9}\u{4e16}  <s>", true)?;
-    tok.decode(&ids)?;
-    Ok(tok.vocab_size())
+    round_trip(&Tokenizer::from_gguf_vocab(
+        &gguf::GgufVocab::from_meta(m)?,
+        "fuzz.gguf",
+    )?)
 }
 
 impl Tokenizer {

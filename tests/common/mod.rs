@@ -43,14 +43,21 @@ pub fn model_dir(name: &str) -> PathBuf {
 
 /// One engine per test model, shared by all tests of a test binary.
 pub fn engine(name: &str) -> Arc<Engine> {
-    static ENGINES: OnceLock<Mutex<HashMap<String, Arc<Engine>>>> = OnceLock::new();
+    engine_at(&model_dir(name))
+}
+
+/// One engine per model path (a directory or a GGUF file; context 2048), shared by all
+/// tests of a test binary.
+pub fn engine_at(path: &Path) -> Arc<Engine> {
+    static ENGINES: OnceLock<Mutex<HashMap<PathBuf, Arc<Engine>>>> = OnceLock::new();
     let map = ENGINES.get_or_init(|| Mutex::new(HashMap::new()));
     let mut map = map.lock().unwrap();
-    map.entry(name.to_string())
+    map.entry(path.to_path_buf())
         .or_insert_with(|| {
-            let mut o = EngineOptions::new(model_dir(name));
+            let mut o = EngineOptions::new(path);
             o.max_context = 2048;
-            Arc::new(Engine::load(&o).unwrap_or_else(|e| panic!("loading {name}: {e}")))
+            let e = Engine::load(&o).unwrap_or_else(|e| panic!("loading {}: {e}", path.display()));
+            Arc::new(e)
         })
         .clone()
 }

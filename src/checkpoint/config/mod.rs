@@ -653,12 +653,8 @@ impl ModelConfig {
         let attn_scale = if gemma {
             // Gemma 3 scales scores by query_pre_attn_scalar ** -0.5 (computed in f64 by
             // Python, then used as an f32).
-            if f.get("query_pre_attn_scalar").is_some() {
-                let v = f.f32_or("query_pre_attn_scalar", 256.0)? as f64;
-                (1.0 / v.sqrt()) as f32
-            } else {
-                (1.0 / 256f64.sqrt()) as f32
-            }
+            let v = f.f32_or("query_pre_attn_scalar", 256.0)? as f64;
+            (1.0 / v.sqrt()) as f32
         } else {
             1.0 / (head_dim as f32).sqrt()
         };

@@ -456,6 +456,19 @@ SUBSPEC_API bool subspec_is_eos(const struct subspec_engine *engine, int32_t tok
 // `engine` NULL or live; `token` NULL or NUL-terminated; `out` NULL or valid.
 SUBSPEC_API subspec_status subspec_token_to_id(const struct subspec_engine *engine, const char *token, int32_t *out);
 
+// Writes the vocabulary's own string for `token` (e.g. `"Ġthe"` in a byte-level BPE
+// vocabulary, `"▁the"` or `"<0x0A>"` in a SentencePiece one, `"<|im_end|>"`), not its
+// decoded text, NUL-terminated into `buf` (capacity `cap` bytes). The same string as
+// llama.cpp's `llama_vocab_get_text` and the `tokenizer.ggml.tokens` entry of a GGUF
+// file: hosts compare vocabularies with it. `*needed` (when not NULL) receives the size
+// including the NUL, also on `BUFFER_TOO_SMALL` (then nothing is written to `buf`).
+// `INVALID_TOKEN` for an id outside the tokenizer's vocabulary
+// (`subspec_model_info.tokenizer_vocab_size`); `TOKENIZER` when the engine has none.
+//
+// # Safety
+// `engine` NULL or live; `buf` NULL or valid for `cap` writes; `needed` NULL or valid.
+SUBSPEC_API subspec_status subspec_token_text(const struct subspec_engine *engine, int32_t token, char *buf, size_t cap, size_t *needed);
+
 // Tokenizes the NUL-terminated UTF-8 `text` (with the model's special tokens such as BOS
 // when `add_special`) into `out` (capacity `cap`), writing the count to `*n_out`.
 // `BUFFER_TOO_SMALL`: only `*n_out` (the count needed) is written. `out` may be NULL when

@@ -64,6 +64,20 @@ fn gemma3_tokenizer_from_gguf_matches_sentencepiece() {
     check("gemma3-270m.json");
 }
 
+/// `token_text` is the file's own string, as llama.cpp's `llama_vocab_get_text` gives it
+/// (the llama.cpp adapter compares vocabularies with it): Gemma's 30 user-defined
+/// whitespace pieces are written with spaces (ids 138..), which the tokenizer holds as `▁`.
+#[test]
+fn token_text_is_the_gguf_files_own_string() {
+    let path = common::root().join("models/.cache/gguf/gemma-3-270m-Q4_K_M.gguf");
+    let tok = Tokenizer::load(&path).unwrap();
+    assert_eq!(tok.token_text(138).as_deref(), Some("  "));
+    assert_eq!(tok.token_text(140).as_deref(), Some("    "));
+    assert_eq!(tok.token_text(506).as_deref(), Some("\u{2581}the"));
+    assert_eq!(tok.token_to_id("\u{2581}the"), Some(506));
+    assert_eq!(tok.token_text(262_144), None);
+}
+
 #[test]
 fn a_dummy_prefix_vocabulary_matches_sentencepiece() {
     check("prefix.json");

@@ -257,6 +257,8 @@ public:
         out.resize(n);
         return out;
     }
+    /// The number of tokens (prompt and generated).
+    size_t length() const { return static_cast<size_t>(stats().length); }
     /// Statistics since creation or the last reset.
     subspec_sequence_stats stats() const {
         subspec_sequence_stats s{};
@@ -339,6 +341,16 @@ public:
         if (st != SUBSPEC_STATUS_BUFFER_TOO_SMALL) detail::check(st);
         std::string s(needed, '\0');
         detail::check(subspec_detokenize(h_.get(), ids.data(), ids.size(), s.data(), s.size(), &needed));
+        s.resize(needed - 1);
+        return s;
+    }
+    /// The vocabulary's own string for `token` (e.g. "Ġthe"), as llama_vocab_get_text.
+    std::string token_text(int32_t token) const {
+        size_t needed = 0;
+        subspec_status st = subspec_token_text(h_.get(), token, nullptr, 0, &needed);
+        if (st != SUBSPEC_STATUS_BUFFER_TOO_SMALL) detail::check(st);
+        std::string s(needed, '\0');
+        detail::check(subspec_token_text(h_.get(), token, s.data(), s.size(), &needed));
         s.resize(needed - 1);
         return s;
     }

@@ -209,6 +209,7 @@ int main(int argc, char **argv) {
         auto p = e.tokenize("The three primary colours are");
         CHECK(p == ids(fixture(dir, "smollm2")["prompt"]));
         CHECK(e.detokenize(p) == "The three primary colours are");
+        CHECK(e.token_text(p[1]) == "\xc4\xa0three" && e.token_text(2) == "<|im_end|>");
         CHECK(e.eos_ids().size() >= 1 && e.is_eos(e.eos_ids()[0]));
     }
     std::printf("cpp: %d passed, %d failed\n", passed, failed);

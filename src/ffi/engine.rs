@@ -587,6 +587,44 @@ pub unsafe extern "C" fn subspec_token_to_id(
     }
 }
 
+/// Writes the vocabulary's own string for `token` (e.g. `"Ġthe"` in a byte-level BPE
+/// vocabulary, `"▁the"` or `"<0x0A>"` in a SentencePiece one, `"<|im_end|>"`), not its
+/// decoded text, NUL-terminated into `buf` (capacity `cap` bytes). The same string as
+/// llama.cpp's `llama_vocab_get_text` and the `tokenizer.ggml.tokens` entry of a GGUF
+/// file: hosts compare vocabularies with it. `*needed` (when not NULL) receives the size
+/// including the NUL, also on `BUFFER_TOO_SMALL` (then nothing is written to `buf`).
+/// `INVALID_TOKEN` for an id outside the tokenizer's vocabulary
+/// (`subspec_model_info.tokenizer_vocab_size`); `TOKENIZER` when the engine has none.
+///
+/// # Safety
+/// `engine` NULL or live; `buf` NULL or valid for `cap` writes; `needed` NULL or valid.
+#[no_mangle]
+pub unsafe extern "C" fn subspec_token_text(
+    engine: *const subspec_engine,
+    token: i32,
+    buf: *mut c_char,
+    cap: usize,
+    needed: *mut usize,
+) -> subspec_status {
+    // SAFETY: the caller's guarantee.
+    unsafe {
+        with_engine(engine, |e| {
+            let tok = e.engine.tokenizer()?;
+            let id = token_ids(&[token])?[0];
+            let text = tok.token_text(id).ok_or_else(|| {
+                Failure::new(
+                    subspec_status::InvalidToken,
+                    format!(
+                        "token id {token} is outside the tokenizer's vocabulary of {} tokens",
+                        tok.vocab_size()
+                    ),
+                )
+            })?;
+            write_string(&text, buf, cap, needed)
+        })
+    }
+}
+
 /// Tokenizes the NUL-terminated UTF-8 `text` (with the model's special tokens such as BOS
 /// when `add_special`) into `out` (capacity `cap`), writing the count to `*n_out`.
 /// `BUFFER_TOO_SMALL`: only `*n_out` (the count needed) is written. `out` may be NULL when

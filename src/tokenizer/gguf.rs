@@ -428,7 +428,17 @@ impl Tokenizer {
             })?,
             None => ChatTemplate::chatml(&bos, &eos),
         };
-        Ok(Tokenizer { inner, chat })
+        let spelled = (0..v.tokens.len() as u32)
+            .filter_map(|i| {
+                let own = &v.tokens[i as usize];
+                (inner.id_to_token(i).as_ref() != Some(own)).then(|| (i, own.clone()))
+            })
+            .collect();
+        Ok(Tokenizer {
+            inner,
+            chat,
+            spelled,
+        })
     }
 }
 

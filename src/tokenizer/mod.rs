@@ -15,6 +15,9 @@ use crate::error::{Error, ErrorKind, Result};
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     chat: ChatTemplate,
+    /// The file's own string for the ids whose piece the tokenizer holds spelled
+    /// differently (a GGUF's whitespace pieces, written with spaces, are held with `▁`).
+    spelled: std::collections::HashMap<u32, String>,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -134,6 +137,7 @@ pub(crate) fn fuzz_load(bytes: &[u8]) -> Result<usize> {
     round_trip(&Tokenizer {
         inner,
         chat: ChatTemplate::chatml("", ""),
+        spelled: Default::default(),
     })
 }
 
@@ -180,6 +184,7 @@ impl Tokenizer {
         Ok(Tokenizer {
             inner,
             chat: dir_chat_template(dir)?,
+            spelled: Default::default(),
         })
     }
 
@@ -220,6 +225,15 @@ impl Tokenizer {
     /// The id of a token string, if it exists.
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)
+    }
+
+    /// The vocabulary's own string for `id` (e.g. `"Ġthe"`, `"▁the"`, `"<0x0A>"`,
+    /// `"<|im_end|>"`), not its decoded text; `None` outside the vocabulary.
+    pub fn token_text(&self, id: u32) -> Option<String> {
+        match self.spelled.get(&id) {
+            Some(s) => Some(s.clone()),
+            None => self.inner.id_to_token(id),
+        }
     }
 }
 

@@ -344,6 +344,7 @@ static void test_null_pointers(subspec_engine *e) {
     CHECK_STATUS(subspec_tokenize(e, "a", false, buf, 8, NULL), SUBSPEC_STATUS_NULL_POINTER, "n_out");
     CHECK_STATUS(subspec_detokenize(NULL, in, 1, text, 64, &n), SUBSPEC_STATUS_NULL_POINTER, "engine");
     CHECK_STATUS(subspec_detokenize(e, NULL, 1, text, 64, &n), SUBSPEC_STATUS_NULL_POINTER, "tokens");
+    CHECK_STATUS(subspec_token_text(NULL, 1, text, 64, &n), SUBSPEC_STATUS_NULL_POINTER, "engine");
 
     /* last_error: a size query with buf NULL, and a too-small buffer. */
     size_t needed = 0;
@@ -385,6 +386,7 @@ static void test_metadata_tiny(subspec_engine *e) {
     CHECK_STATUS(subspec_tokenize(e, "a", false, NULL, 0, &n), SUBSPEC_STATUS_TOKENIZER, "tokenizer.json");
     int32_t bad[1] = {500};
     CHECK_STATUS(subspec_detokenize(e, bad, 1, text, 16, &needed), SUBSPEC_STATUS_INVALID_TOKEN, "500");
+    CHECK_STATUS(subspec_token_text(e, 1, text, 16, &needed), SUBSPEC_STATUS_TOKENIZER, "tokenizer.json");
 }
 
 /* Greedy and seeded sampling, speculative and plain, equal the Rust engine's output. */
@@ -814,6 +816,19 @@ static void test_tokenizer_smollm2(subspec_engine *e, const ids_t *prompt) {
           "detokenize: %s", buf);
     CHECK(subspec_token_to_id(e, "<|im_end|>", &id) == SUBSPEC_STATUS_OK && id == 2, "im_end %d", id);
     CHECK(subspec_token_to_id(e, "no such token, surely", &id) == SUBSPEC_STATUS_OK && id == -1, "unknown");
+
+    /* The vocabulary's own strings (what llama_vocab_get_text gives), not decoded text. */
+    CHECK(subspec_token_text(e, 2, buf, sizeof buf, &needed) == SUBSPEC_STATUS_OK &&
+              strcmp(buf, "<|im_end|>") == 0 && needed == sizeof "<|im_end|>",
+          "token_text(2): %s", buf);
+    CHECK(subspec_token_text(e, prompt->ids[1], buf, sizeof buf, NULL) == SUBSPEC_STATUS_OK &&
+              strncmp(buf, "\xc4\xa0", 2) == 0,
+          "token_text of a word after a space starts with U+0120: %s", buf);
+    memcpy(buf, "keep", 5);
+    CHECK_STATUS(subspec_token_text(e, 2, buf, 4, &needed), SUBSPEC_STATUS_BUFFER_TOO_SMALL, "needed");
+    CHECK(needed == sizeof "<|im_end|>" && strcmp(buf, "keep") == 0, "token_text too small: %zu", needed);
+    CHECK_STATUS(subspec_token_text(e, 49152, buf, sizeof buf, NULL), SUBSPEC_STATUS_INVALID_TOKEN, "49152 tokens");
+    CHECK_STATUS(subspec_token_text(e, -1, buf, sizeof buf, NULL), SUBSPEC_STATUS_INVALID_TOKEN, "non-negative");
 
     /* The model's own chat template (SmolLM2 adds its default system turn). */
     const char *roles[] = {"user"}, *contents[] = {"hi"};

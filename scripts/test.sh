@@ -24,3 +24,6 @@ target/serve-venv/bin/python tests/serve/test_openai.py target/release/subspec m
 # The C ABI from C (also under valgrind), C++, Go and Node; installs gcc, valgrind,
 # golang-go, nodejs/npm and cmake from Debian when missing.
 bash scripts/test-bindings.sh
+# bindings/llama.cpp against a pinned llama.cpp built from the llama-cpp-python sdist
+# (cmake and c++ are installed by test-bindings.sh; the build is reused under target/).
+bash scripts/test-llama-cpp.sh

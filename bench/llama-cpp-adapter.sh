@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The llama.cpp adapter's speed (docs/BENCHMARKS.md): bindings/llama.cpp/bench.cpp on the
+# F16 GGUF of Qwen2.5-Coder-0.5B (gguf-py dequantizes the Q4_K_M test model and writes F16,
+# as `llama-quantize --allow-requantize ... F16` would), llama.cpp's own decoding and the
+# adapter resident and offloaded, greedy and a top-p/temperature chain, in one run.
+#
+#   bash bench/llama-cpp-adapter.sh [bench args: -n 64 --requests 4 --budget 720 --threads 2]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root="$PWD"
+bash scripts/llama-cpp.sh
+src="$root/target/llama.cpp/src"
+bin="$root/target/llama.cpp/build/bin"
+work="$root/target/llama-adapter"
+mkdir -p "$work" models/.cache/derived
+[[ -f target/release/libsubspec.so ]] || cargo build --release --lib
+f16=models/.cache/derived/qwen2.5-coder-0.5b-f16.gguf
+[[ -f "$f16" ]] || python3 scripts/requantize.py models/.cache/gguf/Qwen2.5-Coder-0.5B-Instruct.gguf "$f16" F16
+c++ -std=c++17 -O2 -Wall -Wextra -Werror -I include -I bindings/cpp -I bindings/llama.cpp -I "$src/include" \
+    -I "$src/ggml/include" -I "$src/vendor" bindings/llama.cpp/bench.cpp -L target/release -lsubspec \
+    -L "$bin" -lllama -lggml -lggml-base "-Wl,-rpath,$root/target/release" "-Wl,-rpath,$bin" -o "$work/bench"
+"$work/bench" -m "$f16" --prompts bench/prompts.jsonl "$@"

@@ -11,13 +11,10 @@ cd "$(dirname "$0")/.."
 LIMIT="${1:-3}"
 MAX_NEW="${2:-64}"
 Q4=models/.cache/gguf/Qwen2.5-Coder-0.5B-Instruct.gguf
-Q8=models/.cache/derived/Qwen2.5-Coder-0.5B-Instruct.Q8_0.gguf
+Q8=models/.cache/derived/qwen2.5-coder-0.5b-instruct-q8_0.gguf
 F16=models/qwen2.5-coder-0.5b-instruct
 bash scripts/fetch-models.sh qwen2.5-coder-0.5b-instruct
-if [ ! -f "$Q8" ]; then
-    mkdir -p "$(dirname "$Q8")"
-    python3 scripts/requantize.py "$Q4" "$Q8" Q8_0
-fi
+bash scripts/fetch-models.sh qwen2.5-coder-0.5b-instruct --gguf Q8_0
 cargo build --release --quiet -p subspec-cli
 bin=./target/release/subspec
 for m in "$F16" "$Q8" "$Q4"; do

@@ -12,10 +12,10 @@ bash scripts/llama-cpp.sh
 src="$root/target/llama.cpp/src"
 bin="$root/target/llama.cpp/build/bin"
 work="$root/target/llama-adapter"
-mkdir -p "$work" models/.cache/derived
+mkdir -p "$work"
 [[ -f target/release/libsubspec.so ]] || cargo build --release --lib
-f16=models/.cache/derived/qwen2.5-coder-0.5b-f16.gguf
-[[ -f "$f16" ]] || python3 scripts/requantize.py models/.cache/gguf/Qwen2.5-Coder-0.5B-Instruct.gguf "$f16" F16
+bash scripts/fetch-models.sh qwen2.5-coder-0.5b-instruct --gguf F16
+f16=models/.cache/derived/qwen2.5-coder-0.5b-instruct-f16.gguf
 c++ -std=c++17 -O2 -Wall -Wextra -Werror -I include -I bindings/cpp -I bindings/llama.cpp -I "$src/include" \
     -I "$src/ggml/include" -I "$src/vendor" bindings/llama.cpp/bench.cpp -L target/release -lsubspec \
     -L "$bin" -lllama -lggml -lggml-base "-Wl,-rpath,$root/target/release" "-Wl,-rpath,$bin" -o "$work/bench"

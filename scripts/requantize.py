@@ -10,6 +10,7 @@ For benchmarks of the same model in several forms (docs/BENCHMARKS.md); needs gg
 numpy (scripts/fetch-models.sh installs them).
 """
 
+import os
 import sys
 
 import numpy as np
@@ -21,15 +22,15 @@ FILE_TYPE = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q5_0": 8, "Q5
              "BF16": 32}
 
 
-def main() -> int:
-    if len(sys.argv) != 4 or sys.argv[3] not in FILE_TYPE:
-        print(__doc__, file=sys.stderr)
-        return 2
-    src, dst, name = sys.argv[1:]
+def requantize(src: str, dst: str, name: str) -> int:
+    """Writes `dst`: `src` with every matrix as `name` (a FILE_TYPE key); returns the
+    number of tensors. Writes to a temporary name first, so an interrupted run leaves no
+    `dst` behind."""
     qtype = gguf.GGMLQuantizationType[name]
     r = gguf.GGUFReader(src)
     arch = r.fields["general.architecture"].contents()
-    w = gguf.GGUFWriter(dst, arch)
+    tmp = dst + ".partial"
+    w = gguf.GGUFWriter(tmp, arch)
     for f in r.fields.values():
         if f.name.startswith("GGUF.") or f.name in ("general.architecture", "general.file_type"):
             continue
@@ -53,7 +54,17 @@ def main() -> int:
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    print(f"wrote {dst}: {len(r.tensors)} tensors, matrices as {name}")
+    os.replace(tmp, dst)
+    return len(r.tensors)
+
+
+def main() -> int:
+    if len(sys.argv) != 4 or sys.argv[3] not in FILE_TYPE:
+        print(__doc__, file=sys.stderr)
+        return 2
+    src, dst, name = sys.argv[1:]
+    n = requantize(src, dst, name)
+    print(f"wrote {dst}: {n} tensors, matrices as {name}")
     return 0
 
 

@@ -14,13 +14,13 @@ bash scripts/llama-cpp.sh
 src="$root/target/llama.cpp/src"
 bin="$root/target/llama.cpp/build/bin"
 work="$root/target/llama-adapter"
-mkdir -p "$work" models/.cache/derived
+mkdir -p "$work"
 
 # The F16 GGUF both decode: gguf-py dequantizes SmolLM2's Q4_1 matrices and writes them
 # as F16 (what `llama-quantize --allow-requantize ... F16` does); one token renamed in a
 # copy, for the vocabulary check.
-f16=models/.cache/derived/smollm2-f16.gguf
-[[ -f "$f16" ]] || python3 scripts/requantize.py models/.cache/gguf/SmolLM2-135M-Instruct.Q4_1.gguf "$f16" F16
+bash scripts/fetch-models.sh smollm2-135m-instruct --gguf F16
+f16=models/.cache/derived/smollm2-135m-instruct-f16.gguf
 renamed="$work/smollm2-renamed.gguf"
 [[ -f "$renamed" ]] || python3 bindings/llama.cpp/rename_token.py "$f16" "$renamed" 1000 renamed-token
 

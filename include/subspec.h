@@ -136,7 +136,8 @@ enum subspec_status
   SUBSPEC_STATUS_DEVICE_UNAVAILABLE = 8,
   // "tokenizer error": the tokenizer is missing or failed.
   SUBSPEC_STATUS_TOKENIZER = 9,
-  // "aborted": aborted by the caller (progress or abort callback).
+  // "aborted": aborted by the caller (a load's progress or abort callback, or
+  // `subspec_sequence_abort` during a step, an iteration's begin or an eval).
   SUBSPEC_STATUS_ABORTED = 10,
   // "internal error": a bug: an internal invariant was violated.
   SUBSPEC_STATUS_INTERNAL = 11,
@@ -534,6 +535,28 @@ SUBSPEC_API subspec_status subspec_engine_step_params_init(const struct subspec_
 // `engine` NULL or a live engine handle; `out` NULL or valid for a write.
 SUBSPEC_API subspec_status subspec_sequence_create(const struct subspec_engine *engine, struct subspec_sequence **out);
 
+// Asks the call running on `seq` (on another thread) to stop: `subspec_step`,
+// `subspec_iter_begin` or `subspec_sequence_eval` polls the request before every decoder
+// layer (a streamed target pass stops within one layer's transfer, a draft between its
+// steps) and then fails with `ABORTED`, the sequence exactly as before that call. The
+// one thread-safe call on a sequence in use: any thread, any time, cheap (a flag). A
+// request is taken by the call it stops; one made while no call runs stops the next call
+// on `seq` at its first layer, unless withdrawn with [`subspec_sequence_clear_abort`]
+// (a binding that aborts on a cancelled context clears after each call, so that a
+// cancellation arriving just after the call returned does not stop the next one).
+// Statuses: `OK`; `NULL_POINTER`.
+//
+// # Safety
+// `seq` NULL or a live sequence handle (not freed concurrently).
+SUBSPEC_API subspec_status subspec_sequence_abort(const struct subspec_sequence *seq);
+
+// Withdraws an abort request ([`subspec_sequence_abort`]) that no call has taken.
+// Thread-safe like it. Statuses: `OK`; `NULL_POINTER`.
+//
+// # Safety
+// `seq` NULL or a live sequence handle (not freed concurrently).
+SUBSPEC_API subspec_status subspec_sequence_clear_abort(const struct subspec_sequence *seq);
+
 // Frees a sequence (and its reference to the engine); NULL is a no-op.
 //
 // # Safety
@@ -587,7 +610,8 @@ SUBSPEC_API subspec_status subspec_sequence_get_stats(const struct subspec_seque
 // `speculate` without a draft; the sequence is empty and `n_input` is 0, e.g. after a
 // reset; in use on another thread; `params->struct_size` 0, below the 0.2.0 layout, or
 // larger with a field this library does not know set); `CONTEXT_FULL`; `INVALID_STATE`
-// (a host-sampled iteration is open: [`subspec_iter_end`] or cancel it first); `PANIC`.
+// (a host-sampled iteration is open: [`subspec_iter_end`] or cancel it first); `ABORTED`
+// ([`subspec_sequence_abort`]); an I/O or device error; `PANIC`.
 // After any failure the sequence is exactly as before the call (input not appended,
 // statistics unchanged) and `*n_out` and `out` are untouched.
 //
@@ -615,8 +639,9 @@ SUBSPEC_API subspec_status subspec_step(struct subspec_sequence *seq, const stru
 // `INVALID_TOKEN`; `INVALID_ARGUMENT` (tree parameter out of range; `speculate` without
 // a draft; empty sequence and `n_input` 0; in use on another thread; bad
 // `params->struct_size`); `CONTEXT_FULL`; `INVALID_STATE` (an iteration is open
-// already); `PANIC`. After any failure the sequence is exactly as before the call (input
-// not appended) and no new iteration is open.
+// already); `ABORTED` ([`subspec_sequence_abort`]); an I/O or device error; `PANIC`.
+// After any failure the sequence is exactly as before the call (input not appended)
+// and no new iteration is open.
 //
 // # Safety
 // `seq` NULL or a live sequence handle; `params` NULL or an initialized struct valid for
@@ -699,7 +724,8 @@ SUBSPEC_API subspec_status subspec_iter_cancel(struct subspec_sequence *seq);
 // with `n_input > 0`); `BUFFER_TOO_SMALL` (`cap` below the vocabulary size: only
 // `*n_vocab` is written, with the size needed); `INVALID_TOKEN`; `INVALID_ARGUMENT`
 // (empty sequence and `n_input` 0; in use on another thread); `CONTEXT_FULL`;
-// `INVALID_STATE` (a host-sampled iteration is open); `PANIC`. After any failure the
+// `INVALID_STATE` (a host-sampled iteration is open); `ABORTED`
+// ([`subspec_sequence_abort`]); `PANIC`. After any failure the
 // sequence is exactly as before the call and `logits` is untouched.
 //
 // # Safety

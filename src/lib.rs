@@ -62,6 +62,7 @@ pub use quant::{QuantConfig, QuantMethod};
 pub use sample::SamplingParams;
 pub use spec::{SpecStats, TreeParams};
 pub use tokenizer::{ChatMessage, ChatTemplate, TextStream, Tokenizer};
+pub use util::AbortHandle;
 
 /// The library version (from Cargo.toml).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -6,6 +6,8 @@
 //! the reader restarts and the sequence goes on to exactly the tokens a fault-free run
 //! gives, plain and speculative; a stall only delays. No reader thread or file
 //! descriptor is left behind. A fault while loading resident weights fails the load.
+//! An abort requested from another thread while a pass waits on a stalled read stops the
+//! step at the next layer boundary, with the same guarantees (issue 17, item 3).
 //!
 //! The fault plan is process-wide, so these tests take turns.
 
@@ -186,4 +188,97 @@ fn a_failed_read_of_resident_weights_fails_the_load() {
     s.append(&PROMPT).unwrap();
     s.step(&StepOptions::plain(SamplingParams::greedy()))
         .unwrap();
+}
+
+#[test]
+fn an_abort_mid_pass_stops_at_the_next_layer_and_changes_nothing() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    faults::clear();
+    let engine = offloaded();
+    for opts in modes(&engine) {
+        let want = {
+            let mut s = engine.new_sequence().unwrap();
+            s.append(&PROMPT).unwrap();
+            s.generate(&opts, 12, |_| true).unwrap()
+        };
+        let mut seq = engine.new_sequence().unwrap();
+        seq.append(&PROMPT).unwrap();
+        seq.step(&opts).unwrap();
+        let before = seq.tokens().to_vec();
+        let stats = seq.stats().clone();
+        // A read of the next target pass stalls; once it has begun, another thread asks
+        // the sequence to stop: the pass may finish the layer it waits for, no more.
+        faults::inject(Fault::Stall(Duration::from_millis(300)), 10 * PER_LAYER, 1);
+        let handle = seq.abort_handle();
+        let aborter = std::thread::spawn(move || {
+            let t0 = Instant::now();
+            while faults::pending() > 0 && t0.elapsed() < Duration::from_secs(30) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            handle.abort();
+        });
+        let e = seq.step(&opts).expect_err("the abort must stop the step");
+        aborter.join().unwrap();
+        assert_eq!(e.kind(), ErrorKind::Aborted, "{e}");
+        assert!(e.message().contains("before decoder layer"), "{e}");
+        eprintln!(
+            "{}: {e}",
+            if opts.speculate {
+                "speculative"
+            } else {
+                "plain"
+            }
+        );
+        assert!(
+            !seq.abort_handle().is_requested(),
+            "the step took the request"
+        );
+        assert_eq!(seq.tokens(), &before[..], "{opts:?}: the sequence changed");
+        assert_eq!(seq.stats(), &stats, "{opts:?}: the statistics changed");
+        while seq.len() < PROMPT.len() + 12 {
+            seq.step(&opts).unwrap();
+        }
+        assert_eq!(
+            &seq.tokens()[PROMPT.len()..PROMPT.len() + 12],
+            &want[..],
+            "{opts:?}"
+        );
+        drop(seq);
+        wait_for_readers(1);
+    }
+}
+
+#[test]
+fn an_abort_requested_between_calls_stops_the_next_one_unless_cleared() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    faults::clear();
+    let engine = Engine::load(&options(None)).unwrap();
+    let opts = StepOptions::speculative(SamplingParams::greedy()).with_tree(engine.default_tree());
+    let mut seq = engine.new_sequence().unwrap();
+    seq.append(&PROMPT).unwrap();
+    let handle = seq.abort_handle();
+    handle.abort();
+    let e = seq.step(&opts).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Aborted);
+    assert!(e.message().contains("before decoder layer 0"), "{e}");
+    assert_eq!(seq.tokens(), &PROMPT[..]);
+    assert_eq!(seq.stats().iterations, 0);
+    // Taken once: the next call runs. A withdrawn request stops nothing.
+    handle.abort();
+    handle.clear();
+    let got = seq.step(&opts).unwrap();
+    assert!(!got.is_empty());
+    // Eval and a host-sampled iteration's begin stop the same way.
+    let len = seq.len();
+    handle.abort();
+    assert_eq!(seq.eval(&[]).unwrap_err().kind(), ErrorKind::Aborted);
+    handle.abort();
+    assert_eq!(
+        seq.begin(&[], &opts).unwrap_err().kind(),
+        ErrorKind::Aborted
+    );
+    assert!(!seq.is_iterating());
+    assert_eq!(seq.len(), len);
+    seq.begin(&[], &opts).unwrap();
+    seq.cancel().unwrap();
 }

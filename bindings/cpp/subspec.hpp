@@ -243,6 +243,13 @@ public:
         return out;
     }
 
+    /// Asks the call running on this sequence (on another thread) to stop before its next
+    /// decoder layer: it throws SUBSPEC_STATUS_ABORTED, the sequence unchanged. The one
+    /// call safe on a sequence in use. A request made while no call runs stops the next.
+    void abort() const { detail::check(subspec_sequence_abort(h_.get())); }
+    /// Withdraws a request no call has taken.
+    void clear_abort() const { detail::check(subspec_sequence_clear_abort(h_.get())); }
+
     /// Empties the sequence and its statistics.
     void reset() { detail::check(subspec_sequence_reset(h_.get())); }
     /// Keeps the first `len` tokens.

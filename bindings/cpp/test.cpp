@@ -2,6 +2,7 @@
 // Rust engine's (fixtures from `cargo test --test ffi`).
 //
 //   test FIXTURE_DIR
+#include <chrono>
 #include <cstdio>
 #include <fstream>
 #include <map>
@@ -210,6 +211,24 @@ int main(int argc, char **argv) {
         CHECK(p == ids(fixture(dir, "smollm2")["prompt"]));
         CHECK(e.detokenize(p) == "The three primary colours are");
         CHECK(e.token_text(p[1]) == "\xc4\xa0three" && e.token_text(2) == "<|im_end|>");
+        // An abort from another thread stops a long prefill mid-way; the sequence unchanged.
+        subspec::Sequence s = e.new_sequence();
+        std::vector<int32_t> longp;
+        while (longp.size() < 600) longp.insert(longp.end(), p.begin(), p.end());
+        std::thread stopper([&] {
+            std::this_thread::sleep_for(std::chrono::milliseconds(20));
+            s.abort();
+        });
+        bool stopped = false;
+        try {
+            s.step(longp, subspec::StepParams().speculate(false), 1);
+        } catch (const subspec::Error &err) {
+            stopped = err.status() == SUBSPEC_STATUS_ABORTED && s.length() == 0;
+        }
+        stopper.join();
+        s.clear_abort();
+        CHECK(stopped);
+        CHECK(s.step(p, subspec::StepParams().speculate(false), 1).size() == 1);
         CHECK(e.eos_ids().size() >= 1 && e.is_eos(e.eos_ids()[0]));
     }
     std::printf("cpp: %d passed, %d failed\n", passed, failed);

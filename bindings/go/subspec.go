@@ -24,6 +24,8 @@ package subspec
 import "C"
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"runtime"
 	"unsafe"
@@ -440,6 +442,92 @@ func (s *Sequence) Generate(prompt []int32, p *StepParams, maxNew int) ([]int32,
 		}
 	}
 	return out, nil
+}
+
+// StepContext is Step that ctx can stop: when ctx is cancelled or its deadline passes
+// during the call, the step stops before its next decoder layer (a streamed target pass
+// within one layer's transfer, a draft between its steps) and returns an error that
+// errors.Is matches to ctx.Err(); the sequence is unchanged and can be stepped again.
+func (s *Sequence) StepContext(ctx context.Context, input []int32, p *StepParams, maxTokens int) ([]int32, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	done, stopped := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(stopped)
+		select {
+		case <-ctx.Done():
+			C.subspec_sequence_abort(s.h)
+		case <-done:
+		}
+	}()
+	out, err := s.Step(input, p, maxTokens)
+	close(done)
+	<-stopped
+	// A cancellation that came just after the step returned must not stop the next one.
+	C.subspec_sequence_clear_abort(s.h)
+	runtime.KeepAlive(s)
+	var se *Error
+	if errors.As(err, &se) && se.Status == StatusAborted && ctx.Err() != nil {
+		return nil, &ContextError{Context: ctx.Err(), Step: se}
+	}
+	return out, err
+}
+
+// ContextError is a step stopped by its context: errors.Is(err, context.Canceled) (or
+// context.DeadlineExceeded) holds, and Step is the library's ABORTED error.
+type ContextError struct {
+	Context error
+	Step    *Error
+}
+
+func (e *ContextError) Error() string { return fmt.Sprintf("%v: %v", e.Context, e.Step) }
+
+// Unwrap gives the context's error.
+func (e *ContextError) Unwrap() error { return e.Context }
+
+// GenerateContext is Generate that ctx can stop (see StepContext): it returns the tokens
+// generated before the cancellation, which the sequence keeps, and the context error.
+func (s *Sequence) GenerateContext(ctx context.Context, prompt []int32, p *StepParams, maxNew int) ([]int32, error) {
+	var out []int32
+	err := s.stream(ctx, prompt, p, maxNew, func(t int32) { out = append(out, t) })
+	return out, err
+}
+
+// Stream generates like GenerateContext on its own goroutine and sends each token on the
+// returned channel as its step produces it; the channel is closed at the end (an EOS
+// token, maxNew tokens, an error or ctx's cancellation), after which wait returns the
+// error (nil when generation ended normally). Read the channel to its end; do not use
+// the sequence until then.
+func (s *Sequence) Stream(ctx context.Context, prompt []int32, p *StepParams, maxNew int) (tokens <-chan int32, wait func() error) {
+	ch := make(chan int32, 64)
+	var err error
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		defer close(ch)
+		err = s.stream(ctx, prompt, p, maxNew, func(t int32) { ch <- t })
+	}()
+	return ch, func() error { <-finished; return err }
+}
+
+func (s *Sequence) stream(ctx context.Context, prompt []int32, p *StepParams, maxNew int, emit func(int32)) error {
+	input := prompt
+	for n := 0; n < maxNew; {
+		got, err := s.StepContext(ctx, input, p, maxNew-n)
+		if err != nil {
+			return err
+		}
+		input = nil
+		for _, t := range got {
+			emit(t)
+		}
+		n += len(got)
+		if s.hasEOS(got) {
+			break
+		}
+	}
+	return nil
 }
 
 func (s *Sequence) hasEOS(ids []int32) bool {

@@ -1,6 +1,7 @@
 package subspec
 
 import (
+	"context"
 	"errors"
 	"os"
 	"path/filepath"
@@ -8,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 // fixtures is where `cargo test --test ffi` wrote the expected outputs (and the C suite
@@ -365,5 +367,82 @@ func TestHostSampling(t *testing.T) {
 	}
 	if after, _ := b.Stats(); after.Length != before.Length || before.Generated != 32 {
 		t.Fatalf("cancel: %d tokens, want %d (generated %d)", after.Length, before.Length, before.Generated)
+	}
+}
+
+// A context cancels a generation mid-step (through the library's abort, between decoder
+// layers); the sequence keeps what was generated before and goes on to exactly the
+// tokens an uninterrupted generation gives.
+func TestContextCancellation(t *testing.T) {
+	want := expected(t, "smollm2")
+	if _, err := os.Stat(want["model"]); err != nil {
+		t.Skip("SmolLM2 not fetched")
+	}
+	eng, err := Load(want["model"], &LoadOptions{ContextLength: 1024})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer eng.Close()
+	prompt := parseIDs(want["prompt"])
+	p, _ := eng.StepParams()
+
+	// A long prompt's prefill, cancelled 20 ms in: stopped mid-step, nothing changed.
+	seq, _ := eng.NewSequence()
+	defer seq.Close()
+	long := make([]int32, 0, 600)
+	for len(long) < 600 {
+		long = append(long, prompt...)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	t0 := time.Now()
+	_, err = seq.StepContext(ctx, long, &p, 8)
+	var ce *ContextError
+	if !errors.Is(err, context.DeadlineExceeded) || !errors.As(err, &ce) || ce.Step.Status != StatusAborted {
+		t.Fatalf("a step past its deadline: %v", err)
+	}
+	if st, _ := seq.Stats(); st.Length != 0 {
+		t.Fatalf("the aborted step left %d tokens", st.Length)
+	}
+	t.Logf("aborted %v after the call began: %v", time.Since(t0), err)
+	// An expired context fails before the call; the sequence works afterwards.
+	if _, err := seq.StepContext(ctx, prompt, &p, 8); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("an expired context: %v", err)
+	}
+
+	// The reference, uninterrupted.
+	ref, _ := eng.NewSequence()
+	defer ref.Close()
+	full, err := ref.Generate(prompt, &p, 48)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Streamed, cancelled after the first tokens arrive.
+	ctx2, cancel2 := context.WithCancel(context.Background())
+	defer cancel2()
+	tokens, wait := seq.Stream(ctx2, prompt, &p, 48)
+	var got []int32
+	for tok := range tokens {
+		got = append(got, tok)
+		if len(got) == 1 {
+			cancel2()
+		}
+	}
+	if err := wait(); !errors.Is(err, context.Canceled) {
+		t.Fatalf("a cancelled stream: %v (%d tokens)", err, len(got))
+	}
+	if len(got) >= len(full) || !equal(got, full[:len(got)]) {
+		t.Fatalf("before the cancellation: %v, want a proper prefix of %v", got, full)
+	}
+	// Reuse: the sequence holds the prompt and what was streamed; it continues exactly.
+	if st, _ := seq.Stats(); st.Length != uint64(len(prompt)+len(got)) {
+		t.Fatalf("after the cancellation the sequence has %d tokens, want %d", st.Length, len(prompt)+len(got))
+	}
+	rest, err := seq.GenerateContext(context.Background(), nil, &p, len(full)-len(got))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !equal(append(got, rest...), full) {
+		t.Fatalf("resumed: %v, want %v", append(got, rest...), full)
 	}
 }

@@ -110,6 +110,17 @@ export declare class Sequence {
   step(input?: ArrayLike<number>, options?: StepOptions, maxTokens?: number): number[];
   /** Steps from `prompt` until an EOS token or `maxNew` tokens. */
   generate(prompt: ArrayLike<number>, options?: StepOptions, maxNew?: number): number[];
+  /** `step` on a worker thread (the event loop keeps running); `signal` stops it before
+   * its next decoder layer: rejects with a SubspecError of status ABORTED (`cause`: the
+   * signal's reason), the sequence unchanged. One call at a time per sequence. */
+  stepAsync(input?: ArrayLike<number>, options?: StepOptions, maxTokens?: number,
+    opts?: { signal?: AbortSignal }): Promise<number[]>;
+  /** `generate` with asynchronous steps; rejects on abort (earlier steps' tokens kept). */
+  generateAsync(prompt: ArrayLike<number>, options?: StepOptions, maxNew?: number,
+    opts?: { signal?: AbortSignal }): Promise<number[]>;
+  /** The new tokens as an async iterator, one asynchronous step at a time. */
+  stream(prompt: ArrayLike<number>, options?: StepOptions, maxNew?: number,
+    opts?: { signal?: AbortSignal }): AsyncGenerator<number, void, undefined>;
   /** Opens a host-sampled iteration: appends `input`, drafts and verifies a tree. */
   iterBegin(input?: ArrayLike<number>, options?: StepOptions): void;
   /** The target's exact logits at the current position. */

@@ -4,7 +4,8 @@
 // else as libsubspec.so on the system library path.
 //
 // An Engine may be shared; a Sequence keeps its engine's model alive, so close() order
-// does not matter. Calls are synchronous (a step blocks the event loop for one iteration).
+// does not matter. Calls are synchronous (a step blocks the event loop for one iteration),
+// except stepAsync, generateAsync and stream, whose steps run on a worker thread.
 
 const fs = require('fs');
 const path = require('path');
@@ -123,6 +124,8 @@ const C = {
   iterCancel: lib.func('subspec_status subspec_iter_cancel(subspec_sequence *seq)'),
   seqEval: lib.func('subspec_status subspec_sequence_eval(subspec_sequence *seq, const int32_t *input, size_t n_input, _Out_ float *logits, size_t cap, _Out_ size_t *n_vocab)'),
   step: lib.func('subspec_status subspec_step(subspec_sequence *seq, const subspec_step_params *params, const int32_t *input, size_t n_input, _Out_ int32_t *out, size_t out_capacity, _Out_ size_t *n_out)'),
+  seqAbort: lib.func('subspec_status subspec_sequence_abort(const subspec_sequence *seq)'),
+  seqClearAbort: lib.func('subspec_status subspec_sequence_clear_abort(const subspec_sequence *seq)'),
 };
 
 /** Status codes of the C ABI (SUBSPEC_STATUS_*; test/subspec.test.js checks them against
@@ -160,9 +163,12 @@ const sequences = new FinalizationRegistry((h) => C.seqFree(h));
 
 class Sequence {
   /** @internal */
-  constructor(handle, eos) {
+  constructor(handle, eos, engine) {
     this._h = handle;
     this._eos = eos;
+    this._engine = engine; // for its last error after an asynchronous call
+    this._pending = 0; // asynchronous calls in flight: close() waits for them
+    this._closing = false;
     sequences.register(this, handle, this);
   }
 
@@ -190,6 +196,61 @@ class Sequence {
       if (got.some((t) => this._eos.includes(t))) break;
     }
     return out;
+  }
+
+  /** `step` on a worker thread: resolves with the new tokens while the event loop keeps
+   * running. `signal` (an AbortSignal) stops the step before its next decoder layer: it
+   * rejects with a SubspecError of status ABORTED (`cause`: the signal's reason) and the
+   * sequence is unchanged. One call at a time per sequence. */
+  stepAsync(input = [], options = {}, maxTokens = 1024, { signal } = {}) {
+    const h = this._handle();
+    if (signal && signal.aborted) {
+      return Promise.reject(aborted(signal, 'aborted before the step began'));
+    }
+    const params = stepParams(options);
+    const inp = Int32Array.from(input);
+    const out = new Int32Array(Math.max(1, maxTokens));
+    const n = [0];
+    const onAbort = () => C.seqAbort(h);
+    if (signal) signal.addEventListener('abort', onAbort, { once: true });
+    this._pending++;
+    return new Promise((resolve, reject) => {
+      C.step.async(h, params, inp.length ? inp : null, inp.length, out, out.length, n, (err, status) => {
+        if (signal) signal.removeEventListener('abort', onAbort);
+        // A signal that fired just after the step returned must not stop the next one.
+        C.seqClearAbort(h);
+        const message = status !== Status.OK && !err ? this._engine._lastError() : '';
+        this._pending--;
+        if (this._closing && this._pending === 0) this.close();
+        if (err) reject(err);
+        else if (status === Status.ABORTED && signal && signal.aborted) reject(aborted(signal, message));
+        else if (status !== Status.OK) reject(new SubspecError(status, message));
+        else resolve(Array.from(out.subarray(0, Number(n[0]))));
+        void inp; // the input buffer lives until the call is over
+      });
+    });
+  }
+
+  /** `generate` with asynchronous steps (see stepAsync); rejects on abort, the tokens of
+   * the steps before it kept by the sequence. */
+  async generateAsync(prompt, options = {}, maxNew = 256, { signal } = {}) {
+    const out = [];
+    for await (const t of this.stream(prompt, options, maxNew, { signal })) out.push(t);
+    return out;
+  }
+
+  /** The new tokens as an async iterator, step by step (asynchronous steps): until an EOS
+   * token, `maxNew` tokens, or `signal` aborts (the iterator then throws). */
+  async *stream(prompt, options = {}, maxNew = 256, { signal } = {}) {
+    let input = prompt;
+    let n = 0;
+    while (n < maxNew) {
+      const got = await this.stepAsync(input, options, maxNew - n, { signal });
+      input = [];
+      n += got.length;
+      yield* got;
+      if (got.some((t) => this._eos.includes(t))) break;
+    }
   }
 
   // ---- host-owned sampling: iterBegin, (iterLogits, your sampler, iterPush)* while
@@ -290,13 +351,25 @@ class Sequence {
     };
   }
 
+  /** Frees the sequence (idempotent); with asynchronous calls in flight, once they end. */
   close() {
+    if (this._pending > 0) {
+      this._closing = true;
+      return;
+    }
     if (this._h) {
       sequences.unregister(this);
       C.seqFree(this._h);
       this._h = null;
     }
   }
+}
+
+/** The rejection of an aborted asynchronous step. */
+function aborted(signal, message) {
+  const e = new SubspecError(Status.ABORTED, message);
+  e.cause = signal.reason;
+  return e;
 }
 
 /** An output struct: zeroed, with struct_size set (the library fills the rest). */
@@ -406,7 +479,18 @@ class Engine {
     const eos = this.eosIds();
     const out = [null];
     check(C.seqCreate(this._handle(), out));
-    return new Sequence(out[0], eos);
+    return new Sequence(out[0], eos, this);
+  }
+
+  /** @internal The last failure on this engine (an asynchronous call's, read back on the
+   * event loop's thread), or a fixed message once the engine is closed. */
+  _lastError() {
+    if (!this._h) return 'the call failed (its engine is closed: no message)';
+    const needed = [0];
+    C.lastError(this._h, null, 0, needed);
+    const buf = Buffer.alloc(Number(needed[0]));
+    C.lastError(this._h, buf, buf.length, needed);
+    return buf.toString('utf8', 0, Math.max(0, buf.length - 1));
   }
 
   close() {

@@ -23,7 +23,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use clap::Args;
 use serde_json::{json, Map, Value};
-use subspec::{ChatMessage, Engine, Error, SamplingParams, StepOptions, TextStream};
+use subspec::{ChatMessage, Engine, Error, ErrorKind, SamplingParams, StepOptions, TextStream};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
@@ -384,11 +384,12 @@ async fn start(state: &Arc<AppState>, req: GenRequest) -> ApiResult<mpsc::Receiv
         .map_err(|_| ApiError::internal(&Error::internal("the slot semaphore closed")))?;
     let (tx, rx) = mpsc::channel(256);
     let st = state.clone();
+    let rt = tokio::runtime::Handle::current();
     std::thread::Builder::new()
         .name("subspec-gen".into())
         .spawn(move || {
             st.running.fetch_add(1, Ordering::SeqCst);
-            let r = generate(&st, &req, &tx);
+            let r = generate(&st, &req, &tx, &rt);
             if let Err(e) = r {
                 st.metrics.errors.fetch_add(1, Ordering::Relaxed);
                 let _ = tx.blocking_send(Chunk::Failed(e.to_string()));
@@ -414,12 +415,34 @@ fn floor_boundary(s: &str, mut i: usize) -> usize {
 }
 
 /// Runs one generation on this thread, sending text as it is decided (text that could
-/// still be the start of a stop string is held back).
-fn generate(st: &AppState, req: &GenRequest, tx: &mpsc::Sender<Chunk>) -> Result<(), Error> {
+/// still be the start of a stop string is held back). A client that goes away stops the
+/// step in progress before its next decoder layer (`rt` watches the channel).
+fn generate(
+    st: &AppState,
+    req: &GenRequest,
+    tx: &mpsc::Sender<Chunk>,
+    rt: &tokio::runtime::Handle,
+) -> Result<(), Error> {
+    let mut seq = st.engine.new_sequence()?;
+    seq.append(&req.prompt)?;
+    let (abort, watched) = (seq.abort_handle(), tx.clone());
+    let watcher = rt.spawn(async move {
+        watched.closed().await;
+        abort.abort();
+    });
+    let r = generate_on(st, req, tx, &mut seq);
+    watcher.abort();
+    r
+}
+
+fn generate_on(
+    st: &AppState,
+    req: &GenRequest,
+    tx: &mpsc::Sender<Chunk>,
+    seq: &mut subspec::Sequence,
+) -> Result<(), Error> {
     let engine = &st.engine;
     let tok = engine.tokenizer()?;
-    let mut seq = engine.new_sequence()?;
-    seq.append(&req.prompt)?;
     let mut stream = TextStream::new(tok);
     let hold = req.stop.iter().map(String::len).max().unwrap_or(1) - 1;
     let mut text = String::new();
@@ -434,7 +457,14 @@ fn generate(st: &AppState, req: &GenRequest, tx: &mpsc::Sender<Chunk>) -> Result
             break;
         }
         let step = req.step.with_max_tokens(req.max_tokens - produced);
-        let new = seq.step(&step)?;
+        let new = match seq.step(&step) {
+            Err(e) if e.kind() == ErrorKind::Aborted && tx.is_closed() => {
+                st.metrics.cancelled.fetch_add(1, Ordering::Relaxed);
+                reason = "cancelled";
+                break;
+            }
+            r => r?,
+        };
         produced += new.len();
         let eos = new.iter().position(|&t| engine.is_eos(t));
         let keep = &new[..eos.unwrap_or(new.len())];

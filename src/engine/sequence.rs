@@ -16,6 +16,7 @@ use crate::model::{KvCache, Pass};
 use crate::sample::{sample, SamplingParams};
 use crate::spec::draft::{draft_tree, DraftLimits};
 use crate::spec::{accept_from, NodeLogits, SpecStats, Tree, Walk};
+use crate::util::AbortHandle;
 
 /// A verified tree and the target's residual stream of its nodes; a node's logits are
 /// computed as a walk asks for them. Asked for a node it has no row for, it computes that
@@ -140,6 +141,13 @@ impl Sequence {
             stats: SpecStats::default(),
             open: None,
         }
+    }
+
+    /// The flag that stops this sequence's running call from another thread: before its
+    /// next decoder layer (so between draft steps too), with `ErrorKind::Aborted` and the
+    /// sequence as before the call. See [`AbortHandle`].
+    pub fn abort_handle(&self) -> AbortHandle {
+        self.cache.abort_handle().clone()
     }
 
     /// The engine this sequence runs on.

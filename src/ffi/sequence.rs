@@ -13,6 +13,7 @@ use super::*;
 use crate::engine::{Sequence, StepOptions};
 use crate::sample::SamplingParams;
 use crate::spec::TreeParams;
+use crate::util::AbortHandle;
 
 /// A sequence: one conversation with its own KV cache. It holds a reference to its
 /// engine, so it stays valid after `subspec_free(engine)`.
@@ -20,6 +21,8 @@ use crate::spec::TreeParams;
 pub struct subspec_sequence {
     engine: Arc<subspec_engine>,
     seq: Mutex<Sequence>,
+    /// The sequence's abort flag, outside the lock: another thread sets it mid-call.
+    abort: AbortHandle,
 }
 
 impl Castable for subspec_sequence {
@@ -239,9 +242,52 @@ pub unsafe extern "C" fn subspec_sequence_create(
             let seq = engine.engine.new_sequence()?;
             let handle = box_into_handle(subspec_sequence {
                 engine,
+                abort: seq.abort_handle(),
                 seq: Mutex::new(seq),
             });
             out.write(handle);
+            Ok(())
+        })
+    }
+}
+
+/// Asks the call running on `seq` (on another thread) to stop: `subspec_step`,
+/// `subspec_iter_begin` or `subspec_sequence_eval` polls the request before every decoder
+/// layer (a streamed target pass stops within one layer's transfer, a draft between its
+/// steps) and then fails with `ABORTED`, the sequence exactly as before that call. The
+/// one thread-safe call on a sequence in use: any thread, any time, cheap (a flag). A
+/// request is taken by the call it stops; one made while no call runs stops the next call
+/// on `seq` at its first layer, unless withdrawn with [`subspec_sequence_clear_abort`]
+/// (a binding that aborts on a cancelled context clears after each call, so that a
+/// cancellation arriving just after the call returned does not stop the next one).
+/// Statuses: `OK`; `NULL_POINTER`.
+///
+/// # Safety
+/// `seq` NULL or a live sequence handle (not freed concurrently).
+#[no_mangle]
+pub unsafe extern "C" fn subspec_sequence_abort(seq: *const subspec_sequence) -> subspec_status {
+    // SAFETY: the caller's guarantee.
+    unsafe {
+        with_sequence(seq, |s| {
+            s.abort.abort();
+            Ok(())
+        })
+    }
+}
+
+/// Withdraws an abort request ([`subspec_sequence_abort`]) that no call has taken.
+/// Thread-safe like it. Statuses: `OK`; `NULL_POINTER`.
+///
+/// # Safety
+/// `seq` NULL or a live sequence handle (not freed concurrently).
+#[no_mangle]
+pub unsafe extern "C" fn subspec_sequence_clear_abort(
+    seq: *const subspec_sequence,
+) -> subspec_status {
+    // SAFETY: the caller's guarantee.
+    unsafe {
+        with_sequence(seq, |s| {
+            s.abort.clear();
             Ok(())
         })
     }
@@ -420,7 +466,8 @@ pub unsafe extern "C" fn subspec_sequence_get_stats(
 /// `speculate` without a draft; the sequence is empty and `n_input` is 0, e.g. after a
 /// reset; in use on another thread; `params->struct_size` 0, below the 0.2.0 layout, or
 /// larger with a field this library does not know set); `CONTEXT_FULL`; `INVALID_STATE`
-/// (a host-sampled iteration is open: [`subspec_iter_end`] or cancel it first); `PANIC`.
+/// (a host-sampled iteration is open: [`subspec_iter_end`] or cancel it first); `ABORTED`
+/// ([`subspec_sequence_abort`]); an I/O or device error; `PANIC`.
 /// After any failure the sequence is exactly as before the call (input not appended,
 /// statistics unchanged) and `*n_out` and `out` are untouched.
 ///
@@ -496,8 +543,9 @@ pub unsafe extern "C" fn subspec_step(
 /// `INVALID_TOKEN`; `INVALID_ARGUMENT` (tree parameter out of range; `speculate` without
 /// a draft; empty sequence and `n_input` 0; in use on another thread; bad
 /// `params->struct_size`); `CONTEXT_FULL`; `INVALID_STATE` (an iteration is open
-/// already); `PANIC`. After any failure the sequence is exactly as before the call (input
-/// not appended) and no new iteration is open.
+/// already); `ABORTED` ([`subspec_sequence_abort`]); an I/O or device error; `PANIC`.
+/// After any failure the sequence is exactly as before the call (input not appended)
+/// and no new iteration is open.
 ///
 /// # Safety
 /// `seq` NULL or a live sequence handle; `params` NULL or an initialized struct valid for
@@ -679,7 +727,8 @@ pub unsafe extern "C" fn subspec_iter_cancel(seq: *mut subspec_sequence) -> subs
 /// with `n_input > 0`); `BUFFER_TOO_SMALL` (`cap` below the vocabulary size: only
 /// `*n_vocab` is written, with the size needed); `INVALID_TOKEN`; `INVALID_ARGUMENT`
 /// (empty sequence and `n_input` 0; in use on another thread); `CONTEXT_FULL`;
-/// `INVALID_STATE` (a host-sampled iteration is open); `PANIC`. After any failure the
+/// `INVALID_STATE` (a host-sampled iteration is open); `ABORTED`
+/// ([`subspec_sequence_abort`]); `PANIC`. After any failure the
 /// sequence is exactly as before the call and `logits` is untouched.
 ///
 /// # Safety

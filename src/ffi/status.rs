@@ -52,7 +52,8 @@ pub enum subspec_status {
     DeviceUnavailable = 8,
     /// "tokenizer error": the tokenizer is missing or failed.
     Tokenizer = 9,
-    /// "aborted": aborted by the caller (progress or abort callback).
+    /// "aborted": aborted by the caller (a load's progress or abort callback, or
+    /// `subspec_sequence_abort` during a step, an iteration's begin or an eval).
     Aborted = 10,
     /// "internal error": a bug: an internal invariant was violated.
     Internal = 11,

@@ -3,6 +3,7 @@
 
 use crate::backend::Backend;
 use crate::error::Result;
+use crate::util::AbortHandle;
 
 /// Key/value cache of one sequence: `len()` committed slots, then scratch slots written by
 /// the latest forward that are not committed yet.
@@ -10,9 +11,17 @@ pub struct KvCache<B: Backend> {
     pub(super) store: B::Kv,
     pub(super) committed: usize,
     pub(super) capacity: usize,
+    /// Polled before every decoder layer of a forward over this cache (its sequence's
+    /// abort requests).
+    pub(super) abort: AbortHandle,
 }
 
 impl<B: Backend> KvCache<B> {
+    /// The flag that stops a forward over this cache before its next layer.
+    pub fn abort_handle(&self) -> &AbortHandle {
+        &self.abort
+    }
+
     /// Number of committed positions.
     pub fn len(&self) -> usize {
         self.committed

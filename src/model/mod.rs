@@ -26,6 +26,7 @@ use crate::backend::{AttnMask, AttnShape, Backend};
 use crate::checkpoint::{Activation, Linear, ModelConfig, Weights};
 use crate::error::{Error, ErrorKind, Result};
 use crate::plan::Placement;
+use crate::util::AbortHandle;
 
 /// Which weights a forward runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,6 +168,7 @@ impl<B: Backend> Model<B> {
             store: self.backend.kv_new(c.n_layers, c.kv_dim(), capacity)?,
             committed: 0,
             capacity,
+            abort: AbortHandle::default(),
         })
     }
 
@@ -292,6 +294,7 @@ impl<B: Backend> Model<B> {
             _ => None,
         };
         for (li, l) in self.layers.iter().enumerate() {
+            cache.abort.check(|| format!("before decoder layer {li}"))?;
             // Attention block: norm, q/k/v projections (q/k norms), rotary, cache write,
             // attention, o (its sandwich norm).
             be.rms_norm(&x, &l.input_norm, c.rms_eps, &mut h)?;

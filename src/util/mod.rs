@@ -1,10 +1,12 @@
 //! Small shared utilities with no model knowledge: byte sizes for people, the CPU's SIMD
-//! features (detected once, used by the CPU kernels and the quantizer), and handing freed
-//! heap memory back to the system.
+//! features (detected once, used by the CPU kernels and the quantizer), handing freed
+//! heap memory back to the system, and the flag that stops a sequence's call mid-way.
 
+mod abort;
 pub(crate) mod bytes;
 pub(crate) mod isa;
 
+pub use abort::AbortHandle;
 pub use bytes::{human, parse_bytes};
 
 /// Hands the heap's free memory back to the system (glibc's `malloc_trim`; elsewhere

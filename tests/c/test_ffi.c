@@ -670,6 +670,25 @@ static void test_sequence_errors(subspec_engine *e, const char *model) {
     CHECK_STATUS(subspec_sequence_tokens(s, toks, 1, &len), SUBSPEC_STATUS_BUFFER_TOO_SMALL, "needed");
     CHECK(len == after, "tokens needed %zu", len);
 
+    /* An abort request (any thread) stops the next call at its first layer; taken once,
+     * withdrawable; the sequence unchanged. */
+    CHECK_STATUS(subspec_sequence_abort(NULL), SUBSPEC_STATUS_NULL_POINTER, "seq");
+    CHECK_STATUS(subspec_sequence_clear_abort(NULL), SUBSPEC_STATUS_NULL_POINTER, "seq");
+    CHECK(subspec_sequence_abort(s) == SUBSPEC_STATUS_OK, "abort");
+    CHECK_STATUS(subspec_step(s, &sp, NULL, 0, out, 64, &n), SUBSPEC_STATUS_ABORTED, "before decoder layer 0");
+    float lg[256];
+    size_t nv = 0;
+    CHECK(subspec_sequence_abort(s) == SUBSPEC_STATUS_OK, "abort");
+    CHECK_STATUS(subspec_sequence_eval(s, NULL, 0, lg, 256, &nv), SUBSPEC_STATUS_ABORTED, "aborted by request");
+    CHECK(subspec_sequence_abort(s) == SUBSPEC_STATUS_OK, "abort");
+    CHECK_STATUS(subspec_iter_begin(s, &sp, NULL, 0), SUBSPEC_STATUS_ABORTED, "aborted by request");
+    subspec_sequence_get_stats(s, &stats);
+    CHECK(stats.length == after && stats.iterations == iters, "an aborted call changed the sequence");
+    CHECK(subspec_sequence_abort(s) == SUBSPEC_STATUS_OK && subspec_sequence_clear_abort(s) == SUBSPEC_STATUS_OK,
+          "abort, clear");
+    CHECK(subspec_step(s, &sp, NULL, 0, out, 1, &n) == SUBSPEC_STATUS_OK && n == 1, "a withdrawn request stops nothing");
+    CHECK(subspec_sequence_truncate(s, after) == SUBSPEC_STATUS_OK, "truncate back");
+
     /* Truncate to the prompt (prompt reuse) and continue: the same tokens again. */
     CHECK_STATUS(subspec_sequence_truncate(s, after + 1), SUBSPEC_STATUS_INVALID_ARGUMENT, "cannot truncate");
     CHECK(subspec_sequence_truncate(s, prompt.n) == SUBSPEC_STATUS_OK, "truncate");

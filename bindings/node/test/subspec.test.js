@@ -174,3 +174,72 @@ test('host-owned sampling: a stateful host sampler walks trees exactly as it dec
   b.close();
   e.close();
 });
+
+test('asynchronous steps: two generations at once while the event loop keeps running', async () => {
+  const want = fixture('smollm2');
+  if (!fs.existsSync(want.model)) return;
+  const e = subspec.load(want.model, { contextLength: 1024 });
+  const prompt = ids(want.prompt);
+  const a = e.newSequence();
+  const b = e.newSequence();
+  const sync = e.newSequence();
+  const greedy = sync.generate(prompt, {}, 32);
+  const sampledSync = e.newSequence().generate(prompt, sampled, 32);
+  let ticks = 0;
+  const timer = setInterval(() => { ticks++; }, 5);
+  const t0 = Date.now();
+  const [ga, gb] = await Promise.all([a.generateAsync(prompt, {}, 32), b.generateAsync(prompt, sampled, 32)]);
+  const ms = Date.now() - t0;
+  clearInterval(timer);
+  assert.deepStrictEqual(ga, greedy);
+  assert.deepStrictEqual(gb, sampledSync);
+  // The loop ran all along: at least a third of the 5 ms ticks the elapsed time allows.
+  assert.ok(ticks >= Math.floor(ms / 15), `${ticks} timer ticks in ${ms} ms`);
+  console.log(`# async: two generations in ${ms} ms, ${ticks} timer ticks meanwhile`);
+  // The async iterator gives the same tokens, step by step.
+  const c = e.newSequence();
+  const streamed = [];
+  for await (const t of c.stream(prompt, {}, 32)) streamed.push(t);
+  assert.deepStrictEqual(streamed, greedy);
+  for (const s of [a, b, c, sync]) s.close();
+  e.close();
+});
+
+test('an AbortSignal stops an asynchronous step mid-way; the sequence goes on unchanged', async () => {
+  const want = fixture('smollm2');
+  if (!fs.existsSync(want.model)) return;
+  const e = subspec.load(want.model, { contextLength: 1024 });
+  const prompt = ids(want.prompt);
+  const full = e.newSequence().generate(prompt, {}, 24);
+  const s = e.newSequence();
+  // A 600-token prefill, aborted 20 ms in.
+  let long = [];
+  while (long.length < 600) long = long.concat(prompt);
+  const controller = new AbortController();
+  setTimeout(() => controller.abort(new Error('client went away')), 20);
+  await assert.rejects(s.stepAsync(long, {}, 8, { signal: controller.signal }),
+    (err) => err.status === subspec.Status.ABORTED && err.cause.message === 'client went away' &&
+      err.detail.includes('before decoder layer'));
+  assert.strictEqual(s.stats().length, 0);
+  await assert.rejects(s.stepAsync(prompt, {}, 8, { signal: controller.signal }),
+    (err) => err.status === subspec.Status.ABORTED);
+  // Aborted after the first streamed tokens: what came before stays, the rest follows exactly.
+  const c2 = new AbortController();
+  const got = [];
+  await assert.rejects((async () => {
+    for await (const t of s.stream(prompt, {}, 24, { signal: c2.signal })) {
+      got.push(t);
+      c2.abort();
+    }
+  })(), (err) => err.status === subspec.Status.ABORTED);
+  assert.ok(got.length >= 1 && got.length < full.length);
+  assert.deepStrictEqual(got, full.slice(0, got.length));
+  const rest = await s.generateAsync([], {}, full.length - got.length);
+  assert.deepStrictEqual(got.concat(rest), full);
+  // Closing while a step is in flight frees the sequence once it ends.
+  const p = s.stepAsync([], {}, 4);
+  s.close();
+  await p;
+  assert.throws(() => s.step([1]), (err) => err.status === subspec.Status.NULL_POINTER);
+  e.close();
+});

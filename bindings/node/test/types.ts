@@ -19,5 +19,13 @@ try {
   if (e instanceof SubspecError && e.status === Status.INVALID_TOKEN) console.log(e.detail);
 }
 console.log(version, stats.tau, text, engine.info().architecture);
-seq.close();
-engine.close();
+const controller = new AbortController();
+async function streamed(): Promise<number[]> {
+  const got: number[] = await seq.stepAsync([1, 2], {}, 8, { signal: controller.signal });
+  for await (const t of seq.stream([], { temperature: 0 }, 16)) got.push(t);
+  return got.concat(await seq.generateAsync([], {}, 4, { signal: controller.signal }));
+}
+streamed().then((t) => console.log(t.length)).finally(() => {
+  seq.close();
+  engine.close();
+});

@@ -7,16 +7,8 @@
 #   bash bench/llama-cpp-adapter.sh [bench args: -n 64 --requests 4 --budget 720 --threads 2]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-root="$PWD"
-bash scripts/llama-cpp.sh
-src="$root/target/llama.cpp/src"
-bin="$root/target/llama.cpp/build/bin"
-work="$root/target/llama-adapter"
-mkdir -p "$work"
-[[ -f target/release/libsubspec.so ]] || cargo build --release --lib
+source scripts/llama-cpp-env.sh
 bash scripts/fetch-models.sh qwen2.5-coder-0.5b-instruct --gguf F16
 f16=models/.cache/derived/qwen2.5-coder-0.5b-instruct-f16.gguf
-c++ -std=c++17 -O2 -Wall -Wextra -Werror -I include -I bindings/cpp -I bindings/llama.cpp -I "$src/include" \
-    -I "$src/ggml/include" -I "$src/vendor" bindings/llama.cpp/bench.cpp -L target/release -lsubspec \
-    -L "$bin" -lllama -lggml -lggml-base "-Wl,-rpath,$root/target/release" "-Wl,-rpath,$bin" -o "$work/bench"
+c++ "${adapter_flags[@]}" -O2 bindings/llama.cpp/bench.cpp "${adapter_libs[@]}" -o "$work/bench"
 "$work/bench" -m "$f16" --prompts bench/prompts.jsonl "$@"

@@ -9,12 +9,7 @@
 # (scripts/fetch-models.sh, which also installs gguf-py), cmake and a C++17 compiler.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-root="$PWD"
-bash scripts/llama-cpp.sh
-src="$root/target/llama.cpp/src"
-bin="$root/target/llama.cpp/build/bin"
-work="$root/target/llama-adapter"
-mkdir -p "$work"
+source scripts/llama-cpp-env.sh
 
 # The F16 GGUF both decode: gguf-py dequantizes SmolLM2's Q4_1 matrices and writes them
 # as F16 (what `llama-quantize --allow-requantize ... F16` does); one token renamed in a
@@ -24,19 +19,15 @@ f16=models/.cache/derived/smollm2-135m-instruct-f16.gguf
 renamed="$work/smollm2-renamed.gguf"
 [[ -f "$renamed" ]] || python3 bindings/llama.cpp/rename_token.py "$f16" "$renamed" 1000 renamed-token
 
-flags=(-std=c++17 -Wall -Wextra -Werror -I include -I bindings/cpp -I bindings/llama.cpp
-       -I "$src/include" -I "$src/ggml/include")
-libs=(-L target/release -lsubspec -L "$bin" -lllama -lggml -lggml-base
-      "-Wl,-rpath,$root/target/release" "-Wl,-rpath,$bin")
-c++ "${flags[@]}" -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer \
-    -I "$src/vendor" bindings/llama.cpp/test.cpp "${libs[@]}" -o "$work/test"
-c++ "${flags[@]}" -O2 bindings/llama.cpp/simple.cpp "${libs[@]}" -o "$work/simple"
+c++ "${adapter_flags[@]}" -I tests/c -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all \
+    -fno-omit-frame-pointer bindings/llama.cpp/test.cpp "${adapter_libs[@]}" -o "$work/test"
+c++ "${adapter_flags[@]}" -O2 bindings/llama.cpp/simple.cpp "${adapter_libs[@]}" -o "$work/simple"
 
 echo "== llama.cpp adapter: test (ASan + UBSan)"
 "$work/test" --f16 "$f16" --renamed "$renamed" \
     --other models/.cache/gguf/Qwen2.5-Coder-0.5B-Instruct.gguf \
     --other models/.cache/gguf/gemma-3-270m-Q4_K_M.gguf \
-    --json-grammar "$src/grammars/json.gbnf" 2>&1 | grep -v -E "^(llama_|gguf_init)"
+    --json-grammar "$llama_src/grammars/json.gbnf" 2>&1 | grep -v -E "^(llama_|gguf_init)"
 echo "== llama.cpp adapter: simple"
 out=$("$work/simple" -m "$f16" -n 24 "The three primary colours are")
 echo "$out"

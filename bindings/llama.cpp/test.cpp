@@ -26,20 +26,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "check.h"  // tests/c: CHECK(cond, fmt, ...) and the counters
 #include "subspec_llama.hpp"
-
-static int passed = 0, failed = 0;
-#define CHECK(cond, ...)                                       \
-    do {                                                       \
-        if (cond) {                                            \
-            passed++;                                          \
-        } else {                                               \
-            failed++;                                          \
-            std::fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
-            std::fprintf(stderr, __VA_ARGS__);                 \
-            std::fprintf(stderr, "\n");                        \
-        }                                                      \
-    } while (0)
 
 using Tokens = std::vector<llama_token>;
 

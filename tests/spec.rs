@@ -151,6 +151,44 @@ fn prefilling_the_prompt_first_changes_nothing() {
     }
 }
 
+/// A server keeps a sequence between requests and runs only what a new prompt does not
+/// share with it: the kept KV (written by a speculative generation's verification
+/// passes) must be what a fresh prefill writes, so the answer is the fresh sequence's.
+#[test]
+fn reusing_the_kv_of_an_earlier_generation_changes_nothing() {
+    // Steps until the sequence holds `len` tokens (an end-of-text token does not stop it)
+    // and returns the first `len`.
+    fn run_to(seq: &mut subspec::Sequence, opts: &StepOptions, len: usize) -> Vec<u32> {
+        while seq.len() < len {
+            seq.step(opts).unwrap();
+        }
+        seq.tokens()[..len].to_vec()
+    }
+    for qwen2 in [false, true] {
+        let engine = tiny_engine(if qwen2 { "reuse-q" } else { "reuse-l" }, qwen2);
+        for sampling in samplings() {
+            let opts = StepOptions::speculative(sampling);
+            let first: Vec<u32> = (0..40).map(|j| (j * 29 + 3) % 128).collect();
+            let mut seq = engine.new_sequence().unwrap();
+            seq.append(&first).unwrap();
+            let answer = run_to(&mut seq, &opts, first.len() + 20)[first.len()..].to_vec();
+            // The follow-up turn: the first prompt, part of the answer, new tokens.
+            let mut next = first.clone();
+            next.extend_from_slice(&answer[..12]);
+            next.extend_from_slice(&[(answer[12] + 1) % 128, 8, 9]);
+            let keep = first.len() + 12;
+            seq.truncate(keep);
+            assert_eq!(seq.cached(), keep, "the kept prefix's KV stays");
+            seq.append(&next[keep..]).unwrap();
+            let reused = run_to(&mut seq, &opts, next.len() + 16);
+            let mut fresh = engine.new_sequence().unwrap();
+            fresh.append(&next).unwrap();
+            let want = run_to(&mut fresh, &opts, next.len() + 16);
+            assert_eq!(reused, want, "qwen2={qwen2}, {sampling:?}");
+        }
+    }
+}
+
 #[test]
 fn speculation_stops_at_the_context_limit_like_plain() {
     let engine = tiny_engine("spec-ctx", false); // context 256

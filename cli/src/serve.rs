@@ -1,17 +1,19 @@
 //! `subspec serve`: an OpenAI- and llama.cpp-server-compatible HTTP server.
 //!
 //! The HTTP side runs on a tokio runtime (axum); every generation runs on its own OS
-//! thread owning one `Sequence` of the shared `Engine`, and sends its text back over a
-//! channel, so the async runtime never blocks on the model. At most `--parallel`
-//! generations run at once; further requests wait in a bounded queue (`--queue`), and a
-//! request that finds the queue full gets 503 with `Retry-After`. A client that goes
-//! away drops the channel's receiver; the generation thread sees that at its next step
-//! boundary and stops, freeing its slot.
+//! thread with one of the server's `--parallel` slots, and sends its text back over a
+//! channel, so the async runtime never blocks on the model. A slot is a `Sequence` of the
+//! shared `Engine`, made at start and kept: a request takes the free slot whose tokens
+//! share the longest prefix with its prompt and runs only the rest (the prefix's KV is
+//! what a fresh prefill computes, bit for bit), and no KV cache is allocated per request.
+//! Further requests wait in a bounded queue (`--queue`), and a request that finds the
+//! queue full gets 503 with `Retry-After`. A client that goes away drops the channel's
+//! receiver; its step stops before the next decoder layer, freeing its slot.
 
 use std::convert::Infallible;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
@@ -43,7 +45,7 @@ pub struct ServeArgs {
     /// Port to listen on.
     #[arg(long, default_value_t = 8080)]
     port: u16,
-    /// Generations that run at once (each on its own thread and sequence).
+    /// Generations that run at once (slots: each a sequence with its own KV cache).
     #[arg(long, default_value_t = 1)]
     parallel: usize,
     /// Requests that may wait for a free slot; one more gets 503 with Retry-After.
@@ -65,6 +67,8 @@ struct Metrics {
     errors: AtomicU64,
     cancelled: AtomicU64,
     prompt_tokens: AtomicU64,
+    /// Prompt tokens whose KV a slot already held from an earlier request.
+    cached_prompt_tokens: AtomicU64,
     generated_tokens: AtomicU64,
     /// Target passes (speculative iterations or plain steps) over all generations.
     target_passes: AtomicU64,
@@ -77,6 +81,8 @@ struct AppState {
     model_name: String,
     step: StepOptions,
     slots: Arc<Semaphore>,
+    /// The slots no generation holds; a semaphore permit guarantees one is here.
+    idle: Mutex<Vec<subspec::Sequence>>,
     parallel: usize,
     queue_cap: usize,
     /// Requests admitted and not yet finished (running plus waiting).
@@ -334,6 +340,18 @@ impl AppState {
     }
 }
 
+impl AppState {
+    /// Takes the idle slot whose tokens share the longest prefix with `prompt` (the
+    /// caller holds a permit, so one is idle; a new sequence stands in if one was lost).
+    fn take_slot(&self, prompt: &[u32]) -> Result<subspec::Sequence, Error> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        match (0..idle.len()).max_by_key(|&i| common_prefix(idle[i].tokens(), prompt)) {
+            Some(best) => Ok(idle.swap_remove(best)),
+            None => self.engine.new_sequence(),
+        }
+    }
+}
+
 /// What a generation thread sends back.
 enum Chunk {
     Text(String),
@@ -345,6 +363,8 @@ enum Chunk {
 struct Finish {
     reason: &'static str,
     prompt_tokens: usize,
+    /// Prompt tokens whose KV the slot held already (not run again).
+    cached_tokens: usize,
     completion_tokens: usize,
 }
 
@@ -389,7 +409,11 @@ async fn start(state: &Arc<AppState>, req: GenRequest) -> ApiResult<mpsc::Receiv
         .name("subspec-gen".into())
         .spawn(move || {
             st.running.fetch_add(1, Ordering::SeqCst);
-            let r = generate(&st, &req, &tx, &rt);
+            let r = st.take_slot(&req.prompt).and_then(|mut seq| {
+                let r = generate(&st, &req, &tx, &rt, &mut seq);
+                st.idle.lock().unwrap_or_else(|e| e.into_inner()).push(seq);
+                r
+            });
             if let Err(e) = r {
                 st.metrics.errors.fetch_add(1, Ordering::Relaxed);
                 let _ = tx.blocking_send(Chunk::Failed(e.to_string()));
@@ -422,22 +446,41 @@ fn generate(
     req: &GenRequest,
     tx: &mpsc::Sender<Chunk>,
     rt: &tokio::runtime::Handle,
+    seq: &mut subspec::Sequence,
 ) -> Result<(), Error> {
-    let mut seq = st.engine.new_sequence()?;
-    seq.append(&req.prompt)?;
-    let (abort, watched) = (seq.abort_handle(), tx.clone());
+    // Keep the slot's KV for the prefix this prompt shares with its tokens; at least the
+    // prompt's last token runs again, for the logits of the first new one.
+    let keep = common_prefix(seq.tokens(), &req.prompt).min(req.prompt.len() - 1);
+    seq.truncate(keep);
+    let cached = seq.cached();
+    seq.append(&req.prompt[keep..])?;
+    // The watcher may fire at any moment, also after the generation ended; it aborts
+    // through `armed`, which is emptied before the flag is cleared for the slot's next
+    // request.
+    let armed = Arc::new(Mutex::new(Some(seq.abort_handle())));
+    let (trigger, watched) = (armed.clone(), tx.clone());
     let watcher = rt.spawn(async move {
         watched.closed().await;
-        abort.abort();
+        if let Some(h) = trigger.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            h.abort();
+        }
     });
-    let r = generate_on(st, req, tx, &mut seq);
+    let r = generate_on(st, req, cached, tx, seq);
     watcher.abort();
+    armed.lock().unwrap_or_else(|e| e.into_inner()).take();
+    seq.abort_handle().clear();
     r
+}
+
+/// How many leading tokens `a` and `b` share.
+fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
 fn generate_on(
     st: &AppState,
     req: &GenRequest,
+    cached: usize,
     tx: &mpsc::Sender<Chunk>,
     seq: &mut subspec::Sequence,
 ) -> Result<(), Error> {
@@ -449,6 +492,7 @@ fn generate_on(
     let mut sent = 0usize;
     let mut produced = 0usize;
     let mut reason = "length";
+    let passes_before = seq.stats().iterations;
     let t0 = Instant::now();
     while produced < req.max_tokens && seq.len() < engine.max_context() {
         if tx.is_closed() {
@@ -511,15 +555,18 @@ fn generate_on(
     let s = seq.stats();
     m.prompt_tokens
         .fetch_add(req.prompt.len() as u64, Ordering::Relaxed);
+    m.cached_prompt_tokens
+        .fetch_add(cached as u64, Ordering::Relaxed);
     m.generated_tokens
         .fetch_add(produced as u64, Ordering::Relaxed);
     m.target_passes
-        .fetch_add(s.iterations as u64, Ordering::Relaxed);
+        .fetch_add((s.iterations - passes_before) as u64, Ordering::Relaxed);
     m.generate_us
         .fetch_add(t0.elapsed().as_micros() as u64, Ordering::Relaxed);
     let _ = tx.blocking_send(Chunk::Done(Finish {
         reason,
         prompt_tokens: req.prompt.len(),
+        cached_tokens: cached,
         completion_tokens: produced,
     }));
     Ok(())
@@ -542,7 +589,8 @@ async fn collect(mut rx: mpsc::Receiver<Chunk>) -> ApiResult<(String, Finish)> {
 
 fn usage(f: &Finish) -> Value {
     json!({"prompt_tokens": f.prompt_tokens, "completion_tokens": f.completion_tokens,
-           "total_tokens": f.prompt_tokens + f.completion_tokens})
+           "total_tokens": f.prompt_tokens + f.completion_tokens,
+           "prompt_tokens_details": {"cached_tokens": f.cached_tokens}})
 }
 
 fn now_s() -> u64 {
@@ -600,7 +648,7 @@ fn sse(api: Api, model: String, rx: mpsc::Receiver<Chunk>) -> Response {
                 None => json!({"content": delta.unwrap_or(""), "stop": false}),
                 Some(f) => {
                     json!({"content": "", "stop": true, "stop_type": if f.reason == "stop" { "eos" } else { "limit" },
-                    "tokens_predicted": f.completion_tokens, "tokens_evaluated": f.prompt_tokens, "model": model})
+                    "tokens_predicted": f.completion_tokens, "tokens_evaluated": f.prompt_tokens, "tokens_cached": f.cached_tokens, "model": model})
                 }
             },
         }
@@ -746,7 +794,7 @@ async fn llama_completion(State(st): State<Arc<AppState>>, body: Bytes) -> ApiRe
     Ok(Json(json!({
         "content": text, "stop": true, "model": st.model_name,
         "stop_type": if f.reason == "stop" { "eos" } else { "limit" },
-        "tokens_predicted": f.completion_tokens, "tokens_evaluated": f.prompt_tokens,
+        "tokens_predicted": f.completion_tokens, "tokens_evaluated": f.prompt_tokens, "tokens_cached": f.cached_tokens,
     }))
     .into_response())
 }
@@ -839,6 +887,7 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
 # HELP subspec_requests_failed_total Generations that failed.\n# TYPE subspec_requests_failed_total counter\nsubspec_requests_failed_total {}\n\
 # HELP subspec_requests_cancelled_total Generations stopped because the client went away.\n# TYPE subspec_requests_cancelled_total counter\nsubspec_requests_cancelled_total {}\n\
 # HELP subspec_prompt_tokens_total Prompt tokens processed.\n# TYPE subspec_prompt_tokens_total counter\nsubspec_prompt_tokens_total {}\n\
+# HELP subspec_prompt_tokens_cached_total Prompt tokens whose KV a slot held from an earlier request.\n# TYPE subspec_prompt_tokens_cached_total counter\nsubspec_prompt_tokens_cached_total {}\n\
 # HELP subspec_tokens_predicted_total Tokens generated.\n# TYPE subspec_tokens_predicted_total counter\nsubspec_tokens_predicted_total {tokens}\n\
 # HELP subspec_tokens_per_second Generated tokens per second of generation time (per generation, averaged).\n# TYPE subspec_tokens_per_second gauge\nsubspec_tokens_per_second {}\n\
 # HELP subspec_tau Tokens per target pass.\n# TYPE subspec_tau gauge\nsubspec_tau {}\n\
@@ -850,6 +899,7 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
         g(&m.errors),
         g(&m.cancelled),
         g(&m.prompt_tokens),
+        g(&m.cached_prompt_tokens),
         if secs > 0.0 { tokens as f64 / secs } else { 0.0 },
         per(tokens as f64, passes),
         st.running.load(Ordering::SeqCst),
@@ -908,7 +958,11 @@ pub fn run(a: &ServeArgs) -> Result<(), Error> {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| p.display().to_string())
     });
+    let idle = (0..a.parallel)
+        .map(|_| engine.new_sequence())
+        .collect::<Result<Vec<_>, Error>>()?;
     let state = Arc::new(AppState {
+        idle: Mutex::new(idle),
         engine,
         model_name,
         step,

@@ -170,6 +170,13 @@ impl Sequence {
         self.tokens.is_empty()
     }
 
+    /// How many of the tokens have their KV in the cache; the rest run at the next step.
+    /// After [`Sequence::truncate`] to a prefix, what that prefix keeps (a server reusing
+    /// a sequence for a prompt that starts the same way runs only the rest).
+    pub fn cached(&self) -> usize {
+        self.cache.len()
+    }
+
     /// Statistics of the steps so far (reset by [`Sequence::truncate`] to 0).
     pub fn stats(&self) -> &SpecStats {
         &self.stats

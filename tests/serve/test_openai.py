@@ -1,4 +1,6 @@
-"""The real `openai` client against `subspec serve` (started here on 127.0.0.1).
+"""The real `openai` client against `subspec serve` (started here on 127.0.0.1): chat,
+completions, streaming, stop strings, seeded sampling, 8 concurrent requests, malformed
+requests, disconnects, a 200-request load run from 16 clients, and the offloaded server.
 
 Usage: python3 tests/serve/test_openai.py BINARY MODEL_DIR
 """
@@ -58,8 +60,23 @@ try:
         args.update(kw)
         return client.completions.create(**args)
 
-    plain = complete().choices[0].text
+    first = complete()
+    plain = first.choices[0].text
     assert plain, "empty completion"
+    assert first.usage.prompt_tokens_details.cached_tokens == 0, first.usage
+    again = complete()
+    assert again.choices[0].text == plain, (again, plain)
+    # The slot kept the prompt's KV: only its last token ran again.
+    assert again.usage.prompt_tokens_details.cached_tokens == first.usage.prompt_tokens - 1, again.usage
+
+    # A chat's second turn starts with the first turn's tokens: their KV is reused (the
+    # answer is checked against a fresh server's below).
+    turn1 = [{"role": "user", "content": "Name a fruit."}]
+    reply = client.chat.completions.create(model=name, messages=turn1, max_tokens=12, temperature=0)
+    turn2 = turn1 + [{"role": "assistant", "content": reply.choices[0].message.content},
+                     {"role": "user", "content": "And a vegetable?"}]
+    second = client.chat.completions.create(model=name, messages=turn2, max_tokens=12, temperature=0)
+    assert second.usage.prompt_tokens_details.cached_tokens >= reply.usage.prompt_tokens - 1, second.usage
     streamed = "".join(c.choices[0].text for c in complete(stream=True) if c.choices)
     assert streamed == plain, (streamed, plain)
 
@@ -118,6 +135,33 @@ try:
     assert complete().choices[0].text == plain
     m = metrics()
     assert m["subspec_tokens_predicted_total"] > 0 and m["subspec_streamed_bytes_total"] == 0, m
+    assert m["subspec_prompt_tokens_cached_total"] >= again.usage.prompt_tokens - 1, m
+
+    # A bounded load run: 200 requests from 16 concurrent clients (4 generate at a time,
+    # the rest wait in the queue), every answer the one its request gets alone, and the
+    # server's resident memory after a warm-up round growing by at most 5%.
+    def rss_kib():
+        with open(f"/proc/{server.pid}/status") as f:
+            return next(int(l.split()[1]) for l in f if l.startswith("VmRSS:"))
+
+    prompts = [f"Name {i + 2} colours:" for i in range(10)]
+    solo = {p: complete(prompt=p, max_tokens=3).choices[0].text for p in prompts}
+
+    def request(i):
+        p = prompts[i % len(prompts)]
+        return p, complete(prompt=p, max_tokens=3).choices[0].text
+
+    t0 = time.time()
+    with cf.ThreadPoolExecutor(16) as ex:
+        list(ex.map(request, range(32)))
+        warm = rss_kib()
+        answers = list(ex.map(request, range(200)))
+    end = rss_kib()
+    wrong = [(p, t, solo[p]) for p, t in answers if t != solo[p]]
+    assert not wrong, wrong[:3]
+    assert end <= warm * 1.05, f"resident memory grew from {warm} KiB to {end} KiB"
+    print(f"serve: 200 requests from 16 clients in {time.time() - t0:.1f}s, all equal to their "
+          f"solo answers; VmRSS {warm / 1024:.1f} MiB after the warm-up, {end / 1024:.1f} MiB after")
 finally:
     server.terminate()
     server.wait(10)
@@ -126,6 +170,9 @@ finally:
 server = start("--budget", "min")
 try:
     client = openai.OpenAI(base_url=base + "/v1", api_key="none")
+    fresh = client.chat.completions.create(model=name, messages=turn2, max_tokens=12, temperature=0)
+    assert fresh.usage.prompt_tokens_details.cached_tokens == 0, fresh.usage
+    assert fresh.choices[0].message.content == second.choices[0].message.content, (fresh, second)
     assert complete().choices[0].text == plain
     m = metrics()
     assert m["subspec_streamed_bytes_total"] > 0 and m["subspec_stream_read_seconds_total"] > 0, m

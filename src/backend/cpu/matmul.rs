@@ -79,11 +79,11 @@ pub fn linear(x: &[f32], t_count: usize, w: &HostTensor, bias: Option<&[f32]>, o
             };
             let mut t = 0;
             while t < t_count {
-                let tt = (t_count - t).min(if widen { WIDE_TT } else { MAX_TT });
+                let tt = (t_count - t).min(token_tile(isa, widen));
                 let xs = &x[t * k..(t + tt) * k];
                 let mut r = 0;
                 while r < r1 - r0 {
-                    let rr = tile_rows(tt, r1 - r0 - r);
+                    let rr = tile_rows(isa, tt, r1 - r0 - r);
                     let mut res = [0f32; 8 * MAX_TT];
                     dot_tile(
                         isa,
@@ -138,11 +138,30 @@ fn widen_rows(isa: Isa, dtype: DType, src: &[u8], n: usize, dst: &mut Vec<f32>) 
     }
 }
 
-/// How many weight rows one tile takes for `tt` tokens (`remaining` rows left).
-fn tile_rows(tt: usize, remaining: usize) -> usize {
-    let want = match tt {
-        1 => 8,
-        2..=6 => 4,
+/// Tokens in one tile. AVX2 has 16 registers, and a 16-lane accumulator takes two: its
+/// batched tiles run the lanes' two halves one after the other (`avx2::tile_halves`, 12
+/// accumulators of 4 rows x 3 tokens; the tiles of the AVX-512 shape spilled, and a
+/// 64-token forward cost 28 single-token ones).
+fn token_tile(isa: Isa, widen: bool) -> usize {
+    match (isa, widen) {
+        (Isa::Avx2, _) => AVX2_TT,
+        (_, true) => WIDE_TT,
+        (_, false) => MAX_TT,
+    }
+}
+
+/// Token tile of the AVX2 kernel (see [`token_tile`]).
+const AVX2_TT: usize = 3;
+
+/// How many weight rows one tile takes for `tt` tokens (`remaining` rows left): as many
+/// as keep the tile's accumulators in registers (32 on AVX-512, 16 on AVX2).
+fn tile_rows(isa: Isa, tt: usize, remaining: usize) -> usize {
+    let want = match (isa, tt) {
+        (Isa::Avx2, 1) => 8,
+        (Isa::Avx2, 2) => 6,
+        (Isa::Avx2, _) => 4,
+        (_, 1) => 8,
+        (_, 2..=6) => 4,
         _ => 2,
     };
     if remaining >= want {
@@ -175,6 +194,8 @@ fn dot_tile(
                     match (rr, tt) {
                         (8, 1) => $m::tile::<8, 1>(dtype, rows, xs, k, res),
                         (4, 2) => $m::tile::<4, 2>(dtype, rows, xs, k, res),
+                        (6, 2) => $m::tile::<6, 2>(dtype, rows, xs, k, res),
+                        (4, 1) => $m::tile::<4, 1>(dtype, rows, xs, k, res),
                         (4, 3) => $m::tile::<4, 3>(dtype, rows, xs, k, res),
                         (4, 4) => $m::tile::<4, 4>(dtype, rows, xs, k, res),
                         (4, 5) => $m::tile::<4, 5>(dtype, rows, xs, k, res),
@@ -202,10 +223,20 @@ fn dot_tile(
                 }
             };
         }
-        match isa {
-            Isa::Avx512 => return dispatch!(avx512),
-            Isa::Avx2 => return dispatch!(avx2),
-            Isa::Portable => {}
+        macro_rules! halves {
+            ($r:literal, $t:literal) => {
+                // SAFETY: as in `dispatch!`.
+                unsafe { avx2::tile_halves::<$r, $t>(dtype, rows, xs, k, res) }
+            };
+        }
+        match (isa, rr, tt) {
+            (Isa::Avx512, ..) => return dispatch!(avx512),
+            (Isa::Avx2, 6, 2) => return halves!(6, 2),
+            (Isa::Avx2, 4, 3) => return halves!(4, 3),
+            (Isa::Avx2, 4, 2) => return halves!(4, 2),
+            (Isa::Avx2, 4, 1) => return halves!(4, 1),
+            (Isa::Avx2, ..) => return dispatch!(avx2),
+            (Isa::Portable, ..) => {}
         }
     }
     let _ = isa;
@@ -470,6 +501,61 @@ mod avx2 {
             }
         }
     }
+
+    /// [`tile`] with the 16 lanes' two halves run one after the other: lanes 0-7 over the
+    /// whole row, then lanes 8-15. Each lane's FMAs are the same in the same order (the
+    /// halves never mix before `finish`), so the bits are; the tile needs `R * T`
+    /// accumulator registers instead of `2 * R * T`, and its rows and activations stay in
+    /// L1 for the second half.
+    ///
+    /// # Safety
+    /// As for [`tile`].
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn tile_halves<const R: usize, const T: usize>(
+        dtype: DType,
+        rows: &[u8],
+        xs: &[f32],
+        k: usize,
+        res: &mut [f32],
+    ) {
+        // SAFETY: the caller upholds the contract above.
+        unsafe {
+            let row_bytes = k * dtype.size();
+            let wp = rows.as_ptr();
+            let xp = xs.as_ptr();
+            let body = k - k % 16;
+            let mut lanes = [[[0f32; 16]; T]; R];
+            for h in 0..2 {
+                let mut acc = [[_mm256_setzero_ps(); T]; R];
+                let mut i = 8 * h;
+                while i < body {
+                    let mut xv = [_mm256_setzero_ps(); T];
+                    for (j, v) in xv.iter_mut().enumerate() {
+                        *v = _mm256_loadu_ps(xp.add(j * k + i));
+                    }
+                    for (r, acc_r) in acc.iter_mut().enumerate() {
+                        let w = load8(dtype, wp.add(r * row_bytes), i);
+                        for j in 0..T {
+                            acc_r[j] = _mm256_fmadd_ps(w, xv[j], acc_r[j]);
+                        }
+                    }
+                    i += 16;
+                }
+                for r in 0..R {
+                    for j in 0..T {
+                        _mm256_storeu_ps(lanes[r][j].as_mut_ptr().add(8 * h), acc[r][j]);
+                    }
+                }
+            }
+            for r in 0..R {
+                let row = &rows[r * row_bytes..(r + 1) * row_bytes];
+                for j in 0..T {
+                    res[r * T + j] =
+                        finish(&lanes[r][j], dtype, row, &xs[j * k..(j + 1) * k], body);
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -526,7 +612,18 @@ mod tests {
         ] {
             let rb = k * dtype.size();
             for isa in crate::util::isa::supported_isas() {
-                for (rr, tt) in [(8, 1), (4, 2), (4, 6), (2, 9), (2, 12), (1, 1), (1, 7)] {
+                for (rr, tt) in [
+                    (8, 1),
+                    (4, 1),
+                    (4, 2),
+                    (6, 2),
+                    (4, 3),
+                    (4, 6),
+                    (2, 9),
+                    (2, 12),
+                    (1, 1),
+                    (1, 7),
+                ] {
                     let mut res = [0f32; 8 * MAX_TT];
                     dot_tile(
                         isa,

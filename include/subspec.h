@@ -235,6 +235,14 @@ typedef struct subspec_load_params {
   // False: only the offloaded layers get one (the paper's draft). Ignored when
   // `substitute_layers` is given.
   bool substitute_all_layers;
+  // Must be zero (the init function zeroes it): keeps `max_sequences` aligned; a later
+  // version may give these bytes a meaning, with zero its default.
+  uint8_t reserved[4];
+  // Sequences alive at once (added after 0.2.0): the planner reserves a KV cache and
+  // activations for each (a budget too small says how many it holds), and
+  // `subspec_sequence_create` refuses one more with `OUT_OF_MEMORY` until one is freed.
+  // `0` (default): planned for one, their number not limited.
+  uint32_t max_sequences;
 } subspec_load_params;
 
 // Model and engine metadata, for a host to check that its tokenizer and settings match.
@@ -317,9 +325,15 @@ typedef struct subspec_step_params {
   // against the measured time of a draft step); `tree_depth` stays the maximum.
   // Default false. Output is identical either way.
   bool adaptive_depth;
+  // Choose each step's depth, 0 (a plain step) included, to maximise expected tokens
+  // per second from the engine's measured costs (measured once, at the first such
+  // step) and the sequence's acceptance by depth so far; `tree_depth` stays the
+  // maximum. Steps only (a host-sampled iteration drafts `tree_depth` levels). Added
+  // after 0.2.0 in a reserved byte; default false. Output is identical either way.
+  bool auto_depth;
   // Must be zero (the init functions zero it): keeps the struct free of trailing
   // padding; a later version may give these bytes a meaning, with zero its default.
-  uint8_t reserved[2];
+  uint8_t reserved[1];
 } subspec_step_params;
 
 // Statistics of a sequence since its creation or last reset. Size-versioned output: set
@@ -529,7 +543,9 @@ SUBSPEC_API subspec_status subspec_engine_step_params_init(const struct subspec_
 
 // Creates an empty sequence on `engine` and writes it to `*out` (free it with
 // [`subspec_sequence_free`]). Its KV cache holds the engine's context length.
-// Statuses: `OK`, `NULL_POINTER`, `PANIC`; on failure `*out` is untouched.
+// Statuses: `OK`, `NULL_POINTER`, `OUT_OF_MEMORY` (the engine was loaded with
+// `max_sequences` and that many are alive: free one), `PANIC`; on failure `*out` is
+// untouched.
 //
 // # Safety
 // `engine` NULL or a live engine handle; `out` NULL or valid for a write.

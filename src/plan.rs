@@ -52,6 +52,9 @@ pub struct PlanRequest {
     pub context: usize,
     /// Largest verified tree (KV scratch and activations).
     pub tree_tokens: usize,
+    /// Sequences that may be alive at once, each with its own KV cache and (stepping
+    /// concurrently) its own activations; at least 1.
+    pub sequences: usize,
     /// Whether the engine builds a draft. Without one no substitutes are reserved: the
     /// memory they would take holds more full-precision layers (plain decoding's best
     /// placement).
@@ -79,11 +82,11 @@ pub struct PlanBytes {
     pub draft_lm_head: u64,
     /// Full-precision resident layers.
     pub resident_layers: u64,
-    /// KV cache for context + tree, f32.
+    /// KV caches for context + tree, f32, one per sequence.
     pub kv_cache: u64,
     /// Staging buffers for streamed layers.
     pub staging: u64,
-    /// Activations of the largest batch, logits included.
+    /// Activations of the largest batch, logits included, one set per sequence.
     pub activations: u64,
     /// Headroom for allocator slack and small buffers.
     pub headroom: u64,
@@ -145,15 +148,60 @@ pub fn minimum_budget(c: &ModelConfig, s: &ModelSizes, r: &PlanRequest) -> u64 {
     lo
 }
 
-/// Plans a placement; an error with the minimum when the budget is too small.
+/// Plans a placement; an error with the minimum when the budget is too small (and, for
+/// several sequences, how many it holds).
 pub fn plan(c: &ModelConfig, s: &ModelSizes, r: &PlanRequest) -> Result<Placement> {
+    plan_one(c, s, r).map_err(|e| {
+        if e.kind() != ErrorKind::OutOfMemory || r.sequences <= 1 {
+            return e;
+        }
+        // Fewer sequences may fit: the most that do (planning is monotone in their count).
+        let fits = |n: usize| {
+            let q = PlanRequest {
+                sequences: n,
+                ..r.clone()
+            };
+            plan_one(c, s, &q).is_ok()
+        };
+        let (mut lo, mut hi) = (0, r.sequences - 1);
+        while lo < hi {
+            let mid = (lo + hi).div_ceil(2);
+            if fits(mid) {
+                lo = mid;
+            } else {
+                hi = mid - 1;
+            }
+        }
+        let holds = match lo {
+            0 => "not even one".to_string(),
+            1 => "1 sequence".to_string(),
+            n => format!("{n} sequences"),
+        };
+        Error::new(
+            ErrorKind::OutOfMemory,
+            format!(
+                "{} for {} sequences at once; it holds {holds}",
+                e.message(),
+                r.sequences
+            ),
+        )
+    })
+}
+
+fn plan_one(c: &ModelConfig, s: &ModelSizes, r: &PlanRequest) -> Result<Placement> {
     r.quant.validate()?;
+    if r.sequences == 0 {
+        return Err(Error::invalid_argument(
+            "a plan is for at least one sequence",
+        ));
+    }
     let lm_head = if c.tie_embeddings { s.embed } else { s.lm_head };
-    let kv_cache = ((r.context + r.tree_tokens) * c.n_layers * 2 * c.kv_dim() * 4) as u64;
+    let n = r.sequences as u64;
+    let kv_cache = n * ((r.context + r.tree_tokens) * c.n_layers * 2 * c.kv_dim() * 4) as u64;
     let max_layer = s.layer_linears.iter().copied().max().unwrap_or(0);
     let staging = STAGING_BUFFERS as u64 * (max_layer + 7 * STAGING_SLACK_PER_TENSOR);
     let per_token = c.hidden * 3 + c.q_dim() * 2 + c.kv_dim() * 2 + c.intermediate * 2 + c.vocab;
-    let activations = (r.tree_tokens.max(1) * per_token * 4) as u64;
+    let activations = n * (r.tree_tokens.max(1) * per_token * 4) as u64;
     let headroom = (16 << 20) + r.budget / 50;
     let subs = |l: usize| if r.draft { s.layer_substitutes[l] } else { 0 };
     let all_subs: u64 = (0..c.n_layers).map(subs).sum();
@@ -170,13 +218,14 @@ pub fn plan(c: &ModelConfig, s: &ModelSizes, r: &PlanRequest) -> Result<Placemen
         return Err(Error::new(
             ErrorKind::OutOfMemory,
             format!(
-                "a budget of {} is too small: this model needs at least {} ({} lm_head, {} substitutes, {} KV cache for {} positions, {} staging, {} activations, {} headroom)",
+                "a budget of {} is too small: this model needs at least {} ({} lm_head, {} substitutes, {} KV cache for {} positions{}, {} staging, {} activations, {} headroom)",
                 human(r.budget),
                 human(needed),
                 human(lm_head + draft_lm_head),
                 human(all_subs),
                 human(kv_cache),
                 r.context + r.tree_tokens,
+                if n > 1 { format!(" x {n} sequences") } else { String::new() },
                 human(staging),
                 human(activations),
                 human(headroom)
@@ -302,11 +351,56 @@ mod tests {
             budget,
             context: 100,
             tree_tokens: 28,
+            sequences: 1,
             draft: true,
             quant: QuantConfig::default(),
             draft_lm_head: false,
             substitute_resident: false,
         }
+    }
+
+    #[test]
+    fn several_sequences_reserve_their_kv_and_activations_and_name_what_fits() {
+        let (c, s) = (cfg(), sizes());
+        let one = minimum_budget(&c, &s, &req(0));
+        let four = |budget| PlanRequest {
+            sequences: 4,
+            ..req(budget)
+        };
+        let p1 = plan(&c, &s, &req(one)).unwrap();
+        let p4 = plan(&c, &s, &four(minimum_budget(&c, &s, &four(0)))).unwrap();
+        assert_eq!(p4.bytes.kv_cache, 4 * p1.bytes.kv_cache);
+        assert_eq!(p4.bytes.activations, 4 * p1.bytes.activations);
+        // Room for two sequences' KV and activations (and their headroom), not four.
+        let per = p1.bytes.kv_cache + p1.bytes.activations;
+        let two = minimum_budget(
+            &c,
+            &s,
+            &PlanRequest {
+                sequences: 2,
+                ..req(0)
+            },
+        );
+        assert!(two >= one + per);
+        let e = plan(&c, &s, &four(two)).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::OutOfMemory);
+        assert!(
+            e.message()
+                .ends_with("for 4 sequences at once; it holds 2 sequences"),
+            "{e}"
+        );
+        let e = plan(&c, &s, &four(one)).unwrap_err();
+        assert!(e.message().ends_with("it holds 1 sequence"), "{e}");
+        let e = plan(&c, &s, &four(one - 1)).unwrap_err();
+        assert!(e.message().ends_with("it holds not even one"), "{e}");
+        let zero = PlanRequest {
+            sequences: 0,
+            ..req(one)
+        };
+        assert_eq!(
+            plan(&c, &s, &zero).unwrap_err().kind(),
+            ErrorKind::InvalidArgument
+        );
     }
 
     #[test]

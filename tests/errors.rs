@@ -229,3 +229,49 @@ fn progress_callback_reports_and_can_abort() {
     assert_eq!(e.kind(), ErrorKind::Aborted);
     assert!(e.message().contains("aborted"), "{e}");
 }
+
+#[test]
+fn an_engine_planned_for_n_sequences_refuses_one_more_until_one_is_freed() {
+    let dir = common::temp_dir("max-seqs");
+    common::write_tiny_model(&dir, true);
+    let mut o = EngineOptions::new(&dir);
+    o.require_tokenizer = false;
+    o.max_context = 64;
+    let one = Engine::minimum_budget(&o).unwrap();
+    o.max_sequences = 3;
+    let three = Engine::minimum_budget(&o).unwrap();
+    assert!(
+        three > one,
+        "three KV caches need more than one: {three} vs {one}"
+    );
+    // A budget for one sequence is too small for three, and says what it holds.
+    let e = Engine::plan(&o, one).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::OutOfMemory);
+    assert!(
+        e.message()
+            .contains("for 3 sequences at once; it holds 1 sequence"),
+        "{e}"
+    );
+    let engine = Engine::load(&o).unwrap();
+    assert_eq!(engine.max_sequences(), 3);
+    let mut seqs: Vec<_> = (0..3).map(|_| engine.new_sequence().unwrap()).collect();
+    assert_eq!(engine.live_sequences(), 3);
+    let e = engine.new_sequence().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::OutOfMemory);
+    assert!(e.message().contains("planned for 3 sequences"), "{e}");
+    assert_eq!(engine.live_sequences(), 3, "the refused one is not counted");
+    seqs[1].append(&[1, 2, 3]).unwrap();
+    seqs.remove(1);
+    assert_eq!(engine.live_sequences(), 2);
+    seqs.push(engine.new_sequence().unwrap());
+    assert_eq!(engine.live_sequences(), 3);
+    drop(seqs);
+    assert_eq!(engine.live_sequences(), 0);
+    // Unlimited by default.
+    let engine = load(&dir).unwrap();
+    let many: Vec<_> = (0..8).map(|_| engine.new_sequence().unwrap()).collect();
+    assert_eq!(
+        (engine.max_sequences(), engine.live_sequences()),
+        (0, many.len())
+    );
+}

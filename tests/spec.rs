@@ -130,6 +130,50 @@ fn tiny_models_speculative_equals_plain_with_limits() {
     }
 }
 
+/// Depths chosen by measured cost (0, a plain step, included) change only the speed: the
+/// output is plain decoding's, and the engine measured its costs once.
+#[test]
+fn depths_chosen_by_measured_cost_are_lossless() {
+    for qwen2 in [false, true] {
+        let engine = tiny_engine(if qwen2 { "auto-q" } else { "auto-l" }, qwen2);
+        let costs = engine.tree_costs().unwrap();
+        assert_eq!(costs.verify[0].0, 1, "{costs:?}");
+        assert!(costs.verify.iter().all(|&(_, s)| s > 0.0), "{costs:?}");
+        assert!(!costs.draft.is_empty() && costs.draft.iter().all(|&(_, s)| s > 0.0));
+        assert_eq!(
+            engine.tree_costs().unwrap(),
+            costs,
+            "measured once, then kept"
+        );
+        for (i, sampling) in samplings().iter().enumerate() {
+            let prompt: Vec<u32> = (0..6).map(|j| (j * 17 + i as u32 * 3 + 1) % 128).collect();
+            for tree in [
+                TreeParams::default().with_depth(12),
+                TreeParams::default().with_width(3).with_depth(6),
+            ] {
+                let auto =
+                    StepOptions::speculative(*sampling).with_tree(tree.with_auto_depth(true));
+                for n in [1, 9, 40] {
+                    let (plain, _) = generate(&engine, &prompt, &StepOptions::plain(*sampling), n);
+                    let (got, _) = generate(&engine, &prompt, &auto, n);
+                    assert_eq!(
+                        got, plain,
+                        "tiny qwen2={qwen2}, {sampling:?}, {tree:?}, n={n}"
+                    );
+                }
+            }
+        }
+    }
+    // Without a draft there is nothing to measure.
+    let dir = common::temp_dir("auto-nodraft");
+    common::write_tiny_model(&dir, true);
+    let mut o = EngineOptions::new(&dir);
+    o.require_tokenizer = false;
+    o.draft = None;
+    let e = Engine::load(&o).unwrap().tree_costs().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+}
+
 #[test]
 fn prefilling_the_prompt_first_changes_nothing() {
     let engine = tiny_engine("spec-prefill", true);

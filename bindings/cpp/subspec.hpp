@@ -68,6 +68,8 @@ public:
     LoadParams &memory_budget(uint64_t bytes) { p_.memory_budget = bytes; return *this; }
     LoadParams &context_length(uint32_t n) { p_.context_length = n; return *this; }
     LoadParams &max_tree_tokens(uint32_t n) { p_.max_tree_tokens = n; return *this; }
+    /// Sequences alive at once: each gets a planned KV cache; one more is OUT_OF_MEMORY.
+    LoadParams &max_sequences(uint32_t n) { p_.max_sequences = n; return *this; }
     LoadParams &threads(uint32_t n) { p_.threads = n; return *this; }
     LoadParams &draft(bool build) { p_.build_draft = build; return *this; }
     LoadParams &draft_quant(uint32_t bits, uint32_t group, uint32_t method = SUBSPEC_QUANT_HQQ) {
@@ -134,6 +136,8 @@ public:
     StepParams &draft_temperature(float t) { p_.draft_temperature = t; return *this; }
     /// Stop growing the tree early when another draft step does not pay (depth: the most).
     StepParams &adaptive_depth(bool a) { p_.adaptive_depth = a; return *this; }
+    /// Each step's depth (0: plain) chosen by measured cost and the acceptance so far.
+    StepParams &auto_depth(bool a) { p_.auto_depth = a; return *this; }
     const subspec_step_params &raw() const noexcept { return p_; }
 
 private:

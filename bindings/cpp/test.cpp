@@ -115,6 +115,20 @@ int main(int argc, char **argv) {
     CHECK(status_of([&] { subspec::Engine::load(subspec::LoadParams(dir + "/tiny").memory_budget(1)); }) ==
           SUBSPEC_STATUS_OUT_OF_MEMORY);
     {
+        // Planned for two sequences: two KV caches in the minimum, a third refused until one goes.
+        auto lp = subspec::LoadParams(dir + "/tiny").context_length(256);
+        uint64_t one = lp.minimum_budget();
+        CHECK(lp.max_sequences(2).minimum_budget() > one);
+        auto e = subspec::Engine::load(lp);
+        auto a = e.new_sequence();
+        {
+            auto b = e.new_sequence();
+            CHECK(status_of([&] { e.new_sequence(); }) == SUBSPEC_STATUS_OUT_OF_MEMORY);
+        }
+        auto c = e.new_sequence();
+        CHECK(c.length() == 0);
+    }
+    {
         auto lp = subspec::LoadParams(dir + "/tiny").context_length(256);
         auto e = subspec::Engine::load(lp.memory_budget(lp.minimum_budget()));
         CHECK(e.info().n_offloaded_layers >= 1);

@@ -112,6 +112,10 @@ type LoadOptions struct {
 	// SubstituteLayers lists exactly the decoder layers that get substitutes (nil: the
 	// default choice).
 	SubstituteLayers []uint32
+	// MaxSequences is how many sequences may be alive at once: the planner reserves a KV
+	// cache for each and NewSequence refuses one more (StatusOutOfMemory) until one is
+	// closed. 0: planned for one, not limited.
+	MaxSequences uint32
 }
 
 // Engine is a loaded model.
@@ -146,6 +150,7 @@ func params(path string, opts *LoadOptions) (p C.subspec_load_params, free func(
 	}
 	p.quantize_lm_head = C.bool(opts.QuantizeLMHead)
 	p.substitute_all_layers = C.bool(!opts.SubstituteOffloadedOnly)
+	p.max_sequences = C.uint32_t(opts.MaxSequences)
 	// The layer list in C memory: cgo forbids passing C a struct holding a Go pointer.
 	var layers *C.uint32_t
 	if n := len(opts.SubstituteLayers); n > 0 {
@@ -348,6 +353,7 @@ type StepParams struct {
 	TreeMaxTokens    uint32
 	DraftTemperature float32
 	AdaptiveDepth    bool // stop growing the tree early when another draft step does not pay
+	AutoDepth        bool // each step's depth (0: plain) by measured cost and acceptance
 }
 
 func stepParams(p *C.subspec_step_params) StepParams {
@@ -356,6 +362,7 @@ func stepParams(p *C.subspec_step_params) StepParams {
 		Seed: uint64(p.seed), Speculate: bool(p.speculate), TreeWidth: uint32(p.tree_width),
 		TreeDepth: uint32(p.tree_depth), TreeMaxTokens: uint32(p.tree_max_tokens),
 		DraftTemperature: float32(p.draft_temperature), AdaptiveDepth: bool(p.adaptive_depth),
+		AutoDepth: bool(p.auto_depth),
 	}
 }
 
@@ -391,7 +398,7 @@ func (p *StepParams) c() (C.subspec_step_params, error) {
 	c.seed, c.speculate = C.uint64_t(p.Seed), C.bool(p.Speculate)
 	c.tree_width, c.tree_depth = C.uint32_t(p.TreeWidth), C.uint32_t(p.TreeDepth)
 	c.tree_max_tokens, c.draft_temperature = C.uint32_t(p.TreeMaxTokens), C.float(p.DraftTemperature)
-	c.adaptive_depth = C.bool(p.AdaptiveDepth)
+	c.adaptive_depth, c.auto_depth = C.bool(p.AdaptiveDepth), C.bool(p.AutoDepth)
 	return c, nil
 }
 

@@ -274,7 +274,30 @@ func TestDraftOptions(t *testing.T) {
 		}
 		eng.Close()
 	}
+	// Planned for two sequences: a third is refused until one is closed.
+	two := LoadOptions{ContextLength: 256, MaxSequences: 2}
+	if min2, err := MinimumBudget(tiny, &two); err != nil || min2 <= shared {
+		t.Fatalf("two sequences: minimum %d vs one's %d (%v)", min2, shared, err)
+	}
+	eng, err := Load(tiny, &two)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, _ := eng.NewSequence()
+	b, _ := eng.NewSequence()
 	var e *Error
+	if _, err := eng.NewSequence(); !errors.As(err, &e) || e.Status != StatusOutOfMemory ||
+		!strings.Contains(e.Message, "planned for 2 sequences") {
+		t.Fatalf("third sequence: %v", err)
+	}
+	a.Close()
+	if c, err := eng.NewSequence(); err != nil {
+		t.Fatalf("after a close: %v", err)
+	} else {
+		c.Close()
+	}
+	b.Close()
+	eng.Close()
 	if _, err := Load(tiny, &LoadOptions{SubstituteLayers: []uint32{0, 0}}); !errors.As(err, &e) ||
 		e.Status != StatusInvalidArgument || !strings.Contains(e.Message, "twice") {
 		t.Fatalf("repeated layer: %v", err)

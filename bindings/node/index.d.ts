@@ -45,6 +45,9 @@ export interface LoadOptions {
   substituteLayers?: ArrayLike<number>;
   /** Fail when tokenizer.json is missing (default false). */
   requireTokenizer?: boolean;
+  /** Sequences alive at once: each gets a planned KV cache and one more is refused
+   * (OUT_OF_MEMORY) until one is closed; 0 (default): planned for one, not limited. */
+  maxSequences?: number;
   /** Called with the fraction loaded; return false to abort (SubspecError ABORTED). */
   onProgress?: (fraction: number) => boolean | void;
 }
@@ -64,6 +67,9 @@ export interface StepOptions {
   /** Stop growing the tree early when another draft step does not pay (default false;
    * treeDepth stays the most). The output is the same either way. */
   adaptiveDepth?: boolean;
+  /** Choose each step's depth, 0 (a plain step) included, by the engine's measured costs
+   * and the acceptance so far (default false; treeDepth stays the most). Same output. */
+  autoDepth?: boolean;
 }
 
 export interface ModelInfo {

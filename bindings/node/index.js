@@ -48,6 +48,8 @@ koffi.struct('subspec_load_params', {
   require_tokenizer: 'bool',
   quantize_lm_head: 'bool',
   substitute_all_layers: 'bool',
+  reserved: koffi.array('uint8_t', 4, 'Array'),
+  max_sequences: 'uint32_t',
 });
 koffi.struct('subspec_model_info', {
   struct_size: 'size_t',
@@ -82,7 +84,8 @@ koffi.struct('subspec_step_params', {
   draft_temperature: 'float',
   speculate: 'bool',
   adaptive_depth: 'bool',
-  reserved: koffi.array('uint8_t', 2, 'Array'),
+  auto_depth: 'bool',
+  reserved: koffi.array('uint8_t', 1, 'Array'),
 });
 koffi.struct('subspec_sequence_stats', {
   struct_size: 'size_t',
@@ -392,6 +395,7 @@ function stepParams(o, base) {
   if (o.treeMaxTokens !== undefined) p.tree_max_tokens = o.treeMaxTokens;
   if (o.draftTemperature !== undefined) p.draft_temperature = o.draftTemperature;
   if (o.adaptiveDepth !== undefined) p.adaptive_depth = o.adaptiveDepth;
+  if (o.autoDepth !== undefined) p.auto_depth = o.autoDepth;
   return p;
 }
 
@@ -411,7 +415,7 @@ function stepOptions(p) {
     temperature: p.temperature, topK: p.top_k, topP: p.top_p, seed: Number(p.seed),
     speculate: p.speculate, treeWidth: p.tree_width, treeDepth: p.tree_depth,
     treeMaxTokens: p.tree_max_tokens, draftTemperature: p.draft_temperature,
-    adaptiveDepth: p.adaptive_depth,
+    adaptiveDepth: p.adaptive_depth, autoDepth: p.auto_depth,
   };
 }
 
@@ -519,6 +523,7 @@ function load(modelPath, options = {}) {
   if (options.quantizeLmHead !== undefined) p.quantize_lm_head = options.quantizeLmHead;
   if (options.substituteAllLayers !== undefined) p.substitute_all_layers = options.substituteAllLayers;
   if (options.requireTokenizer !== undefined) p.require_tokenizer = options.requireTokenizer;
+  if (options.maxSequences !== undefined) p.max_sequences = options.maxSequences;
   let layers = null;
   if (options.substituteLayers && options.substituteLayers.length) {
     const ids = Array.from(options.substituteLayers);

@@ -70,6 +70,9 @@ struct RunStats {
     streamed: u64,
     /// Seconds the reader thread spent reading.
     read_s: f64,
+    /// Target passes and draft steps.
+    passes: usize,
+    draft_steps: usize,
 }
 
 impl RunStats {
@@ -105,6 +108,8 @@ impl RunStats {
             target_s: v.iter().map(|r| r.target_s).sum(),
             streamed: v.iter().map(|r| r.streamed).sum(),
             read_s: v.iter().map(|r| r.read_s).sum(),
+            passes: v.iter().map(|r| r.passes).sum(),
+            draft_steps: v.iter().map(|r| r.draft_steps).sum(),
         }
     }
 }
@@ -179,6 +184,8 @@ fn offload(a: &BenchArgs) -> Result<(), Error> {
                     target_s: st.verify_s,
                     streamed: streamed(engine) - b0,
                     read_s: reading(engine) - r0,
+                    passes: st.iterations,
+                    draft_steps: st.draft_steps,
                 },
             ))
         };
@@ -304,6 +311,17 @@ fn offload(a: &BenchArgs) -> Result<(), Error> {
                 100.0 * p.reader_busy(), 100.0 * s.reader_busy());
         } else {
             println!("everything resident (no --budget, or it fits): nothing streamed");
+        }
+        if spec_opts.tree.auto_depth {
+            let c = engine.tree_costs()?;
+            let ms = |v: &[(usize, f64)]| {
+                v.iter()
+                    .map(|(n, s)| format!("{n}: {:.1}", s * 1e3))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            println!("depth by measured cost: target pass by tokens (ms) {}; draft step by width (ms) {}; logits row {:.2} ms; draft steps per target pass {:.2}",
+                ms(&c.verify), ms(&c.draft), c.logits_row * 1e3, s.draft_steps as f64 / s.passes.max(1) as f64);
         }
     }
     if !all_same {

@@ -279,7 +279,7 @@ fn info(a: &PlanArgs) -> Result<(), Error> {
 }
 
 /// Options shared by every command that loads a model.
-#[derive(Args)]
+#[derive(Args, Clone)]
 pub struct ModelArgs {
     /// Model directory in Hugging Face layout (config.json, model.safetensors, tokenizer.json).
     #[arg(long)]
@@ -305,6 +305,11 @@ pub struct ModelArgs {
     /// Load without tokenizer.json (commands that need text then fail).
     #[arg(long)]
     no_tokenizer: bool,
+    /// Sequences alive at once: the plan reserves a KV cache and activations for each
+    /// (a budget too small says how many it holds). `serve` runs this many generations
+    /// at once (default 1 there); elsewhere the default plans for one.
+    #[arg(long)]
+    pub parallel: Option<usize>,
 }
 
 impl ModelArgs {
@@ -324,6 +329,7 @@ impl ModelArgs {
         o.max_tree_tokens = self.max_tree_tokens;
         o.device = DeviceKind::parse(&self.device)?;
         o.require_tokenizer = !self.no_tokenizer;
+        o.max_sequences = self.parallel.unwrap_or(0);
         o.budget = match self.budget.as_deref() {
             None => None,
             Some("min") => Some(Engine::minimum_budget(&o)?),
@@ -375,6 +381,10 @@ pub struct SpecArgs {
     /// on or off (default: the engine's, off).
     #[arg(long)]
     adaptive_depth: Option<String>,
+    /// Choose each step's depth (0: a plain step) by the engine's measured costs and the
+    /// acceptance so far, --tree-depth the most: on or off (default: the engine's).
+    #[arg(long)]
+    auto_depth: Option<String>,
 }
 
 impl SpecArgs {
@@ -426,16 +436,20 @@ impl SpecArgs {
         tree.depth = self.tree_depth.unwrap_or(tree.depth);
         tree.max_tokens = self.tree_max_tokens.unwrap_or(tree.max_tokens);
         tree.draft_temperature = self.draft_temperature;
-        tree.adaptive = match self.adaptive_depth.as_deref() {
-            None => tree.adaptive,
-            Some("on") => true,
-            Some("off") => false,
-            Some(v) => {
-                return Err(Error::invalid_argument(format!(
-                    "--adaptive-depth {v}: expected on or off"
-                )))
-            }
+        let on_off = |flag: &str, v: Option<&str>, default: bool| match v {
+            None => Ok(default),
+            Some("on") => Ok(true),
+            Some("off") => Ok(false),
+            Some(v) => Err(Error::invalid_argument(format!(
+                "--{flag} {v}: expected on or off"
+            ))),
         };
+        tree.adaptive = on_off(
+            "adaptive-depth",
+            self.adaptive_depth.as_deref(),
+            tree.adaptive,
+        )?;
+        tree.auto_depth = on_off("auto-depth", self.auto_depth.as_deref(), tree.auto_depth)?;
         if self.enabled() {
             tree.validate()?;
         }

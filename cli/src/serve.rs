@@ -45,9 +45,6 @@ pub struct ServeArgs {
     /// Port to listen on.
     #[arg(long, default_value_t = 8080)]
     port: u16,
-    /// Generations that run at once (slots: each a sequence with its own KV cache).
-    #[arg(long, default_value_t = 1)]
-    parallel: usize,
     /// Requests that may wait for a free slot; one more gets 503 with Retry-After.
     #[arg(long, default_value_t = 64)]
     queue: usize,
@@ -946,10 +943,13 @@ fn body_too_large_as_json(r: Response, limit: usize) -> Response {
 
 /// Runs `subspec serve` until interrupted.
 pub fn run(a: &ServeArgs) -> Result<(), Error> {
-    if a.parallel == 0 {
+    // `--parallel` slots (default 1), each a sequence the engine is planned for.
+    let mut model = a.model.clone();
+    let parallel = *model.parallel.get_or_insert(1);
+    if parallel == 0 {
         return Err(Error::invalid_argument("--parallel must be at least 1"));
     }
-    let engine = a.model.load(a.spec.draft()?)?;
+    let engine = model.load(a.spec.draft()?)?;
     engine.tokenizer()?;
     let step = a.spec.step(&engine, SamplingParams::greedy())?;
     let model_name = a.model_name.clone().unwrap_or_else(|| {
@@ -958,7 +958,7 @@ pub fn run(a: &ServeArgs) -> Result<(), Error> {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| p.display().to_string())
     });
-    let idle = (0..a.parallel)
+    let idle = (0..parallel)
         .map(|_| engine.new_sequence())
         .collect::<Result<Vec<_>, Error>>()?;
     let state = Arc::new(AppState {
@@ -966,8 +966,8 @@ pub fn run(a: &ServeArgs) -> Result<(), Error> {
         engine,
         model_name,
         step,
-        slots: Arc::new(Semaphore::new(a.parallel)),
-        parallel: a.parallel,
+        slots: Arc::new(Semaphore::new(parallel)),
+        parallel,
         queue_cap: a.queue,
         admitted: AtomicUsize::new(0),
         running: AtomicUsize::new(0),

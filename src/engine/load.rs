@@ -3,7 +3,8 @@
 //! ([`Engine::plan`], [`Engine::minimum_budget`]) from the checkpoint's headers only.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex};
 
 use super::{Engine, EngineOptions, Progress, Shared};
 use crate::backend::Device;
@@ -131,6 +132,9 @@ impl Engine {
                 path: path.to_path_buf(),
                 draft,
                 max_tree_tokens: opts.max_tree_tokens,
+                max_sequences: opts.max_sequences,
+                live: AtomicUsize::new(0),
+                tree_costs: Mutex::new(None),
             }),
         })
     }
@@ -165,6 +169,7 @@ impl Engine {
             budget,
             context,
             tree_tokens: opts.max_tree_tokens,
+            sequences: opts.max_sequences.max(1),
             draft: opts.draft.is_some(),
             quant,
             draft_lm_head: opts.draft.as_ref().is_some_and(|d| d.quantize_lm_head),

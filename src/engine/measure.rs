@@ -14,6 +14,7 @@ use crate::checkpoint::names::linear_names;
 use crate::checkpoint::Weights;
 use crate::error::Result;
 use crate::model::{KvCache, Pass};
+use crate::spec::tune::TreeCosts;
 
 /// Median seconds of one plain target token, one tree verification and one draft step.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -291,4 +292,73 @@ pub fn forward_time(engine: &Engine, prompt: usize, n: usize, reps: usize) -> Re
         best = best.min(t0.elapsed().as_secs_f64());
     }
     Ok(best)
+}
+
+/// The costs [`TreeCosts`] of `engine`'s placement, for trees sized by measured cost: on
+/// top of a committed prompt of 32 tokens, a target pass over chains of 1, 4, 16, 64 and
+/// the engine's largest tree (one logits row), one draft step over frontiers of 1 to 16
+/// nodes, and one logits row (from 8 rows against 1). Medians of 3 runs (2 when layers
+/// are streamed: each pass then reads them all).
+pub(crate) fn tree_costs(engine: &Engine) -> Result<TreeCosts> {
+    let model = &engine.shared.model;
+    if !model.has_draft() {
+        return Err(crate::error::Error::invalid_argument(
+            "tree costs need a draft: load the engine with draft options",
+        ));
+    }
+    let max = engine.max_tree_tokens();
+    let streamed = engine
+        .placement()
+        .is_some_and(|p| !p.offloaded().is_empty());
+    let reps = if streamed { 2 } else { 3 };
+    let p = 32;
+    let mut cache = committed_prompt(engine, p, max)?;
+    let vocab = model.config().vocab;
+    let chain = |n: usize| -> Result<(Vec<u32>, Vec<usize>, AttnMask)> {
+        let parents: Vec<Option<usize>> = (0..n).map(|i| i.checked_sub(1)).collect();
+        Ok((
+            ids(vocab, n, 5),
+            (p..p + n).collect(),
+            AttnMask::from_parents(&parents)?,
+        ))
+    };
+    let mut target = |n: usize, rows: &[usize]| -> Result<f64> {
+        let (tokens, pos, mask) = chain(n)?;
+        time(reps, || {
+            engine
+                .install(|| {
+                    model.forward_at(&mut cache, Pass::Target, 0, &tokens, &pos, &mask, rows)
+                })
+                .map(drop)
+        })
+    };
+    let mut sizes: Vec<usize> = [1, 4, 16, 64].into_iter().filter(|&n| n < max).collect();
+    sizes.push(max);
+    let verify = sizes
+        .iter()
+        .map(|&n| Ok((n, target(n, &[0])?)))
+        .collect::<Result<Vec<_>>>()?;
+    let all: Vec<usize> = (0..8.min(max)).collect();
+    let logits_row =
+        ((target(all.len(), &all)? - target(all.len(), &[0])?) / (all.len() - 1) as f64).max(0.0);
+    let mut draft = Vec::new();
+    for w in [1, 2, 4, 8, 16].into_iter().filter(|&w| w < max) {
+        let parents: Vec<Option<usize>> = (0..=w).map(|i| (i > 0).then_some(0)).collect();
+        let mask = AttnMask::tree_rows(&parents, 1..1 + w);
+        let (tokens, pos) = (ids(vocab, w, 6), vec![p + 1; w]);
+        let rows: Vec<usize> = (0..w).collect();
+        let s = time(reps.max(5), || {
+            engine
+                .install(|| {
+                    model.forward_at(&mut cache, Pass::Draft, 1, &tokens, &pos, &mask, &rows)
+                })
+                .map(drop)
+        })?;
+        draft.push((w, s));
+    }
+    Ok(TreeCosts {
+        draft,
+        verify,
+        logits_row,
+    })
 }

@@ -18,7 +18,8 @@ mod perplexity;
 mod sequence;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 pub use load::ModelInfo;
 pub use options::{DraftOptions, EngineOptions, Progress, StepOptions, DEFAULT_MAX_TREE_TOKENS};
@@ -29,6 +30,7 @@ use crate::checkpoint::ModelConfig;
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::{Model, SubstituteStats};
 use crate::plan::Placement;
+use crate::spec::tune::TreeCosts;
 use crate::spec::{draft, TreeParams};
 use crate::tokenizer::Tokenizer;
 
@@ -45,6 +47,12 @@ struct Shared {
     path: PathBuf,
     draft: Option<(DraftOptions, SubstituteStats)>,
     max_tree_tokens: usize,
+    /// [`EngineOptions::max_sequences`]: `0` plans for one and does not limit.
+    max_sequences: usize,
+    /// Sequences alive now.
+    live: AtomicUsize,
+    /// [`Engine::tree_costs`], once measured.
+    tree_costs: Mutex<Option<TreeCosts>>,
 }
 
 /// A loaded model ready to serve sequences. Cloning is cheap: clones share the model,
@@ -138,11 +146,61 @@ impl Engine {
     /// the largest tree a step may verify (tree slots are scratch, never part of the
     /// context).
     pub fn new_sequence(&self) -> Result<Sequence> {
+        let (max, live) = (self.shared.max_sequences, &self.shared.live);
+        let was = live.fetch_add(1, Ordering::SeqCst);
+        if max > 0 && was >= max {
+            live.fetch_sub(1, Ordering::SeqCst);
+            return Err(Error::new(
+                ErrorKind::OutOfMemory,
+                format!(
+                    "the engine was planned for {max} sequence{} at once (max_sequences) and                      all are alive: free one first, or load with more",
+                    if max == 1 { "" } else { "s" }
+                ),
+            ));
+        }
+        // The sequence counts itself out when dropped, this failure included.
         let cache = self
             .shared
             .model
-            .new_cache(self.shared.max_context + self.shared.max_tree_tokens)?;
-        Ok(Sequence::new(self.clone(), cache))
+            .new_cache(self.shared.max_context + self.shared.max_tree_tokens);
+        match cache {
+            Ok(cache) => Ok(Sequence::new(self.clone(), cache)),
+            Err(e) => {
+                live.fetch_sub(1, Ordering::SeqCst);
+                Err(e)
+            }
+        }
+    }
+
+    /// What the forwards of an iteration cost on this engine's placement (a draft step by
+    /// frontier width, a target pass by tokens, a logits row), for trees sized by measured
+    /// cost ([`TreeParams::auto_depth`]). Measured at the first call (well under a second
+    /// with everything resident; a dozen streamed passes when layers are offloaded), then
+    /// kept. `InvalidArgument` without a draft.
+    pub fn tree_costs(&self) -> Result<TreeCosts> {
+        let mut kept = self
+            .shared
+            .tree_costs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = kept.as_ref() {
+            return Ok(c.clone());
+        }
+        let c = measure::tree_costs(self)?;
+        *kept = Some(c.clone());
+        Ok(c)
+    }
+
+    /// Sequences of this engine alive now (made by [`Engine::new_sequence`], not yet
+    /// dropped).
+    pub fn live_sequences(&self) -> usize {
+        self.shared.live.load(Ordering::SeqCst)
+    }
+
+    /// The most sequences alive at once that the engine was planned for and allows
+    /// ([`EngineOptions::max_sequences`]; `0`: planned for one, not limited).
+    pub fn max_sequences(&self) -> usize {
+        self.shared.max_sequences
     }
 
     /// Runs `f` on the engine's thread pool (the model's kernels use it), for tests and

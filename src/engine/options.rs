@@ -148,6 +148,12 @@ pub struct EngineOptions {
     /// Called during loading with the fraction done (0.0 to 1.0); returning `false`
     /// aborts the load with [`ErrorKind::Aborted`].
     pub progress: Option<Progress>,
+    /// Sequences alive at once: the planner reserves a KV cache and activations for each
+    /// (a budget too small says how many it holds), and [`Engine::new_sequence`](super::Engine::new_sequence) refuses
+    /// one more with [`ErrorKind::OutOfMemory`] until one is dropped. `0` (default): the
+    /// plan is for one sequence and their number is not limited (each further live
+    /// sequence's KV cache is then beyond the budget).
+    pub max_sequences: usize,
 }
 
 /// A load-progress callback: fraction done in, `false` out to abort.
@@ -195,6 +201,7 @@ impl EngineOptions {
             device: DeviceKind::Cpu,
             max_tree_tokens: DEFAULT_MAX_TREE_TOKENS,
             progress: None,
+            max_sequences: 0,
         }
     }
 }

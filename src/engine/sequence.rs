@@ -15,6 +15,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::model::{KvCache, Pass};
 use crate::sample::{sample, SamplingParams};
 use crate::spec::draft::{draft_tree, DraftLimits};
+use crate::spec::tune::{self, Acceptance};
 use crate::spec::{accept_from, NodeLogits, SpecStats, Tree, Walk};
 use crate::util::AbortHandle;
 
@@ -120,6 +121,8 @@ pub struct Sequence {
     tokens: Vec<u32>,
     stats: SpecStats,
     open: Option<Open>,
+    /// Acceptance by depth, for depths chosen by measured cost.
+    acceptance: Acceptance,
 }
 
 impl std::fmt::Debug for Sequence {
@@ -128,6 +131,15 @@ impl std::fmt::Debug for Sequence {
             .field("tokens", &self.tokens.len())
             .field("cached", &self.cache.len())
             .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Sequence {
+    fn drop(&mut self) {
+        self.engine
+            .shared
+            .live
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -140,6 +152,7 @@ impl Sequence {
             tokens: Vec::new(),
             stats: SpecStats::default(),
             open: None,
+            acceptance: Acceptance::default(),
         }
     }
 
@@ -210,6 +223,7 @@ impl Sequence {
         self.cache.truncate(len);
         if len == 0 {
             self.stats = SpecStats::default();
+            self.acceptance = Acceptance::default();
         }
     }
 
@@ -223,7 +237,9 @@ impl Sequence {
         opts.sampling.validate()?;
         let limit = self.check_pass(opts)?;
         let committed = self.cache.len();
-        let r = if opts.speculate && limit > 1 {
+        let r = if opts.speculate && limit > 1 && opts.tree.auto_depth {
+            self.auto_depth_step(opts, limit)
+        } else if opts.speculate && limit > 1 {
             self.speculative_step(opts, limit)
         } else {
             self.plain_step(&opts.sampling)
@@ -285,6 +301,38 @@ impl Sequence {
         self.stats.verify_s += t0.elapsed().as_secs_f64();
         self.stats.record(1, 0);
         Ok(vec![next])
+    }
+
+    /// A step whose depth (`0`: plain) maximises expected tokens per second
+    /// ([`TreeParams::auto_depth`](crate::TreeParams::auto_depth)); after
+    /// a run of plain steps, one speculative iteration measures the acceptance again
+    /// ([`Acceptance::explore`]).
+    fn auto_depth_step(&mut self, opts: &StepOptions, limit: usize) -> Result<Vec<u32>> {
+        let costs = self.engine.tree_costs()?;
+        let t = &opts.tree;
+        let explore = self.acceptance.explore();
+        let (depth, _) = tune::best_depth(
+            &costs,
+            &self.acceptance,
+            t.width,
+            (explore as usize, t.depth.min(limit - 1)),
+            t.max_tokens.min(self.engine.max_tree_tokens()),
+        );
+        if depth == 0 {
+            let out = self.plain_step(&opts.sampling)?;
+            self.acceptance.chose(0, explore);
+            return Ok(out);
+        }
+        let (accepted, steps) = (self.stats.accepted, self.stats.draft_steps);
+        let out = self.speculative_step(&opts.with_tree(t.with_depth(depth)), limit)?;
+        let accepted = self.stats.accepted - accepted;
+        // A walk cut short by the token limit or an end token tried no deeper level.
+        let cut = out.len() >= limit || out.last().is_some_and(|&t| self.engine.is_eos(t));
+        let drafted = self.stats.draft_steps - steps;
+        self.acceptance
+            .record(if cut { drafted.min(accepted) } else { drafted }, accepted);
+        self.acceptance.chose(depth, explore);
+        Ok(out)
     }
 
     /// One draft-and-verify iteration emitting at most `limit` (>= 2) tokens.

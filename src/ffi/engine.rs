@@ -90,6 +90,14 @@ pub struct subspec_load_params {
     /// False: only the offloaded layers get one (the paper's draft). Ignored when
     /// `substitute_layers` is given.
     pub substitute_all_layers: bool,
+    /// Must be zero (the init function zeroes it): keeps `max_sequences` aligned; a later
+    /// version may give these bytes a meaning, with zero its default.
+    pub reserved: [u8; 4],
+    /// Sequences alive at once (added after 0.2.0): the planner reserves a KV cache and
+    /// activations for each (a budget too small says how many it holds), and
+    /// `subspec_sequence_create` refuses one more with `OUT_OF_MEMORY` until one is freed.
+    /// `0` (default): planned for one, their number not limited.
+    pub max_sequences: u32,
 }
 
 // SAFETY: repr(C), `struct_size` first, no trailing padding (checked below); fields are
@@ -124,12 +132,14 @@ unsafe impl Versioned for subspec_load_params {
             require_tokenizer: false,
             quantize_lm_head: d.quantize_lm_head,
             substitute_all_layers: d.substitute_all_layers,
+            reserved: [0; 4],
+            max_sequences: 0,
         }
     }
 }
 const _: () = check_layout::<subspec_load_params>(
     std::mem::offset_of!(subspec_load_params, struct_size),
-    field_end!(subspec_load_params, substitute_all_layers),
+    field_end!(subspec_load_params, max_sequences),
 );
 
 /// Initializes `*params` (the caller's `size` bytes: pass `sizeof *params`, as
@@ -293,6 +303,13 @@ unsafe fn engine_options(p: &subspec_load_params) -> FfiResult<EngineOptions> {
     if p.max_tree_tokens != 0 {
         o.max_tree_tokens = p.max_tree_tokens as usize;
     }
+    if p.reserved != [0; 4] {
+        return Err(Failure::invalid(
+            "subspec_load_params: `reserved` is not zero: a field unknown to this library \
+             version is set (initialize with SUBSPEC_LOAD_PARAMS_INIT)",
+        ));
+    }
+    o.max_sequences = p.max_sequences as usize;
     Ok(o)
 }
 

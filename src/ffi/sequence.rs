@@ -66,9 +66,15 @@ pub struct subspec_step_params {
     /// against the measured time of a draft step); `tree_depth` stays the maximum.
     /// Default false. Output is identical either way.
     pub adaptive_depth: bool,
+    /// Choose each step's depth, 0 (a plain step) included, to maximise expected tokens
+    /// per second from the engine's measured costs (measured once, at the first such
+    /// step) and the sequence's acceptance by depth so far; `tree_depth` stays the
+    /// maximum. Steps only (a host-sampled iteration drafts `tree_depth` levels). Added
+    /// after 0.2.0 in a reserved byte; default false. Output is identical either way.
+    pub auto_depth: bool,
     /// Must be zero (the init functions zero it): keeps the struct free of trailing
     /// padding; a later version may give these bytes a meaning, with zero its default.
-    pub reserved: [u8; 2],
+    pub reserved: [u8; 1],
 }
 
 impl subspec_step_params {
@@ -87,7 +93,8 @@ impl subspec_step_params {
             draft_temperature: tree.draft_temperature,
             speculate: true,
             adaptive_depth: tree.adaptive,
-            reserved: [0; 2],
+            auto_depth: tree.auto_depth,
+            reserved: [0; 1],
         }
     }
 }
@@ -151,7 +158,7 @@ pub unsafe extern "C" fn subspec_engine_step_params_init(
 
 impl subspec_step_params {
     fn options(&self, max_tokens: usize) -> FfiResult<StepOptions> {
-        if self.reserved != [0; 2] {
+        if self.reserved != [0; 1] {
             return Err(Failure::invalid(
                 "subspec_step_params: `reserved` is not zero: a field unknown to this \
                  library version is set (initialize with SUBSPEC_STEP_PARAMS_INIT)",
@@ -171,6 +178,7 @@ impl subspec_step_params {
                 max_tokens: self.tree_max_tokens as usize,
                 draft_temperature: self.draft_temperature,
                 adaptive: self.adaptive_depth,
+                auto_depth: self.auto_depth,
             },
             max_tokens,
         })
@@ -224,7 +232,9 @@ unsafe fn with_sequence(
 
 /// Creates an empty sequence on `engine` and writes it to `*out` (free it with
 /// [`subspec_sequence_free`]). Its KV cache holds the engine's context length.
-/// Statuses: `OK`, `NULL_POINTER`, `PANIC`; on failure `*out` is untouched.
+/// Statuses: `OK`, `NULL_POINTER`, `OUT_OF_MEMORY` (the engine was loaded with
+/// `max_sequences` and that many are alive: free one), `PANIC`; on failure `*out` is
+/// untouched.
 ///
 /// # Safety
 /// `engine` NULL or a live engine handle; `out` NULL or valid for a write.

@@ -8,6 +8,7 @@
 
 pub(crate) mod draft;
 mod tree;
+pub mod tune;
 mod verify;
 
 pub use tree::Tree;
@@ -33,6 +34,16 @@ pub struct TreeParams {
     /// sequence's measured time per token, against the measured time of a draft step.
     /// `depth` stays the maximum.
     pub adaptive: bool,
+    /// Choose each iteration's depth, `0` (a plain step) included, to maximise expected
+    /// tokens per second: from the engine's measured costs (a draft step at `width`, a
+    /// target pass over the tree's tokens: [`Engine::tree_costs`], measured once, at the
+    /// first such step) and the sequence's acceptance by depth so far ([`tune`]). `depth`
+    /// stays the maximum. Steps only ([`Sequence::step`]); a host-sampled iteration
+    /// drafts `depth` levels as given.
+    ///
+    /// [`Engine::tree_costs`]: crate::Engine::tree_costs
+    /// [`Sequence::step`]: crate::Sequence::step
+    pub auto_depth: bool,
 }
 
 impl Default for TreeParams {
@@ -46,6 +57,7 @@ impl Default for TreeParams {
             max_tokens: 64,
             draft_temperature: 0.2,
             adaptive: false,
+            auto_depth: false,
         }
     }
 }
@@ -77,6 +89,11 @@ impl TreeParams {
     /// With the adaptive stop on or off.
     pub fn with_adaptive(self, adaptive: bool) -> Self {
         TreeParams { adaptive, ..self }
+    }
+
+    /// With the depth chosen by measured cost on or off ([`TreeParams::auto_depth`]).
+    pub fn with_auto_depth(self, auto_depth: bool) -> Self {
+        TreeParams { auto_depth, ..self }
     }
 
     /// Checks the ranges.

@@ -169,10 +169,12 @@ static void test_version_and_strings(void) {
     subspec_step_params sp = step_defaults();
     CHECK(sp.temperature == 0.0f && sp.top_p == 1.0f && sp.speculate && sp.tree_width >= 1 &&
               sp.tree_depth >= 1 && sp.tree_max_tokens >= 2 && !sp.adaptive_depth &&
-              sp.struct_size == sizeof sp && sp.reserved[0] == 0 && sp.reserved[1] == 0,
+              sp.struct_size == sizeof sp && !sp.auto_depth && sp.reserved[0] == 0,
           "step defaults");
-    /* In 0.2.0 the first published layouts are the whole structs. */
-    CHECK(SUBSPEC_LOAD_PARAMS_SIZE_0_2 == sizeof(subspec_load_params) &&
+    /* The first published layouts: the whole structs, but for the load parameters'
+       fields added since (reserved, max_sequences). */
+    CHECK(SUBSPEC_LOAD_PARAMS_SIZE_0_2 == offsetof(subspec_load_params, reserved) &&
+              sizeof(subspec_load_params) == SUBSPEC_LOAD_PARAMS_SIZE_0_2 + 8 &&
               SUBSPEC_STEP_PARAMS_SIZE_0_2 == sizeof(subspec_step_params) &&
               SUBSPEC_MODEL_INFO_SIZE_0_2 == sizeof(subspec_model_info) &&
               SUBSPEC_SEQUENCE_STATS_SIZE_0_2 == sizeof(subspec_sequence_stats),
@@ -777,6 +779,43 @@ static void test_minimum_budget(const char *tiny) {
     subspec_free(e);
 }
 
+/* An engine loaded for N sequences plans N KV caches and refuses the N+1th live one. */
+static void test_max_sequences(const char *tiny) {
+    subspec_load_params p = load_defaults();
+    p.model_path = tiny;
+    p.context_length = 256;
+    uint64_t one = 0, three = 0;
+    subspec_minimum_budget(&p, &one);
+    p.max_sequences = 3;
+    CHECK(subspec_minimum_budget(&p, &three) == SUBSPEC_STATUS_OK && three > one,
+          "three sequences' minimum %llu vs one's %llu", (unsigned long long)three, (unsigned long long)one);
+    p.memory_budget = one;
+    subspec_engine *e = (subspec_engine *)0x1;
+    CHECK_STATUS(subspec_load(&p, &e), SUBSPEC_STATUS_OUT_OF_MEMORY, "for 3 sequences at once; it holds 1 sequence");
+    CHECK(e == (subspec_engine *)0x1, "out written on failure");
+    p.memory_budget = 0;
+    p.reserved[2] = 1;
+    CHECK_STATUS(subspec_load(&p, &e), SUBSPEC_STATUS_INVALID_ARGUMENT, "`reserved` is not zero");
+    p.reserved[2] = 0;
+    p.max_sequences = 2;
+    e = NULL;
+    if (subspec_load(&p, &e) != SUBSPEC_STATUS_OK) {
+        CHECK(0, "load for 2 sequences: %s", last_error(NULL));
+        return;
+    }
+    subspec_sequence *a = NULL, *b = NULL, *c = (subspec_sequence *)0x1;
+    CHECK(subspec_sequence_create(e, &a) == SUBSPEC_STATUS_OK && subspec_sequence_create(e, &b) == SUBSPEC_STATUS_OK,
+          "two sequences: %s", last_error(e));
+    CHECK_STATUS(subspec_sequence_create(e, &c), SUBSPEC_STATUS_OUT_OF_MEMORY, "planned for 2 sequences");
+    CHECK(c == (subspec_sequence *)0x1, "out written on failure");
+    subspec_sequence_free(a);
+    c = NULL;
+    CHECK(subspec_sequence_create(e, &c) == SUBSPEC_STATUS_OK, "after a free: %s", last_error(e));
+    subspec_sequence_free(b);
+    subspec_sequence_free(c);
+    subspec_free(e);
+}
+
 typedef struct {
     subspec_engine *e;
     const ids_t *prompt;
@@ -1104,6 +1143,7 @@ int main(int argc, char **argv) {
     subspec_free(e);
     test_context_full(tiny);
     test_minimum_budget(tiny);
+    test_max_sequences(tiny);
     test_struct_sizes(tiny);
     test_draft_options(tiny);
 

@@ -69,6 +69,14 @@ test('errors carry status and message', () => {
   assert.strictEqual(calls, 2);
   assert.throws(() => subspec.load(path.join(dir, 'tiny'), { memoryBudget: 1 }),
     (err) => err.status === subspec.Status.OUT_OF_MEMORY && err.detail.includes('at least'));
+  const two = subspec.load(path.join(dir, 'tiny'), { maxSequences: 2, contextLength: 256 });
+  const [a, b] = [two.newSequence(), two.newSequence()];
+  assert.throws(() => two.newSequence(),
+    (err) => err.status === subspec.Status.OUT_OF_MEMORY && err.detail.includes('planned for 2 sequences'));
+  a.close();
+  two.newSequence().close();
+  b.close();
+  two.close();
   const e = subspec.load(path.join(dir, 'tiny'), { threads: 2 });
   assert.strictEqual(e.info().nOffloadedLayers, 0);
   assert.strictEqual(e.info().maxTreeTokens, 128);

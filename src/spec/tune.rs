@@ -1,0 +1,317 @@
+//! Trees sized by measured cost ([`TreeParams::auto_depth`]): before each iteration the
+//! depth (`0`: a plain step) that maximises expected tokens per second is chosen from the
+//! engine's measured costs ([`TreeCosts`]: a draft step at a width, a target pass over
+//! `T` tokens, one more logits row) and the sequence's acceptance by depth so far
+//! ([`Acceptance`]). Any choice is lossless; only speed depends on it.
+//!
+//! [`TreeParams::auto_depth`]: super::TreeParams::auto_depth
+
+/// Seconds of the forwards an iteration is made of, measured once per engine on its own
+/// placement (`Engine::tree_costs`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TreeCosts {
+    /// `(frontier width, seconds of one draft step over it)`, widths ascending.
+    pub draft: Vec<(usize, f64)>,
+    /// `(tokens, seconds of one target pass over them, one logits row)`, ascending; the
+    /// first is one token: a plain step.
+    pub verify: Vec<(usize, f64)>,
+    /// Seconds of one more logits row (each emitted token of a walk needs one).
+    pub logits_row: f64,
+}
+
+/// Linear interpolation in ascending `(x, y)` points, extended flat below the first and
+/// along the last segment's slope above the last.
+fn interpolate(points: &[(usize, f64)], x: usize) -> f64 {
+    let x = x as f64;
+    let at = |i: usize| (points[i].0 as f64, points[i].1);
+    match points.len() {
+        0 => 0.0,
+        1 => points[0].1,
+        n => {
+            let i = (1..n).find(|&i| at(i).0 >= x).unwrap_or(n - 1);
+            let ((x0, y0), (x1, y1)) = (at(i - 1), at(i));
+            if x <= x0 {
+                return y0;
+            }
+            (y0 + (y1 - y0) * (x - x0) / (x1 - x0)).max(0.0)
+        }
+    }
+}
+
+impl TreeCosts {
+    /// One draft step over `width` frontier nodes.
+    pub fn draft_s(&self, width: usize) -> f64 {
+        interpolate(&self.draft, width)
+    }
+
+    /// One target pass over `tokens` tokens with one logits row.
+    pub fn verify_s(&self, tokens: usize) -> f64 {
+        interpolate(&self.verify, tokens)
+    }
+}
+
+/// Prior probability that a draft token is accepted given its parent was, before the
+/// sequence has shown its own (about what the test models show on the CPU: chains of 8
+/// emit ~3.2 tokens per pass, docs/BENCHMARKS.md).
+const PRIOR: f64 = 0.7;
+/// Weight of the prior, in observations.
+const PRIOR_WEIGHT: f64 = 2.0;
+/// Each iteration's observations keep this share of their weight at the next: the
+/// estimate follows the text as it changes.
+const DECAY: f64 = 0.95;
+/// After this many plain steps in a row, one speculative iteration re-measures the
+/// acceptance (it may have risen); each such iteration after which plain steps still pay
+/// doubles the wait, up to [`EXPLORE_MAX`].
+const EXPLORE_AFTER: usize = 8;
+const EXPLORE_MAX: usize = 128;
+
+/// A sequence's acceptance by depth: how often a draft token at depth `d` was tried
+/// (its parent accepted) and accepted, decayed over iterations.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Acceptance {
+    tried: Vec<f64>,
+    hit: Vec<f64>,
+    /// Plain steps chosen in a row.
+    plain_streak: usize,
+    /// Plain steps in a row before the next exploring iteration (0: [`EXPLORE_AFTER`]).
+    explore_after: usize,
+    /// Whether the last speculative iteration was one.
+    explored: bool,
+}
+
+impl Acceptance {
+    /// Whether the next step should speculate whatever the costs say, to measure the
+    /// acceptance again.
+    pub fn explore(&self) -> bool {
+        self.plain_streak >= self.explore_after.max(EXPLORE_AFTER)
+    }
+
+    /// Notes the depth chosen for a step (`0`: plain; `exploring`: forced by
+    /// [`Acceptance::explore`]).
+    pub fn chose(&mut self, depth: usize, exploring: bool) {
+        if depth == 0 {
+            if self.explored {
+                // The exploration did not win speculation back: wait longer next time.
+                self.explore_after = (self.explore_after.max(EXPLORE_AFTER) * 2).min(EXPLORE_MAX);
+            }
+            self.plain_streak += 1;
+        } else {
+            if !exploring {
+                self.explore_after = EXPLORE_AFTER;
+            }
+            self.plain_streak = 0;
+        }
+        self.explored = depth > 0 && exploring;
+    }
+
+    /// Records an iteration that drafted `depth` levels and accepted `accepted` tokens.
+    pub fn record(&mut self, depth: usize, accepted: usize) {
+        for v in self.tried.iter_mut().chain(self.hit.iter_mut()) {
+            *v *= DECAY;
+        }
+        if self.tried.len() < depth {
+            self.tried.resize(depth, 0.0);
+            self.hit.resize(depth, 0.0);
+        }
+        // Depth d + 1 was tried when the d before it were accepted.
+        for d in 0..depth.min(accepted + 1) {
+            self.tried[d] += 1.0;
+            if d < accepted {
+                self.hit[d] += 1.0;
+            }
+        }
+    }
+
+    /// Probability that the draft token at depth `d + 1` is accepted given its parent was:
+    /// observed, pulled towards the level above's rate (the prior's at depth 1); deeper
+    /// than ever tried, the deepest level's.
+    pub fn conditional(&self, d: usize) -> f64 {
+        let n = self.tried.len();
+        if d >= n {
+            return if n == 0 {
+                PRIOR
+            } else {
+                self.conditional(n - 1)
+            };
+        }
+        let prior = if d == 0 {
+            PRIOR
+        } else {
+            self.conditional(d - 1)
+        };
+        (self.hit[d] + prior * PRIOR_WEIGHT) / (self.tried[d] + PRIOR_WEIGHT)
+    }
+
+    /// Expected tokens of an iteration drafting `depth` levels: the bonus token plus the
+    /// chance of accepting each depth.
+    pub fn expected_tokens(&self, depth: usize) -> f64 {
+        let (mut p, mut e) = (1.0, 1.0);
+        for d in 0..depth {
+            p *= self.conditional(d);
+            e += p;
+        }
+        e
+    }
+}
+
+/// The depth (from `min_depth` to `max_depth`; `0`: a plain step) maximising expected
+/// tokens per second for a tree of frontier `width` and at most `max_tokens` nodes, and
+/// that rate.
+pub fn best_depth(
+    costs: &TreeCosts,
+    acc: &Acceptance,
+    width: usize,
+    (min_depth, max_depth): (usize, usize),
+    max_tokens: usize,
+) -> (usize, f64) {
+    let rate = |depth: usize| {
+        let e = acc.expected_tokens(depth);
+        let nodes = (1 + width * depth).min(max_tokens);
+        let s = depth as f64 * costs.draft_s(width)
+            + costs.verify_s(nodes)
+            + (e - 1.0) * costs.logits_row;
+        e / s.max(1e-9)
+    };
+    // A level with no room left in the tree adds nothing.
+    let deepest = max_depth.min((max_tokens.saturating_sub(1)).div_ceil(width.max(1)));
+    let first = min_depth.min(deepest);
+    (first..=deepest)
+        .map(|d| (d, rate(d)))
+        .fold(
+            (first, rate(first)),
+            |best, c| {
+                if c.1 > best.1 {
+                    c
+                } else {
+                    best
+                }
+            },
+        )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Costs like the CPU with everything resident: a draft step about half a one-token
+    /// target pass, verification growing with its tokens.
+    fn resident() -> TreeCosts {
+        TreeCosts {
+            draft: vec![(1, 0.005), (8, 0.012)],
+            verify: vec![(1, 0.010), (8, 0.020), (64, 0.110)],
+            logits_row: 0.001,
+        }
+    }
+
+    /// Costs like offloading: every target pass streams the offloaded layers (0.3 s)
+    /// whatever its tokens.
+    fn offloaded() -> TreeCosts {
+        TreeCosts {
+            draft: vec![(1, 0.005), (8, 0.012)],
+            verify: vec![(1, 0.300), (64, 0.330)],
+            logits_row: 0.001,
+        }
+    }
+
+    fn observed(conditional: f64, n: usize) -> Acceptance {
+        // Iterations of depth 12 accepting a run drawn at `conditional` per level.
+        let mut a = Acceptance::default();
+        let mut x = 0.37f64;
+        for _ in 0..n {
+            let mut accepted = 0;
+            while accepted < 12 {
+                x = (x * 9301.0 + 0.49297).fract();
+                if x >= conditional {
+                    break;
+                }
+                accepted += 1;
+            }
+            a.record(12, accepted);
+        }
+        a
+    }
+
+    #[test]
+    fn interpolation_is_linear_between_points_and_extends_the_last_slope() {
+        let c = resident();
+        assert!((c.verify_s(1) - 0.010).abs() < 1e-12);
+        assert!((c.verify_s(36) - 0.065).abs() < 1e-9);
+        assert!((c.verify_s(120) - 0.200).abs() < 1e-9);
+        assert!((c.draft_s(0) - 0.005).abs() < 1e-12);
+    }
+
+    #[test]
+    fn acceptance_is_estimated_per_depth_with_a_prior() {
+        let fresh = Acceptance::default();
+        assert!((fresh.conditional(0) - PRIOR).abs() < 1e-12);
+        assert!((fresh.expected_tokens(0) - 1.0).abs() < 1e-12);
+        let mut a = Acceptance::default();
+        for _ in 0..200 {
+            a.record(4, 4); // every draft token accepted
+        }
+        assert!(a.conditional(0) > 0.95 && a.conditional(3) > 0.95);
+        assert!(
+            a.conditional(7) > 0.95,
+            "deeper than observed: the deepest rate"
+        );
+        for _ in 0..200 {
+            a.record(4, 0); // none: only depth 1 is tried
+        }
+        assert!(a.conditional(0) < 0.1, "{}", a.conditional(0));
+        assert!(a.expected_tokens(4) < 1.1);
+    }
+
+    #[test]
+    fn exploring_waits_longer_each_time_it_does_not_pay() {
+        let mut a = Acceptance::default();
+        let plain_until_explore = |a: &mut Acceptance| {
+            let mut n = 0;
+            while !a.explore() {
+                a.chose(0, false);
+                n += 1;
+            }
+            n
+        };
+        assert_eq!(plain_until_explore(&mut a), 8);
+        a.chose(3, true);
+        assert_eq!(
+            plain_until_explore(&mut a),
+            16,
+            "it did not pay: wait twice as long"
+        );
+        a.chose(3, true);
+        assert_eq!(plain_until_explore(&mut a), 32);
+        for _ in 0..10 {
+            a.chose(3, true);
+            plain_until_explore(&mut a);
+        }
+        a.chose(3, true);
+        assert_eq!(plain_until_explore(&mut a), EXPLORE_MAX);
+        // Speculation chosen on its merits starts the waits over.
+        a.chose(3, true);
+        a.chose(4, false);
+        assert_eq!(plain_until_explore(&mut a), 8);
+    }
+
+    #[test]
+    fn depth_follows_cost_and_acceptance() {
+        // The draft that never agrees: plain steps pay best.
+        assert_eq!(
+            best_depth(&resident(), &observed(0.05, 100), 1, (0, 16), 64).0,
+            0
+        );
+        // A good draft with everything resident: speculation pays, a short chain.
+        let (d, _) = best_depth(&resident(), &observed(0.8, 100), 1, (0, 16), 64);
+        assert!((1..=6).contains(&d), "{d}");
+        // The same acceptance, offloaded: every pass is expensive, so go deep.
+        let (deep, _) = best_depth(&offloaded(), &observed(0.8, 100), 1, (0, 16), 64);
+        assert!(deep > d && deep >= 10, "{deep} vs {d}");
+        // Offloaded even a poor draft pays.
+        assert!(best_depth(&offloaded(), &observed(0.3, 100), 1, (0, 16), 64).0 >= 1);
+        // An exploring step asks for at least one level.
+        assert!(best_depth(&resident(), &observed(0.05, 100), 1, (1, 16), 64).0 == 1);
+        // Never deeper than the tree has room for, nor than asked.
+        assert!(best_depth(&offloaded(), &observed(0.99, 100), 4, (0, 48), 9).0 <= 2);
+        assert!(best_depth(&offloaded(), &observed(0.99, 100), 1, (0, 5), 64).0 <= 5);
+    }
+}

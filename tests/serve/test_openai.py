@@ -44,6 +44,12 @@ def metrics():
     return {k: float(v) for k, v in (l.split() for l in text.splitlines() if l and l[0] != "#")}
 
 
+# A budget too small for --parallel slots is refused at start, saying how many it holds.
+refused = subprocess.run([binary, "serve", "--model", model, "--port", str(port), "--ctx-len", "512",
+                          "--budget", "200MiB", "--parallel", "64"], capture_output=True, text=True,
+                         timeout=120)
+assert refused.returncode != 0 and "for 64 sequences at once; it holds" in refused.stderr, refused.stderr
+
 server = start("--parallel", "4")
 try:
     client = openai.OpenAI(base_url=base + "/v1", api_key="none")

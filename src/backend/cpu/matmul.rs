@@ -490,14 +490,31 @@ mod avx2 {
                 }
                 i += 16;
             }
+            let mut lanes = [[[0f32; 16]; T]; R];
             for r in 0..R {
-                let row = &rows[r * row_bytes..(r + 1) * row_bytes];
                 for j in 0..T {
-                    let mut lanes = [0f32; 16];
-                    _mm256_storeu_ps(lanes.as_mut_ptr(), acc[r][j][0]);
-                    _mm256_storeu_ps(lanes.as_mut_ptr().add(8), acc[r][j][1]);
-                    res[r * T + j] = finish(&lanes, dtype, row, &xs[j * k..(j + 1) * k], body);
+                    _mm256_storeu_ps(lanes[r][j].as_mut_ptr(), acc[r][j][0]);
+                    _mm256_storeu_ps(lanes[r][j].as_mut_ptr().add(8), acc[r][j][1]);
                 }
+            }
+            finish_tile(&lanes, dtype, rows, xs, k, res);
+        }
+    }
+
+    /// `res[r * T + j]`: the lanes of row `r` and token `j` summed, then the row's tail.
+    fn finish_tile<const R: usize, const T: usize>(
+        lanes: &[[[f32; 16]; T]; R],
+        dtype: DType,
+        rows: &[u8],
+        xs: &[f32],
+        k: usize,
+        res: &mut [f32],
+    ) {
+        let (row_bytes, body) = (k * dtype.size(), k - k % 16);
+        for r in 0..R {
+            let row = &rows[r * row_bytes..(r + 1) * row_bytes];
+            for j in 0..T {
+                res[r * T + j] = finish(&lanes[r][j], dtype, row, &xs[j * k..(j + 1) * k], body);
             }
         }
     }
@@ -547,13 +564,7 @@ mod avx2 {
                     }
                 }
             }
-            for r in 0..R {
-                let row = &rows[r * row_bytes..(r + 1) * row_bytes];
-                for j in 0..T {
-                    res[r * T + j] =
-                        finish(&lanes[r][j], dtype, row, &xs[j * k..(j + 1) * k], body);
-                }
-            }
+            finish_tile(&lanes, dtype, rows, xs, k, res);
         }
     }
 }

@@ -125,32 +125,32 @@ impl Acceptance {
     /// Probability that the draft token at depth `d + 1` is accepted given its parent was:
     /// observed, pulled towards the level above's rate (the prior's at depth 1); deeper
     /// than ever tried, the deepest level's.
-    pub fn conditional(&self, d: usize) -> f64 {
-        let n = self.tried.len();
-        if d >= n {
-            return if n == 0 {
-                PRIOR
-            } else {
-                self.conditional(n - 1)
-            };
-        }
-        let prior = if d == 0 {
-            PRIOR
-        } else {
-            self.conditional(d - 1)
-        };
-        (self.hit[d] + prior * PRIOR_WEIGHT) / (self.tried[d] + PRIOR_WEIGHT)
+    #[cfg(test)]
+    fn conditional(&self, d: usize) -> f64 {
+        self.expected_by_depth(d + 1).1
     }
 
     /// Expected tokens of an iteration drafting `depth` levels: the bonus token plus the
     /// chance of accepting each depth.
-    pub fn expected_tokens(&self, depth: usize) -> f64 {
-        let (mut p, mut e) = (1.0, 1.0);
+    #[cfg(test)]
+    fn expected_tokens(&self, depth: usize) -> f64 {
+        self.expected_by_depth(depth).0[depth]
+    }
+
+    /// Expected tokens for every depth from 0 to `depth` (one pass over the levels), and
+    /// the conditional rate of the last level counted (the prior's when `depth` is 0).
+    fn expected_by_depth(&self, depth: usize) -> (Vec<f64>, f64) {
+        let (mut rate, mut p) = (PRIOR, 1.0);
+        let mut e = Vec::with_capacity(depth + 1);
+        e.push(1.0);
         for d in 0..depth {
-            p *= self.conditional(d);
-            e += p;
+            if let (Some(&tried), Some(&hit)) = (self.tried.get(d), self.hit.get(d)) {
+                rate = (hit + rate * PRIOR_WEIGHT) / (tried + PRIOR_WEIGHT);
+            }
+            p *= rate;
+            e.push(e[d] + p);
         }
-        e
+        (e, rate)
     }
 }
 
@@ -164,29 +164,26 @@ pub fn best_depth(
     (min_depth, max_depth): (usize, usize),
     max_tokens: usize,
 ) -> (usize, f64) {
+    // A level with no room left in the tree adds nothing.
+    let deepest = max_depth.min((max_tokens.saturating_sub(1)).div_ceil(width.max(1)));
+    let expected = acc.expected_by_depth(deepest).0;
     let rate = |depth: usize| {
-        let e = acc.expected_tokens(depth);
+        let e = expected[depth];
         let nodes = (1 + width * depth).min(max_tokens);
         let s = depth as f64 * costs.draft_s(width)
             + costs.verify_s(nodes)
             + (e - 1.0) * costs.logits_row;
         e / s.max(1e-9)
     };
-    // A level with no room left in the tree adds nothing.
-    let deepest = max_depth.min((max_tokens.saturating_sub(1)).div_ceil(width.max(1)));
     let first = min_depth.min(deepest);
-    (first..=deepest)
-        .map(|d| (d, rate(d)))
-        .fold(
-            (first, rate(first)),
-            |best, c| {
-                if c.1 > best.1 {
-                    c
-                } else {
-                    best
-                }
-            },
-        )
+    let mut best = (first, rate(first));
+    for d in first + 1..=deepest {
+        let r = rate(d);
+        if r > best.1 {
+            best = (d, r);
+        }
+    }
+    best
 }
 
 #[cfg(test)]

@@ -269,101 +269,124 @@ extern "C" __global__ void attention(const float* __restrict__ q, const float* _
 }
 
 // ---------------------------------------------------------------------------------------
-// Fused dequantize-and-multiply for the draft's substitutes (layout: src/quant/format.rs).
-//
+// Fused dequantize-and-multiply for the draft's substitutes (layout: src/quant/format.rs):
 // out[t, r] = sum_c x[t, c] * fma(code[r, c], scale[r, g], min[r, g]), g = c / group.
-// One warp per output row; lane b handles 32-code blocks b, b + 32, ...; each block is
-// decoded once and used for a tile of up to QL_TILE tokens.
-// Grid: (ceil(rows / QL_WARPS), ceil(tokens / QL_TILE)); block: QL_WARPS * 32.
+//
+// One warp computes MM_ROWS rows for a tile of up to QL_TILE tokens. It walks the columns
+// 128 at a time; lane l takes columns 4l .. 4l + 3 of each 128, so the warp's loads of x
+// (one float4 per lane and token) and of the codes are contiguous, and each x load serves
+// MM_ROWS rows. Each lane keeps one running sum per (row, token), adding its columns in
+// order with fmaf; the warp then sums its lanes (warp_sum). Every output is reduced in one
+// fixed order that depends only on `cols`, never on how many tokens share the batch or
+// which rows share the warp: a token's draft logits are the same alone or in a batch.
+// cols must be a multiple of 32. (Requesting four column steps' codes before using any
+// was measured slower on an H200: 106 against 62 us per call; docs/GPU-NOTES.md.)
+// Grid: (ceil(rows / (MM_WARPS * MM_ROWS)), ceil(tokens / QL_TILE)); block: MM_WARPS * 32.
 
-#define QL_WARPS 8
+#define MM_WARPS 4
+#define MM_ROWS 4
 #define QL_TILE 8
-
-template <int BITS>
-__device__ __forceinline__ void decode_block(const unsigned char* __restrict__ p,
-                                             unsigned (&c)[32]) {
-    if (BITS == 4) {
-        const uint4 v = *reinterpret_cast<const uint4*>(p);
-        const unsigned w[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-        for (int j = 0; j < 16; j++) {
-            const unsigned b = (w[j >> 2] >> (8 * (j & 3))) & 0xffu;
-            c[j] = b & 0xfu;
-            c[j + 16] = b >> 4;
-        }
-    } else if (BITS == 8) {
-        const uint4 v0 = *reinterpret_cast<const uint4*>(p);
-        const uint4 v1 = *reinterpret_cast<const uint4*>(p + 16);
-        const unsigned w[8] = {v0.x, v0.y, v0.z, v0.w, v1.x, v1.y, v1.z, v1.w};
-#pragma unroll
-        for (int j = 0; j < 32; j++) c[j] = (w[j >> 2] >> (8 * (j & 3))) & 0xffu;
-    } else {  // 2 bits, and the low two bits of 3
-        // Two 4-byte loads: a 3-bit block (12 bytes) is only 4-byte aligned.
-        const unsigned w[2] = {reinterpret_cast<const unsigned*>(p)[0],
-                               reinterpret_cast<const unsigned*>(p)[1]};
-#pragma unroll
-        for (int j = 0; j < 8; j++) {
-            const unsigned b = (w[j >> 2] >> (8 * (j & 3))) & 0xffu;
-            c[j] = b & 3u;
-            c[j + 8] = (b >> 2) & 3u;
-            c[j + 16] = (b >> 4) & 3u;
-            c[j + 24] = b >> 6;
-        }
-        if (BITS == 3) {
-            const unsigned hi = *reinterpret_cast<const unsigned*>(p + 8);
-#pragma unroll
-            for (int j = 0; j < 32; j++) c[j] |= ((hi >> j) & 1u) << 2;
-        }
-    }
-}
-
-template <int BITS>
-__device__ void qlinear_impl(const unsigned char* __restrict__ codes,
-                             const __half* __restrict__ params, const float* __restrict__ x,
-                             float* __restrict__ out, int rows, int cols, int group, int tokens) {
+template <int TILE, typename Load>
+__device__ __forceinline__ void mm_impl(const Load& load, const float* __restrict__ x,
+                                        float* __restrict__ out, int rows, int cols,
+                                        int tokens) {
     const int lane = threadIdx.x & 31;
-    const int r = blockIdx.x * QL_WARPS + (threadIdx.x >> 5);
-    if (r >= rows) return;
-    const int t0 = blockIdx.y * QL_TILE;
-    const int tn = min(QL_TILE, tokens - t0);
-    const size_t row_bytes = (size_t)cols * BITS / 8;
-    const int blocks = cols / 32, groups = cols / group;
-    const unsigned char* rc = codes + (size_t)r * row_bytes;
-    const __half* rp = params + (size_t)2 * r * groups;
-    float acc[QL_TILE];
+    const int r0 = (blockIdx.x * MM_WARPS + (threadIdx.x >> 5)) * MM_ROWS;
+    if (r0 >= rows) return;
+    const int t0 = blockIdx.y * TILE;
+    const int tn = min(TILE, tokens - t0);
+    float acc[MM_ROWS][TILE];
 #pragma unroll
-    for (int t = 0; t < QL_TILE; t++) acc[t] = 0.0f;
-    for (int b = lane; b < blocks; b += 32) {
-        unsigned c[32];
-        decode_block<BITS>(rc + (size_t)b * 4 * BITS, c);
-        const int g = (b * 32) / group;
-        const float scale = __half2float(rp[2 * g]), mn = __half2float(rp[2 * g + 1]);
-        float w[32];
+    for (int r = 0; r < MM_ROWS; r++)
 #pragma unroll
-        for (int j = 0; j < 32; j++) w[j] = fmaf((float)c[j], scale, mn);
+        for (int t = 0; t < TILE; t++) acc[r][t] = 0.0f;
+    const float* xt = x + (size_t)t0 * cols;
+    for (int c = 4 * lane; c < cols; c += 128) {
+        float w[MM_ROWS][4];
 #pragma unroll
-        for (int t = 0; t < QL_TILE; t++) {
+        for (int r = 0; r < MM_ROWS; r++)  // rows past the end repeat the last: never written
+            load(min(r0 + r, rows - 1), c, w[r]);
+#pragma unroll
+        for (int t = 0; t < TILE; t++) {
             if (t < tn) {
-                const float4* xp =
-                    reinterpret_cast<const float4*>(x + (size_t)(t0 + t) * cols + b * 32);
-                float s = 0.0f;
+                const float4 xv = *reinterpret_cast<const float4*>(xt + (size_t)t * cols + c);
 #pragma unroll
-                for (int j = 0; j < 8; j++) {
-                    const float4 xv = xp[j];
-                    s += w[4 * j] * xv.x + w[4 * j + 1] * xv.y + w[4 * j + 2] * xv.z +
-                         w[4 * j + 3] * xv.w;
+                for (int r = 0; r < MM_ROWS; r++) {
+                    float a = acc[r][t];
+                    a = fmaf(w[r][0], xv.x, a);
+                    a = fmaf(w[r][1], xv.y, a);
+                    a = fmaf(w[r][2], xv.z, a);
+                    a = fmaf(w[r][3], xv.w, a);
+                    acc[r][t] = a;
                 }
-                acc[t] += s;
             }
         }
     }
 #pragma unroll
-    for (int t = 0; t < QL_TILE; t++) {
-        if (t < tn) {
-            const float s = warp_sum(acc[t]);
-            if (lane == 0) out[(size_t)(t0 + t) * rows + r] = s;
+    for (int r = 0; r < MM_ROWS; r++) {
+#pragma unroll
+        for (int t = 0; t < TILE; t++) {
+            if (t < tn) {
+                const float v = warp_sum(acc[r][t]);
+                if (lane == 0 && r0 + r < rows) out[(size_t)(t0 + t) * rows + r0 + r] = v;
+            }
         }
     }
+}
+
+// Codes of columns 4m .. 4m + 3 of one 32-code block `p` (4 * BITS bytes). 4 bits: byte j
+// holds code j (low nibble) and j + 16 (high); 2 bits: byte j holds codes j, j + 8, j + 16,
+// j + 24 (two bits each, low first); 3 bits: the 2-bit block, then a 32-bit plane of the
+// third bits (bit j for code j); 8 bits: byte j is code j.
+template <int BITS>
+__device__ __forceinline__ void decode4(const unsigned char* __restrict__ p, int m,
+                                        unsigned (&c)[4]) {
+    if (BITS == 4) {
+        const unsigned w = reinterpret_cast<const unsigned*>(p)[m & 3];
+        const int sh = (m >> 2) * 4;
+#pragma unroll
+        for (int k = 0; k < 4; k++) c[k] = (w >> (8 * k + sh)) & 0xfu;
+    } else if (BITS == 8) {
+        const unsigned w = reinterpret_cast<const unsigned*>(p)[m];
+#pragma unroll
+        for (int k = 0; k < 4; k++) c[k] = (w >> (8 * k)) & 0xffu;
+    } else {  // 2 bits, and the low two bits of 3 (a 3-bit block is only 4-byte aligned)
+        const unsigned w = reinterpret_cast<const unsigned*>(p)[m & 1];
+        const int sh = (m >> 1) * 2;
+#pragma unroll
+        for (int k = 0; k < 4; k++) c[k] = (w >> (8 * k + sh)) & 3u;
+        if (BITS == 3) {
+            const unsigned hi = reinterpret_cast<const unsigned*>(p)[2];
+#pragma unroll
+            for (int k = 0; k < 4; k++) c[k] |= ((hi >> (4 * m + k)) & 1u) << 2;
+        }
+    }
+}
+
+// The four weights of row r at columns c .. c + 3, decoded.
+template <int BITS>
+struct QuantLoad {
+    const unsigned char* __restrict__ codes;
+    const __half* __restrict__ params;
+    size_t row_bytes;
+    int groups, group;
+    __device__ __forceinline__ void operator()(int r, int c, float (&w)[4]) const {
+        unsigned q[4];
+        decode4<BITS>(codes + (size_t)r * row_bytes + (size_t)(c >> 5) * 4 * BITS, (c >> 2) & 7, q);
+        const __half2 sm =
+            reinterpret_cast<const __half2*>(params)[(size_t)r * groups + c / group];
+        const float scale = __low2float(sm), mn = __high2float(sm);
+#pragma unroll
+        for (int k = 0; k < 4; k++) w[k] = fmaf((float)q[k], scale, mn);
+    }
+};
+
+template <int BITS>
+__device__ __forceinline__ void qlinear_impl(const unsigned char* codes, const __half* params,
+                                             const float* x, float* out, int rows, int cols,
+                                             int group, int tokens) {
+    const QuantLoad<BITS> load{codes, params, (size_t)cols * BITS / 8, cols / group, group};
+    mm_impl<QL_TILE>(load, x, out, rows, cols, tokens);
 }
 
 extern "C" __global__ void qlinear_b2(const unsigned char* codes, const __half* params,
@@ -390,13 +413,14 @@ extern "C" __global__ void qlinear_b8(const unsigned char* codes, const __half* 
 // ---------------------------------------------------------------------------------------
 // Batch-invariant dense products for f32/f16/bf16 weights: out[t, r] = sum_c x[t, c] w[r, c].
 //
-// The same shape as qlinear: one warp per output row, lane l takes the 8-column chunks
+// One warp per output row, lane l takes the 8-column chunks
 // l, l + 32, ..., and the warp sums its lanes at the end. Every output element is reduced
 // in one fixed order that depends only on `cols`, never on how many tokens share the batch,
 // so a token's result is bit-identical alone, in a chain or in a tree (what makes
 // speculative output equal plain output exactly). cols must be a multiple of 8.
 // Grid: (ceil(rows / QL_WARPS), ceil(tokens / DN_TILE)); block: QL_WARPS * 32.
 
+#define QL_WARPS 8
 #define DN_TILE 16
 
 __device__ __forceinline__ void load8(const float* p, float (&w)[8]) {

@@ -39,7 +39,7 @@ ARCH = "compute_80"
 RUST_TABLES = {"subspec.cu": ROOT / "src" / "backend" / "cuda" / "kernels.rs"}
 # The `#define`s of the source the host side needs (launch geometry and limits), in order.
 HOST_CONSTANTS = {
-    "subspec.cu": ["ATT_WARPS", "ATT_MAX_PER_LANE", "QL_WARPS", "QL_TILE", "DN_TILE"],
+    "subspec.cu": ["ATT_WARPS", "ATT_MAX_PER_LANE", "QL_WARPS", "QL_TILE", "DN_TILE", "MM_WARPS", "MM_ROWS"],
 }
 # Element types a kernel may point to, and the Rust type of each.
 ELEMENT_TYPES = {

@@ -67,7 +67,7 @@ fi
 status=0
 t0=$(date +%s)
 log "parity tests (tests/cuda.rs)"
-RUST_BACKTRACE=1 timeout 200 "$BIN/cuda-tests" --test-threads=1 --nocapture 2>&1 | tee "$OUTDIR/parity.log"
+RUST_BACKTRACE=1 timeout "${SUBSPEC_PARITY_S:-200}" "$BIN/cuda-tests" --test-threads=1 --nocapture 2>&1 | tee "$OUTDIR/parity.log"
 parity=${PIPESTATUS[0]}
 [ "$parity" = 0 ] || status=1
 RUST_BACKTRACE=1 timeout 60 "$BIN/batch_invariance-tests" --nocapture on_cuda 2>&1 | tee -a "$OUTDIR/parity.log"
@@ -98,6 +98,29 @@ q7=$SYNTH/qwen2.5-7b-bf16
 t=$(date +%s)
 [ -f "$q7/model.safetensors" ] || "$BIN/subspec" synth --shape qwen2.5-7b --dtype bf16 --out "$q7" 2>&1 | tail -2
 log "synth qwen2.5-7b bf16: $(( $(date +%s) - t ))s, $(du -sh "$q7" | cut -f1)"
+
+# Where the device time of each pass goes, kernel by kernel (src/backend/cuda/profile.rs):
+# SUBSPEC_GPU_PROFILE=1 adds these runs; =only runs the parity tests and these alone.
+profile() { # name, args...
+    local name=$1
+    shift
+    SUBSPEC_CUDA_PROFILE=1 timeout 120 "$BIN/subspec" passes --device cuda:0 --no-tokenizer --json \
+        --gemm exact --reps 1 "$@" >"$OUTDIR/profile-$name.json" 2>"$OUTDIR/profile-$name.log"
+    log "profile $name: exit $?"
+    grep -A8 "^profile" "$OUTDIR/profile-$name.log" | tee -a "$OUTDIR/summary.log"
+}
+if [ -n "${SUBSPEC_GPU_PROFILE:-}" ]; then
+    profile qwen2.5-7b-8gib --model "$q7" --ctx-len 2048 --max-tree-tokens 289 --budget 8GiB \
+        --draft-method rtn --tree-tokens 289 --draft-width 6
+    q05="$SYNTH/subspec-synth-qwen2.5-0.5b-f16"
+    [ -f "$q05/model.safetensors" ] || "$BIN/subspec" synth --shape qwen2.5-0.5b --dtype f16 --out "$q05" >/dev/null
+    profile qwen2.5-0.5b-resident --model "$q05" --ctx-len 2048 --max-tree-tokens 289 \
+        --tree-tokens 289 --draft-width 6
+    if [ "$SUBSPEC_GPU_PROFILE" = only ]; then
+        log "done in $(( $(date +%s) - t0 ))s, status $status"
+        exit $status
+    fi
+fi
 # RTN substitutes: quantizing with HQQ costs load time only, not pass time.
 passes "qwen2.5-7b 8GiB" "qwen2.5-7b-8gib.json" --model "$q7" --ctx-len 2048 --max-tree-tokens 289 \
     --budget 8GiB --draft-method rtn --tree-tokens 289 --draft-width 6 --gemm $gemm --tau "$TAU" --reps 5

@@ -74,8 +74,8 @@ impl Spec {
 }
 
 impl SynthShape {
-    /// Named shapes: "tiny" (hidden 64, ff 128, 2 layers, 4 heads/2 kv, head_dim 16, vocab
-    /// 128, llama tied), "smollm2-135m" (llama: hidden 576, ff 1536, 30 layers, 9 heads / 3
+    /// Named shapes: "tiny" (hidden 128, ff 256, 2 layers, 4 heads/2 kv, head_dim 32 (the
+    /// smallest the CUDA attention takes), vocab 128, llama tied, max_position 1024), "smollm2-135m" (llama: hidden 576, ff 1536, 30 layers, 9 heads / 3
     /// kv heads, head_dim 64, vocab 49152, tied, max_position 8192), "qwen2.5-0.5b" (qwen2:
     /// hidden 896, ff 4864, 24 layers, 14 heads / 2 kv, head_dim 64, vocab 151936, untied,
     /// max_position 32768), "qwen2.5-7b" (qwen2: hidden 3584, ff 18944, 28 layers, 28 heads
@@ -83,7 +83,7 @@ impl SynthShape {
     pub fn named(name: &str) -> Result<SynthShape> {
         let (qwen2, hidden, intermediate, layers, heads, kv_heads, head_dim, vocab, max_position) =
             match name {
-                "tiny" => (false, 64, 128, 2, 4, 2, 16, 128, 256),
+                "tiny" => (false, 128, 256, 2, 4, 2, 32, 128, 1024),
                 "smollm2-135m" => (false, 576, 1536, 30, 9, 3, 64, 49152, 8192),
                 "qwen2.5-0.5b" => (true, 896, 4864, 24, 14, 2, 64, 151936, 32768),
                 "qwen2.5-7b" => (true, 3584, 18944, 28, 28, 4, 128, 152064, 32768),

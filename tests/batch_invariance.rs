@@ -182,7 +182,7 @@ fn tiny_models_are_batch_invariant_on_cuda() {
         } else {
             "bi-cuda-llama"
         });
-        common::write_tiny_model(&dir, qwen2);
+        common::write_tiny_model_with_head_dim(&dir, qwen2, 32);
         check_model(&Model::load(&dir, cuda.clone()).unwrap());
     }
     check_model(&Model::load(&common::synth_model_dir("smollm2-135m"), cuda).unwrap());

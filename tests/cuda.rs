@@ -583,7 +583,12 @@ fn streamed_layers_give_the_resident_output() {
         for budget in [min, min + min / 4] {
             let engine = load(&dir, DeviceKind::Cuda(0), true, Some(budget));
             let streamed = engine.placement().unwrap().offloaded().len();
-            assert!(streamed > 0, "{name}: the minimum budget streams layers");
+            // A quarter over the minimum may hold a small model whole (the tiny shape's
+            // two layers); the minimum itself always streams.
+            assert!(
+                budget > min || streamed > 0,
+                "{name}: the minimum budget streams layers"
+            );
             for (s, want) in [SamplingParams::greedy(), sampled].iter().zip(&want) {
                 for opts in [StepOptions::plain(*s), StepOptions::speculative(*s)] {
                     let got = generate(&engine, &p, &opts, 24);
@@ -596,7 +601,7 @@ fn streamed_layers_give_the_resident_output() {
             let (used, peak, limit) = engine.model().backend().as_cuda().unwrap().memory();
             println!(
                 "{name}: budget {budget}: {streamed} layers streamed, peak {peak} of {limit} (in use {used}), {} bytes streamed",
-                engine.model().stream_stats().unwrap().bytes
+                engine.model().stream_stats().map_or(0, |s| s.bytes)
             );
             assert!(peak <= limit);
         }

@@ -216,6 +216,8 @@ pub fn passes(
     let first = 1 + w;
     let dmask = AttnMask::tree_rows(&parents, first..first + w);
     let drows: Vec<usize> = (0..w).collect();
+    let profile = crate::backend::cuda::profile::phase;
+    profile("plain");
     let plain_s = time(reps, || {
         engine
             .install(|| {
@@ -231,6 +233,7 @@ pub fn passes(
             })
             .map(drop)
     })?;
+    profile("verify");
     let verify_s = time(reps, || {
         engine
             .install(|| {
@@ -238,6 +241,7 @@ pub fn passes(
             })
             .map(drop)
     })?;
+    profile("draft");
     let draft_s = time(reps.max(10), || {
         engine
             .install(|| {
@@ -253,6 +257,7 @@ pub fn passes(
             })
             .map(drop)
     })?;
+    profile("");
     Ok(PassTimes {
         plain_s,
         verify_s,

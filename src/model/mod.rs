@@ -407,6 +407,9 @@ impl<B: Backend> Model<B> {
     /// rows must be inside the batch (the callers check; a backend may panic otherwise).
     pub(crate) fn logits(&self, pass: Pass, x: &B::Act, logit_rows: &[usize]) -> Result<Vec<f32>> {
         let (c, be) = (&self.config, &self.backend);
+        if logit_rows.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut sel = be.act(logit_rows.len(), c.hidden)?;
         be.gather_rows(x, logit_rows, &mut sel)?;
         let mut normed = be.act(logit_rows.len(), c.hidden)?;

@@ -101,9 +101,15 @@ pub fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]
 /// Writes a tiny random-weight model (`qwen2`: Qwen2 layout with biases and untied
 /// lm_head; otherwise Llama with tied embeddings) into `dir`; no tokenizer.
 pub fn write_tiny_model(dir: &Path, qwen2: bool) {
+    write_tiny_model_with_head_dim(dir, qwen2, 16);
+}
+
+/// [`write_tiny_model`] with heads of `hd` (the CUDA attention takes multiples of 32): the
+/// query and key/value widths follow the heads, the hidden size stays 64.
+pub fn write_tiny_model_with_head_dim(dir: &Path, qwen2: bool, hd: usize) {
     std::fs::create_dir_all(dir).unwrap();
-    let (h, ff, layers, heads, kv_heads, hd, vocab) =
-        (64usize, 128usize, 2usize, 4usize, 2usize, 16usize, 128usize);
+    let (h, ff, layers, heads, kv_heads, vocab) =
+        (64usize, 128usize, 2usize, 4usize, 2usize, 128usize);
     let arch = if qwen2 {
         "Qwen2ForCausalLM"
     } else {

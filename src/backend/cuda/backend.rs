@@ -3,16 +3,20 @@
 //! two typed kernel launches (kernels.rs) on the compute stream, with the launch shape each
 //! kernel's comment in `kernels/subspec.cu` states.
 
+use std::ffi::c_void;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use cudarc::driver::result as cu;
+use cudarc::driver::{result as cu, sys};
+use rayon::prelude::*;
 
 use super::blas;
 use super::context::{cu_err, Inner};
-use super::kernels::{Kernels, ATT_MAX_PER_LANE, ATT_WARPS, DN_TILE, QL_TILE, QL_WARPS};
+use super::kernels::{
+    Kernels, ATT_MAX_PER_LANE, ATT_WARPS, DN_TILE, MM_ROWS, MM_WARPS, QL_TILE, QL_WARPS,
+};
 use super::launch::DevPtr;
-use super::memory::{CudaAct, CudaKv, CudaWeight};
+use super::memory::{CudaAct, CudaKv, CudaWeight, Pinned};
 use super::tier::CudaTier;
 use crate::backend::{AttnMask, AttnShape, Backend, TierStats};
 use crate::checkpoint::{DType, GgmlType, HostTensor, Weights};
@@ -21,6 +25,9 @@ use crate::quant::QMatrix;
 
 /// Largest head width the attention kernel supports (each lane keeps `ATT_MAX_PER_LANE`
 /// values of a head).
+/// Reads to the host of at least this many bytes go through pinned memory.
+const PINNED_READ_MIN: usize = 1 << 20;
+
 const ATT_MAX_HEAD_DIM: usize = 32 * ATT_MAX_PER_LANE as usize;
 
 /// The CUDA backend on one device.
@@ -176,10 +183,45 @@ impl Backend for CudaBackend {
         let inner = &self.inner;
         inner.bind()?;
         let mut out = vec![0f32; x.len()];
-        // SAFETY: `out` holds `x.len()` floats; the stream is synchronised before use.
-        unsafe { cu::memcpy_dtoh_async(&mut out, x.addr(), inner.stream) }
+        let bytes = x.len() * 4;
+        if bytes < PINNED_READ_MIN {
+            super::profile::around(inner.stream, "to_host (copy)", || {
+                // SAFETY: `out` holds `x.len()` floats; the stream is synchronised before use.
+                unsafe { cu::memcpy_dtoh_async(&mut out, x.addr(), inner.stream) }
+                    .map_err(|e| cu_err("cuMemcpyDtoHAsync", e))?;
+                inner.sync()
+            })?;
+            return Ok(out);
+        }
+        // A large read (a verified tree's logits: 289 rows of 152k floats are 176 MB) is
+        // ~10x slower straight into pageable memory: it lands in pinned memory at full
+        // PCIe speed and is copied out by every core.
+        let mut stage = inner.read_stage.lock().unwrap_or_else(|e| e.into_inner());
+        if stage.as_ref().is_none_or(|p| p.bytes() < bytes) {
+            *stage = None;
+            *stage = Some(Pinned::new(bytes)?);
+        }
+        let pinned = stage.as_ref().expect("allocated above");
+        super::profile::around(inner.stream, "to_host (pinned copy)", || {
+            // SAFETY: the pinned buffer holds at least `bytes`; the stream is synchronised
+            // before it is read.
+            unsafe {
+                sys::cuMemcpyDtoHAsync_v2(
+                    pinned.ptr() as *mut c_void,
+                    x.addr(),
+                    bytes,
+                    inner.stream,
+                )
+            }
+            .result()
             .map_err(|e| cu_err("cuMemcpyDtoHAsync", e))?;
-        inner.sync()?;
+            inner.sync()
+        })?;
+        // SAFETY: the copy above wrote `x.len()` floats there and has completed.
+        let src = unsafe { std::slice::from_raw_parts(pinned.ptr() as *const f32, x.len()) };
+        out.par_chunks_mut(1 << 16)
+            .zip(src.par_chunks(1 << 16))
+            .for_each(|(d, s)| d.copy_from_slice(s));
         Ok(out)
     }
 
@@ -199,9 +241,11 @@ impl Backend for CudaBackend {
                     t.row_f32(id as usize, &mut row);
                     rows.extend(row.iter().flat_map(|v| v.to_le_bytes()));
                 }
-                // SAFETY: `out` holds ids.len() * cols floats.
-                unsafe { cu::memcpy_htod_async(out.addr(), &rows, inner.stream) }
-                    .map_err(|e| cu_err("cuMemcpyHtoDAsync", e))
+                super::profile::around(inner.stream, "embed (host rows copy)", || {
+                    // SAFETY: `out` holds ids.len() * cols floats.
+                    unsafe { cu::memcpy_htod_async(out.addr(), &rows, inner.stream) }
+                        .map_err(|e| cu_err("cuMemcpyHtoDAsync", e))
+                })
             }
             CudaWeight::Dense {
                 ptr,
@@ -291,7 +335,9 @@ impl Backend for CudaBackend {
                 Self::check_act(out, x.rows, *rows, "linear output")?;
                 // cuBLAS has no GGUF block types: those always take our kernels.
                 if inner.cublas_gemm.load(Ordering::Relaxed) && !dtype.is_quantized() {
-                    blas::gemm(inner, x, *ptr, *rows, *cols, *dtype, out)?;
+                    super::profile::around(inner.stream, "cublas gemm", || {
+                        blas::gemm(inner, x, *ptr, *rows, *cols, *dtype, out)
+                    })?;
                 } else {
                     if cols % 8 != 0 {
                         return Err(Error::unsupported(format!(
@@ -357,11 +403,11 @@ impl Backend for CudaBackend {
                 };
                 let at = inner.launch(
                     (
-                        rows.div_ceil(QL_WARPS as usize) as u32,
+                        rows.div_ceil((MM_WARPS * MM_ROWS) as usize) as u32,
                         x.rows.div_ceil(QL_TILE as usize) as u32,
                         1,
                     ),
-                    QL_WARPS * 32,
+                    MM_WARPS * 32,
                 );
                 // SAFETY: `codes` and `params` are the planes of a rows x cols substitute of
                 // `bits` bits in groups of `group` (cols a multiple of 32 and of the group,

@@ -11,7 +11,7 @@ use cudarc::driver::{result as cu, sys};
 
 use super::kernels::Kernels;
 use super::launch::{self, Launch};
-use super::memory::MemAccount;
+use super::memory::{MemAccount, Pinned};
 use crate::error::{Error, ErrorKind, Result};
 
 /// Whether a CUDA driver library can be loaded on this machine (no device is touched).
@@ -54,6 +54,9 @@ pub(crate) struct Inner {
     /// Dense products through cuBLAS (faster for big batches, not batch-invariant)
     /// instead of our batch-invariant kernels.
     pub(super) cublas_gemm: AtomicBool,
+    /// Pinned host memory that large reads to the host (a tree's logits) land in first,
+    /// grown to the largest read so far (see `CudaBackend::to_host`).
+    pub(super) read_stage: Mutex<Option<Pinned>>,
 }
 
 // SAFETY: driver handles (context, streams, functions) may be used from any thread once the
@@ -153,6 +156,7 @@ impl Inner {
             mem: MemAccount::new(limit),
             name,
             cublas_gemm: AtomicBool::new(false),
+            read_stage: Mutex::new(None),
         })
     }
 
@@ -187,6 +191,8 @@ impl Drop for Inner {
             let _ = cu::ctx::set_current(self.ctx);
             let _ = cu::stream::synchronize(self.stream);
             let _ = cu::stream::synchronize(self.copy);
+            // Freed while the context is still held.
+            drop(self.read_stage.get_mut().map(Option::take));
             if let Some(Ok(h)) = self.blas.as_ref().map(|b| b.lock()) {
                 let _ = blas::cublasDestroy_v2(*h);
             }

@@ -15,10 +15,14 @@ use super::launch::{kernel_table, DevPtr, DevPtrMut};
 pub(crate) const ATT_WARPS: u32 = 8;
 /// `#define ATT_MAX_PER_LANE 8` in `kernels/subspec.cu`.
 pub(crate) const ATT_MAX_PER_LANE: u32 = 8;
-/// `#define QL_WARPS 8` in `kernels/subspec.cu`.
-pub(crate) const QL_WARPS: u32 = 8;
+/// `#define MM_WARPS 4` in `kernels/subspec.cu`.
+pub(crate) const MM_WARPS: u32 = 4;
+/// `#define MM_ROWS 4` in `kernels/subspec.cu`.
+pub(crate) const MM_ROWS: u32 = 4;
 /// `#define QL_TILE 8` in `kernels/subspec.cu`.
 pub(crate) const QL_TILE: u32 = 8;
+/// `#define QL_WARPS 8` in `kernels/subspec.cu`.
+pub(crate) const QL_WARPS: u32 = 8;
 /// `#define DN_TILE 16` in `kernels/subspec.cu`.
 pub(crate) const DN_TILE: u32 = 16;
 

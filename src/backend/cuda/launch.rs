@@ -219,18 +219,25 @@ impl Function {
     /// the launch; the launch's shape is one the kernel is written for; the module's
     /// context is current.
     pub(crate) unsafe fn launch(&self, at: Launch, params: &mut [*mut c_void]) -> Result<()> {
-        // SAFETY: the caller's contract; the driver copies the values before returning.
-        unsafe {
-            cu::launch_kernel(
-                self.f,
-                at.grid,
-                at.block,
-                at.shared_bytes,
-                at.stream,
-                params,
-            )
+        // A grid with no blocks is no work (an empty batch, no logit rows); the driver
+        // refuses it with CUDA_ERROR_INVALID_VALUE, so it is never queued.
+        if at.grid.0 == 0 || at.grid.1 == 0 || at.grid.2 == 0 {
+            return Ok(());
         }
-        .map_err(|e| cu_err(&format!("launching {}", self.name), e))
+        super::profile::around(at.stream, self.name, || {
+            // SAFETY: the caller's contract; the driver copies the values before returning.
+            unsafe {
+                cu::launch_kernel(
+                    self.f,
+                    at.grid,
+                    at.block,
+                    at.shared_bytes,
+                    at.stream,
+                    params,
+                )
+            }
+            .map_err(|e| cu_err(&format!("launching {}", self.name), e))
+        })
     }
 }
 

@@ -230,6 +230,11 @@ impl Pinned {
         self.ptr
     }
 
+    /// Its size in bytes.
+    pub(crate) fn bytes(&self) -> usize {
+        self.len
+    }
+
     /// The memory, to fill.
     pub(crate) fn as_mut_slice(&mut self) -> &mut [u8] {
         // SAFETY: `len` bytes owned by self.

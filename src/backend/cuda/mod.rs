@@ -44,6 +44,7 @@ mod kernels;
 mod launch;
 mod memory;
 mod probe;
+pub mod profile;
 mod tier;
 
 pub use backend::CudaBackend;

@@ -261,6 +261,9 @@ fn ops<B: Backend>(b: &B) -> Vec<(String, Vec<f32>)> {
     let mut sel = b.act(3, h).unwrap();
     b.gather_rows(&g, &[6, 0, 3], &mut sel).unwrap();
     out.push(("gather_rows".into(), b.to_host(&sel).unwrap()));
+    let mut into = act(b, 7, h, &rnd(7 * h, 17));
+    b.set_rows(&mut into, 2, &sel).unwrap();
+    out.push(("set_rows".into(), b.to_host(&into).unwrap()));
     // Embedding from a host-side f16 table.
     let table = b
         .host_matrix(&tensor("embed", DType::F16, vec![50, h], &rnd(50 * h, 6)))

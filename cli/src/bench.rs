@@ -45,6 +45,11 @@ pub struct BenchArgs {
     /// placement), a stronger baseline than the shared placement.
     #[arg(long)]
     own_baseline: bool,
+    /// Batched steps instead: for each N in this list (e.g. 1,2,4,8), N requests (the
+    /// first N prompts, cycling) decoded together with `Engine::step_batch`, plain and
+    /// SubSpec: aggregate tokens/s and per-request latency.
+    #[arg(long, value_delimiter = ',')]
+    batch: Vec<usize>,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -53,6 +58,8 @@ pub struct BenchArgs {
 pub fn run(a: &BenchArgs) -> Result<(), Error> {
     if a.kernels {
         kernels(a)
+    } else if !a.batch.is_empty() {
+        batch(a)
     } else {
         offload(a)
     }
@@ -328,6 +335,181 @@ fn offload(a: &BenchArgs) -> Result<(), Error> {
         return Err(Error::internal(
             "speculative output differed from plain output",
         ));
+    }
+    Ok(())
+}
+
+/// One batched run: N requests decoded together; what each produced and the figures.
+struct BatchRun {
+    outputs: Vec<Vec<u32>>,
+    seconds: f64,
+    /// Seconds from the start of decoding to each request's last token.
+    latency: Vec<f64>,
+    streamed: u64,
+    passes: usize,
+}
+
+impl BatchRun {
+    fn tokens(&self) -> usize {
+        self.outputs.iter().map(Vec::len).sum()
+    }
+
+    fn rate(&self) -> f64 {
+        self.tokens() as f64 / self.seconds
+    }
+
+    fn mean_latency(&self) -> f64 {
+        self.latency.iter().sum::<f64>() / self.latency.len().max(1) as f64
+    }
+}
+
+/// Decodes `prompts` together with batched steps, `max_new` tokens each (or to an end
+/// token); prefills are done first and not timed (they are the same work either way).
+fn batch_run(
+    engine: &Engine,
+    prompts: &[Vec<u32>],
+    opts: &StepOptions,
+    max_new: usize,
+) -> Result<BatchRun, Error> {
+    let mut seqs = Vec::with_capacity(prompts.len());
+    for p in prompts {
+        let mut s = engine.new_sequence()?;
+        s.append(p)?;
+        s.prefill_pending()?;
+        seqs.push(s);
+    }
+    let streamed = |e: &Engine| measure::stream_stats(e).map_or(0, |s| s.bytes);
+    let b0 = streamed(engine);
+    let n = prompts.len();
+    let mut outputs = vec![Vec::new(); n];
+    let mut latency = vec![0.0; n];
+    let mut done = vec![false; n];
+    let mut passes = 0;
+    let t0 = Instant::now();
+    while done.iter().any(|d| !d) {
+        let live: Vec<usize> = (0..n).filter(|&i| !done[i]).collect();
+        let step: Vec<StepOptions> = live
+            .iter()
+            .map(|&i| opts.with_max_tokens(max_new - outputs[i].len()))
+            .collect();
+        let mut batch: Vec<&mut subspec::Sequence> = seqs
+            .iter_mut()
+            .enumerate()
+            .filter(|(i, _)| !done[*i])
+            .map(|(_, s)| s)
+            .collect();
+        let results = engine.step_batch(&mut batch, &step)?;
+        passes += 1;
+        for (&i, r) in live.iter().zip(results) {
+            let new = r?;
+            let eos = new.iter().any(|&t| engine.is_eos(t));
+            outputs[i].extend_from_slice(&new);
+            if eos || outputs[i].len() >= max_new {
+                done[i] = true;
+                latency[i] = t0.elapsed().as_secs_f64();
+            }
+        }
+    }
+    Ok(BatchRun {
+        outputs,
+        seconds: t0.elapsed().as_secs_f64(),
+        latency,
+        streamed: streamed(engine) - b0,
+        passes,
+    })
+}
+
+/// `--batch`: aggregate tokens/s and latency by the number of requests decoded together.
+fn batch(a: &BenchArgs) -> Result<(), Error> {
+    let prompts = load_prompts(a)?;
+    let draft = a
+        .spec
+        .draft()?
+        .ok_or_else(|| Error::invalid_argument("bench compares with SubSpec: drop --no-spec"))?;
+    if let Some(&bad) = a.batch.iter().find(|&&n| n == 0) {
+        return Err(Error::invalid_argument(format!(
+            "--batch takes request counts of at least 1, got {bad}"
+        )));
+    }
+    let engine = super::load_engine(a.model.options(Some(draft))?)?;
+    let tok = engine.tokenizer()?;
+    let encoded = prompts
+        .iter()
+        .map(|(_, prompt)| tok.encode(&super::chatml_text(prompt), false))
+        .collect::<Result<Vec<_>, Error>>()?;
+    if encoded.is_empty() {
+        return Err(Error::invalid_argument("the prompt set is empty"));
+    }
+    let spec_opts = a.spec.step(&engine, SamplingParams::greedy())?;
+    let plain_opts = StepOptions::plain(SamplingParams::greedy());
+    // Warm up, untimed.
+    batch_run(&engine, &encoded[..1], &spec_opts, 4)?;
+    let mut rows = Vec::new();
+    if !a.json {
+        println!(
+            "{:>3} {:>10} {:>10} {:>8} {:>12} {:>12} {:>9} {:>9} {:>7} {:>5}",
+            "N",
+            "plain t/s",
+            "spec t/s",
+            "speedup",
+            "plain lat s",
+            "spec lat s",
+            "MB/tok p",
+            "MB/tok s",
+            "passes",
+            "same"
+        );
+    }
+    let mut base = None;
+    for &n in &a.batch {
+        let ids: Vec<Vec<u32>> = (0..n).map(|i| encoded[i % encoded.len()].clone()).collect();
+        let p = batch_run(&engine, &ids, &plain_opts, a.max_new)?;
+        let s = batch_run(&engine, &ids, &spec_opts, a.max_new)?;
+        let same = p.outputs == s.outputs;
+        let mb = |r: &BatchRun| r.streamed as f64 / r.tokens().max(1) as f64 / 1e6;
+        let base_rate = *base.get_or_insert(s.rate());
+        if !a.json {
+            println!(
+                "{n:>3} {:>10.2} {:>10.2} {:>7.2}x {:>12.2} {:>12.2} {:>9.1} {:>9.1} {:>3}/{:<3} {same:>5}",
+                p.rate(),
+                s.rate(),
+                s.rate() / p.rate(),
+                p.mean_latency(),
+                s.mean_latency(),
+                mb(&p),
+                mb(&s),
+                p.passes,
+                s.passes
+            );
+        }
+        rows.push(
+            json!({"n": n, "plain_tokens_per_s": p.rate(), "spec_tokens_per_s": s.rate(),
+            "speedup": s.rate() / p.rate(), "spec_over_first": s.rate() / base_rate,
+            "plain_mean_latency_s": p.mean_latency(), "spec_mean_latency_s": s.mean_latency(),
+            "plain_bytes_per_token": mb(&p) * 1e6, "spec_bytes_per_token": mb(&s) * 1e6,
+            "plain_passes": p.passes, "spec_passes": s.passes, "identical": same}),
+        );
+        if !same {
+            return Err(Error::internal(format!(
+                "batched speculative output differed from batched plain output at N = {n}"
+            )));
+        }
+    }
+    let placement = engine.placement();
+    let total = json!({"max_new": a.max_new,
+        "placement_offloaded_layers": placement.map_or(0, |p| p.offloaded().len()),
+        "tree": {"width": spec_opts.tree.width, "depth": spec_opts.tree.depth, "max_tokens": spec_opts.tree.max_tokens}});
+    if a.json {
+        println!("{}", json!({"total": total, "runs": rows}));
+    } else if let Some(first) = rows.first() {
+        let last = rows.last().unwrap_or(first);
+        println!(
+            "SubSpec aggregate at N = {} is {:.2}x N = {}; {} layers streamed per target pass",
+            last["n"],
+            last["spec_over_first"].as_f64().unwrap_or(0.0),
+            first["n"],
+            placement.map_or(0, |p| p.offloaded().len())
+        );
     }
     Ok(())
 }

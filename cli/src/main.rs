@@ -1,5 +1,6 @@
 //! The `subspec` command: generate text, measure perplexity, benchmark.
 
+mod batcher;
 mod bench;
 mod passes;
 mod serve;

@@ -8,7 +8,9 @@
 //! what a fresh prefill computes, bit for bit), and no KV cache is allocated per request.
 //! Further requests wait in a bounded queue (`--queue`), and a request that finds the
 //! queue full gets 503 with `Retry-After`. A client that goes away drops the channel's
-//! receiver; its step stops before the next decoder layer, freeing its slot.
+//! receiver; its step stops before the next decoder layer, freeing its slot. Running
+//! generations step together (`batcher.rs`): one target pass verifies all their trees,
+//! so an offloaded model streams once per step for all of them, with unchanged output.
 
 use std::convert::Infallible;
 use std::path::PathBuf;
@@ -30,6 +32,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 
+use crate::batcher::Batcher;
 use crate::{ModelArgs, SpecArgs};
 
 /// Arguments of `subspec serve`.
@@ -86,6 +89,8 @@ struct AppState {
     admitted: AtomicUsize,
     running: AtomicUsize,
     metrics: Metrics,
+    /// Steps the running generations together (one target pass for all of them).
+    batcher: Batcher,
 }
 
 /// An OpenAI-style error response.
@@ -406,9 +411,16 @@ async fn start(state: &Arc<AppState>, req: GenRequest) -> ApiResult<mpsc::Receiv
         .name("subspec-gen".into())
         .spawn(move || {
             st.running.fetch_add(1, Ordering::SeqCst);
-            let r = st.take_slot(&req.prompt).and_then(|mut seq| {
-                let r = generate(&st, &req, &tx, &rt, &mut seq);
-                st.idle.lock().unwrap_or_else(|e| e.into_inner()).push(seq);
+            let r = st.take_slot(&req.prompt).and_then(|seq| {
+                let mut slot = Some(seq);
+                let r = generate(&st, &req, &tx, &rt, &mut slot);
+                match slot {
+                    Some(seq) => st.idle.lock().unwrap_or_else(|e| e.into_inner()).push(seq),
+                    None => {
+                        // A step panicked with the sequence lent to it: the slot is lost.
+                        st.metrics.errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
                 r
             });
             if let Err(e) = r {
@@ -443,8 +455,9 @@ fn generate(
     req: &GenRequest,
     tx: &mpsc::Sender<Chunk>,
     rt: &tokio::runtime::Handle,
-    seq: &mut subspec::Sequence,
+    slot: &mut Option<subspec::Sequence>,
 ) -> Result<(), Error> {
+    let seq = held(slot)?;
     // Keep the slot's KV for the prefix this prompt shares with its tokens; at least the
     // prompt's last token runs again, for the logits of the first new one.
     let keep = common_prefix(seq.tokens(), &req.prompt).min(req.prompt.len() - 1);
@@ -462,11 +475,17 @@ fn generate(
             h.abort();
         }
     });
-    let r = generate_on(st, req, cached, tx, seq);
+    let r = generate_on(st, req, cached, tx, slot);
     watcher.abort();
     armed.lock().unwrap_or_else(|e| e.into_inner()).take();
-    seq.abort_handle().clear();
+    held(slot)?.abort_handle().clear();
     r
+}
+
+/// The sequence of a generation's slot (lent to a batched step only during the step).
+fn held(slot: &mut Option<subspec::Sequence>) -> Result<&mut subspec::Sequence, Error> {
+    slot.as_mut()
+        .ok_or_else(|| Error::internal("the slot's sequence was lost in a failed step"))
 }
 
 /// How many leading tokens `a` and `b` share.
@@ -479,7 +498,7 @@ fn generate_on(
     req: &GenRequest,
     cached: usize,
     tx: &mpsc::Sender<Chunk>,
-    seq: &mut subspec::Sequence,
+    slot: &mut Option<subspec::Sequence>,
 ) -> Result<(), Error> {
     let engine = &st.engine;
     let tok = engine.tokenizer()?;
@@ -489,16 +508,16 @@ fn generate_on(
     let mut sent = 0usize;
     let mut produced = 0usize;
     let mut reason = "length";
-    let passes_before = seq.stats().iterations;
+    let passes_before = held(slot)?.stats().iterations;
     let t0 = Instant::now();
-    while produced < req.max_tokens && seq.len() < engine.max_context() {
+    while produced < req.max_tokens && held(slot)?.len() < engine.max_context() {
         if tx.is_closed() {
             st.metrics.cancelled.fetch_add(1, Ordering::Relaxed);
             reason = "cancelled";
             break;
         }
         let step = req.step.with_max_tokens(req.max_tokens - produced);
-        let new = match seq.step(&step) {
+        let new = match st.batcher.step_in(engine, slot, step) {
             Err(e) if e.kind() == ErrorKind::Aborted && tx.is_closed() => {
                 st.metrics.cancelled.fetch_add(1, Ordering::Relaxed);
                 reason = "cancelled";
@@ -549,7 +568,7 @@ fn generate_on(
         let _ = tx.blocking_send(Chunk::Text(text[sent..].to_string()));
     }
     let m = &st.metrics;
-    let s = seq.stats();
+    let s = held(slot)?.stats();
     m.prompt_tokens
         .fetch_add(req.prompt.len() as u64, Ordering::Relaxed);
     m.cached_prompt_tokens
@@ -909,6 +928,11 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
 # HELP subspec_stream_wait_seconds_total Seconds compute waited for a streamed layer.\n# TYPE subspec_stream_wait_seconds_total counter\nsubspec_stream_wait_seconds_total {}\n",
         t.bytes, t.read_s, t.wait_s,
     ));
+    let (batches, stepped) = st.batcher.counts();
+    body.push_str(&format!(
+        "# HELP subspec_batches_total Batched steps run (one target pass each for all the generations in them).\n# TYPE subspec_batches_total counter\nsubspec_batches_total {batches}\n\
+# HELP subspec_batched_steps_total Generation steps run in those batches.\n# TYPE subspec_batched_steps_total counter\nsubspec_batched_steps_total {stepped}\n"
+    ));
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 
@@ -952,6 +976,12 @@ pub fn run(a: &ServeArgs) -> Result<(), Error> {
     let engine = model.load(a.spec.draft()?)?;
     engine.tokenizer()?;
     let step = a.spec.step(&engine, SamplingParams::greedy())?;
+    if parallel > 1 && step.speculate && step.tree.auto_depth {
+        return Err(Error::invalid_argument(
+            "--auto-depth needs --parallel 1: generations are stepped together, each with \
+             the tree depth given",
+        ));
+    }
     let model_name = a.model_name.clone().unwrap_or_else(|| {
         let p: &PathBuf = &a.model.model;
         p.file_name()
@@ -972,6 +1002,7 @@ pub fn run(a: &ServeArgs) -> Result<(), Error> {
         admitted: AtomicUsize::new(0),
         running: AtomicUsize::new(0),
         metrics: Metrics::default(),
+        batcher: Batcher::default(),
     });
     let max_body = a.max_body;
     let app = Router::new()

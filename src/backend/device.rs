@@ -293,6 +293,13 @@ impl Backend for Device {
         }
     }
 
+    fn set_rows(&self, x: &mut DevAct, first: usize, y: &DevAct) -> Result<()> {
+        match self {
+            Device::Cpu(b) => b.set_rows(x.cpu_mut()?, first, y.cpu()?),
+            Device::Cuda(b) => b.set_rows(x.cuda_mut()?, first, y.cuda()?),
+        }
+    }
+
     fn kv_new(&self, layers: usize, kv_dim: usize, capacity: usize) -> Result<DevKv> {
         Ok(match self {
             Device::Cpu(b) => DevKv::Cpu(b.kv_new(layers, kv_dim, capacity)?),

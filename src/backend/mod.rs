@@ -224,6 +224,8 @@ pub trait Backend: Send + Sync {
     fn add(&self, x: &mut Self::Act, y: &Self::Act) -> Result<()>;
     /// `out[i] = x[rows[i]]`.
     fn gather_rows(&self, x: &Self::Act, rows: &[usize], out: &mut Self::Act) -> Result<()>;
+    /// `x[first + i] = y[i]` for every row of `y` (same width; the rows must fit).
+    fn set_rows(&self, x: &mut Self::Act, first: usize, y: &Self::Act) -> Result<()>;
 
     /// Key/value storage for `layers` layers of width `kv_dim`, up to `capacity` slots.
     fn kv_new(&self, layers: usize, kv_dim: usize, capacity: usize) -> Result<Self::Kv>;

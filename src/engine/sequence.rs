@@ -12,7 +12,7 @@ use std::time::Instant;
 use super::{Engine, StepOptions, PREFILL_CHUNK};
 use crate::backend::{AttnMask, Backend, Device};
 use crate::error::{Error, ErrorKind, Result};
-use crate::model::{KvCache, Pass};
+use crate::model::{KvCache, Pass, Segment};
 use crate::sample::{sample, SamplingParams};
 use crate::spec::draft::{draft_tree, DraftLimits};
 use crate::spec::tune::{self, Acceptance};
@@ -87,6 +87,43 @@ struct Pending {
     draft_s: f64,
     verify_s: f64,
     draft_steps: usize,
+}
+
+/// A drafted tree waiting for its target pass.
+struct Drafted {
+    tree: Tree,
+    /// Position of the tree's root (the last token of the sequence).
+    root_pos: usize,
+    prefill_s: f64,
+    draft_s: f64,
+    draft_steps: usize,
+}
+
+impl Drafted {
+    /// Positions and attention mask of the tree's nodes in the target pass.
+    fn verify_input(&self) -> (Vec<usize>, AttnMask) {
+        let t = &self.tree;
+        let pos = (0..t.len()).map(|n| self.root_pos + t.depth(n)).collect();
+        (pos, AttnMask::tree_rows(t.parents(), 0..t.len()))
+    }
+
+    /// The pass, given the target's residual stream of the tree's nodes, which took
+    /// `verify_s`.
+    fn verified(self, hidden: <Device as Backend>::Act, verify_s: f64) -> Pending {
+        let at = vec![None; self.tree.len()];
+        Pending {
+            verified: Verified {
+                tree: self.tree,
+                hidden: Some(hidden),
+                rows: Vec::new(),
+                at,
+            },
+            speculative: true,
+            draft_s: self.draft_s,
+            verify_s: verify_s + self.prefill_s,
+            draft_steps: self.draft_steps,
+        }
+    }
 }
 
 /// An open host-sampled iteration (see [`Sequence::begin`]).
@@ -337,9 +374,15 @@ impl Sequence {
 
     /// One draft-and-verify iteration emitting at most `limit` (>= 2) tokens.
     fn speculative_step(&mut self, opts: &StepOptions, limit: usize) -> Result<Vec<u32>> {
+        let pass = self.draft_and_verify(opts, limit)?;
+        self.finish(pass, opts, limit)
+    }
+
+    /// Walks a verified pass (accepts what the target agrees with, at most `limit`
+    /// tokens) and commits the walk.
+    fn finish(&mut self, mut pass: Pending, opts: &StepOptions, limit: usize) -> Result<Vec<u32>> {
         let engine = self.engine.clone();
         let root_pos = self.tokens.len() - 1;
-        let mut pass = self.draft_and_verify(opts, limit)?;
         let t0 = Instant::now();
         let rows = &mut LazyLogits {
             engine: &engine,
@@ -381,11 +424,37 @@ impl Sequence {
     fn draft_and_verify(&mut self, opts: &StepOptions, limit: usize) -> Result<Pending> {
         let engine = self.engine.clone();
         let model = &engine.shared.model;
+        let drafted = self.draft(opts, limit)?;
+        // Verify: one target pass over the root and every tree node.
+        let t0 = Instant::now();
+        let (pos, mask) = drafted.verify_input();
+        let cache = &mut self.cache;
+        let tokens = drafted.tree.tokens();
+        let hidden =
+            engine.install(|| model.forward_hidden(cache, Pass::Target, 0, tokens, &pos, &mask))?;
+        Ok(drafted.verified(hidden, t0.elapsed().as_secs_f64()))
+    }
+
+    /// The first half of [`Sequence::draft_and_verify`]: the pending tokens but the last
+    /// into the cache, then the tree drafted from the last (a tree of the root alone when
+    /// `opts` does not speculate or `limit` is 1: a plain step's pass).
+    fn draft(&mut self, opts: &StepOptions, limit: usize) -> Result<Drafted> {
+        let engine = self.engine.clone();
+        let model = &engine.shared.model;
         // Everything but the last token goes into the cache; the last is the tree's root.
         let root_pos = self.tokens.len() - 1;
         let t0 = Instant::now();
         self.prefill(root_pos, false)?;
         let prefill_s = t0.elapsed().as_secs_f64();
+        if !opts.speculate || limit < 2 {
+            return Ok(Drafted {
+                tree: Tree::new(self.tokens[root_pos]),
+                root_pos,
+                prefill_s,
+                draft_s: 0.0,
+                draft_steps: 0,
+            });
+        }
 
         // Draft: grow the tree level by level.
         let t0 = Instant::now();
@@ -414,27 +483,11 @@ impl Sequence {
                 )
             })
         })?;
-        let draft_s = t0.elapsed().as_secs_f64();
-
-        // Verify: one target pass over the root and every tree node.
-        let t0 = Instant::now();
-        let tree = draft.tree;
-        let pos: Vec<usize> = (0..tree.len()).map(|n| root_pos + tree.depth(n)).collect();
-        let mask = AttnMask::tree_rows(tree.parents(), 0..tree.len());
-        let cache = &mut self.cache;
-        let hidden = engine
-            .install(|| model.forward_hidden(cache, Pass::Target, 0, tree.tokens(), &pos, &mask))?;
-        let at = vec![None; tree.len()];
-        Ok(Pending {
-            verified: Verified {
-                tree,
-                hidden: Some(hidden),
-                rows: Vec::new(),
-                at,
-            },
-            speculative: true,
-            draft_s,
-            verify_s: t0.elapsed().as_secs_f64() + prefill_s,
+        Ok(Drafted {
+            tree: draft.tree,
+            root_pos,
+            prefill_s,
+            draft_s: t0.elapsed().as_secs_f64(),
             draft_steps: draft.steps,
         })
     }
@@ -709,6 +762,193 @@ impl Sequence {
                 break;
             }
         }
+        Ok(out)
+    }
+}
+
+impl Sequence {
+    /// What [`Engine::step_batch`] does for one sequence before the shared target pass:
+    /// the checks of [`Sequence::step`], the pending tokens but the last into the cache,
+    /// the tree drafted. Returns the tree and the most tokens the step may emit.
+    fn prepare_batched(&mut self, opts: &StepOptions) -> Result<(Drafted, usize)> {
+        if self.open.is_some() {
+            return Err(iteration_open("step"));
+        }
+        opts.sampling.validate()?;
+        let limit = self.check_pass(opts)?;
+        if opts.speculate && opts.tree.auto_depth {
+            return Err(Error::invalid_argument(
+                "auto_depth is not supported in a batched step: give the tree's depth",
+            ));
+        }
+        Ok((self.draft(opts, limit)?, limit))
+    }
+}
+
+impl Engine {
+    /// Steps several sequences of this engine together. Each runs its pending tokens and
+    /// drafts its tree as [`Sequence::step`] would (plain: a tree of its last token alone),
+    /// then one target pass verifies every tree, so an offloaded layer streams once for
+    /// all of them, and each keeps what the target accepts. Every sequence gets exactly
+    /// the tokens its own `step` would give: a row's values do not depend on the other
+    /// rows of the pass, whichever sequence they belong to.
+    ///
+    /// Results are per sequence, in order. One that fails (its options, a full context,
+    /// an open host-sampled iteration, an abort request) fails alone and is left exactly
+    /// as it was; the others step. Sequences may differ in prompts, lengths, sampling and
+    /// tree shape, speculate or not, and may join or leave between calls (continuous
+    /// batching). Each sequence's statistics count the whole shared pass as its
+    /// verification time. Not in a batch of two or more: `auto_depth` (that sequence's
+    /// `InvalidArgument`); a batch of one is that sequence's [`Sequence::step`].
+    /// The call itself fails only when `opts` does not have one entry per sequence or a
+    /// sequence belongs to another engine.
+    pub fn step_batch(
+        &self,
+        seqs: &mut [&mut Sequence],
+        opts: &[StepOptions],
+    ) -> Result<Vec<Result<Vec<u32>>>> {
+        if seqs.len() != opts.len() {
+            return Err(Error::invalid_argument(format!(
+                "{} sequences but {} step options: give one per sequence",
+                seqs.len(),
+                opts.len()
+            )));
+        }
+        if let Some(i) = seqs
+            .iter()
+            .position(|s| !std::sync::Arc::ptr_eq(&s.engine.shared, &self.shared))
+        {
+            return Err(Error::invalid_argument(format!(
+                "sequence {i} of the batch belongs to another engine"
+            )));
+        }
+        if let [seq] = seqs {
+            // One sequence: its own step (which also takes `auto_depth`).
+            return Ok(vec![seq.step(&opts[0])]);
+        }
+        let n = seqs.len();
+        let committed: Vec<usize> = seqs.iter().map(|s| s.cache.len()).collect();
+        let mut results: Vec<Option<Result<Vec<u32>>>> = (0..n).map(|_| None).collect();
+        let mut drafted: Vec<Option<(Drafted, usize)>> = (0..n).map(|_| None).collect();
+        for (i, seq) in seqs.iter_mut().enumerate() {
+            match seq.prepare_batched(&opts[i]) {
+                Ok(d) => drafted[i] = Some(d),
+                Err(e) => {
+                    seq.cache.truncate(committed[i]);
+                    results[i] = Some(Err(e));
+                }
+            }
+        }
+        // One target pass over every drafted tree. Sequences that asked to stop during it
+        // leave the batch, and the pass runs again for the others.
+        loop {
+            let live: Vec<usize> = (0..n).filter(|&i| drafted[i].is_some()).collect();
+            if live.is_empty() {
+                break;
+            }
+            let t0 = Instant::now();
+            let inputs: Vec<(Vec<usize>, AttnMask)> = live
+                .iter()
+                .filter_map(|&i| drafted[i].as_ref().map(|(d, _)| d.verify_input()))
+                .collect();
+            let mut segs = Vec::with_capacity(live.len());
+            for ((seq, d), (pos, mask)) in seqs
+                .iter_mut()
+                .zip(&drafted)
+                .filter_map(|(s, d)| d.as_ref().map(|(d, _)| (s, d)))
+                .zip(&inputs)
+            {
+                segs.push(Segment {
+                    cache: &mut seq.cache,
+                    first: 0,
+                    tokens: d.tree.tokens(),
+                    positions: pos,
+                    mask,
+                });
+            }
+            let model = &self.shared.model;
+            let r = self.install(|| model.forward_hidden_batch(Pass::Target, &mut segs));
+            drop(segs);
+            let fail = |seq: &mut Sequence, i: usize, e: Error| {
+                seq.cache.truncate(committed[i]);
+                Some(Err(e))
+            };
+            match r {
+                Ok(hidden) => {
+                    let verify_s = t0.elapsed().as_secs_f64();
+                    let mut hidden = Some(hidden);
+                    let mut row = 0;
+                    for &i in &live {
+                        let (d, limit) = drafted[i].take().expect("live");
+                        let m = d.tree.len();
+                        let part = if live.len() == 1 {
+                            hidden
+                                .take()
+                                .ok_or_else(|| Error::internal("one pass, one owner"))
+                        } else {
+                            self.rows_of(hidden.as_ref(), row..row + m)
+                        };
+                        row += m;
+                        let seq = &mut *seqs[i];
+                        let r =
+                            part.and_then(|h| seq.finish(d.verified(h, verify_s), &opts[i], limit));
+                        results[i] = match r {
+                            Ok(tokens) => Some(Ok(tokens)),
+                            Err(e) => fail(seq, i, e),
+                        };
+                    }
+                    break;
+                }
+                Err(e) if e.kind() == ErrorKind::Aborted && live.len() > 1 => {
+                    let mut taken = false;
+                    for &i in &live {
+                        let seq = &mut *seqs[i];
+                        let at = || "during a batched target pass".to_string();
+                        if let Err(a) = seq.cache.abort_handle().check(at) {
+                            taken = true;
+                            drafted[i] = None;
+                            results[i] = fail(seq, i, a);
+                        }
+                    }
+                    if !taken {
+                        // The request was withdrawn meanwhile: run the pass again.
+                        continue;
+                    }
+                }
+                Err(e) => {
+                    for &i in &live {
+                        drafted[i] = None;
+                        let copy = Error::new(e.kind(), e.to_string());
+                        results[i] = fail(&mut *seqs[i], i, copy);
+                    }
+                    break;
+                }
+            }
+        }
+        Ok(results
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| {
+                    Err(Error::internal(
+                        "a batched step left a sequence without a result",
+                    ))
+                })
+            })
+            .collect())
+    }
+
+    /// Rows `rows` of a batched pass's residual stream, as an activation of their own.
+    fn rows_of(
+        &self,
+        hidden: Option<&<Device as Backend>::Act>,
+        rows: std::ops::Range<usize>,
+    ) -> Result<<Device as Backend>::Act> {
+        let hidden =
+            hidden.ok_or_else(|| Error::internal("the batch's residual stream was taken"))?;
+        let be = self.shared.model.backend();
+        let idx: Vec<usize> = rows.collect();
+        let mut out = be.act(idx.len(), self.shared.model.config().hidden)?;
+        self.install(|| be.gather_rows(hidden, &idx, &mut out))?;
         Ok(out)
     }
 }

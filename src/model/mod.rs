@@ -28,6 +28,17 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::plan::Placement;
 use crate::util::AbortHandle;
 
+/// One sequence's part of a batched pass ([`Model::forward_hidden_batch`]): its cache, the
+/// scratch offset its K/V is written at, and its tokens, positions and mask as
+/// [`Model::forward_at`] takes them.
+pub struct Segment<'a, B: Backend> {
+    pub cache: &'a mut KvCache<B>,
+    pub first: usize,
+    pub tokens: &'a [u32],
+    pub positions: &'a [usize],
+    pub mask: &'a AttnMask,
+}
+
 /// Which weights a forward runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pass {
@@ -232,26 +243,57 @@ impl<B: Backend> Model<B> {
         positions: &[usize],
         mask: &AttnMask,
     ) -> Result<B::Act> {
+        self.forward_hidden_batch(
+            pass,
+            &mut [Segment {
+                cache,
+                first,
+                tokens,
+                positions,
+                mask,
+            }],
+        )
+    }
+
+    /// [`Model::forward_hidden`] of several sequences in one pass: their tokens go through
+    /// every linear together (an offloaded layer is streamed once for all of them), each
+    /// segment's attention reads and writes only its own cache. The result has the
+    /// segments' rows one after the other. A row's values are the bits the segment would
+    /// give alone (every operation is row-wise or per segment). An error leaves every
+    /// cache's committed positions as they were. With several segments an abort request
+    /// is left in place (the error is `Aborted` for the batch): the caller sees which
+    /// sequences made one.
+    pub fn forward_hidden_batch(&self, pass: Pass, segs: &mut [Segment<'_, B>]) -> Result<B::Act> {
         let c = &self.config;
-        let n = tokens.len();
-        if positions.len() != n || mask.len() != n {
-            return Err(Error::internal(
-                "forward: tokens, positions and mask disagree",
-            ));
+        let mut n = 0;
+        for seg in segs.iter() {
+            let m = seg.tokens.len();
+            if seg.positions.len() != m || seg.mask.len() != m {
+                return Err(Error::internal(
+                    "forward: tokens, positions and mask disagree",
+                ));
+            }
+            seg.mask.validate(seg.first)?;
+            self.check_tokens(seg.tokens)?;
+            let cache = &seg.cache;
+            if cache.committed + seg.first + m > cache.capacity {
+                return Err(Error::new(
+                    ErrorKind::ContextFull,
+                    format!(
+                        "{} committed + {} new tokens exceed the KV cache capacity of {}",
+                        cache.committed,
+                        seg.first + m,
+                        cache.capacity
+                    ),
+                ));
+            }
+            n += m;
         }
-        mask.validate(first)?;
-        self.check_tokens(tokens)?;
-        if cache.committed + first + n > cache.capacity {
-            return Err(Error::new(
-                ErrorKind::ContextFull,
-                format!(
-                    "{} committed + {} new tokens exceed the KV cache capacity of {}",
-                    cache.committed,
-                    first + n,
-                    cache.capacity
-                ),
-            ));
-        }
+        let tokens: Vec<u32> = segs.iter().flat_map(|s| s.tokens.iter().copied()).collect();
+        let positions: Vec<usize> = segs
+            .iter()
+            .flat_map(|s| s.positions.iter().copied())
+            .collect();
         let be = &self.backend;
         let shape = AttnShape {
             n_heads: c.n_heads,
@@ -261,7 +303,7 @@ impl<B: Backend> Model<B> {
         };
         // Residual stream.
         let mut x = be.act(n, c.hidden)?;
-        be.embed(&self.embed, tokens, &mut x)?;
+        be.embed(&self.embed, &tokens, &mut x)?;
         if let Some(s) = c.embed_scale {
             be.scale(&mut x, s)?;
         }
@@ -277,11 +319,14 @@ impl<B: Backend> Model<B> {
         let mut attn = be.act(n, c.q_dim())?;
         let mut gate = be.act(n, c.intermediate)?;
         let mut up = be.act(n, c.intermediate)?;
-        // Windowed layers see only the last `w` positions: their masks, made once.
-        let mut windowed: Vec<(usize, AttnMask)> = Vec::new();
-        for w in c.attn_window.iter().flatten() {
-            if !windowed.iter().any(|(x, _)| x == w) {
-                windowed.push((*w, mask.windowed(positions, *w, cache.committed)));
+        // Windowed layers see only the last `w` positions: each segment's masks, made once.
+        let mut windowed: Vec<Vec<(usize, AttnMask)>> = vec![Vec::new(); segs.len()];
+        for (seg, masks) in segs.iter().zip(&mut windowed) {
+            for w in c.attn_window.iter().flatten() {
+                if !masks.iter().any(|(x, _)| x == w) {
+                    let m = seg.mask.windowed(seg.positions, *w, seg.cache.committed);
+                    masks.push((*w, m));
+                }
             }
         }
         // A target pass streams the offloaded layers in order (one pass at a time).
@@ -294,7 +339,18 @@ impl<B: Backend> Model<B> {
             _ => None,
         };
         for (li, l) in self.layers.iter().enumerate() {
-            cache.abort.check(|| format!("before decoder layer {li}"))?;
+            if let [seg] = &segs[..] {
+                seg.cache
+                    .abort
+                    .check(|| format!("before decoder layer {li}"))?;
+            } else if segs.iter().any(|s| s.cache.abort.is_requested()) {
+                // The caller takes the requests of the sequences that made them and runs
+                // the others again.
+                return Err(Error::new(
+                    ErrorKind::Aborted,
+                    format!("a sequence of the batch asked to stop before decoder layer {li}"),
+                ));
+            }
             // Attention block: norm, q/k/v projections (q/k norms), rotary, cache write,
             // attention, o (its sandwich norm).
             be.rms_norm(&x, &l.input_norm, c.rms_eps, &mut h)?;
@@ -329,28 +385,9 @@ impl<B: Backend> Model<B> {
                 (Some(local), Some(_)) => local,
                 _ => &self.inv_freq,
             };
-            be.rope(&mut q, positions, inv_freq)?;
-            be.rope(&mut k, positions, inv_freq)?;
-            be.kv_write(&mut cache.store, li, cache.committed + first, &k, &v)?;
-            let layer_mask = match c.attn_window[li] {
-                Some(w) => {
-                    &windowed
-                        .iter()
-                        .find(|(x, _)| *x == w)
-                        .expect("made above")
-                        .1
-                }
-                None => mask,
-            };
-            be.attention(
-                &q,
-                &cache.store,
-                li,
-                cache.committed,
-                layer_mask,
-                shape,
-                &mut attn,
-            )?;
+            be.rope(&mut q, &positions, inv_freq)?;
+            be.rope(&mut k, &positions, inv_freq)?;
+            self.attend(segs, &windowed, li, shape, &q, &k, &v, &mut attn)?;
             be.linear(&attn, &lin[Linear::O], None, &mut h)?;
             self.add_residual(&mut x, &h, l.sandwich.as_ref().map(|s| &s[0]), &mut hn)?;
             // MLP block: norm, gate/up, act(gate) * up, down.
@@ -369,6 +406,54 @@ impl<B: Backend> Model<B> {
             }
         }
         Ok(x)
+    }
+
+    /// Writes each segment's rows of `k`, `v` into its cache and runs its rows of `q`
+    /// against that cache into the same rows of `out`. One segment uses the batch's
+    /// activations as they are; several copy their rows in and out.
+    #[allow(clippy::too_many_arguments)]
+    fn attend(
+        &self,
+        segs: &mut [Segment<'_, B>],
+        windowed: &[Vec<(usize, AttnMask)>],
+        li: usize,
+        shape: AttnShape,
+        q: &B::Act,
+        k: &B::Act,
+        v: &B::Act,
+        out: &mut B::Act,
+    ) -> Result<()> {
+        let (c, be) = (&self.config, &self.backend);
+        let single = segs.len() == 1;
+        let mut row = 0;
+        for (seg, masks) in segs.iter_mut().zip(windowed) {
+            let m = seg.tokens.len();
+            let mask = match c.attn_window[li] {
+                Some(w) => &masks.iter().find(|(x, _)| *x == w).expect("made above").1,
+                None => seg.mask,
+            };
+            let at = seg.cache.committed + seg.first;
+            let committed = seg.cache.committed;
+            if single {
+                be.kv_write(&mut seg.cache.store, li, at, k, v)?;
+                be.attention(q, &seg.cache.store, li, committed, mask, shape, out)?;
+            } else {
+                let rows: Vec<usize> = (row..row + m).collect();
+                let part = |x: &B::Act, cols: usize| -> Result<B::Act> {
+                    let mut p = be.act(m, cols)?;
+                    be.gather_rows(x, &rows, &mut p)?;
+                    Ok(p)
+                };
+                let (ks, vs) = (part(k, c.kv_dim())?, part(v, c.kv_dim())?);
+                be.kv_write(&mut seg.cache.store, li, at, &ks, &vs)?;
+                let qs = part(q, c.q_dim())?;
+                let mut os = be.act(m, c.q_dim())?;
+                be.attention(&qs, &seg.cache.store, li, committed, mask, shape, &mut os)?;
+                be.set_rows(out, row, &os)?;
+            }
+            row += m;
+        }
+        Ok(())
     }
 
     /// `x += y`, or `x += rmsnorm(y) * norm` with a sandwich norm (into `tmp`).

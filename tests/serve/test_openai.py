@@ -1,6 +1,7 @@
 """The real `openai` client against `subspec serve` (started here on 127.0.0.1): chat,
-completions, streaming, stop strings, seeded sampling, 8 concurrent requests, malformed
-requests, disconnects, a 200-request load run from 16 clients, and the offloaded server.
+completions, streaming, stop strings, seeded sampling, 8 concurrent requests (stepped
+together, answers unchanged), malformed requests, disconnects, a 200-request load run from
+16 clients, and the offloaded server with 4 slots.
 
 Usage: python3 tests/serve/test_openai.py BINARY MODEL_DIR
 """
@@ -99,6 +100,9 @@ try:
     with cf.ThreadPoolExecutor(8) as ex:
         together = list(ex.map(lambda i: complete(prompt=f"Count to {i}:").choices[0].text, range(8)))
     assert together == alone, (together, alone)
+    # Concurrent generations were stepped together (one target pass for several).
+    m = metrics()
+    assert m["subspec_batched_steps_total"] > m["subspec_batches_total"] > 0, m
 
     def post(path, body):
         req = urllib.request.Request(base + path, data=body, headers={"Content-Type": "application/json"})
@@ -172,16 +176,23 @@ finally:
     server.terminate()
     server.wait(10)
 
-# Offloaded at the smallest budget: the same text, and /metrics shows the slow tier's work.
-server = start("--budget", "min")
+# Offloaded at the smallest budget for 4 slots: the same text, concurrent requests stepped
+# together with unchanged answers, and /metrics shows the slow tier's work.
+server = start("--budget", "min", "--parallel", "4")
 try:
     client = openai.OpenAI(base_url=base + "/v1", api_key="none")
     fresh = client.chat.completions.create(model=name, messages=turn2, max_tokens=12, temperature=0)
     assert fresh.usage.prompt_tokens_details.cached_tokens == 0, fresh.usage
     assert fresh.choices[0].message.content == second.choices[0].message.content, (fresh, second)
     assert complete().choices[0].text == plain
+    with cf.ThreadPoolExecutor(4) as ex:
+        together = list(ex.map(lambda i: complete(prompt=f"Count to {i}:").choices[0].text, range(8)))
+    assert together == alone, (together, alone)
     m = metrics()
     assert m["subspec_streamed_bytes_total"] > 0 and m["subspec_stream_read_seconds_total"] > 0, m
+    assert m["subspec_batched_steps_total"] > m["subspec_batches_total"] > 0, m
+    print(f"serve offloaded: {m['subspec_batched_steps_total']:.0f} steps in "
+          f"{m['subspec_batches_total']:.0f} batched target passes")
     print("serve: all checks passed")
 finally:
     server.terminate()

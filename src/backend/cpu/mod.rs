@@ -15,7 +15,7 @@ pub use tier::{StreamedLayer, Streamer};
 
 use crate::checkpoint::names::linear_names;
 use crate::checkpoint::{HostTensor, Weights};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::quant::{qlinear, QMatrix};
 
 /// The CPU backend (stateless; threads come from the rayon pool it runs in).
@@ -267,6 +267,17 @@ impl Backend for CpuBackend {
         for (i, &r) in rows.iter().enumerate() {
             out.data[i * x.cols..(i + 1) * x.cols].copy_from_slice(x.row(r));
         }
+        Ok(())
+    }
+
+    fn set_rows(&self, x: &mut CpuAct, first: usize, y: &CpuAct) -> Result<()> {
+        if y.cols != x.cols || first + y.rows > x.rows {
+            return Err(Error::internal(format!(
+                "set_rows: {}x{} into rows {first}.. of {}x{}",
+                y.rows, y.cols, x.rows, x.cols
+            )));
+        }
+        x.data[first * x.cols..(first + y.rows) * x.cols].copy_from_slice(&y.data);
         Ok(())
     }
 

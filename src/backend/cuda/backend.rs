@@ -555,6 +555,24 @@ impl Backend for CudaBackend {
         }
     }
 
+    fn set_rows(&self, x: &mut CudaAct, first: usize, y: &CudaAct) -> Result<()> {
+        let inner = &self.inner;
+        inner.bind()?;
+        if y.cols != x.cols || first + y.rows > x.rows {
+            return Err(Error::internal(format!(
+                "set_rows: {}x{} into rows {first}.. of {}x{}",
+                y.rows, y.cols, x.rows, x.cols
+            )));
+        }
+        if y.len() == 0 {
+            return Ok(());
+        }
+        let off = (first * x.cols * 4) as u64;
+        // SAFETY: rows first..first + y.rows of `x` exist and hold y.len() floats (checked).
+        unsafe { cu::memcpy_dtod_async(x.addr() + off, y.addr(), y.len() * 4, inner.stream) }
+            .map_err(|e| cu_err("cuMemcpyDtoDAsync", e))
+    }
+
     fn kv_new(&self, layers: usize, kv_dim: usize, capacity: usize) -> Result<CudaKv> {
         self.inner.bind()?;
         Ok(CudaKv {

@@ -1,0 +1,120 @@
+//! Steps the server's running generations together. Each generation thread hands its
+//! sequence and step options in and waits. The first thread to find no batch running
+//! leads: it takes every request waiting and runs them as one `Engine::step_batch`, so
+//! an offloaded layer streams once for all of them; requests that arrive meanwhile wait
+//! for the next batch, which one of them leads (continuous batching: generations join
+//! and leave between batches). Each sequence gets exactly the tokens its own step would
+//! give, so batching changes no output.
+
+use std::collections::HashMap;
+use std::sync::{Condvar, Mutex, MutexGuard};
+
+use subspec::{Engine, Error, Sequence, StepOptions};
+
+type Outcome = (Sequence, Result<Vec<u32>, Error>);
+
+#[derive(Default)]
+struct State {
+    waiting: Vec<(u64, Sequence, StepOptions)>,
+    done: HashMap<u64, Outcome>,
+    leading: bool,
+    next_id: u64,
+    /// Batches run, and sequences stepped in them (for the mean batch size).
+    batches: u64,
+    stepped: u64,
+}
+
+#[derive(Default)]
+pub struct Batcher {
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+/// Clears `leading` and wakes the waiters when a leader is done, also if it panicked.
+struct Lead<'a>(&'a Batcher);
+
+impl Drop for Lead<'_> {
+    fn drop(&mut self) {
+        self.0.lock().leading = false;
+        self.0.changed.notify_all();
+    }
+}
+
+impl Batcher {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// One step of the sequence in `slot` with `opts`, batched with the other
+    /// generations' steps. The sequence is lent to the batch and put back (an error if
+    /// the slot is empty).
+    pub fn step_in(
+        &self,
+        engine: &Engine,
+        slot: &mut Option<Sequence>,
+        opts: StepOptions,
+    ) -> Result<Vec<u32>, Error> {
+        let seq = slot
+            .take()
+            .ok_or_else(|| Error::internal("the slot's sequence is missing"))?;
+        let (seq, r) = self.step(engine, seq, opts);
+        *slot = Some(seq);
+        r
+    }
+
+    /// One step of `seq` with `opts`, batched with the other generations' steps; gives
+    /// the sequence back with its result.
+    pub fn step(&self, engine: &Engine, seq: Sequence, opts: StepOptions) -> Outcome {
+        let mut g = self.lock();
+        let id = g.next_id;
+        g.next_id += 1;
+        g.waiting.push((id, seq, opts));
+        loop {
+            if let Some(out) = g.done.remove(&id) {
+                return out;
+            }
+            if g.leading {
+                g = self.changed.wait(g).unwrap_or_else(|e| e.into_inner());
+                continue;
+            }
+            g.leading = true;
+            let batch = std::mem::take(&mut g.waiting);
+            g.batches += 1;
+            g.stepped += batch.len() as u64;
+            drop(g);
+            let lead = Lead(self);
+            let (ids, mut seqs, opts) = batch.into_iter().fold(
+                (Vec::new(), Vec::new(), Vec::new()),
+                |(mut i, mut s, mut o), (id, seq, opt)| {
+                    i.push(id);
+                    s.push(seq);
+                    o.push(opt);
+                    (i, s, o)
+                },
+            );
+            let results = {
+                let mut refs: Vec<&mut Sequence> = seqs.iter_mut().collect();
+                engine.step_batch(&mut refs, &opts)
+            };
+            let results: Vec<Result<Vec<u32>, Error>> = match results {
+                Ok(r) => r,
+                Err(e) => (0..ids.len())
+                    .map(|_| Err(Error::new(e.kind(), e.to_string())))
+                    .collect(),
+            };
+            g = self.lock();
+            for ((id, seq), r) in ids.into_iter().zip(seqs).zip(results) {
+                g.done.insert(id, (seq, r));
+            }
+            drop(g);
+            drop(lead);
+            g = self.lock();
+        }
+    }
+
+    /// Batches run so far and the sequences stepped in them.
+    pub fn counts(&self) -> (u64, u64) {
+        let g = self.lock();
+        (g.batches, g.stepped)
+    }
+}

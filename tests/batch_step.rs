@@ -1,0 +1,316 @@
+//! Batched steps (`Engine::step_batch`): several sequences verified in one target pass give
+//! each exactly its solo output, resident and offloaded, as they join and leave; one
+//! target pass streams the offloaded layers once for the whole batch; a failing sequence
+//! fails alone and is left as it was.
+
+mod common;
+
+use std::path::Path;
+
+use subspec::{Engine, EngineOptions, ErrorKind, SamplingParams, StepOptions, TreeParams};
+
+/// One request of a batch run: its prompt, options, how many tokens, and the iteration
+/// at which it joins.
+struct Job {
+    prompt: Vec<u32>,
+    opts: StepOptions,
+    n: usize,
+    join: usize,
+}
+
+fn solo(engine: &Engine, job: &Job) -> Vec<u32> {
+    let mut seq = engine.new_sequence().unwrap();
+    seq.append(&job.prompt).unwrap();
+    seq.generate(&job.opts, job.n, |_| true).unwrap()
+}
+
+/// Runs `jobs` through batched steps: a job joins at its iteration and leaves when it
+/// has its tokens (or an end token), as `Sequence::generate` stops. Returns each job's
+/// tokens and the most sequences stepped together.
+fn batched(engine: &Engine, jobs: &[Job]) -> (Vec<Vec<u32>>, usize) {
+    let mut seqs: Vec<_> = jobs
+        .iter()
+        .map(|_| engine.new_sequence().unwrap())
+        .collect();
+    let mut out = vec![Vec::new(); jobs.len()];
+    let mut done = vec![false; jobs.len()];
+    let mut widest = 0;
+    for it in 0.. {
+        let mut active: Vec<usize> = Vec::new();
+        for (i, job) in jobs.iter().enumerate() {
+            if job.join == it {
+                seqs[i].append(&job.prompt).unwrap();
+            }
+            if job.join <= it && !done[i] {
+                active.push(i);
+            }
+        }
+        if active.is_empty() && jobs.iter().all(|j| j.join < it) {
+            break;
+        }
+        widest = widest.max(active.len());
+        let opts: Vec<StepOptions> = active
+            .iter()
+            .map(|&i| jobs[i].opts.with_max_tokens(jobs[i].n - out[i].len()))
+            .collect();
+        let mut batch: Vec<&mut subspec::Sequence> = seqs
+            .iter_mut()
+            .enumerate()
+            .filter(|(i, _)| active.contains(i))
+            .map(|(_, s)| s)
+            .collect();
+        let results = engine.step_batch(&mut batch, &opts).unwrap();
+        for (&i, r) in active.iter().zip(results) {
+            let new = r.unwrap_or_else(|e| panic!("job {i}: {e}"));
+            let eos = new.iter().any(|&t| engine.is_eos(t));
+            out[i].extend_from_slice(&new);
+            done[i] = eos || out[i].len() >= jobs[i].n;
+        }
+    }
+    (out, widest)
+}
+
+fn samplings() -> [SamplingParams; 3] {
+    [
+        SamplingParams::greedy(),
+        SamplingParams::new(0.9, 0, 0.9, 5),
+        SamplingParams::new(1.2, 40, 1.0, 17),
+    ]
+}
+
+/// `count` jobs with different prompts, samplings, tree shapes (plain among them),
+/// lengths and joining iterations.
+fn jobs(prompts: &[Vec<u32>], count: usize) -> Vec<Job> {
+    let trees = [
+        TreeParams::default().with_width(1).with_depth(6),
+        TreeParams::default()
+            .with_width(2)
+            .with_depth(4)
+            .with_max_tokens(24),
+        TreeParams::default(),
+    ];
+    (0..count)
+        .map(|i| {
+            let s = samplings()[i % 3];
+            let opts = if i % 4 == 3 {
+                StepOptions::plain(s)
+            } else {
+                StepOptions::speculative(s).with_tree(trees[i % 3])
+            };
+            Job {
+                prompt: prompts[i % prompts.len()].clone(),
+                opts,
+                n: 10 + 3 * (i % 5),
+                join: i / 2,
+            }
+        })
+        .collect()
+}
+
+fn check(engine: &Engine, jobs: &[Job], what: &str) {
+    let (got, widest) = batched(engine, jobs);
+    for (i, (job, got)) in jobs.iter().zip(&got).enumerate() {
+        assert_eq!(got, &solo(engine, job), "{what}: job {i} ({:?})", job.opts);
+    }
+    println!("{what}: {} jobs, up to {widest} in one step", jobs.len());
+}
+
+fn tokenize(engine: &Engine, texts: &[&str]) -> Vec<Vec<u32>> {
+    let tok = engine.tokenizer().unwrap();
+    texts.iter().map(|t| tok.encode(t, true).unwrap()).collect()
+}
+
+#[test]
+fn batched_steps_equal_solo_steps_on_a_real_model() {
+    let engine = common::engine(common::SMOLLM2);
+    let prompts = tokenize(
+        &engine,
+        &[
+            "The history of the printing press begins",
+            "def merge_sort(values):\n    ",
+            "1, 2, 3, 5, 8, 13,",
+            "<|im_start|>user\nWhat is the boiling point of water?<|im_end|>\n<|im_start|>assistant\n",
+            "La capitale de la France est",
+        ],
+    );
+    check(&engine, &jobs(&prompts, 8), "SmolLM2 resident");
+}
+
+fn tiny(tag: &str, qwen2: bool) -> std::path::PathBuf {
+    let dir = common::temp_dir(tag);
+    common::write_tiny_model(&dir, qwen2);
+    dir
+}
+
+fn options(dir: &Path, budget: Option<u64>) -> EngineOptions {
+    let mut o = EngineOptions::new(dir);
+    o.require_tokenizer = false;
+    o.max_context = 256;
+    o.max_tree_tokens = 64;
+    o.budget = budget;
+    o
+}
+
+fn prompts(vocab: usize) -> Vec<Vec<u32>> {
+    (0..5u64)
+        .map(|p| {
+            (0..3 + 4 * p)
+                .map(|i| ((i * 7919 + p * 104_729 + 13) % vocab as u64) as u32)
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn batched_steps_equal_solo_steps_offloaded_and_resident() {
+    for qwen2 in [false, true] {
+        let dir = tiny(if qwen2 { "bs-qwen2" } else { "bs-llama" }, qwen2);
+        let min = Engine::minimum_budget(&options(&dir, None)).unwrap();
+        for budget in [Some(min), None] {
+            let engine = Engine::load(&options(&dir, budget)).unwrap();
+            let p = prompts(engine.config().vocab);
+            for n in [1, 2, 3, 8] {
+                let what = format!("tiny qwen2={qwen2} budget={budget:?}, {n} jobs");
+                check(&engine, &jobs(&p, n), &what);
+            }
+        }
+    }
+}
+
+#[test]
+fn one_target_pass_streams_the_offloaded_layers_once_for_the_batch() {
+    let dir = tiny("bs-stream", true);
+    let min = Engine::minimum_budget(&options(&dir, None)).unwrap();
+    let engine = Engine::load(&options(&dir, Some(min))).unwrap();
+    // The reader thread reads ahead as buffers free up, so bytes are compared over
+    // several passes, not one.
+    let streamed = || engine.model().stream_stats().unwrap().bytes;
+    let p = prompts(engine.config().vocab);
+    let mut seqs: Vec<_> = (0..4).map(|_| engine.new_sequence().unwrap()).collect();
+    for (s, p) in seqs.iter_mut().zip(&p) {
+        s.append(p).unwrap();
+        s.prefill_pending().unwrap();
+    }
+    let passes = 8;
+    let before = streamed();
+    let mut lone = engine.new_sequence().unwrap();
+    lone.append(&p[0][..1]).unwrap();
+    for _ in 0..passes {
+        lone.step(&StepOptions::plain(SamplingParams::greedy()))
+            .unwrap();
+    }
+    let alone = streamed() - before;
+    assert!(alone > 0, "the minimum budget streams layers");
+    let opts = vec![StepOptions::speculative(SamplingParams::greedy()); 4];
+    let before = streamed();
+    for _ in 0..passes {
+        let mut batch: Vec<&mut subspec::Sequence> = seqs.iter_mut().collect();
+        for r in engine.step_batch(&mut batch, &opts).unwrap() {
+            assert!(!r.unwrap().is_empty());
+        }
+    }
+    let batched = streamed() - before;
+    println!("{passes} passes: one sequence {alone} bytes, four in batches {batched} bytes");
+    // Four sequences stepping alone would stream four times as much.
+    assert!(
+        batched * 4 <= alone * 5,
+        "{passes} batched steps of four sequences streamed {batched} bytes, {passes} plain \
+         steps of one {alone}"
+    );
+}
+
+#[test]
+fn a_failing_sequence_fails_alone_and_unchanged() {
+    let dir = tiny("bs-fail", false);
+    let engine = Engine::load(&options(&dir, None)).unwrap();
+    let p = prompts(engine.config().vocab);
+    let greedy = StepOptions::speculative(SamplingParams::greedy());
+    let want = solo(
+        &engine,
+        &Job {
+            prompt: p[1].clone(),
+            opts: greedy.with_max_tokens(5),
+            n: 5,
+            join: 0,
+        },
+    );
+    let mut good = engine.new_sequence().unwrap();
+    good.append(&p[1]).unwrap();
+    // Full context: 256 tokens.
+    let mut full = engine.new_sequence().unwrap();
+    full.append(&vec![3; 256]).unwrap();
+    // An open host-sampled iteration.
+    let mut open = engine.new_sequence().unwrap();
+    open.append(&p[2]).unwrap();
+    open.begin(&[], &greedy).unwrap();
+    // Options the engine cannot take (a tree over its max_tree_tokens of 64).
+    let mut big = engine.new_sequence().unwrap();
+    big.append(&p[3]).unwrap();
+    // A plain sequence whose abort request is taken by the shared target pass.
+    let mut stopped = engine.new_sequence().unwrap();
+    stopped.append(&p[4][..1]).unwrap();
+    stopped.abort_handle().abort();
+    let before: Vec<(usize, usize)> = [&full, &open, &big, &stopped]
+        .iter()
+        .map(|s| (s.len(), s.cached()))
+        .collect();
+    let opts = [
+        greedy.with_max_tokens(5),
+        greedy,
+        greedy,
+        greedy.with_tree(TreeParams::default().with_max_tokens(65)),
+        StepOptions::plain(SamplingParams::greedy()),
+    ];
+    let mut batch = [&mut good, &mut full, &mut open, &mut big, &mut stopped];
+    let r = engine.step_batch(&mut batch, &opts).unwrap();
+    let kinds: Vec<Option<ErrorKind>> = r
+        .iter()
+        .map(|r| r.as_ref().err().map(|e| e.kind()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            None,
+            Some(ErrorKind::ContextFull),
+            Some(ErrorKind::InvalidState),
+            Some(ErrorKind::InvalidArgument),
+            Some(ErrorKind::Aborted),
+        ]
+    );
+    let got = r[0].as_ref().unwrap();
+    assert_eq!(
+        got[..],
+        want[..got.len()],
+        "the good sequence steps as alone"
+    );
+    let after: Vec<(usize, usize)> = [&full, &open, &big, &stopped]
+        .iter()
+        .map(|s| (s.len(), s.cached()))
+        .collect();
+    assert_eq!(before, after, "the failed sequences are unchanged");
+    // And they step normally afterwards.
+    open.cancel().unwrap();
+    let mut again = [&mut open, &mut stopped];
+    let r = engine.step_batch(&mut again, &[greedy, greedy]).unwrap();
+    assert!(r.iter().all(|r| r.is_ok()), "{r:?}");
+}
+
+#[test]
+fn a_batch_call_that_cannot_be_made_is_an_error() {
+    let dir = tiny("bs-call", false);
+    let engine = Engine::load(&options(&dir, None)).unwrap();
+    let other = Engine::load(&options(&dir, None)).unwrap();
+    let mut a = engine.new_sequence().unwrap();
+    let mut b = other.new_sequence().unwrap();
+    a.append(&[1, 2]).unwrap();
+    b.append(&[1, 2]).unwrap();
+    let greedy = StepOptions::plain(SamplingParams::greedy());
+    let err = engine.step_batch(&mut [&mut a], &[]).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+    let err = engine
+        .step_batch(&mut [&mut a, &mut b], &[greedy, greedy])
+        .unwrap_err();
+    assert!(err.to_string().contains("another engine"), "{err}");
+    assert_eq!((a.len(), a.cached()), (2, 0));
+    assert!(engine.step_batch(&mut [], &[]).unwrap().is_empty());
+}

@@ -637,6 +637,34 @@ SUBSPEC_API subspec_status subspec_sequence_get_stats(const struct subspec_seque
 // `n_input` reads; `out` NULL or valid for `out_capacity` writes; `n_out` NULL or valid.
 SUBSPEC_API subspec_status subspec_step(struct subspec_sequence *seq, const struct subspec_step_params *params, const int32_t *input, size_t n_input, int32_t *out, size_t out_capacity, size_t *n_out);
 
+// Steps `n_seqs` sequences of `engine` together, as many [`subspec_step`] calls would
+// but with one target pass for all of them: an offloaded model streams once per batch,
+// not once per sequence. Sequence `i` first appends its `n_inputs[i]` tokens
+// `inputs[i]` (`inputs` and `n_inputs` may be NULL: no input for any), then steps with
+// `*params[i]`; its tokens (at most `out_capacity`) go to `out[i * out_capacity ..]`,
+// their number to `n_out[i]`, and its status to `statuses[i]`. Every sequence gets
+// exactly the tokens its own `subspec_step` would give. One that fails (each status as
+// [`subspec_step`]'s) is exactly as before the call, input not appended, with
+// `n_out[i]` 0; the others step. Sequences may join or leave between calls (continuous
+// batching); speculative and plain steps, samplings and tree shapes may be mixed; a
+// tree with `auto_depth` is `INVALID_ARGUMENT` for its sequence in a batch of two or
+// more.
+//
+// Returns `OK` when the batch ran (read `statuses`; a NULL `params[i]`, or `inputs[i]`
+// with tokens, is that sequence's `NULL_POINTER`), or for the call as a whole:
+// `NULL_POINTER` (`engine`, `seqs`, `params`, `out`, `n_out`, `statuses` or a sequence
+// handle); `BUFFER_TOO_SMALL` (`out_capacity` 0); `INVALID_ARGUMENT` (a sequence of
+// another engine, or the same sequence twice); `PANIC`. Then no sequence changed and
+// the output arrays are untouched.
+//
+// # Safety
+// `engine` NULL or a live engine handle; `seqs` and `params` NULL or valid for `n_seqs`
+// reads, each entry NULL or a live sequence handle / an initialized struct valid for its
+// `struct_size` bytes; `inputs` and `n_inputs` NULL or valid for `n_seqs` reads, each
+// `inputs[i]` NULL or valid for `n_inputs[i]` reads; `out` NULL or valid for `n_seqs *
+// out_capacity` writes; `n_out` and `statuses` NULL or valid for `n_seqs` writes.
+SUBSPEC_API subspec_status subspec_step_batch(const struct subspec_engine *engine, struct subspec_sequence *const *seqs, size_t n_seqs, const struct subspec_step_params *const *params, const int32_t *const *inputs, const size_t *n_inputs, int32_t *out, size_t out_capacity, size_t *n_out, subspec_status *statuses);
+
 // Opens a host-sampled iteration on `seq`: appends `n_input` tokens (0 is valid only if
 // the sequence is non-empty), then drafts a tree shaped by `params` (its tree fields and
 // `speculate` are used; the sampling fields are ignored: the host samples) and verifies

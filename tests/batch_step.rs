@@ -151,10 +151,12 @@ fn options(dir: &Path, budget: Option<u64>) -> EngineOptions {
     o
 }
 
+/// Prompts of 3 to 19 tokens, and one of 100: more than the engine's 64 tree tokens, so
+/// part of it is prefilled alone before the rest joins a batched pass.
 fn prompts(vocab: usize) -> Vec<Vec<u32>> {
-    (0..5u64)
+    (0..6u64)
         .map(|p| {
-            (0..3 + 4 * p)
+            (0..if p == 5 { 100 } else { 3 + 4 * p })
                 .map(|i| ((i * 7919 + p * 104_729 + 13) % vocab as u64) as u32)
                 .collect()
         })

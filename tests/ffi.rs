@@ -516,3 +516,157 @@ fn status_strings_come_from_the_list() {
         subspec_status::ContextFull
     );
 }
+
+/// `subspec_step_batch`: three sequences stepped together give what each gives alone
+/// through `subspec_step`; a bad input fails only its sequence, which is left unchanged;
+/// malformed calls are refused whole.
+#[test]
+fn step_batch_through_the_c_abi_equals_solo_steps() {
+    let p = load_params();
+    let e = load(&p).unwrap();
+    let mut greedy = common::c_step_params();
+    greedy.speculate = true;
+    let mut sampled = common::c_step_params();
+    sampled.temperature = 0.8;
+    sampled.seed = 3;
+    let plain = common::c_step_params();
+    let params = [greedy, sampled, plain];
+    let want: Vec<Vec<i32>> = params
+        .iter()
+        .map(|sp| generate(&e, sp, 12).unwrap())
+        .collect();
+
+    let mut seqs: Vec<*mut subspec_sequence> = Vec::new();
+    for _ in 0..4 {
+        let mut s = std::ptr::null_mut();
+        assert_eq!(
+            unsafe { subspec_sequence_create(e.0, &mut s) },
+            subspec_status::Ok
+        );
+        seqs.push(s);
+    }
+    let prompt = [0i32, 5, 17, 42, 99, 3];
+    let bad = [0i32, -4];
+    let cap = 16;
+    let mut got: Vec<Vec<i32>> = vec![Vec::new(); 3];
+    let mut first = true;
+    while got.iter().any(|g| g.len() < 12) {
+        let ps: Vec<*const subspec_step_params> = params.iter().map(|p| p as *const _).collect();
+        let mut ps4 = ps.clone();
+        ps4.push(&plain);
+        let (inputs, n_inputs): (Vec<*const i32>, Vec<usize>) = if first {
+            (
+                vec![
+                    prompt.as_ptr(),
+                    prompt.as_ptr(),
+                    prompt.as_ptr(),
+                    bad.as_ptr(),
+                ],
+                vec![6, 6, 6, 2],
+            )
+        } else {
+            (vec![std::ptr::null(); 4], vec![0; 4])
+        };
+        let n = if first { 4 } else { 3 };
+        let mut out = vec![-1i32; n * cap];
+        let mut n_out = vec![99usize; n];
+        let mut statuses = vec![subspec_status::Internal; n];
+        let st = unsafe {
+            subspec_step_batch(
+                e.0,
+                seqs.as_ptr(),
+                n,
+                ps4.as_ptr(),
+                inputs.as_ptr(),
+                n_inputs.as_ptr(),
+                out.as_mut_ptr(),
+                cap,
+                n_out.as_mut_ptr(),
+                statuses.as_mut_ptr(),
+            )
+        };
+        assert_eq!(st, subspec_status::Ok, "{}", last_error());
+        for i in 0..3 {
+            assert_eq!(statuses[i], subspec_status::Ok);
+            got[i].extend_from_slice(&out[i * cap..i * cap + n_out[i]]);
+        }
+        if first {
+            assert_eq!(statuses[3], subspec_status::InvalidToken);
+            assert_eq!(n_out[3], 0);
+            assert!(last_error().contains("seqs[3]"), "{}", last_error());
+            let mut len = 7usize;
+            assert_eq!(
+                unsafe { subspec_sequence_tokens(seqs[3], std::ptr::null_mut(), 0, &mut len) },
+                subspec_status::Ok
+            );
+            assert_eq!(len, 0, "the failed sequence appended nothing");
+        }
+        first = false;
+    }
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert_eq!(g[..12], w[..12], "sequence {i}");
+    }
+    // Refused whole: NULL arrays, a sequence twice, another engine's sequence.
+    let mut out = [0i32; 8];
+    let mut n_out = [0usize; 2];
+    let mut statuses = [subspec_status::Ok; 2];
+    let ps = [&plain as *const subspec_step_params; 2];
+    let call = |s: &[*mut subspec_sequence], ps: *const *const subspec_step_params| unsafe {
+        let (o, n, st) = (
+            out.as_ptr() as *mut i32,
+            n_out.as_ptr() as *mut usize,
+            statuses.as_ptr() as *mut subspec_status,
+        );
+        subspec_step_batch(
+            e.0,
+            s.as_ptr(),
+            s.len(),
+            ps,
+            std::ptr::null(),
+            std::ptr::null(),
+            o,
+            4,
+            n,
+            st,
+        )
+    };
+    assert_eq!(
+        call(&seqs[..2], std::ptr::null()),
+        subspec_status::NullPointer
+    );
+    assert_eq!(
+        call(&[seqs[0], seqs[0]], ps.as_ptr()),
+        subspec_status::InvalidArgument
+    );
+    assert!(last_error().contains("twice"), "{}", last_error());
+    let other = load(&p).unwrap();
+    let mut o = std::ptr::null_mut();
+    assert_eq!(
+        unsafe { subspec_sequence_create(other.0, &mut o) },
+        subspec_status::Ok
+    );
+    assert_eq!(
+        call(&[seqs[0], o], ps.as_ptr()),
+        subspec_status::InvalidArgument
+    );
+    assert!(last_error().contains("another engine"), "{}", last_error());
+    let st = unsafe {
+        subspec_step_batch(
+            std::ptr::null(),
+            seqs.as_ptr(),
+            1,
+            ps.as_ptr(),
+            std::ptr::null(),
+            std::ptr::null(),
+            out.as_mut_ptr(),
+            4,
+            n_out.as_mut_ptr(),
+            statuses.as_mut_ptr(),
+        )
+    };
+    assert_eq!(st, subspec_status::NullPointer);
+    unsafe { subspec_sequence_free(o) };
+    for s in seqs {
+        unsafe { subspec_sequence_free(s) };
+    }
+}

@@ -84,6 +84,9 @@ struct Pending {
     /// Whether a tree was drafted (its scratch K/V must be compacted on commit); `false`:
     /// a plain pass whose K/V is committed already.
     speculative: bool,
+    /// Pending tokens that went through the pass before the root (their K/V in the first
+    /// scratch slots, committed with the walk's).
+    prefix: usize,
     draft_s: f64,
     verify_s: f64,
     draft_steps: usize,
@@ -94,17 +97,32 @@ struct Drafted {
     tree: Tree,
     /// Position of the tree's root (the last token of the sequence).
     root_pos: usize,
+    /// Pending tokens before the root that run in the same pass (then the tree is the
+    /// root alone: a plain step whose prompt joins a batched pass).
+    prefix: Vec<u32>,
     prefill_s: f64,
     draft_s: f64,
     draft_steps: usize,
 }
 
 impl Drafted {
-    /// Positions and attention mask of the tree's nodes in the target pass.
-    fn verify_input(&self) -> (Vec<usize>, AttnMask) {
+    /// Tokens, positions and attention mask of the pass: the prefix and root as a chain,
+    /// or the tree's nodes.
+    fn verify_input(&self) -> (Vec<u32>, Vec<usize>, AttnMask) {
         let t = &self.tree;
+        if !self.prefix.is_empty() {
+            let p = self.prefix.len();
+            let mut tokens = self.prefix.clone();
+            tokens.push(t.tokens()[0]);
+            let pos = (self.root_pos - p..=self.root_pos).collect();
+            return (tokens, pos, AttnMask::causal(p + 1));
+        }
         let pos = (0..t.len()).map(|n| self.root_pos + t.depth(n)).collect();
-        (pos, AttnMask::tree_rows(t.parents(), 0..t.len()))
+        (
+            t.tokens().to_vec(),
+            pos,
+            AttnMask::tree_rows(t.parents(), 0..t.len()),
+        )
     }
 
     /// The pass, given the target's residual stream of the tree's nodes, which took
@@ -119,6 +137,7 @@ impl Drafted {
                 at,
             },
             speculative: true,
+            prefix: self.prefix.len(),
             draft_s: self.draft_s,
             verify_s: verify_s + self.prefill_s,
             draft_steps: self.draft_steps,
@@ -405,7 +424,11 @@ impl Sequence {
     fn commit_walk(&mut self, pass: Pending, walk: &Walk) -> Result<()> {
         if pass.speculative && !walk.tokens.is_empty() {
             let backend = self.engine.shared.model.backend();
-            self.cache.commit_subset(backend, &walk.keep())?;
+            let p = pass.prefix;
+            let keep: Vec<usize> = (0..p)
+                .chain(walk.keep().into_iter().map(|k| p + k))
+                .collect();
+            self.cache.commit_subset(backend, &keep)?;
         }
         self.tokens.extend_from_slice(&walk.tokens);
         let s = &mut self.stats;
@@ -427,11 +450,10 @@ impl Sequence {
         let drafted = self.draft(opts, limit)?;
         // Verify: one target pass over the root and every tree node.
         let t0 = Instant::now();
-        let (pos, mask) = drafted.verify_input();
+        let (tokens, pos, mask) = drafted.verify_input();
         let cache = &mut self.cache;
-        let tokens = drafted.tree.tokens();
-        let hidden =
-            engine.install(|| model.forward_hidden(cache, Pass::Target, 0, tokens, &pos, &mask))?;
+        let hidden = engine
+            .install(|| model.forward_hidden(cache, Pass::Target, 0, &tokens, &pos, &mask))?;
         Ok(drafted.verified(hidden, t0.elapsed().as_secs_f64()))
     }
 
@@ -450,6 +472,7 @@ impl Sequence {
             return Ok(Drafted {
                 tree: Tree::new(self.tokens[root_pos]),
                 root_pos,
+                prefix: Vec::new(),
                 prefill_s,
                 draft_s: 0.0,
                 draft_steps: 0,
@@ -486,6 +509,7 @@ impl Sequence {
         Ok(Drafted {
             tree: draft.tree,
             root_pos,
+            prefix: Vec::new(),
             prefill_s,
             draft_s: t0.elapsed().as_secs_f64(),
             draft_steps: draft.steps,
@@ -523,6 +547,7 @@ impl Sequence {
                         at: vec![Some(0)],
                     },
                     speculative: false,
+                    prefix: 0,
                     draft_s: 0.0,
                     verify_s: t0.elapsed().as_secs_f64(),
                     draft_steps: 0,
@@ -781,7 +806,32 @@ impl Sequence {
                 "auto_depth is not supported in a batched step: give the tree's depth",
             ));
         }
-        Ok((self.draft(opts, limit)?, limit))
+        let root_pos = self.tokens.len() - 1;
+        if self.cache.len() > root_pos {
+            // Cached up to the root already (after a truncate): the root runs again.
+            self.cache.truncate(root_pos);
+        }
+        let pending = self.tokens.len() - self.cache.len();
+        if pending == 1 {
+            return Ok((self.draft(opts, limit)?, limit));
+        }
+        // A new prompt or turn: this step is a plain one whose pending tokens (up to the
+        // tree size the engine plans activations for; any before them prefilled alone
+        // first) join the batch's pass. The next step speculates.
+        let t0 = Instant::now();
+        let k = pending.min(self.engine.max_tree_tokens()).max(1);
+        self.prefill(self.tokens.len() - k, false)?;
+        Ok((
+            Drafted {
+                tree: Tree::new(self.tokens[root_pos]),
+                root_pos,
+                prefix: self.tokens[root_pos + 1 - k..root_pos].to_vec(),
+                prefill_s: t0.elapsed().as_secs_f64(),
+                draft_s: 0.0,
+                draft_steps: 0,
+            },
+            limit,
+        ))
     }
 }
 
@@ -847,21 +897,22 @@ impl Engine {
                 break;
             }
             let t0 = Instant::now();
-            let inputs: Vec<(Vec<usize>, AttnMask)> = live
+            let inputs: Vec<(Vec<u32>, Vec<usize>, AttnMask)> = live
                 .iter()
                 .filter_map(|&i| drafted[i].as_ref().map(|(d, _)| d.verify_input()))
                 .collect();
             let mut segs = Vec::with_capacity(live.len());
-            for ((seq, d), (pos, mask)) in seqs
+            for (seq, (tokens, pos, mask)) in seqs
                 .iter_mut()
                 .zip(&drafted)
-                .filter_map(|(s, d)| d.as_ref().map(|(d, _)| (s, d)))
+                .filter(|(_, d)| d.is_some())
+                .map(|(s, _)| s)
                 .zip(&inputs)
             {
                 segs.push(Segment {
                     cache: &mut seq.cache,
                     first: 0,
-                    tokens: d.tree.tokens(),
+                    tokens,
                     positions: pos,
                     mask,
                 });
@@ -880,15 +931,17 @@ impl Engine {
                     let mut row = 0;
                     for &i in &live {
                         let (d, limit) = drafted[i].take().expect("live");
-                        let m = d.tree.len();
-                        let part = if live.len() == 1 {
+                        // The segment's rows: its prefix, then its tree (whose rows the
+                        // walk reads).
+                        let (p, m) = (d.prefix.len(), d.tree.len());
+                        let part = if live.len() == 1 && p == 0 {
                             hidden
                                 .take()
                                 .ok_or_else(|| Error::internal("one pass, one owner"))
                         } else {
-                            self.rows_of(hidden.as_ref(), row..row + m)
+                            self.rows_of(hidden.as_ref(), row + p..row + p + m)
                         };
-                        row += m;
+                        row += p + m;
                         let seq = &mut *seqs[i];
                         let r =
                             part.and_then(|h| seq.finish(d.verified(h, verify_s), &opts[i], limit));

@@ -129,7 +129,7 @@ pub(crate) fn boundary(
 }
 
 /// Stores `message` as the last error of this thread (and of `slot`).
-fn record(slot: Option<&Mutex<String>>, message: &str) {
+pub(crate) fn record(slot: Option<&Mutex<String>>, message: &str) {
     let _ = catch_unwind(AssertUnwindSafe(|| {
         LAST_ERROR.with(|e| message.clone_into(&mut e.borrow_mut()));
         if let Some(slot) = slot {

@@ -535,6 +535,166 @@ pub unsafe extern "C" fn subspec_step(
     }
 }
 
+/// Steps `n_seqs` sequences of `engine` together, as many [`subspec_step`] calls would
+/// but with one target pass for all of them: an offloaded model streams once per batch,
+/// not once per sequence. Sequence `i` first appends its `n_inputs[i]` tokens
+/// `inputs[i]` (`inputs` and `n_inputs` may be NULL: no input for any), then steps with
+/// `*params[i]`; its tokens (at most `out_capacity`) go to `out[i * out_capacity ..]`,
+/// their number to `n_out[i]`, and its status to `statuses[i]`. Every sequence gets
+/// exactly the tokens its own `subspec_step` would give. One that fails (each status as
+/// [`subspec_step`]'s) is exactly as before the call, input not appended, with
+/// `n_out[i]` 0; the others step. Sequences may join or leave between calls (continuous
+/// batching); speculative and plain steps, samplings and tree shapes may be mixed; a
+/// tree with `auto_depth` is `INVALID_ARGUMENT` for its sequence in a batch of two or
+/// more.
+///
+/// Returns `OK` when the batch ran (read `statuses`; a NULL `params[i]`, or `inputs[i]`
+/// with tokens, is that sequence's `NULL_POINTER`), or for the call as a whole:
+/// `NULL_POINTER` (`engine`, `seqs`, `params`, `out`, `n_out`, `statuses` or a sequence
+/// handle); `BUFFER_TOO_SMALL` (`out_capacity` 0); `INVALID_ARGUMENT` (a sequence of
+/// another engine, or the same sequence twice); `PANIC`. Then no sequence changed and
+/// the output arrays are untouched.
+///
+/// # Safety
+/// `engine` NULL or a live engine handle; `seqs` and `params` NULL or valid for `n_seqs`
+/// reads, each entry NULL or a live sequence handle / an initialized struct valid for its
+/// `struct_size` bytes; `inputs` and `n_inputs` NULL or valid for `n_seqs` reads, each
+/// `inputs[i]` NULL or valid for `n_inputs[i]` reads; `out` NULL or valid for `n_seqs *
+/// out_capacity` writes; `n_out` and `statuses` NULL or valid for `n_seqs` writes.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn subspec_step_batch(
+    engine: *const subspec_engine,
+    seqs: *const *mut subspec_sequence,
+    n_seqs: usize,
+    params: *const *const subspec_step_params,
+    inputs: *const *const i32,
+    n_inputs: *const usize,
+    out: *mut i32,
+    out_capacity: usize,
+    n_out: *mut usize,
+    statuses: *mut subspec_status,
+) -> subspec_status {
+    // SAFETY: the caller's guarantee.
+    let e = match unsafe { borrow(engine) } {
+        Ok(e) => e,
+        Err(failure) => return boundary(None, || Err(failure)),
+    };
+    // SAFETY: the caller's guarantee, for every pointer below.
+    boundary(Some(&e.last_error), || unsafe {
+        let handles = slice(seqs, n_seqs, "seqs")?;
+        let params = slice(params, n_seqs, "params")?;
+        let n_inputs = match n_inputs.is_null() {
+            true => None,
+            false => Some(slice(n_inputs, n_seqs, "n_inputs")?),
+        };
+        let inputs = match inputs.is_null() {
+            true => None,
+            false => Some(slice(inputs, n_seqs, "inputs")?),
+        };
+        for (p, name) in [(out as *mut u8, "out"), (n_out as *mut u8, "n_out")] {
+            check_out(p, name)?;
+        }
+        check_out(statuses, "statuses")?;
+        if n_seqs > 0 && out_capacity == 0 {
+            return Err(Failure::new(
+                subspec_status::BufferTooSmall,
+                "out_capacity is 0: a step returns at least one token",
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        let mut seqs: Vec<&subspec_sequence> = Vec::with_capacity(n_seqs);
+        for (i, &h) in handles.iter().enumerate() {
+            let s = borrow(h as *const subspec_sequence)?;
+            if !std::ptr::eq(Arc::as_ptr(&s.engine), e) {
+                return Err(Failure::invalid(format!(
+                    "seqs[{i}] belongs to another engine"
+                )));
+            }
+            if !seen.insert(h as usize) {
+                return Err(Failure::invalid(format!(
+                    "seqs[{i}] appears twice in the batch"
+                )));
+            }
+            seqs.push(s);
+        }
+        // Each sequence's own checks; a failure is that sequence's status.
+        let mut status = vec![subspec_status::Ok; n_seqs];
+        let mut message = None;
+        let mut fail = |i: usize, f: Failure, status: &mut Vec<subspec_status>| {
+            status[i] = f.status;
+            message = Some(format!("seqs[{i}]: {}", f.message));
+        };
+        let mut held: Vec<(usize, MutexGuard<'_, Sequence>, StepOptions, usize)> = Vec::new();
+        for (i, s) in seqs.iter().enumerate() {
+            let prepared = (|| -> FfiResult<_> {
+                let p = versioned::read(params[i], &format!("params[{i}]"))?;
+                let n = n_inputs.map_or(0, |n| n[i]);
+                let ptr = inputs.map_or(std::ptr::null(), |v| v[i]);
+                let input = token_ids(slice(ptr, n, &format!("inputs[{i}]"))?)?;
+                let opts = p.options(out_capacity)?;
+                let mut q = s.lock()?;
+                refuse_open(&q, "step")?;
+                let before = q.len();
+                q.append(&input)?;
+                Ok((q, opts, before))
+            })();
+            match prepared {
+                Ok((q, opts, before)) => held.push((i, q, opts, before)),
+                Err(f) => fail(i, f, &mut status),
+            }
+        }
+        let opts: Vec<StepOptions> = held.iter().map(|h| h.2).collect();
+        let results = {
+            let mut refs: Vec<&mut Sequence> = held.iter_mut().map(|h| &mut *h.1).collect();
+            e.engine.step_batch(&mut refs, &opts)
+        };
+        let results = match results {
+            Ok(r) => r,
+            Err(err) => {
+                for h in held.iter_mut() {
+                    h.1.truncate(h.3);
+                }
+                return Err(err.into());
+            }
+        };
+        let mut counts = vec![0usize; n_seqs];
+        for ((i, q, _, before), r) in held.iter_mut().zip(results) {
+            match r {
+                Ok(t) if t.len() <= out_capacity => {
+                    let ids: Vec<i32> = t.iter().map(|&t| t as i32).collect();
+                    std::ptr::copy_nonoverlapping(
+                        ids.as_ptr(),
+                        out.add(*i * out_capacity),
+                        ids.len(),
+                    );
+                    counts[*i] = ids.len();
+                }
+                r => {
+                    // The step left the sequence as it was; undo the append too.
+                    q.truncate(*before);
+                    let f = match r {
+                        Err(e) => e.into(),
+                        Ok(t) => Failure::new(
+                            subspec_status::Internal,
+                            format!("step returned {} tokens, over {out_capacity}", t.len()),
+                        ),
+                    };
+                    fail(*i, f, &mut status);
+                }
+            }
+        }
+        drop(held);
+        std::ptr::copy_nonoverlapping(counts.as_ptr(), n_out, n_seqs);
+        std::ptr::copy_nonoverlapping(status.as_ptr(), statuses, n_seqs);
+        if let Some(m) = message {
+            // The last failed sequence's message, for subspec_last_error.
+            record(Some(&e.last_error), &m);
+        }
+        Ok(())
+    })
+}
+
 /// Opens a host-sampled iteration on `seq`: appends `n_input` tokens (0 is valid only if
 /// the sequence is non-empty), then drafts a tree shaped by `params` (its tree fields and
 /// `speculate` are used; the sampling fields are ignored: the host samples) and verifies

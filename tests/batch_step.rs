@@ -316,3 +316,63 @@ fn a_batch_call_that_cannot_be_made_is_an_error() {
     assert_eq!((a.len(), a.cached()), (2, 0));
     assert!(engine.step_batch(&mut [], &[]).unwrap().is_empty());
 }
+
+/// The trees of a batch grow together (one draft forward per level for all sequences),
+/// and each grows exactly as it would alone: after the same steps every sequence has the
+/// same tokens, draft steps and accepted draft tokens as its solo twin.
+#[test]
+fn trees_grown_together_are_the_trees_grown_alone() {
+    let engine = common::engine(common::SMOLLM2);
+    let prompts = tokenize(
+        &engine,
+        &[
+            "The history of the printing press begins",
+            "def merge_sort(values):\n    ",
+            "1, 2, 3, 5, 8, 13,",
+            "La capitale de la France est",
+        ],
+    );
+    let trees = [
+        TreeParams::default().with_width(1).with_depth(6),
+        TreeParams::default()
+            .with_width(2)
+            .with_depth(5)
+            .with_max_tokens(24),
+        TreeParams::default(),
+        TreeParams::default()
+            .with_width(3)
+            .with_depth(3)
+            .with_max_tokens(16),
+    ];
+    let opts: Vec<StepOptions> = trees
+        .iter()
+        .zip(samplings().iter().cycle())
+        .map(|(t, s)| StepOptions::speculative(*s).with_tree(*t))
+        .collect();
+    let fresh = |p: &Vec<u32>| {
+        let mut s = engine.new_sequence().unwrap();
+        s.append(p).unwrap();
+        s.prefill_pending().unwrap();
+        s
+    };
+    let mut together: Vec<_> = prompts.iter().map(fresh).collect();
+    let mut alone: Vec<_> = prompts.iter().map(fresh).collect();
+    for _ in 0..4 {
+        let mut batch: Vec<&mut subspec::Sequence> = together.iter_mut().collect();
+        for r in engine.step_batch(&mut batch, &opts).unwrap() {
+            r.unwrap();
+        }
+        for (s, o) in alone.iter_mut().zip(&opts) {
+            s.step(o).unwrap();
+        }
+    }
+    for (i, (t, a)) in together.iter().zip(&alone).enumerate() {
+        assert_eq!(t.tokens(), a.tokens(), "sequence {i}");
+        let (ts, as_) = (t.stats(), a.stats());
+        assert_eq!(
+            (ts.iterations, ts.draft_steps, ts.accepted),
+            (as_.iterations, as_.draft_steps, as_.accepted),
+            "sequence {i}: iterations, draft steps, accepted"
+        );
+    }
+}

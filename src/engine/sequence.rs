@@ -14,7 +14,7 @@ use crate::backend::{AttnMask, Backend, Device};
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::{KvCache, Pass, Segment};
 use crate::sample::{sample, SamplingParams};
-use crate::spec::draft::{draft_tree, DraftLimits};
+use crate::spec::draft::{draft_tree, DraftLimits, Grower};
 use crate::spec::tune::{self, Acceptance};
 use crate::spec::{accept_from, NodeLogits, SpecStats, Tree, Walk};
 use crate::util::AbortHandle;
@@ -143,6 +143,13 @@ impl Drafted {
             draft_steps: self.draft_steps,
         }
     }
+}
+
+/// A sequence of a batched step before the drafting: its tree drafted already (or no tree
+/// to draft), or growing with the others' (the tree's root position).
+enum Prepared {
+    Drafted(Drafted),
+    Grow(Grower, usize),
 }
 
 /// An open host-sampled iteration (see [`Sequence::begin`]).
@@ -482,14 +489,7 @@ impl Sequence {
         // Draft: grow the tree level by level.
         let t0 = Instant::now();
         let tp = &opts.tree;
-        let s = &self.stats;
-        let limits = DraftLimits {
-            depth: tp.depth.min(limit - 1),
-            max_nodes: tp.max_tokens.min(engine.max_tree_tokens()),
-            // For the adaptive stop: the time one emitted token has cost so far.
-            token_s: (tp.adaptive && s.generated > 0)
-                .then(|| (s.draft_s + s.verify_s) / s.generated as f64),
-        };
+        let limits = self.draft_limits(opts, limit);
         let cache = &mut self.cache;
         let vocab = model.config().vocab;
         let draft = draft_tree(self.tokens[root_pos], root_pos, vocab, tp, &limits, |b| {
@@ -514,6 +514,18 @@ impl Sequence {
             draft_s: t0.elapsed().as_secs_f64(),
             draft_steps: draft.steps,
         })
+    }
+
+    /// How far this step's tree may grow: `opts`' depth and size, no path longer than
+    /// `limit - 1`, and with the adaptive stop the time one emitted token has cost so far.
+    fn draft_limits(&self, opts: &StepOptions, limit: usize) -> DraftLimits {
+        let (tp, s) = (&opts.tree, &self.stats);
+        DraftLimits {
+            depth: tp.depth.min(limit - 1),
+            max_nodes: tp.max_tokens.min(self.engine.max_tree_tokens()),
+            token_s: (tp.adaptive && s.generated > 0)
+                .then(|| (s.draft_s + s.verify_s) / s.generated as f64),
+        }
     }
 
     /// Opens a host-sampled iteration: appends `input` (may be empty if the sequence is
@@ -795,7 +807,7 @@ impl Sequence {
     /// What [`Engine::step_batch`] does for one sequence before the shared target pass:
     /// the checks of [`Sequence::step`], the pending tokens but the last into the cache,
     /// the tree drafted. Returns the tree and the most tokens the step may emit.
-    fn prepare_batched(&mut self, opts: &StepOptions) -> Result<(Drafted, usize)> {
+    fn prepare_batched(&mut self, opts: &StepOptions) -> Result<(Prepared, usize)> {
         if self.open.is_some() {
             return Err(iteration_open("step"));
         }
@@ -812,8 +824,16 @@ impl Sequence {
             self.cache.truncate(root_pos);
         }
         let pending = self.tokens.len() - self.cache.len();
+        if pending == 1 && opts.speculate && limit > 1 {
+            // Its tree grows with the others' (one draft forward per level for all).
+            let vocab = self.engine.config().vocab;
+            let limits = self.draft_limits(opts, limit);
+            let root = self.tokens[root_pos];
+            let grower = Grower::new(root, root_pos, vocab, &opts.tree, &limits);
+            return Ok((Prepared::Grow(grower, root_pos), limit));
+        }
         if pending == 1 {
-            return Ok((self.draft(opts, limit)?, limit));
+            return Ok((Prepared::Drafted(self.draft(opts, limit)?), limit));
         }
         // A new prompt or turn: this step is a plain one whose pending tokens (up to the
         // tree size the engine plans activations for; any before them prefilled alone
@@ -822,14 +842,14 @@ impl Sequence {
         let k = pending.min(self.engine.max_tree_tokens()).max(1);
         self.prefill(self.tokens.len() - k, false)?;
         Ok((
-            Drafted {
+            Prepared::Drafted(Drafted {
                 tree: Tree::new(self.tokens[root_pos]),
                 root_pos,
                 prefix: self.tokens[root_pos + 1 - k..root_pos].to_vec(),
                 prefill_s: t0.elapsed().as_secs_f64(),
                 draft_s: 0.0,
                 draft_steps: 0,
-            },
+            }),
             limit,
         ))
     }
@@ -879,16 +899,24 @@ impl Engine {
         let n = seqs.len();
         let committed: Vec<usize> = seqs.iter().map(|s| s.cache.len()).collect();
         let mut results: Vec<Option<Result<Vec<u32>>>> = (0..n).map(|_| None).collect();
-        let mut drafted: Vec<Option<(Drafted, usize)>> = (0..n).map(|_| None).collect();
+        let mut prepared: Vec<Option<(Prepared, usize)>> = (0..n).map(|_| None).collect();
         for (i, seq) in seqs.iter_mut().enumerate() {
             match seq.prepare_batched(&opts[i]) {
-                Ok(d) => drafted[i] = Some(d),
+                Ok(d) => prepared[i] = Some(d),
                 Err(e) => {
                     seq.cache.truncate(committed[i]);
                     results[i] = Some(Err(e));
                 }
             }
         }
+        self.grow_together(seqs, &mut prepared, &mut results, &committed);
+        let mut drafted: Vec<Option<(Drafted, usize)>> = prepared
+            .into_iter()
+            .map(|p| match p {
+                Some((Prepared::Drafted(d), limit)) => Some((d, limit)),
+                _ => None,
+            })
+            .collect();
         // One target pass over every drafted tree. Sequences that asked to stop during it
         // leave the batch, and the pass runs again for the others.
         loop {
@@ -988,6 +1016,116 @@ impl Engine {
                 })
             })
             .collect())
+    }
+
+    /// Grows the trees of every `Prepared::Grow` sequence together, one draft forward per
+    /// level for all of them (a sequence whose tree is grown leaves the forwards), and
+    /// turns them into `Prepared::Drafted`. A sequence that fails (an abort request) gets
+    /// its result and is left as it was; an abort request drops only its sequence.
+    fn grow_together(
+        &self,
+        seqs: &mut [&mut Sequence],
+        prepared: &mut [Option<(Prepared, usize)>],
+        results: &mut [Option<Result<Vec<u32>>>],
+        committed: &[usize],
+    ) {
+        let model = &self.shared.model;
+        let vocab = model.config().vocab;
+        let t0 = Instant::now();
+        let growing = |p: &Option<(Prepared, usize)>| match p {
+            Some((Prepared::Grow(g, _), _)) => g.batch().is_some(),
+            _ => false,
+        };
+        loop {
+            let live: Vec<usize> = (0..seqs.len()).filter(|&i| growing(&prepared[i])).collect();
+            if live.is_empty() {
+                break;
+            }
+            let batches: Vec<_> = live
+                .iter()
+                .filter_map(|&i| match &prepared[i] {
+                    Some((Prepared::Grow(g, _), _)) => g.batch(),
+                    _ => None,
+                })
+                .collect();
+            let rows: Vec<usize> = batches.iter().map(|b| b.tokens.len()).collect();
+            let mut segs = Vec::with_capacity(live.len());
+            for (seq, b) in seqs
+                .iter_mut()
+                .enumerate()
+                .filter(|(i, _)| live.contains(i))
+                .map(|(_, s)| s)
+                .zip(&batches)
+            {
+                segs.push(Segment {
+                    cache: &mut seq.cache,
+                    first: b.first,
+                    tokens: b.tokens,
+                    positions: &b.positions,
+                    mask: &b.mask,
+                });
+            }
+            let r = self.install(|| {
+                let hidden = model.forward_hidden_batch(Pass::Draft, &mut segs)?;
+                let all: Vec<usize> = (0..rows.iter().sum()).collect();
+                model.logits(Pass::Draft, &hidden, &all)
+            });
+            drop(segs);
+            drop(batches);
+            let mut fail = |seqs: &mut [&mut Sequence], i: usize, e: Error| {
+                seqs[i].cache.truncate(committed[i]);
+                prepared[i] = None;
+                results[i] = Some(Err(e));
+            };
+            match r {
+                Ok(logits) => {
+                    let mut at = 0;
+                    for (&i, m) in live.iter().zip(&rows) {
+                        if let Some((Prepared::Grow(g, _), _)) = &mut prepared[i] {
+                            g.feed(&logits[at * vocab..(at + m) * vocab]);
+                        }
+                        at += m;
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::Aborted && live.len() > 1 => {
+                    let taken: Vec<(usize, Error)> = live
+                        .iter()
+                        .filter_map(|&i| {
+                            let at = || "during a batched draft step".to_string();
+                            seqs[i].cache.abort_handle().check(at).err().map(|a| (i, a))
+                        })
+                        .collect();
+                    for (i, a) in taken {
+                        fail(seqs, i, a);
+                    }
+                }
+                Err(e) => {
+                    for &i in &live {
+                        fail(seqs, i, Error::new(e.kind(), e.to_string()));
+                    }
+                }
+            }
+        }
+        let draft_s = t0.elapsed().as_secs_f64();
+        for p in prepared.iter_mut() {
+            if let Some((Prepared::Grow(..), limit)) = p {
+                let limit = *limit;
+                if let Some((Prepared::Grow(g, root_pos), _)) = p.take() {
+                    let draft = g.finish();
+                    *p = Some((
+                        Prepared::Drafted(Drafted {
+                            tree: draft.tree,
+                            root_pos,
+                            prefix: Vec::new(),
+                            prefill_s: 0.0,
+                            draft_s,
+                            draft_steps: draft.steps,
+                        }),
+                        limit,
+                    ));
+                }
+            }
+        }
     }
 
     /// Rows `rows` of a batched pass's residual stream, as an activation of their own.

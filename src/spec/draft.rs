@@ -67,40 +67,93 @@ pub(crate) fn draft_tree(
     limits: &DraftLimits,
     mut forward: impl FnMut(DraftBatch<'_>) -> Result<Vec<f32>>,
 ) -> Result<Draft> {
-    let t0 = Instant::now();
-    let mut tree = Tree::new(root);
-    let mut frontier = 0..1;
-    let mut steps = 0;
-    for _ in 0..limits.depth {
-        let batch = DraftBatch {
-            first: frontier.start,
-            tokens: &tree.tokens()[frontier.clone()],
-            positions: frontier.clone().map(|n| root_pos + tree.depth(n)).collect(),
-            mask: AttnMask::tree_rows(tree.parents(), frontier.clone()),
-        };
+    let mut g = Grower::new(root, root_pos, vocab, params, limits);
+    while let Some(batch) = g.batch() {
         let logits = forward(batch)?;
-        steps += 1;
-        let room = limits.max_nodes.saturating_sub(tree.len());
-        frontier = tree.grow(
-            frontier,
-            &logits,
+        g.feed(&logits);
+    }
+    Ok(g.finish())
+}
+
+/// [`draft_tree`] one step at a time, for callers that run the forwards of several
+/// trees together: [`Grower::batch`] is the next forward (`None`: the tree is grown),
+/// [`Grower::feed`] takes its logits.
+pub(crate) struct Grower {
+    tree: Tree,
+    frontier: std::ops::Range<usize>,
+    steps: usize,
+    root_pos: usize,
+    vocab: usize,
+    params: TreeParams,
+    limits: DraftLimits,
+    t0: Instant,
+    done: bool,
+}
+
+impl Grower {
+    pub(crate) fn new(
+        root: u32,
+        root_pos: usize,
+        vocab: usize,
+        params: &TreeParams,
+        limits: &DraftLimits,
+    ) -> Grower {
+        Grower {
+            tree: Tree::new(root),
+            frontier: 0..1,
+            steps: 0,
+            root_pos,
             vocab,
-            params.width,
-            params.draft_temperature,
-            room,
-        );
-        if frontier.is_empty() {
-            break;
-        }
-        if let Some(token_s) = limits.token_s {
-            let mass: f64 = frontier.clone().map(|n| (tree.score(n) as f64).exp()).sum();
-            let step_s = t0.elapsed().as_secs_f64() / steps as f64;
-            if !worth_another_step(mass, token_s, step_s) {
-                break;
-            }
+            params: *params,
+            limits: *limits,
+            t0: Instant::now(),
+            done: limits.depth == 0,
         }
     }
-    Ok(Draft { tree, steps })
+
+    /// The next draft forward, or `None` once the tree is grown.
+    pub(crate) fn batch(&self) -> Option<DraftBatch<'_>> {
+        if self.done {
+            return None;
+        }
+        let (tree, f) = (&self.tree, &self.frontier);
+        Some(DraftBatch {
+            first: f.start,
+            tokens: &tree.tokens()[f.clone()],
+            positions: f.clone().map(|n| self.root_pos + tree.depth(n)).collect(),
+            mask: AttnMask::tree_rows(tree.parents(), f.clone()),
+        })
+    }
+
+    /// Grows one level from the draft's logits of the frontier of [`Grower::batch`].
+    pub(crate) fn feed(&mut self, logits: &[f32]) {
+        self.steps += 1;
+        let room = self.limits.max_nodes.saturating_sub(self.tree.len());
+        let frontier = self.frontier.clone();
+        self.frontier = self.tree.grow(
+            frontier,
+            logits,
+            self.vocab,
+            self.params.width,
+            self.params.draft_temperature,
+            room,
+        );
+        self.done = self.frontier.is_empty() || self.steps >= self.limits.depth;
+        if let (false, Some(token_s)) = (self.done, self.limits.token_s) {
+            let f = self.frontier.clone();
+            let mass: f64 = f.map(|n| (self.tree.score(n) as f64).exp()).sum();
+            let step_s = self.t0.elapsed().as_secs_f64() / self.steps as f64;
+            self.done = !worth_another_step(mass, token_s, step_s);
+        }
+    }
+
+    /// The grown tree and the forwards it took.
+    pub(crate) fn finish(self) -> Draft {
+        Draft {
+            tree: self.tree,
+            steps: self.steps,
+        }
+    }
 }
 
 /// The tree shape that pays best for a placement, at most `max_tree_tokens` nodes: with

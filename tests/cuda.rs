@@ -566,6 +566,78 @@ fn speculative_output_equals_plain_output() {
     }
 }
 
+/// Batched steps on CUDA (segments' rows gathered and set, one pass for all; the trees
+/// drafted together): each sequence's tokens are its solo plain tokens, resident and at
+/// the minimum budget.
+#[test]
+fn batched_steps_equal_solo_steps() {
+    if gpu("batched_steps_equal_solo_steps").is_none() {
+        return;
+    }
+    let tree = TreeParams::default()
+        .with_width(2)
+        .with_depth(6)
+        .with_max_tokens(32);
+    for name in shapes() {
+        let dir = common::synth_model_dir(&name);
+        let min = Engine::minimum_budget(&options(&dir, DeviceKind::Cuda(0), true, None)).unwrap();
+        for budget in [None, Some(min + min / 2)] {
+            let engine = load(&dir, DeviceKind::Cuda(0), true, budget);
+            let vocab = engine.config().vocab;
+            let samplings = [
+                SamplingParams::greedy(),
+                SamplingParams::new(0.9, 0, 0.9, 4),
+            ];
+            let prompts: Vec<Vec<u32>> =
+                (0..4).map(|k| prompt(vocab, 5 + 3 * k, k as u64)).collect();
+            let opts: Vec<StepOptions> = (0..4)
+                .map(|k| match k {
+                    3 => StepOptions::plain(samplings[1]),
+                    k => StepOptions::speculative(samplings[k % 2]).with_tree(tree),
+                })
+                .collect();
+            let want: Vec<Vec<u32>> = prompts
+                .iter()
+                .zip(&opts)
+                .map(|(p, o)| generate(&engine, p, &StepOptions::plain(o.sampling), 16))
+                .collect();
+            let mut seqs: Vec<_> = prompts
+                .iter()
+                .map(|p| {
+                    let mut s = engine.new_sequence().unwrap();
+                    s.append(p).unwrap();
+                    s
+                })
+                .collect();
+            // Each sequence steps until it has its solo output's length (less than 16 if
+            // that ended at an end token).
+            let mut got: Vec<Vec<u32>> = vec![Vec::new(); 4];
+            loop {
+                let live: Vec<usize> = (0..4).filter(|&k| got[k].len() < want[k].len()).collect();
+                if live.is_empty() {
+                    break;
+                }
+                let step: Vec<StepOptions> = live
+                    .iter()
+                    .map(|&k| opts[k].with_max_tokens(want[k].len() - got[k].len()))
+                    .collect();
+                let mut batch: Vec<&mut subspec::Sequence> = seqs
+                    .iter_mut()
+                    .enumerate()
+                    .filter(|(k, _)| live.contains(k))
+                    .map(|(_, s)| s)
+                    .collect();
+                let results = engine.step_batch(&mut batch, &step).unwrap();
+                for (&k, r) in live.iter().zip(results) {
+                    got[k].extend(r.unwrap());
+                }
+            }
+            assert_eq!(got, want, "{name}, budget {budget:?}");
+            println!("{name}, budget {budget:?}: 4 batched sequences equal their solo output");
+        }
+    }
+}
+
 #[test]
 fn streamed_layers_give_the_resident_output() {
     if gpu("streamed_layers_give_the_resident_output").is_none() {

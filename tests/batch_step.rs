@@ -115,6 +115,15 @@ fn check(engine: &Engine, jobs: &[Job], what: &str) {
     println!("{what}: {} jobs, up to {widest} in one step", jobs.len());
 }
 
+/// Prompts for the real model: prose, code, numbers, French, a chat turn.
+const TEXTS: &[&str] = &[
+    "The history of the printing press begins",
+    "def merge_sort(values):\n    ",
+    "1, 2, 3, 5, 8, 13,",
+    "La capitale de la France est",
+    "<|im_start|>user\nWhat is the boiling point of water?<|im_end|>\n<|im_start|>assistant\n",
+];
+
 fn tokenize(engine: &Engine, texts: &[&str]) -> Vec<Vec<u32>> {
     let tok = engine.tokenizer().unwrap();
     texts.iter().map(|t| tok.encode(t, true).unwrap()).collect()
@@ -123,16 +132,7 @@ fn tokenize(engine: &Engine, texts: &[&str]) -> Vec<Vec<u32>> {
 #[test]
 fn batched_steps_equal_solo_steps_on_a_real_model() {
     let engine = common::engine(common::SMOLLM2);
-    let prompts = tokenize(
-        &engine,
-        &[
-            "The history of the printing press begins",
-            "def merge_sort(values):\n    ",
-            "1, 2, 3, 5, 8, 13,",
-            "<|im_start|>user\nWhat is the boiling point of water?<|im_end|>\n<|im_start|>assistant\n",
-            "La capitale de la France est",
-        ],
-    );
+    let prompts = tokenize(&engine, TEXTS);
     check(&engine, &jobs(&prompts, 8), "SmolLM2 resident");
 }
 
@@ -323,15 +323,8 @@ fn a_batch_call_that_cannot_be_made_is_an_error() {
 #[test]
 fn trees_grown_together_are_the_trees_grown_alone() {
     let engine = common::engine(common::SMOLLM2);
-    let prompts = tokenize(
-        &engine,
-        &[
-            "The history of the printing press begins",
-            "def merge_sort(values):\n    ",
-            "1, 2, 3, 5, 8, 13,",
-            "La capitale de la France est",
-        ],
-    );
+    // One prompt per tree shape.
+    let prompts = tokenize(&engine, &TEXTS[..4]);
     let trees = [
         TreeParams::default().with_width(1).with_depth(6),
         TreeParams::default()

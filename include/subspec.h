@@ -646,9 +646,9 @@ SUBSPEC_API subspec_status subspec_step(struct subspec_sequence *seq, const stru
 // exactly the tokens its own `subspec_step` would give. One that fails (each status as
 // [`subspec_step`]'s) is exactly as before the call, input not appended, with
 // `n_out[i]` 0; the others step. Sequences may join or leave between calls (continuous
-// batching); speculative and plain steps, samplings and tree shapes may be mixed; a
-// tree with `auto_depth` is `INVALID_ARGUMENT` for its sequence in a batch of two or
-// more.
+// batching); speculative and plain steps, samplings and tree shapes may be mixed; the
+// sequences whose trees have `auto_depth` choose one depth together, for the whole
+// batch's cost.
 //
 // Returns `OK` when the batch ran (read `statuses`; a NULL `params[i]`, or `inputs[i]`
 // with tokens, is that sequence's `NULL_POINTER`), or for the call as a whole:

@@ -180,6 +180,38 @@ fn batched_steps_equal_solo_steps_offloaded_and_resident() {
 }
 
 #[test]
+fn depths_chosen_together_by_cost_are_lossless() {
+    // Half the jobs choose their depth by cost (auto_depth), together for the batch; the
+    // others keep their trees and plain steps. Every job's output is its solo output
+    // (== plain decoding's: speculation is lossless).
+    let dir = tiny("bs-auto", true);
+    let min = Engine::minimum_budget(&options(&dir, None)).unwrap();
+    for budget in [Some(min), None] {
+        let engine = Engine::load(&options(&dir, budget)).unwrap();
+        let p = prompts(engine.config().vocab);
+        let mut js = jobs(&p, 8);
+        for (i, j) in js.iter_mut().enumerate() {
+            if i % 2 == 0 {
+                j.opts = StepOptions::speculative(j.opts.sampling)
+                    .with_tree(j.opts.tree.with_depth(12).with_auto_depth(true));
+            }
+        }
+        for j in &js {
+            let plain = Job {
+                prompt: j.prompt.clone(),
+                opts: StepOptions::plain(j.opts.sampling),
+                n: j.n,
+                join: 0,
+            };
+            assert_eq!(solo(&engine, j), solo(&engine, &plain), "{:?}", j.opts);
+        }
+        check(&engine, &js, &format!("auto depth, budget={budget:?}"));
+        let all_auto: Vec<Job> = js.into_iter().step_by(2).collect();
+        check(&engine, &all_auto, &format!("all auto, budget={budget:?}"));
+    }
+}
+
+#[test]
 fn one_target_pass_streams_the_offloaded_layers_once_for_the_batch() {
     let dir = tiny("bs-stream", true);
     let min = Engine::minimum_budget(&options(&dir, None)).unwrap();

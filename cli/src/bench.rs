@@ -320,15 +320,11 @@ fn offload(a: &BenchArgs) -> Result<(), Error> {
             println!("everything resident (no --budget, or it fits): nothing streamed");
         }
         if spec_opts.tree.auto_depth {
-            let c = engine.tree_costs()?;
-            let ms = |v: &[(usize, f64)]| {
-                v.iter()
-                    .map(|(n, s)| format!("{n}: {:.1}", s * 1e3))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            };
-            println!("depth by measured cost: target pass by tokens (ms) {}; draft step by width (ms) {}; logits row {:.2} ms; draft steps per target pass {:.2}",
-                ms(&c.verify), ms(&c.draft), c.logits_row * 1e3, s.draft_steps as f64 / s.passes.max(1) as f64);
+            print_costs(&engine)?;
+            println!(
+                "draft steps per target pass {:.2}",
+                s.draft_steps as f64 / s.passes.max(1) as f64
+            );
         }
     }
     if !all_same {
@@ -419,6 +415,24 @@ fn batch_run(
     })
 }
 
+/// Prints the costs `--auto-depth` chooses depths by ([`Engine::tree_costs`]).
+fn print_costs(engine: &Engine) -> Result<(), Error> {
+    let c = engine.tree_costs()?;
+    let ms = |v: &[(usize, f64)]| {
+        v.iter()
+            .map(|(n, s)| format!("{n}: {:.1}", s * 1e3))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!(
+        "depth by measured cost: target pass by tokens (ms) {}; draft step by rows (ms) {}; logits row {:.2} ms",
+        ms(&c.verify),
+        ms(&c.draft),
+        c.logits_row * 1e3
+    );
+    Ok(())
+}
+
 /// `--batch`: aggregate tokens/s and latency by the number of requests decoded together.
 fn batch(a: &BenchArgs) -> Result<(), Error> {
     let prompts = load_prompts(a)?;
@@ -494,6 +508,9 @@ fn batch(a: &BenchArgs) -> Result<(), Error> {
                 "batched speculative output differed from batched plain output at N = {n}"
             )));
         }
+    }
+    if spec_opts.tree.auto_depth && !a.json {
+        print_costs(&engine)?;
     }
     let placement = engine.placement();
     let total = json!({"max_new": a.max_new,

@@ -976,12 +976,6 @@ pub fn run(a: &ServeArgs) -> Result<(), Error> {
     let engine = model.load(a.spec.draft()?)?;
     engine.tokenizer()?;
     let step = a.spec.step(&engine, SamplingParams::greedy())?;
-    if parallel > 1 && step.speculate && step.tree.auto_depth {
-        return Err(Error::invalid_argument(
-            "--auto-depth needs --parallel 1: generations are stepped together, each with \
-             the tree depth given",
-        ));
-    }
     let model_name = a.model_name.clone().unwrap_or_else(|| {
         let p: &PathBuf = &a.model.model;
         p.file_name()

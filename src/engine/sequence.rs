@@ -51,11 +51,17 @@ impl Verified {
         })?;
         let want = self.tree.best_path(node);
         let l = engine.install(|| model.logits(Pass::Target, hidden, &want))?;
-        for (i, &n) in want.iter().enumerate() {
+        self.give(&want, &l, vocab);
+        Ok(self.at[node].unwrap_or(0))
+    }
+
+    /// Takes the logits of `nodes` computed elsewhere (a batched step computes every
+    /// sequence's likeliest path in one product), `vocab` per node, in order.
+    fn give(&mut self, nodes: &[usize], logits: &[f32], vocab: usize) {
+        for (i, &n) in nodes.iter().enumerate() {
             self.at[n] = Some(self.rows.len() + i * vocab);
         }
-        self.rows.extend_from_slice(&l);
-        Ok(self.at[node].unwrap_or(0))
+        self.rows.extend_from_slice(logits);
     }
 
     /// Node `node`'s logits.
@@ -381,21 +387,36 @@ impl Sequence {
             (explore as usize, t.depth.min(limit - 1)),
             t.max_tokens.min(self.engine.max_tree_tokens()),
         );
-        if depth == 0 {
-            let out = self.plain_step(&opts.sampling)?;
-            self.acceptance.chose(0, explore);
-            return Ok(out);
-        }
-        let (accepted, steps) = (self.stats.accepted, self.stats.draft_steps);
-        let out = self.speculative_step(&opts.with_tree(t.with_depth(depth)), limit)?;
-        let accepted = self.stats.accepted - accepted;
-        // A walk cut short by the token limit or an end token tried no deeper level.
-        let cut = out.len() >= limit || out.last().is_some_and(|&t| self.engine.is_eos(t));
-        let drafted = self.stats.draft_steps - steps;
-        self.acceptance
-            .record(if cut { drafted.min(accepted) } else { drafted }, accepted);
-        self.acceptance.chose(depth, explore);
+        let before = (self.stats.accepted, self.stats.draft_steps);
+        let out = if depth == 0 {
+            self.plain_step(&opts.sampling)?
+        } else {
+            self.speculative_step(&opts.with_tree(t.with_depth(depth)), limit)?
+        };
+        self.chose_depth(depth, explore, before, &out, limit);
         Ok(out)
+    }
+
+    /// Records a step whose depth was chosen by cost (`0`: plain; `exploring`: forced by
+    /// [`Acceptance::explore`]) that emitted `out` of at most `limit` tokens; `before`:
+    /// the accepted tokens and draft steps counted before it.
+    fn chose_depth(
+        &mut self,
+        depth: usize,
+        exploring: bool,
+        before: (usize, usize),
+        out: &[u32],
+        limit: usize,
+    ) {
+        if depth > 0 {
+            let accepted = self.stats.accepted - before.0;
+            // A walk cut short by the token limit or an end token tried no deeper level.
+            let cut = out.len() >= limit || out.last().is_some_and(|&t| self.engine.is_eos(t));
+            let drafted = self.stats.draft_steps - before.1;
+            self.acceptance
+                .record(if cut { drafted.min(accepted) } else { drafted }, accepted);
+        }
+        self.acceptance.chose(depth, exploring);
     }
 
     /// One draft-and-verify iteration emitting at most `limit` (>= 2) tokens.
@@ -813,11 +834,6 @@ impl Sequence {
         }
         opts.sampling.validate()?;
         let limit = self.check_pass(opts)?;
-        if opts.speculate && opts.tree.auto_depth {
-            return Err(Error::invalid_argument(
-                "auto_depth is not supported in a batched step: give the tree's depth",
-            ));
-        }
         let root_pos = self.tokens.len() - 1;
         if self.cache.len() > root_pos {
             // Cached up to the root already (after a truncate): the root runs again.
@@ -868,8 +884,12 @@ impl Engine {
     /// as it was; the others step. Sequences may differ in prompts, lengths, sampling and
     /// tree shape, speculate or not, and may join or leave between calls (continuous
     /// batching). Each sequence's statistics count the whole shared pass as its
-    /// verification time. Not in a batch of two or more: `auto_depth` (that sequence's
-    /// `InvalidArgument`); a batch of one is that sequence's [`Sequence::step`].
+    /// verification time. The sequences whose trees have
+    /// [`auto_depth`](crate::TreeParams::auto_depth) choose one depth together
+    /// ([`tune::best_batch_depth`]): the one that maximises the expected tokens per second
+    /// of the whole batch, whose target pass grows with every tree in it (so trees get
+    /// shallower as the batch grows where verification is compute-bound). A batch of one
+    /// is that sequence's [`Sequence::step`].
     /// The call itself fails only when `opts` does not have one entry per sequence or a
     /// sequence belongs to another engine.
     pub fn step_batch(
@@ -900,7 +920,35 @@ impl Engine {
         let committed: Vec<usize> = seqs.iter().map(|s| s.cache.len()).collect();
         let mut results: Vec<Option<Result<Vec<u32>>>> = (0..n).map(|_| None).collect();
         let mut prepared: Vec<Option<(Prepared, usize)>> = (0..n).map(|_| None).collect();
+        // Sequences that choose their depth by cost choose one together; the others'
+        // trees count in the choice as they are.
+        let mut eff = opts.to_vec();
+        let mut chosen = vec![None; n];
+        match self.batch_depths(seqs, opts) {
+            Ok(depths) => {
+                for (i, d) in depths.into_iter().enumerate() {
+                    if let Some((depth, _, _)) = d {
+                        let o = &mut eff[i];
+                        o.speculate = depth > 0;
+                        o.tree = o.tree.with_depth(depth.max(1)).with_auto_depth(false);
+                        let st = &seqs[i].stats;
+                        chosen[i] = d.map(|d| (d, (st.accepted, st.draft_steps)));
+                    }
+                }
+            }
+            Err(e) => {
+                for (i, o) in opts.iter().enumerate() {
+                    if o.speculate && o.tree.auto_depth {
+                        results[i] = Some(Err(Error::new(e.kind(), e.to_string())));
+                    }
+                }
+            }
+        }
+        let opts = &eff[..];
         for (i, seq) in seqs.iter_mut().enumerate() {
+            if results[i].is_some() {
+                continue;
+            }
             match seq.prepare_batched(&opts[i]) {
                 Ok(d) => prepared[i] = Some(d),
                 Err(e) => {
@@ -954,11 +1002,30 @@ impl Engine {
             };
             match r {
                 Ok(hidden) => {
+                    // Every sequence's walk starts with the logits of its draft-likeliest
+                    // path: one lm_head product for all (the same bits as one each), so
+                    // the head's weights are read once per step, not once per sequence.
+                    let mut paths = Vec::with_capacity(live.len());
+                    let mut want = Vec::new();
+                    let mut row = 0;
+                    for &i in &live {
+                        let (d, _) = drafted[i].as_ref().expect("live");
+                        let path = d.tree.best_path(0);
+                        let at = row + d.prefix.len();
+                        want.extend(path.iter().map(|&n| at + n));
+                        row = at + d.tree.len();
+                        paths.push(path);
+                    }
+                    let vocab = model.config().vocab;
+                    let head = self.install(|| model.logits(Pass::Target, &hidden, &want));
                     let verify_s = t0.elapsed().as_secs_f64();
                     let mut hidden = Some(hidden);
                     let mut row = 0;
-                    for &i in &live {
+                    let mut first = 0;
+                    for (&i, path) in live.iter().zip(&paths) {
                         let (d, limit) = drafted[i].take().expect("live");
+                        let given = first * vocab..(first + path.len()) * vocab;
+                        first += path.len();
                         // The segment's rows: its prefix, then its tree (whose rows the
                         // walk reads).
                         let (p, m) = (d.prefix.len(), d.tree.len());
@@ -971,8 +1038,14 @@ impl Engine {
                         };
                         row += p + m;
                         let seq = &mut *seqs[i];
-                        let r =
-                            part.and_then(|h| seq.finish(d.verified(h, verify_s), &opts[i], limit));
+                        let r = match &head {
+                            Ok(l) => part.and_then(|h| {
+                                let mut pass = d.verified(h, verify_s);
+                                pass.verified.give(path, &l[given], vocab);
+                                seq.finish(pass, &opts[i], limit)
+                            }),
+                            Err(e) => Err(Error::new(e.kind(), e.to_string())),
+                        };
                         results[i] = match r {
                             Ok(tokens) => Some(Ok(tokens)),
                             Err(e) => fail(seq, i, e),
@@ -1006,6 +1079,11 @@ impl Engine {
                 }
             }
         }
+        for (i, c) in chosen.into_iter().enumerate() {
+            if let (Some(((depth, exploring, limit), before)), Some(Ok(out))) = (c, &results[i]) {
+                seqs[i].chose_depth(depth, exploring, before, out, limit);
+            }
+        }
         Ok(results
             .into_iter()
             .map(|r| {
@@ -1015,6 +1093,73 @@ impl Engine {
                     ))
                 })
             })
+            .collect())
+    }
+
+    /// The depths of the sequences of a batched step that choose theirs by cost
+    /// ([`TreeParams::auto_depth`](crate::TreeParams::auto_depth)), chosen together
+    /// ([`tune::best_batch_depth`]): `(depth, exploring, limit)` (`0`: a plain step),
+    /// `None` for the others and for those whose step is a prompt's or fails anyway.
+    #[allow(clippy::type_complexity)]
+    fn batch_depths(
+        &self,
+        seqs: &[&mut Sequence],
+        opts: &[StepOptions],
+    ) -> Result<Vec<Option<(usize, bool, usize)>>> {
+        let n = seqs.len();
+        if !opts.iter().any(|o| o.speculate && o.tree.auto_depth) {
+            return Ok(vec![None; n]);
+        }
+        let max_tree = self.max_tree_tokens();
+        let mut members = Vec::with_capacity(n);
+        let mut auto = vec![None; n];
+        for (i, (seq, o)) in seqs.iter().zip(opts).enumerate() {
+            let Ok(limit) = seq.check_pass(o) else {
+                continue; // it fails in its preparation, alone
+            };
+            if seq.open.is_some() || o.sampling.validate().is_err() {
+                continue;
+            }
+            let root_pos = seq.tokens.len() - 1;
+            let pending = seq.tokens.len() - seq.cache.len().min(root_pos);
+            let t = &o.tree;
+            let mut m = tune::Member {
+                acc: None,
+                width: 1,
+                depths: (0, 0),
+                max_tokens: t.max_tokens.min(max_tree),
+                prefix: 0,
+            };
+            if pending > 1 {
+                // A prompt's step: plain, its pending tokens in the pass.
+                m.prefix = pending.min(max_tree) - 1;
+            } else if o.speculate && limit > 1 {
+                let most = t.depth.min(limit - 1);
+                let exploring = t.auto_depth && seq.acceptance.explore();
+                if t.auto_depth {
+                    auto[i] = Some((members.len(), exploring, limit));
+                }
+                m.acc = Some(&seq.acceptance);
+                m.width = t.width;
+                m.depths = (
+                    if t.auto_depth {
+                        exploring as usize
+                    } else {
+                        most
+                    },
+                    most,
+                );
+            }
+            members.push(m);
+        }
+        if auto.iter().all(Option::is_none) {
+            return Ok(vec![None; n]);
+        }
+        let costs = self.tree_costs()?;
+        let (d, _) = tune::best_batch_depth(&costs, &members);
+        Ok(auto
+            .into_iter()
+            .map(|a| a.map(|(k, exploring, limit)| (members[k].depth(d), exploring, limit)))
             .collect())
     }
 

@@ -156,28 +156,100 @@ impl Acceptance {
 
 /// The depth (from `min_depth` to `max_depth`; `0`: a plain step) maximising expected
 /// tokens per second for a tree of frontier `width` and at most `max_tokens` nodes, and
-/// that rate.
+/// that rate: [`best_batch_depth`] for a step of one sequence.
 pub fn best_depth(
     costs: &TreeCosts,
     acc: &Acceptance,
     width: usize,
-    (min_depth, max_depth): (usize, usize),
+    depths: (usize, usize),
     max_tokens: usize,
 ) -> (usize, f64) {
-    // A level with no room left in the tree adds nothing.
-    let deepest = max_depth.min((max_tokens.saturating_sub(1)).div_ceil(width.max(1)));
-    let expected = acc.expected_by_depth(deepest).0;
-    let rate = |depth: usize| {
-        let e = expected[depth];
-        let nodes = (1 + width * depth).min(max_tokens);
-        let s = depth as f64 * costs.draft_s(width)
-            + costs.verify_s(nodes)
-            + (e - 1.0) * costs.logits_row;
+    let one = Member {
+        acc: Some(acc),
+        width,
+        depths,
+        max_tokens,
+        prefix: 0,
+    };
+    let (d, rate) = best_batch_depth(costs, &[one]);
+    (one.depth(d), rate)
+}
+
+/// One sequence of a batched step (one target pass for all, their trees grown together,
+/// one draft forward per level) whose depth is being chosen.
+#[derive(Debug, Clone, Copy)]
+pub struct Member<'a> {
+    /// Its acceptance by depth; `None`: a step that emits one token whatever its depth
+    /// (a plain step, a prompt's).
+    pub acc: Option<&'a Acceptance>,
+    /// Frontier width of its tree.
+    pub width: usize,
+    /// The depths it may take, `(least, most)`: equal for a sequence whose depth is given.
+    pub depths: (usize, usize),
+    /// Most nodes of its tree, root included.
+    pub max_tokens: usize,
+    /// Tokens it puts in the pass before its tree's root (a prompt's).
+    pub prefix: usize,
+}
+
+impl Member<'_> {
+    /// Its depth when the step's depth is `d`.
+    pub fn depth(&self, d: usize) -> usize {
+        let deepest = self.depths.1.min(
+            self.max_tokens
+                .saturating_sub(1)
+                .div_ceil(self.width.max(1)),
+        );
+        d.clamp(self.depths.0.min(deepest), deepest)
+    }
+
+    /// Tokens it puts in the target pass at depth `depth`.
+    fn tokens(&self, depth: usize) -> usize {
+        self.prefix + (1 + self.width * depth).min(self.max_tokens.max(1))
+    }
+}
+
+/// The depth (`0`: plain steps) for the sequences of a step that maximises their
+/// expected tokens per second together: each `member` takes it within its own
+/// [`Member::depths`], the draft forwards of a level carry every tree still growing,
+/// and the target pass every tree. Returns the depth and the rate. With one member, the
+/// choice for one sequence; with many, the shared pass's cost grows with their tokens,
+/// so the trees get shallower where verification is compute-bound.
+pub fn best_batch_depth(costs: &TreeCosts, members: &[Member]) -> (usize, f64) {
+    let top = members
+        .iter()
+        .map(|m| m.depth(usize::MAX))
+        .max()
+        .unwrap_or(0);
+    let expected: Vec<Vec<f64>> = members
+        .iter()
+        .map(|m| match m.acc {
+            Some(acc) => acc.expected_by_depth(m.depth(usize::MAX)).0,
+            None => vec![1.0; m.depth(usize::MAX) + 1],
+        })
+        .collect();
+    let rate = |d: usize| {
+        let depth: Vec<usize> = members.iter().map(|m| m.depth(d)).collect();
+        let e: f64 = depth.iter().zip(&expected).map(|(&k, e)| e[k]).sum();
+        let levels = depth.iter().copied().max().unwrap_or(0);
+        let draft: f64 = (1..=levels)
+            .map(|l| {
+                let rows: usize = members
+                    .iter()
+                    .zip(&depth)
+                    .filter(|(_, &k)| k >= l)
+                    .map(|(m, _)| m.width)
+                    .sum();
+                costs.draft_s(rows)
+            })
+            .sum();
+        let tokens: usize = members.iter().zip(&depth).map(|(m, &k)| m.tokens(k)).sum();
+        let s =
+            draft + costs.verify_s(tokens) + (e - members.len() as f64).max(0.0) * costs.logits_row;
         e / s.max(1e-9)
     };
-    let first = min_depth.min(deepest);
-    let mut best = (first, rate(first));
-    for d in first + 1..=deepest {
+    let mut best = (0, rate(0));
+    for d in 1..=top {
         let r = rate(d);
         if r > best.1 {
             best = (d, r);
@@ -288,6 +360,55 @@ mod tests {
         a.chose(3, true);
         a.chose(4, false);
         assert_eq!(plain_until_explore(&mut a), 8);
+    }
+
+    #[test]
+    fn a_batch_chooses_shallower_trees_where_its_pass_is_compute_bound() {
+        let acc = observed(0.8, 100);
+        let member = |depths| Member {
+            acc: Some(&acc),
+            width: 1,
+            depths,
+            max_tokens: 64,
+            prefix: 0,
+        };
+        let many = |k: usize| vec![member((0, 16)); k];
+        // One member: the single-sequence choice.
+        for costs in [resident(), offloaded()] {
+            let (d, r) = best_batch_depth(&costs, &many(1));
+            let (d1, r1) = best_depth(&costs, &acc, 1, (0, 16), 64);
+            assert_eq!((d, r), (d1, r1));
+        }
+        // Compute-bound verification (cost growing with every token): the more trees share
+        // the pass, the shallower each.
+        let (one, eight) = (
+            best_batch_depth(&resident(), &many(1)).0,
+            best_batch_depth(&resident(), &many(8)).0,
+        );
+        assert!(eight < one, "8 sequences: depth {eight}, 1: {one}");
+        // A pass that costs its stream whatever its tokens: trees stay deep.
+        let (deep1, deep8) = (
+            best_batch_depth(&offloaded(), &many(1)).0,
+            best_batch_depth(&offloaded(), &many(8)).0,
+        );
+        println!("resident {one} -> {eight}, offloaded {deep1} -> {deep8}");
+        assert!(deep8 > eight && deep8 >= 6, "{deep8} vs {eight}");
+        // A member whose depth is given keeps it; a prompt's step stays plain, and its
+        // tokens make the pass dearer whatever the depth, so speculating in it costs the
+        // other member relatively less: its tree is no shallower than alone.
+        let fixed = member((5, 5));
+        let (d, _) = best_batch_depth(&resident(), &[member((0, 16)), fixed]);
+        assert_eq!(fixed.depth(d), 5);
+        let prompt = Member {
+            acc: None,
+            width: 1,
+            depths: (0, 0),
+            max_tokens: 64,
+            prefix: 63,
+        };
+        let with_prompt = best_batch_depth(&resident(), &[member((0, 16)), prompt]).0;
+        assert!(with_prompt >= one, "{with_prompt} vs {one}");
+        assert_eq!(prompt.depth(with_prompt), 0);
     }
 
     #[test]

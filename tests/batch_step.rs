@@ -5,9 +5,9 @@
 
 mod common;
 
-use std::path::Path;
+use common::small_options as options;
 
-use subspec::{Engine, EngineOptions, ErrorKind, SamplingParams, StepOptions, TreeParams};
+use subspec::{Engine, ErrorKind, SamplingParams, StepOptions, TreeParams};
 
 /// One request of a batch run: its prompt, options, how many tokens, and the iteration
 /// at which it joins.
@@ -140,15 +140,6 @@ fn tiny(tag: &str, qwen2: bool) -> std::path::PathBuf {
     let dir = common::temp_dir(tag);
     common::write_tiny_model(&dir, qwen2);
     dir
-}
-
-fn options(dir: &Path, budget: Option<u64>) -> EngineOptions {
-    let mut o = EngineOptions::new(dir);
-    o.require_tokenizer = false;
-    o.max_context = 256;
-    o.max_tree_tokens = 64;
-    o.budget = budget;
-    o
 }
 
 /// Prompts of 3 to 19 tokens, and one of 100: more than the engine's 64 tree tokens, so

@@ -5,9 +5,9 @@
 
 mod common;
 
-use std::path::Path;
+use common::small_options as options;
 
-use subspec::{Engine, EngineOptions, ErrorKind, SamplingParams, Sequence, StepOptions};
+use subspec::{Engine, ErrorKind, SamplingParams, Sequence, StepOptions};
 
 /// A host's sampler: sees each position's logits once, in order, and may keep state.
 trait HostSampler {
@@ -167,15 +167,6 @@ fn walk(
     }
     assert_eq!(&seq.tokens()[start + prompt.len()..], &out[..]);
     out
-}
-
-fn options(dir: &Path, budget: Option<u64>) -> EngineOptions {
-    let mut o = EngineOptions::new(dir);
-    o.require_tokenizer = false;
-    o.max_context = 256;
-    o.max_tree_tokens = 64;
-    o.budget = budget;
-    o
 }
 
 /// For every sampler: speculative host walk == plain eval == host walk without a draft.

@@ -4,18 +4,11 @@
 
 mod common;
 
+use common::small_options as options;
+
 use std::path::Path;
 
-use subspec::{Engine, EngineOptions, ErrorKind, SamplingParams, StepOptions};
-
-fn options(dir: &Path, budget: Option<u64>) -> EngineOptions {
-    let mut o = EngineOptions::new(dir);
-    o.require_tokenizer = dir.join("tokenizer.json").is_file();
-    o.max_context = 256;
-    o.max_tree_tokens = 64;
-    o.budget = budget;
-    o
-}
+use subspec::{Engine, ErrorKind, SamplingParams, StepOptions};
 
 fn generate(engine: &Engine, prompt: &[u32], opts: &StepOptions, n: usize) -> Vec<u32> {
     let mut seq = engine.new_sequence().unwrap();

@@ -98,9 +98,7 @@ impl Batcher {
             };
             let results: Vec<Result<Vec<u32>, Error>> = match results {
                 Ok(r) => r,
-                Err(e) => (0..ids.len())
-                    .map(|_| Err(Error::new(e.kind(), e.to_string())))
-                    .collect(),
+                Err(e) => (0..ids.len()).map(|_| Err(e.clone())).collect(),
             };
             g = self.lock();
             for ((id, seq), r) in ids.into_iter().zip(seqs).zip(results) {

@@ -871,6 +871,25 @@ impl Sequence {
     }
 }
 
+/// Which of the `live` sequences a failed batched pass fails, and with what: an abort
+/// taken in a pass of several sequences fails those that asked to stop (none: the request
+/// was withdrawn, the pass may run again), and any other error fails them all.
+fn failed_pass(
+    seqs: &[&mut Sequence],
+    live: &[usize],
+    e: Error,
+    during: &str,
+) -> Vec<(usize, Error)> {
+    if e.kind() == ErrorKind::Aborted && live.len() > 1 {
+        let at = || during.to_string();
+        return live
+            .iter()
+            .filter_map(|&i| seqs[i].cache.abort_handle().check(at).err().map(|a| (i, a)))
+            .collect();
+    }
+    live.iter().map(|&i| (i, e.clone())).collect()
+}
+
 impl Engine {
     /// Steps several sequences of this engine together. Each runs its pending tokens and
     /// drafts its tree as [`Sequence::step`] would (plain: a tree of its last token alone),
@@ -939,7 +958,7 @@ impl Engine {
             Err(e) => {
                 for (i, o) in opts.iter().enumerate() {
                     if o.speculate && o.tree.auto_depth {
-                        results[i] = Some(Err(Error::new(e.kind(), e.to_string())));
+                        results[i] = Some(Err(e.clone()));
                     }
                 }
             }
@@ -1044,7 +1063,7 @@ impl Engine {
                                 pass.verified.give(path, &l[given], vocab);
                                 seq.finish(pass, &opts[i], limit)
                             }),
-                            Err(e) => Err(Error::new(e.kind(), e.to_string())),
+                            Err(e) => Err(e.clone()),
                         };
                         results[i] = match r {
                             Ok(tokens) => Some(Ok(tokens)),
@@ -1053,29 +1072,20 @@ impl Engine {
                     }
                     break;
                 }
-                Err(e) if e.kind() == ErrorKind::Aborted && live.len() > 1 => {
-                    let mut taken = false;
-                    for &i in &live {
-                        let seq = &mut *seqs[i];
-                        let at = || "during a batched target pass".to_string();
-                        if let Err(a) = seq.cache.abort_handle().check(at) {
-                            taken = true;
-                            drafted[i] = None;
-                            results[i] = fail(seq, i, a);
-                        }
-                    }
-                    if !taken {
-                        // The request was withdrawn meanwhile: run the pass again.
+                Err(e) => {
+                    let failed = failed_pass(seqs, &live, e, "during a batched target pass");
+                    if failed.is_empty() {
+                        // The abort request was withdrawn meanwhile: run the pass again.
                         continue;
                     }
-                }
-                Err(e) => {
-                    for &i in &live {
+                    let all = failed.len() == live.len();
+                    for (i, e) in failed {
                         drafted[i] = None;
-                        let copy = Error::new(e.kind(), e.to_string());
-                        results[i] = fail(&mut *seqs[i], i, copy);
+                        results[i] = fail(&mut *seqs[i], i, e);
                     }
-                    break;
+                    if all {
+                        break;
+                    }
                 }
             }
         }
@@ -1232,21 +1242,9 @@ impl Engine {
                         at += m;
                     }
                 }
-                Err(e) if e.kind() == ErrorKind::Aborted && live.len() > 1 => {
-                    let taken: Vec<(usize, Error)> = live
-                        .iter()
-                        .filter_map(|&i| {
-                            let at = || "during a batched draft step".to_string();
-                            seqs[i].cache.abort_handle().check(at).err().map(|a| (i, a))
-                        })
-                        .collect();
-                    for (i, a) in taken {
-                        fail(seqs, i, a);
-                    }
-                }
                 Err(e) => {
-                    for &i in &live {
-                        fail(seqs, i, Error::new(e.kind(), e.to_string()));
+                    for (i, e) in failed_pass(seqs, &live, e, "during a batched draft step") {
+                        fail(seqs, i, e);
                     }
                 }
             }

@@ -211,6 +211,17 @@ pub fn write_tiny_model_with_head_dim(dir: &Path, qwen2: bool, hd: usize) {
 }
 
 /// A fresh temporary directory for one test.
+/// Options of the small engines the tests load: context 256, trees of at most 64 tokens,
+/// `budget` (`None`: everything resident), the tokenizer when the model has one.
+pub fn small_options(dir: &Path, budget: Option<u64>) -> EngineOptions {
+    let mut o = EngineOptions::new(dir);
+    o.require_tokenizer = dir.join("tokenizer.json").is_file();
+    o.max_context = 256;
+    o.max_tree_tokens = 64;
+    o.budget = budget;
+    o
+}
+
 pub fn temp_dir(tag: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("subspec-test-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);

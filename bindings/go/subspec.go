@@ -27,6 +27,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"runtime"
 	"unsafe"
 )
@@ -77,11 +78,17 @@ func call(f func() C.subspec_status) error {
 	if st == C.SUBSPEC_STATUS_OK {
 		return nil
 	}
+	return &Error{Status: Status(st), Message: lastError()}
+}
+
+// lastError is the message of the last failed call on this thread (call it with the OS
+// thread locked, as call does).
+func lastError() string {
 	var needed C.size_t
 	C.subspec_last_error(nil, nil, 0, &needed)
 	buf := make([]byte, int(needed)+1)
 	C.subspec_last_error(nil, (*C.char)(unsafe.Pointer(&buf[0])), C.size_t(len(buf)), &needed)
-	return &Error{Status: Status(st), Message: C.GoString((*C.char)(unsafe.Pointer(&buf[0])))}
+	return C.GoString((*C.char)(unsafe.Pointer(&buf[0])))
 }
 
 // Device selects where the model runs: DeviceCPU (the zero value) or DeviceCUDA(n).
@@ -431,6 +438,152 @@ func (s *Sequence) Step(input []int32, p *StepParams, maxTokens int) ([]int32, e
 		return nil, err
 	}
 	return out[:n], nil
+}
+
+// cArray is n elements of T (at least one, so that the pointer is never NULL) in C memory,
+// uninitialized, and the function that frees them. cgo forbids passing C a Go pointer to
+// memory that holds Go pointers, so the batch's arrays of pointers live there.
+func cArray[T any](n int) ([]T, func()) {
+	if n < 1 {
+		n = 1
+	}
+	var zero T
+	p := C.malloc(C.size_t(n) * C.size_t(unsafe.Sizeof(zero)))
+	return unsafe.Slice((*T)(p), n), func() { C.free(p) }
+}
+
+// StepBatch steps several sequences of e together, as many Step calls would but with one
+// target pass for all of them (an offloaded model streams once per batch, not once per
+// sequence): sequence i appends inputs[i] (may be empty; inputs nil: no input for any) and
+// steps with params[i] (nil, or params nil: DefaultStepParams), at most maxTokens tokens.
+// Speculative and plain steps, samplings and tree shapes may be mixed, and sequences may
+// join or leave between calls (continuous batching). Every sequence gets exactly the
+// tokens its own Step calls would give, though not always as many per call: in a batch of
+// several, a step with input (a prompt, a turn) is a plain one, and the next speculates.
+//
+// tokens[i] are sequence i's new tokens and errs[i] nil, or tokens[i] is nil and errs[i]
+// its failure: an *Error with the status Step would give (StatusInvalidToken,
+// StatusContextFull, ...); that sequence is unchanged, its input not appended, and the
+// others step. The library keeps the message of the last failed sequence only; another
+// failed sequence's message is its status's description.
+//
+// err is a failure of the call as a whole, and then no sequence changed: an *Error with
+// StatusInvalidArgument when inputs or params is neither nil nor as long as seqs (or
+// len(seqs) x maxTokens is over math.MaxInt32), or the
+// library's status (StatusNullPointer: a nil or closed sequence, or a closed engine;
+// StatusInvalidArgument: a sequence of another engine, or one sequence twice).
+func (e *Engine) StepBatch(seqs []*Sequence, inputs [][]int32, params []*StepParams, maxTokens int) (tokens [][]int32, errs []error, err error) {
+	n := len(seqs)
+	if inputs != nil && len(inputs) != n {
+		return nil, nil, &Error{Status: StatusInvalidArgument,
+			Message: fmt.Sprintf("StepBatch: %d sequences but %d inputs", n, len(inputs))}
+	}
+	if params != nil && len(params) != n {
+		return nil, nil, &Error{Status: StatusInvalidArgument,
+			Message: fmt.Sprintf("StepBatch: %d sequences but %d params", n, len(params))}
+	}
+	if maxTokens < 1 {
+		maxTokens = 1
+	}
+	if n > 0 && maxTokens > math.MaxInt32/n {
+		return nil, nil, &Error{Status: StatusInvalidArgument,
+			Message: fmt.Sprintf("StepBatch: %d sequences x %d tokens is too large", n, maxTokens)}
+	}
+	handles, freeHandles := cArray[*C.subspec_sequence](n)
+	defer freeHandles()
+	cps, freeCps := cArray[C.subspec_step_params](n)
+	defer freeCps()
+	pps, freePps := cArray[*C.subspec_step_params](n)
+	defer freePps()
+	total := 0
+	for _, in := range inputs {
+		total += len(in)
+	}
+	ids, freeIds := cArray[C.int32_t](total)
+	defer freeIds()
+	ins, freeIns := cArray[*C.int32_t](n)
+	defer freeIns()
+	nIns, freeNIns := cArray[C.size_t](n)
+	defer freeNIns()
+	out, freeOut := cArray[C.int32_t](n * maxTokens)
+	defer freeOut()
+	nOut, freeNOut := cArray[C.size_t](n)
+	defer freeNOut()
+	statuses, freeStatuses := cArray[C.subspec_status](n)
+	defer freeStatuses()
+
+	var def *StepParams
+	at := 0
+	for i, s := range seqs {
+		handles[i] = nil // a nil or closed sequence: the library's NULL_POINTER for the call
+		if s != nil {
+			handles[i] = s.h
+		}
+		var p *StepParams
+		if params != nil {
+			p = params[i]
+		}
+		if p == nil {
+			if def == nil {
+				d := DefaultStepParams()
+				def = &d
+			}
+			p = def
+		}
+		if cps[i], err = p.c(); err != nil {
+			return nil, nil, err
+		}
+		pps[i] = &cps[i]
+		ins[i], nIns[i] = nil, 0
+		if inputs != nil && len(inputs[i]) > 0 {
+			in := inputs[i]
+			for j, t := range in {
+				ids[at+j] = C.int32_t(t)
+			}
+			ins[i], nIns[i] = &ids[at], C.size_t(len(in))
+			at += len(in)
+		}
+	}
+	var last string // the last failed sequence's message, read on the calling thread
+	err = call(func() C.subspec_status {
+		st := C.subspec_step_batch(e.h, &handles[0], C.size_t(n), &pps[0], &ins[0], &nIns[0],
+			&out[0], C.size_t(maxTokens), &nOut[0], &statuses[0])
+		if st == C.SUBSPEC_STATUS_OK {
+			for i := 0; i < n; i++ {
+				if statuses[i] != C.SUBSPEC_STATUS_OK {
+					last = lastError()
+					break
+				}
+			}
+		}
+		return st
+	})
+	runtime.KeepAlive(e)
+	runtime.KeepAlive(seqs)
+	if err != nil {
+		return nil, nil, err
+	}
+	lastAt := -1
+	if _, scanErr := fmt.Sscanf(last, "seqs[%d]:", &lastAt); scanErr != nil {
+		lastAt = -1
+	}
+	tokens, errs = make([][]int32, n), make([]error, n)
+	for i := 0; i < n; i++ {
+		if st := Status(statuses[i]); st != StatusOK {
+			msg := fmt.Sprintf("seqs[%d]: %v", i, st)
+			if i == lastAt {
+				msg = last
+			}
+			errs[i] = &Error{Status: st, Message: msg}
+			continue
+		}
+		got := out[i*maxTokens : i*maxTokens+int(nOut[i])]
+		tokens[i] = make([]int32, len(got))
+		for j, t := range got {
+			tokens[i][j] = int32(t)
+		}
+	}
+	return tokens, errs, nil
 }
 
 // Generate steps from prompt until an EOS token or maxNew tokens; returns the new tokens.

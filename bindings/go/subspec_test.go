@@ -3,6 +3,7 @@ package subspec
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -468,4 +469,236 @@ func TestContextCancellation(t *testing.T) {
 	if !equal(append(got, rest...), full) {
 		t.Fatalf("resumed: %v, want %v", append(got, rest...), full)
 	}
+}
+
+// stepUntil steps seq alone, maxTokens at a time, until it has at least n new tokens.
+func stepUntil(t *testing.T, seq *Sequence, prompt []int32, p *StepParams, n, maxTokens int) []int32 {
+	var out []int32
+	input := prompt
+	for len(out) < n {
+		got, err := seq.Step(input, p, maxTokens)
+		if err != nil {
+			t.Fatal(err)
+		}
+		input = nil
+		out = append(out, got...)
+	}
+	return out
+}
+
+// checkBatch: three sequences with their own prompts and params (greedy speculative,
+// seeded sampling, plain), stepped together until each has n tokens (each leaves the
+// batch when done), get exactly the tokens that their own Step calls give. (How many
+// come per call may differ: in a batch of several, a step with new input is a plain one.)
+func checkBatch(t *testing.T, path string, prompt []int32) {
+	eng, err := Load(path, &LoadOptions{ContextLength: 256})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer eng.Close()
+	greedy, err := eng.StepParams()
+	if err != nil || !greedy.Speculate {
+		t.Fatalf("engine step params: %+v %v", greedy, err)
+	}
+	plain := DefaultStepParams()
+	plain.Speculate = false
+	rev := make([]int32, len(prompt))
+	for i, id := range prompt {
+		rev[len(prompt)-1-i] = id
+	}
+	prompts := [][]int32{prompt, rev, append(append([]int32{}, prompt[1:]...), prompt...)}
+	params := []*StepParams{&greedy, sampled(), &plain}
+	const n, maxTokens = 24, 6
+	want := make([][]int32, 3)
+	for i := range prompts {
+		seq, err := eng.NewSequence()
+		if err != nil {
+			t.Fatal(err)
+		}
+		want[i] = stepUntil(t, seq, prompts[i], params[i], n, maxTokens)[:n]
+		seq.Close()
+	}
+	seqs := make([]*Sequence, 3)
+	for i := range seqs {
+		if seqs[i], err = eng.NewSequence(); err != nil {
+			t.Fatal(err)
+		}
+		defer seqs[i].Close()
+	}
+	got := make([][]int32, 3)
+	gotChunks := make([][]int, 3)
+	calls := 0
+	for {
+		var bs []*Sequence
+		var bin [][]int32
+		var bp []*StepParams
+		var idx []int
+		for i := range seqs {
+			if len(got[i]) >= n {
+				continue
+			}
+			in := []int32{}
+			if got[i] == nil {
+				in = prompts[i]
+			}
+			bs, bin, bp, idx = append(bs, seqs[i]), append(bin, in), append(bp, params[i]), append(idx, i)
+		}
+		if len(bs) == 0 {
+			break
+		}
+		toks, errs, err := eng.StepBatch(bs, bin, bp, maxTokens)
+		if err != nil {
+			t.Fatalf("batch %d: %v", calls, err)
+		}
+		calls++
+		for j, i := range idx {
+			if errs[j] != nil {
+				t.Fatalf("batch %d, sequence %d: %v", calls, i, errs[j])
+			}
+			if len(toks[j]) < 1 || len(toks[j]) > maxTokens {
+				t.Fatalf("batch %d, sequence %d: %d tokens", calls, i, len(toks[j]))
+			}
+			got[i] = append(got[i], toks[j]...)
+			gotChunks[i] = append(gotChunks[i], len(toks[j]))
+		}
+	}
+	for i := range seqs {
+		if !equal(got[i][:n], want[i]) {
+			t.Fatalf("sequence %d batched: %v (per call %v), alone: %v", i, got[i], gotChunks[i], want[i])
+		}
+		if st, _ := seqs[i].Stats(); st.Length != uint64(len(prompts[i])+len(got[i])) {
+			t.Fatalf("sequence %d holds %d tokens, want %d", i, st.Length, len(prompts[i])+len(got[i]))
+		}
+	}
+	t.Logf("%s: 3 sequences x %d tokens in %d batched calls (tokens per call %v)", filepath.Base(path), n, calls, gotChunks)
+}
+
+func TestStepBatchMatchesStep(t *testing.T) {
+	checkBatch(t, filepath.Join(fixtures(t), "tiny"), parseIDs(expected(t, "tiny")["prompt"]))
+	want := expected(t, "smollm2")
+	if _, err := os.Stat(want["model"]); err != nil {
+		t.Log("SmolLM2 not fetched: the tiny model only")
+		return
+	}
+	checkBatch(t, want["model"], parseIDs(want["prompt"]))
+}
+
+// One sequence's bad input fails it alone (INVALID_TOKEN, unchanged); the others step.
+// Wrong lengths, a nil, closed or repeated sequence fail the whole call, nothing changed.
+func TestStepBatchErrors(t *testing.T) {
+	eng, err := Load(filepath.Join(fixtures(t), "tiny"), &LoadOptions{ContextLength: 256})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer eng.Close()
+	info, err := eng.Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+	prompt := parseIDs(expected(t, "tiny")["prompt"])
+	ref, _ := eng.NewSequence()
+	defer ref.Close()
+	refOut := stepUntil(t, ref, prompt, nil, 8, 4)
+	prefix := func(a []int32) bool { return len(a) > 0 && len(a) <= len(refOut) && equal(a, refOut[:len(a)]) }
+	seqs := make([]*Sequence, 3)
+	for i := range seqs {
+		seqs[i], _ = eng.NewSequence()
+		defer seqs[i].Close()
+	}
+	lengths := func() []uint64 {
+		var l []uint64
+		for _, s := range seqs {
+			st, err := s.Stats()
+			if err != nil {
+				t.Fatal(err)
+			}
+			l = append(l, st.Length)
+		}
+		return l
+	}
+	for _, bad := range []int32{-1, int32(info.VocabSize)} {
+		before := lengths()
+		inputs := [][]int32{prompt, {prompt[0], bad}, prompt}
+		if before[0] > 0 {
+			inputs[0], inputs[2] = nil, nil
+		}
+		toks, errs, err := eng.StepBatch(seqs, inputs, nil, 4)
+		if err != nil {
+			t.Fatalf("token %d: the call failed: %v", bad, err)
+		}
+		var e *Error
+		if !errors.As(errs[1], &e) || e.Status != StatusInvalidToken || toks[1] != nil {
+			t.Fatalf("token %d: %v %v", bad, toks[1], errs[1])
+		}
+		if !strings.Contains(e.Message, "seqs[1]") {
+			t.Fatalf("token %d: message %q", bad, e.Message)
+		}
+		after := lengths()
+		if after[1] != before[1] {
+			t.Fatalf("token %d: the failed sequence went from %d to %d tokens", bad, before[1], after[1])
+		}
+		for _, i := range []int{0, 2} {
+			if errs[i] != nil || len(toks[i]) == 0 || after[i] != before[i]+uint64(len(inputs[i])+len(toks[i])) {
+				t.Fatalf("token %d: sequence %d: %v %v (%d -> %d tokens)", bad, i, toks[i], errs[i], before[i], after[i])
+			}
+		}
+		if before[0] == 0 && (!prefix(toks[0]) || !prefix(toks[2])) {
+			t.Fatalf("token %d: %v and %v, alone %v", bad, toks[0], toks[2], refOut)
+		}
+	}
+	// The failed sequence steps afterwards.
+	if toks, errs, err := eng.StepBatch(seqs[1:2], [][]int32{prompt}, nil, 4); err != nil || errs[0] != nil || !prefix(toks[0]) {
+		t.Fatalf("after its failures: %v %v %v, want %v", toks, errs, err, refOut)
+	}
+
+	// Two failures: the library's message for the last, the status's description for the other.
+	before := lengths()
+	toks, errs, err := eng.StepBatch(seqs, [][]int32{{-1}, {int32(info.VocabSize)}, nil}, nil, 4)
+	var e0, e1 *Error
+	if err != nil || !errors.As(errs[0], &e0) || !errors.As(errs[1], &e1) || errs[2] != nil ||
+		e0.Status != StatusInvalidToken || e1.Status != StatusInvalidToken || toks[0] != nil || toks[1] != nil ||
+		e0.Message != "seqs[0]: "+StatusInvalidToken.String() || !strings.HasPrefix(e1.Message, "seqs[1]: ") {
+		t.Fatalf("two bad inputs: %v %v %v", toks, errs, err)
+	}
+	if after := lengths(); after[0] != before[0] || after[1] != before[1] || after[2] != before[2]+uint64(len(toks[2])) {
+		t.Fatalf("two bad inputs: lengths %v, were %v", after, before)
+	}
+	t.Logf("two bad inputs: %v; %v", errs[0], errs[1])
+
+	before = lengths()
+	whole := func(what string, status Status, seqs []*Sequence, inputs [][]int32, params []*StepParams) {
+		t.Helper()
+		toks, errs, err := eng.StepBatch(seqs, inputs, params, 4)
+		var e *Error
+		if !errors.As(err, &e) || e.Status != status || toks != nil || errs != nil {
+			t.Fatalf("%s: %v %v %v, want status %v", what, toks, errs, err, status)
+		}
+		if after := lengths(); fmt.Sprint(after) != fmt.Sprint(before) {
+			t.Fatalf("%s: lengths %v, were %v", what, after, before)
+		}
+		t.Logf("%s: %v", what, err)
+	}
+	if toks, errs, err := eng.StepBatch(nil, nil, nil, 4); err != nil || len(toks) != 0 || len(errs) != 0 {
+		t.Fatalf("no sequences: %v %v %v", toks, errs, err)
+	}
+	var big *Error
+	if _, _, err := eng.StepBatch(seqs, nil, nil, 1<<30); !errors.As(err, &big) || big.Status != StatusInvalidArgument {
+		t.Fatalf("3 x 2^30 tokens: %v", err)
+	}
+	p := DefaultStepParams()
+	whole("two inputs for three sequences", StatusInvalidArgument, seqs, [][]int32{nil, nil}, nil)
+	whole("four params for three sequences", StatusInvalidArgument, seqs, nil, []*StepParams{&p, &p, &p, &p})
+	whole("a nil sequence", StatusNullPointer, []*Sequence{seqs[0], nil}, nil, nil)
+	whole("a sequence twice", StatusInvalidArgument, []*Sequence{seqs[0], seqs[2], seqs[0]}, nil, nil)
+	closed, _ := eng.NewSequence()
+	closed.Close()
+	whole("a closed sequence", StatusNullPointer, []*Sequence{seqs[0], closed}, nil, nil)
+	other, err := Load(filepath.Join(fixtures(t), "tiny"), &LoadOptions{ContextLength: 256})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	foreign, _ := other.NewSequence()
+	defer foreign.Close()
+	whole("another engine's sequence", StatusInvalidArgument, []*Sequence{seqs[0], foreign}, nil, nil)
 }

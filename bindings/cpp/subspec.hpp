@@ -10,9 +10,11 @@
 // built with this header keeps working with a newer library. Handles are move-only and
 // freed by their destructors; a Sequence keeps its engine's model alive, so destruction
 // order does not matter. One Sequence is used by one thread at a time; an Engine may be
-// shared by many threads.
+// shared by many threads. Engine::step_batch steps many sequences in one target pass
+// (BatchItem in, BatchResult out: per-sequence status; a call-level failure throws).
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -289,6 +291,32 @@ private:
     std::vector<int32_t> eos_;  // the engine's EOS ids, for generate()
 };
 
+/// One sequence's part in Engine::step_batch: the sequence (not owned; must outlive the
+/// call), the tokens to append first (may be empty), and its step parameters.
+struct BatchItem {
+    Sequence *seq = nullptr;
+    std::vector<int32_t> input;
+    StepParams params;
+};
+
+/// One sequence's outcome of Engine::step_batch.
+struct BatchResult {
+    /// The new tokens (at least one when ok(); empty on failure).
+    std::vector<int32_t> tokens;
+    /// SUBSPEC_STATUS_OK, or this sequence's failure (as Sequence::step would throw); a
+    /// failed sequence is exactly as before the call.
+    subspec_status status = SUBSPEC_STATUS_OK;
+    /// Empty when ok(). On failure the library's message where it has one (the C call
+    /// keeps the message of one failed sequence only, see Engine::step_batch), otherwise
+    /// the status's description (subspec_status_string).
+    std::string message;
+    bool ok() const noexcept { return status == SUBSPEC_STATUS_OK; }
+    /// Throws this sequence's failure as subspec::Error; nothing when ok().
+    void check() const {
+        if (!ok()) throw Error(status, message);
+    }
+};
+
 /// A loaded model. Move-only; sequences outlive it safely.
 class Engine {
 public:
@@ -335,6 +363,71 @@ public:
         subspec_step_params p;
         detail::check(SUBSPEC_ENGINE_STEP_PARAMS_INIT(h_.get(), &p));
         return StepParams(p);
+    }
+    /// Steps the items' sequences (all of this engine, each at most once) together, with one
+    /// target pass for all of them: each gets the tokens its own Sequence::step calls would
+    /// give (at most `max_tokens` a call; in a batch of several, a step that appends a new
+    /// prompt runs plain, one token, and the next speculates, so the same tokens may come
+    /// cut differently across calls). Returns
+    /// one BatchResult per item, in order: a sequence that fails (bad input or parameters,
+    /// context full, ...) has its status there and is unchanged, the others step. Throws
+    /// subspec::Error when the call fails as a whole (e.g. a null or moved-from sequence:
+    /// NULL_POINTER; a sequence twice or of another engine: INVALID_ARGUMENT;
+    /// `max_tokens` 0: BUFFER_TOO_SMALL; PANIC); then no sequence changed. An empty batch
+    /// returns an empty vector. Each sequence is used by this thread for the call.
+    /// Messages: the C call reports one message per call (the last failed sequence's, as
+    /// the thread's last error), so that sequence's BatchResult carries the library's
+    /// message and any other failed one its status's description.
+    std::vector<BatchResult> step_batch(const std::vector<BatchItem> &items, size_t max_tokens = 1024) const {
+        const size_t n = items.size();
+        if (n == 0) return {};
+        if (max_tokens > std::vector<int32_t>().max_size() / n)
+            throw std::length_error("subspec::Engine::step_batch: items * max_tokens too large");
+        std::vector<subspec_sequence *> seqs(n);
+        std::vector<const subspec_step_params *> params(n);
+        std::vector<const int32_t *> inputs(n);
+        std::vector<size_t> n_inputs(n);
+        for (size_t i = 0; i < n; i++) {
+            seqs[i] = items[i].seq ? items[i].seq->raw() : nullptr;
+            params[i] = &items[i].params.raw();
+            inputs[i] = items[i].input.data();
+            n_inputs[i] = items[i].input.size();
+        }
+        // At least one element, so that max_tokens 0 is the library's BUFFER_TOO_SMALL.
+        std::vector<int32_t> out(std::max<size_t>(n * max_tokens, 1));
+        std::vector<size_t> n_out(n);
+        std::vector<subspec_status> statuses(n, SUBSPEC_STATUS_OK);
+        detail::check(subspec_step_batch(h_.get(), seqs.data(), n, params.data(), inputs.data(),
+                                         n_inputs.data(), out.data(), max_tokens, n_out.data(),
+                                         statuses.data()));
+        std::vector<BatchResult> results(n);
+        bool any_failed = false;
+        for (size_t i = 0; i < n; i++) {
+            results[i].status = statuses[i];
+            if (statuses[i] == SUBSPEC_STATUS_OK) {
+                const int32_t *first = out.data() + i * max_tokens;
+                results[i].tokens.assign(first, first + n_out[i]);
+            } else {
+                any_failed = true;
+                results[i].message = subspec_status_string(statuses[i]);
+            }
+        }
+        if (any_failed) {
+            // The library records the last failed sequence's message, "seqs[I]: ...", as
+            // this thread's last error: it replaces that sequence's generic description.
+            std::string msg = detail::last_error();
+            const std::string prefix = "seqs[";
+            size_t close = msg.find("]: ");
+            if (msg.compare(0, prefix.size(), prefix) == 0 && close != std::string::npos &&
+                close > prefix.size() && close - prefix.size() <= 18) {
+                std::string digits = msg.substr(prefix.size(), close - prefix.size());
+                if (digits.find_first_not_of("0123456789") == std::string::npos) {
+                    size_t i = std::stoull(digits);
+                    if (i < n && statuses[i] != SUBSPEC_STATUS_OK) results[i].message = msg.substr(close + 3);
+                }
+            }
+        }
+        return results;
     }
     bool is_eos(int32_t token) const noexcept { return subspec_is_eos(h_.get(), token); }
     std::vector<int32_t> tokenize(const std::string &text, bool add_special = false) const {

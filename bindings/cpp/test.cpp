@@ -2,6 +2,7 @@
 // Rust engine's (fixtures from `cargo test --test ffi`).
 //
 //   test FIXTURE_DIR
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -95,6 +96,128 @@ static void test_model(const std::string &dir, const std::string &name, std::str
     subspec::Sequence kept = engine.new_sequence();
     { subspec::Engine gone = std::move(engine); }
     CHECK(kept.generate(prompt, subspec::StepParams(), 4).size() >= 1);
+}
+
+// Engine::step_batch: sequences stepped together (greedy speculative, seeded sampling and
+// plain mixed, leaving the batch when done) get exactly what each gets alone through
+// step(); a bad item fails alone and is unchanged while the others step; a malformed call
+// throws and changes nothing. `other`: an engine whose sequence the batch must refuse.
+static void test_batch(const subspec::Engine &e, const std::vector<int32_t> &prompt, const std::string &name,
+                       const subspec::Engine *other = nullptr) {
+    const size_t N = 12, cap = 5;
+    std::vector<std::vector<int32_t>> prompts = {prompt, std::vector<int32_t>(prompt.rbegin(), prompt.rend()),
+                                                 std::vector<int32_t>(prompt.begin() + 1, prompt.end())};
+    std::vector<subspec::StepParams> params = {
+        subspec::StepParams(),                                                     // greedy, speculative
+        subspec::StepParams().temperature(0.8f).top_k(40).top_p(0.95f).seed(11),  // seeded sampling
+        subspec::StepParams().speculate(false)};                                   // plain
+    std::vector<subspec::Sequence> solo, seqs;
+    std::vector<std::vector<int32_t>> want(3), got(3);
+    for (size_t i = 0; i < 3; i++) {
+        solo.push_back(e.new_sequence());
+        std::vector<int32_t> input = prompts[i];
+        while (want[i].size() < N) {
+            auto t = solo[i].step(input, params[i], cap);
+            want[i].insert(want[i].end(), t.begin(), t.end());
+            input.clear();
+        }
+        seqs.push_back(e.new_sequence());
+    }
+    int calls = 0;
+    for (;;) {
+        std::vector<subspec::BatchItem> items;
+        std::vector<size_t> who;
+        for (size_t i = 0; i < 3; i++)
+            if (got[i].size() < N) {
+                items.push_back({&seqs[i], got[i].empty() ? prompts[i] : std::vector<int32_t>(), params[i]});
+                who.push_back(i);
+            }
+        if (items.empty()) break;
+        auto r = e.step_batch(items, cap);
+        calls++;
+        CHECK(r.size() == items.size());
+        for (size_t k = 0; k < r.size() && k < who.size(); k++) {
+            CHECK(r[k].ok() && r[k].message.empty() && !r[k].tokens.empty() && r[k].tokens.size() <= cap);
+            got[who[k]].insert(got[who[k]].end(), r[k].tokens.begin(), r[k].tokens.end());
+        }
+    }
+    // The same tokens; not always cut the same (a batch runs a step with a new prompt
+    // plain and speculates from the next), so the first N are compared.
+    for (size_t i = 0; i < 3; i++) {
+        CHECK(got[i].size() >= N && want[i].size() >= N && std::equal(want[i].begin(), want[i].begin() + N, got[i].begin()));
+        CHECK(seqs[i].length() == prompts[i].size() + got[i].size());
+        seqs[i].truncate(prompts[i].size() + N);  // each at its solo twin's point
+        solo[i].truncate(prompts[i].size() + N);
+    }
+    std::printf("cpp %s step_batch: 3 sequences x %zu tokens in %d calls == solo steps\n", name.c_str(), N, calls);
+
+    // One bad item (an out-of-vocabulary id) fails alone and is unchanged; the others step,
+    // each exactly as its solo twin does.
+    auto d = e.new_sequence();
+    d.step(prompts[0], params[2], 1);
+    const auto d_tokens = d.tokens();
+    std::vector<size_t> lens;
+    for (auto &s : seqs) lens.push_back(s.length());
+    auto r = e.step_batch({{&seqs[0], {}, params[0]},
+                           {&d, {prompt[0], 1 << 30}, params[2]},
+                           {&seqs[1], {}, params[1]},
+                           {&seqs[2], {prompt[1]}, params[2]}},
+                          cap);
+    CHECK(r.size() == 4);
+    if (r.size() == 4) {
+        CHECK(r[1].status == SUBSPEC_STATUS_INVALID_TOKEN && r[1].tokens.empty());
+        CHECK(r[1].message.find("out of range") != std::string::npos);
+        CHECK(status_of([&] { r[1].check(); }) == SUBSPEC_STATUS_INVALID_TOKEN);
+        CHECK(d.tokens() == d_tokens);
+        CHECK(r[0].ok() && r[2].ok() && r[3].ok());
+        CHECK(status_of([&] { r[0].check(); }) == SUBSPEC_STATUS_OK);
+        CHECK(r[0].tokens == solo[0].step({}, params[0], cap));
+        CHECK(r[2].tokens == solo[1].step({}, params[1], cap));
+        CHECK(r[3].tokens == solo[2].step({prompt[1]}, params[2], cap));
+        CHECK(seqs[0].length() == lens[0] + r[0].tokens.size());
+        CHECK(seqs[1].length() == lens[1] + r[2].tokens.size());
+        CHECK(seqs[2].length() == lens[2] + 1 + r[3].tokens.size());
+    }
+    // Two bad items: each its own status, both unchanged, both with a message.
+    for (size_t i = 0; i < 3; i++) lens[i] = seqs[i].length();
+    r = e.step_batch({{&d, {-3}, params[0]},
+                      {&seqs[0], {}, subspec::StepParams().top_p(0.0f)},
+                      {&seqs[1], {}, params[1]}},
+                     cap);
+    CHECK(r.size() == 3);
+    if (r.size() == 3) {
+        CHECK(r[0].status == SUBSPEC_STATUS_INVALID_TOKEN && !r[0].message.empty());
+        CHECK(r[1].status == SUBSPEC_STATUS_INVALID_ARGUMENT && !r[1].message.empty() && r[1].tokens.empty());
+        CHECK(r[2].ok() && seqs[1].length() == lens[1] + r[2].tokens.size());
+    }
+    CHECK(d.tokens() == d_tokens && seqs[0].length() == lens[0]);
+    CHECK(d.step({}, params[2], 1).size() == 1);
+
+    // The call as a whole refused: it throws, and no sequence changed.
+    for (size_t i = 0; i < 3; i++) lens[i] = seqs[i].length();
+    try {
+        e.step_batch({{&seqs[0], {prompt[0]}, params[2]}, {&seqs[0], {}, params[2]}}, cap);
+        CHECK(false);
+    } catch (const subspec::Error &err) {
+        CHECK(err.status() == SUBSPEC_STATUS_INVALID_ARGUMENT);
+        CHECK(std::string(err.what()).find("twice") != std::string::npos);
+    }
+    CHECK(status_of([&] { e.step_batch({{&seqs[1], {prompt[0]}, params[2]}, {nullptr, {}, params[2]}}, cap); }) ==
+          SUBSPEC_STATUS_NULL_POINTER);
+    subspec::Sequence moved = std::move(d);
+    CHECK(status_of([&] { e.step_batch({{&seqs[1], {}, params[2]}, {&d, {}, params[2]}}, cap); }) ==
+          SUBSPEC_STATUS_NULL_POINTER);
+    CHECK(status_of([&] { e.step_batch({{&seqs[2], {prompt[0]}, params[2]}}, 0); }) ==
+          SUBSPEC_STATUS_BUFFER_TOO_SMALL);
+    if (other) {
+        auto foreign = other->new_sequence();
+        CHECK(status_of([&] { e.step_batch({{&seqs[0], {}, params[2]}, {&foreign, prompt, params[2]}}, cap); }) ==
+              SUBSPEC_STATUS_INVALID_ARGUMENT);
+        CHECK(foreign.length() == 0);
+    }
+    for (size_t i = 0; i < 3; i++) CHECK(seqs[i].length() == lens[i]);
+    CHECK(e.step_batch({}, cap).empty());
+    CHECK(moved.step({}, params[2], 1).size() == 1);
 }
 
 int main(int argc, char **argv) {
@@ -216,10 +339,23 @@ int main(int argc, char **argv) {
         }
     }
     test_model(dir, "tiny", dir + "/tiny");
+    {
+        // step_batch, resident and offloaded (the batch streams the offloaded layers once).
+        auto prompt = ids(fixture(dir, "tiny")["prompt"]);
+        auto lp = subspec::LoadParams(dir + "/tiny").context_length(256).threads(2);
+        auto e = subspec::Engine::load(lp);
+        auto lo = subspec::LoadParams(dir + "/tiny").context_length(256).threads(2).max_sequences(8);
+        auto off = subspec::Engine::load(lo.memory_budget(lo.minimum_budget()));
+        CHECK(off.info().n_offloaded_layers >= 1);
+        test_batch(e, prompt, "tiny", &off);
+        test_batch(off, prompt, "tiny offloaded", &e);
+    }
     auto info = subspec::Engine::load(subspec::LoadParams(dir + "/tiny").draft(false)).info();
     CHECK(info.vocab_size == 128 && !info.has_draft);
     if (argc < 3 || std::string(argv[2]) != "--tiny-only") {
         test_model(dir, "smollm2", "");
+        test_batch(subspec::Engine::load(subspec::LoadParams(fixture(dir, "smollm2")["model"]).context_length(256).threads(2)),
+                   ids(fixture(dir, "smollm2")["prompt"]), "smollm2");
         auto e = subspec::Engine::load(subspec::LoadParams(fixture(dir, "smollm2")["model"]).draft(false));
         auto p = e.tokenize("The three primary colours are");
         CHECK(p == ids(fixture(dir, "smollm2")["prompt"]));

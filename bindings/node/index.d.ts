@@ -151,6 +151,20 @@ export declare class Sequence {
   close(): void;
 }
 
+/** One sequence's part of a batched step (Engine.stepBatch): as
+ * `sequence.step(input, options)`. */
+export interface BatchItem {
+  /** A sequence of the engine that steps the batch, each at most once per batch. */
+  sequence: Sequence;
+  /** Tokens appended before the step (default none). */
+  input?: ArrayLike<number>;
+  options?: StepOptions;
+}
+
+/** One sequence's outcome of a batched step, in the order of the items: its new tokens,
+ * or its failure (the sequence then unchanged, input not appended). */
+export type BatchResult = { tokens: number[]; error?: undefined } | { error: SubspecError; tokens?: undefined };
+
 /** A loaded model. Sequences keep it alive after close(). */
 export declare class Engine {
   info(): ModelInfo;
@@ -161,7 +175,25 @@ export declare class Engine {
   tokenize(text: string, addSpecial?: boolean): number[];
   detokenize(ids: ArrayLike<number>): string;
   newSequence(): Sequence;
-  /** Releases the engine (idempotent). */
+  /** Steps several of this engine's sequences together, with one target pass for all of
+   * them (an offloaded model streams once per batch): each gets exactly the tokens its own
+   * `step` calls would give (the steps may split differently: a batch's prompt step is a
+   * plain one), at most `maxTokens` per sequence. Speculative and plain steps and
+   * samplings may be mixed; sequences may join or leave between calls. Returns one
+   * result per item, in order: `{ tokens }`, or `{ error }` (a SubspecError with
+   * `step`'s status, e.g. INVALID_TOKEN; that sequence unchanged) while the others step.
+   * Throws SubspecError, no sequence changed, when the call fails as a whole:
+   * INVALID_ARGUMENT (`items` not an array, an item without a Sequence, `maxTokens` not
+   * a number, a sequence of another engine, the same sequence twice), NULL_POINTER
+   * (this engine or a sequence closed), PANIC. An empty batch returns []. */
+  stepBatch(items: readonly BatchItem[], maxTokens?: number): BatchResult[];
+  /** `stepBatch` on a worker thread (the event loop keeps running): resolves with the
+   * same results; rejects (never throws) where stepBatch throws. Every sequence of the
+   * batch is in use until it settles: close() on one of them, or on this engine, takes
+   * effect then. One call at a time per sequence. */
+  stepBatchAsync(items: readonly BatchItem[], maxTokens?: number): Promise<BatchResult[]>;
+  /** Releases the engine (idempotent); with asynchronous batches in flight, once they
+   * end (it counts as closed at once). */
   close(): void;
 }
 

@@ -5,7 +5,8 @@
 //
 // An Engine may be shared; a Sequence keeps its engine's model alive, so close() order
 // does not matter. Calls are synchronous (a step blocks the event loop for one iteration),
-// except stepAsync, generateAsync and stream, whose steps run on a worker thread.
+// except stepAsync, generateAsync, stream and Engine.stepBatchAsync, whose steps run on a
+// worker thread.
 
 const fs = require('fs');
 const path = require('path');
@@ -127,6 +128,7 @@ const C = {
   iterCancel: lib.func('subspec_status subspec_iter_cancel(subspec_sequence *seq)'),
   seqEval: lib.func('subspec_status subspec_sequence_eval(subspec_sequence *seq, const int32_t *input, size_t n_input, _Out_ float *logits, size_t cap, _Out_ size_t *n_vocab)'),
   step: lib.func('subspec_status subspec_step(subspec_sequence *seq, const subspec_step_params *params, const int32_t *input, size_t n_input, _Out_ int32_t *out, size_t out_capacity, _Out_ size_t *n_out)'),
+  stepBatch: lib.func('subspec_status subspec_step_batch(const subspec_engine *engine, subspec_sequence **seqs, size_t n_seqs, const subspec_step_params **params, const int32_t **inputs, const size_t *n_inputs, _Out_ int32_t *out, size_t out_capacity, _Out_ size_t *n_out, _Out_ subspec_status *statuses)'),
   seqAbort: lib.func('subspec_status subspec_sequence_abort(const subspec_sequence *seq)'),
   seqClearAbort: lib.func('subspec_status subspec_sequence_clear_abort(const subspec_sequence *seq)'),
 };
@@ -423,11 +425,13 @@ class Engine {
   /** @internal */
   constructor(handle) {
     this._h = handle;
+    this._pending = 0; // asynchronous batches in flight: close() waits for them
+    this._closing = false;
     engines.register(this, handle, this);
   }
 
   _handle() {
-    if (!this._h) throw new SubspecError(Status.NULL_POINTER, 'the engine is closed');
+    if (!this._h || this._closing) throw new SubspecError(Status.NULL_POINTER, 'the engine is closed');
     return this._h;
   }
 
@@ -486,6 +490,103 @@ class Engine {
     return new Sequence(out[0], eos, this);
   }
 
+  /** Steps several sequences of this engine together (subspec_step_batch): one target
+   * pass for all of them, each getting exactly the tokens its own `step` would give.
+   * `items[i]` is `{ sequence, input?, options? }` (as `sequence.step(input, options)`);
+   * at most `maxTokens` tokens each. Returns, in order, `{ tokens }` for each sequence that
+   * stepped and `{ error }` (a SubspecError, status as `step`'s) for each that failed: it
+   * is exactly as before the call, input not appended. Throws SubspecError when the call
+   * fails as a whole (no sequence changed): INVALID_ARGUMENT (`items` not an array, an
+   * item without a Sequence, `maxTokens` not a number, a sequence of another engine or
+   * one twice), NULL_POINTER (this engine or a sequence closed), PANIC. */
+  stepBatch(items, maxTokens = 1024) {
+    const b = this._batch(items, maxTokens);
+    if (!b.seqs.length) return [];
+    const status = C.stepBatch(...b.args);
+    if (status !== Status.OK) throw new SubspecError(status, lastError());
+    return b.results(lastError);
+  }
+
+  /** `stepBatch` on a worker thread (as `Sequence.stepAsync`): resolves with the same
+   * array; rejects (never throws) where stepBatch throws. Every sequence of the batch is
+   * in use until it settles: close() on it (or on this engine) takes effect then. */
+  stepBatchAsync(items, maxTokens = 1024) {
+    let b;
+    try {
+      b = this._batch(items, maxTokens);
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    if (!b.seqs.length) return Promise.resolve([]);
+    for (const s of b.seqs) s._pending++;
+    this._pending++;
+    return new Promise((resolve, reject) => {
+      C.stepBatch.async(...b.args, (err, status) => {
+        // Read back (messages included) before releasing: close() may be waiting.
+        let result = null;
+        let failure = err;
+        if (!err && status !== Status.OK) failure = new SubspecError(status, this._lastError());
+        else if (!err) result = b.results(() => this._lastError());
+        for (const s of b.seqs) {
+          s._pending--;
+          if (s._closing && s._pending === 0) s.close();
+        }
+        this._pending--;
+        if (this._closing && this._pending === 0) this.close();
+        if (failure) reject(failure);
+        else resolve(result);
+      });
+    });
+  }
+
+  /** @internal Checks a batch's items and lays out its C arguments (buffers that live as
+   * long as the returned object) and a reader of its results. */
+  _batch(items, maxTokens) {
+    const engine = this._handle();
+    const bad = (what) => new SubspecError(Status.INVALID_ARGUMENT, `stepBatch: ${what}`);
+    if (!Array.isArray(items)) throw bad('items must be an array of { sequence, input?, options? }');
+    if (typeof maxTokens !== 'number' || !Number.isFinite(maxTokens)) throw bad('maxTokens must be a finite number');
+    const cap = Math.max(1, Math.floor(maxTokens));
+    const seqs = [];
+    const params = [];
+    const inputs = [];
+    const n = items.length;
+    const nInputs = new BigUint64Array(n);
+    items.forEach((item, i) => {
+      if (item === null || typeof item !== 'object') throw bad(`items[${i}] is not an object`);
+      const s = item.sequence;
+      if (!(s instanceof Sequence)) throw bad(`items[${i}].sequence is not a Sequence`);
+      if (!s._h || s._closing) throw new SubspecError(Status.NULL_POINTER, `stepBatch: items[${i}].sequence is closed`);
+      const inp = Int32Array.from(item.input == null ? [] : item.input);
+      seqs.push(s);
+      params.push(stepParams(item.options || {}));
+      inputs.push(inp.length ? inp : null);
+      nInputs[i] = BigInt(inp.length);
+    });
+    const out = new Int32Array(Math.max(1, n * cap));
+    const nOut = new BigUint64Array(Math.max(1, n));
+    const statuses = new Uint32Array(Math.max(1, n));
+    const args = [engine, seqs.map((s) => s._h), n, params, inputs, nInputs, out, cap, nOut, statuses];
+    // One message per call (the last failed sequence's, "seqs[i]: ..."): it goes to the
+    // sequence it names; another failed sequence says so.
+    const results = (readMessage) => {
+      let message = null;
+      return seqs.map((_, i) => {
+        const st = statuses[i];
+        if (st === Status.OK) {
+          return { tokens: Array.from(out.subarray(i * cap, i * cap + Number(nOut[i]))) };
+        }
+        if (message === null) message = readMessage();
+        const own = message.startsWith(`seqs[${i}]: `);
+        return {
+          error: new SubspecError(st, own ? message
+            : `seqs[${i}] failed (the library keeps the message of the batch's last failure only)`),
+        };
+      });
+    };
+    return { seqs, args, results };
+  }
+
   /** @internal The last failure on this engine (an asynchronous call's, read back on the
    * event loop's thread), or a fixed message once the engine is closed. */
   _lastError() {
@@ -497,7 +598,13 @@ class Engine {
     return buf.toString('utf8', 0, Math.max(0, buf.length - 1));
   }
 
+  /** Releases the engine (idempotent); with asynchronous batches in flight, once they end
+   * (it counts as closed at once). */
   close() {
+    if (this._pending > 0) {
+      this._closing = true;
+      return;
+    }
     if (this._h) {
       engines.unregister(this);
       C.free(this._h);

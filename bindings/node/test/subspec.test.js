@@ -251,3 +251,162 @@ test('an AbortSignal stops an asynchronous step mid-way; the sequence goes on un
   assert.throws(() => s.step([1]), (err) => err.status === subspec.Status.NULL_POINTER);
   e.close();
 });
+
+// ---- batched steps (Engine.stepBatch / stepBatchAsync over subspec_step_batch) ----
+
+/** Steps `batch` ({ sequence, prompt, options }[]) with `stepBatch` (a batch call, its
+ * result awaited) until each sequence has `n` new tokens, a sequence leaving the batch
+ * once it has them (continuous batching); a call's maxTokens is the most any of its
+ * sequences still needs. Returns each sequence's steps (token arrays): not those of
+ * step() (a batch's prompt step is a plain one), but their tokens are. */
+async function steppedInBatches(batch, n, stepBatch) {
+  const steps = batch.map(() => []);
+  const got = batch.map(() => 0);
+  for (;;) {
+    const live = batch.map((_, i) => i).filter((i) => got[i] < n);
+    if (!live.length) return steps;
+    const max = Math.max(...live.map((i) => n - got[i]));
+    const items = live.map((i) => ({
+      sequence: batch[i].sequence, input: got[i] ? [] : batch[i].prompt, options: batch[i].options,
+    }));
+    const results = await stepBatch(items, max);
+    assert.strictEqual(results.length, live.length);
+    results.forEach((r, k) => {
+      const i = live[k];
+      assert.ok(Array.isArray(r.tokens) && !('error' in r), `item ${i}: ${r.error && r.error.message}`);
+      assert.ok(r.tokens.length >= 1 && r.tokens.length <= max);
+      steps[i].push(r.tokens);
+      got[i] += r.tokens.length;
+    });
+  }
+}
+
+test('stepBatch: three sequences (greedy speculative, seeded sampling, plain) get exactly their own step() tokens', async () => {
+  const want = fixture('smollm2');
+  const tiny = !fs.existsSync(want.model); // SmolLM2's generations differ; the tiny model's less so
+  const e = subspec.load(tiny ? path.join(dir, 'tiny') : want.model, { contextLength: 256 });
+  const prompts = tiny ? [[0, 5, 17, 42, 99, 3], [7, 8, 9, 10], [100, 1, 64, 2, 33]]
+    : ['The three primary colours are', 'def fibonacci(n):', 'Once upon a time, a small robot']
+      .map((t) => e.tokenize(t));
+  const options = [e.stepOptions(), { ...sampled, seed: 11 }, { speculate: false }];
+  assert.ok(options[0].speculate && options[0].temperature === 0);
+  const n = 16;
+  // Each alone: its own step() calls on a fresh sequence.
+  const alone = prompts.map((p, i) => {
+    const s = e.newSequence();
+    const out = [];
+    while (out.length < n) out.push(...s.step(out.length ? [] : p, options[i], n - out.length));
+    s.close();
+    return out;
+  });
+  if (!tiny) assert.strictEqual(new Set(alone.map((a) => a.join(' '))).size, 3);
+  for (const [name, stepBatch] of [
+    ['stepBatch', (items, max) => e.stepBatch(items, max)],
+    ['stepBatchAsync', (items, max) => e.stepBatchAsync(items, max)],
+  ]) {
+    const batch = prompts.map((prompt, i) => ({ sequence: e.newSequence(), prompt, options: options[i] }));
+    const steps = await steppedInBatches(batch, n, stepBatch);
+    batch.forEach((b, i) => {
+      const got = steps[i].flat();
+      // (A call's maxTokens is the most any of its sequences needs: one may get more.)
+      assert.ok(got.length >= n);
+      assert.deepStrictEqual(got.slice(0, n), alone[i], `${name}: sequence ${i}`);
+      assert.deepStrictEqual(b.sequence.tokens(), prompts[i].concat(got), `${name}: sequence ${i}'s tokens`);
+      assert.strictEqual(b.sequence.stats().generated, got.length);
+      b.sequence.close();
+    });
+    console.log(`# ${name}: ${steps.map((s) => s.length).join('/')} steps for ${n} tokens each`);
+  }
+  e.close();
+});
+
+test('stepBatch: a sequence with an invalid token fails alone and unchanged; the others step', async () => {
+  const e = subspec.load(path.join(dir, 'tiny'), { contextLength: 256 });
+  const vocab = e.info().vocabSize;
+  const prompt = ids(fixture('tiny').prompt);
+  const [a, b, c] = [e.newSequence(), e.newSequence(), e.newSequence()];
+  b.step([4, 5, 6], { speculate: false }, 1); // b has tokens: a failure must keep them
+  const before = b.tokens();
+  for (const [bad, run] of [
+    [-1, (items) => e.stepBatch(items, 8)],
+    [vocab, (items) => e.stepBatchAsync(items, 8)],
+  ]) {
+    const lens = [a, c].map((s) => s.tokens().length);
+    const results = await run([
+      { sequence: a, input: lens[0] ? [] : prompt },
+      { sequence: b, input: [7, bad, 8] },
+      { sequence: c, input: lens[1] ? [] : [3, 2, 1], options: { ...sampled, speculate: false } },
+    ]);
+    assert.strictEqual(results.length, 3);
+    const err = results[1].error;
+    assert.ok(err instanceof subspec.SubspecError && !('tokens' in results[1]));
+    assert.strictEqual(err.status, subspec.Status.INVALID_TOKEN);
+    assert.ok(err.detail.startsWith('seqs[1]: ') && err.detail.includes(String(bad)), err.detail);
+    assert.deepStrictEqual(b.tokens(), before, 'the failed sequence appended nothing');
+    assert.strictEqual(b.stats().generated, 1);
+    [a, c].forEach((s, k) => {
+      const r = results[k * 2];
+      assert.ok(r.tokens.length >= 1 && !('error' in r));
+      assert.deepStrictEqual(s.tokens().slice(-r.tokens.length), r.tokens);
+    });
+  }
+  // Two failures: the library keeps one message (the last one's); the other says so.
+  const results = e.stepBatch([{ sequence: a, input: [vocab + 5] }, { sequence: c, input: [-7] }, { sequence: b }]);
+  assert.strictEqual(results[0].error.status, subspec.Status.INVALID_TOKEN);
+  assert.strictEqual(results[1].error.status, subspec.Status.INVALID_TOKEN);
+  assert.ok(results[1].error.detail.startsWith('seqs[1]: ') && results[1].error.detail.includes('-7'));
+  assert.ok(results[0].error.detail.includes('seqs[0] failed'), results[0].error.detail);
+  assert.ok(results[2].tokens.length >= 1);
+  // A per-sequence status of another kind: a step from an empty sequence with no input.
+  const empty = e.newSequence();
+  const [r] = e.stepBatch([{ sequence: empty }]);
+  assert.strictEqual(r.error.status, subspec.Status.INVALID_ARGUMENT);
+  assert.deepStrictEqual(empty.tokens(), []);
+  for (const s of [a, b, c, empty]) s.close();
+  e.close();
+});
+
+test('stepBatch: bad arguments throw (stepBatchAsync rejects) and change nothing', async () => {
+  const e = subspec.load(path.join(dir, 'tiny'), { contextLength: 256 });
+  const [a, b] = [e.newSequence(), e.newSequence()];
+  a.step([1, 2, 3], {}, 2);
+  const before = a.tokens();
+  const other = subspec.load(path.join(dir, 'tiny'), { contextLength: 256 });
+  const foreign = other.newSequence();
+  const closed = e.newSequence();
+  closed.close();
+  const { INVALID_ARGUMENT, NULL_POINTER } = subspec.Status;
+  const cases = [
+    [() => [{ sequence: a }], 'x', INVALID_ARGUMENT, 'maxTokens'],
+    [() => ({ sequence: a }), undefined, INVALID_ARGUMENT, 'array'],
+    [() => [{ sequence: a }, null], undefined, INVALID_ARGUMENT, 'items[1]'],
+    [() => [{ sequence: a }, { input: [1] }], undefined, INVALID_ARGUMENT, 'items[1].sequence'],
+    [() => [{ sequence: a }, { sequence: {} }], undefined, INVALID_ARGUMENT, 'not a Sequence'],
+    [() => [{ sequence: a }, { sequence: closed, input: [1] }], undefined, NULL_POINTER, 'closed'],
+    [() => [{ sequence: a }, { sequence: a }], undefined, INVALID_ARGUMENT, 'twice'],
+    [() => [{ sequence: b, input: [1] }, { sequence: foreign, input: [1] }], undefined, INVALID_ARGUMENT, 'another engine'],
+  ];
+  for (const [items, max, status, text] of cases) {
+    const is = (err) => err instanceof subspec.SubspecError && err.status === status && err.detail.includes(text);
+    assert.throws(() => e.stepBatch(items(), max), is, text);
+    await assert.rejects(e.stepBatchAsync(items(), max), is, text);
+  }
+  assert.deepStrictEqual(a.tokens(), before);
+  assert.deepStrictEqual(b.tokens(), []);
+  assert.deepStrictEqual(foreign.tokens(), []);
+  assert.deepStrictEqual(e.stepBatch([]), []);
+  assert.deepStrictEqual(await e.stepBatchAsync([]), []);
+  // Closing a sequence and the engine while a batch is in flight takes effect when it ends.
+  const p = e.stepBatchAsync([{ sequence: a }, { sequence: b, input: [5, 6] }], 4);
+  a.close();
+  e.close();
+  assert.throws(() => e.stepBatch([{ sequence: b }]), (err) => err.status === NULL_POINTER);
+  const results = await p;
+  assert.ok(results.every((r) => r.tokens && r.tokens.length >= 1));
+  assert.throws(() => a.step([1]), (err) => err.status === NULL_POINTER);
+  assert.ok(b.step([], {}, 2).length >= 1); // b keeps the model alive
+  foreign.close();
+  other.close();
+  b.close();
+  await assert.rejects(e.stepBatchAsync([{ sequence: b }]), (err) => err.status === NULL_POINTER);
+});

@@ -3,7 +3,7 @@
 //! leads: it takes every request waiting and runs them as one `Engine::step_batch`, so
 //! an offloaded layer streams once for all of them; requests that arrive meanwhile wait
 //! for the next batch, which one of them leads (continuous batching: generations join
-//! and leave between batches). Each sequence gets exactly the tokens its own step would
+//! and leave between batches). Each sequence gets exactly the tokens its own steps would
 //! give, so batching changes no output.
 
 use std::collections::HashMap;

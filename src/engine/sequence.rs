@@ -895,8 +895,11 @@ impl Engine {
     /// drafts its tree as [`Sequence::step`] would (plain: a tree of its last token alone),
     /// then one target pass verifies every tree, so an offloaded layer streams once for
     /// all of them, and each keeps what the target accepts. Every sequence gets exactly
-    /// the tokens its own `step` would give: a row's values do not depend on the other
-    /// rows of the pass, whichever sequence they belong to.
+    /// the tokens its own steps would give, in the same order: a row's values do not
+    /// depend on the other rows of the pass, whichever sequence they belong to. Only their
+    /// split into steps may differ: in a batch of two or more, a step with pending input
+    /// (a prompt, a turn) is a plain one (one token, its input in the shared pass) and the
+    /// next speculates.
     ///
     /// Results are per sequence, in order. One that fails (its options, a full context,
     /// an open host-sampled iteration, an abort request) fails alone and is left exactly

@@ -541,7 +541,10 @@ pub unsafe extern "C" fn subspec_step(
 /// `inputs[i]` (`inputs` and `n_inputs` may be NULL: no input for any), then steps with
 /// `*params[i]`; its tokens (at most `out_capacity`) go to `out[i * out_capacity ..]`,
 /// their number to `n_out[i]`, and its status to `statuses[i]`. Every sequence gets
-/// exactly the tokens its own `subspec_step` would give. One that fails (each status as
+/// exactly the tokens its own `subspec_step` calls would give, in the same order; only
+/// their split into calls may differ: in a batch of two or more, a step with input (a
+/// prompt, a turn) is a plain one (one token, its input in the shared pass) and the next
+/// step speculates. One that fails (each status as
 /// [`subspec_step`]'s) is exactly as before the call, input not appended, with
 /// `n_out[i]` 0; the others step. Sequences may join or leave between calls (continuous
 /// batching); speculative and plain steps, samplings and tree shapes may be mixed; the

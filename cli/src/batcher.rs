@@ -3,21 +3,32 @@
 //! leads: it takes every request waiting and runs them as one `Engine::step_batch`, so
 //! an offloaded layer streams once for all of them; requests that arrive meanwhile wait
 //! for the next batch, which one of them leads (continuous batching: generations join
-//! and leave between batches). Each sequence gets exactly the tokens its own steps would
-//! give, so batching changes no output.
+//! and leave between batches). A leader first waits, [`GATHER`] at most, until every
+//! running generation ([`Batcher::member`]) has handed its step in: otherwise the thread
+//! that finishes handling its tokens first leads a batch of one, the others wait for it
+//! and lead the next, and two generations alternate instead of stepping together. Each
+//! sequence gets exactly the tokens its own steps would give, so batching changes no
+//! output.
 
 use std::collections::HashMap;
 use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use subspec::{Engine, Error, Sequence, StepOptions};
 
 type Outcome = (Sequence, Result<Vec<u32>, Error>);
+
+/// The longest a leader waits for the running generations' steps (handling a step's
+/// tokens takes well under a millisecond; a step, tens to hundreds).
+const GATHER: Duration = Duration::from_millis(10);
 
 #[derive(Default)]
 struct State {
     waiting: Vec<(u64, Sequence, StepOptions)>,
     done: HashMap<u64, Outcome>,
     leading: bool,
+    /// Generations running (between [`Batcher::member`] and the guard's drop).
+    members: usize,
     next_id: u64,
     /// Batches run, and sequences stepped in them (for the mean batch size).
     batches: u64,
@@ -40,9 +51,26 @@ impl Drop for Lead<'_> {
     }
 }
 
+/// A running generation, counted until dropped ([`Batcher::member`]).
+pub struct Member<'a>(&'a Batcher);
+
+impl Drop for Member<'_> {
+    fn drop(&mut self) {
+        self.0.lock().members -= 1;
+        self.0.changed.notify_all();
+    }
+}
+
 impl Batcher {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Counts a generation as running until the guard drops: a batch's leader waits for
+    /// the steps of the running ones.
+    pub fn member(&self) -> Member<'_> {
+        self.lock().members += 1;
+        Member(self)
     }
 
     /// One step of the sequence in `slot` with `opts`, batched with the other
@@ -69,6 +97,7 @@ impl Batcher {
         let id = g.next_id;
         g.next_id += 1;
         g.waiting.push((id, seq, opts));
+        self.changed.notify_all();
         loop {
             if let Some(out) = g.done.remove(&id) {
                 return out;
@@ -78,6 +107,18 @@ impl Batcher {
                 continue;
             }
             g.leading = true;
+            let deadline = Instant::now() + GATHER;
+            while g.waiting.len() < g.members {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                g = self
+                    .changed
+                    .wait_timeout(g, left)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+            }
             let batch = std::mem::take(&mut g.waiting);
             g.batches += 1;
             g.stepped += batch.len() as u64;

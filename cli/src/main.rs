@@ -383,9 +383,10 @@ pub struct SpecArgs {
     #[arg(long)]
     adaptive_depth: Option<String>,
     /// Choose each step's depth (0: a plain step) by the engine's measured costs and the
-    /// acceptance so far, --tree-depth the most: on or off (default: the engine's).
+    /// acceptance so far, --tree-depth the most: on or off (default: the engine's; `serve`
+    /// with --parallel above 1: on, the depth chosen for each batch of steps together).
     #[arg(long)]
-    auto_depth: Option<String>,
+    pub auto_depth: Option<String>,
 }
 
 impl SpecArgs {

@@ -501,6 +501,7 @@ fn generate_on(
     slot: &mut Option<subspec::Sequence>,
 ) -> Result<(), Error> {
     let engine = &st.engine;
+    let _running = st.batcher.member();
     let tok = engine.tokenizer()?;
     let mut stream = TextStream::new(tok);
     let hold = req.stop.iter().map(String::len).max().unwrap_or(1) - 1;
@@ -975,7 +976,22 @@ pub fn run(a: &ServeArgs) -> Result<(), Error> {
     }
     let engine = model.load(a.spec.draft()?)?;
     engine.tokenizer()?;
-    let step = a.spec.step(&engine, SamplingParams::greedy())?;
+    let mut step = a.spec.step(&engine, SamplingParams::greedy())?;
+    if parallel > 1 && a.spec.auto_depth.is_none() {
+        // Steps are batched: a fixed tree that pays for one sequence over-drafts for
+        // many (docs/BENCHMARKS.md, "Batched steps"); the depth chosen for the batch's
+        // measured cost does not.
+        step.tree.auto_depth = true;
+    }
+    if step.speculate && step.tree.auto_depth {
+        // Measured now, before the slots' caches exist, not in the first request.
+        let t0 = std::time::Instant::now();
+        engine.tree_costs()?;
+        eprintln!(
+            "subspec serve: tree costs measured in {:.1} s (the depth of each batch is chosen by them)",
+            t0.elapsed().as_secs_f64()
+        );
+    }
     let model_name = a.model_name.clone().unwrap_or_else(|| {
         let p: &PathBuf = &a.model.model;
         p.file_name()

@@ -103,6 +103,20 @@ try:
     # Concurrent generations were stepped together (one target pass for several).
     m = metrics()
     assert m["subspec_batched_steps_total"] > m["subspec_batches_total"] > 0, m
+    # Two generations running side by side step together, not in alternating batches of
+    # one (a batch's leader gathers every running generation's step). The same greedy
+    # request twice: stepped together, both take the same steps, so nearly every batch
+    # holds both (alternating batches hold ~1.4 on average).
+    with cf.ThreadPoolExecutor(2) as ex:
+        pair = list(ex.map(lambda _: complete(prompt="Count from one to twenty: one, two,",
+                                              max_tokens=24), range(2)))
+    after = metrics()
+    batches = after["subspec_batches_total"] - m["subspec_batches_total"]
+    stepped = after["subspec_batched_steps_total"] - m["subspec_batched_steps_total"]
+    assert pair[0].choices[0].text == pair[1].choices[0].text, pair
+    if pair[0].usage.completion_tokens >= 16:
+        assert stepped >= 1.6 * batches, (stepped, batches, pair)
+    print(f"serve: two concurrent generations took {stepped:.0f} steps in {batches:.0f} batches")
 
     def post(path, body):
         req = urllib.request.Request(base + path, data=body, headers={"Content-Type": "application/json"})

@@ -593,6 +593,10 @@ fn batched_steps_equal_solo_steps() {
             let opts: Vec<StepOptions> = (0..4)
                 .map(|k| match k {
                     3 => StepOptions::plain(samplings[1]),
+                    // Its depth chosen by the batch's measured cost (CUDA's own costs).
+                    2 => {
+                        StepOptions::speculative(samplings[0]).with_tree(tree.with_auto_depth(true))
+                    }
                     k => StepOptions::speculative(samplings[k % 2]).with_tree(tree),
                 })
                 .collect();

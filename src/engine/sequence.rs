@@ -300,11 +300,7 @@ impl Sequence {
     /// (already appended). On error nothing changes. `InvalidState` while a host-sampled
     /// iteration is open.
     pub fn step(&mut self, opts: &StepOptions) -> Result<Vec<u32>> {
-        if self.open.is_some() {
-            return Err(iteration_open("step"));
-        }
-        opts.sampling.validate()?;
-        let limit = self.check_pass(opts)?;
+        let limit = self.step_limit(opts)?;
         let committed = self.cache.len();
         let r = if opts.speculate && limit > 1 && opts.tree.auto_depth {
             self.auto_depth_step(opts, limit)
@@ -317,6 +313,22 @@ impl Sequence {
             self.cache.truncate(committed);
         }
         r
+    }
+
+    /// The checks of a step with `opts` (no host-sampled iteration open, the sampling and
+    /// [`Sequence::check_pass`]'s); returns how many tokens it may emit at most.
+    fn step_limit(&self, opts: &StepOptions) -> Result<usize> {
+        if self.open.is_some() {
+            return Err(iteration_open("step"));
+        }
+        opts.sampling.validate()?;
+        self.check_pass(opts)
+    }
+
+    /// Pending tokens a batched step runs (see [`Sequence::prepare_batched`]): all not
+    /// yet cached, the last (the tree's root) at least.
+    fn batch_pending(&self) -> usize {
+        self.tokens.len() - self.cache.len().min(self.tokens.len() - 1)
     }
 
     /// Checks `opts`' tree fields against the engine and the sequence against the context;
@@ -829,17 +841,11 @@ impl Sequence {
     /// the checks of [`Sequence::step`], the pending tokens but the last into the cache,
     /// the tree drafted. Returns the tree and the most tokens the step may emit.
     fn prepare_batched(&mut self, opts: &StepOptions) -> Result<(Prepared, usize)> {
-        if self.open.is_some() {
-            return Err(iteration_open("step"));
-        }
-        opts.sampling.validate()?;
-        let limit = self.check_pass(opts)?;
+        let limit = self.step_limit(opts)?;
         let root_pos = self.tokens.len() - 1;
-        if self.cache.len() > root_pos {
-            // Cached up to the root already (after a truncate): the root runs again.
-            self.cache.truncate(root_pos);
-        }
-        let pending = self.tokens.len() - self.cache.len();
+        let pending = self.batch_pending();
+        // Cached up to the root already (after a truncate): the root runs again.
+        self.cache.truncate(self.tokens.len() - pending);
         if pending == 1 && opts.speculate && limit > 1 {
             // Its tree grows with the others' (one draft forward per level for all).
             let vocab = self.engine.config().vocab;
@@ -1027,38 +1033,36 @@ impl Engine {
                     // Every sequence's walk starts with the logits of its draft-likeliest
                     // path: one lm_head product for all (the same bits as one each), so
                     // the head's weights are read once per step, not once per sequence.
-                    let mut paths = Vec::with_capacity(live.len());
+                    // Each sequence's span: its tree's first row in the pass (after its
+                    // prefix), where its path's rows start in `want`, and the path.
+                    let mut spans = Vec::with_capacity(live.len());
                     let mut want = Vec::new();
                     let mut row = 0;
                     for &i in &live {
                         let (d, _) = drafted[i].as_ref().expect("live");
-                        let path = d.tree.best_path(0);
                         let at = row + d.prefix.len();
+                        let path = d.tree.best_path(0);
+                        let first = want.len();
                         want.extend(path.iter().map(|&n| at + n));
+                        spans.push((at, first, path));
                         row = at + d.tree.len();
-                        paths.push(path);
                     }
                     let vocab = model.config().vocab;
                     let head = self.install(|| model.logits(Pass::Target, &hidden, &want));
                     let verify_s = t0.elapsed().as_secs_f64();
                     let mut hidden = Some(hidden);
-                    let mut row = 0;
-                    let mut first = 0;
-                    for (&i, path) in live.iter().zip(&paths) {
+                    for (&i, (at, first, path)) in live.iter().zip(&spans) {
                         let (d, limit) = drafted[i].take().expect("live");
                         let given = first * vocab..(first + path.len()) * vocab;
-                        first += path.len();
-                        // The segment's rows: its prefix, then its tree (whose rows the
-                        // walk reads).
-                        let (p, m) = (d.prefix.len(), d.tree.len());
-                        let part = if live.len() == 1 && p == 0 {
+                        // The tree's rows (the walk reads them); the pass's own activation
+                        // when it is the only segment.
+                        let part = if live.len() == 1 && d.prefix.is_empty() {
                             hidden
                                 .take()
                                 .ok_or_else(|| Error::internal("one pass, one owner"))
                         } else {
-                            self.rows_of(hidden.as_ref(), row + p..row + p + m)
+                            self.rows_of(hidden.as_ref(), *at..at + d.tree.len())
                         };
-                        row += p + m;
                         let seq = &mut *seqs[i];
                         let r = match &head {
                             Ok(l) => part.and_then(|h| {
@@ -1127,14 +1131,10 @@ impl Engine {
         let mut members = Vec::with_capacity(n);
         let mut auto = vec![None; n];
         for (i, (seq, o)) in seqs.iter().zip(opts).enumerate() {
-            let Ok(limit) = seq.check_pass(o) else {
+            let Ok(limit) = seq.step_limit(o) else {
                 continue; // it fails in its preparation, alone
             };
-            if seq.open.is_some() || o.sampling.validate().is_err() {
-                continue;
-            }
-            let root_pos = seq.tokens.len() - 1;
-            let pending = seq.tokens.len() - seq.cache.len().min(root_pos);
+            let pending = seq.batch_pending();
             let t = &o.tree;
             let mut m = tune::Member {
                 acc: None,
@@ -1254,23 +1254,21 @@ impl Engine {
         }
         let draft_s = t0.elapsed().as_secs_f64();
         for p in prepared.iter_mut() {
-            if let Some((Prepared::Grow(..), limit)) = p {
-                let limit = *limit;
-                if let Some((Prepared::Grow(g, root_pos), _)) = p.take() {
+            *p = match p.take() {
+                Some((Prepared::Grow(g, root_pos), limit)) => {
                     let draft = g.finish();
-                    *p = Some((
-                        Prepared::Drafted(Drafted {
-                            tree: draft.tree,
-                            root_pos,
-                            prefix: Vec::new(),
-                            prefill_s: 0.0,
-                            draft_s,
-                            draft_steps: draft.steps,
-                        }),
-                        limit,
-                    ));
+                    let d = Drafted {
+                        tree: draft.tree,
+                        root_pos,
+                        prefix: Vec::new(),
+                        prefill_s: 0.0,
+                        draft_s,
+                        draft_steps: draft.steps,
+                    };
+                    Some((Prepared::Drafted(d), limit))
                 }
-            }
+                other => other,
+            };
         }
     }
 

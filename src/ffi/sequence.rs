@@ -595,9 +595,8 @@ pub unsafe extern "C" fn subspec_step_batch(
             true => None,
             false => Some(slice(inputs, n_seqs, "inputs")?),
         };
-        for (p, name) in [(out as *mut u8, "out"), (n_out as *mut u8, "n_out")] {
-            check_out(p, name)?;
-        }
+        check_out(out, "out")?;
+        check_out(n_out, "n_out")?;
         check_out(statuses, "statuses")?;
         if n_seqs > 0 && out_capacity == 0 {
             return Err(Failure::new(

@@ -6,68 +6,14 @@
 mod common;
 
 use common::small_options as options;
+use common::{batched, Job};
 
 use subspec::{Engine, ErrorKind, SamplingParams, StepOptions, TreeParams};
-
-/// One request of a batch run: its prompt, options, how many tokens, and the iteration
-/// at which it joins.
-struct Job {
-    prompt: Vec<u32>,
-    opts: StepOptions,
-    n: usize,
-    join: usize,
-}
 
 fn solo(engine: &Engine, job: &Job) -> Vec<u32> {
     let mut seq = engine.new_sequence().unwrap();
     seq.append(&job.prompt).unwrap();
     seq.generate(&job.opts, job.n, |_| true).unwrap()
-}
-
-/// Runs `jobs` through batched steps: a job joins at its iteration and leaves when it
-/// has its tokens (or an end token), as `Sequence::generate` stops. Returns each job's
-/// tokens and the most sequences stepped together.
-fn batched(engine: &Engine, jobs: &[Job]) -> (Vec<Vec<u32>>, usize) {
-    let mut seqs: Vec<_> = jobs
-        .iter()
-        .map(|_| engine.new_sequence().unwrap())
-        .collect();
-    let mut out = vec![Vec::new(); jobs.len()];
-    let mut done = vec![false; jobs.len()];
-    let mut widest = 0;
-    for it in 0.. {
-        let mut active: Vec<usize> = Vec::new();
-        for (i, job) in jobs.iter().enumerate() {
-            if job.join == it {
-                seqs[i].append(&job.prompt).unwrap();
-            }
-            if job.join <= it && !done[i] {
-                active.push(i);
-            }
-        }
-        if active.is_empty() && jobs.iter().all(|j| j.join < it) {
-            break;
-        }
-        widest = widest.max(active.len());
-        let opts: Vec<StepOptions> = active
-            .iter()
-            .map(|&i| jobs[i].opts.with_max_tokens(jobs[i].n - out[i].len()))
-            .collect();
-        let mut batch: Vec<&mut subspec::Sequence> = seqs
-            .iter_mut()
-            .enumerate()
-            .filter(|(i, _)| active.contains(i))
-            .map(|(_, s)| s)
-            .collect();
-        let results = engine.step_batch(&mut batch, &opts).unwrap();
-        for (&i, r) in active.iter().zip(results) {
-            let new = r.unwrap_or_else(|e| panic!("job {i}: {e}"));
-            let eos = new.iter().any(|&t| engine.is_eos(t));
-            out[i].extend_from_slice(&new);
-            done[i] = eos || out[i].len() >= jobs[i].n;
-        }
-    }
-    (out, widest)
 }
 
 fn samplings() -> [SamplingParams; 3] {

@@ -605,37 +605,18 @@ fn batched_steps_equal_solo_steps() {
                 .zip(&opts)
                 .map(|(p, o)| generate(&engine, p, &StepOptions::plain(o.sampling), 16))
                 .collect();
-            let mut seqs: Vec<_> = prompts
+            // Each job leaves the batch at 16 tokens or an end token, as `generate` does.
+            let jobs: Vec<common::Job> = prompts
                 .iter()
-                .map(|p| {
-                    let mut s = engine.new_sequence().unwrap();
-                    s.append(p).unwrap();
-                    s
+                .zip(&opts)
+                .map(|(p, o)| common::Job {
+                    prompt: p.clone(),
+                    opts: *o,
+                    n: 16,
+                    join: 0,
                 })
                 .collect();
-            // Each sequence steps until it has its solo output's length (less than 16 if
-            // that ended at an end token).
-            let mut got: Vec<Vec<u32>> = vec![Vec::new(); 4];
-            loop {
-                let live: Vec<usize> = (0..4).filter(|&k| got[k].len() < want[k].len()).collect();
-                if live.is_empty() {
-                    break;
-                }
-                let step: Vec<StepOptions> = live
-                    .iter()
-                    .map(|&k| opts[k].with_max_tokens(want[k].len() - got[k].len()))
-                    .collect();
-                let mut batch: Vec<&mut subspec::Sequence> = seqs
-                    .iter_mut()
-                    .enumerate()
-                    .filter(|(k, _)| live.contains(k))
-                    .map(|(_, s)| s)
-                    .collect();
-                let results = engine.step_batch(&mut batch, &step).unwrap();
-                for (&k, r) in live.iter().zip(results) {
-                    got[k].extend(r.unwrap());
-                }
-            }
+            let (got, _) = common::batched(&engine, &jobs);
             assert_eq!(got, want, "{name}, budget {budget:?}");
             println!("{name}, budget {budget:?}: 4 batched sequences equal their solo output");
         }

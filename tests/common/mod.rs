@@ -12,7 +12,7 @@ use subspec::ffi::{
     subspec_load_params, subspec_load_params_init, subspec_status, subspec_step_params,
     subspec_step_params_init,
 };
-use subspec::{Engine, EngineOptions};
+use subspec::{Engine, EngineOptions, StepOptions};
 
 /// The small Llama-architecture test model (tied embeddings).
 pub const SMOLLM2: &str = "smollm2-135m-instruct";
@@ -265,4 +265,59 @@ pub fn c_step_params() -> subspec_step_params {
     };
     assert_eq!(st, subspec_status::Ok);
     unsafe { p.assume_init() }
+}
+
+/// One request of a batch run: its prompt, options, how many tokens, and the iteration
+/// at which it joins.
+pub struct Job {
+    pub prompt: Vec<u32>,
+    pub opts: StepOptions,
+    pub n: usize,
+    pub join: usize,
+}
+
+/// Runs `jobs` through batched steps: a job joins at its iteration and leaves when it
+/// has its tokens (or an end token), as `Sequence::generate` stops. Returns each job's
+/// tokens and the most sequences stepped together.
+pub fn batched(engine: &Engine, jobs: &[Job]) -> (Vec<Vec<u32>>, usize) {
+    let mut seqs: Vec<_> = jobs
+        .iter()
+        .map(|_| engine.new_sequence().unwrap())
+        .collect();
+    let mut out = vec![Vec::new(); jobs.len()];
+    let mut done = vec![false; jobs.len()];
+    let mut widest = 0;
+    for it in 0.. {
+        let mut active: Vec<usize> = Vec::new();
+        for (i, job) in jobs.iter().enumerate() {
+            if job.join == it {
+                seqs[i].append(&job.prompt).unwrap();
+            }
+            if job.join <= it && !done[i] {
+                active.push(i);
+            }
+        }
+        if active.is_empty() && jobs.iter().all(|j| j.join < it) {
+            break;
+        }
+        widest = widest.max(active.len());
+        let opts: Vec<StepOptions> = active
+            .iter()
+            .map(|&i| jobs[i].opts.with_max_tokens(jobs[i].n - out[i].len()))
+            .collect();
+        let mut batch: Vec<&mut subspec::Sequence> = seqs
+            .iter_mut()
+            .enumerate()
+            .filter(|(i, _)| active.contains(i))
+            .map(|(_, s)| s)
+            .collect();
+        let results = engine.step_batch(&mut batch, &opts).unwrap();
+        for (&i, r) in active.iter().zip(results) {
+            let new = r.unwrap_or_else(|e| panic!("job {i}: {e}"));
+            let eos = new.iter().any(|&t| engine.is_eos(t));
+            out[i].extend_from_slice(&new);
+            done[i] = eos || out[i].len() >= jobs[i].n;
+        }
+    }
+    (out, widest)
 }

@@ -59,7 +59,7 @@ fn main() {
         for &(rows, cols) in &shapes {
             let q = QMatrix::quantize(&values(rows * cols, 1), rows, cols, &cfg).unwrap();
             let bytes = substitute_bytes(rows as u64, cols as u64, &cfg) as usize;
-            for t in [1, 2, 6] {
+            for t in [1, 2, 6, 8, 16] {
                 let x = values(t * cols, 2);
                 let mut out = vec![0f32; t * rows];
                 let s = median_s(|| qlinear(&x, t, &q, None, &mut out));
@@ -92,7 +92,7 @@ fn main() {
             .iter()
             .map(|m| substitute_bytes(m.rows() as u64, m.cols() as u64, &cfg) as usize)
             .sum();
-        for t in [1, 2, 6] {
+        for t in [1, 2, 6, 8, 16] {
             let x = values(t * 4864, 2);
             let mut out = vec![0f32; t * 4864];
             let s = median_s(|| {
@@ -125,8 +125,8 @@ fn main() {
         0,
         rows * cols * 2,
     );
-    // 1-2: a draft step; 12-33: verifying a tree's rows
-    for t in [1, 2, 6, 12, 17, 33] {
+    // 1-2: a draft step (8: a batch of 8 sequences'); 12-33: verifying a tree's rows
+    for t in [1, 2, 6, 8, 12, 17, 33] {
         let x = values(t * cols, 3);
         let mut out = vec![0f32; t * rows];
         let s = median_s(|| linear(&x, t, &w, None, &mut out));

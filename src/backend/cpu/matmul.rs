@@ -33,16 +33,28 @@ unsafe impl Sync for OutPtr {}
 const ROW_CHUNK: usize = 32;
 /// Most tokens in one tile.
 const MAX_TT: usize = 12;
+/// Widened rows taken at a time: one row tile of the widened token tiles (4 x 6 on
+/// AVX-512, 4 x 3 on AVX2).
+const WIDE_ROWS: usize = 4;
 /// Token tile on widened (f32) rows: 4 rows x 6 tokens keeps loads and FMAs balanced.
 const WIDE_TT: usize = 6;
-/// Batches above this many tokens widen each row chunk to f32 once (see `linear`).
-const WIDEN_ABOVE: usize = MAX_TT;
+/// Batches above this many tokens widen each row chunk to f32 once (see `linear`): more
+/// than one token tile. On AVX2 (3-token tiles) a chunk of f16 rows converted again for
+/// every tile cost twice the widened product from 4 tokens on (lm_head at 6 and 12
+/// tokens: 38 and 65 ms converted per tile, against 56 ms for 17 tokens widened).
+fn widen_above(isa: Isa) -> usize {
+    match isa {
+        Isa::Avx2 => AVX2_TT,
+        _ => MAX_TT,
+    }
+}
 
 /// `out[t * n + o] = dot(w[o], x[t]) (+ bias[o])` for `x` of `t_count` rows of `k`.
 ///
-/// With more tokens than one tile holds (`WIDEN_ABOVE`), each task first widens its chunk of f16/bf16 rows to f32 (exact)
-/// once, so the conversion is not repeated for every token tile; the products are the same
-/// FMAs on the same f32 values either way, so this does not change a single bit.
+/// With more tokens than one tile holds ([`widen_above`]), the f16/bf16 rows are widened
+/// to f32 (exact) once ([`linear_widened`]), so the conversion is not repeated for every
+/// token tile; the products are the same FMAs on the same f32 values either way, so this
+/// does not change a single bit.
 pub fn linear(x: &[f32], t_count: usize, w: &HostTensor, bias: Option<&[f32]>, out: &mut [f32]) {
     let (n, k) = (w.shape[0], w.shape[1]);
     assert_eq!(x.len(), t_count * k);
@@ -50,66 +62,107 @@ pub fn linear(x: &[f32], t_count: usize, w: &HostTensor, bias: Option<&[f32]>, o
     let wb = w.bytes();
     let dtype = w.dtype;
     let row_bytes = w.row_bytes();
-    let ptr = OutPtr(out.as_mut_ptr());
     let isa = isa();
     // Quantized rows are always dequantized first (exactly as gguf-py does, so the
     // products are those of the dequantized model's f32 weights).
-    let widen = dtype.is_quantized() || (t_count > WIDEN_ABOVE && dtype != DType::F32);
-    let chunks = n.div_ceil(ROW_CHUNK);
-    (0..chunks).into_par_iter().for_each(|c| {
-        SCRATCH.with_borrow_mut(|scratch| {
-            let r0 = c * ROW_CHUNK;
-            let r1 = (r0 + ROW_CHUNK).min(n);
-            let (rows, dtype, row_bytes) = if widen {
-                widen_rows(
-                    isa,
-                    dtype,
-                    &wb[r0 * row_bytes..r1 * row_bytes],
-                    (r1 - r0) * k,
-                    scratch,
-                );
+    if dtype.is_quantized() || (t_count > widen_above(isa) && dtype != DType::F32) {
+        return linear_widened(isa, x, t_count, n, bias, out, |rows, dst| {
+            let bytes = &wb[rows.start * row_bytes..rows.end * row_bytes];
+            widen_rows(isa, dtype, bytes, rows.len() * k, dst)
+        });
+    }
+    let ptr = OutPtr(out.as_mut_ptr());
+    (0..n.div_ceil(ROW_CHUNK)).into_par_iter().for_each(|c| {
+        let rows = c * ROW_CHUNK..((c + 1) * ROW_CHUNK).min(n);
+        let bytes = &wb[rows.start * row_bytes..rows.end * row_bytes];
+        rows_product(isa, dtype, bytes, rows, x, t_count, bias, ptr, n, false);
+    });
+}
+
+/// [`linear`] for weights that `widen(rows, dst)` writes to `dst` as f32 (`rows.len()`
+/// whole rows of `x.len() / t_count`), `n` rows in all. Each task widens its chunk a row
+/// tile at a time, so that the f32 rows stay in L1 while every token tile passes over
+/// them (a whole chunk of f32 rows lives in L2). The products are the f32 kernel's on the
+/// widened values.
+pub(crate) fn linear_widened(
+    isa: Isa,
+    x: &[f32],
+    t_count: usize,
+    n: usize,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    widen: impl Fn(std::ops::Range<usize>, &mut Vec<f32>) + Sync,
+) {
+    assert_eq!(out.len(), t_count * n);
+    let k = x.len() / t_count.max(1);
+    let ptr = OutPtr(out.as_mut_ptr());
+    (0..n.div_ceil(ROW_CHUNK)).into_par_iter().for_each(|c| {
+        let end = ((c + 1) * ROW_CHUNK).min(n);
+        for r0 in (c * ROW_CHUNK..end).step_by(WIDE_ROWS) {
+            let rows = r0..(r0 + WIDE_ROWS).min(end);
+            SCRATCH.with_borrow_mut(|scratch| {
+                widen(rows.clone(), scratch);
+                assert_eq!(scratch.len(), rows.len() * k, "widened rows");
                 // SAFETY: any f32 slice may be viewed as its bytes (u8 has no alignment or
                 // validity requirements); the view lives no longer than `scratch`'s borrow.
                 let bytes = unsafe {
                     std::slice::from_raw_parts(scratch.as_ptr() as *const u8, scratch.len() * 4)
                 };
-                (bytes, DType::F32, k * 4)
-            } else {
-                (&wb[r0 * row_bytes..r1 * row_bytes], dtype, row_bytes)
-            };
-            let mut t = 0;
-            while t < t_count {
-                let tt = (t_count - t).min(token_tile(isa, widen));
-                let xs = &x[t * k..(t + tt) * k];
-                let mut r = 0;
-                while r < r1 - r0 {
-                    let rr = tile_rows(isa, tt, r1 - r0 - r);
-                    let mut res = [0f32; 8 * MAX_TT];
-                    dot_tile(
-                        isa,
-                        dtype,
-                        &rows[r * row_bytes..(r + rr) * row_bytes],
-                        rr,
-                        xs,
-                        tt,
-                        k,
-                        &mut res,
-                    );
-                    for i in 0..rr {
-                        let o = r0 + r + i;
-                        let b = bias.map_or(0.0, |b| b[o]);
-                        for j in 0..tt {
-                            // SAFETY: (t + j, o) is inside `out` (t + j < t_count, o < n), and
-                            // only the task owning row chunk `c` writes column `o`.
-                            unsafe { *ptr.get().add((t + j) * n + o) = res[i * tt + j] + b };
-                        }
-                    }
-                    r += rr;
-                }
-                t += tt;
-            }
-        })
+                rows_product(isa, DType::F32, bytes, rows, x, t_count, bias, ptr, n, true);
+            })
+        }
     });
+}
+
+/// `out[t * n + o]` for the rows `o` in `range` (whose weights `rows` holds, as `dtype`)
+/// and every token `t` of `x`.
+#[allow(clippy::too_many_arguments)]
+fn rows_product(
+    isa: Isa,
+    dtype: DType,
+    rows: &[u8],
+    range: std::ops::Range<usize>,
+    x: &[f32],
+    t_count: usize,
+    bias: Option<&[f32]>,
+    ptr: OutPtr,
+    n: usize,
+    widen: bool,
+) {
+    let k = x.len() / t_count.max(1);
+    let row_bytes = k * dtype.size();
+    let count = range.len();
+    let mut t = 0;
+    while t < t_count {
+        let tt = (t_count - t).min(token_tile(isa, widen));
+        let xs = &x[t * k..(t + tt) * k];
+        let mut r = 0;
+        while r < count {
+            let rr = tile_rows(isa, tt, count - r);
+            let mut res = [0f32; 8 * MAX_TT];
+            dot_tile(
+                isa,
+                dtype,
+                &rows[r * row_bytes..(r + rr) * row_bytes],
+                rr,
+                xs,
+                tt,
+                k,
+                &mut res,
+            );
+            for i in 0..rr {
+                let o = range.start + r + i;
+                let b = bias.map_or(0.0, |b| b[o]);
+                for j in 0..tt {
+                    // SAFETY: (t + j, o) is inside `out` (t + j < t_count, o < n), and only
+                    // the task owning row chunk `o / ROW_CHUNK` writes column `o`.
+                    unsafe { *ptr.get().add((t + j) * n + o) = res[i * tt + j] + b };
+                }
+            }
+            r += rr;
+        }
+        t += tt;
+    }
 }
 
 thread_local! {

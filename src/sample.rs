@@ -125,7 +125,13 @@ pub fn log_softmax(logits: &[f32], temperature: f32) -> Vec<f32> {
 }
 
 /// `-log softmax(logits)[target]` in f64: the negative log-likelihood of `target`.
+///
+/// A `target` past the end of `logits` (a draft whose head covers fewer tokens) has
+/// probability zero: infinite.
 pub fn nll(logits: &[f32], target: u32) -> f64 {
+    if target as usize >= logits.len() {
+        return f64::INFINITY;
+    }
     let max = logits.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
     max as f64 + log_sum_exp(logits, max, 1.0) - logits[target as usize] as f64
 }

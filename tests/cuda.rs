@@ -679,7 +679,8 @@ fn the_draft_pass_matches_the_cpu() {
     let dir = common::synth_model_dir("tiny");
     let cpu = load(&dir, DeviceKind::Cpu, true, None);
     let cuda = load(&dir, DeviceKind::Cuda(0), true, None);
-    let p = prompt(cpu.config().vocab, 10, 4);
+    let vocab = cpu.config().vocab;
+    let p = prompt(vocab, 10, 4);
     let rows: Vec<usize> = (0..p.len()).collect();
     let run = |e: &Engine| {
         let m = e.model();
@@ -697,9 +698,28 @@ fn the_draft_pass_matches_the_cpu() {
         })
         .unwrap()
     };
-    let e = rel_err(&run(&cuda), &run(&cpu));
+    let full = run(&cuda);
+    let e = rel_err(&full, &run(&cpu));
     println!("draft pass rel err {e:.2e}");
     assert!(e < 1e-4, "draft logits differ from the CPU's by {e:.2e}");
+    // A draft over the first half of the vocabulary (a view of the device lm_head): the
+    // first columns of the full draft's logits, bit for bit, and the CPU's values.
+    let half = |device| {
+        let mut o = options(&dir, device, true, None);
+        o.draft = Some(DraftOptions::default().with_vocab(vocab / 2));
+        Engine::load(&o).unwrap()
+    };
+    let (cuda_half, cpu_half) = (run(&half(DeviceKind::Cuda(0))), run(&half(DeviceKind::Cpu)));
+    let firsts: Vec<f32> = full
+        .chunks_exact(vocab)
+        .flat_map(|r| r[..vocab / 2].to_vec())
+        .collect();
+    assert_eq!(cuda_half, firsts, "the half-vocabulary draft's logits");
+    let e = rel_err(&cuda_half, &cpu_half);
+    assert!(
+        e < 1e-4,
+        "half-vocabulary draft logits differ from the CPU's by {e:.2e}"
+    );
 }
 
 #[test]

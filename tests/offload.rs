@@ -155,9 +155,9 @@ fn a_model_file_that_changes_size_while_open_is_an_error_not_a_crash() {
     assert_eq!(seq.len(), len + 1);
 }
 
-/// The adaptive depth, a draft with its own quantized lm_head, and a draft with
-/// substitutes for every layer stay lossless under a budget, and the planner counts the
-/// extra draft weights.
+/// The adaptive depth, a draft with its own quantized lm_head, a draft with substitutes
+/// for every layer and a draft over part of the vocabulary stay lossless under a budget,
+/// and the planner counts the extra draft weights (none for a view of the target's head).
 #[test]
 fn draft_variants_are_lossless_and_budgeted() {
     for qwen2 in [false, true] {
@@ -165,9 +165,19 @@ fn draft_variants_are_lossless_and_budgeted() {
         common::write_tiny_model(&dir, qwen2);
         let base = options(&dir, None);
         let min = Engine::minimum_budget(&base).unwrap();
+        let full_head = {
+            let mut o = options(&dir, None);
+            o.draft = Some(subspec::DraftOptions::default().with_quantize_lm_head(true));
+            Engine::minimum_budget(&o).unwrap()
+        };
         let variants = [
             subspec::DraftOptions::default().with_quantize_lm_head(true),
             subspec::DraftOptions::default().with_substitute_all_layers(true),
+            // the draft proposes ids below 64 of the tiny model's 128
+            subspec::DraftOptions::default().with_vocab(64),
+            subspec::DraftOptions::default()
+                .with_quantize_lm_head(true)
+                .with_vocab(64),
         ];
         for d in variants {
             let mut o = options(&dir, None);
@@ -179,15 +189,34 @@ fn draft_variants_are_lossless_and_budgeted() {
             let (_, subs) = engine.draft().unwrap();
             let layers = engine.config().n_layers;
             let with_subs = subs.layers;
+            let draft_vocab = if d.vocab == 0 {
+                engine.config().vocab
+            } else {
+                d.vocab
+            };
             if d.quantize_lm_head {
                 assert!(
                     min_d > min,
                     "the draft lm_head is budgeted ({min_d} vs {min})"
                 );
                 assert!(subs.lm_head_bytes > 0, "the draft has its own lm_head");
+                if d.vocab != 0 {
+                    assert!(min_d < full_head, "half the rows: {min_d} vs {full_head}");
+                }
+            } else if d.vocab != 0 {
+                // a view of the target's head: no memory
+                assert_eq!((min_d, subs.lm_head_bytes), (min, 0));
             } else {
                 assert_eq!(with_subs, layers, "every layer has a substitute");
             }
+            // The draft scores only the ids below its vocabulary: infinite NLL above.
+            let below: Vec<u32> = (0..40).map(|i| (i * 7 % 64) as u32).collect();
+            let (_, nll) = engine.perplexity(&below, 40, subspec::Pass::Draft).unwrap();
+            assert!(nll.is_finite());
+            let mut above = below.clone();
+            above[20] = 100;
+            let (_, nll) = engine.perplexity(&above, 40, subspec::Pass::Draft).unwrap();
+            assert_eq!(nll.is_finite(), draft_vocab > 100, "{d:?}");
             let tree = engine.default_tree();
             let prompt = [3, 9, 27, 81, 16];
             for s in samplings() {
@@ -203,4 +232,40 @@ fn draft_variants_are_lossless_and_budgeted() {
             }
         }
     }
+}
+
+/// A draft vocabulary larger than the model's is refused at load, naming the option; a
+/// smaller one gives the first columns of the full draft's logits, bit for bit.
+#[test]
+fn a_draft_vocabulary_is_checked_and_its_logits_are_the_heads_first_columns() {
+    let dir = common::temp_dir("off-draft-vocab");
+    common::write_tiny_model(&dir, true);
+    let mut o = options(&dir, None);
+    o.draft = Some(subspec::DraftOptions::default().with_vocab(129));
+    let Err(e) = Engine::load(&o) else {
+        panic!("a draft vocabulary of 129 loaded")
+    };
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+    assert!(e.message().contains("draft_vocab 129"), "{e}");
+    // the whole vocabulary, named, is fine
+    o.draft = Some(subspec::DraftOptions::default().with_vocab(128));
+    let full = Engine::load(&o).unwrap();
+    assert_eq!(full.draft().unwrap().1.lm_head_bytes, 0);
+    // half of it: the draft's logits are the first columns of the full draft's
+    o.draft = Some(subspec::DraftOptions::default().with_vocab(64));
+    let half = Engine::load(&o).unwrap();
+    let ids = [5u32, 17, 99, 3, 64, 127];
+    let rows: Vec<usize> = (0..ids.len()).collect();
+    let draft_logits = |e: &Engine| {
+        let m = e.model();
+        let mut c = m.new_cache(ids.len()).unwrap();
+        let mask = subspec::internals::AttnMask::causal(ids.len());
+        e.install(|| m.forward_at(&mut c, subspec::Pass::Draft, 0, &ids, &rows, &mask, &rows))
+            .unwrap()
+    };
+    let want: Vec<f32> = draft_logits(&full)
+        .chunks_exact(128)
+        .flat_map(|r| r[..64].to_vec())
+        .collect();
+    assert_eq!(draft_logits(&half), want);
 }

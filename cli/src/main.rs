@@ -374,6 +374,10 @@ pub struct SpecArgs {
     /// Give the draft a quantized copy of lm_head (cheaper draft steps, more memory).
     #[arg(long)]
     draft_lm_head: bool,
+    /// The draft proposes only token ids below this: its output head is the first rows
+    /// of the target's (cheaper draft steps, no memory). 0: the whole vocabulary.
+    #[arg(long)]
+    draft_vocab: Option<usize>,
     /// Whether resident layers get substitutes too, so the draft reads only quantized
     /// weights: on (default) or off.
     #[arg(long, default_value = "on")]
@@ -418,6 +422,7 @@ impl SpecArgs {
         let mut d = DraftOptions::default();
         d.quant = quant;
         d.quantize_lm_head = self.draft_lm_head;
+        d.vocab = self.draft_vocab.unwrap_or(d.vocab);
         d.substitute_all_layers = match self.draft_all_layers.as_str() {
             "on" => true,
             "off" => false,

@@ -196,6 +196,13 @@ impl Backend for Device {
         })
     }
 
+    fn weight_rows(&self, w: &DevWeight, rows: usize) -> Result<DevWeight> {
+        Ok(match self {
+            Device::Cpu(b) => DevWeight::Cpu(b.weight_rows(w.cpu()?, rows)?),
+            Device::Cuda(b) => DevWeight::Cuda(b.weight_rows(w.cuda()?, rows)?),
+        })
+    }
+
     fn upload_quant(&self, q: QMatrix) -> Result<DevWeight> {
         Ok(match self {
             Device::Cpu(b) => DevWeight::Cpu(b.upload_quant(q)?),

@@ -182,6 +182,9 @@ pub trait Backend: Send + Sync {
     /// A matrix only ever read a few rows at a time ([`Backend::embed`]), left in host
     /// memory (the untied embedding table).
     fn host_matrix(&self, t: &HostTensor) -> Result<Self::Weight>;
+    /// The first `rows` rows of a full-precision matrix `w` from [`Backend::upload`], as a
+    /// view that shares its memory (`w` must outlive it).
+    fn weight_rows(&self, w: &Self::Weight, rows: usize) -> Result<Self::Weight>;
     /// Makes a quantized substitute usable by [`Backend::linear`].
     fn upload_quant(&self, q: QMatrix) -> Result<Self::Weight>;
     /// An activation matrix (contents unspecified until written).

@@ -263,6 +263,26 @@ impl HostTensor {
             .expect("rows are whole blocks (checked when the tensor was made)")
     }
 
+    /// A view of the first `rows` rows of a matrix (no copy).
+    ///
+    /// # Panics
+    /// If the tensor is not a matrix or has fewer rows.
+    pub fn first_rows(&self, rows: usize) -> HostTensor {
+        assert!(
+            self.shape.len() == 2 && rows <= self.shape[0],
+            "first_rows({rows}) of {:?}",
+            self.shape
+        );
+        HostTensor {
+            name: self.name.clone(),
+            dtype: self.dtype,
+            shape: vec![rows, self.shape[1]],
+            map: self.map.clone(),
+            start: self.start,
+            len: rows * self.row_bytes(),
+        }
+    }
+
     /// Element `i` converted to f32.
     pub fn get_f32(&self, i: usize) -> f32 {
         let b = self.bytes();

@@ -117,7 +117,7 @@ impl Engine {
                 let mut stats =
                     pool.install(|| model.build_substitutes(&layers, &d.quant, &mut report))?;
                 let head = d.quantize_lm_head.then_some(&d.quant);
-                stats.lm_head_bytes = pool.install(|| model.build_draft_lm_head(head))?;
+                stats.lm_head_bytes = pool.install(|| model.build_draft_lm_head(head, d.vocab))?;
                 Some((d.clone(), stats))
             }
         };
@@ -160,7 +160,8 @@ impl Engine {
         let config = ModelConfig::load(path)?;
         let weights = Weights::open(path)?;
         let quant = opts.draft.as_ref().map(|d| d.quant).unwrap_or_default();
-        let sizes = model_sizes(&config, &weights, &quant)?;
+        let draft_vocab = opts.draft.as_ref().map_or(0, |d| d.vocab);
+        let sizes = model_sizes(&config, &weights, &quant, draft_vocab)?;
         let context = match opts.max_context {
             0 => config.max_position,
             n => n,

@@ -29,6 +29,12 @@ pub struct DraftOptions {
     /// budget with the same tau (docs/BENCHMARKS.md); with nothing offloaded every layer
     /// has a substitute anyway.
     pub substitute_all_layers: bool,
+    /// The draft proposes only token ids below this (`0`: the whole vocabulary): its
+    /// output head is the first `vocab` rows of the target's, a view that costs no memory
+    /// (or, with `quantize_lm_head`, a quantized copy of those rows). A draft step then
+    /// computes fewer logits; byte-level BPE vocabularies put the frequent tokens first,
+    /// so acceptance barely moves. Lossless either way: the target verifies every token.
+    pub vocab: usize,
 }
 
 impl DraftOptions {
@@ -53,6 +59,11 @@ impl DraftOptions {
         }
     }
 
+    /// With the draft's output head over token ids below `vocab` (`0`: all of them).
+    pub fn with_vocab(self, vocab: usize) -> Self {
+        DraftOptions { vocab, ..self }
+    }
+
     /// With or without substitutes for the resident layers too.
     pub fn with_substitute_all_layers(self, on: bool) -> Self {
         DraftOptions {
@@ -70,6 +81,7 @@ impl Default for DraftOptions {
             substitute_layers: None,
             quantize_lm_head: false,
             substitute_all_layers: true,
+            vocab: 0,
         }
     }
 }

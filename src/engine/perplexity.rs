@@ -30,7 +30,10 @@ impl Engine {
         }
         let model = &self.shared.model;
         model.check_tokens(ids)?;
-        let vocab = model.config().vocab;
+        let vocab = match pass {
+            Pass::Draft => model.draft_vocab(),
+            Pass::Target => model.config().vocab,
+        };
         let (mut total, mut count) = (0f64, 0usize);
         for window in ids.chunks(ctx).filter(|w| w.len() >= 2) {
             let mut cache = model.new_cache(window.len())?;

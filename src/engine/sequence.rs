@@ -524,7 +524,7 @@ impl Sequence {
         let tp = &opts.tree;
         let limits = self.draft_limits(opts, limit);
         let cache = &mut self.cache;
-        let vocab = model.config().vocab;
+        let vocab = model.draft_vocab();
         let draft = draft_tree(self.tokens[root_pos], root_pos, vocab, tp, &limits, |b| {
             let rows: Vec<usize> = (0..b.tokens.len()).collect();
             engine.install(|| {
@@ -848,7 +848,7 @@ impl Sequence {
         self.cache.truncate(self.tokens.len() - pending);
         if pending == 1 && opts.speculate && limit > 1 {
             // Its tree grows with the others' (one draft forward per level for all).
-            let vocab = self.engine.config().vocab;
+            let vocab = self.engine.shared.model.draft_vocab();
             let limits = self.draft_limits(opts, limit);
             let root = self.tokens[root_pos];
             let grower = Grower::new(root, root_pos, vocab, &opts.tree, &limits);
@@ -1188,7 +1188,7 @@ impl Engine {
         committed: &[usize],
     ) {
         let model = &self.shared.model;
-        let vocab = model.config().vocab;
+        let vocab = model.draft_vocab();
         let t0 = Instant::now();
         let growing = |p: &Option<(Prepared, usize)>| match p {
             Some((Prepared::Grow(g, _), _)) => g.batch().is_some(),

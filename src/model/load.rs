@@ -139,6 +139,7 @@ impl<B: Backend> Model<B> {
             norm: norm(names::FINAL_NORM, h)?,
             lm_head,
             draft_lm_head: None,
+            draft_vocab: c.vocab,
             layers,
             inv_freq: c.rope_inv_freq(),
             inv_freq_local: c.rope_inv_freq_local(),
@@ -198,24 +199,45 @@ impl<B: Backend> Model<B> {
         Ok(stats)
     }
 
-    /// Quantizes lm_head (the embedding when tied) with `qc` into the draft's own output
-    /// head (`None` removes it). Returns its bytes.
-    pub fn build_draft_lm_head(&mut self, qc: Option<&QuantConfig>) -> Result<usize> {
-        let Some(qc) = qc else {
-            self.draft_lm_head = None;
-            return Ok(0);
+    /// The draft's own output head over token ids below `vocab` (`0`: the whole
+    /// vocabulary): lm_head's (the tied embedding's) first `vocab` rows, quantized with
+    /// `qc` when given, otherwise a view of the target's head (no copy; none at all for the
+    /// whole vocabulary unquantized: the draft then shares the target's). Returns the
+    /// bytes it adds. Nothing changes on error.
+    pub fn build_draft_lm_head(&mut self, qc: Option<&QuantConfig>, vocab: usize) -> Result<usize> {
+        let full = self.config.vocab;
+        let vocab = match vocab {
+            0 => full,
+            v if v > full => {
+                return Err(Error::invalid_argument(format!(
+                    "draft_vocab {v} exceeds the model's vocabulary of {full} tokens"
+                )))
+            }
+            v => v,
         };
-        qc.validate()?;
-        let name = if self.config.tie_embeddings {
-            names::EMBED
-        } else {
-            names::LM_HEAD
+        let (head, bytes) = match qc {
+            Some(qc) => {
+                qc.validate()?;
+                let name = if self.config.tie_embeddings {
+                    names::EMBED
+                } else {
+                    names::LM_HEAD
+                };
+                let t = self.weights.get_any(name)?.first_rows(vocab);
+                let m = QMatrix::quantize_tensor(&t, qc).map_err(|e| {
+                    Error::new(e.kind(), format!("draft lm_head from `{name}`: {e}"))
+                })?;
+                let bytes = m.bytes();
+                (Some(self.backend.upload_quant(m)?), bytes)
+            }
+            None if vocab < full => {
+                let target = self.lm_head.as_ref().unwrap_or(&self.embed);
+                (Some(self.backend.weight_rows(target, vocab)?), 0)
+            }
+            None => (None, 0),
         };
-        let t = self.weights.get_any(name)?;
-        let m = QMatrix::quantize_tensor(&t, qc)
-            .map_err(|e| Error::new(e.kind(), format!("draft lm_head from `{name}`: {e}")))?;
-        let bytes = m.bytes();
-        self.draft_lm_head = Some(self.backend.upload_quant(m)?);
+        self.draft_lm_head = head;
+        self.draft_vocab = vocab;
         Ok(bytes)
     }
 }

@@ -115,9 +115,13 @@ pub struct Model<B: Backend> {
     norm: B::Weight,
     /// `(vocab, hidden)`; `None` when tied to `embed`.
     lm_head: Option<B::Weight>,
-    /// A quantized copy of lm_head (or of the tied embedding) that only the draft uses,
-    /// when [`Model::build_draft_lm_head`] made one.
+    /// The draft's own output head, when [`Model::build_draft_lm_head`] made one: a
+    /// quantized copy of lm_head (or of the tied embedding), or a view of its first
+    /// `draft_vocab` rows.
     draft_lm_head: Option<B::Weight>,
+    /// Tokens the draft can propose: ids below this (the rows of `draft_lm_head`; the
+    /// whole vocabulary without one).
+    draft_vocab: usize,
     /// RoPE inverse frequencies, `(head_dim / 2)`.
     inv_freq: Vec<f32>,
     /// Those of the sliding-window layers when they have their own base (Gemma 3).
@@ -137,6 +141,11 @@ impl<B: Backend> Model<B> {
     /// Shape and hyper-parameters.
     pub fn config(&self) -> &ModelConfig {
         &self.config
+    }
+
+    /// Columns of the draft's logits: it proposes token ids below this.
+    pub fn draft_vocab(&self) -> usize {
+        self.draft_vocab
     }
 
     /// The backend the weights live on.
@@ -488,7 +497,7 @@ impl<B: Backend> Model<B> {
 
     /// The `pass`'s logits of rows `logit_rows` of a batch's residual stream `x` (from
     /// [`Model::forward_hidden`]): final norm and lm_head, `(logit_rows.len(), vocab)`
-    /// row-major. A row's logits do not depend on which other rows are asked for. The
+    /// row-major (the draft's: [`Model::draft_vocab`] columns). A row's logits do not depend on which other rows are asked for. The
     /// rows must be inside the batch (the callers check; a backend may panic otherwise).
     pub(crate) fn logits(&self, pass: Pass, x: &B::Act, logit_rows: &[usize]) -> Result<Vec<f32>> {
         let (c, be) = (&self.config, &self.backend);
@@ -499,11 +508,11 @@ impl<B: Backend> Model<B> {
         be.gather_rows(x, logit_rows, &mut sel)?;
         let mut normed = be.act(logit_rows.len(), c.hidden)?;
         be.rms_norm(&sel, &self.norm, c.rms_eps, &mut normed)?;
-        let mut logits = be.act(logit_rows.len(), c.vocab)?;
-        let head = match (pass, &self.draft_lm_head) {
-            (Pass::Draft, Some(q)) => q,
-            _ => self.lm_head.as_ref().unwrap_or(&self.embed),
+        let (head, cols) = match (pass, &self.draft_lm_head) {
+            (Pass::Draft, Some(q)) => (q, self.draft_vocab),
+            _ => (self.lm_head.as_ref().unwrap_or(&self.embed), c.vocab),
         };
+        let mut logits = be.act(logit_rows.len(), cols)?;
         be.linear(&normed, head, None, &mut logits)?;
         be.to_host(&logits)
     }

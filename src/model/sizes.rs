@@ -9,7 +9,13 @@ use crate::quant::{substitute_bytes, QuantConfig};
 
 /// Sizes of the parts the planner places, from an opened checkpoint (headers only) and the
 /// substitute format.
-pub(crate) fn model_sizes(c: &ModelConfig, w: &Weights, q: &QuantConfig) -> Result<ModelSizes> {
+/// `draft_vocab` is the rows of a quantized draft lm_head (`0`: the whole vocabulary).
+pub(crate) fn model_sizes(
+    c: &ModelConfig,
+    w: &Weights,
+    q: &QuantConfig,
+    draft_vocab: usize,
+) -> Result<ModelSizes> {
     let embed = w.info(names::EMBED)?.2 as u64;
     let lm_head = if c.tie_embeddings {
         0
@@ -39,6 +45,14 @@ pub(crate) fn model_sizes(c: &ModelConfig, w: &Weights, q: &QuantConfig) -> Resu
         vectors: w.vector_bytes() as u64,
         layer_linears,
         layer_substitutes,
-        lm_head_substitute: substitute_bytes(c.vocab as u64, c.hidden as u64, q),
+        lm_head_substitute: substitute_bytes(
+            if draft_vocab == 0 {
+                c.vocab
+            } else {
+                draft_vocab.min(c.vocab)
+            } as u64,
+            c.hidden as u64,
+            q,
+        ),
     })
 }

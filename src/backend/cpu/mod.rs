@@ -148,6 +148,15 @@ impl Backend for CpuBackend {
         self.upload(t)
     }
 
+    fn weight_rows(&self, w: &CpuWeight, rows: usize) -> Result<CpuWeight> {
+        match w {
+            CpuWeight::Matrix(t) if rows <= t.shape[0] => Ok(CpuWeight::Matrix(t.first_rows(rows))),
+            _ => Err(crate::error::Error::internal(format!(
+                "weight_rows({rows}) of a weight that is not a matrix of as many rows"
+            ))),
+        }
+    }
+
     fn act(&self, rows: usize, cols: usize) -> Result<CpuAct> {
         Ok(CpuAct {
             rows,

@@ -140,6 +140,28 @@ impl Backend for CudaBackend {
         Ok(CudaWeight::Host(t.clone()))
     }
 
+    fn weight_rows(&self, w: &CudaWeight, rows: usize) -> Result<CudaWeight> {
+        match *w {
+            // rows are whole blocks, so the first `rows` start where the matrix does
+            CudaWeight::Dense {
+                ptr,
+                rows: n,
+                cols,
+                dtype,
+                ..
+            } if rows <= n => Ok(CudaWeight::Dense {
+                buf: None,
+                ptr,
+                rows,
+                cols,
+                dtype,
+            }),
+            _ => Err(Error::internal(format!(
+                "weight_rows({rows}) of a weight that is not a device matrix of as many rows"
+            ))),
+        }
+    }
+
     fn upload_quant(&self, q: QMatrix) -> Result<CudaWeight> {
         let inner = &self.inner;
         inner.bind()?;

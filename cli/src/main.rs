@@ -387,8 +387,9 @@ pub struct SpecArgs {
     #[arg(long)]
     adaptive_depth: Option<String>,
     /// Choose each step's depth (0: a plain step) by the engine's measured costs and the
-    /// acceptance so far, --tree-depth the most: on or off (default: the engine's; `serve`
-    /// with --parallel above 1: on, the depth chosen for each batch of steps together).
+    /// acceptance so far, --tree-depth the most: on or off (default: on with everything
+    /// resident, otherwise the engine's, off; `serve` with --parallel above 1: on, the
+    /// depth chosen for each batch of steps together).
     #[arg(long)]
     pub auto_depth: Option<String>,
 }
@@ -456,7 +457,12 @@ impl SpecArgs {
             self.adaptive_depth.as_deref(),
             tree.adaptive,
         )?;
-        tree.auto_depth = on_off("auto-depth", self.auto_depth.as_deref(), tree.auto_depth)?;
+        // With everything resident a target pass costs about a draft step on a CPU, so a
+        // fixed tree can lose to plain decoding (Qwen2.5-0.5B on 2 AVX2 cores: the chain of
+        // 8 at 0.75x): there the depth is chosen by measured cost unless the flag says.
+        let resident = engine.placement().is_none_or(|p| p.offloaded().is_empty());
+        let auto_default = tree.auto_depth || resident;
+        tree.auto_depth = on_off("auto-depth", self.auto_depth.as_deref(), auto_default)?;
         if self.enabled() {
             tree.validate()?;
         }

@@ -243,6 +243,15 @@ typedef struct subspec_load_params {
   // `subspec_sequence_create` refuses one more with `OUT_OF_MEMORY` until one is freed.
   // `0` (default): planned for one, their number not limited.
   uint32_t max_sequences;
+  // The draft proposes only token ids below this (added after 0.2.0): its output head
+  // is the first `draft_vocab` rows of the target's, a view that costs no memory (with
+  // `quantize_lm_head`, a quantized copy of those rows). Cheaper draft steps, lower
+  // acceptance (docs/BENCHMARKS.md); lossless either way. `0` (default): the whole
+  // vocabulary; more than the model's vocabulary fails the load (`INVALID_ARGUMENT`).
+  uint32_t draft_vocab;
+  // Must be zero (the init function zeroes it): the struct ends on its alignment; a
+  // later version may give these bytes a meaning, with zero its default.
+  uint8_t reserved2[4];
 } subspec_load_params;
 
 // Model and engine metadata, for a host to check that its tokenizer and settings match.

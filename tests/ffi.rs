@@ -411,6 +411,35 @@ fn quantize_lm_head_costs_memory_and_is_reported() {
 }
 
 #[test]
+fn draft_vocab_limits_the_drafts_head_and_is_checked() {
+    let full = info(&load(&load_params()).unwrap());
+    let vocab = full.vocab_size;
+    let mut p = load_params();
+    p.draft_vocab = vocab / 2;
+    // a view of the target's head: no bytes, the same minimum
+    assert_eq!(
+        minimum_budget(&p).unwrap(),
+        minimum_budget(&load_params()).unwrap()
+    );
+    assert_eq!(info(&load(&p).unwrap()).draft_lm_head_bytes, 0);
+    // quantized: half the full quantized head's bytes
+    p.quantize_lm_head = true;
+    let half = info(&load(&p).unwrap()).draft_lm_head_bytes;
+    p.draft_vocab = 0;
+    let whole = info(&load(&p).unwrap()).draft_lm_head_bytes;
+    assert!(half > 0 && 2 * half == whole, "{half} vs {whole}");
+    p.draft_vocab = vocab + 1;
+    let (st, msg) = load(&p).err().unwrap();
+    assert_eq!(st, subspec_status::InvalidArgument, "{msg}");
+    assert!(msg.contains(&format!("draft_vocab {}", vocab + 1)), "{msg}");
+    let mut r = load_params();
+    r.reserved2[3] = 1;
+    let (st, msg) = load(&r).err().unwrap();
+    assert_eq!(st, subspec_status::InvalidArgument, "{msg}");
+    assert!(msg.contains("`reserved2` is not zero"), "{msg}");
+}
+
+#[test]
 fn substitute_layers_and_substitute_all_layers_choose_the_drafts_layers() {
     let mut p = load_params();
     p.memory_budget = minimum_budget(&p).unwrap();

@@ -98,6 +98,15 @@ pub struct subspec_load_params {
     /// `subspec_sequence_create` refuses one more with `OUT_OF_MEMORY` until one is freed.
     /// `0` (default): planned for one, their number not limited.
     pub max_sequences: u32,
+    /// The draft proposes only token ids below this (added after 0.2.0): its output head
+    /// is the first `draft_vocab` rows of the target's, a view that costs no memory (with
+    /// `quantize_lm_head`, a quantized copy of those rows). Cheaper draft steps, lower
+    /// acceptance (docs/BENCHMARKS.md); lossless either way. `0` (default): the whole
+    /// vocabulary; more than the model's vocabulary fails the load (`INVALID_ARGUMENT`).
+    pub draft_vocab: u32,
+    /// Must be zero (the init function zeroes it): the struct ends on its alignment; a
+    /// later version may give these bytes a meaning, with zero its default.
+    pub reserved2: [u8; 4],
 }
 
 // SAFETY: repr(C), `struct_size` first, no trailing padding (checked below); fields are
@@ -134,12 +143,14 @@ unsafe impl Versioned for subspec_load_params {
             substitute_all_layers: d.substitute_all_layers,
             reserved: [0; 4],
             max_sequences: 0,
+            draft_vocab: 0,
+            reserved2: [0; 4],
         }
     }
 }
 const _: () = check_layout::<subspec_load_params>(
     std::mem::offset_of!(subspec_load_params, struct_size),
-    field_end!(subspec_load_params, max_sequences),
+    field_end!(subspec_load_params, reserved2),
 );
 
 /// Initializes `*params` (the caller's `size` bytes: pass `sizeof *params`, as
@@ -275,7 +286,8 @@ unsafe fn engine_options(p: &subspec_load_params) -> FfiResult<EngineOptions> {
                 .with_quant(quant)
                 .with_substitute_layers(substitute_layers(layers)?)
                 .with_quantize_lm_head(p.quantize_lm_head)
-                .with_substitute_all_layers(p.substitute_all_layers),
+                .with_substitute_all_layers(p.substitute_all_layers)
+                .with_vocab(p.draft_vocab as usize),
         )
     } else {
         None
@@ -303,11 +315,13 @@ unsafe fn engine_options(p: &subspec_load_params) -> FfiResult<EngineOptions> {
     if p.max_tree_tokens != 0 {
         o.max_tree_tokens = p.max_tree_tokens as usize;
     }
-    if p.reserved != [0; 4] {
-        return Err(Failure::invalid(
-            "subspec_load_params: `reserved` is not zero: a field unknown to this library \
-             version is set (initialize with SUBSPEC_LOAD_PARAMS_INIT)",
-        ));
+    for (name, bytes) in [("reserved", p.reserved), ("reserved2", p.reserved2)] {
+        if bytes != [0; 4] {
+            return Err(Failure::invalid(format!(
+                "subspec_load_params: `{name}` is not zero: a field unknown to this library \
+                 version is set (initialize with SUBSPEC_LOAD_PARAMS_INIT)"
+            )));
+        }
     }
     o.max_sequences = p.max_sequences as usize;
     Ok(o)

@@ -164,7 +164,8 @@ static void test_version_and_strings(void) {
               p.build_draft && p.draft_bits == 4 && p.draft_group == 64 &&
               p.draft_method == SUBSPEC_QUANT_HQQ && p.progress_callback == NULL &&
               p.struct_size == sizeof p && !p.quantize_lm_head && p.substitute_all_layers &&
-              p.substitute_layers == NULL && p.n_substitute_layers == 0,
+              p.substitute_layers == NULL && p.n_substitute_layers == 0 && p.draft_vocab == 0 &&
+              p.reserved2[0] == 0,
           "load defaults");
     subspec_step_params sp = step_defaults();
     CHECK(sp.temperature == 0.0f && sp.top_p == 1.0f && sp.speculate && sp.tree_width >= 1 &&
@@ -172,9 +173,9 @@ static void test_version_and_strings(void) {
               sp.struct_size == sizeof sp && !sp.auto_depth && sp.reserved[0] == 0,
           "step defaults");
     /* The first published layouts: the whole structs, but for the load parameters'
-       fields added since (reserved, max_sequences). */
+       fields added since (reserved, max_sequences, draft_vocab, reserved2). */
     CHECK(SUBSPEC_LOAD_PARAMS_SIZE_0_2 == offsetof(subspec_load_params, reserved) &&
-              sizeof(subspec_load_params) == SUBSPEC_LOAD_PARAMS_SIZE_0_2 + 8 &&
+              sizeof(subspec_load_params) == SUBSPEC_LOAD_PARAMS_SIZE_0_2 + 16 &&
               SUBSPEC_STEP_PARAMS_SIZE_0_2 == sizeof(subspec_step_params) &&
               SUBSPEC_MODEL_INFO_SIZE_0_2 == sizeof(subspec_model_info) &&
               SUBSPEC_SEQUENCE_STATS_SIZE_0_2 == sizeof(subspec_sequence_stats),

@@ -3,6 +3,7 @@
 //!
 //! It is the reference implementation: every other backend is tested against it.
 
+mod attn;
 pub(crate) mod dequant;
 pub mod matmul;
 pub mod tier;
@@ -363,34 +364,33 @@ impl Backend for CpuBackend {
         let group = shape.n_heads / shape.n_kv_heads;
         let d = kv.kv_dim;
         let (ks, vs) = (&kv.k[layer], &kv.v[layer]);
-        let scale = shape.scale;
+        let isa = crate::util::isa::isa();
+        thread_local! {
+            /// A task's slots and scores (kept, so long contexts do not allocate per head).
+            static SCRATCH: std::cell::RefCell<(Vec<usize>, Vec<f32>)> =
+                const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+        }
+        // One task per row and KV head: the query heads that share it read each key and
+        // value once (a row's heads are laid out group after group).
+        let w = group * hd;
         out.data
-            .par_chunks_mut(hd)
+            .par_chunks_mut(w)
             .enumerate()
             .for_each(|(task, o)| {
-                let (t, h) = (task / shape.n_heads, task % shape.n_heads);
-                let qh = &q.data[t * q.cols + h * hd..t * q.cols + (h + 1) * hd];
-                let kv_off = (h / group) * hd;
-                let slots = (mask.start(t)..committed)
-                    .chain(mask.row(t).iter().map(|&j| committed + j as usize));
-                let mut scores: Vec<f32> = slots
-                    .clone()
-                    .map(|s| dot(qh, &ks[s * d + kv_off..s * d + kv_off + hd]) * scale)
-                    .collect();
-                let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
-                let mut sum = 0f32;
-                for s in scores.iter_mut() {
-                    *s = (*s - max).exp();
-                    sum += *s;
-                }
-                o.fill(0.0);
-                for (p, s) in scores.iter().zip(slots) {
-                    let p = p / sum;
-                    let vrow = &vs[s * d + kv_off..s * d + kv_off + hd];
-                    for (a, &v) in o.iter_mut().zip(vrow) {
-                        *a += p * v;
-                    }
-                }
+                let (t, g) = (task / shape.n_kv_heads, task % shape.n_kv_heads);
+                let qg = &q.data[t * q.cols + g * w..t * q.cols + (g + 1) * w];
+                let head = attn::KvHead {
+                    k: ks,
+                    v: vs,
+                    stride: d,
+                    off: g * hd,
+                };
+                SCRATCH.with_borrow_mut(|(slots, scores)| {
+                    slots.clear();
+                    slots.extend(mask.start(t)..committed);
+                    slots.extend(mask.row(t).iter().map(|&j| committed + j as usize));
+                    attn::attend(isa, qg, hd, head, slots, shape.scale, scores, o);
+                })
             });
         Ok(())
     }

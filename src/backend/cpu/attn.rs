@@ -300,30 +300,49 @@ mod avx2 {
                 }
                 d
             };
+            // Eight keys at a time: each key's lanes are one chain of FMAs, so eight
+            // chains keep both FMA units busy past their latency (four left them half idle).
             let mut j = 0;
-            while j + 4 <= slots.len() {
-                let k: [*const f32; 4] = std::array::from_fn(|u| kp.add(at(slots[j + u])));
-                let mut acc = [_mm256_setzero_ps(); 4];
-                for i in (0..body).step_by(8) {
-                    let qv = _mm256_loadu_ps(qp.add(i));
-                    for u in 0..4 {
-                        acc[u] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k[u].add(i)), acc[u]);
-                    }
-                }
-                for u in 0..4 {
-                    sc[j + u] = tail(k[u], hsum(acc[u])) * scale;
-                }
-                j += 4;
+            while j < slots.len() {
+                j += match slots.len() - j {
+                    8.. => keys::<8>(qp, body, kp, &slots[j..], &at, scale, &mut sc[j..], &tail),
+                    4.. => keys::<4>(qp, body, kp, &slots[j..], &at, scale, &mut sc[j..], &tail),
+                    _ => keys::<1>(qp, body, kp, &slots[j..], &at, scale, &mut sc[j..], &tail),
+                };
             }
-            for (sc, &s) in sc[j..].iter_mut().zip(&slots[j..]) {
-                let k = kp.add(at(s));
-                let mut acc = _mm256_setzero_ps();
-                for i in (0..body).step_by(8) {
-                    acc =
-                        _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(i)), _mm256_loadu_ps(k.add(i)), acc);
+        }
+    }
+
+    /// The scores of the first `U` slots (see [`scores_of`]). Returns `U`.
+    ///
+    /// # Safety
+    /// As [`scores_of`], with at least `U` slots and scores.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    unsafe fn keys<const U: usize>(
+        qp: *const f32,
+        body: usize,
+        kp: *const f32,
+        slots: &[usize],
+        at: &impl Fn(usize) -> usize,
+        scale: f32,
+        sc: &mut [f32],
+        tail: &impl Fn(*const f32, f32) -> f32,
+    ) -> usize {
+        // SAFETY: the caller upholds the contract above.
+        unsafe {
+            let k: [*const f32; U] = std::array::from_fn(|u| kp.add(at(slots[u])));
+            let mut acc = [_mm256_setzero_ps(); U];
+            for i in (0..body).step_by(8) {
+                let qv = _mm256_loadu_ps(qp.add(i));
+                for u in 0..U {
+                    acc[u] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k[u].add(i)), acc[u]);
                 }
-                *sc = tail(k, hsum(acc)) * scale;
             }
+            for u in 0..U {
+                sc[u] = tail(k[u], hsum(acc[u])) * scale;
+            }
+            U
         }
     }
 
@@ -351,7 +370,12 @@ mod avx2 {
                 *e = super::exp(*e - m);
                 sum += *e;
             }
-            for e in scores.iter_mut() {
+            let sv = _mm256_set1_ps(sum);
+            for c in (0..whole).step_by(8) {
+                let p = scores.as_mut_ptr().add(c);
+                _mm256_storeu_ps(p, _mm256_div_ps(_mm256_loadu_ps(p), sv));
+            }
+            for e in &mut scores[whole..] {
                 *e /= sum;
             }
         }

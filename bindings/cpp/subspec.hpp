@@ -82,6 +82,8 @@ public:
     }
     /// The draft's own quantized lm_head (default false: it shares the target's).
     LoadParams &quantize_lm_head(bool q) { p_.quantize_lm_head = q; return *this; }
+    /// The draft proposes only token ids below `n` (0, the default: all of them).
+    LoadParams &draft_vocab(uint32_t n) { p_.draft_vocab = n; return *this; }
     /// Substitutes for the resident layers too (default true); false: offloaded ones only.
     LoadParams &substitute_all_layers(bool a) { p_.substitute_all_layers = a; return *this; }
     /// Exactly these decoder layers get substitutes (empty: the default choice).

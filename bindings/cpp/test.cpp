@@ -93,6 +93,14 @@ static void test_model(const std::string &dir, const std::string &name, std::str
         th.emplace_back([&, i] { outs[i] = engine.new_sequence().generate(prompt, subspec::StepParams(), 32); });
     for (auto &t : th) t.join();
     for (auto &o : outs) CHECK(o == ids(want["greedy"]));
+    // A draft over the first half of the vocabulary: lossless; past it: refused.
+    uint32_t vocab = engine.info().vocab_size;
+    auto half = subspec::Engine::load(subspec::LoadParams(path).context_length(256).draft_vocab(vocab / 2));
+    CHECK(half.info().draft_lm_head_bytes == 0);
+    CHECK(half.new_sequence().generate(prompt, subspec::StepParams(), 32) == ids(want["greedy"]));
+    CHECK(status_of([&] {
+              subspec::Engine::load(subspec::LoadParams(path).context_length(256).draft_vocab(vocab + 1));
+          }) == SUBSPEC_STATUS_INVALID_ARGUMENT);
     subspec::Sequence kept = engine.new_sequence();
     { subspec::Engine gone = std::move(engine); }
     CHECK(kept.generate(prompt, subspec::StepParams(), 4).size() >= 1);

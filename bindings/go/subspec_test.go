@@ -275,6 +275,30 @@ func TestDraftOptions(t *testing.T) {
 		}
 		eng.Close()
 	}
+	// A draft over the first half of the vocabulary: still lossless, no memory; past the
+	// vocabulary: refused by name.
+	full, err := Load(tiny, &LoadOptions{ContextLength: 256})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fi, _ := full.Info()
+	full.Close()
+	half, err := Load(tiny, &LoadOptions{ContextLength: 256, DraftVocab: uint32(fi.VocabSize / 2)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if hi, _ := half.Info(); hi.DraftLMHeadBytes != 0 {
+		t.Fatalf("a view of the target's head: %+v", hi)
+	}
+	if out, _ := generate(t, half, prompt, nil); !equal(out, greedy) {
+		t.Fatalf("half-vocabulary draft: %v, want %v", out, greedy)
+	}
+	half.Close()
+	var ve *Error
+	_, err = Load(tiny, &LoadOptions{ContextLength: 256, DraftVocab: uint32(fi.VocabSize + 1)})
+	if !errors.As(err, &ve) || ve.Status != StatusInvalidArgument || !strings.Contains(ve.Message, "draft_vocab") {
+		t.Fatalf("draft vocabulary past the model: %v", err)
+	}
 	// Planned for two sequences: a third is refused until one is closed.
 	two := LoadOptions{ContextLength: 256, MaxSequences: 2}
 	if min2, err := MinimumBudget(tiny, &two); err != nil || min2 <= shared {

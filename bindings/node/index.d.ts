@@ -48,6 +48,9 @@ export interface LoadOptions {
   /** Sequences alive at once: each gets a planned KV cache and one more is refused
    * (OUT_OF_MEMORY) until one is closed; 0 (default): planned for one, not limited. */
   maxSequences?: number;
+  /** The draft proposes only token ids below this (its head is the first rows of the
+   * target's: cheaper draft steps, no memory, lower acceptance); 0 (default): all. */
+  draftVocab?: number;
   /** Called with the fraction loaded; return false to abort (SubspecError ABORTED). */
   onProgress?: (fraction: number) => boolean | void;
 }

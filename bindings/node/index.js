@@ -51,6 +51,8 @@ koffi.struct('subspec_load_params', {
   substitute_all_layers: 'bool',
   reserved: koffi.array('uint8_t', 4, 'Array'),
   max_sequences: 'uint32_t',
+  draft_vocab: 'uint32_t',
+  reserved2: koffi.array('uint8_t', 4, 'Array'),
 });
 koffi.struct('subspec_model_info', {
   struct_size: 'size_t',
@@ -631,6 +633,7 @@ function load(modelPath, options = {}) {
   if (options.substituteAllLayers !== undefined) p.substitute_all_layers = options.substituteAllLayers;
   if (options.requireTokenizer !== undefined) p.require_tokenizer = options.requireTokenizer;
   if (options.maxSequences !== undefined) p.max_sequences = options.maxSequences;
+  if (options.draftVocab !== undefined) p.draft_vocab = options.draftVocab;
   let layers = null;
   if (options.substituteLayers && options.substituteLayers.length) {
     const ids = Array.from(options.substituteLayers);

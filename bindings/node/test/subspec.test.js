@@ -55,7 +55,15 @@ test('draft options: own lm_head, layer choice, adaptive depth, still lossless',
     (e) => e.status === subspec.Status.INVALID_ARGUMENT && e.detail.includes('twice'));
   const c = subspec.load(tiny, { substituteAllLayers: false, draft: true });
   assert.strictEqual(c.info().nSubstituteLayers, 2); // nothing offloaded: every layer anyway
+  const vocab = c.info().vocabSize;
   c.close();
+  // a draft over the first half of the vocabulary: lossless, no memory; past it: refused
+  const d = subspec.load(tiny, { draftVocab: vocab / 2 });
+  assert.strictEqual(d.info().draftLmHeadBytes, 0);
+  assert.deepStrictEqual(d.newSequence().generate(ids(want.prompt), {}, 32), ids(want.greedy));
+  d.close();
+  assert.throws(() => subspec.load(tiny, { draftVocab: vocab + 1 }),
+    (e) => e.status === subspec.Status.INVALID_ARGUMENT && e.detail.includes('draft_vocab'));
 });
 
 test('errors carry status and message', () => {

@@ -84,7 +84,7 @@ pub fn linear(x: &[f32], t_count: usize, w: &HostTensor, bias: Option<&[f32]>, o
 /// tile at a time, so that the f32 rows stay in L1 while every token tile passes over
 /// them (a whole chunk of f32 rows lives in L2). The products are the f32 kernel's on the
 /// widened values.
-pub(crate) fn linear_widened(
+fn linear_widened(
     isa: Isa,
     x: &[f32],
     t_count: usize,
@@ -217,10 +217,11 @@ fn tile_rows(isa: Isa, tt: usize, remaining: usize) -> usize {
         (_, 2..=6) => 4,
         _ => 2,
     };
-    if remaining >= want {
-        want
-    } else {
-        1
+    match remaining {
+        r if r >= want => want,
+        // a row tile of widened rows (`WIDE_ROWS`) at 1 or 2 tokens: 4 rows, not 1
+        4.. if tt <= 6 => 4,
+        _ => 1,
     }
 }
 

@@ -205,16 +205,7 @@ impl<B: Backend> Model<B> {
     /// whole vocabulary unquantized: the draft then shares the target's). Returns the
     /// bytes it adds. Nothing changes on error.
     pub fn build_draft_lm_head(&mut self, qc: Option<&QuantConfig>, vocab: usize) -> Result<usize> {
-        let full = self.config.vocab;
-        let vocab = match vocab {
-            0 => full,
-            v if v > full => {
-                return Err(Error::invalid_argument(format!(
-                    "draft_vocab {v} exceeds the model's vocabulary of {full} tokens"
-                )))
-            }
-            v => v,
-        };
+        let vocab = self.config.draft_vocab(vocab)?;
         let (head, bytes) = match qc {
             Some(qc) => {
                 qc.validate()?;
@@ -230,7 +221,7 @@ impl<B: Backend> Model<B> {
                 let bytes = m.bytes();
                 (Some(self.backend.upload_quant(m)?), bytes)
             }
-            None if vocab < full => {
+            None if vocab < self.config.vocab => {
                 let target = self.lm_head.as_ref().unwrap_or(&self.embed);
                 (Some(self.backend.weight_rows(target, vocab)?), 0)
             }

@@ -497,8 +497,9 @@ impl<B: Backend> Model<B> {
 
     /// The `pass`'s logits of rows `logit_rows` of a batch's residual stream `x` (from
     /// [`Model::forward_hidden`]): final norm and lm_head, `(logit_rows.len(), vocab)`
-    /// row-major (the draft's: [`Model::draft_vocab`] columns). A row's logits do not depend on which other rows are asked for. The
-    /// rows must be inside the batch (the callers check; a backend may panic otherwise).
+    /// row-major (the draft's: [`Model::draft_vocab`] columns). A row's logits do not
+    /// depend on which other rows are asked for. The rows must be inside the batch (the
+    /// callers check; a backend may panic otherwise).
     pub(crate) fn logits(&self, pass: Pass, x: &B::Act, logit_rows: &[usize]) -> Result<Vec<f32>> {
         let (c, be) = (&self.config, &self.backend);
         if logit_rows.is_empty() {

@@ -46,11 +46,7 @@ pub(crate) fn model_sizes(
         layer_linears,
         layer_substitutes,
         lm_head_substitute: substitute_bytes(
-            if draft_vocab == 0 {
-                c.vocab
-            } else {
-                draft_vocab.min(c.vocab)
-            } as u64,
+            c.draft_vocab(draft_vocab)? as u64,
             c.hidden as u64,
             q,
         ),

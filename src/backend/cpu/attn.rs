@@ -15,7 +15,7 @@
 //! A slot's place in the list, not its index in the cache, decides its block, so a row
 //! verified in a tree (its ancestors in scratch slots) and the same row decoded alone
 //! (its ancestors committed) see the same keys in the same order and give the same bits.
-//! The AVX2 kernel runs 8 lanes of the same operations (score blocks of 4 keys only share
+//! The AVX2 kernel runs 8 lanes of the same operations (score blocks of 8 keys only share
 //! the query's loads); the portable code is the scalar reference.
 
 use crate::util::isa::Isa;
@@ -27,6 +27,13 @@ pub(crate) struct KvHead<'a> {
     pub v: &'a [f32],
     pub stride: usize,
     pub off: usize,
+}
+
+impl KvHead<'_> {
+    /// Where slot `s`'s key (and value) starts in its plane.
+    fn at(&self, s: usize) -> usize {
+        s * self.stride + self.off
+    }
 }
 
 /// Attention of the query heads in `q` (`q.len() / hd` heads of `hd`, all reading the
@@ -46,10 +53,7 @@ pub(crate) fn attend(
 ) {
     assert!(hd > 0 && q.len().is_multiple_of(hd) && out.len() == q.len());
     for &s in slots {
-        assert!(
-            s * kv.stride + kv.off + hd <= kv.k.len().min(kv.v.len()),
-            "slot {s}"
-        );
+        assert!(kv.at(s) + hd <= kv.k.len().min(kv.v.len()), "slot {s}");
     }
     let n = slots.len();
     scores.clear();
@@ -95,7 +99,7 @@ const P: [f32; 6] = [
 ];
 
 /// `e^x` for `x <= 0` (attention's `score - max`): 0 below [`EXP_LO`], NaN for NaN.
-pub(crate) fn exp(x: f32) -> f32 {
+fn exp(x: f32) -> f32 {
     if x.is_nan() {
         return x;
     }
@@ -123,9 +127,8 @@ fn portable(
 ) {
     let hd = q.len();
     let body = hd - hd % 8;
-    let key = |s: usize| &kv.k[s * kv.stride + kv.off..][..hd];
     for (sc, &s) in scores.iter_mut().zip(slots) {
-        let k = key(s);
+        let k = &kv.k[kv.at(s)..][..hd];
         let mut acc = [0f32; 8];
         for i in (0..body).step_by(8) {
             for l in 0..8 {
@@ -154,7 +157,7 @@ fn portable(
     out.fill(0.0);
     for (e, &s) in scores.iter().zip(slots) {
         let p = e / sum;
-        let v = &kv.v[s * kv.stride + kv.off..][..hd];
+        let v = &kv.v[kv.at(s)..][..hd];
         for (o, &vi) in out.iter_mut().zip(v) {
             *o = p.mul_add(vi, *o);
         }
@@ -234,8 +237,8 @@ mod avx2 {
             let (n, heads) = (slots.len(), q.len() / hd);
             let body = hd - hd % 8;
             let (kp, vp) = (kv.k.as_ptr(), kv.v.as_ptr());
-            let at = |s: usize| s * kv.stride + kv.off;
-            // 1. scores, four keys sharing each load of the query
+            let at = |s: usize| kv.at(s);
+            // 1. scores, a block of slots at a time for every head
             for b0 in (0..n).step_by(BLOCK) {
                 let block = &slots[b0..(b0 + BLOCK).min(n)];
                 for h in 0..heads {

@@ -423,6 +423,19 @@ fn gemma3_rope(f: &Fields) -> Result<(f32, RopeScaling, f32)> {
 }
 
 impl ModelConfig {
+    /// The rows of a draft head over token ids below `vocab` (`0`: the whole
+    /// vocabulary); more than the vocabulary is an error naming `draft_vocab`.
+    pub(crate) fn draft_vocab(&self, vocab: usize) -> Result<usize> {
+        match vocab {
+            0 => Ok(self.vocab),
+            v if v > self.vocab => Err(Error::invalid_argument(format!(
+                "draft_vocab {v} exceeds the model's vocabulary of {} tokens",
+                self.vocab
+            ))),
+            v => Ok(v),
+        }
+    }
+
     /// The config of a checkpoint: a Hugging Face model directory's `config.json`, or a
     /// GGUF file's metadata.
     pub fn load(path: &std::path::Path) -> Result<ModelConfig> {

@@ -105,6 +105,18 @@
 // `subspec_load_params.draft_method`: plain round-to-nearest.
 #define SUBSPEC_QUANT_RTN 1
 
+// `subspec_load_params.kv_dtype`: the device's default (f16 on the CPU, f32 on CUDA).
+#define SUBSPEC_KV_DEFAULT 0
+
+// `subspec_load_params.kv_dtype`: an f32 KV cache.
+#define SUBSPEC_KV_F32 1
+
+// `subspec_load_params.kv_dtype`: an f16 KV cache (CPU only).
+#define SUBSPEC_KV_F16 2
+
+// `subspec_load_params.kv_dtype`: a bf16 KV cache (CPU only).
+#define SUBSPEC_KV_BF16 3
+
 // The result of every call. `0` is success; the numbers are stable (new codes are only
 // ever appended). Each code's first comment line is its `subspec_status_string()`; codes
 // marked "(C layer)" come from the C layer's own checks, the others from the engine.
@@ -249,9 +261,11 @@ typedef struct subspec_load_params {
   // acceptance (docs/BENCHMARKS.md); lossless either way. `0` (default): the whole
   // vocabulary; more than the model's vocabulary fails the load (`INVALID_ARGUMENT`).
   uint32_t draft_vocab;
-  // Must be zero (the init function zeroes it): the struct ends on its alignment; a
-  // later version may give these bytes a meaning, with zero its default.
-  uint8_t reserved2[4];
+  // Element type of the KV caches (added after 0.2.0; these bytes were reserved and
+  // zero before): `SUBSPEC_KV_DEFAULT` (0, default: f16 on the CPU, f32 on CUDA),
+  // `SUBSPEC_KV_F32`, `SUBSPEC_KV_F16` or `SUBSPEC_KV_BF16` (the two-byte types on the
+  // CPU only). The planner and `subspec_minimum_budget` count its bytes.
+  uint32_t kv_dtype;
 } subspec_load_params;
 
 // Model and engine metadata, for a host to check that its tokenizer and settings match.

@@ -49,7 +49,7 @@ mod synth;
 mod tokenizer;
 mod util;
 
-pub use backend::DeviceKind;
+pub use backend::{DeviceKind, KvDtype};
 pub use checkpoint::{Activation, Arch, ModelConfig, RopeScaling};
 pub use engine::{
     DraftOptions, Engine, EngineOptions, ModelInfo, Progress, Sequence, StepOptions,

@@ -11,6 +11,7 @@
 //! The embedding table is only read a row per token, so when lm_head is untied it stays in
 //! the slow tier (rows are paged in on demand); when tied it is lm_head and is resident.
 
+use crate::backend::KvDtype;
 use crate::checkpoint::ModelConfig;
 use crate::error::{Error, ErrorKind, Result};
 use crate::quant::QuantConfig;
@@ -66,6 +67,8 @@ pub struct PlanRequest {
     /// Whether resident layers keep a substitute too (the draft then never reads a
     /// full-precision layer).
     pub substitute_resident: bool,
+    /// Element type of the KV caches.
+    pub kv_dtype: KvDtype,
 }
 
 /// The byte account of a placement.
@@ -82,7 +85,7 @@ pub struct PlanBytes {
     pub draft_lm_head: u64,
     /// Full-precision resident layers.
     pub resident_layers: u64,
-    /// KV caches for context + tree, f32, one per sequence.
+    /// KV caches for context + tree, one per sequence, in the requested element type.
     pub kv_cache: u64,
     /// Staging buffers for streamed layers.
     pub staging: u64,
@@ -197,7 +200,8 @@ fn plan_one(c: &ModelConfig, s: &ModelSizes, r: &PlanRequest) -> Result<Placemen
     }
     let lm_head = if c.tie_embeddings { s.embed } else { s.lm_head };
     let n = r.sequences as u64;
-    let kv_cache = n * ((r.context + r.tree_tokens) * c.n_layers * 2 * c.kv_dim() * 4) as u64;
+    let kv_cache =
+        n * ((r.context + r.tree_tokens) * c.n_layers * 2 * c.kv_dim() * r.kv_dtype.bytes()) as u64;
     let max_layer = s.layer_linears.iter().copied().max().unwrap_or(0);
     let staging = STAGING_BUFFERS as u64 * (max_layer + 7 * STAGING_SLACK_PER_TENSOR);
     let per_token = c.hidden * 3 + c.q_dim() * 2 + c.kv_dim() * 2 + c.intermediate * 2 + c.vocab;
@@ -218,12 +222,13 @@ fn plan_one(c: &ModelConfig, s: &ModelSizes, r: &PlanRequest) -> Result<Placemen
         return Err(Error::new(
             ErrorKind::OutOfMemory,
             format!(
-                "a budget of {} is too small: this model needs at least {} ({} lm_head, {} substitutes, {} KV cache for {} positions{}, {} staging, {} activations, {} headroom)",
+                "a budget of {} is too small: this model needs at least {} ({} lm_head, {} substitutes, {} {} KV cache for {} positions{}, {} staging, {} activations, {} headroom)",
                 human(r.budget),
                 human(needed),
                 human(lm_head + draft_lm_head),
                 human(all_subs),
                 human(kv_cache),
+                r.kv_dtype,
                 r.context + r.tree_tokens,
                 if n > 1 { format!(" x {n} sequences") } else { String::new() },
                 human(staging),
@@ -356,7 +361,31 @@ mod tests {
             quant: QuantConfig::default(),
             draft_lm_head: false,
             substitute_resident: false,
+            kv_dtype: KvDtype::F32,
         }
+    }
+
+    #[test]
+    fn a_two_byte_kv_cache_halves_its_account_and_frees_room_for_layers() {
+        let (c, s) = (cfg(), sizes());
+        let f16 = |budget| PlanRequest {
+            kv_dtype: KvDtype::F16,
+            ..req(budget)
+        };
+        // 50 kB short of a layer's 700 kB for an f32 cache; the f16 cache frees 64 kB
+        let budget = minimum_budget(&c, &s, &req(0)) + 650_000;
+        let (p32, p16) = (
+            plan(&c, &s, &req(budget)).unwrap(),
+            plan(&c, &s, &f16(budget)).unwrap(),
+        );
+        assert_eq!(2 * p16.bytes.kv_cache, p32.bytes.kv_cache);
+        assert_eq!(
+            p32.bytes.kv_cache,
+            (100 + 28) * 4 * 2 * c.kv_dim() as u64 * 4
+        );
+        assert!(minimum_budget(&c, &s, &f16(0)) < minimum_budget(&c, &s, &req(0)));
+        assert_eq!(p32.offloaded().len(), 4);
+        assert_eq!(p16.offloaded().len(), 3, "{p16:?}");
     }
 
     #[test]

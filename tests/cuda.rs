@@ -21,8 +21,8 @@ use subspec::internals::{AttnMask, AttnShape, Backend};
 use subspec::internals::{DType, GgmlType, HostTensor};
 use subspec::Pass;
 use subspec::{
-    DeviceKind, DraftOptions, Engine, EngineOptions, ErrorKind, SamplingParams, StepOptions,
-    TreeParams,
+    DeviceKind, DraftOptions, Engine, EngineOptions, ErrorKind, KvDtype, SamplingParams,
+    StepOptions, TreeParams,
 };
 use subspec::{QuantConfig, QuantMethod};
 
@@ -55,6 +55,8 @@ fn options(dir: &Path, device: DeviceKind, draft: bool, budget: Option<u64>) -> 
     o.device = device;
     o.budget = budget;
     o.draft = draft.then(DraftOptions::default);
+    // the CPU reference with the CUDA backend's cache type (the CPU's default is f16)
+    o.kv_dtype = Some(KvDtype::F32);
     o
 }
 
@@ -286,7 +288,7 @@ fn ops<B: Backend>(b: &B) -> Vec<(String, Vec<f32>)> {
             head_dim: hd,
             scale,
         };
-        let mut kv = b.kv_new(2, kvd, committed + 32).unwrap();
+        let mut kv = b.kv_new(2, kvd, committed + 32, KvDtype::F32).unwrap();
         let k0 = act(b, committed, kvd, &rnd(committed * kvd, 7));
         let v0 = act(b, committed, kvd, &rnd(committed * kvd, 8));
         b.kv_write(&mut kv, 1, 0, &k0, &v0).unwrap();

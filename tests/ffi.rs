@@ -432,11 +432,35 @@ fn draft_vocab_limits_the_drafts_head_and_is_checked() {
     let (st, msg) = load(&p).err().unwrap();
     assert_eq!(st, subspec_status::InvalidArgument, "{msg}");
     assert!(msg.contains(&format!("draft_vocab {}", vocab + 1)), "{msg}");
-    let mut r = load_params();
-    r.reserved2[3] = 1;
-    let (st, msg) = load(&r).err().unwrap();
+}
+
+#[test]
+fn kv_dtype_sizes_the_planned_cache_and_is_checked() {
+    let mut p = load_params();
+    p.context_length = 256;
+    let min = |d| {
+        let mut q = p;
+        q.kv_dtype = d;
+        minimum_budget(&q).unwrap()
+    };
+    // the default is f16 on the CPU; f32 costs twice its KV bytes, bf16 the same
+    assert_eq!(min(SUBSPEC_KV_DEFAULT), min(SUBSPEC_KV_F16));
+    assert_eq!(min(SUBSPEC_KV_BF16), min(SUBSPEC_KV_F16));
+    assert!(min(SUBSPEC_KV_F32) > min(SUBSPEC_KV_F16));
+    for d in [SUBSPEC_KV_F32, SUBSPEC_KV_F16, SUBSPEC_KV_BF16] {
+        p.kv_dtype = d;
+        assert!(load(&p).is_ok(), "kv_dtype {d}");
+    }
+    p.kv_dtype = 4;
+    let (st, msg) = load(&p).err().unwrap();
     assert_eq!(st, subspec_status::InvalidArgument, "{msg}");
-    assert!(msg.contains("`reserved2` is not zero"), "{msg}");
+    assert!(msg.contains("kv_dtype 4 is none of"), "{msg}");
+    // a two-byte cache on CUDA is refused before any device is opened
+    p.kv_dtype = SUBSPEC_KV_F16;
+    p.device = 0;
+    let (st, msg) = load(&p).err().unwrap();
+    assert_eq!(st, subspec_status::Unsupported, "{msg}");
+    assert!(msg.contains("kv_dtype f16"), "{msg}");
 }
 
 #[test]

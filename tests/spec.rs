@@ -5,7 +5,7 @@
 mod common;
 
 use subspec::internals::distribution;
-use subspec::{Engine, EngineOptions, ErrorKind, SamplingParams, StepOptions, TreeParams};
+use subspec::{Engine, EngineOptions, ErrorKind, KvDtype, SamplingParams, StepOptions, TreeParams};
 
 /// 20+ prompts of varied kinds: prose, code, chat, lists, numbers, other languages.
 const PROMPTS: &[&str] = &[
@@ -128,6 +128,48 @@ fn tiny_models_speculative_equals_plain_with_limits() {
             }
         }
     }
+}
+
+/// Draft and target read and write one cache, whatever its type: with f32 and bf16 (f16
+/// is the default every other test runs with) speculative decoding is plain decoding.
+#[test]
+fn every_kv_cache_type_keeps_speculation_lossless() {
+    for kv in [KvDtype::F32, KvDtype::Bf16] {
+        for qwen2 in [false, true] {
+            let dir = common::temp_dir(&format!("spec-kv-{kv}-{qwen2}"));
+            common::write_tiny_model(&dir, qwen2);
+            let mut o = EngineOptions::new(&dir);
+            o.require_tokenizer = false;
+            o.kv_dtype = Some(kv);
+            let engine = Engine::load(&o).unwrap();
+            assert_eq!(engine.model().kv_dtype(), kv);
+            for (sampling, tree) in samplings().into_iter().zip(shapes()) {
+                let prompt: Vec<u32> = (0..6).map(|j| (j * 29 + 3) % 128).collect();
+                let (plain, _) = generate(&engine, &prompt, &StepOptions::plain(sampling), 24);
+                let spec_opts = StepOptions::speculative(sampling).with_tree(tree);
+                let (spec, _) = generate(&engine, &prompt, &spec_opts, 24);
+                assert_eq!(
+                    spec, plain,
+                    "{kv} KV, qwen2={qwen2}, {sampling:?}, {tree:?}"
+                );
+            }
+        }
+    }
+    // a real model with the coarsest rounding
+    let mut o = EngineOptions::new(common::model_dir(common::SMOLLM2));
+    o.max_context = 256;
+    o.kv_dtype = Some(KvDtype::Bf16);
+    let engine = Engine::load(&o).unwrap();
+    let ids = engine
+        .tokenizer()
+        .unwrap()
+        .encode(PROMPTS[0], true)
+        .unwrap();
+    let greedy = SamplingParams::greedy();
+    let (plain, _) = generate(&engine, &ids, &StepOptions::plain(greedy), 24);
+    let (spec, tau) = generate(&engine, &ids, &StepOptions::speculative(greedy), 24);
+    assert_eq!(spec, plain, "SmolLM2, bf16 KV");
+    assert!(tau > 1.0, "tau {tau}");
 }
 
 /// Depths chosen by measured cost (0, a plain step, included) change only the speed: the

@@ -128,7 +128,7 @@ fn plan(a: &PlanArgs) -> Result<(), Error> {
         let v = json!({
             "layers": layers, "staging_buffers": p.staging_buffers, "budget": b.budget, "total": b.total,
             "lm_head": b.lm_head, "norms_and_biases": b.vectors, "substitutes": b.substitutes, "draft_lm_head": b.draft_lm_head,
-            "resident_layers": b.resident_layers, "kv_cache": b.kv_cache, "staging": b.staging,
+            "resident_layers": b.resident_layers, "kv_cache": b.kv_cache, "kv_dtype": opts.kv_dtype().name(), "staging": b.staging,
             "activations": b.activations, "headroom": b.headroom, "streamed_per_pass": b.streamed_per_pass,
         });
         println!("{v}");
@@ -145,13 +145,14 @@ fn plan(a: &PlanArgs) -> Result<(), Error> {
         };
         println!("layer {l:3}  {what}");
     }
+    let kv_row = format!("KV cache ({})", opts.kv_dtype());
     let rows = [
         ("lm_head", b.lm_head),
         ("norms and biases", b.vectors),
         ("substitutes", b.substitutes),
         ("draft lm_head", b.draft_lm_head),
         ("resident layers", b.resident_layers),
-        ("KV cache", b.kv_cache),
+        (&kv_row, b.kv_cache),
         ("staging buffers", b.staging),
         ("activations", b.activations),
         ("headroom", b.headroom),
@@ -311,6 +312,10 @@ pub struct ModelArgs {
     /// at once (default 1 there); elsewhere the default plans for one.
     #[arg(long)]
     pub parallel: Option<usize>,
+    /// Element type of the KV cache: f32, f16 or bf16 (default: f16 on the CPU, f32 on
+    /// CUDA). The plan counts its bytes.
+    #[arg(long)]
+    kv_dtype: Option<String>,
 }
 
 impl ModelArgs {
@@ -331,6 +336,7 @@ impl ModelArgs {
         o.device = DeviceKind::parse(&self.device)?;
         o.require_tokenizer = !self.no_tokenizer;
         o.max_sequences = self.parallel.unwrap_or(0);
+        o.kv_dtype = self.kv_dtype.as_deref().map(str::parse).transpose()?;
         o.budget = match self.budget.as_deref() {
             None => None,
             Some("min") => Some(Engine::minimum_budget(&o)?),
@@ -480,8 +486,15 @@ struct GenerateArgs {
     #[command(flatten)]
     spec: SpecArgs,
     /// The prompt.
+    #[arg(
+        long,
+        required_unless_present = "prompt_file",
+        conflicts_with = "prompt_file"
+    )]
+    prompt: Option<String>,
+    /// Read the prompt from this UTF-8 file (a long document, a chat history).
     #[arg(long)]
-    prompt: String,
+    prompt_file: Option<PathBuf>,
     /// Wrap the prompt as a user turn with the model's own chat template (ChatML when the
     /// model ships none).
     #[arg(long)]
@@ -538,16 +551,30 @@ fn chatml_text(prompt: &str) -> String {
     format!("<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n")
 }
 
+impl GenerateArgs {
+    /// The prompt's text: `--prompt`, or the contents of `--prompt-file`.
+    fn prompt_text(&self) -> Result<String, Error> {
+        match (&self.prompt, &self.prompt_file) {
+            (Some(p), _) => Ok(p.clone()),
+            (None, Some(f)) => std::fs::read_to_string(f).map_err(|e| Error::io(f, e)),
+            (None, None) => Err(Error::invalid_argument(
+                "generate needs --prompt or --prompt-file",
+            )),
+        }
+    }
+}
+
 fn generate(a: &GenerateArgs) -> Result<(), Error> {
     let sampling = SamplingParams::new(a.temperature, a.top_k, a.top_p, a.seed);
     sampling.validate()?;
     let engine = a.model.load(a.spec.draft()?)?;
     let opts = a.spec.step(&engine, sampling)?;
     let tok = engine.tokenizer()?;
+    let prompt = a.prompt_text()?;
     let text = if a.chat {
-        chat_prompt(&engine, &a.prompt)?
+        chat_prompt(&engine, &prompt)?
     } else {
-        a.prompt.clone()
+        prompt
     };
     let ids = tok.encode(&text, !a.chat)?;
     let mut seq = engine.new_sequence()?;
@@ -656,5 +683,46 @@ fn main() -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn generate_args(args: &[&str]) -> Result<GenerateArgs, clap::Error> {
+        let all = ["subspec", "generate", "--model", "m"].iter().chain(args);
+        match Cli::try_parse_from(all)?.command {
+            Command::Generate(a) => Ok(a),
+            _ => unreachable!("a generate command"),
+        }
+    }
+
+    #[test]
+    fn the_prompt_comes_from_the_flag_or_a_file() {
+        let dir = std::env::temp_dir().join(format!("subspec-cli-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("prompt.txt");
+        std::fs::write(&file, "A long document\nwith two lines.").unwrap();
+        let f = file.to_str().unwrap();
+        let a = generate_args(&["--prompt", "Hello"]).unwrap();
+        assert_eq!(a.prompt_text().unwrap(), "Hello");
+        let a = generate_args(&["--prompt-file", f]).unwrap();
+        assert_eq!(a.prompt_text().unwrap(), "A long document\nwith two lines.");
+        // both, or neither: refused by the parser
+        assert!(generate_args(&["--prompt", "x", "--prompt-file", f]).is_err());
+        assert!(generate_args(&[]).is_err());
+        // a missing file and one that is not UTF-8 are errors naming the file
+        let missing = dir.join("missing.txt");
+        let a = generate_args(&["--prompt-file", missing.to_str().unwrap()]).unwrap();
+        let e = a.prompt_text().unwrap_err();
+        assert!(e.to_string().contains("missing.txt"), "{e}");
+        std::fs::write(&file, [0xffu8, 0xfe, 0x00]).unwrap();
+        let e = generate_args(&["--prompt-file", f])
+            .unwrap()
+            .prompt_text()
+            .unwrap_err();
+        assert!(e.to_string().contains("prompt.txt"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

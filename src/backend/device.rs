@@ -6,7 +6,7 @@
 
 use super::cpu::{CpuAct, CpuBackend, CpuKv, CpuWeight, StreamedLayer, Streamer};
 use super::cuda::{CudaAct, CudaBackend, CudaKv, CudaTier, CudaWeight};
-use super::{AttnMask, AttnShape, Backend, TierStats};
+use super::{AttnMask, AttnShape, Backend, KvDtype, TierStats};
 use crate::checkpoint::{HostTensor, Weights};
 use crate::error::{Error, Result};
 use crate::quant::QMatrix;
@@ -307,10 +307,16 @@ impl Backend for Device {
         }
     }
 
-    fn kv_new(&self, layers: usize, kv_dim: usize, capacity: usize) -> Result<DevKv> {
+    fn kv_new(
+        &self,
+        layers: usize,
+        kv_dim: usize,
+        capacity: usize,
+        dtype: KvDtype,
+    ) -> Result<DevKv> {
         Ok(match self {
-            Device::Cpu(b) => DevKv::Cpu(b.kv_new(layers, kv_dim, capacity)?),
-            Device::Cuda(b) => DevKv::Cuda(b.kv_new(layers, kv_dim, capacity)?),
+            Device::Cpu(b) => DevKv::Cpu(b.kv_new(layers, kv_dim, capacity, dtype)?),
+            Device::Cuda(b) => DevKv::Cuda(b.kv_new(layers, kv_dim, capacity, dtype)?),
         })
     }
 

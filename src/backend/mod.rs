@@ -158,6 +158,64 @@ pub struct AttnShape {
     pub scale: f32,
 }
 
+/// Element type of the KV cache. Keys and values are computed in f32 and rounded to this
+/// type (to nearest, ties to even) as they are written; attention widens them back to f32
+/// exactly, so the cache type changes only the values stored, never the order of the
+/// arithmetic: speculative decoding stays equal to plain decoding with any of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum KvDtype {
+    /// 4 bytes a value: the activations' own precision.
+    F32,
+    /// 2 bytes a value (llama.cpp's default cache type): half the memory and bandwidth,
+    /// 11 significant bits.
+    #[default]
+    F16,
+    /// 2 bytes a value, f32's range with 8 significant bits.
+    Bf16,
+}
+
+impl KvDtype {
+    /// Every cache type, in the order of their names.
+    pub const ALL: [KvDtype; 3] = [KvDtype::F32, KvDtype::F16, KvDtype::Bf16];
+
+    /// Bytes one value takes.
+    pub fn bytes(self) -> usize {
+        match self {
+            KvDtype::F32 => 4,
+            KvDtype::F16 | KvDtype::Bf16 => 2,
+        }
+    }
+
+    /// `f32`, `f16` or `bf16`.
+    pub fn name(self) -> &'static str {
+        match self {
+            KvDtype::F32 => "f32",
+            KvDtype::F16 => "f16",
+            KvDtype::Bf16 => "bf16",
+        }
+    }
+}
+
+impl std::fmt::Display for KvDtype {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for KvDtype {
+    type Err = Error;
+
+    /// `f32`, `f16` or `bf16` (any case).
+    fn from_str(s: &str) -> Result<KvDtype> {
+        KvDtype::ALL
+            .into_iter()
+            .find(|d| d.name().eq_ignore_ascii_case(s))
+            .ok_or_else(|| {
+                Error::invalid_argument(format!("KV cache type `{s}` is none of f32, f16, bf16"))
+            })
+    }
+}
+
 /// A compute device: where weights and activations live and how leaf operations run.
 ///
 /// Activations are row-major `[rows, cols]` f32 matrices, one row per token. Operations
@@ -230,8 +288,16 @@ pub trait Backend: Send + Sync {
     /// `x[first + i] = y[i]` for every row of `y` (same width; the rows must fit).
     fn set_rows(&self, x: &mut Self::Act, first: usize, y: &Self::Act) -> Result<()>;
 
-    /// Key/value storage for `layers` layers of width `kv_dim`, up to `capacity` slots.
-    fn kv_new(&self, layers: usize, kv_dim: usize, capacity: usize) -> Result<Self::Kv>;
+    /// Key/value storage for `layers` layers of width `kv_dim`, up to `capacity` slots,
+    /// holding `dtype` values (an error naming the type if this backend has no kernels
+    /// for it).
+    fn kv_new(
+        &self,
+        layers: usize,
+        kv_dim: usize,
+        capacity: usize,
+        dtype: KvDtype,
+    ) -> Result<Self::Kv>;
     /// Writes `k`, `v` (one row per token) of `layer` into slots `first..first + rows`.
     fn kv_write(
         &self,

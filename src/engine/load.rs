@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 
 use super::{Engine, EngineOptions, Progress, Shared};
-use crate::backend::Device;
+use crate::backend::{Device, DeviceKind, KvDtype};
 use crate::checkpoint::{ModelConfig, Weights};
 use crate::error::{Error, Result};
 use crate::model::{model_sizes, Model};
@@ -71,12 +71,19 @@ impl Engine {
                 "max_tree_tokens must be at least 2",
             ));
         }
+        if matches!(opts.device, DeviceKind::Cuda(_)) && opts.kv_dtype() != KvDtype::F32 {
+            return Err(Error::unsupported(format!(
+                "kv_dtype {}: the CUDA backend's attention reads an f32 KV cache",
+                opts.kv_dtype()
+            )));
+        }
         let placement = match opts.budget {
             None => None,
             Some(b) => Some(Self::plan(opts, b)?),
         };
         let device = Device::open(opts.device, opts.budget)?;
         let mut model = Model::load_placed(path, device, placement)?;
+        model.set_kv_dtype(opts.kv_dtype());
         Progress::report(&opts.progress, 0.1)?;
         let tokenizer = match Tokenizer::load(path) {
             Err(e) if opts.require_tokenizer => return Err(e),
@@ -178,6 +185,7 @@ impl Engine {
                 .draft
                 .as_ref()
                 .is_some_and(|d| d.substitute_all_layers || d.substitute_layers.is_some()),
+            kv_dtype: opts.kv_dtype(),
         };
         Ok((config, sizes, req))
     }

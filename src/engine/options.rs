@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::backend::DeviceKind;
+use crate::backend::{DeviceKind, KvDtype};
 use crate::error::{Error, ErrorKind, Result};
 use crate::quant::QuantConfig;
 use crate::sample::SamplingParams;
@@ -166,6 +166,9 @@ pub struct EngineOptions {
     /// plan is for one sequence and their number is not limited (each further live
     /// sequence's KV cache is then beyond the budget).
     pub max_sequences: usize,
+    /// Element type of the KV caches (`None`: the device's default, see
+    /// [`EngineOptions::kv_dtype`]); the planner counts its bytes.
+    pub kv_dtype: Option<KvDtype>,
 }
 
 /// A load-progress callback: fraction done in, `false` out to abort.
@@ -214,6 +217,17 @@ impl EngineOptions {
             max_tree_tokens: DEFAULT_MAX_TREE_TOKENS,
             progress: None,
             max_sequences: 0,
+            kv_dtype: None,
         }
+    }
+
+    /// The KV cache's element type: the one set, else f16 on the CPU (half the memory
+    /// and bandwidth of f32, faster attention over long contexts; docs/BENCHMARKS.md)
+    /// and f32 on CUDA (its attention kernel reads f32).
+    pub fn kv_dtype(&self) -> KvDtype {
+        self.kv_dtype.unwrap_or(match self.device {
+            DeviceKind::Cpu => KvDtype::F16,
+            DeviceKind::Cuda(_) => KvDtype::F32,
+        })
     }
 }

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use super::handle::{arc_into_handle, borrow, free_arc, Castable, OwnershipArc};
 use super::versioned::{self, check_layout, field_end, Versioned};
 use super::*;
+use crate::backend::KvDtype;
 use crate::engine::{DraftOptions, Engine, EngineOptions, Progress};
 use crate::quant::{QuantConfig, QuantMethod};
 
@@ -17,6 +18,14 @@ pub const SUBSPEC_DEVICE_CPU: i32 = -1;
 pub const SUBSPEC_QUANT_HQQ: u32 = 0;
 /// `subspec_load_params.draft_method`: plain round-to-nearest.
 pub const SUBSPEC_QUANT_RTN: u32 = 1;
+/// `subspec_load_params.kv_dtype`: the device's default (f16 on the CPU, f32 on CUDA).
+pub const SUBSPEC_KV_DEFAULT: u32 = 0;
+/// `subspec_load_params.kv_dtype`: an f32 KV cache.
+pub const SUBSPEC_KV_F32: u32 = 1;
+/// `subspec_load_params.kv_dtype`: an f16 KV cache (CPU only).
+pub const SUBSPEC_KV_F16: u32 = 2;
+/// `subspec_load_params.kv_dtype`: a bf16 KV cache (CPU only).
+pub const SUBSPEC_KV_BF16: u32 = 3;
 
 /// Progress during loading: `progress` goes from 0.0 to 1.0; return `true` to continue,
 /// `false` to abort the load (`SUBSPEC_STATUS_ABORTED`).
@@ -104,9 +113,11 @@ pub struct subspec_load_params {
     /// acceptance (docs/BENCHMARKS.md); lossless either way. `0` (default): the whole
     /// vocabulary; more than the model's vocabulary fails the load (`INVALID_ARGUMENT`).
     pub draft_vocab: u32,
-    /// Must be zero (the init function zeroes it): the struct ends on its alignment; a
-    /// later version may give these bytes a meaning, with zero its default.
-    pub reserved2: [u8; 4],
+    /// Element type of the KV caches (added after 0.2.0; these bytes were reserved and
+    /// zero before): `SUBSPEC_KV_DEFAULT` (0, default: f16 on the CPU, f32 on CUDA),
+    /// `SUBSPEC_KV_F32`, `SUBSPEC_KV_F16` or `SUBSPEC_KV_BF16` (the two-byte types on the
+    /// CPU only). The planner and `subspec_minimum_budget` count its bytes.
+    pub kv_dtype: u32,
 }
 
 // SAFETY: repr(C), `struct_size` first, no trailing padding (checked below); fields are
@@ -144,13 +155,13 @@ unsafe impl Versioned for subspec_load_params {
             reserved: [0; 4],
             max_sequences: 0,
             draft_vocab: 0,
-            reserved2: [0; 4],
+            kv_dtype: SUBSPEC_KV_DEFAULT,
         }
     }
 }
 const _: () = check_layout::<subspec_load_params>(
     std::mem::offset_of!(subspec_load_params, struct_size),
-    field_end!(subspec_load_params, reserved2),
+    field_end!(subspec_load_params, kv_dtype),
 );
 
 /// Initializes `*params` (the caller's `size` bytes: pass `sizeof *params`, as
@@ -315,14 +326,24 @@ unsafe fn engine_options(p: &subspec_load_params) -> FfiResult<EngineOptions> {
     if p.max_tree_tokens != 0 {
         o.max_tree_tokens = p.max_tree_tokens as usize;
     }
-    for (name, bytes) in [("reserved", p.reserved), ("reserved2", p.reserved2)] {
-        if bytes != [0; 4] {
-            return Err(Failure::invalid(format!(
-                "subspec_load_params: `{name}` is not zero: a field unknown to this library \
-                 version is set (initialize with SUBSPEC_LOAD_PARAMS_INIT)"
-            )));
-        }
+    if p.reserved != [0; 4] {
+        return Err(Failure::invalid(
+            "subspec_load_params: `reserved` is not zero: a field unknown to this library \
+             version is set (initialize with SUBSPEC_LOAD_PARAMS_INIT)",
+        ));
     }
+    o.kv_dtype = match p.kv_dtype {
+        SUBSPEC_KV_DEFAULT => None,
+        SUBSPEC_KV_F32 => Some(KvDtype::F32),
+        SUBSPEC_KV_F16 => Some(KvDtype::F16),
+        SUBSPEC_KV_BF16 => Some(KvDtype::Bf16),
+        d => {
+            return Err(Failure::invalid(format!(
+                "kv_dtype {d} is none of SUBSPEC_KV_DEFAULT (0), SUBSPEC_KV_F32 (1), \
+                 SUBSPEC_KV_F16 (2), SUBSPEC_KV_BF16 (3)"
+            )))
+        }
+    };
     o.max_sequences = p.max_sequences as usize;
     Ok(o)
 }

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use super::{Layer, Linears, Model, SubstituteStats};
-use crate::backend::Backend;
+use crate::backend::{Backend, KvDtype};
 use crate::checkpoint::direct::read_resident;
 use crate::checkpoint::names::{self, linear_names, Linear};
 use crate::checkpoint::{HostTensor, ModelConfig, Weights};
@@ -140,6 +140,7 @@ impl<B: Backend> Model<B> {
             lm_head,
             draft_lm_head: None,
             draft_vocab: c.vocab,
+            kv_dtype: KvDtype::F32,
             layers,
             inv_freq: c.rope_inv_freq(),
             inv_freq_local: c.rope_inv_freq_local(),

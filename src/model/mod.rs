@@ -22,7 +22,7 @@ pub use kv::KvCache;
 pub(crate) use sizes::model_sizes;
 
 use crate::backend::TierStats;
-use crate::backend::{AttnMask, AttnShape, Backend};
+use crate::backend::{AttnMask, AttnShape, Backend, KvDtype};
 use crate::checkpoint::{Activation, Linear, ModelConfig, Weights};
 use crate::error::{Error, ErrorKind, Result};
 use crate::plan::Placement;
@@ -122,6 +122,8 @@ pub struct Model<B: Backend> {
     /// Tokens the draft can propose: ids below this (the rows of `draft_lm_head`; the
     /// whole vocabulary without one).
     draft_vocab: usize,
+    /// Element type of the KV caches [`Model::new_cache`] makes (f32 unless set).
+    kv_dtype: KvDtype,
     /// RoPE inverse frequencies, `(head_dim / 2)`.
     inv_freq: Vec<f32>,
     /// Those of the sliding-window layers when they have their own base (Gemma 3).
@@ -146,6 +148,16 @@ impl<B: Backend> Model<B> {
     /// Columns of the draft's logits: it proposes token ids below this.
     pub fn draft_vocab(&self) -> usize {
         self.draft_vocab
+    }
+
+    /// Element type of the KV caches [`Model::new_cache`] makes.
+    pub fn kv_dtype(&self) -> KvDtype {
+        self.kv_dtype
+    }
+
+    /// Makes later caches hold `dtype` values (caches made before keep theirs).
+    pub fn set_kv_dtype(&mut self, dtype: KvDtype) {
+        self.kv_dtype = dtype;
     }
 
     /// The backend the weights live on.
@@ -181,11 +193,19 @@ impl<B: Backend> Model<B> {
         }
     }
 
-    /// An empty KV cache for up to `capacity` positions (committed plus scratch).
+    /// An empty KV cache for up to `capacity` positions (committed plus scratch), of
+    /// [`Model::kv_dtype`] values.
     pub fn new_cache(&self, capacity: usize) -> Result<KvCache<B>> {
+        self.new_cache_of(capacity, self.kv_dtype)
+    }
+
+    /// An empty KV cache for up to `capacity` positions of `dtype` values.
+    pub fn new_cache_of(&self, capacity: usize, dtype: KvDtype) -> Result<KvCache<B>> {
         let c = &self.config;
         Ok(KvCache {
-            store: self.backend.kv_new(c.n_layers, c.kv_dim(), capacity)?,
+            store: self
+                .backend
+                .kv_new(c.n_layers, c.kv_dim(), capacity, dtype)?,
             committed: 0,
             capacity,
             abort: AbortHandle::default(),

@@ -165,7 +165,7 @@ static void test_version_and_strings(void) {
               p.draft_method == SUBSPEC_QUANT_HQQ && p.progress_callback == NULL &&
               p.struct_size == sizeof p && !p.quantize_lm_head && p.substitute_all_layers &&
               p.substitute_layers == NULL && p.n_substitute_layers == 0 && p.draft_vocab == 0 &&
-              p.reserved2[0] == 0,
+              p.kv_dtype == SUBSPEC_KV_DEFAULT,
           "load defaults");
     subspec_step_params sp = step_defaults();
     CHECK(sp.temperature == 0.0f && sp.top_p == 1.0f && sp.speculate && sp.tree_width >= 1 &&
@@ -173,7 +173,7 @@ static void test_version_and_strings(void) {
               sp.struct_size == sizeof sp && !sp.auto_depth && sp.reserved[0] == 0,
           "step defaults");
     /* The first published layouts: the whole structs, but for the load parameters'
-       fields added since (reserved, max_sequences, draft_vocab, reserved2). */
+       fields added since (reserved, max_sequences, draft_vocab, kv_dtype). */
     CHECK(SUBSPEC_LOAD_PARAMS_SIZE_0_2 == offsetof(subspec_load_params, reserved) &&
               sizeof(subspec_load_params) == SUBSPEC_LOAD_PARAMS_SIZE_0_2 + 16 &&
               SUBSPEC_STEP_PARAMS_SIZE_0_2 == sizeof(subspec_step_params) &&
@@ -237,6 +237,9 @@ static void test_load_errors(const char *tiny) {
     p.draft_method = 9;
     CHECK_STATUS(subspec_load(&p, &e), SUBSPEC_STATUS_INVALID_ARGUMENT, "draft_method");
     p.draft_method = SUBSPEC_QUANT_HQQ;
+    p.kv_dtype = 9;
+    CHECK_STATUS(subspec_load(&p, &e), SUBSPEC_STATUS_INVALID_ARGUMENT, "kv_dtype 9");
+    p.kv_dtype = SUBSPEC_KV_DEFAULT;
     p.context_length = 100000;
     CHECK_STATUS(subspec_load(&p, &e), SUBSPEC_STATUS_INVALID_ARGUMENT, "max_context");
     p.context_length = 0;

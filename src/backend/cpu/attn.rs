@@ -18,18 +18,26 @@
 //! The AVX2 kernel runs 8 lanes of the same operations (score blocks of 8 keys only share
 //! the query's loads); the portable code is the scalar reference.
 
+use super::kv::KvElem;
 use crate::util::isa::Isa;
 
-/// One KV head inside a layer's cache: slot `s`'s key is `k[s * stride + off..][..hd]`.
-#[derive(Clone, Copy)]
-pub(crate) struct KvHead<'a> {
-    pub k: &'a [f32],
-    pub v: &'a [f32],
+/// One KV head inside a layer's cache: slot `s`'s key is `k[s * stride + off..][..hd]`,
+/// in the cache's element type (widened to f32 exactly as it is read).
+pub(crate) struct KvHead<'a, T> {
+    pub k: &'a [T],
+    pub v: &'a [T],
     pub stride: usize,
     pub off: usize,
 }
 
-impl KvHead<'_> {
+impl<T> Clone for KvHead<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for KvHead<'_, T> {}
+
+impl<T> KvHead<'_, T> {
     /// Where slot `s`'s key (and value) starts in its plane.
     fn at(&self, s: usize) -> usize {
         s * self.stride + self.off
@@ -41,11 +49,11 @@ impl KvHead<'_> {
 /// `slots` in order, into `out` (the same layout); `scores` is scratch. Each head's bits
 /// are those of the order in the module documentation, alone or with others.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn attend(
+pub(crate) fn attend<T: KvElem>(
     isa: Isa,
     q: &[f32],
     hd: usize,
-    kv: KvHead<'_>,
+    kv: KvHead<'_, T>,
     slots: &[usize],
     scale: f32,
     scores: &mut Vec<f32>,
@@ -60,7 +68,7 @@ pub(crate) fn attend(
     scores.resize(q.len() / hd * n, 0.0);
     #[cfg(target_arch = "x86_64")]
     if isa != Isa::Portable {
-        // SAFETY: every non-portable ISA has AVX2 and FMA; the slots were checked to be
+        // SAFETY: every non-portable ISA has AVX2, FMA and F16C; the slots were checked to be
         // inside both planes, `scores` holds one value per head and slot, and `out` as
         // many values as `q`.
         unsafe { avx2::attend(q, hd, kv, slots, scale, scores, out) };
@@ -117,9 +125,9 @@ fn exp(x: f32) -> f32 {
 }
 
 /// The scalar reference of [`attend`].
-fn portable(
+fn portable<T: KvElem>(
     q: &[f32],
-    kv: KvHead<'_>,
+    kv: KvHead<'_, T>,
     slots: &[usize],
     scale: f32,
     scores: &mut [f32],
@@ -132,12 +140,12 @@ fn portable(
         let mut acc = [0f32; 8];
         for i in (0..body).step_by(8) {
             for l in 0..8 {
-                acc[l] = q[i + l].mul_add(k[i + l], acc[l]);
+                acc[l] = q[i + l].mul_add(k[i + l].to_f32(), acc[l]);
             }
         }
         let mut d = sum8(&acc);
         for i in body..hd {
-            d = q[i].mul_add(k[i], d);
+            d = q[i].mul_add(k[i].to_f32(), d);
         }
         *sc = d * scale;
     }
@@ -159,7 +167,7 @@ fn portable(
         let p = e / sum;
         let v = &kv.v[kv.at(s)..][..hd];
         for (o, &vi) in out.iter_mut().zip(v) {
-            *o = p.mul_add(vi, *o);
+            *o = p.mul_add(vi.to_f32(), *o);
         }
     }
 }
@@ -168,7 +176,7 @@ fn portable(
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::{KvHead, C1, C2, EXP_LO, LOG2E, P};
+    use super::{KvElem, KvHead, C1, C2, EXP_LO, LOG2E, P};
 
     /// The lanes of `v` summed in [`sum8`]'s order: `b = lo + hi` is `[a0 + a4, a1 + a5,
     /// a2 + a6, a3 + a7]`, then `(b0 + b2) + (b1 + b3)`.
@@ -220,13 +228,13 @@ mod avx2 {
     /// See [`super::attend`]: the group's heads go over the slots a block at a time.
     ///
     /// # Safety
-    /// The CPU has AVX2 and FMA; every slot's key and value (`hd` wide) lies inside `kv`'s
-    /// planes, `scores` holds `q.len() / hd * slots.len()` values and `out` `q.len()`.
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn attend(
+    /// The CPU has AVX2, FMA and F16C; every slot's key and value (`hd` wide) lies inside
+    /// `kv`'s planes, `scores` holds `q.len() / hd * slots.len()` values and `out` `q.len()`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn attend<T: KvElem>(
         q: &[f32],
         hd: usize,
-        kv: KvHead<'_>,
+        kv: KvHead<'_, T>,
         slots: &[usize],
         scale: f32,
         scores: &mut [f32],
@@ -263,16 +271,16 @@ mod avx2 {
                     while c0 < body {
                         let (v, o) = (vp.add(kv.off + c0), op.add(c0));
                         c0 += 8 * match (body - c0) / 8 {
-                            8.. => weighted::<8>(p, block, kv.stride, v, o),
-                            4.. => weighted::<4>(p, block, kv.stride, v, o),
-                            2.. => weighted::<2>(p, block, kv.stride, v, o),
-                            _ => weighted::<1>(p, block, kv.stride, v, o),
+                            8.. => weighted::<T, 8>(p, block, kv.stride, v, o),
+                            4.. => weighted::<T, 4>(p, block, kv.stride, v, o),
+                            2.. => weighted::<T, 2>(p, block, kv.stride, v, o),
+                            _ => weighted::<T, 1>(p, block, kv.stride, v, o),
                         };
                     }
                     for (e, &s) in p.iter().zip(block) {
                         let v = vp.add(at(s));
                         for i in body..hd {
-                            *op.add(i) = e.mul_add(*v.add(i), *op.add(i));
+                            *op.add(i) = e.mul_add((*v.add(i)).to_f32(), *op.add(i));
                         }
                     }
                 }
@@ -285,10 +293,10 @@ mod avx2 {
     /// # Safety
     /// As [`attend`]: `q` holds `hd` values, every slot's key lies inside `k`.
     #[inline(always)]
-    unsafe fn scores_of(
+    unsafe fn scores_of<T: KvElem>(
         qp: *const f32,
         hd: usize,
-        kp: *const f32,
+        kp: *const T,
         slots: &[usize],
         at: impl Fn(usize) -> usize,
         scale: f32,
@@ -297,9 +305,9 @@ mod avx2 {
         // SAFETY: the caller upholds the contract above.
         unsafe {
             let body = hd - hd % 8;
-            let tail = |k: *const f32, mut d: f32| {
+            let tail = |k: *const T, mut d: f32| {
                 for i in body..hd {
-                    d = (*qp.add(i)).mul_add(*k.add(i), d);
+                    d = (*qp.add(i)).mul_add((*k.add(i)).to_f32(), d);
                 }
                 d
             };
@@ -308,9 +316,9 @@ mod avx2 {
             let mut j = 0;
             while j < slots.len() {
                 j += match slots.len() - j {
-                    8.. => keys::<8>(qp, body, kp, &slots[j..], &at, scale, &mut sc[j..], &tail),
-                    4.. => keys::<4>(qp, body, kp, &slots[j..], &at, scale, &mut sc[j..], &tail),
-                    _ => keys::<1>(qp, body, kp, &slots[j..], &at, scale, &mut sc[j..], &tail),
+                    8.. => keys::<T, 8>(qp, body, kp, &slots[j..], &at, scale, &mut sc[j..], &tail),
+                    4.. => keys::<T, 4>(qp, body, kp, &slots[j..], &at, scale, &mut sc[j..], &tail),
+                    _ => keys::<T, 1>(qp, body, kp, &slots[j..], &at, scale, &mut sc[j..], &tail),
                 };
             }
         }
@@ -322,24 +330,24 @@ mod avx2 {
     /// As [`scores_of`], with at least `U` slots and scores.
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
-    unsafe fn keys<const U: usize>(
+    unsafe fn keys<T: KvElem, const U: usize>(
         qp: *const f32,
         body: usize,
-        kp: *const f32,
+        kp: *const T,
         slots: &[usize],
         at: &impl Fn(usize) -> usize,
         scale: f32,
         sc: &mut [f32],
-        tail: &impl Fn(*const f32, f32) -> f32,
+        tail: &impl Fn(*const T, f32) -> f32,
     ) -> usize {
         // SAFETY: the caller upholds the contract above.
         unsafe {
-            let k: [*const f32; U] = std::array::from_fn(|u| kp.add(at(slots[u])));
+            let k: [*const T; U] = std::array::from_fn(|u| kp.add(at(slots[u])));
             let mut acc = [_mm256_setzero_ps(); U];
             for i in (0..body).step_by(8) {
                 let qv = _mm256_loadu_ps(qp.add(i));
                 for u in 0..U {
-                    acc[u] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k[u].add(i)), acc[u]);
+                    acc[u] = _mm256_fmadd_ps(qv, T::load8(k[u].add(i)), acc[u]);
                 }
             }
             for u in 0..U {
@@ -388,14 +396,14 @@ mod avx2 {
     /// `fma` in slot order, the `8 * N` lanes in registers. Returns `N`.
     ///
     /// # Safety
-    /// The CPU has AVX2 and FMA; every slot's `8 * N` values from `v` are readable and
+    /// The CPU has AVX2, FMA and F16C; every slot's `8 * N` values from `v` are readable and
     /// `out` is valid for `8 * N`.
     #[inline(always)]
-    unsafe fn weighted<const N: usize>(
+    unsafe fn weighted<T: KvElem, const N: usize>(
         p: &[f32],
         slots: &[usize],
         stride: usize,
-        v: *const f32,
+        v: *const T,
         out: *mut f32,
     ) -> usize {
         // SAFETY: the caller upholds the contract above.
@@ -405,7 +413,7 @@ mod avx2 {
                 let pv = _mm256_set1_ps(*e);
                 let row = v.add(s * stride);
                 for (u, o) in o.iter_mut().enumerate() {
-                    *o = _mm256_fmadd_ps(pv, _mm256_loadu_ps(row.add(8 * u)), *o);
+                    *o = _mm256_fmadd_ps(pv, T::load8(row.add(8 * u)), *o);
                 }
             }
             for (u, o) in o.iter().enumerate() {
@@ -522,5 +530,58 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// An f16 or bf16 cache gives the bits of an f32 cache holding the rounded values,
+    /// on every ISA (the widening is exact and the order of the arithmetic the same).
+    fn two_byte_planes_read_as_their_f32_values<T: KvElem>() {
+        let (hd, stride, off, planes) = (64, 128, 64, 90);
+        let round = |x: Vec<f32>| -> (Vec<T>, Vec<f32>) {
+            let t: Vec<T> = x.iter().map(|&x| T::from_f32(x)).collect();
+            let w = t.iter().map(|&t| t.to_f32()).collect();
+            (t, w)
+        };
+        let ((k, kw), (v, vw)) = (
+            round(values(planes * stride, 4)),
+            round(values(planes * stride, 5)),
+        );
+        let q = values(2 * hd, 6);
+        let half = KvHead {
+            k: &k,
+            v: &v,
+            stride,
+            off,
+        };
+        let wide = KvHead {
+            k: &kw,
+            v: &vw,
+            stride,
+            off,
+        };
+        for n in [1, 7, 8, 9, 64, 89] {
+            let slots: Vec<usize> = (0..n).map(|j| (j * 13 + 2) % planes).collect();
+            let mut want = vec![0f32; 2 * hd];
+            attend(
+                Isa::Portable,
+                &q,
+                hd,
+                wide,
+                &slots,
+                0.125,
+                &mut Vec::new(),
+                &mut want,
+            );
+            for isa in supported_isas() {
+                let mut got = vec![0f32; 2 * hd];
+                attend(isa, &q, hd, half, &slots, 0.125, &mut Vec::new(), &mut got);
+                assert_eq!(got, want, "{isa:?} n {n}");
+            }
+        }
+    }
+
+    #[test]
+    fn f16_and_bf16_caches_read_as_their_f32_values() {
+        two_byte_planes_read_as_their_f32_values::<half::f16>();
+        two_byte_planes_read_as_their_f32_values::<half::bf16>();
     }
 }

@@ -1,17 +1,20 @@
 //! The CPU backend: weights stay in the memory-mapped checkpoint (zero copy), activations
-//! and the KV cache are f32 in RAM, threads come from the caller's rayon pool.
+//! are f32 in RAM and the KV cache f32, f16 or bf16, threads come from the caller's rayon
+//! pool.
 //!
 //! It is the reference implementation: every other backend is tested against it.
 
 mod attn;
 pub(crate) mod dequant;
+mod kv;
 pub mod matmul;
 pub mod tier;
 
 use rayon::prelude::*;
 
 use super::TierStats;
-use super::{AttnMask, AttnShape, Backend};
+use super::{AttnMask, AttnShape, Backend, KvDtype};
+pub use kv::CpuKv;
 pub use tier::{StreamedLayer, Streamer};
 
 use crate::checkpoint::names::linear_names;
@@ -66,28 +69,6 @@ impl CpuAct {
     }
 }
 
-/// Keys and values of all layers: per layer `[slots, kv_dim]` f32, rotary already applied
-/// to the keys.
-pub struct CpuKv {
-    k: Vec<Vec<f32>>,
-    v: Vec<Vec<f32>>,
-    kv_dim: usize,
-    capacity: usize,
-}
-
-/// Grows one layer's K or V store to `len` values (zeros). The first growth reserves the
-/// whole `capacity` at once, so the store is never reallocated: a Vec that doubled as the
-/// context grew would hold up to twice what the planner counted for the KV cache, and
-/// copy it. Pages past `len` are reserved but never touched, so they are not resident.
-fn grow(store: &mut Vec<f32>, len: usize, capacity: usize) {
-    if store.len() < len {
-        if store.capacity() < len {
-            store.reserve_exact(capacity.max(len) - store.len());
-        }
-        store.resize(len, 0.0);
-    }
-}
-
 /// Fixed-order dot product of two f32 slices (8 lanes, then the 8-lane sum, then the
 /// tail). Plain multiply-add, not fused: the compiler vectorises the lanes on any x86-64.
 #[inline]
@@ -120,6 +101,50 @@ pub(crate) fn gelu_tanh(x: f32) -> f32 {
     let cube = x * x * x;
     let inner = BETA * (x + KAPPA * cube);
     0.5 * x * (1.0 + inner.tanh())
+}
+
+/// [`Backend::attention`] over one layer's keys and values, whatever their type.
+#[allow(clippy::too_many_arguments)]
+fn attention_over<T: kv::KvElem>(
+    q: &CpuAct,
+    ks: &[T],
+    vs: &[T],
+    d: usize,
+    committed: usize,
+    mask: &AttnMask,
+    shape: AttnShape,
+    out: &mut CpuAct,
+) {
+    let hd = shape.head_dim;
+    let group = shape.n_heads / shape.n_kv_heads;
+    let isa = crate::util::isa::isa();
+    thread_local! {
+        /// A task's slots and scores (kept, so long contexts do not allocate per head).
+        static SCRATCH: std::cell::RefCell<(Vec<usize>, Vec<f32>)> =
+            const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+    }
+    // One task per row and KV head: the query heads that share it read each key and
+    // value once (a row's heads are laid out group after group).
+    let w = group * hd;
+    out.data
+        .par_chunks_mut(w)
+        .enumerate()
+        .for_each(|(task, o)| {
+            let (t, g) = (task / shape.n_kv_heads, task % shape.n_kv_heads);
+            let qg = &q.data[t * q.cols + g * w..t * q.cols + (g + 1) * w];
+            let head = attn::KvHead {
+                k: ks,
+                v: vs,
+                stride: d,
+                off: g * hd,
+            };
+            SCRATCH.with_borrow_mut(|(slots, scores)| {
+                slots.clear();
+                slots.extend(mask.start(t)..committed);
+                slots.extend(mask.row(t).iter().map(|&j| committed + j as usize));
+                attn::attend(isa, qg, hd, head, slots, shape.scale, scores, o);
+            })
+        });
 }
 
 impl Backend for CpuBackend {
@@ -291,13 +316,14 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn kv_new(&self, layers: usize, kv_dim: usize, capacity: usize) -> Result<CpuKv> {
-        Ok(CpuKv {
-            k: vec![Vec::new(); layers],
-            v: vec![Vec::new(); layers],
-            kv_dim,
-            capacity,
-        })
+    fn kv_new(
+        &self,
+        layers: usize,
+        kv_dim: usize,
+        capacity: usize,
+        dtype: KvDtype,
+    ) -> Result<CpuKv> {
+        Ok(CpuKv::new(layers, kv_dim, capacity, dtype))
     }
 
     fn kv_write(
@@ -308,46 +334,11 @@ impl Backend for CpuBackend {
         k: &CpuAct,
         v: &CpuAct,
     ) -> Result<()> {
-        let d = kv.kv_dim;
-        let end = (first + k.rows) * d;
-        if first + k.rows > kv.capacity || layer >= kv.k.len() {
-            return Err(crate::error::Error::internal(format!(
-                "kv_write of {} slots at {first} in layer {layer}: the cache has {} slots and {} layers",
-                k.rows,
-                kv.capacity,
-                kv.k.len()
-            )));
-        }
-        for (store, src) in [(&mut kv.k[layer], k), (&mut kv.v[layer], v)] {
-            grow(store, end, kv.capacity * d);
-            store[first * d..end].copy_from_slice(&src.data);
-        }
-        Ok(())
+        kv.write(layer, first, &k.data, &v.data)
     }
 
     fn kv_compact(&self, kv: &mut CpuKv, src: &[usize], dst_first: usize) -> Result<()> {
-        let d = kv.kv_dim;
-        let Some(&last) = src.iter().max() else {
-            return Ok(());
-        };
-        if last >= kv.capacity {
-            return Err(crate::error::Error::internal(format!(
-                "kv_compact from slot {last}: the cache has {} slots",
-                kv.capacity
-            )));
-        }
-        for store in kv.k.iter_mut().chain(kv.v.iter_mut()) {
-            // Slots never written (this cache grows as it is written) read as zeros, as
-            // on a device where the whole cache is allocated up front.
-            grow(store, (last + 1) * d, kv.capacity * d);
-            for (i, &s) in src.iter().enumerate() {
-                let dst = dst_first + i;
-                if s != dst {
-                    store.copy_within(s * d..(s + 1) * d, dst * d);
-                }
-            }
-        }
-        Ok(())
+        kv.compact(src, dst_first)
     }
 
     fn attention(
@@ -360,38 +351,9 @@ impl Backend for CpuBackend {
         shape: AttnShape,
         out: &mut CpuAct,
     ) -> Result<()> {
-        let hd = shape.head_dim;
-        let group = shape.n_heads / shape.n_kv_heads;
-        let d = kv.kv_dim;
-        let (ks, vs) = (&kv.k[layer], &kv.v[layer]);
-        let isa = crate::util::isa::isa();
-        thread_local! {
-            /// A task's slots and scores (kept, so long contexts do not allocate per head).
-            static SCRATCH: std::cell::RefCell<(Vec<usize>, Vec<f32>)> =
-                const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
-        }
-        // One task per row and KV head: the query heads that share it read each key and
-        // value once (a row's heads are laid out group after group).
-        let w = group * hd;
-        out.data
-            .par_chunks_mut(w)
-            .enumerate()
-            .for_each(|(task, o)| {
-                let (t, g) = (task / shape.n_kv_heads, task % shape.n_kv_heads);
-                let qg = &q.data[t * q.cols + g * w..t * q.cols + (g + 1) * w];
-                let head = attn::KvHead {
-                    k: ks,
-                    v: vs,
-                    stride: d,
-                    off: g * hd,
-                };
-                SCRATCH.with_borrow_mut(|(slots, scores)| {
-                    slots.clear();
-                    slots.extend(mask.start(t)..committed);
-                    slots.extend(mask.row(t).iter().map(|&j| committed + j as usize));
-                    attn::attend(isa, qg, hd, head, slots, shape.scale, scores, o);
-                })
-            });
+        kv::with_planes!(&kv.store, p => {
+            attention_over(q, &p.k[layer], &p.v[layer], kv.kv_dim, committed, mask, shape, out)
+        });
         Ok(())
     }
 

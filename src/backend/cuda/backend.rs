@@ -18,7 +18,7 @@ use super::kernels::{
 use super::launch::DevPtr;
 use super::memory::{CudaAct, CudaKv, CudaWeight, Pinned};
 use super::tier::CudaTier;
-use crate::backend::{AttnMask, AttnShape, Backend, TierStats};
+use crate::backend::{AttnMask, AttnShape, Backend, KvDtype, TierStats};
 use crate::checkpoint::{DType, GgmlType, HostTensor, Weights};
 use crate::error::{Error, ErrorKind, Result};
 use crate::quant::QMatrix;
@@ -595,7 +595,19 @@ impl Backend for CudaBackend {
             .map_err(|e| cu_err("cuMemcpyDtoDAsync", e))
     }
 
-    fn kv_new(&self, layers: usize, kv_dim: usize, capacity: usize) -> Result<CudaKv> {
+    fn kv_new(
+        &self,
+        layers: usize,
+        kv_dim: usize,
+        capacity: usize,
+        dtype: KvDtype,
+    ) -> Result<CudaKv> {
+        if dtype != KvDtype::F32 {
+            return Err(Error::unsupported(format!(
+                "a {dtype} KV cache on CUDA: this backend's attention reads an f32 cache \
+                 (kv_dtype f32)"
+            )));
+        }
         self.inner.bind()?;
         Ok(CudaKv {
             buf: self

@@ -84,6 +84,9 @@ public:
     LoadParams &quantize_lm_head(bool q) { p_.quantize_lm_head = q; return *this; }
     /// The draft proposes only token ids below `n` (0, the default: all of them).
     LoadParams &draft_vocab(uint32_t n) { p_.draft_vocab = n; return *this; }
+    /// The KV cache's element type: SUBSPEC_KV_DEFAULT (f16 on the CPU, f32 on CUDA),
+    /// SUBSPEC_KV_F32, SUBSPEC_KV_F16 or SUBSPEC_KV_BF16; the planner counts its bytes.
+    LoadParams &kv_dtype(uint32_t t) { p_.kv_dtype = t; return *this; }
     /// Substitutes for the resident layers too (default true); false: offloaded ones only.
     LoadParams &substitute_all_layers(bool a) { p_.substitute_all_layers = a; return *this; }
     /// Exactly these decoder layers get substitutes (empty: the default choice).

@@ -101,6 +101,17 @@ static void test_model(const std::string &dir, const std::string &name, std::str
     CHECK(status_of([&] {
               subspec::Engine::load(subspec::LoadParams(path).context_length(256).draft_vocab(vocab + 1));
           }) == SUBSPEC_STATUS_INVALID_ARGUMENT);
+    // The KV cache's type: f32 plans more than the default f16; with each type
+    // speculative decoding equals plain decoding; an unknown type is refused.
+    auto kv = [&](uint32_t t) { return subspec::LoadParams(path).context_length(256).kv_dtype(t); };
+    CHECK(kv(SUBSPEC_KV_F32).minimum_budget() > kv(SUBSPEC_KV_DEFAULT).minimum_budget());
+    for (uint32_t t : {SUBSPEC_KV_F32, SUBSPEC_KV_BF16}) {
+        auto e = subspec::Engine::load(kv(t));
+        auto spec = e.new_sequence().generate(prompt, subspec::StepParams(), 32);
+        CHECK(!spec.empty());
+        CHECK(e.new_sequence().generate(prompt, subspec::StepParams().speculate(false), 32) == spec);
+    }
+    CHECK(status_of([&] { subspec::Engine::load(kv(7)); }) == SUBSPEC_STATUS_INVALID_ARGUMENT);
     subspec::Sequence kept = engine.new_sequence();
     { subspec::Engine gone = std::move(engine); }
     CHECK(kept.generate(prompt, subspec::StepParams(), 4).size() >= 1);

@@ -126,7 +126,21 @@ type LoadOptions struct {
 	// DraftVocab lets the draft propose only token ids below it (its head is the first
 	// rows of the target's: cheaper draft steps, no memory, lower acceptance). 0: all.
 	DraftVocab uint32
+	// KVDtype is the KV cache's element type (KVDefault: f16 on the CPU, f32 on CUDA);
+	// the planner counts its bytes.
+	KVDtype KVDtype
 }
+
+// KVDtype is the element type of the KV cache (subspec_load_params.kv_dtype).
+type KVDtype uint32
+
+// The KV cache types.
+const (
+	KVDefault KVDtype = C.SUBSPEC_KV_DEFAULT // the device's: f16 on the CPU, f32 on CUDA
+	KVF32     KVDtype = C.SUBSPEC_KV_F32
+	KVF16     KVDtype = C.SUBSPEC_KV_F16 // CPU only
+	KVBF16    KVDtype = C.SUBSPEC_KV_BF16 // CPU only
+)
 
 // Engine is a loaded model.
 type Engine struct {
@@ -162,6 +176,7 @@ func params(path string, opts *LoadOptions) (p C.subspec_load_params, free func(
 	p.substitute_all_layers = C.bool(!opts.SubstituteOffloadedOnly)
 	p.max_sequences = C.uint32_t(opts.MaxSequences)
 	p.draft_vocab = C.uint32_t(opts.DraftVocab)
+	p.kv_dtype = C.uint32_t(opts.KVDtype)
 	// The layer list in C memory: cgo forbids passing C a struct holding a Go pointer.
 	var layers *C.uint32_t
 	if n := len(opts.SubstituteLayers); n > 0 {

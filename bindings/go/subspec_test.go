@@ -299,6 +299,29 @@ func TestDraftOptions(t *testing.T) {
 	if !errors.As(err, &ve) || ve.Status != StatusInvalidArgument || !strings.Contains(ve.Message, "draft_vocab") {
 		t.Fatalf("draft vocabulary past the model: %v", err)
 	}
+	// The KV cache's type: f32 plans more than the default f16 cache; with each type
+	// speculative decoding equals plain decoding; an unknown type is refused by name.
+	kv32 := LoadOptions{ContextLength: 256, KVDtype: KVF32}
+	if min32, err := MinimumBudget(tiny, &kv32); err != nil || min32 <= shared {
+		t.Fatalf("an f32 KV cache: minimum %d vs the default's %d (%v)", min32, shared, err)
+	}
+	for _, kv := range []KVDtype{KVF32, KVBF16} {
+		e, err := Load(tiny, &LoadOptions{ContextLength: 256, KVDtype: kv})
+		if err != nil {
+			t.Fatal(err)
+		}
+		plain := DefaultStepParams()
+		plain.Speculate = false
+		spec, _ := generate(t, e, prompt, nil)
+		if out, _ := generate(t, e, prompt, &plain); len(out) == 0 || !equal(out, spec) {
+			t.Fatalf("KV type %d: speculative %v, plain %v", kv, spec, out)
+		}
+		e.Close()
+	}
+	_, err = Load(tiny, &LoadOptions{ContextLength: 256, KVDtype: 7})
+	if !errors.As(err, &ve) || ve.Status != StatusInvalidArgument || !strings.Contains(ve.Message, "kv_dtype 7") {
+		t.Fatalf("an unknown KV type: %v", err)
+	}
 	// Planned for two sequences: a third is refused until one is closed.
 	two := LoadOptions{ContextLength: 256, MaxSequences: 2}
 	if min2, err := MinimumBudget(tiny, &two); err != nil || min2 <= shared {

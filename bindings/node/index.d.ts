@@ -51,6 +51,9 @@ export interface LoadOptions {
   /** The draft proposes only token ids below this (its head is the first rows of the
    * target's: cheaper draft steps, no memory, lower acceptance); 0 (default): all. */
   draftVocab?: number;
+  /** The KV cache's element type: 'default' (f16 on the CPU, f32 on CUDA), 'f32',
+   * 'f16' or 'bf16' (the two-byte types on the CPU only); the planner counts it. */
+  kvDtype?: 'default' | 'f32' | 'f16' | 'bf16';
   /** Called with the fraction loaded; return false to abort (SubspecError ABORTED). */
   onProgress?: (fraction: number) => boolean | void;
 }

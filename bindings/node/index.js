@@ -52,7 +52,7 @@ koffi.struct('subspec_load_params', {
   reserved: koffi.array('uint8_t', 4, 'Array'),
   max_sequences: 'uint32_t',
   draft_vocab: 'uint32_t',
-  reserved2: koffi.array('uint8_t', 4, 'Array'),
+  kv_dtype: 'uint32_t',
 });
 koffi.struct('subspec_model_info', {
   struct_size: 'size_t',
@@ -615,6 +615,9 @@ class Engine {
   }
 }
 
+/** `kvDtype` names and their `subspec_load_params.kv_dtype` codes. */
+const KV_DTYPES = { default: 0, f32: 1, f16: 2, bf16: 3 };
+
 /** Loads the model directory at `modelPath`. */
 function load(modelPath, options = {}) {
   const p = {};
@@ -634,6 +637,13 @@ function load(modelPath, options = {}) {
   if (options.requireTokenizer !== undefined) p.require_tokenizer = options.requireTokenizer;
   if (options.maxSequences !== undefined) p.max_sequences = options.maxSequences;
   if (options.draftVocab !== undefined) p.draft_vocab = options.draftVocab;
+  if (options.kvDtype !== undefined) {
+    const code = KV_DTYPES[options.kvDtype];
+    if (code === undefined) {
+      throw new TypeError(`kvDtype must be one of ${Object.keys(KV_DTYPES).join(', ')}, got ${options.kvDtype}`);
+    }
+    p.kv_dtype = code;
+  }
   let layers = null;
   if (options.substituteLayers && options.substituteLayers.length) {
     const ids = Array.from(options.substituteLayers);

@@ -64,6 +64,16 @@ test('draft options: own lm_head, layer choice, adaptive depth, still lossless',
   d.close();
   assert.throws(() => subspec.load(tiny, { draftVocab: vocab + 1 }),
     (e) => e.status === subspec.Status.INVALID_ARGUMENT && e.detail.includes('draft_vocab'));
+  // the KV cache's type: with each, speculative decoding equals plain decoding; an
+  // unknown name is refused
+  for (const kvDtype of ['f32', 'bf16']) {
+    const e = subspec.load(tiny, { kvDtype });
+    const spec = e.newSequence().generate(ids(want.prompt), {}, 32);
+    assert.ok(spec.length > 0);
+    assert.deepStrictEqual(e.newSequence().generate(ids(want.prompt), { speculate: false }, 32), spec);
+    e.close();
+  }
+  assert.throws(() => subspec.load(tiny, { kvDtype: 'f8' }), /kvDtype must be one of default, f32, f16, bf16, got f8/);
 });
 
 test('errors carry status and message', () => {

@@ -1,11 +1,11 @@
 //! Fast dequantization of GGUF's block-quantized rows to f32, for the CPU's products: the
-//! AVX-512 kernels give the same bits as the reference dequantizers in
+//! AVX-512 and AVX2 kernels give the same bits as the reference dequantizers in
 //! `checkpoint::gguf::ggml` (and so as gguf-py), which the tests check on random blocks
 //! of every type. In these formats every product is exact in f32, so the kernels may
 //! fuse the final `+ m` / `- dmin * m` into one FMA and still match.
 //!
-//! Types without an AVX-512 kernel here (Q4_0 and Q5_1 and Q5_K, and every type on a CPU
-//! without AVX-512) use the reference.
+//! Types without a kernel here (Q4_0, Q5_1 and Q5_K, and every type on a CPU without
+//! AVX2) use the reference.
 
 use crate::checkpoint::{to_f32, DType};
 use crate::util::isa::Isa;
@@ -25,14 +25,47 @@ pub(crate) fn rows_to_f32(isa: Isa, dtype: DType, src: &[u8], dst: &mut [f32]) {
             }
         }
     }
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx2 {
+        if let DType::Quant(t) = dtype {
+            if avx2::supports(t) {
+                let (bs, bb) = (t.block_size(), t.block_bytes());
+                assert_eq!(src.len() / bb * bs, dst.len(), "whole blocks of {t}");
+                // SAFETY: the CPU has AVX2, FMA and F16C (isa), `src` is whole blocks of
+                // `t` and `dst` holds their elements (asserted above).
+                unsafe { avx2::blocks(t, src, dst) };
+                return;
+            }
+        }
+    }
     let _ = isa;
     to_f32(dtype, src, dst);
+}
+
+/// The f16 at `b[i..i + 2]` as f32 (exact for every value).
+#[inline(always)]
+fn f16_at(b: &[u8], i: usize) -> f32 {
+    half::f16::from_bits(u16::from_le_bytes([b[i], b[i + 1]])).to_f32()
+}
+
+/// Q4_K's 6-bit scale and minimum of sub-block `j` (0..8) from the 12 packed bytes `s`.
+#[inline(always)]
+fn q4k_scale_min(s: &[u8], j: usize) -> (u8, u8) {
+    if j < 4 {
+        (s[j] & 0x3f, s[j + 4] & 0x3f)
+    } else {
+        (
+            (s[j + 4] & 0x0f) | ((s[j - 4] >> 2) & 0x30),
+            (s[j + 4] >> 4) | ((s[j] >> 2) & 0x30),
+        )
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use std::arch::x86_64::*;
 
+    use super::{f16_at as f16, q4k_scale_min};
     use crate::checkpoint::GgmlType;
 
     /// Whether `t` has a kernel here.
@@ -41,12 +74,6 @@ mod avx512 {
             t,
             GgmlType::Q8_0 | GgmlType::Q5_0 | GgmlType::Q4_1 | GgmlType::Q4_K | GgmlType::Q6_K
         )
-    }
-
-    /// The f16 at `b[i..i + 2]` as f32 (F16C: exact for every value).
-    #[inline(always)]
-    fn f16(b: &[u8], i: usize) -> f32 {
-        half::f16::from_bits(u16::from_le_bytes([b[i], b[i + 1]])).to_f32()
     }
 
     /// 16 bytes at `p` widened to 16 i32 lanes.
@@ -127,14 +154,7 @@ mod avx512 {
                         let qs = b.as_ptr().add(16);
                         let nib = _mm512_set1_epi32(0x0f);
                         for j in 0..8 {
-                            let (sc, mn) = if j < 4 {
-                                (s[j] & 0x3f, s[j + 4] & 0x3f)
-                            } else {
-                                (
-                                    (s[j + 4] & 0x0f) | ((s[j - 4] >> 2) & 0x30),
-                                    (s[j + 4] >> 4) | ((s[j] >> 2) & 0x30),
-                                )
-                            };
+                            let (sc, mn) = q4k_scale_min(s, j);
                             let dj = _mm512_set1_ps(d * sc as f32);
                             let mj = _mm512_set1_ps(dmin * mn as f32);
                             let shift = 4 * (j % 2) as u32;
@@ -175,6 +195,146 @@ mod avx512 {
                             _mm512_storeu_ps(
                                 yp.add(16 * g),
                                 _mm512_mul_ps(dk, _mm512_cvtepi32_ps(q)),
+                            );
+                        }
+                    }
+                    _ => unreachable!("supports() said {t} has a kernel"),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::{f16_at as f16, q4k_scale_min};
+    use crate::checkpoint::GgmlType;
+
+    /// Whether `t` has a kernel here.
+    pub(super) fn supports(t: GgmlType) -> bool {
+        super::avx512::supports(t)
+    }
+
+    /// 8 bytes at `p` widened to 8 i32 lanes.
+    ///
+    /// # Safety
+    /// AVX2; `p` valid for 8 bytes.
+    #[inline(always)]
+    unsafe fn u8x8(p: *const u8) -> __m256i {
+        // SAFETY: the caller's guarantee.
+        unsafe { _mm256_cvtepu8_epi32(_mm_loadl_epi64(p as *const __m128i)) }
+    }
+
+    /// Dequantizes whole blocks of `t` from `src` into `dst`: the AVX-512 kernels' steps
+    /// on 8 lanes (the same operations per element, so the same bits).
+    ///
+    /// # Safety
+    /// The CPU has AVX2, FMA and F16C; `t` is one [`supports`] accepts; `src` is a whole
+    /// number of blocks of `t` and `dst` holds exactly their elements.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn blocks(t: GgmlType, src: &[u8], dst: &mut [f32]) {
+        let (bs, bb) = (t.block_size(), t.block_bytes());
+        let nib = _mm256_set1_epi32(0x0f);
+        let lanes = _mm256_set_epi32(7, 6, 5, 4, 3, 2, 1, 0);
+        for (b, y) in src.chunks_exact(bb).zip(dst.chunks_exact_mut(bs)) {
+            let yp = y.as_mut_ptr();
+            // SAFETY: every load below stays inside the block `b` (its layout is the
+            // type's, `bb` bytes) and every store inside `y` (`bs` elements).
+            unsafe {
+                match t {
+                    GgmlType::Q8_0 => {
+                        // [d][32 x i8]: q * d.
+                        let d = _mm256_set1_ps(f16(b, 0));
+                        for h in 0..4 {
+                            let q = _mm256_cvtepi8_epi32(_mm_loadl_epi64(
+                                b.as_ptr().add(2 + 8 * h) as *const __m128i,
+                            ));
+                            _mm256_storeu_ps(
+                                yp.add(8 * h),
+                                _mm256_mul_ps(_mm256_cvtepi32_ps(q), d),
+                            );
+                        }
+                    }
+                    GgmlType::Q5_0 => {
+                        // [d][qh: u32][qs: 16]: d * (q - 16), bit 4 of element j in qh's bit j.
+                        let d = _mm256_set1_ps(f16(b, 0));
+                        let qh = _mm256_set1_epi32(i32::from_le_bytes([b[2], b[3], b[4], b[5]]));
+                        for h in 0..4 {
+                            let z = u8x8(b.as_ptr().add(6 + 8 * (h % 2)));
+                            let low = if h < 2 {
+                                _mm256_and_si256(z, nib)
+                            } else {
+                                _mm256_srli_epi32(z, 4)
+                            };
+                            let shift = _mm256_add_epi32(lanes, _mm256_set1_epi32(8 * h as i32));
+                            let bit = _mm256_and_si256(
+                                _mm256_srlv_epi32(qh, shift),
+                                _mm256_set1_epi32(1),
+                            );
+                            let q = _mm256_or_si256(low, _mm256_slli_epi32(bit, 4));
+                            let q = _mm256_cvtepi32_ps(_mm256_sub_epi32(q, _mm256_set1_epi32(16)));
+                            _mm256_storeu_ps(yp.add(8 * h), _mm256_mul_ps(d, q));
+                        }
+                    }
+                    GgmlType::Q4_1 => {
+                        // [d][m][qs: 16]: d * q + m (d * q is exact: one rounding either way).
+                        let (d, m) = (_mm256_set1_ps(f16(b, 0)), _mm256_set1_ps(f16(b, 2)));
+                        for h in 0..4 {
+                            let z = u8x8(b.as_ptr().add(4 + 8 * (h % 2)));
+                            let q = if h < 2 {
+                                _mm256_and_si256(z, nib)
+                            } else {
+                                _mm256_srli_epi32(z, 4)
+                            };
+                            let w = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(q), m);
+                            _mm256_storeu_ps(yp.add(8 * h), w);
+                        }
+                    }
+                    GgmlType::Q4_K => {
+                        // [d][dmin][scales: 12][qs: 128]: (d * sc) * q - dmin * m.
+                        let (d, dmin) = (f16(b, 0), f16(b, 2));
+                        let qs = b.as_ptr().add(16);
+                        for j in 0..8 {
+                            let (sc, mn) = q4k_scale_min(&b[4..16], j);
+                            let dj = _mm256_set1_ps(d * sc as f32);
+                            let mj = _mm256_set1_ps(dmin * mn as f32);
+                            let shift = _mm256_set1_epi32(4 * (j % 2) as i32);
+                            for h in 0..4 {
+                                let z = u8x8(qs.add(32 * (j / 2) + 8 * h));
+                                let q = _mm256_and_si256(_mm256_srlv_epi32(z, shift), nib);
+                                let w = _mm256_fmsub_ps(dj, _mm256_cvtepi32_ps(q), mj);
+                                _mm256_storeu_ps(yp.add(32 * j + 8 * h), w);
+                            }
+                        }
+                    }
+                    GgmlType::Q6_K => {
+                        // [ql: 128][qh: 64][scales: 16 x i8][d]: (d * sc) * (q - 32), one
+                        // scale per 16 elements.
+                        let d = f16(b, 208);
+                        let (ql, qh) = (b.as_ptr(), b.as_ptr().add(128));
+                        for g in 0..32 {
+                            // Elements e = 8 g ..: e = 128 h + r, r = 8 (g % 16) + lane.
+                            let (h, r0) = (g / 16, 8 * (g % 16));
+                            let lo = u8x8(ql.add(64 * h + r0 % 64));
+                            let lo = _mm256_and_si256(
+                                _mm256_srlv_epi32(lo, _mm256_set1_epi32(4 * (r0 / 64) as i32)),
+                                nib,
+                            );
+                            let hi = u8x8(qh.add(32 * h + r0 % 32));
+                            let hi = _mm256_and_si256(
+                                _mm256_srlv_epi32(hi, _mm256_set1_epi32(2 * (r0 / 32) as i32)),
+                                _mm256_set1_epi32(0x03),
+                            );
+                            let q = _mm256_sub_epi32(
+                                _mm256_or_si256(lo, _mm256_slli_epi32(hi, 4)),
+                                _mm256_set1_epi32(32),
+                            );
+                            let dk = _mm256_set1_ps(d * (b[192 + g / 2] as i8) as f32);
+                            _mm256_storeu_ps(
+                                yp.add(8 * g),
+                                _mm256_mul_ps(dk, _mm256_cvtepi32_ps(q)),
                             );
                         }
                     }
@@ -226,11 +386,13 @@ mod tests {
     }
 
     #[test]
-    fn avx512_dequantization_is_bit_identical_to_the_reference() {
-        if !supported_isas().contains(&Isa::Avx512) {
-            eprintln!("SKIP: no AVX-512 on this CPU");
-            return;
+    fn simd_dequantization_is_bit_identical_to_the_reference() {
+        for isa in supported_isas() {
+            check_isa(isa);
         }
+    }
+
+    fn check_isa(isa: Isa) {
         for t in [
             GgmlType::Q8_0,
             GgmlType::Q5_0,
@@ -242,13 +404,13 @@ mod tests {
                 let src = random_blocks(t, 7, seed * 7919);
                 let n = 7 * t.block_size();
                 let (mut fast, mut want) = (vec![0f32; n], vec![0f32; n]);
-                rows_to_f32(Isa::Avx512, DType::Quant(t), &src, &mut fast);
+                rows_to_f32(isa, DType::Quant(t), &src, &mut fast);
                 to_f32(DType::Quant(t), &src, &mut want);
                 for (i, (a, b)) in fast.iter().zip(&want).enumerate() {
                     assert_eq!(
                         a.to_bits(),
                         b.to_bits(),
-                        "{t} seed {seed} element {i}: {a} vs {b}"
+                        "{isa:?} {t} seed {seed} element {i}: {a} vs {b}"
                     );
                 }
             }

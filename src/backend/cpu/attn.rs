@@ -221,11 +221,51 @@ mod avx2 {
         }
     }
 
+    /// Slots ahead whose keys and values are prefetched: a row of each KV head is a few
+    /// lines strided by the slot's width, which the hardware prefetcher follows poorly.
+    const AHEAD: usize = 16;
+
+    /// Prefetches the `n` elements at `p` (a prefetch never faults).
+    #[inline(always)]
+    unsafe fn prefetch<T>(p: *const T, n: usize) {
+        let bytes = n * std::mem::size_of::<T>();
+        for off in (0..bytes).step_by(64) {
+            // SAFETY: prefetching is a hint: no address is dereferenced.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>((p as *const i8).wrapping_add(off)) };
+        }
+    }
+
     /// Slots a block of the AVX2 kernel takes: their keys and values (256 B each at a
     /// head width of 64) stay in L1 while every query head of the group passes over them.
     const BLOCK: usize = 64;
 
-    /// See [`super::attend`]: the group's heads go over the slots a block at a time.
+    /// The query heads of a group that go over each key and value together (up to 3): they
+    /// share its loads and, in a two-byte cache, its widening to f32, which alone cost as
+    /// much as the FMAs (the 16 registers hold 3 heads x 4 keys or value chunks).
+    macro_rules! by_heads {
+        ($heads:expr, $h:ident => $body:expr) => {{
+            let mut h0 = 0;
+            while h0 < $heads {
+                h0 += match $heads - h0 {
+                    3.. => {
+                        const $h: usize = 3;
+                        $body(h0)
+                    }
+                    2 => {
+                        const $h: usize = 2;
+                        $body(h0)
+                    }
+                    _ => {
+                        const $h: usize = 1;
+                        $body(h0)
+                    }
+                };
+            }
+        }};
+    }
+
+    /// See [`super::attend`]: the group's heads go over the slots a block at a time,
+    /// up to three of them over each key and value together.
     ///
     /// # Safety
     /// The CPU has AVX2, FMA and F16C; every slot's key and value (`hd` wide) lies inside
@@ -246,14 +286,16 @@ mod avx2 {
             let body = hd - hd % 8;
             let (kp, vp) = (kv.k.as_ptr(), kv.v.as_ptr());
             let at = |s: usize| kv.at(s);
+            let sp = scores.as_mut_ptr();
             // 1. scores, a block of slots at a time for every head
             for b0 in (0..n).step_by(BLOCK) {
                 let block = &slots[b0..(b0 + BLOCK).min(n)];
-                for h in 0..heads {
-                    let qp = q.as_ptr().add(h * hd);
-                    let sc = &mut scores[h * n + b0..][..block.len()];
-                    scores_of(qp, hd, kp, block, at, scale, sc);
-                }
+                by_heads!(heads, H => |h0: usize| {
+                    let qp: [*const f32; H] = std::array::from_fn(|x| q.as_ptr().add((h0 + x) * hd));
+                    let sc: [*mut f32; H] = std::array::from_fn(|x| sp.add((h0 + x) * n + b0));
+                    scores_of::<T, H>(qp, hd, kp, block, at, scale, sc);
+                    H
+                });
             }
             // 2.-4. per head: max, exponentials, their sum, the probabilities
             for sc in scores.chunks_exact_mut(n.max(1)).take(heads) {
@@ -262,96 +304,116 @@ mod avx2 {
             // 5. the weighted values, each head's lanes over every slot in order (a block
             // at a time, the partial sums kept in `out` between blocks)
             out.fill(0.0);
+            let sp = scores.as_ptr();
             for b0 in (0..n).step_by(BLOCK) {
                 let block = &slots[b0..(b0 + BLOCK).min(n)];
-                for h in 0..heads {
-                    let p = &scores[h * n + b0..][..block.len()];
-                    let op = out.as_mut_ptr().add(h * hd);
+                by_heads!(heads, H => |h0: usize| {
+                    let p: [*const f32; H] = std::array::from_fn(|x| sp.add((h0 + x) * n + b0));
+                    let op: [*mut f32; H] = std::array::from_fn(|x| out.as_mut_ptr().add((h0 + x) * hd));
                     let mut c0 = 0;
                     while c0 < body {
-                        let (v, o) = (vp.add(kv.off + c0), op.add(c0));
-                        c0 += 8 * match (body - c0) / 8 {
-                            8.. => weighted::<T, 8>(p, block, kv.stride, v, o),
-                            4.. => weighted::<T, 4>(p, block, kv.stride, v, o),
-                            2.. => weighted::<T, 2>(p, block, kv.stride, v, o),
-                            _ => weighted::<T, 1>(p, block, kv.stride, v, o),
+                        let v = vp.add(kv.off + c0);
+                        let o: [*mut f32; H] = std::array::from_fn(|x| op[x].add(c0));
+                        c0 += 8 * match ((body - c0) / 8, H) {
+                            (8.., 1) => weighted::<T, 8, H>(p, block, kv.stride, v, o),
+                            (4.., _) => weighted::<T, 4, H>(p, block, kv.stride, v, o),
+                            (2.., _) => weighted::<T, 2, H>(p, block, kv.stride, v, o),
+                            _ => weighted::<T, 1, H>(p, block, kv.stride, v, o),
                         };
                     }
-                    for (e, &s) in p.iter().zip(block) {
-                        let v = vp.add(at(s));
-                        for i in body..hd {
-                            *op.add(i) = e.mul_add((*v.add(i)).to_f32(), *op.add(i));
+                    for x in 0..H {
+                        for (j, &s) in block.iter().enumerate() {
+                            let (e, v) = (*p[x].add(j), vp.add(at(s)));
+                            for i in body..hd {
+                                let o = op[x].add(i);
+                                *o = e.mul_add((*v.add(i)).to_f32(), *o);
+                            }
                         }
                     }
-                }
+                    H
+                });
             }
         }
     }
 
-    /// `sc[j] = q . key(slots[j]) * scale` (step 1 of the module's order).
+    /// `sc[x][j] = q[x] . key(slots[j]) * scale` for `H` heads (step 1 of the module's
+    /// order).
     ///
     /// # Safety
-    /// As [`attend`]: `q` holds `hd` values, every slot's key lies inside `k`.
+    /// As [`attend`]: each `q[x]` holds `hd` values and each `sc[x]` `slots.len()`, every
+    /// slot's key lies inside `k`.
     #[inline(always)]
-    unsafe fn scores_of<T: KvElem>(
-        qp: *const f32,
+    unsafe fn scores_of<T: KvElem, const H: usize>(
+        qp: [*const f32; H],
         hd: usize,
         kp: *const T,
         slots: &[usize],
         at: impl Fn(usize) -> usize,
         scale: f32,
-        sc: &mut [f32],
+        sc: [*mut f32; H],
     ) {
         // SAFETY: the caller upholds the contract above.
         unsafe {
             let body = hd - hd % 8;
-            let tail = |k: *const T, mut d: f32| {
+            let tail = |q: *const f32, k: *const T, mut d: f32| {
                 for i in body..hd {
-                    d = (*qp.add(i)).mul_add((*k.add(i)).to_f32(), d);
+                    d = (*q.add(i)).mul_add((*k.add(i)).to_f32(), d);
                 }
                 d
             };
-            // Eight keys at a time: each key's lanes are one chain of FMAs, so eight
-            // chains keep both FMA units busy past their latency (four left them half idle).
+            // Several keys at a time: each key's lanes are one chain of FMAs, so eight
+            // chains (four keys of two or three heads, or eight of one) keep both FMA
+            // units busy past their latency (four left them half idle).
             let mut j = 0;
             while j < slots.len() {
-                j += match slots.len() - j {
-                    8.. => keys::<T, 8>(qp, body, kp, &slots[j..], &at, scale, &mut sc[j..], &tail),
-                    4.. => keys::<T, 4>(qp, body, kp, &slots[j..], &at, scale, &mut sc[j..], &tail),
-                    _ => keys::<T, 1>(qp, body, kp, &slots[j..], &at, scale, &mut sc[j..], &tail),
+                let (s, c) = (&slots[j..], sc.map(|p| p.add(j)));
+                j += match (slots.len() - j, H) {
+                    (8.., 1) => keys::<T, 8, H>(qp, body, kp, s, &at, scale, c, &tail),
+                    (4.., _) => keys::<T, 4, H>(qp, body, kp, s, &at, scale, c, &tail),
+                    _ => keys::<T, 1, H>(qp, body, kp, s, &at, scale, c, &tail),
                 };
             }
         }
     }
 
-    /// The scores of the first `U` slots (see [`scores_of`]). Returns `U`.
+    /// The scores of the first `U` slots for `H` heads (see [`scores_of`]). Returns `U`.
     ///
     /// # Safety
     /// As [`scores_of`], with at least `U` slots and scores.
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
-    unsafe fn keys<T: KvElem, const U: usize>(
-        qp: *const f32,
+    unsafe fn keys<T: KvElem, const U: usize, const H: usize>(
+        qp: [*const f32; H],
         body: usize,
         kp: *const T,
         slots: &[usize],
         at: &impl Fn(usize) -> usize,
         scale: f32,
-        sc: &mut [f32],
-        tail: &impl Fn(*const T, f32) -> f32,
+        sc: [*mut f32; H],
+        tail: &impl Fn(*const f32, *const T, f32) -> f32,
     ) -> usize {
         // SAFETY: the caller upholds the contract above.
         unsafe {
             let k: [*const T; U] = std::array::from_fn(|u| kp.add(at(slots[u])));
-            let mut acc = [_mm256_setzero_ps(); U];
-            for i in (0..body).step_by(8) {
-                let qv = _mm256_loadu_ps(qp.add(i));
-                for u in 0..U {
-                    acc[u] = _mm256_fmadd_ps(qv, T::load8(k[u].add(i)), acc[u]);
+            for u in 0..U {
+                if let Some(&s) = slots.get(u + AHEAD) {
+                    prefetch(kp.add(at(s)), body);
                 }
             }
-            for u in 0..U {
-                sc[u] = tail(k[u], hsum(acc[u])) * scale;
+            let mut acc = [[_mm256_setzero_ps(); U]; H];
+            for i in (0..body).step_by(8) {
+                let qv: [__m256; H] = std::array::from_fn(|x| _mm256_loadu_ps(qp[x].add(i)));
+                for u in 0..U {
+                    let kv = T::load8(k[u].add(i));
+                    for x in 0..H {
+                        acc[x][u] = _mm256_fmadd_ps(qv[x], kv, acc[x][u]);
+                    }
+                }
+            }
+            for x in 0..H {
+                for u in 0..U {
+                    *sc[x].add(u) = tail(qp[x], k[u], hsum(acc[x][u])) * scale;
+                }
             }
             U
         }
@@ -392,32 +454,43 @@ mod avx2 {
         }
     }
 
-    /// `out[..8 * N] += sum over slots of p * v` (the value rows at `v + s * stride`),
-    /// `fma` in slot order, the `8 * N` lanes in registers. Returns `N`.
+    /// `out[x][..8 * N] += sum over slots of p[x] * v` for `H` heads (the value rows at
+    /// `v + s * stride`), `fma` in slot order, the `8 * N` lanes of each head in registers,
+    /// each value chunk loaded once for all. Returns `N`.
     ///
     /// # Safety
-    /// The CPU has AVX2, FMA and F16C; every slot's `8 * N` values from `v` are readable and
-    /// `out` is valid for `8 * N`.
+    /// The CPU has AVX2, FMA and F16C; every slot's `8 * N` values from `v` are readable,
+    /// each `p[x]` holds `slots.len()` values and each `out[x]` is valid for `8 * N`.
     #[inline(always)]
-    unsafe fn weighted<T: KvElem, const N: usize>(
-        p: &[f32],
+    unsafe fn weighted<T: KvElem, const N: usize, const H: usize>(
+        p: [*const f32; H],
         slots: &[usize],
         stride: usize,
         v: *const T,
-        out: *mut f32,
+        out: [*mut f32; H],
     ) -> usize {
         // SAFETY: the caller upholds the contract above.
         unsafe {
-            let mut o: [__m256; N] = std::array::from_fn(|u| _mm256_loadu_ps(out.add(8 * u)));
-            for (e, &s) in p.iter().zip(slots) {
-                let pv = _mm256_set1_ps(*e);
+            let mut o: [[__m256; N]; H] = std::array::from_fn(|x| {
+                std::array::from_fn(|u| _mm256_loadu_ps(out[x].add(8 * u)))
+            });
+            for (j, &s) in slots.iter().enumerate() {
+                let pv: [__m256; H] = std::array::from_fn(|x| _mm256_set1_ps(*p[x].add(j)));
                 let row = v.add(s * stride);
-                for (u, o) in o.iter_mut().enumerate() {
-                    *o = _mm256_fmadd_ps(pv, T::load8(row.add(8 * u)), *o);
+                if let Some(&s) = slots.get(j + AHEAD) {
+                    prefetch(v.add(s * stride), 8 * N);
+                }
+                for u in 0..N {
+                    let vv = T::load8(row.add(8 * u));
+                    for (ox, px) in o.iter_mut().zip(&pv) {
+                        ox[u] = _mm256_fmadd_ps(*px, vv, ox[u]);
+                    }
                 }
             }
-            for (u, o) in o.iter().enumerate() {
-                _mm256_storeu_ps(out.add(8 * u), *o);
+            for (ox, outx) in o.iter().zip(out) {
+                for (u, ou) in ox.iter().enumerate() {
+                    _mm256_storeu_ps(outx.add(8 * u), *ou);
+                }
             }
             N
         }
@@ -464,7 +537,7 @@ mod tests {
         for (hd, stride, off) in [(64, 128, 64), (12, 24, 0), (256, 256, 0)] {
             let planes = 160;
             let (k, v) = (values(planes * stride, 1), values(planes * stride, 2));
-            let q = values(3 * hd, 3);
+            let q = values(7 * hd, 3);
             let kv = KvHead {
                 k: &k,
                 v: &v,
@@ -513,20 +586,22 @@ mod tests {
                         &mut got,
                     );
                     assert_eq!(got, want, "{isa:?} hd {hd} n {n}");
-                    // with two more heads of the group: the first head's bits unchanged
-                    let mut got3 = vec![0f32; 3 * hd];
-                    attend(isa, &q, hd, kv, &slots, 0.125, &mut Vec::new(), &mut got3);
-                    assert_eq!(&got3[..hd], &want[..], "{isa:?} hd {hd} n {n}, grouped");
-                    let mut third = vec![0f32; hd];
-                    portable(
-                        &q[2 * hd..],
-                        kv,
-                        &slots,
-                        0.125,
-                        &mut vec![0.0; n],
-                        &mut third,
-                    );
-                    assert_eq!(&got3[2 * hd..], &third[..], "{isa:?} hd {hd} n {n}, head 3");
+                    // in groups of 2, 3 and 7 heads (taken 3, 2 and 1 at a time over each
+                    // key and value): every head's bits are its own alone
+                    for heads in [2, 3, 7] {
+                        let mut got = vec![0f32; heads * hd];
+                        let qs = &q[..heads * hd];
+                        attend(isa, qs, hd, kv, &slots, 0.125, &mut Vec::new(), &mut got);
+                        for (x, (qx, gx)) in qs.chunks(hd).zip(got.chunks(hd)).enumerate() {
+                            let mut alone = vec![0f32; hd];
+                            portable(qx, kv, &slots, 0.125, &mut vec![0.0; n], &mut alone);
+                            assert_eq!(
+                                gx,
+                                &alone[..],
+                                "{isa:?} hd {hd} n {n}, head {x} of {heads}"
+                            );
+                        }
+                    }
                 }
             }
         }

@@ -242,6 +242,8 @@ mod avx2 {
     /// The query heads of a group that go over each key and value together (up to 3): they
     /// share its loads and, in a two-byte cache, its widening to f32, which alone cost as
     /// much as the FMAs (the 16 registers hold 3 heads x 4 keys or value chunks).
+    /// `by_heads!(heads, H => body)` calls `body(h0)` for heads `h0..h0 + H`, `H` a const
+    /// of 3, 2 or 1, until every head has been taken.
     macro_rules! by_heads {
         ($heads:expr, $h:ident => $body:expr) => {{
             let mut h0 = 0;
@@ -249,15 +251,18 @@ mod avx2 {
                 h0 += match $heads - h0 {
                     3.. => {
                         const $h: usize = 3;
-                        $body(h0)
+                        $body(h0);
+                        $h
                     }
                     2 => {
                         const $h: usize = 2;
-                        $body(h0)
+                        $body(h0);
+                        $h
                     }
                     _ => {
                         const $h: usize = 1;
-                        $body(h0)
+                        $body(h0);
+                        $h
                     }
                 };
             }
@@ -294,7 +299,6 @@ mod avx2 {
                     let qp: [*const f32; H] = std::array::from_fn(|x| q.as_ptr().add((h0 + x) * hd));
                     let sc: [*mut f32; H] = std::array::from_fn(|x| sp.add((h0 + x) * n + b0));
                     scores_of::<T, H>(qp, hd, kp, block, at, scale, sc);
-                    H
                 });
             }
             // 2.-4. per head: max, exponentials, their sum, the probabilities
@@ -330,7 +334,6 @@ mod avx2 {
                             }
                         }
                     }
-                    H
                 });
             }
         }

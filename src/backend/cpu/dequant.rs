@@ -13,33 +13,33 @@ use crate::util::isa::Isa;
 /// `src` (whole rows of `dtype`) as f32 in `dst`.
 pub(crate) fn rows_to_f32(isa: Isa, dtype: DType, src: &[u8], dst: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx512 {
-        if let DType::Quant(t) = dtype {
-            if avx512::supports(t) {
-                let (bs, bb) = (t.block_size(), t.block_bytes());
-                assert_eq!(src.len() / bb * bs, dst.len(), "whole blocks of {t}");
-                // SAFETY: the CPU has AVX-512 (isa), `src` is whole blocks of `t` and
-                // `dst` holds their elements (asserted above).
-                unsafe { avx512::blocks(t, src, dst) };
-                return;
+    if let DType::Quant(t) = dtype {
+        if isa != Isa::Portable && has_kernel(t) {
+            let (bs, bb) = (t.block_size(), t.block_bytes());
+            assert_eq!(src.len() / bb * bs, dst.len(), "whole blocks of {t}");
+            // SAFETY: the CPU has `isa`'s features (AVX-512, or AVX2, FMA and F16C), `src`
+            // is whole blocks of `t` and `dst` holds their elements (asserted above).
+            unsafe {
+                match isa {
+                    Isa::Avx512 => avx512::blocks(t, src, dst),
+                    _ => avx2::blocks(t, src, dst),
+                }
             }
-        }
-    }
-    #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx2 {
-        if let DType::Quant(t) = dtype {
-            if avx2::supports(t) {
-                let (bs, bb) = (t.block_size(), t.block_bytes());
-                assert_eq!(src.len() / bb * bs, dst.len(), "whole blocks of {t}");
-                // SAFETY: the CPU has AVX2, FMA and F16C (isa), `src` is whole blocks of
-                // `t` and `dst` holds their elements (asserted above).
-                unsafe { avx2::blocks(t, src, dst) };
-                return;
-            }
+            return;
         }
     }
     let _ = isa;
     to_f32(dtype, src, dst);
+}
+
+/// Whether `t` has SIMD kernels here (the same types on AVX-512 and AVX2).
+#[cfg(target_arch = "x86_64")]
+fn has_kernel(t: crate::checkpoint::GgmlType) -> bool {
+    use crate::checkpoint::GgmlType;
+    matches!(
+        t,
+        GgmlType::Q8_0 | GgmlType::Q5_0 | GgmlType::Q4_1 | GgmlType::Q4_K | GgmlType::Q6_K
+    )
 }
 
 /// The f16 at `b[i..i + 2]` as f32 (exact for every value).
@@ -68,14 +68,6 @@ mod avx512 {
     use super::{f16_at as f16, q4k_scale_min};
     use crate::checkpoint::GgmlType;
 
-    /// Whether `t` has a kernel here.
-    pub(super) fn supports(t: GgmlType) -> bool {
-        matches!(
-            t,
-            GgmlType::Q8_0 | GgmlType::Q5_0 | GgmlType::Q4_1 | GgmlType::Q4_K | GgmlType::Q6_K
-        )
-    }
-
     /// 16 bytes at `p` widened to 16 i32 lanes.
     ///
     /// # Safety
@@ -89,7 +81,7 @@ mod avx512 {
     /// Dequantizes whole blocks of `t` from `src` into `dst`.
     ///
     /// # Safety
-    /// The CPU has AVX-512F/BW and F16C; `t` is one [`supports`] accepts; `src` is a whole
+    /// The CPU has AVX-512F/BW and F16C; `t` is one [`super::has_kernel`] accepts; `src` is a whole
     /// number of blocks of `t` and `dst` holds exactly their elements.
     #[target_feature(enable = "avx512f,avx512bw,f16c")]
     pub(super) unsafe fn blocks(t: GgmlType, src: &[u8], dst: &mut [f32]) {
@@ -198,7 +190,7 @@ mod avx512 {
                             );
                         }
                     }
-                    _ => unreachable!("supports() said {t} has a kernel"),
+                    _ => unreachable!("has_kernel() said {t} has one"),
                 }
             }
         }
@@ -211,11 +203,6 @@ mod avx2 {
 
     use super::{f16_at as f16, q4k_scale_min};
     use crate::checkpoint::GgmlType;
-
-    /// Whether `t` has a kernel here.
-    pub(super) fn supports(t: GgmlType) -> bool {
-        super::avx512::supports(t)
-    }
 
     /// 8 bytes at `p` widened to 8 i32 lanes.
     ///
@@ -231,7 +218,7 @@ mod avx2 {
     /// on 8 lanes (the same operations per element, so the same bits).
     ///
     /// # Safety
-    /// The CPU has AVX2, FMA and F16C; `t` is one [`supports`] accepts; `src` is a whole
+    /// The CPU has AVX2, FMA and F16C; `t` is one [`super::has_kernel`] accepts; `src` is a whole
     /// number of blocks of `t` and `dst` holds exactly their elements.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn blocks(t: GgmlType, src: &[u8], dst: &mut [f32]) {
@@ -338,7 +325,7 @@ mod avx2 {
                             );
                         }
                     }
-                    _ => unreachable!("supports() said {t} has a kernel"),
+                    _ => unreachable!("has_kernel() said {t} has one"),
                 }
             }
         }

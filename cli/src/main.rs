@@ -567,10 +567,11 @@ impl GenerateArgs {
 fn generate(a: &GenerateArgs) -> Result<(), Error> {
     let sampling = SamplingParams::new(a.temperature, a.top_k, a.top_p, a.seed);
     sampling.validate()?;
+    // Read before the load, so a missing file fails at once.
+    let prompt = a.prompt_text()?;
     let engine = a.model.load(a.spec.draft()?)?;
     let opts = a.spec.step(&engine, sampling)?;
     let tok = engine.tokenizer()?;
-    let prompt = a.prompt_text()?;
     let text = if a.chat {
         chat_prompt(&engine, &prompt)?
     } else {

@@ -288,7 +288,9 @@ fn ops<B: Backend>(b: &B) -> Vec<(String, Vec<f32>)> {
             head_dim: hd,
             scale,
         };
-        let mut kv = b.kv_new(2, kvd, committed + 32, KvDtype::F32).unwrap();
+        let mut kv = b
+            .kv_new(2, kv_heads, hd, committed + 32, KvDtype::F32)
+            .unwrap();
         let k0 = act(b, committed, kvd, &rnd(committed * kvd, 7));
         let v0 = act(b, committed, kvd, &rnd(committed * kvd, 8));
         b.kv_write(&mut kv, 1, 0, &k0, &v0).unwrap();

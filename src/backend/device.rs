@@ -310,13 +310,15 @@ impl Backend for Device {
     fn kv_new(
         &self,
         layers: usize,
-        kv_dim: usize,
+        kv_heads: usize,
+        head_dim: usize,
         capacity: usize,
         dtype: KvDtype,
     ) -> Result<DevKv> {
+        let (h, hd) = (kv_heads, head_dim);
         Ok(match self {
-            Device::Cpu(b) => DevKv::Cpu(b.kv_new(layers, kv_dim, capacity, dtype)?),
-            Device::Cuda(b) => DevKv::Cuda(b.kv_new(layers, kv_dim, capacity, dtype)?),
+            Device::Cpu(b) => DevKv::Cpu(b.kv_new(layers, h, hd, capacity, dtype)?),
+            Device::Cuda(b) => DevKv::Cuda(b.kv_new(layers, h, hd, capacity, dtype)?),
         })
     }
 

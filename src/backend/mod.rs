@@ -288,13 +288,15 @@ pub trait Backend: Send + Sync {
     /// `x[first + i] = y[i]` for every row of `y` (same width; the rows must fit).
     fn set_rows(&self, x: &mut Self::Act, first: usize, y: &Self::Act) -> Result<()>;
 
-    /// Key/value storage for `layers` layers of width `kv_dim`, up to `capacity` slots,
-    /// holding `dtype` values (an error naming the type if this backend has no kernels
-    /// for it).
+    /// Key/value storage for `layers` layers of `kv_heads` heads of `head_dim` values,
+    /// up to `capacity` slots, holding `dtype` values (an error naming the type if this
+    /// backend has no kernels for it). Rows written and read are `kv_heads * head_dim`
+    /// wide, head after head.
     fn kv_new(
         &self,
         layers: usize,
-        kv_dim: usize,
+        kv_heads: usize,
+        head_dim: usize,
         capacity: usize,
         dtype: KvDtype,
     ) -> Result<Self::Kv>;

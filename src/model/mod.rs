@@ -205,7 +205,7 @@ impl<B: Backend> Model<B> {
         Ok(KvCache {
             store: self
                 .backend
-                .kv_new(c.n_layers, c.kv_dim(), capacity, dtype)?,
+                .kv_new(c.n_layers, c.n_kv_heads, c.head_dim, capacity, dtype)?,
             committed: 0,
             capacity,
             abort: AbortHandle::default(),

@@ -1,15 +1,17 @@
-//! The CPU backend's KV cache: per layer, keys (rotary applied) and values `[slots,
-//! kv_dim]`, stored as f32, f16 or bf16 ([`KvDtype`]). Values are rounded to the cache's
+//! The CPU backend's KV cache: per layer, keys (rotary applied) and values `[kv head,
+//! slot, head_dim]`, stored as f32, f16 or bf16 ([`KvDtype`]). Values are rounded to the cache's
 //! type as they are written and widened back to f32 exactly as attention reads them.
 
-use half::{bf16, f16};
+use half::{bf16, f16, vec::HalfBitsVecExt};
 
 use crate::backend::KvDtype;
 use crate::error::{Error, Result};
 
 /// An element type of the cache.
 pub(crate) trait KvElem: Copy + Send + Sync + 'static {
-    const ZERO: Self;
+    /// `len` zeros from the allocator's zeroed memory (never written here, so the pages
+    /// of a large allocation stay untouched until used).
+    fn zeroed(len: usize) -> Vec<Self>;
     /// `x` rounded to this type (to nearest, ties to even).
     fn from_f32(x: f32) -> Self;
     /// The value as f32 (exact).
@@ -23,7 +25,9 @@ pub(crate) trait KvElem: Copy + Send + Sync + 'static {
 }
 
 impl KvElem for f32 {
-    const ZERO: f32 = 0.0;
+    fn zeroed(len: usize) -> Vec<f32> {
+        vec![0.0; len]
+    }
     fn from_f32(x: f32) -> f32 {
         x
     }
@@ -40,7 +44,9 @@ impl KvElem for f32 {
 }
 
 impl KvElem for f16 {
-    const ZERO: f16 = f16::ZERO;
+    fn zeroed(len: usize) -> Vec<f16> {
+        vec![0u16; len].reinterpret_into()
+    }
     fn from_f32(x: f32) -> f16 {
         f16::from_f32(x)
     }
@@ -58,7 +64,9 @@ impl KvElem for f16 {
 }
 
 impl KvElem for bf16 {
-    const ZERO: bf16 = bf16::ZERO;
+    fn zeroed(len: usize) -> Vec<bf16> {
+        vec![0u16; len].reinterpret_into()
+    }
     fn from_f32(x: f32) -> bf16 {
         bf16::from_f32(x)
     }
@@ -79,10 +87,76 @@ impl KvElem for bf16 {
     }
 }
 
-/// Keys and values of every layer in one element type.
+/// Keys and values of every layer in one element type, each layer's `[kv head][slot]
+/// [head_dim]`: a head's keys (and values) lie one after another, so attention reads
+/// each head's slots as one contiguous run.
 pub(crate) struct Planes<T> {
     pub k: Vec<Vec<T>>,
     pub v: Vec<Vec<T>>,
+}
+
+impl<T: KvElem> Planes<T> {
+    /// Every layer's planes of `len` values, zeroed by the allocator: pages never written
+    /// are not touched, so they are not resident (the cache takes memory as slots fill).
+    fn new(layers: usize, len: usize) -> Self {
+        Planes {
+            k: (0..layers).map(|_| T::zeroed(len)).collect(),
+            v: (0..layers).map(|_| T::zeroed(len)).collect(),
+        }
+    }
+
+    fn write(&mut self, layer: usize, at: usize, k: &[f32], v: &[f32], lay: Layout) {
+        let hd = lay.head_dim;
+        for (store, src) in [(&mut self.k[layer], k), (&mut self.v[layer], v)] {
+            for (r, row) in src.chunks_exact(lay.kv_dim()).enumerate() {
+                for (g, head) in row.chunks_exact(hd).enumerate() {
+                    let dst = &mut store[lay.at(g, at + r)..][..hd];
+                    for (d, &s) in dst.iter_mut().zip(head) {
+                        *d = T::from_f32(s);
+                    }
+                }
+            }
+        }
+    }
+
+    fn compact(&mut self, src: &[usize], dst_first: usize, lay: Layout) {
+        let hd = lay.head_dim;
+        for store in self.k.iter_mut().chain(self.v.iter_mut()) {
+            for g in 0..lay.kv_heads {
+                for (i, &s) in src.iter().enumerate() {
+                    let dst = dst_first + i;
+                    if s != dst {
+                        let from = lay.at(g, s);
+                        store.copy_within(from..from + hd, lay.at(g, dst));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Where a head's slot lies in a layer's plane.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Layout {
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub capacity: usize,
+}
+
+impl Layout {
+    fn kv_dim(&self) -> usize {
+        self.kv_heads * self.head_dim
+    }
+
+    /// Values in one layer's K (or V) plane.
+    fn len(&self) -> usize {
+        self.kv_heads * self.capacity * self.head_dim
+    }
+
+    /// The first value of head `g`'s slot `s`.
+    pub fn at(&self, g: usize, s: usize) -> usize {
+        (g * self.capacity + s) * self.head_dim
+    }
 }
 
 /// The planes, in the cache's type.
@@ -95,55 +169,7 @@ pub(crate) enum Store {
 /// Keys and values of all layers of one sequence.
 pub struct CpuKv {
     pub(crate) store: Store,
-    pub(crate) kv_dim: usize,
-    pub(crate) capacity: usize,
-}
-
-/// Grows one layer's K or V store to `len` values (zeros). The first growth reserves the
-/// whole `capacity` at once, so the store is never reallocated: a Vec that doubled as the
-/// context grew would hold up to twice what the planner counted for the KV cache, and
-/// copy it. Pages past `len` are reserved but never touched, so they are not resident.
-fn grow<T: KvElem>(store: &mut Vec<T>, len: usize, capacity: usize) {
-    if store.len() < len {
-        if store.capacity() < len {
-            store.reserve_exact(capacity.max(len) - store.len());
-        }
-        store.resize(len, T::ZERO);
-    }
-}
-
-impl<T: KvElem> Planes<T> {
-    fn new(layers: usize) -> Self {
-        Planes {
-            k: vec![Vec::new(); layers],
-            v: vec![Vec::new(); layers],
-        }
-    }
-
-    fn write(&mut self, layer: usize, at: usize, k: &[f32], v: &[f32], capacity: usize) {
-        let end = at + k.len();
-        for (store, src) in [(&mut self.k[layer], k), (&mut self.v[layer], v)] {
-            grow(store, end, capacity);
-            for (d, &s) in store[at..end].iter_mut().zip(src) {
-                *d = T::from_f32(s);
-            }
-        }
-    }
-
-    fn compact(&mut self, src: &[usize], dst_first: usize, d: usize, capacity: usize) {
-        let last = src.iter().max().copied().unwrap_or(0);
-        for store in self.k.iter_mut().chain(self.v.iter_mut()) {
-            // Slots never written (this cache grows as it is written) read as zeros, as
-            // on a device where the whole cache is allocated up front.
-            grow(store, (last + 1) * d, capacity);
-            for (i, &s) in src.iter().enumerate() {
-                let dst = dst_first + i;
-                if s != dst {
-                    store.copy_within(s * d..(s + 1) * d, dst * d);
-                }
-            }
-        }
-    }
+    pub(crate) layout: Layout,
 }
 
 /// Runs `$body` with `$p` bound to the store's planes, whatever their type.
@@ -159,19 +185,27 @@ macro_rules! with_planes {
 pub(crate) use with_planes;
 
 impl CpuKv {
-    /// Empty storage for `layers` layers of `kv_dim` values per slot, up to `capacity`
-    /// slots, of `dtype` values (memory is taken as slots are written).
-    pub(crate) fn new(layers: usize, kv_dim: usize, capacity: usize, dtype: KvDtype) -> Self {
-        let store = match dtype {
-            KvDtype::F32 => Store::F32(Planes::new(layers)),
-            KvDtype::F16 => Store::F16(Planes::new(layers)),
-            KvDtype::Bf16 => Store::Bf16(Planes::new(layers)),
-        };
-        CpuKv {
-            store,
-            kv_dim,
+    /// Storage for `layers` layers of `kv_heads` heads of `head_dim` values per slot, up
+    /// to `capacity` slots, of `dtype` values (memory is taken as slots are written).
+    pub(crate) fn new(
+        layers: usize,
+        kv_heads: usize,
+        head_dim: usize,
+        capacity: usize,
+        dtype: KvDtype,
+    ) -> Self {
+        let layout = Layout {
+            kv_heads,
+            head_dim,
             capacity,
-        }
+        };
+        let len = layout.len();
+        let store = match dtype {
+            KvDtype::F32 => Store::F32(Planes::new(layers, len)),
+            KvDtype::F16 => Store::F16(Planes::new(layers, len)),
+            KvDtype::Bf16 => Store::Bf16(Planes::new(layers, len)),
+        };
+        CpuKv { store, layout }
     }
 
     /// The element type.
@@ -183,29 +217,30 @@ impl CpuKv {
         }
     }
 
-    fn layers(&self) -> usize {
+    /// Layers in the cache.
+    pub(crate) fn layers(&self) -> usize {
         with_planes!(&self.store, p => p.k.len())
     }
 
     /// Writes `k`, `v` (`rows` slots of `kv_dim` values each) of `layer` at slot `first`,
     /// rounded to the cache's type.
     pub(crate) fn write(&mut self, layer: usize, first: usize, k: &[f32], v: &[f32]) -> Result<()> {
-        let d = self.kv_dim;
-        let rows = k.len() / d;
-        if first + rows > self.capacity
+        let (d, cap) = (self.layout.kv_dim(), self.layout.capacity);
+        let rows = k.len() / d.max(1);
+        if first + rows > cap
             || layer >= self.layers()
             || k.len() != v.len()
             || !k.len().is_multiple_of(d)
         {
             return Err(Error::internal(format!(
-                "kv_write of {rows} slots at {first} in layer {layer}: the cache has {} slots \
-                 and {} layers",
-                self.capacity,
+                "kv_write of {} values at slot {first} in layer {layer}: the cache has {cap} \
+                 slots of {d} values and {} layers",
+                k.len(),
                 self.layers()
             )));
         }
-        let cap = self.capacity * d;
-        with_planes!(&mut self.store, p => p.write(layer, first * d, k, v, cap));
+        let lay = self.layout;
+        with_planes!(&mut self.store, p => p.write(layer, first, k, v, lay));
         Ok(())
     }
 
@@ -214,14 +249,14 @@ impl CpuKv {
         let Some(&last) = src.iter().max() else {
             return Ok(());
         };
-        if last >= self.capacity || dst_first + src.len() > self.capacity {
+        let lay = self.layout;
+        if last >= lay.capacity || dst_first + src.len() > lay.capacity {
             return Err(Error::internal(format!(
                 "kv_compact from slot {last}: the cache has {} slots",
-                self.capacity
+                lay.capacity
             )));
         }
-        let (d, cap) = (self.kv_dim, self.capacity * self.kv_dim);
-        with_planes!(&mut self.store, p => p.compact(src, dst_first, d, cap));
+        with_planes!(&mut self.store, p => p.compact(src, dst_first, lay));
         Ok(())
     }
 }
@@ -263,7 +298,8 @@ mod tests {
 
     #[test]
     fn writes_round_and_compaction_moves_every_layer() {
-        let mut kv = CpuKv::new(2, 4, 8, KvDtype::F16);
+        // 2 layers of 2 KV heads of 2 values, 8 slots
+        let mut kv = CpuKv::new(2, 2, 2, 8, KvDtype::F16);
         let k: Vec<f32> = (0..12).map(|i| i as f32 + 0.1).collect();
         let v: Vec<f32> = (0..12).map(|i| -(i as f32) - 0.1).collect();
         kv.write(1, 2, &k, &v).unwrap();
@@ -271,14 +307,17 @@ mod tests {
         let Store::F16(p) = &kv.store else {
             panic!("f16 planes")
         };
+        let half = |x: &[f32]| x.iter().map(|&x| f16::from_f32(x)).collect::<Vec<_>>();
+        // each head's slots lie together: slots 3 and 4 (k[4..8], k[8..12]) moved to 0, 1
+        let at = |g, s| kv.layout.at(g, s);
+        assert_eq!(at(1, 0), 16);
+        assert_eq!(p.k[1][at(0, 0)..at(0, 2)], half(&[4.1, 5.1, 8.1, 9.1])[..]);
         assert_eq!(
-            p.k[1][..8],
-            k[4..12]
-                .iter()
-                .map(|&x| f16::from_f32(x))
-                .collect::<Vec<_>>()[..]
+            p.k[1][at(1, 0)..at(1, 2)],
+            half(&[6.1, 7.1, 10.1, 11.1])[..]
         );
-        assert_eq!(p.v[0][..8], [f16::ZERO; 8]);
+        assert_eq!(p.v[1][at(1, 4)..at(1, 5)], half(&v[10..12])[..]);
+        assert_eq!(p.v[0][..], [f16::ZERO; 32]);
         assert!(kv.write(0, 6, &k, &v).is_err(), "past the capacity");
         assert!(kv.write(2, 0, &k[..4], &v[..4]).is_err(), "past the layers");
         assert_eq!(kv.dtype(), KvDtype::F16);

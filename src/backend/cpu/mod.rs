@@ -116,13 +116,14 @@ fn heads_per_task(tasks: usize, group: usize, threads: usize) -> usize {
         .unwrap_or(1)
 }
 
-/// [`Backend::attention`] over one layer's keys and values, whatever their type.
+/// [`Backend::attention`] over one layer's keys and values, whatever their type, laid
+/// out as `lay` says.
 #[allow(clippy::too_many_arguments)]
 fn attention_over<T: kv::KvElem>(
     q: &CpuAct,
     ks: &[T],
     vs: &[T],
-    d: usize,
+    lay: kv::Layout,
     committed: usize,
     mask: &AttnMask,
     shape: AttnShape,
@@ -158,8 +159,8 @@ fn attention_over<T: kv::KvElem>(
             let head = attn::KvHead {
                 k: ks,
                 v: vs,
-                stride: d,
-                off: g * hd,
+                stride: hd,
+                off: lay.at(g, 0),
             };
             SCRATCH.with_borrow_mut(|(slots, scores)| {
                 slots.clear();
@@ -342,11 +343,12 @@ impl Backend for CpuBackend {
     fn kv_new(
         &self,
         layers: usize,
-        kv_dim: usize,
+        kv_heads: usize,
+        head_dim: usize,
         capacity: usize,
         dtype: KvDtype,
     ) -> Result<CpuKv> {
-        Ok(CpuKv::new(layers, kv_dim, capacity, dtype))
+        Ok(CpuKv::new(layers, kv_heads, head_dim, capacity, dtype))
     }
 
     fn kv_write(
@@ -374,8 +376,31 @@ impl Backend for CpuBackend {
         shape: AttnShape,
         out: &mut CpuAct,
     ) -> Result<()> {
+        let lay = kv.layout;
+        let last = (0..mask.len().min(q.rows))
+            .filter_map(|i| mask.row(i).last())
+            .map(|&j| committed + j as usize + 1)
+            .max()
+            .unwrap_or(0);
+        if q.cols != shape.n_heads * shape.head_dim
+            || out.rows != q.rows
+            || out.cols != q.cols
+            || (lay.kv_heads, lay.head_dim) != (shape.n_kv_heads, shape.head_dim)
+            || !shape.n_heads.is_multiple_of(shape.n_kv_heads.max(1))
+            || layer >= kv.layers()
+            || mask.len() < q.rows
+            || committed.max(last) > lay.capacity
+        {
+            return Err(Error::internal(format!(
+                "attention of {} rows over {committed} + {} slots in layer {layer}: the shape \
+                 disagrees with the queries, the cache ({} slots) or the mask",
+                q.rows,
+                mask.len(),
+                lay.capacity
+            )));
+        }
         kv::with_planes!(&kv.store, p => {
-            attention_over(q, &p.k[layer], &p.v[layer], kv.kv_dim, committed, mask, shape, out)
+            attention_over(q, &p.k[layer], &p.v[layer], kv.layout, committed, mask, shape, out)
         });
         Ok(())
     }
@@ -449,15 +474,19 @@ mod tests {
             head_dim: 20,
             scale: 0.2,
         };
-        let (committed, rows, d) = (37, 3, shape.n_kv_heads * shape.head_dim);
+        let (committed, rows) = (37, 3);
+        let lay = kv::Layout {
+            kv_heads: shape.n_kv_heads,
+            head_dim: shape.head_dim,
+            capacity: committed + rows,
+        };
         let noise = |n: usize, seed: usize| -> Vec<f32> {
             (0..n)
                 .map(|i| ((i * 7919 + seed * 104729) % 2003) as f32 / 1001.0 - 1.0)
                 .collect()
         };
-        let slots = committed + rows;
-        let ks = noise(slots * d, 1);
-        let vs = noise(slots * d, 2);
+        let len = lay.at(shape.n_kv_heads, 0);
+        let (ks, vs) = (noise(len, 1), noise(len, 2));
         let q = CpuAct {
             rows,
             cols: shape.n_heads * shape.head_dim,
@@ -474,7 +503,7 @@ mod tests {
                 .num_threads(threads)
                 .build()
                 .unwrap()
-                .install(|| attention_over(&q, &ks, &vs, d, committed, &mask, shape, &mut out));
+                .install(|| attention_over(&q, &ks, &vs, lay, committed, &mask, shape, &mut out));
             out.data
         };
         // 6 tasks of whole groups on 1 thread; 2 heads a task on 8; single heads on 16.

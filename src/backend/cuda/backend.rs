@@ -598,7 +598,8 @@ impl Backend for CudaBackend {
     fn kv_new(
         &self,
         layers: usize,
-        kv_dim: usize,
+        kv_heads: usize,
+        head_dim: usize,
         capacity: usize,
         dtype: KvDtype,
     ) -> Result<CudaKv> {
@@ -608,6 +609,7 @@ impl Backend for CudaBackend {
                  (kv_dtype f32)"
             )));
         }
+        let kv_dim = kv_heads * head_dim;
         self.inner.bind()?;
         Ok(CudaKv {
             buf: self

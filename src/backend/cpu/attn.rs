@@ -1,10 +1,8 @@
 //! Attention of one query row and head over its KV slots, in one fixed order that every
 //! kernel follows, so the bits are the same on every CPU and whatever else is in the batch:
 //!
-//! 1. `score[j] = sum8(acc) * scale`, `acc[l] = fma(q[i + l], k_j[i + l], acc[l])` over
-//!    ascending blocks `i` of 8 (then the `head_dim % 8` tail, `s = fma(q[i], k_j[i], s)`
-//!    in order), `sum8` the fixed pairwise sum `((a0 + a4) + (a2 + a6)) + ((a1 + a5) +
-//!    (a3 + a7))`;
+//! 1. `score[j] = d * scale`, `d` one chain over the head's dimensions in order:
+//!    `d = fma(q[i], k_j[i], d)` for `i = 0..head_dim`, from `d = 0`;
 //! 2. `m = max(score)` (exact in any order);
 //! 3. `e[j] = exp(score[j] - m)` by [`exp`] (Cephes' single-precision polynomial with
 //!    FMA steps: within ~1 ulp, and the same operations in every kernel);
@@ -15,19 +13,29 @@
 //! A slot's place in the list, not its index in the cache, decides its block, so a row
 //! verified in a tree (its ancestors in scratch slots) and the same row decoded alone
 //! (its ancestors committed) see the same keys in the same order and give the same bits.
-//! The AVX2 kernel runs 8 lanes of the same operations (score blocks of 8 keys only share
-//! the query's loads); the portable code is the scalar reference.
+//!
+//! Keys are stored in tiles of [`TILE`] slots, dimension-major inside a tile
+//! ([`key_at`]), so the AVX2 kernel loads one dimension of 8 keys at once and runs their
+//! 8 scores' chains in its lanes: no horizontal sums, and the query heads of a group share
+//! each load. Values are stored slot after slot. The portable code is the scalar reference.
 
 use super::kv::KvElem;
 use crate::util::isa::Isa;
 
-/// One KV head inside a layer's cache: slot `s`'s key is `k[s * stride + off..][..hd]`,
-/// in the cache's element type (widened to f32 exactly as it is read).
+/// Slots in a tile of keys.
+pub(crate) const TILE: usize = 8;
+
+/// Where dimension `i` of slot `s`'s key lies in a head's key tiles (`hd` dimensions).
+#[inline(always)]
+pub(crate) fn key_at(s: usize, i: usize, hd: usize) -> usize {
+    (s / TILE * hd + i) * TILE + s % TILE
+}
+
+/// One KV head of a layer's cache: its key tiles ([`key_at`]) and its values (slot `s`'s
+/// at `v[s * hd..][..hd]`), in the cache's element type (widened to f32 exactly as read).
 pub(crate) struct KvHead<'a, T> {
     pub k: &'a [T],
     pub v: &'a [T],
-    pub stride: usize,
-    pub off: usize,
 }
 
 impl<T> Clone for KvHead<'_, T> {
@@ -37,17 +45,17 @@ impl<T> Clone for KvHead<'_, T> {
 }
 impl<T> Copy for KvHead<'_, T> {}
 
-impl<T> KvHead<'_, T> {
-    /// Where slot `s`'s key (and value) starts in its plane.
-    fn at(&self, s: usize) -> usize {
-        s * self.stride + self.off
-    }
+/// A task's scratch: the scores of its heads, and keys gathered into a tile.
+#[derive(Default)]
+pub(crate) struct Scratch {
+    pub scores: Vec<f32>,
+    tile: Vec<f32>,
 }
 
 /// Attention of the query heads in `q` (`q.len() / hd` heads of `hd`, all reading the
 /// same KV head, as grouped-query attention's heads do) over the keys and values of
-/// `slots` in order, into `out` (the same layout); `scores` is scratch. Each head's bits
-/// are those of the order in the module documentation, alone or with others.
+/// `slots` in order, into `out` (the same layout). Each head's bits are those of the
+/// order in the module documentation, alone or with others.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn attend<T: KvElem>(
     isa: Isa,
@@ -56,14 +64,18 @@ pub(crate) fn attend<T: KvElem>(
     kv: KvHead<'_, T>,
     slots: &[usize],
     scale: f32,
-    scores: &mut Vec<f32>,
+    scratch: &mut Scratch,
     out: &mut [f32],
 ) {
     assert!(hd > 0 && q.len().is_multiple_of(hd) && out.len() == q.len());
     for &s in slots {
-        assert!(kv.at(s) + hd <= kv.k.len().min(kv.v.len()), "slot {s}");
+        assert!(
+            (s / TILE + 1) * TILE * hd <= kv.k.len() && (s + 1) * hd <= kv.v.len(),
+            "slot {s}"
+        );
     }
     let n = slots.len();
+    let scores = &mut scratch.scores;
     scores.clear();
     scores.resize(q.len() / hd * n, 0.0);
     #[cfg(target_arch = "x86_64")]
@@ -71,7 +83,7 @@ pub(crate) fn attend<T: KvElem>(
         // SAFETY: every non-portable ISA has AVX2, FMA and F16C; the slots were checked to be
         // inside both planes, `scores` holds one value per head and slot, and `out` as
         // many values as `q`.
-        unsafe { avx2::attend(q, hd, kv, slots, scale, scores, out) };
+        unsafe { avx2::attend(q, hd, kv, slots, scale, scores, &mut scratch.tile, out) };
         return;
     }
     let _ = isa;
@@ -134,18 +146,10 @@ fn portable<T: KvElem>(
     out: &mut [f32],
 ) {
     let hd = q.len();
-    let body = hd - hd % 8;
     for (sc, &s) in scores.iter_mut().zip(slots) {
-        let k = &kv.k[kv.at(s)..][..hd];
-        let mut acc = [0f32; 8];
-        for i in (0..body).step_by(8) {
-            for l in 0..8 {
-                acc[l] = q[i + l].mul_add(k[i + l].to_f32(), acc[l]);
-            }
-        }
-        let mut d = sum8(&acc);
-        for i in body..hd {
-            d = q[i].mul_add(k[i].to_f32(), d);
+        let mut d = 0f32;
+        for (i, &qi) in q.iter().enumerate() {
+            d = qi.mul_add(kv.k[key_at(s, i, hd)].to_f32(), d);
         }
         *sc = d * scale;
     }
@@ -165,7 +169,7 @@ fn portable<T: KvElem>(
     out.fill(0.0);
     for (e, &s) in scores.iter().zip(slots) {
         let p = e / sum;
-        let v = &kv.v[kv.at(s)..][..hd];
+        let v = &kv.v[s * hd..][..hd];
         for (o, &vi) in out.iter_mut().zip(v) {
             *o = p.mul_add(vi.to_f32(), *o);
         }
@@ -176,7 +180,7 @@ fn portable<T: KvElem>(
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::{KvElem, KvHead, C1, C2, EXP_LO, LOG2E, P};
+    use super::{key_at, KvElem, KvHead, C1, C2, EXP_LO, LOG2E, P, TILE};
 
     /// The lanes of `v` summed in [`sum8`]'s order: `b = lo + hi` is `[a0 + a4, a1 + a5,
     /// a2 + a6, a3 + a7]`, then `(b0 + b2) + (b1 + b3)`.
@@ -221,10 +225,6 @@ mod avx2 {
         }
     }
 
-    /// Slots ahead whose keys and values are prefetched: a row of each KV head is a few
-    /// lines strided by the slot's width, which the hardware prefetcher follows poorly.
-    const AHEAD: usize = 16;
-
     /// Prefetches the `n` elements at `p` (a prefetch never faults).
     #[inline(always)]
     unsafe fn prefetch<T>(p: *const T, n: usize) {
@@ -234,6 +234,10 @@ mod avx2 {
             unsafe { _mm_prefetch::<_MM_HINT_T0>((p as *const i8).wrapping_add(off)) };
         }
     }
+
+    /// Tiles of keys, and slots of values, prefetched ahead of those being read.
+    const TILES_AHEAD: usize = 4;
+    const SLOTS_AHEAD: usize = 16;
 
     /// Slots a block of the AVX2 kernel takes: their keys and values (256 B each at a
     /// head width of 64) stay in L1 while every query head of the group passes over them.
@@ -273,8 +277,9 @@ mod avx2 {
     /// up to three of them over each key and value together.
     ///
     /// # Safety
-    /// The CPU has AVX2, FMA and F16C; every slot's key and value (`hd` wide) lies inside
-    /// `kv`'s planes, `scores` holds `q.len() / hd * slots.len()` values and `out` `q.len()`.
+    /// The CPU has AVX2, FMA and F16C; every slot's key tile and value (`hd` wide) lie
+    /// inside `kv`, `scores` holds `q.len() / hd * slots.len()` values and `out` `q.len()`.
+    #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn attend<T: KvElem>(
         q: &[f32],
@@ -283,6 +288,7 @@ mod avx2 {
         slots: &[usize],
         scale: f32,
         scores: &mut [f32],
+        tile: &mut Vec<f32>,
         out: &mut [f32],
     ) {
         // SAFETY: the caller upholds the contract above.
@@ -290,7 +296,6 @@ mod avx2 {
             let (n, heads) = (slots.len(), q.len() / hd);
             let body = hd - hd % 8;
             let (kp, vp) = (kv.k.as_ptr(), kv.v.as_ptr());
-            let at = |s: usize| kv.at(s);
             let sp = scores.as_mut_ptr();
             // 1. scores, a block of slots at a time for every head
             for b0 in (0..n).step_by(BLOCK) {
@@ -298,7 +303,7 @@ mod avx2 {
                 by_heads!(heads, H => |h0: usize| {
                     let qp: [*const f32; H] = std::array::from_fn(|x| q.as_ptr().add((h0 + x) * hd));
                     let sc: [*mut f32; H] = std::array::from_fn(|x| sp.add((h0 + x) * n + b0));
-                    scores_of::<T, H>(qp, hd, kp, block, at, scale, sc);
+                    scores_of::<T, H>(qp, hd, kp, block, scale, sc, tile);
                 });
             }
             // 2.-4. per head: max, exponentials, their sum, the probabilities
@@ -316,18 +321,18 @@ mod avx2 {
                     let op: [*mut f32; H] = std::array::from_fn(|x| out.as_mut_ptr().add((h0 + x) * hd));
                     let mut c0 = 0;
                     while c0 < body {
-                        let v = vp.add(kv.off + c0);
+                        let v = vp.add(c0);
                         let o: [*mut f32; H] = std::array::from_fn(|x| op[x].add(c0));
                         c0 += 8 * match ((body - c0) / 8, H) {
-                            (8.., 1) => weighted::<T, 8, H>(p, block, kv.stride, v, o),
-                            (4.., _) => weighted::<T, 4, H>(p, block, kv.stride, v, o),
-                            (2.., _) => weighted::<T, 2, H>(p, block, kv.stride, v, o),
-                            _ => weighted::<T, 1, H>(p, block, kv.stride, v, o),
+                            (8.., 1) => weighted::<T, 8, H>(p, block, hd, v, o),
+                            (4.., _) => weighted::<T, 4, H>(p, block, hd, v, o),
+                            (2.., _) => weighted::<T, 2, H>(p, block, hd, v, o),
+                            _ => weighted::<T, 1, H>(p, block, hd, v, o),
                         };
                     }
                     for x in 0..H {
                         for (j, &s) in block.iter().enumerate() {
-                            let (e, v) = (*p[x].add(j), vp.add(at(s)));
+                            let (e, v) = (*p[x].add(j), vp.add(s * hd));
                             for i in body..hd {
                                 let o = op[x].add(i);
                                 *o = e.mul_add((*v.add(i)).to_f32(), *o);
@@ -340,82 +345,106 @@ mod avx2 {
     }
 
     /// `sc[x][j] = q[x] . key(slots[j]) * scale` for `H` heads (step 1 of the module's
-    /// order).
+    /// order): 8 slots whose keys fill a tile are read from it in place, up to 4 tiles at
+    /// a time; other slots (a tree's, the last few committed, a window's first) are
+    /// gathered into `tile` first, the slots up to the next tile's start.
     ///
     /// # Safety
     /// As [`attend`]: each `q[x]` holds `hd` values and each `sc[x]` `slots.len()`, every
-    /// slot's key lies inside `k`.
+    /// slot's key tile lies inside the key tiles at `kp`.
     #[inline(always)]
     unsafe fn scores_of<T: KvElem, const H: usize>(
         qp: [*const f32; H],
         hd: usize,
         kp: *const T,
         slots: &[usize],
-        at: impl Fn(usize) -> usize,
         scale: f32,
         sc: [*mut f32; H],
+        tile: &mut Vec<f32>,
     ) {
         // SAFETY: the caller upholds the contract above.
         unsafe {
-            let body = hd - hd % 8;
-            let tail = |q: *const f32, k: *const T, mut d: f32| {
-                for i in body..hd {
-                    d = (*q.add(i)).mul_add((*k.add(i)).to_f32(), d);
-                }
-                d
+            let n = slots.len();
+            let whole = |j: usize| {
+                j + TILE <= n
+                    && slots[j].is_multiple_of(TILE)
+                    && (1..TILE).all(|l| slots[j + l] == slots[j] + l)
             };
-            // Several keys at a time: each key's lanes are one chain of FMAs, so eight
-            // chains (four keys of two or three heads, or eight of one) keep both FMA
-            // units busy past their latency (four left them half idle).
+            let tile_of = |j: usize| kp.add(slots[j] / TILE * hd * TILE);
             let mut j = 0;
-            while j < slots.len() {
-                let (s, c) = (&slots[j..], sc.map(|p| p.add(j)));
-                j += match (slots.len() - j, H) {
-                    (8.., 1) => keys::<T, 8, H>(qp, body, kp, s, &at, scale, c, &tail),
-                    (4.., _) => keys::<T, 4, H>(qp, body, kp, s, &at, scale, c, &tail),
-                    _ => keys::<T, 1, H>(qp, body, kp, s, &at, scale, c, &tail),
-                };
+            while j < n {
+                let c = sc.map(|p| p.add(j));
+                if whole(j) {
+                    let mut u = 1;
+                    while u < 4 && whole(j + u * TILE) {
+                        u += 1;
+                    }
+                    let t: [*const T; 4] =
+                        std::array::from_fn(|x| tile_of(j + x.min(u - 1) * TILE));
+                    // the tiles that follow these in the cache (the next ones read)
+                    prefetch(t[0].wrapping_add(TILES_AHEAD * hd * TILE), u * hd * TILE);
+                    u = match (u, H) {
+                        (4, 1 | 2) => tiles::<T, 4, H>(qp, hd, t, scale, c),
+                        (3.., _) => tiles::<T, 3, H>(qp, hd, [t[0], t[1], t[2]], scale, c),
+                        (2, _) => tiles::<T, 2, H>(qp, hd, [t[0], t[1]], scale, c),
+                        _ => tiles::<T, 1, H>(qp, hd, [t[0]], scale, c),
+                    };
+                    j += u * TILE;
+                } else {
+                    // up to the next slot that starts a tile
+                    let mut m = 1;
+                    while m < TILE && j + m < n && !slots[j + m].is_multiple_of(TILE) {
+                        m += 1;
+                    }
+                    tile.clear();
+                    tile.resize(hd * TILE, 0.0);
+                    for (l, &s) in slots[j..j + m].iter().enumerate() {
+                        for i in 0..hd {
+                            tile[i * TILE + l] = (*kp.add(key_at(s, i, hd))).to_f32();
+                        }
+                    }
+                    let mut part = [[0f32; TILE]; H];
+                    let pc: [*mut f32; H] = std::array::from_fn(|x| part[x].as_mut_ptr());
+                    tiles::<f32, 1, H>(qp, hd, [tile.as_ptr()], scale, pc);
+                    for x in 0..H {
+                        std::ptr::copy_nonoverlapping(part[x].as_ptr(), c[x], m);
+                    }
+                    j += m;
+                }
             }
         }
     }
 
-    /// The scores of the first `U` slots for `H` heads (see [`scores_of`]). Returns `U`.
+    /// The scores of the `8 * U` slots in tiles `t` for `H` heads: each lane one slot's
+    /// chain over the dimensions in order (see [`scores_of`]). Returns `U`.
     ///
     /// # Safety
-    /// As [`scores_of`], with at least `U` slots and scores.
-    #[allow(clippy::too_many_arguments)]
+    /// As [`scores_of`]; each `t[u]` is a tile of `hd * 8` values, each `sc[x]` holds
+    /// `8 * U` values.
     #[inline(always)]
-    unsafe fn keys<T: KvElem, const U: usize, const H: usize>(
+    unsafe fn tiles<T: KvElem, const U: usize, const H: usize>(
         qp: [*const f32; H],
-        body: usize,
-        kp: *const T,
-        slots: &[usize],
-        at: &impl Fn(usize) -> usize,
+        hd: usize,
+        t: [*const T; U],
         scale: f32,
         sc: [*mut f32; H],
-        tail: &impl Fn(*const f32, *const T, f32) -> f32,
     ) -> usize {
         // SAFETY: the caller upholds the contract above.
         unsafe {
-            let k: [*const T; U] = std::array::from_fn(|u| kp.add(at(slots[u])));
-            for u in 0..U {
-                if let Some(&s) = slots.get(u + AHEAD) {
-                    prefetch(kp.add(at(s)), body);
-                }
-            }
             let mut acc = [[_mm256_setzero_ps(); U]; H];
-            for i in (0..body).step_by(8) {
-                let qv: [__m256; H] = std::array::from_fn(|x| _mm256_loadu_ps(qp[x].add(i)));
-                for u in 0..U {
-                    let kv = T::load8(k[u].add(i));
-                    for x in 0..H {
-                        acc[x][u] = _mm256_fmadd_ps(qv[x], kv, acc[x][u]);
+            for i in 0..hd {
+                let kv: [__m256; U] = std::array::from_fn(|u| T::load8(t[u].add(i * TILE)));
+                for (ax, q) in acc.iter_mut().zip(qp) {
+                    let b = _mm256_broadcast_ss(&*q.add(i));
+                    for (a, k) in ax.iter_mut().zip(&kv) {
+                        *a = _mm256_fmadd_ps(b, *k, *a);
                     }
                 }
             }
-            for x in 0..H {
-                for u in 0..U {
-                    *sc[x].add(u) = tail(qp[x], k[u], hsum(acc[x][u])) * scale;
+            let s = _mm256_set1_ps(scale);
+            for (ax, c) in acc.iter().zip(sc) {
+                for (u, a) in ax.iter().enumerate() {
+                    _mm256_storeu_ps(c.add(u * TILE), _mm256_mul_ps(*a, s));
                 }
             }
             U
@@ -480,7 +509,7 @@ mod avx2 {
             for (j, &s) in slots.iter().enumerate() {
                 let pv: [__m256; H] = std::array::from_fn(|x| _mm256_set1_ps(*p[x].add(j)));
                 let row = v.add(s * stride);
-                if let Some(&s) = slots.get(j + AHEAD) {
+                if let Some(&s) = slots.get(j + SLOTS_AHEAD) {
                     prefetch(v.add(s * stride), 8 * N);
                 }
                 for u in 0..N {
@@ -534,75 +563,89 @@ mod tests {
         assert!(exp(f32::NAN).is_nan());
     }
 
+    /// Key tiles and value rows of one head from keys and values laid out slot after slot
+    /// (`hd` each), the tiles padded with zeros to whole tiles.
+    fn head_of<T: KvElem>(k: &[f32], v: &[f32], hd: usize) -> (Vec<T>, Vec<T>) {
+        let slots = k.len() / hd;
+        let mut tiles = vec![T::from_f32(0.0); slots.div_ceil(TILE) * TILE * hd];
+        for s in 0..slots {
+            for i in 0..hd {
+                tiles[key_at(s, i, hd)] = T::from_f32(k[s * hd + i]);
+            }
+        }
+        (tiles, v.iter().map(|&x| T::from_f32(x)).collect())
+    }
+
+    /// Slot lists as attention sees them: whole tiles, a run from inside a tile (a
+    /// window's), committed slots then a tree's scattered ones, and scattered slots alone.
+    fn slot_lists(n: usize, planes: usize) -> Vec<Vec<usize>> {
+        let scattered = |n: usize| (0..n).map(|j| (j * 37 + 5) % planes).collect::<Vec<_>>();
+        let tree = (0..n / 2).chain((0..n - n / 2).map(|j| n / 2 + 3 * j % (planes - n / 2)));
+        vec![
+            (0..n).collect(),
+            (3..3 + n).collect(),
+            tree.collect(),
+            scattered(n),
+        ]
+    }
+
     #[test]
     fn every_isa_gives_the_portable_bits_and_softmax_attention() {
-        // head widths with and without a tail; slot counts around the blocks of 4 and 8
-        for (hd, stride, off) in [(64, 128, 64), (64, 64, 0), (12, 24, 0), (256, 256, 0)] {
+        // head widths with and without a tail of 8; slot counts around the tiles and blocks
+        for hd in [64, 12, 256, 5] {
             let planes = 160;
-            let (k, v) = (values(planes * stride, 1), values(planes * stride, 2));
+            let (k, v) = (values(planes * hd, 1), values(planes * hd, 2));
+            let (kt, vt) = head_of::<f32>(&k, &v, hd);
+            let kv = KvHead { k: &kt, v: &vt };
             let q = values(7 * hd, 3);
-            let kv = KvHead {
-                k: &k,
-                v: &v,
-                stride,
-                off,
-            };
             for n in [1, 3, 4, 7, 8, 9, 17, 64, 65, 150] {
-                // scattered slots, as a tree row's ancestors are
-                let slots: Vec<usize> = (0..n).map(|j| (j * 37 + 5) % planes).collect();
-                let mut want = vec![0f32; hd];
-                portable(&q[..hd], kv, &slots, 0.125, &mut vec![0.0; n], &mut want);
-                // softmax attention in f64
-                let s: Vec<f64> = slots
-                    .iter()
-                    .map(|&s| {
-                        (0..hd)
-                            .map(|i| q[i] as f64 * k[s * stride + off + i] as f64)
-                            .sum::<f64>()
-                            * 0.125
-                    })
-                    .collect();
-                let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                let z: f64 = s.iter().map(|x| (x - m).exp()).sum();
-                for i in 0..hd {
-                    let r: f64 = slots
+                for slots in slot_lists(n, planes) {
+                    let mut want = vec![0f32; hd];
+                    portable(&q[..hd], kv, &slots, 0.125, &mut vec![0.0; n], &mut want);
+                    // softmax attention in f64
+                    let s: Vec<f64> = slots
                         .iter()
-                        .zip(&s)
-                        .map(|(&sl, x)| (x - m).exp() / z * v[sl * stride + off + i] as f64)
-                        .sum();
-                    assert!(
-                        (want[i] as f64 - r).abs() < 1e-5,
-                        "hd {hd} n {n}: {} {r}",
-                        want[i]
-                    );
-                }
-                for isa in supported_isas() {
-                    let mut got = vec![0f32; hd];
-                    attend(
-                        isa,
-                        &q[..hd],
-                        hd,
-                        kv,
-                        &slots,
-                        0.125,
-                        &mut Vec::new(),
-                        &mut got,
-                    );
-                    assert_eq!(got, want, "{isa:?} hd {hd} n {n}");
-                    // in groups of 2, 3 and 7 heads (taken 3, 2 and 1 at a time over each
-                    // key and value): every head's bits are its own alone
-                    for heads in [2, 3, 7] {
-                        let mut got = vec![0f32; heads * hd];
-                        let qs = &q[..heads * hd];
-                        attend(isa, qs, hd, kv, &slots, 0.125, &mut Vec::new(), &mut got);
-                        for (x, (qx, gx)) in qs.chunks(hd).zip(got.chunks(hd)).enumerate() {
-                            let mut alone = vec![0f32; hd];
-                            portable(qx, kv, &slots, 0.125, &mut vec![0.0; n], &mut alone);
-                            assert_eq!(
-                                gx,
-                                &alone[..],
-                                "{isa:?} hd {hd} n {n}, head {x} of {heads}"
-                            );
+                        .map(|&s| {
+                            (0..hd)
+                                .map(|i| q[i] as f64 * k[s * hd + i] as f64)
+                                .sum::<f64>()
+                                * 0.125
+                        })
+                        .collect();
+                    let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let z: f64 = s.iter().map(|x| (x - m).exp()).sum();
+                    for i in 0..hd {
+                        let r: f64 = slots
+                            .iter()
+                            .zip(&s)
+                            .map(|(&sl, x)| (x - m).exp() / z * v[sl * hd + i] as f64)
+                            .sum();
+                        assert!(
+                            (want[i] as f64 - r).abs() < 1e-5,
+                            "hd {hd} n {n}: {} {r}",
+                            want[i]
+                        );
+                    }
+                    for isa in supported_isas() {
+                        let mut got = vec![0f32; hd];
+                        let scratch = &mut Scratch::default();
+                        attend(isa, &q[..hd], hd, kv, &slots, 0.125, scratch, &mut got);
+                        assert_eq!(got, want, "{isa:?} hd {hd} n {n} {slots:?}");
+                        // in groups of 2, 3 and 7 heads (taken 2, 3 and 3 + 3 + 1 at a
+                        // time over each key and value): every head's bits are its own
+                        for heads in [2, 3, 7] {
+                            let mut got = vec![0f32; heads * hd];
+                            let qs = &q[..heads * hd];
+                            attend(isa, qs, hd, kv, &slots, 0.125, scratch, &mut got);
+                            for (x, (qx, gx)) in qs.chunks(hd).zip(got.chunks(hd)).enumerate() {
+                                let mut alone = vec![0f32; hd];
+                                portable(qx, kv, &slots, 0.125, &mut vec![0.0; n], &mut alone);
+                                assert_eq!(
+                                    gx,
+                                    &alone[..],
+                                    "{isa:?} hd {hd} n {n}, head {x} of {heads}"
+                                );
+                            }
                         }
                     }
                 }
@@ -613,46 +656,34 @@ mod tests {
     /// An f16 or bf16 cache gives the bits of an f32 cache holding the rounded values,
     /// on every ISA (the widening is exact and the order of the arithmetic the same).
     fn two_byte_planes_read_as_their_f32_values<T: KvElem>() {
-        let (hd, stride, off, planes) = (64, 128, 64, 90);
-        let round = |x: Vec<f32>| -> (Vec<T>, Vec<f32>) {
-            let t: Vec<T> = x.iter().map(|&x| T::from_f32(x)).collect();
-            let w = t.iter().map(|&t| t.to_f32()).collect();
-            (t, w)
-        };
-        let ((k, kw), (v, vw)) = (
-            round(values(planes * stride, 4)),
-            round(values(planes * stride, 5)),
-        );
+        let (hd, planes) = (64, 90);
+        let round =
+            |x: Vec<f32>| -> Vec<f32> { x.iter().map(|&x| T::from_f32(x).to_f32()).collect() };
+        let (k, v) = (round(values(planes * hd, 4)), round(values(planes * hd, 5)));
+        let (kh, vh) = head_of::<T>(&k, &v, hd);
+        let (kw, vw) = head_of::<f32>(&k, &v, hd);
+        let half = KvHead { k: &kh, v: &vh };
+        let wide = KvHead { k: &kw, v: &vw };
         let q = values(2 * hd, 6);
-        let half = KvHead {
-            k: &k,
-            v: &v,
-            stride,
-            off,
-        };
-        let wide = KvHead {
-            k: &kw,
-            v: &vw,
-            stride,
-            off,
-        };
-        for n in [1, 7, 8, 9, 64, 89] {
-            let slots: Vec<usize> = (0..n).map(|j| (j * 13 + 2) % planes).collect();
-            let mut want = vec![0f32; 2 * hd];
-            attend(
-                Isa::Portable,
-                &q,
-                hd,
-                wide,
-                &slots,
-                0.125,
-                &mut Vec::new(),
-                &mut want,
-            );
-            for isa in supported_isas() {
-                let mut got = vec![0f32; 2 * hd];
-                attend(isa, &q, hd, half, &slots, 0.125, &mut Vec::new(), &mut got);
-                assert_eq!(got, want, "{isa:?} n {n}");
+        let scratch = &mut Scratch::default();
+        for n in [1, 7, 8, 9, 64, 80] {
+            for slots in slot_lists(n, planes) {
+                let mut want = vec![0f32; 2 * hd];
+                attend(
+                    Isa::Portable,
+                    &q,
+                    hd,
+                    wide,
+                    &slots,
+                    0.125,
+                    scratch,
+                    &mut want,
+                );
+                for isa in supported_isas() {
+                    let mut got = vec![0f32; 2 * hd];
+                    attend(isa, &q, hd, half, &slots, 0.125, scratch, &mut got);
+                    assert_eq!(got, want, "{isa:?} n {n}");
+                }
             }
         }
     }

@@ -1,9 +1,10 @@
-//! The CPU backend's KV cache: per layer, keys (rotary applied) and values `[kv head,
-//! slot, head_dim]`, stored as f32, f16 or bf16 ([`KvDtype`]). Values are rounded to the cache's
+//! The CPU backend's KV cache: per layer and KV head, keys (rotary applied) in tiles of 8
+//! slots ([`attn::key_at`]) and values slot after slot, stored as f32, f16 or bf16 ([`KvDtype`]). Values are rounded to the cache's
 //! type as they are written and widened back to f32 exactly as attention reads them.
 
 use half::{bf16, f16, vec::HalfBitsVecExt};
 
+use super::attn::{self, TILE};
 use crate::backend::KvDtype;
 use crate::error::{Error, Result};
 
@@ -87,9 +88,8 @@ impl KvElem for bf16 {
     }
 }
 
-/// Keys and values of every layer in one element type, each layer's `[kv head][slot]
-/// [head_dim]`: a head's keys (and values) lie one after another, so attention reads
-/// each head's slots as one contiguous run.
+/// Keys and values of every layer in one element type, head after head ([`Layout`]):
+/// attention reads each head's keys and values as contiguous runs.
 pub(crate) struct Planes<T> {
     pub k: Vec<Vec<T>>,
     pub v: Vec<Vec<T>>,
@@ -98,22 +98,35 @@ pub(crate) struct Planes<T> {
 impl<T: KvElem> Planes<T> {
     /// Every layer's planes of `len` values, zeroed by the allocator: pages never written
     /// are not touched, so they are not resident (the cache takes memory as slots fill).
-    fn new(layers: usize, len: usize) -> Self {
+    fn new(layers: usize, lay: Layout) -> Self {
+        let len = |per_head| lay.kv_heads * per_head;
         Planes {
-            k: (0..layers).map(|_| T::zeroed(len)).collect(),
-            v: (0..layers).map(|_| T::zeroed(len)).collect(),
+            k: (0..layers)
+                .map(|_| T::zeroed(len(lay.k_head_len())))
+                .collect(),
+            v: (0..layers)
+                .map(|_| T::zeroed(len(lay.v_head_len())))
+                .collect(),
         }
     }
 
     fn write(&mut self, layer: usize, at: usize, k: &[f32], v: &[f32], lay: Layout) {
         let hd = lay.head_dim;
-        for (store, src) in [(&mut self.k[layer], k), (&mut self.v[layer], v)] {
-            for (r, row) in src.chunks_exact(lay.kv_dim()).enumerate() {
-                for (g, head) in row.chunks_exact(hd).enumerate() {
-                    let dst = &mut store[lay.at(g, at + r)..][..hd];
-                    for (d, &s) in dst.iter_mut().zip(head) {
-                        *d = T::from_f32(s);
-                    }
+        let (ks, vs) = (&mut self.k[layer], &mut self.v[layer]);
+        for (r, (kr, vr)) in k
+            .chunks_exact(lay.kv_dim())
+            .zip(v.chunks_exact(lay.kv_dim()))
+            .enumerate()
+        {
+            let s = at + r;
+            for g in 0..lay.kv_heads {
+                let kh = &mut ks[lay.k_head(g)];
+                for (i, &x) in kr[g * hd..][..hd].iter().enumerate() {
+                    kh[attn::key_at(s, i, hd)] = T::from_f32(x);
+                }
+                let vh = &mut vs[lay.v_head(g)][s * hd..][..hd];
+                for (d, &x) in vh.iter_mut().zip(&vr[g * hd..][..hd]) {
+                    *d = T::from_f32(x);
                 }
             }
         }
@@ -121,21 +134,28 @@ impl<T: KvElem> Planes<T> {
 
     fn compact(&mut self, src: &[usize], dst_first: usize, lay: Layout) {
         let hd = lay.head_dim;
-        for store in self.k.iter_mut().chain(self.v.iter_mut()) {
+        let moves = src
+            .iter()
+            .enumerate()
+            .map(|(i, &s)| (s, dst_first + i))
+            .filter(|(s, d)| s != d);
+        for (ks, vs) in self.k.iter_mut().zip(self.v.iter_mut()) {
             for g in 0..lay.kv_heads {
-                for (i, &s) in src.iter().enumerate() {
-                    let dst = dst_first + i;
-                    if s != dst {
-                        let from = lay.at(g, s);
-                        store.copy_within(from..from + hd, lay.at(g, dst));
+                let (kh, vh) = (&mut ks[lay.k_head(g)], &mut vs[lay.v_head(g)]);
+                for (s, d) in moves.clone() {
+                    for i in 0..hd {
+                        kh[attn::key_at(d, i, hd)] = kh[attn::key_at(s, i, hd)];
                     }
+                    vh.copy_within(s * hd..(s + 1) * hd, d * hd);
                 }
             }
         }
     }
 }
 
-/// Where a head's slot lies in a layer's plane.
+/// Where each head's keys and values lie in a layer's planes: head `g`'s key tiles at
+/// [`Layout::k_head`] (the capacity rounded up to whole tiles), its values at
+/// [`Layout::v_head`].
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Layout {
     pub kv_heads: usize,
@@ -148,14 +168,26 @@ impl Layout {
         self.kv_heads * self.head_dim
     }
 
-    /// Values in one layer's K (or V) plane.
-    fn len(&self) -> usize {
-        self.kv_heads * self.capacity * self.head_dim
+    /// Values of one head's key tiles.
+    fn k_head_len(&self) -> usize {
+        self.capacity.div_ceil(TILE) * TILE * self.head_dim
     }
 
-    /// The first value of head `g`'s slot `s`.
-    pub fn at(&self, g: usize, s: usize) -> usize {
-        (g * self.capacity + s) * self.head_dim
+    /// Values of one head's values.
+    fn v_head_len(&self) -> usize {
+        self.capacity * self.head_dim
+    }
+
+    /// Head `g`'s key tiles in a layer's K plane.
+    pub fn k_head(&self, g: usize) -> std::ops::Range<usize> {
+        let n = self.k_head_len();
+        g * n..(g + 1) * n
+    }
+
+    /// Head `g`'s values in a layer's V plane.
+    pub fn v_head(&self, g: usize) -> std::ops::Range<usize> {
+        let n = self.v_head_len();
+        g * n..(g + 1) * n
     }
 }
 
@@ -199,11 +231,10 @@ impl CpuKv {
             head_dim,
             capacity,
         };
-        let len = layout.len();
         let store = match dtype {
-            KvDtype::F32 => Store::F32(Planes::new(layers, len)),
-            KvDtype::F16 => Store::F16(Planes::new(layers, len)),
-            KvDtype::Bf16 => Store::Bf16(Planes::new(layers, len)),
+            KvDtype::F32 => Store::F32(Planes::new(layers, layout)),
+            KvDtype::F16 => Store::F16(Planes::new(layers, layout)),
+            KvDtype::Bf16 => Store::Bf16(Planes::new(layers, layout)),
         };
         CpuKv { store, layout }
     }
@@ -308,15 +339,20 @@ mod tests {
             panic!("f16 planes")
         };
         let half = |x: &[f32]| x.iter().map(|&x| f16::from_f32(x)).collect::<Vec<_>>();
-        // each head's slots lie together: slots 3 and 4 (k[4..8], k[8..12]) moved to 0, 1
-        let at = |g, s| kv.layout.at(g, s);
-        assert_eq!(at(1, 0), 16);
-        assert_eq!(p.k[1][at(0, 0)..at(0, 2)], half(&[4.1, 5.1, 8.1, 9.1])[..]);
-        assert_eq!(
-            p.k[1][at(1, 0)..at(1, 2)],
-            half(&[6.1, 7.1, 10.1, 11.1])[..]
-        );
-        assert_eq!(p.v[1][at(1, 4)..at(1, 5)], half(&v[10..12])[..]);
+        // slots 3 and 4 (k[4..8], k[8..12]: 2 values of each head) moved to 0 and 1
+        let lay = kv.layout;
+        let key = |g: usize, s: usize| -> Vec<f16> {
+            (0..2)
+                .map(|i| p.k[1][lay.k_head(g)][attn::key_at(s, i, 2)])
+                .collect()
+        };
+        assert_eq!(lay.k_head(1), 16..32, "whole tiles of 8 slots");
+        assert_eq!(key(0, 0), half(&[4.1, 5.1]));
+        assert_eq!(key(1, 0), half(&[6.1, 7.1]));
+        assert_eq!(key(0, 1), half(&[8.1, 9.1]));
+        assert_eq!(key(1, 1), half(&[10.1, 11.1]));
+        assert_eq!(p.v[1][lay.v_head(1)][8..10], half(&v[10..12])[..]);
+        assert_eq!(p.v[1][lay.v_head(1)][2..4], half(&v[10..12])[..]);
         assert_eq!(p.v[0][..], [f16::ZERO; 32]);
         assert!(kv.write(0, 6, &k, &v).is_err(), "past the capacity");
         assert!(kv.write(2, 0, &k[..4], &v[..4]).is_err(), "past the layers");

@@ -133,9 +133,9 @@ fn attention_over<T: kv::KvElem>(
     let group = shape.n_heads / shape.n_kv_heads;
     let isa = crate::util::isa::isa();
     thread_local! {
-        /// A task's slots and scores (kept, so long contexts do not allocate per head).
-        static SCRATCH: std::cell::RefCell<(Vec<usize>, Vec<f32>)> =
-            const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+        /// A task's slots and scratch (kept, so long contexts do not allocate per head).
+        static SCRATCH: std::cell::RefCell<(Vec<usize>, attn::Scratch)> =
+            std::cell::RefCell::new(Default::default());
     }
     // One task per row and KV head: the query heads that share it read each key and
     // value once (a row's heads are laid out group after group). With few rows (a decode
@@ -157,16 +157,14 @@ fn attention_over<T: kv::KvElem>(
             let g = h0 / group;
             let qg = &q.data[t * q.cols + h0 * hd..t * q.cols + h0 * hd + w];
             let head = attn::KvHead {
-                k: ks,
-                v: vs,
-                stride: hd,
-                off: lay.at(g, 0),
+                k: &ks[lay.k_head(g)],
+                v: &vs[lay.v_head(g)],
             };
-            SCRATCH.with_borrow_mut(|(slots, scores)| {
+            SCRATCH.with_borrow_mut(|(slots, scratch)| {
                 slots.clear();
                 slots.extend(mask.start(t)..committed);
                 slots.extend(mask.row(t).iter().map(|&j| committed + j as usize));
-                attn::attend(isa, qg, hd, head, slots, shape.scale, scores, o);
+                attn::attend(isa, qg, hd, head, slots, shape.scale, scratch, o);
             })
         });
 }
@@ -485,8 +483,10 @@ mod tests {
                 .map(|i| ((i * 7919 + seed * 104729) % 2003) as f32 / 1001.0 - 1.0)
                 .collect()
         };
-        let len = lay.at(shape.n_kv_heads, 0);
-        let (ks, vs) = (noise(len, 1), noise(len, 2));
+        let (ks, vs) = (
+            noise(lay.k_head(shape.n_kv_heads).start, 1),
+            noise(lay.v_head(shape.n_kv_heads).start, 2),
+        );
         let q = CpuAct {
             rows,
             cols: shape.n_heads * shape.head_dim,
@@ -518,6 +518,33 @@ mod tests {
                     .all(|(a, b)| a.to_bits() == b.to_bits()),
                 "{threads} threads"
             );
+        }
+    }
+
+    #[test]
+    fn attention_refuses_a_shape_or_slots_the_cache_does_not_have() {
+        let be = CpuBackend;
+        let shape = AttnShape {
+            n_heads: 4,
+            n_kv_heads: 2,
+            head_dim: 8,
+            scale: 0.3,
+        };
+        let kv = be.kv_new(2, 2, 8, 16, KvDtype::F16).unwrap();
+        let q = be.act(3, 32).unwrap();
+        let mut out = be.act(3, 32).unwrap();
+        let mask = AttnMask::causal(3);
+        be.attention(&q, &kv, 1, 13, &mask, shape, &mut out)
+            .unwrap();
+        let wrong_heads = AttnShape {
+            n_kv_heads: 1,
+            ..shape
+        };
+        for (layer, committed, shape) in [(2, 0, shape), (0, 14, shape), (0, 0, wrong_heads)] {
+            let e = be
+                .attention(&q, &kv, layer, committed, &mask, shape, &mut out)
+                .unwrap_err();
+            assert!(e.to_string().contains("attention of 3 rows"), "{e}");
         }
     }
 

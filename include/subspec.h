@@ -564,6 +564,21 @@ SUBSPEC_API subspec_status subspec_step_params_init(struct subspec_step_params *
 // `size` bytes.
 SUBSPEC_API subspec_status subspec_engine_step_params_init(const struct subspec_engine *engine, struct subspec_step_params *params, size_t size);
 
+// Copies the message of the last failed call on `seq` into `buf` (NUL-terminated,
+// UTF-8), as [`subspec_last_error`] does: a call on the sequence itself, or its part of
+// a [`subspec_step_batch`] (without the `seqs[i]: ` prefix that the engine's and the
+// thread's last error carry; each failed sequence of a batch keeps its own message). A
+// batch refused as a whole records its message on the engine and the thread only.
+// Successful calls do not clear it; with no failure yet the message is empty.
+//
+// Returns `OK`, `NULL_POINTER` (`seq`), or `BUFFER_TOO_SMALL` (nothing written to `buf`;
+// `*needed` says the size). This call does not itself change any last error.
+//
+// # Safety
+// `seq` NULL or a live sequence handle; `buf` NULL or valid for `cap` bytes; `needed`
+// NULL or valid for a write.
+SUBSPEC_API subspec_status subspec_sequence_last_error(const struct subspec_sequence *seq, char *buf, size_t cap, size_t *needed);
+
 // Creates an empty sequence on `engine` and writes it to `*out` (free it with
 // [`subspec_sequence_free`]). Its KV cache holds the engine's context length.
 // Statuses: `OK`, `NULL_POINTER`, `OUT_OF_MEMORY` (the engine was loaded with
@@ -671,7 +686,9 @@ SUBSPEC_API subspec_status subspec_step(struct subspec_sequence *seq, const stru
 // prompt, a turn) is a plain one (one token, its input in the shared pass) and the next
 // step speculates. One that fails (each status as
 // [`subspec_step`]'s) is exactly as before the call, input not appended, with
-// `n_out[i]` 0; the others step. Sequences may join or leave between calls (continuous
+// `n_out[i]` 0, and its message for [`subspec_sequence_last_error`] (the engine's and
+// the thread's last error hold the last failed one's, as `seqs[i]: message`); the
+// others step. Sequences may join or leave between calls (continuous
 // batching); speculative and plain steps, samplings and tree shapes may be mixed; the
 // sequences whose trees have `auto_depth` choose one depth together, for the whole
 // batch's cost.

@@ -659,6 +659,68 @@ fn step_batch_through_the_c_abi_equals_solo_steps() {
     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
         assert_eq!(g[..12], w[..12], "sequence {i}");
     }
+    // Two sequences fail in one batch: each keeps its own message; the engine's and the
+    // thread's last error is the last one's, prefixed.
+    let seq_error = |s: *const subspec_sequence| -> String {
+        let mut buf = [0 as c_char; 512];
+        let mut needed = 0usize;
+        let st = unsafe { subspec_sequence_last_error(s, buf.as_mut_ptr(), 512, &mut needed) };
+        assert_eq!(st, subspec_status::Ok);
+        let m = unsafe { CStr::from_ptr(buf.as_ptr()) }
+            .to_string_lossy()
+            .into_owned();
+        assert_eq!(needed, m.len() + 1);
+        m
+    };
+    let huge = [i32::MAX];
+    let (inputs, n_inputs) = ([bad.as_ptr(), huge.as_ptr()], [2usize, 1]);
+    let two = [seqs[3], seqs[2]];
+    let ps2 = [&plain as *const subspec_step_params; 2];
+    let (mut out, mut n_out, mut statuses) = ([0i32; 8], [0usize; 2], [subspec_status::Ok; 2]);
+    let st = unsafe {
+        subspec_step_batch(
+            e.0,
+            two.as_ptr(),
+            2,
+            ps2.as_ptr(),
+            inputs.as_ptr(),
+            n_inputs.as_ptr(),
+            out.as_mut_ptr(),
+            4,
+            n_out.as_mut_ptr(),
+            statuses.as_mut_ptr(),
+        )
+    };
+    assert_eq!(st, subspec_status::Ok);
+    assert_eq!(statuses, [subspec_status::InvalidToken; 2]);
+    let (m3, m2) = (seq_error(seqs[3]), seq_error(seqs[2]));
+    assert!(m3.contains("-4") && !m3.starts_with("seqs["), "{m3}");
+    assert!(
+        m2.contains(&i32::MAX.to_string()) && !m2.contains("-4"),
+        "{m2}"
+    );
+    assert_eq!(last_error(), format!("seqs[1]: {m2}"));
+    assert_eq!(seq_error(seqs[0]), "", "a sequence that never failed");
+    // A failed call on the sequence itself replaces its message; a size query and a
+    // buffer too small write nothing; NULL is refused.
+    assert_eq!(
+        unsafe { subspec_sequence_truncate(seqs[3], 1000) },
+        subspec_status::InvalidArgument
+    );
+    let m = seq_error(seqs[3]);
+    assert!(m.contains("1000"), "{m}");
+    let (mut small, mut needed) = ([7 as c_char; 4], 0usize);
+    assert_eq!(
+        unsafe { subspec_sequence_last_error(seqs[3], small.as_mut_ptr(), 4, &mut needed) },
+        subspec_status::BufferTooSmall
+    );
+    assert_eq!((small, needed), ([7 as c_char; 4], m.len() + 1));
+    assert_eq!(
+        unsafe {
+            subspec_sequence_last_error(std::ptr::null(), small.as_mut_ptr(), 4, &mut needed)
+        },
+        subspec_status::NullPointer
+    );
     // Refused whole: NULL arrays, a sequence twice, another engine's sequence.
     let mut out = [0i32; 8];
     let mut n_out = [0usize; 2];

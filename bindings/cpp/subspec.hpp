@@ -51,6 +51,16 @@ inline std::string last_error() {
     return msg;
 }
 
+/// The message of the last failed call on `seq`, or of its part of a batch.
+inline std::string sequence_error(const subspec_sequence *seq) {
+    size_t needed = 0;
+    subspec_sequence_last_error(seq, nullptr, 0, &needed);
+    std::string msg(needed, '\0');
+    if (needed > 0 && subspec_sequence_last_error(seq, msg.data(), msg.size(), &needed) == SUBSPEC_STATUS_OK)
+        msg.resize(needed - 1);
+    return msg;
+}
+
 inline void check(subspec_status st) {
     if (st != SUBSPEC_STATUS_OK) throw Error(st, last_error());
 }
@@ -311,9 +321,8 @@ struct BatchResult {
     /// SUBSPEC_STATUS_OK, or this sequence's failure (as Sequence::step would throw); a
     /// failed sequence is exactly as before the call.
     subspec_status status = SUBSPEC_STATUS_OK;
-    /// Empty when ok(). On failure the library's message where it has one (the C call
-    /// keeps the message of one failed sequence only, see Engine::step_batch), otherwise
-    /// the status's description (subspec_status_string).
+    /// Empty when ok(). On failure this sequence's message from the library
+    /// (subspec_sequence_last_error).
     std::string message;
     bool ok() const noexcept { return status == SUBSPEC_STATUS_OK; }
     /// Throws this sequence's failure as subspec::Error; nothing when ok().
@@ -380,9 +389,7 @@ public:
     /// NULL_POINTER; a sequence twice or of another engine: INVALID_ARGUMENT;
     /// `max_tokens` 0: BUFFER_TOO_SMALL; PANIC); then no sequence changed. An empty batch
     /// returns an empty vector. Each sequence is used by this thread for the call.
-    /// Messages: the C call reports one message per call (the last failed sequence's, as
-    /// the thread's last error), so that sequence's BatchResult carries the library's
-    /// message and any other failed one its status's description.
+    /// Each failed sequence's BatchResult carries its own message.
     std::vector<BatchResult> step_batch(const std::vector<BatchItem> &items, size_t max_tokens = 1024) const {
         const size_t n = items.size();
         if (n == 0) return {};
@@ -406,30 +413,13 @@ public:
                                          n_inputs.data(), out.data(), max_tokens, n_out.data(),
                                          statuses.data()));
         std::vector<BatchResult> results(n);
-        bool any_failed = false;
         for (size_t i = 0; i < n; i++) {
             results[i].status = statuses[i];
             if (statuses[i] == SUBSPEC_STATUS_OK) {
                 const int32_t *first = out.data() + i * max_tokens;
                 results[i].tokens.assign(first, first + n_out[i]);
             } else {
-                any_failed = true;
-                results[i].message = subspec_status_string(statuses[i]);
-            }
-        }
-        if (any_failed) {
-            // The library records the last failed sequence's message, "seqs[I]: ...", as
-            // this thread's last error: it replaces that sequence's generic description.
-            std::string msg = detail::last_error();
-            const std::string prefix = "seqs[";
-            size_t close = msg.find("]: ");
-            if (msg.compare(0, prefix.size(), prefix) == 0 && close != std::string::npos &&
-                close > prefix.size() && close - prefix.size() <= 18) {
-                std::string digits = msg.substr(prefix.size(), close - prefix.size());
-                if (digits.find_first_not_of("0123456789") == std::string::npos) {
-                    size_t i = std::stoull(digits);
-                    if (i < n && statuses[i] != SUBSPEC_STATUS_OK) results[i].message = msg.substr(close + 3);
-                }
+                results[i].message = detail::sequence_error(seqs[i]);
             }
         }
         return results;

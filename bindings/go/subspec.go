@@ -91,6 +91,16 @@ func lastError() string {
 	return C.GoString((*C.char)(unsafe.Pointer(&buf[0])))
 }
 
+// sequenceError is the message of the last failed call on a sequence, or of its part of
+// a batch (any thread).
+func sequenceError(h *C.subspec_sequence) string {
+	var needed C.size_t
+	C.subspec_sequence_last_error(h, nil, 0, &needed)
+	buf := make([]byte, int(needed)+1)
+	C.subspec_sequence_last_error(h, (*C.char)(unsafe.Pointer(&buf[0])), C.size_t(len(buf)), &needed)
+	return C.GoString((*C.char)(unsafe.Pointer(&buf[0])))
+}
+
 // Device selects where the model runs: DeviceCPU (the zero value) or DeviceCUDA(n).
 type Device int32
 
@@ -483,8 +493,7 @@ func cArray[T any](n int) ([]T, func()) {
 // tokens[i] are sequence i's new tokens and errs[i] nil, or tokens[i] is nil and errs[i]
 // its failure: an *Error with the status Step would give (StatusInvalidToken,
 // StatusContextFull, ...); that sequence is unchanged, its input not appended, and the
-// others step. The library keeps the message of the last failed sequence only; another
-// failed sequence's message is its status's description.
+// others step. Each failed sequence's message is its own ("seqs[i]: " and the library's).
 //
 // err is a failure of the call as a whole, and then no sequence changed: an *Error with
 // StatusInvalidArgument when inputs or params is neither nil nor as long as seqs (or
@@ -563,36 +572,22 @@ func (e *Engine) StepBatch(seqs []*Sequence, inputs [][]int32, params []*StepPar
 			at += len(in)
 		}
 	}
-	var last string // the last failed sequence's message, read on the calling thread
 	err = call(func() C.subspec_status {
-		st := C.subspec_step_batch(e.h, &handles[0], C.size_t(n), &pps[0], &ins[0], &nIns[0],
+		return C.subspec_step_batch(e.h, &handles[0], C.size_t(n), &pps[0], &ins[0], &nIns[0],
 			&out[0], C.size_t(maxTokens), &nOut[0], &statuses[0])
-		if st == C.SUBSPEC_STATUS_OK {
-			for i := 0; i < n; i++ {
-				if statuses[i] != C.SUBSPEC_STATUS_OK {
-					last = lastError()
-					break
-				}
-			}
-		}
-		return st
 	})
-	runtime.KeepAlive(e)
-	runtime.KeepAlive(seqs)
 	if err != nil {
+		runtime.KeepAlive(e)
+		runtime.KeepAlive(seqs)
 		return nil, nil, err
 	}
-	lastAt := -1
-	if _, scanErr := fmt.Sscanf(last, "seqs[%d]:", &lastAt); scanErr != nil {
-		lastAt = -1
-	}
 	tokens, errs = make([][]int32, n), make([]error, n)
+	defer runtime.KeepAlive(e)
+	defer runtime.KeepAlive(seqs)
 	for i := 0; i < n; i++ {
 		if st := Status(statuses[i]); st != StatusOK {
-			msg := fmt.Sprintf("seqs[%d]: %v", i, st)
-			if i == lastAt {
-				msg = last
-			}
+			// Each failed sequence keeps its own message.
+			msg := fmt.Sprintf("seqs[%d]: %s", i, sequenceError(handles[i]))
 			errs[i] = &Error{Status: st, Message: msg}
 			continue
 		}

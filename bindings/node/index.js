@@ -106,6 +106,7 @@ const C = {
   version: lib.func('const char *subspec_version(void)'),
   statusString: lib.func('const char *subspec_status_string(uint32_t status)'),
   lastError: lib.func('subspec_status subspec_last_error(const subspec_engine *engine, void *buf, size_t cap, _Out_ size_t *needed)'),
+  seqLastError: lib.func('subspec_status subspec_sequence_last_error(const subspec_sequence *seq, void *buf, size_t cap, _Out_ size_t *needed)'),
   loadInit: lib.func('subspec_status subspec_load_params_init(_Out_ subspec_load_params *params, size_t size)'),
   load: lib.func('subspec_status subspec_load(const subspec_load_params *params, _Out_ subspec_engine **out)'),
   free: lib.func('void subspec_free(subspec_engine *engine)'),
@@ -158,6 +159,15 @@ function lastError() {
   C.lastError(null, null, 0, needed);
   const buf = Buffer.alloc(Number(needed[0]));
   C.lastError(null, buf, buf.length, needed);
+  return buf.toString('utf8', 0, Math.max(0, buf.length - 1));
+}
+
+/** The message of the last failed call on a sequence handle, or of its part of a batch. */
+function sequenceError(h) {
+  const needed = [0];
+  C.seqLastError(h, null, 0, needed);
+  const buf = Buffer.alloc(Number(needed[0]));
+  C.seqLastError(h, buf, buf.length, needed);
   return buf.toString('utf8', 0, Math.max(0, buf.length - 1));
 }
 
@@ -506,7 +516,7 @@ class Engine {
     if (!b.seqs.length) return [];
     const status = C.stepBatch(...b.args);
     if (status !== Status.OK) throw new SubspecError(status, lastError());
-    return b.results(lastError);
+    return b.results();
   }
 
   /** `stepBatch` on a worker thread (as `Sequence.stepAsync`): resolves with the same
@@ -528,7 +538,7 @@ class Engine {
         let result = null;
         let failure = err;
         if (!err && status !== Status.OK) failure = new SubspecError(status, this._lastError());
-        else if (!err) result = b.results(() => this._lastError());
+        else if (!err) result = b.results();
         for (const s of b.seqs) {
           s._pending--;
           if (s._closing && s._pending === 0) s.close();
@@ -569,23 +579,14 @@ class Engine {
     const nOut = new BigUint64Array(Math.max(1, n));
     const statuses = new Uint32Array(Math.max(1, n));
     const args = [engine, seqs.map((s) => s._h), n, params, inputs, nInputs, out, cap, nOut, statuses];
-    // One message per call (the last failed sequence's, "seqs[i]: ..."): it goes to the
-    // sequence it names; another failed sequence says so.
-    const results = (readMessage) => {
-      let message = null;
-      return seqs.map((_, i) => {
-        const st = statuses[i];
-        if (st === Status.OK) {
-          return { tokens: Array.from(out.subarray(i * cap, i * cap + Number(nOut[i]))) };
-        }
-        if (message === null) message = readMessage();
-        const own = message.startsWith(`seqs[${i}]: `);
-        return {
-          error: new SubspecError(st, own ? message
-            : `seqs[${i}] failed (the library keeps the message of the batch's last failure only)`),
-        };
-      });
-    };
+    // Each failed sequence keeps its own message.
+    const results = () => seqs.map((s, i) => {
+      const st = statuses[i];
+      if (st === Status.OK) {
+        return { tokens: Array.from(out.subarray(i * cap, i * cap + Number(nOut[i]))) };
+      }
+      return { error: new SubspecError(st, `seqs[${i}]: ${sequenceError(s._h)}`) };
+    });
     return { seqs, args, results };
   }
 

@@ -109,6 +109,15 @@ pub(crate) fn boundary(
     slot: Option<&Mutex<String>>,
     f: impl FnOnce() -> FfiResult<()>,
 ) -> subspec_status {
+    boundary_in(slot.as_slice(), f)
+}
+
+/// [`boundary`], recording a failure in every slot of `slots` (a sequence's and its
+/// engine's).
+pub(crate) fn boundary_in(
+    slots: &[&Mutex<String>],
+    f: impl FnOnce() -> FfiResult<()>,
+) -> subspec_status {
     let failure = match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(())) => return subspec_status::Ok,
         Ok(Err(failure)) => failure,
@@ -124,19 +133,28 @@ pub(crate) fn boundary(
             )
         }
     };
-    record(slot, &failure.message);
+    record_in(slots, &failure.message);
     failure.status
 }
 
 /// Stores `message` as the last error of this thread (and of `slot`).
 pub(crate) fn record(slot: Option<&Mutex<String>>, message: &str) {
+    record_in(slot.as_slice(), message)
+}
+
+/// Stores `message` as the last error of this thread and of every slot of `slots`.
+pub(crate) fn record_in(slots: &[&Mutex<String>], message: &str) {
     let _ = catch_unwind(AssertUnwindSafe(|| {
         LAST_ERROR.with(|e| message.clone_into(&mut e.borrow_mut()));
-        if let Some(slot) = slot {
-            let mut s = slot.lock().unwrap_or_else(|p| p.into_inner());
-            message.clone_into(&mut s);
+        for slot in slots {
+            keep(slot, message);
         }
     }));
+}
+
+/// Stores `message` in `slot` alone.
+pub(crate) fn keep(slot: &Mutex<String>, message: &str) {
+    message.clone_into(&mut slot.lock().unwrap_or_else(|p| p.into_inner()));
 }
 
 /// Checks that an output pointer is not NULL.
@@ -310,14 +328,26 @@ pub unsafe extern "C" fn subspec_last_error(
     cap: usize,
     needed: *mut usize,
 ) -> subspec_status {
+    // SAFETY: the caller guarantees `engine` is NULL or live.
+    let slot = unsafe { engine.as_ref() }.map(|e| &e.last_error);
+    // SAFETY: buffer validity is the caller's guarantee.
+    unsafe { copy_last_error(slot, buf, cap, needed) }
+}
+
+/// Copies the message in `slot` (the thread's last error when `None`) as
+/// [`subspec_last_error`] does, without changing any last error.
+///
+/// # Safety
+/// `buf` NULL or valid for `cap` bytes; `needed` NULL or valid for a write.
+pub(crate) unsafe fn copy_last_error(
+    slot: Option<&Mutex<String>>,
+    buf: *mut c_char,
+    cap: usize,
+    needed: *mut usize,
+) -> subspec_status {
     let r = catch_unwind(AssertUnwindSafe(|| {
-        // SAFETY: the caller guarantees `engine` is NULL or live.
-        let message = match unsafe { engine.as_ref() } {
-            Some(e) => e
-                .last_error
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone(),
+        let message = match slot {
+            Some(s) => s.lock().unwrap_or_else(|p| p.into_inner()).clone(),
             None => LAST_ERROR.with(|e| e.borrow().clone()),
         };
         // SAFETY: buffer validity is the caller's guarantee.

@@ -23,6 +23,9 @@ pub struct subspec_sequence {
     seq: Mutex<Sequence>,
     /// The sequence's abort flag, outside the lock: another thread sets it mid-call.
     abort: AbortHandle,
+    /// The message of the last failed call on this sequence, or of its part of a batch
+    /// ([`subspec_sequence_last_error`]).
+    last_error: Mutex<String>,
 }
 
 impl Castable for subspec_sequence {
@@ -215,7 +218,8 @@ fn refuse_open(q: &Sequence, what: &str) -> FfiResult<()> {
     Ok(())
 }
 
-/// Runs `f` on a live sequence inside the boundary, recording failures on its engine.
+/// Runs `f` on a live sequence inside the boundary, recording failures on it and its
+/// engine.
 ///
 /// # Safety
 /// `seq` must be NULL or a live sequence handle.
@@ -225,7 +229,35 @@ unsafe fn with_sequence(
 ) -> subspec_status {
     // SAFETY: the caller's guarantee.
     match unsafe { borrow(seq) } {
-        Ok(s) => boundary(Some(&s.engine.last_error), || f(s)),
+        Ok(s) => boundary_in(&[&s.engine.last_error, &s.last_error], || f(s)),
+        Err(failure) => boundary(None, || Err(failure)),
+    }
+}
+
+/// Copies the message of the last failed call on `seq` into `buf` (NUL-terminated,
+/// UTF-8), as [`subspec_last_error`] does: a call on the sequence itself, or its part of
+/// a [`subspec_step_batch`] (without the `seqs[i]: ` prefix that the engine's and the
+/// thread's last error carry; each failed sequence of a batch keeps its own message). A
+/// batch refused as a whole records its message on the engine and the thread only.
+/// Successful calls do not clear it; with no failure yet the message is empty.
+///
+/// Returns `OK`, `NULL_POINTER` (`seq`), or `BUFFER_TOO_SMALL` (nothing written to `buf`;
+/// `*needed` says the size). This call does not itself change any last error.
+///
+/// # Safety
+/// `seq` NULL or a live sequence handle; `buf` NULL or valid for `cap` bytes; `needed`
+/// NULL or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn subspec_sequence_last_error(
+    seq: *const subspec_sequence,
+    buf: *mut c_char,
+    cap: usize,
+    needed: *mut usize,
+) -> subspec_status {
+    // SAFETY: the caller's guarantee.
+    match unsafe { borrow(seq) } {
+        // SAFETY: buffer validity is the caller's guarantee.
+        Ok(s) => unsafe { copy_last_error(Some(&s.last_error), buf, cap, needed) },
         Err(failure) => boundary(None, || Err(failure)),
     }
 }
@@ -254,6 +286,7 @@ pub unsafe extern "C" fn subspec_sequence_create(
                 engine,
                 abort: seq.abort_handle(),
                 seq: Mutex::new(seq),
+                last_error: Mutex::new(String::new()),
             });
             out.write(handle);
             Ok(())
@@ -546,7 +579,9 @@ pub unsafe extern "C" fn subspec_step(
 /// prompt, a turn) is a plain one (one token, its input in the shared pass) and the next
 /// step speculates. One that fails (each status as
 /// [`subspec_step`]'s) is exactly as before the call, input not appended, with
-/// `n_out[i]` 0; the others step. Sequences may join or leave between calls (continuous
+/// `n_out[i]` 0, and its message for [`subspec_sequence_last_error`] (the engine's and
+/// the thread's last error hold the last failed one's, as `seqs[i]: message`); the
+/// others step. Sequences may join or leave between calls (continuous
 /// batching); speculative and plain steps, samplings and tree shapes may be mixed; the
 /// sequences whose trees have `auto_depth` choose one depth together, for the whole
 /// batch's cost.
@@ -625,6 +660,7 @@ pub unsafe extern "C" fn subspec_step_batch(
         let mut message = None;
         let mut fail = |i: usize, f: Failure, status: &mut Vec<subspec_status>| {
             status[i] = f.status;
+            keep(&seqs[i].last_error, &f.message);
             message = Some(format!("seqs[{i}]: {}", f.message));
         };
         let mut held: Vec<(usize, MutexGuard<'_, Sequence>, StepOptions, usize)> = Vec::new();

@@ -148,7 +148,7 @@ type KVDtype uint32
 const (
 	KVDefault KVDtype = C.SUBSPEC_KV_DEFAULT // the device's: f16 on the CPU, f32 on CUDA
 	KVF32     KVDtype = C.SUBSPEC_KV_F32
-	KVF16     KVDtype = C.SUBSPEC_KV_F16 // CPU only
+	KVF16     KVDtype = C.SUBSPEC_KV_F16  // CPU only
 	KVBF16    KVDtype = C.SUBSPEC_KV_BF16 // CPU only
 )
 

@@ -52,10 +52,73 @@ pub(crate) struct Scratch {
     tile: Vec<f32>,
 }
 
-/// Attention of the query heads in `q` (`q.len() / hd` heads of `hd`, all reading the
-/// same KV head, as grouped-query attention's heads do) over the keys and values of
-/// `slots` in order, into `out` (the same layout). Each head's bits are those of the
-/// order in the module documentation, alone or with others.
+/// A row of an attention task: its query heads (`heads * hd` values, all reading the
+/// same KV head, as grouped-query attention's heads do) and the slots it reads after the
+/// task's shared ones (its own: a tree node's ancestors, a prompt row's predecessors in
+/// the batch).
+#[derive(Clone, Copy)]
+pub(crate) struct Row<'a> {
+    pub q: &'a [f32],
+    pub own: &'a [usize],
+}
+
+/// Attention of each row's query heads over the `shared` slots and then its own, in
+/// order, into `out` (row after row, each laid out as its `q`). Each head's bits are those
+/// of the order in the module documentation over its list, alone or with other heads and
+/// rows: rows share only the loads of the shared slots' keys and values.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn attend_rows<T: KvElem>(
+    isa: Isa,
+    rows: &[Row<'_>],
+    hd: usize,
+    kv: KvHead<'_, T>,
+    shared: &[usize],
+    scale: f32,
+    scratch: &mut Scratch,
+    out: &mut [f32],
+) {
+    let w = rows.first().map_or(0, |r| r.q.len());
+    assert!(hd > 0 && w.is_multiple_of(hd) && out.len() == rows.len() * w);
+    assert!(rows.iter().all(|r| r.q.len() == w));
+    for &s in shared.iter().chain(rows.iter().flat_map(|r| r.own)) {
+        assert!(
+            (s / TILE + 1) * TILE * hd <= kv.k.len() && (s + 1) * hd <= kv.v.len(),
+            "slot {s}"
+        );
+    }
+    let heads = w / hd;
+    let scores = &mut scratch.scores;
+    scores.clear();
+    let total: usize = rows
+        .iter()
+        .map(|r| heads * (shared.len() + r.own.len()))
+        .sum();
+    scores.resize(total, 0.0);
+    #[cfg(target_arch = "x86_64")]
+    if isa != Isa::Portable {
+        // SAFETY: every non-portable ISA has AVX2, FMA and F16C; the slots were checked to be
+        // inside both planes, `scores` holds one value per row, head and slot, and `out`
+        // as many values as the rows' queries.
+        unsafe { avx2::attend_rows(rows, hd, kv, shared, scale, scores, &mut scratch.tile, out) };
+        return;
+    }
+    let _ = isa;
+    let mut list = Vec::new();
+    let mut sc = scores.as_mut_slice();
+    for (row, o) in rows.iter().zip(out.chunks_exact_mut(w.max(1))) {
+        list.clear();
+        list.extend_from_slice(shared);
+        list.extend_from_slice(row.own);
+        for (qh, oh) in row.q.chunks_exact(hd).zip(o.chunks_exact_mut(hd)) {
+            let (mine, rest) = sc.split_at_mut(list.len());
+            portable(qh, kv, &list, scale, mine, oh);
+            sc = rest;
+        }
+    }
+}
+
+/// [`attend_rows`] for one row reading `slots`.
+#[cfg(test)]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn attend<T: KvElem>(
     isa: Isa,
@@ -67,33 +130,8 @@ pub(crate) fn attend<T: KvElem>(
     scratch: &mut Scratch,
     out: &mut [f32],
 ) {
-    assert!(hd > 0 && q.len().is_multiple_of(hd) && out.len() == q.len());
-    for &s in slots {
-        assert!(
-            (s / TILE + 1) * TILE * hd <= kv.k.len() && (s + 1) * hd <= kv.v.len(),
-            "slot {s}"
-        );
-    }
-    let n = slots.len();
-    let scores = &mut scratch.scores;
-    scores.clear();
-    scores.resize(q.len() / hd * n, 0.0);
-    #[cfg(target_arch = "x86_64")]
-    if isa != Isa::Portable {
-        // SAFETY: every non-portable ISA has AVX2, FMA and F16C; the slots were checked to be
-        // inside both planes, `scores` holds one value per head and slot, and `out` as
-        // many values as `q`.
-        unsafe { avx2::attend(q, hd, kv, slots, scale, scores, &mut scratch.tile, out) };
-        return;
-    }
-    let _ = isa;
-    for ((qh, oh), sc) in q
-        .chunks_exact(hd)
-        .zip(out.chunks_exact_mut(hd))
-        .zip(scores.chunks_exact_mut(n.max(1)))
-    {
-        portable(qh, kv, slots, scale, sc, oh);
-    }
+    let row = Row { q, own: &[] };
+    attend_rows(isa, &[row], hd, kv, slots, scale, scratch, out)
 }
 
 /// The fixed pairwise sum of 8 lanes.
@@ -180,7 +218,7 @@ fn portable<T: KvElem>(
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::{key_at, KvElem, KvHead, C1, C2, EXP_LO, LOG2E, P, TILE};
+    use super::{key_at, KvElem, KvHead, Row, C1, C2, EXP_LO, LOG2E, P, TILE};
 
     /// The lanes of `v` summed in [`sum8`]'s order: `b = lo + hi` is `[a0 + a4, a1 + a5,
     /// a2 + a6, a3 + a7]`, then `(b0 + b2) + (b1 + b3)`.
@@ -273,19 +311,21 @@ mod avx2 {
         }};
     }
 
-    /// See [`super::attend`]: the group's heads go over the slots a block at a time,
-    /// up to three of them over each key and value together.
+    /// See [`super::attend_rows`]: the heads of every row go over the shared slots a block
+    /// at a time, up to three of them (of one row or several) over each key and value
+    /// together; then each row's heads over its own slots.
     ///
     /// # Safety
     /// The CPU has AVX2, FMA and F16C; every slot's key tile and value (`hd` wide) lie
-    /// inside `kv`, `scores` holds `q.len() / hd * slots.len()` values and `out` `q.len()`.
+    /// inside `kv`, every row's `q` holds the same number of heads, `scores` one value per
+    /// row, head and slot of its list, and `out` as many values as the rows' queries.
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn attend<T: KvElem>(
-        q: &[f32],
+    pub unsafe fn attend_rows<T: KvElem>(
+        rows: &[Row<'_>],
         hd: usize,
         kv: KvHead<'_, T>,
-        slots: &[usize],
+        shared: &[usize],
         scale: f32,
         scores: &mut [f32],
         tile: &mut Vec<f32>,
@@ -293,53 +333,112 @@ mod avx2 {
     ) {
         // SAFETY: the caller upholds the contract above.
         unsafe {
-            let (n, heads) = (slots.len(), q.len() / hd);
-            let body = hd - hd % 8;
-            let (kp, vp) = (kv.k.as_ptr(), kv.v.as_ptr());
+            let heads = rows[0].q.len() / hd;
+            let ns = shared.len();
+            // query vector `v` is head `v % heads` of row `v / heads`; its scores start at
+            // `first[v]`
+            let mut first = Vec::with_capacity(rows.len() * heads);
+            let mut at = 0;
+            for r in rows {
+                for _ in 0..heads {
+                    first.push(at);
+                    at += ns + r.own.len();
+                }
+            }
+            let q = |v: usize| rows[v / heads].q.as_ptr().add(v % heads * hd);
+            out.fill(0.0);
+            let op0 = out.as_mut_ptr();
+            let o = |v: usize| op0.add(v * hd);
             let sp = scores.as_mut_ptr();
-            // 1. scores, a block of slots at a time for every head
-            for b0 in (0..n).step_by(BLOCK) {
-                let block = &slots[b0..(b0 + BLOCK).min(n)];
-                by_heads!(heads, H => |h0: usize| {
-                    let qp: [*const f32; H] = std::array::from_fn(|x| q.as_ptr().add((h0 + x) * hd));
-                    let sc: [*mut f32; H] = std::array::from_fn(|x| sp.add((h0 + x) * n + b0));
+            let (kp, vp) = (kv.k.as_ptr(), kv.v.as_ptr());
+            // 1. scores
+            for_blocks(rows, heads, shared, |block, v0, v1, from| {
+                by_heads!(v1 - v0, H => |x0: usize| {
+                    let qp: [*const f32; H] = std::array::from_fn(|x| q(v0 + x0 + x));
+                    let sc: [*mut f32; H] =
+                        std::array::from_fn(|x| sp.add(first[v0 + x0 + x] + from));
                     scores_of::<T, H>(qp, hd, kp, block, scale, sc, tile);
                 });
-            }
-            // 2.-4. per head: max, exponentials, their sum, the probabilities
-            for sc in scores.chunks_exact_mut(n.max(1)).take(heads) {
-                probabilities(sc);
+            });
+            // 2.-4. per row and head: max, exponentials, their sum, the probabilities
+            for (v, &f) in first.iter().enumerate() {
+                let n = ns + rows[v / heads].own.len();
+                probabilities(std::slice::from_raw_parts_mut(sp.add(f), n));
             }
             // 5. the weighted values, each head's lanes over every slot in order (a block
             // at a time, the partial sums kept in `out` between blocks)
-            out.fill(0.0);
-            let sp = scores.as_ptr();
-            for b0 in (0..n).step_by(BLOCK) {
-                let block = &slots[b0..(b0 + BLOCK).min(n)];
-                by_heads!(heads, H => |h0: usize| {
-                    let p: [*const f32; H] = std::array::from_fn(|x| sp.add((h0 + x) * n + b0));
-                    let op: [*mut f32; H] = std::array::from_fn(|x| out.as_mut_ptr().add((h0 + x) * hd));
-                    let mut c0 = 0;
-                    while c0 < body {
-                        let v = vp.add(c0);
-                        let o: [*mut f32; H] = std::array::from_fn(|x| op[x].add(c0));
-                        c0 += 8 * match ((body - c0) / 8, H) {
-                            (8.., 1) => weighted::<T, 8, H>(p, block, hd, v, o),
-                            (4.., _) => weighted::<T, 4, H>(p, block, hd, v, o),
-                            (2.., _) => weighted::<T, 2, H>(p, block, hd, v, o),
-                            _ => weighted::<T, 1, H>(p, block, hd, v, o),
-                        };
-                    }
-                    for x in 0..H {
-                        for (j, &s) in block.iter().enumerate() {
-                            let (e, v) = (*p[x].add(j), vp.add(s * hd));
-                            for i in body..hd {
-                                let o = op[x].add(i);
-                                *o = e.mul_add((*v.add(i)).to_f32(), *o);
-                            }
-                        }
-                    }
+            for_blocks(rows, heads, shared, |block, v0, v1, from| {
+                by_heads!(v1 - v0, H => |x0: usize| {
+                    let p: [*const f32; H] =
+                        std::array::from_fn(|x| sp.add(first[v0 + x0 + x] + from) as *const f32);
+                    let op: [*mut f32; H] = std::array::from_fn(|x| o(v0 + x0 + x));
+                    values_of::<T, H>(p, block, hd, vp, op);
                 });
+            });
+        }
+    }
+
+    /// Calls `f(block, v0, v1, from)` for the shared slots a block at a time (query
+    /// vectors `v0..v1` = every row's heads), then for each row's own slots (its heads),
+    /// `from` being the position of the block's first slot in the vectors' lists.
+    #[inline(always)]
+    fn for_blocks(
+        rows: &[Row<'_>],
+        heads: usize,
+        shared: &[usize],
+        mut f: impl FnMut(&[usize], usize, usize, usize),
+    ) {
+        let ns = shared.len();
+        for b0 in (0..ns).step_by(BLOCK) {
+            f(&shared[b0..(b0 + BLOCK).min(ns)], 0, rows.len() * heads, b0);
+        }
+        for (r, row) in rows.iter().enumerate() {
+            for b0 in (0..row.own.len()).step_by(BLOCK) {
+                let block = &row.own[b0..(b0 + BLOCK).min(row.own.len())];
+                f(block, r * heads, (r + 1) * heads, ns + b0);
+            }
+        }
+    }
+
+    /// `out[x][i] += p[x][j] * value(slots[j])[i]` for `H` heads over `slots` in order
+    /// (step 5 of the module's order for one block of slots).
+    ///
+    /// # Safety
+    /// As [`attend_rows`]: each `p[x]` holds `slots.len()` values and each `out[x]` `hd`,
+    /// every slot's value lies inside the values at `vp`.
+    #[inline(always)]
+    unsafe fn values_of<T: KvElem, const H: usize>(
+        p: [*const f32; H],
+        slots: &[usize],
+        hd: usize,
+        vp: *const T,
+        op: [*mut f32; H],
+    ) {
+        // SAFETY: the caller upholds the contract above.
+        unsafe {
+            let body = hd - hd % 8;
+            let mut c0 = 0;
+            while c0 < body {
+                let v = vp.add(c0);
+                let o: [*mut f32; H] = std::array::from_fn(|x| op[x].add(c0));
+                c0 += 8 * match ((body - c0) / 8, H) {
+                    (8.., 1) => weighted::<T, 8, H>(p, slots, hd, v, o),
+                    // 3 heads x 4 chunks would need all 16 registers and spill one
+                    // accumulator (a store and a load in every slot's chain)
+                    (3.., 3) => weighted::<T, 3, H>(p, slots, hd, v, o),
+                    (4.., _) => weighted::<T, 4, H>(p, slots, hd, v, o),
+                    (2.., _) => weighted::<T, 2, H>(p, slots, hd, v, o),
+                    _ => weighted::<T, 1, H>(p, slots, hd, v, o),
+                };
+            }
+            for x in 0..H {
+                for (j, &s) in slots.iter().enumerate() {
+                    let (e, v) = (*p[x].add(j), vp.add(s * hd));
+                    for i in body..hd {
+                        let o = op[x].add(i);
+                        *o = e.mul_add((*v.add(i)).to_f32(), *o);
+                    }
+                }
             }
         }
     }
@@ -646,6 +745,55 @@ mod tests {
                                     "{isa:?} hd {hd} n {n}, head {x} of {heads}"
                                 );
                             }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rows_sharing_their_committed_slots_give_each_rows_own_bits() {
+        // a tree's nodes (each its ancestors among 9 scratch slots) or a prompt chunk's
+        // rows over 0-150 committed slots, 1-5 rows of 1-7 heads, on every ISA
+        for hd in [64, 12] {
+            let planes = 170;
+            let (k, v) = (values(planes * hd, 7), values(planes * hd, 8));
+            let (kt, vt) = head_of::<half::f16>(&k, &v, hd);
+            let kv = KvHead { k: &kt, v: &vt };
+            for (committed, heads, n) in [(0, 3, 5), (37, 2, 4), (64, 7, 3), (150, 1, 5), (9, 3, 1)]
+            {
+                let shared: Vec<usize> = (0..committed).collect();
+                let owns: Vec<Vec<usize>> = (0..n)
+                    .map(|r| {
+                        (0..=r)
+                            .filter(|j| j % 2 == 0 || *j == r)
+                            .map(|j| committed + j)
+                            .collect()
+                    })
+                    .collect();
+                let q = values(n * heads * hd, 9);
+                let rows: Vec<Row<'_>> = (0..n)
+                    .map(|r| Row {
+                        q: &q[r * heads * hd..][..heads * hd],
+                        own: &owns[r],
+                    })
+                    .collect();
+                for isa in supported_isas() {
+                    let mut got = vec![0f32; q.len()];
+                    let scratch = &mut Scratch::default();
+                    attend_rows(isa, &rows, hd, kv, &shared, 0.3, scratch, &mut got);
+                    for (r, row) in rows.iter().enumerate() {
+                        let list: Vec<usize> = shared.iter().chain(row.own).copied().collect();
+                        for x in 0..heads {
+                            let mut alone = vec![0f32; hd];
+                            let qx = &row.q[x * hd..][..hd];
+                            portable(qx, kv, &list, 0.3, &mut vec![0.0; list.len()], &mut alone);
+                            assert_eq!(
+                                got[(r * heads + x) * hd..][..hd],
+                                alone[..],
+                                "{isa:?} hd {hd} committed {committed}: row {r} head {x}"
+                            );
                         }
                     }
                 }

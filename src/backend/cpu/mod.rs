@@ -137,37 +137,76 @@ fn attention_over<T: kv::KvElem>(
         static SCRATCH: std::cell::RefCell<(Vec<usize>, attn::Scratch)> =
             std::cell::RefCell::new(Default::default());
     }
-    // One task per row and KV head: the query heads that share it read each key and
-    // value once (a row's heads are laid out group after group). With few rows (a decode
-    // step, a small tree) that leaves cores idle (one KV head: one task), so the group's
-    // heads are split between tasks until there are enough; each head's bits are the
-    // same whichever heads it is computed with.
+    // One task per block of rows and KV head: the query heads that share a KV head read
+    // each key and value once (a row's heads are laid out group after group), and so do
+    // up to ROWS_PER_TASK consecutive rows for the committed slots they all read (a
+    // tree's nodes, a prompt chunk's rows). With few tasks (a decode step, a small tree)
+    // cores would idle (one KV head: one task), so the group's heads are split between
+    // tasks until there are enough. Each head's bits are the same whichever heads and
+    // rows it is computed with.
+    let mut blocks: Vec<(usize, usize)> = Vec::new(); // (first row, rows)
+    for t in 0..q.rows {
+        match blocks.last_mut() {
+            Some((t0, n)) if *n < ROWS_PER_TASK && mask.start(*t0) == mask.start(t) => *n += 1,
+            _ => blocks.push((t, 1)),
+        }
+    }
     let per = heads_per_task(
-        q.rows * shape.n_kv_heads,
+        blocks.len() * shape.n_kv_heads,
         group,
         rayon::current_num_threads(),
     );
     let w = per * hd;
-    let tasks_per_row = shape.n_heads / per;
-    out.data
-        .par_chunks_mut(w)
-        .enumerate()
-        .for_each(|(task, o)| {
-            let (t, h0) = (task / tasks_per_row, task % tasks_per_row * per);
+    let tasks_per_block = shape.n_heads / per;
+    let task = |i: usize| {
+        let (b, h0) = (i / tasks_per_block, i % tasks_per_block * per);
+        (blocks[b], h0)
+    };
+    let parts: Vec<Vec<f32>> = (0..blocks.len() * tasks_per_block)
+        .into_par_iter()
+        .map(|i| {
+            let ((t0, n), h0) = task(i);
             let g = h0 / group;
-            let qg = &q.data[t * q.cols + h0 * hd..t * q.cols + h0 * hd + w];
             let head = attn::KvHead {
                 k: &ks[lay.k_head(g)],
                 v: &vs[lay.v_head(g)],
             };
+            let mut o = vec![0f32; n * w];
             SCRATCH.with_borrow_mut(|(slots, scratch)| {
+                // the shared committed slots, then each row's own
                 slots.clear();
-                slots.extend(mask.start(t)..committed);
-                slots.extend(mask.row(t).iter().map(|&j| committed + j as usize));
-                attn::attend(isa, qg, hd, head, slots, shape.scale, scratch, o);
-            })
-        });
+                slots.extend(mask.start(t0).min(committed)..committed);
+                let shared = slots.len();
+                for t in t0..t0 + n {
+                    slots.extend(mask.row(t).iter().map(|&j| committed + j as usize));
+                }
+                let mut at = shared;
+                let rows: Vec<attn::Row<'_>> = (t0..t0 + n)
+                    .map(|t| {
+                        let own = &slots[at..at + mask.row(t).len()];
+                        at += own.len();
+                        attn::Row {
+                            q: &q.data[t * q.cols + h0 * hd..][..w],
+                            own,
+                        }
+                    })
+                    .collect();
+                let shared = &slots[..shared];
+                attn::attend_rows(isa, &rows, hd, head, shared, shape.scale, scratch, &mut o);
+            });
+            o
+        })
+        .collect();
+    for (i, o) in parts.iter().enumerate() {
+        let ((t0, n), h0) = task(i);
+        for (r, part) in o.chunks_exact(w).take(n).enumerate() {
+            out.data[(t0 + r) * out.cols + h0 * hd..][..w].copy_from_slice(part);
+        }
+    }
 }
+
+/// Rows an attention task takes together (see [`attention_over`]).
+const ROWS_PER_TASK: usize = 4;
 
 impl Backend for CpuBackend {
     type Weight = CpuWeight;

@@ -277,15 +277,16 @@ mod avx2 {
     const TILES_AHEAD: usize = 4;
     const SLOTS_AHEAD: usize = 16;
 
-    /// Slots a block of the AVX2 kernel takes: their keys and values (256 B each at a
-    /// head width of 64) stay in L1 while every query head of the group passes over them.
+    /// Slots a block of the AVX2 kernel takes: their keys and values (128 B each in f16
+    /// at a head width of 64) stay in L1 while every query vector passes over them.
     const BLOCK: usize = 64;
 
-    /// The query heads of a group that go over each key and value together (up to 3): they
-    /// share its loads and, in a two-byte cache, its widening to f32, which alone cost as
-    /// much as the FMAs (the 16 registers hold 3 heads x 4 keys or value chunks).
-    /// `by_heads!(heads, H => body)` calls `body(h0)` for heads `h0..h0 + H`, `H` a const
-    /// of 3, 2 or 1, until every head has been taken.
+    /// The query vectors (a row's heads of one KV head's group, or several rows') that go
+    /// over each key and value together (up to 3): they share its loads and, in a
+    /// two-byte cache, its widening to f32, which alone cost as much as the FMAs (the 16
+    /// registers hold 3 vectors x 3 tiles of keys or chunks of values).
+    /// `by_heads!(n, H => body)` calls `body(h0)` for vectors `h0..h0 + H`, `H` a const
+    /// of 3, 2 or 1, until all `n` have been taken.
     macro_rules! by_heads {
         ($heads:expr, $h:ident => $body:expr) => {{
             let mut h0 = 0;

@@ -1,6 +1,7 @@
 //! `cargo bench --bench attention`: the CPU attention of one layer alone, at the test
 //! models' head shapes, over 0, 2k and 8k committed slots of an f16 cache: a decode row,
-//! a 16-token tree (a chain), and a 256-row prefill chunk. Prints milliseconds per call
+//! a 16-token tree (a chain), and a 256-row prefill chunk; Gemma 3's sliding-window
+//! layers too (`w512`: each row reads the last 512 positions). Prints milliseconds per call
 //! and the GB/s of keys and values it must read (every committed slot's, once per KV
 //! head). Deterministic inputs; median of `REPS` timed calls after warm-up. No
 //! assertions: a ratio between two rows of one run is the result.
@@ -33,17 +34,18 @@ fn values(n: usize, seed: usize) -> Vec<f32> {
 
 fn main() {
     let be = CpuBackend;
-    // (name, heads, KV heads, head width)
+    // (name, heads, KV heads, head width, sliding window)
     let models = [
-        ("SmolLM2-135M", 9, 3, 64),
-        ("Qwen2.5-0.5B", 14, 2, 64),
-        ("Gemma3-270M", 4, 1, 256),
+        ("SmolLM2-135M", 9, 3, 64, None),
+        ("Qwen2.5-0.5B", 14, 2, 64, None),
+        ("Gemma3-270M", 4, 1, 256, None),
+        ("Gemma3 w512", 4, 1, 256, Some(512)),
     ];
     println!(
         "{:<14} {:>6} {:>5} {:>10} {:>8}",
         "model", "KV", "rows", "ms", "GB/s"
     );
-    for (name, heads, kv_heads, hd) in models {
+    for (name, heads, kv_heads, hd, window) in models {
         let shape = AttnShape {
             n_heads: heads,
             n_kv_heads: kv_heads,
@@ -68,13 +70,18 @@ fn main() {
                 be.kv_write(&mut kv, 0, committed, &k, &v).unwrap();
                 let q = act(rows, heads * hd, 5);
                 let mut out = be.act(rows, heads * hd).unwrap();
-                let mask = AttnMask::causal(rows);
+                let positions: Vec<usize> = (committed..committed + rows).collect();
+                let mask = match window {
+                    Some(w) => AttnMask::causal(rows).windowed(&positions, w, committed),
+                    None => AttnMask::causal(rows),
+                };
                 let s = median_s(|| {
                     be.attention(&q, &kv, 0, committed, &mask, shape, &mut out)
                         .unwrap()
                 });
                 // keys and values of every slot a row reads, once per row and KV head
-                let bytes = (committed + rows) * kv_dim * 2 * 2;
+                let read = window.map_or(committed, |w: usize| committed.min(w));
+                let bytes = (read + rows) * kv_dim * 2 * 2;
                 println!(
                     "{name:<14} {committed:>6} {rows:>5} {:>10.3} {:>8.2}",
                     s * 1e3,

@@ -389,9 +389,20 @@ mod avx2 {
         shared: &[usize],
         mut f: impl FnMut(&[usize], usize, usize, usize),
     ) {
+        // The shared slots are a run (a window's may start inside a tile): the first
+        // block ends where a tile starts, so the others take whole tiles in place.
         let ns = shared.len();
-        for b0 in (0..ns).step_by(BLOCK) {
-            f(&shared[b0..(b0 + BLOCK).min(ns)], 0, rows.len() * heads, b0);
+        let lead = shared.first().map_or(0, |&s| (TILE - s % TILE) % TILE);
+        let mut b0 = 0;
+        while b0 < ns {
+            let end = if b0 == 0 && lead > 0 {
+                lead
+            } else {
+                b0 + BLOCK
+            }
+            .min(ns);
+            f(&shared[b0..end], 0, rows.len() * heads, b0);
+            b0 = end;
         }
         for (r, row) in rows.iter().enumerate() {
             for b0 in (0..row.own.len()).step_by(BLOCK) {
@@ -756,15 +767,23 @@ mod tests {
     #[test]
     fn rows_sharing_their_committed_slots_give_each_rows_own_bits() {
         // a tree's nodes (each its ancestors among 9 scratch slots) or a prompt chunk's
-        // rows over 0-150 committed slots, 1-5 rows of 1-7 heads, on every ISA
+        // rows over 0-150 committed slots (from 0, or from inside a tile as under a
+        // window), 1-5 rows of 1-7 heads, on every ISA
         for hd in [64, 12] {
             let planes = 170;
             let (k, v) = (values(planes * hd, 7), values(planes * hd, 8));
             let (kt, vt) = head_of::<half::f16>(&k, &v, hd);
             let kv = KvHead { k: &kt, v: &vt };
-            for (committed, heads, n) in [(0, 3, 5), (37, 2, 4), (64, 7, 3), (150, 1, 5), (9, 3, 1)]
-            {
-                let shared: Vec<usize> = (0..committed).collect();
+            for (start, committed, heads, n) in [
+                (0, 0, 3, 5),
+                (0, 37, 2, 4),
+                (0, 64, 7, 3),
+                (0, 150, 1, 5),
+                (0, 9, 3, 1),
+                (5, 150, 3, 2),
+                (13, 100, 1, 3),
+            ] {
+                let shared: Vec<usize> = (start..committed).collect();
                 let owns: Vec<Vec<usize>> = (0..n)
                     .map(|r| {
                         (0..=r)

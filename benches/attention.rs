@@ -6,30 +6,18 @@
 //! head). Deterministic inputs; median of `REPS` timed calls after warm-up. No
 //! assertions: a ratio between two rows of one run is the result.
 
-use std::time::Instant;
+mod common;
+
+use common::values;
 
 use subspec::internals::{AttnMask, AttnShape, Backend, CpuBackend};
 use subspec::KvDtype;
 
 const REPS: usize = 9;
 
-fn median_s(mut f: impl FnMut()) -> f64 {
-    f();
-    let mut t: Vec<f64> = (0..REPS)
-        .map(|_| {
-            let t0 = Instant::now();
-            f();
-            t0.elapsed().as_secs_f64()
-        })
-        .collect();
-    t.sort_by(f64::total_cmp);
-    t[REPS / 2]
-}
-
-fn values(n: usize, seed: usize) -> Vec<f32> {
-    (0..n)
-        .map(|i| ((i.wrapping_mul(7919).wrapping_add(seed * 104729)) % 2001) as f32 / 1000.0 - 1.0)
-        .collect()
+/// Timed calls of `f`: the median of `REPS` after 1 untimed.
+fn median_s(f: impl FnMut()) -> f64 {
+    common::median_s(1, REPS, f)
 }
 
 fn main() {

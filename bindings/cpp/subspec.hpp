@@ -41,24 +41,26 @@ private:
 };
 
 namespace detail {
+/// What `read(buf, cap, &needed)` copies out (subspec_last_error or
+/// subspec_sequence_last_error): a size query, then the copy.
+template <class Read>
+std::string message(Read read) {
+    size_t needed = 0;
+    read(nullptr, 0, &needed);
+    std::string msg(needed, '\0');
+    if (needed > 0 && read(msg.data(), msg.size(), &needed) == SUBSPEC_STATUS_OK) msg.resize(needed - 1);
+    return msg;
+}
+
 /// The calling thread's last error message.
 inline std::string last_error() {
-    size_t needed = 0;
-    subspec_last_error(nullptr, nullptr, 0, &needed);
-    std::string msg(needed, '\0');
-    if (needed > 0 && subspec_last_error(nullptr, msg.data(), msg.size(), &needed) == SUBSPEC_STATUS_OK)
-        msg.resize(needed - 1);
-    return msg;
+    return message([](char *buf, size_t cap, size_t *needed) { return subspec_last_error(nullptr, buf, cap, needed); });
 }
 
 /// The message of the last failed call on `seq`, or of its part of a batch.
 inline std::string sequence_error(const subspec_sequence *seq) {
-    size_t needed = 0;
-    subspec_sequence_last_error(seq, nullptr, 0, &needed);
-    std::string msg(needed, '\0');
-    if (needed > 0 && subspec_sequence_last_error(seq, msg.data(), msg.size(), &needed) == SUBSPEC_STATUS_OK)
-        msg.resize(needed - 1);
-    return msg;
+    return message(
+        [seq](char *buf, size_t cap, size_t *needed) { return subspec_sequence_last_error(seq, buf, cap, needed); });
 }
 
 inline void check(subspec_status st) {

@@ -81,24 +81,30 @@ func call(f func() C.subspec_status) error {
 	return &Error{Status: Status(st), Message: lastError()}
 }
 
+// message is what read copies out (subspec_last_error or subspec_sequence_last_error):
+// a size query, then the copy.
+func message(read func(buf *C.char, capacity C.size_t, needed *C.size_t)) string {
+	var needed C.size_t
+	read(nil, 0, &needed)
+	buf := make([]byte, int(needed)+1)
+	read((*C.char)(unsafe.Pointer(&buf[0])), C.size_t(len(buf)), &needed)
+	return C.GoString((*C.char)(unsafe.Pointer(&buf[0])))
+}
+
 // lastError is the message of the last failed call on this thread (call it with the OS
 // thread locked, as call does).
 func lastError() string {
-	var needed C.size_t
-	C.subspec_last_error(nil, nil, 0, &needed)
-	buf := make([]byte, int(needed)+1)
-	C.subspec_last_error(nil, (*C.char)(unsafe.Pointer(&buf[0])), C.size_t(len(buf)), &needed)
-	return C.GoString((*C.char)(unsafe.Pointer(&buf[0])))
+	return message(func(buf *C.char, capacity C.size_t, needed *C.size_t) {
+		C.subspec_last_error(nil, buf, capacity, needed)
+	})
 }
 
 // sequenceError is the message of the last failed call on a sequence, or of its part of
 // a batch (any thread).
 func sequenceError(h *C.subspec_sequence) string {
-	var needed C.size_t
-	C.subspec_sequence_last_error(h, nil, 0, &needed)
-	buf := make([]byte, int(needed)+1)
-	C.subspec_sequence_last_error(h, (*C.char)(unsafe.Pointer(&buf[0])), C.size_t(len(buf)), &needed)
-	return C.GoString((*C.char)(unsafe.Pointer(&buf[0])))
+	return message(func(buf *C.char, capacity C.size_t, needed *C.size_t) {
+		C.subspec_sequence_last_error(h, buf, capacity, needed)
+	})
 }
 
 // Device selects where the model runs: DeviceCPU (the zero value) or DeviceCUDA(n).

@@ -154,21 +154,24 @@ class SubspecError extends Error {
   }
 }
 
-function lastError() {
+/** A message copied out by `read(handle, buf, cap, needed)` (subspec_last_error or
+ * subspec_sequence_last_error): a size query, then the copy. */
+function message(read, handle) {
   const needed = [0];
-  C.lastError(null, null, 0, needed);
+  read(handle, null, 0, needed);
   const buf = Buffer.alloc(Number(needed[0]));
-  C.lastError(null, buf, buf.length, needed);
+  read(handle, buf, buf.length, needed);
   return buf.toString('utf8', 0, Math.max(0, buf.length - 1));
+}
+
+/** The last failure on this thread. */
+function lastError() {
+  return message(C.lastError, null);
 }
 
 /** The message of the last failed call on a sequence handle, or of its part of a batch. */
 function sequenceError(h) {
-  const needed = [0];
-  C.seqLastError(h, null, 0, needed);
-  const buf = Buffer.alloc(Number(needed[0]));
-  C.seqLastError(h, buf, buf.length, needed);
-  return buf.toString('utf8', 0, Math.max(0, buf.length - 1));
+  return message(C.seqLastError, h);
 }
 
 function check(status) {
@@ -594,11 +597,7 @@ class Engine {
    * event loop's thread), or a fixed message once the engine is closed. */
   _lastError() {
     if (!this._h) return 'the call failed (its engine is closed: no message)';
-    const needed = [0];
-    C.lastError(this._h, null, 0, needed);
-    const buf = Buffer.alloc(Number(needed[0]));
-    C.lastError(this._h, buf, buf.length, needed);
-    return buf.toString('utf8', 0, Math.max(0, buf.length - 1));
+    return message(C.lastError, this._h);
   }
 
   /** Releases the engine (idempotent); with asynchronous batches in flight, once they end

@@ -461,7 +461,7 @@ mod avx2 {
     /// gathered into `tile` first, the slots up to the next tile's start.
     ///
     /// # Safety
-    /// As [`attend`]: each `q[x]` holds `hd` values and each `sc[x]` `slots.len()`, every
+    /// As [`attend_rows`]: each `q[x]` holds `hd` values and each `sc[x]` `slots.len()`, every
     /// slot's key tile lies inside the key tiles at `kp`.
     #[inline(always)]
     unsafe fn scores_of<T: KvElem, const H: usize>(

@@ -1,6 +1,7 @@
 //! The CPU backend's KV cache: per layer and KV head, keys (rotary applied) in tiles of 8
-//! slots ([`attn::key_at`]) and values slot after slot, stored as f32, f16 or bf16 ([`KvDtype`]). Values are rounded to the cache's
-//! type as they are written and widened back to f32 exactly as attention reads them.
+//! slots ([`attn::key_at`]) and values slot after slot, stored as f32, f16 or bf16
+//! ([`KvDtype`]). Values are rounded to the cache's type as they are written and widened
+//! back to f32 exactly as attention reads them.
 
 use half::{bf16, f16, vec::HalfBitsVecExt};
 

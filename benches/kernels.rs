@@ -35,6 +35,10 @@ fn report(what: &str, rows: usize, cols: usize, t: usize, bytes: usize, s: f64) 
 }
 
 fn main() {
+    // `cargo bench --bench kernels -- dense`: only the dense products against the FMA peak
+    if std::env::args().skip(1).any(|a| a == "dense") {
+        return dense();
+    }
     // (rows, cols): gate/up, down, q/o, the lm_head
     let shapes = [(4864, 896), (896, 4864), (896, 896)];
     for bits in [4u8, 8] {
@@ -119,4 +123,107 @@ fn main() {
         let s = median_s(|| linear(&x, t, &w, None, &mut out));
         report("linear f16 (lm_head)", rows, cols, t, rows * cols * 2, s);
     }
+}
+
+/// An f16 matrix of `rows x cols` deterministic weights, as the loader would hold it.
+fn f16_matrix(name: &str, rows: usize, cols: usize) -> HostTensor {
+    let mut buf = AlignedBuf::new(rows * cols * 2);
+    for (i, b) in buf.as_mut_slice().chunks_exact_mut(2).enumerate() {
+        let v = half::f16::from_f32(((i * 7919) % 2001) as f32 / 1000.0 - 1.0);
+        b.copy_from_slice(&v.to_le_bytes());
+    }
+    HostTensor::view(
+        name,
+        DType::F16,
+        vec![rows, cols],
+        Arc::new(Storage::Owned(buf)),
+        0,
+        rows * cols * 2,
+    )
+}
+
+/// The dense f16 product at Qwen2.5-0.5B's layer shapes and a verification's token counts,
+/// as a share of the machine's f32 FMA peak (measured here: independent FMA chains on
+/// every thread of the pool).
+fn dense() {
+    let peak = fma_peak_flops();
+    println!(
+        "f32 FMA peak, {} threads: {:.1} GFLOP/s",
+        rayon::current_num_threads(),
+        peak / 1e9
+    );
+    for (rows, cols) in [(4864, 896), (896, 4864), (896, 896)] {
+        let w = f16_matrix("w", rows, cols);
+        for t in [1, 16, 64] {
+            let x = values(t * cols, 2);
+            let mut out = vec![0f32; t * rows];
+            let s = median_s(|| linear(&x, t, &w, None, &mut out));
+            let flops = 2.0 * (rows * cols * t) as f64;
+            print!("{:<22} ", "linear f16");
+            report_tail(rows, cols, t, rows * cols * 2, s);
+            println!("    {:.0}% of peak", 100.0 * flops / s / peak);
+        }
+    }
+}
+
+fn report_tail(rows: usize, cols: usize, t: usize, bytes: usize, s: f64) {
+    print!(
+        "{rows:>6}x{cols:<5} t={t:<2} {:>8.3} ms {:>7.2} GB/s {:>7.2} GFLOP/s",
+        s * 1e3,
+        bytes as f64 / s / 1e9,
+        2.0 * (rows * cols * t) as f64 / s / 1e9
+    );
+}
+
+/// Floating-point operations per second of 12 independent 8-lane FMA chains per thread,
+/// on every thread of rayon's pool at once (the best of 5 runs).
+fn fma_peak_flops() -> f64 {
+    const ITERS: usize = 20_000_000;
+    let threads = rayon::current_num_threads();
+    (0..5)
+        .map(|_| {
+            let t0 = std::time::Instant::now();
+            let sink: f32 = rayon::broadcast(|_| fma_chains(ITERS)).iter().sum();
+            let s = t0.elapsed().as_secs_f64();
+            std::hint::black_box(sink);
+            (threads * ITERS * 12 * 16) as f64 / s
+        })
+        .fold(0.0, f64::max)
+}
+
+/// `iters` rounds of 12 independent FMAs on 8 lanes; returns a value that depends on all.
+fn fma_chains(iters: usize) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        // SAFETY: the features were just detected.
+        return unsafe { fma_chains_avx2(iters) };
+    }
+    let mut acc = [1f32; 96];
+    for _ in 0..iters {
+        for a in acc.iter_mut() {
+            *a = a.mul_add(0.999_999, 1e-7);
+        }
+    }
+    acc.iter().sum()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn fma_chains_avx2(iters: usize) -> f32 {
+    use std::arch::x86_64::*;
+    let m = _mm256_set1_ps(0.999_999);
+    let c = _mm256_set1_ps(1e-7);
+    let mut acc = [_mm256_set1_ps(1.0); 12];
+    for _ in 0..iters {
+        for a in acc.iter_mut() {
+            *a = _mm256_fmadd_ps(*a, m, c);
+        }
+    }
+    let mut lanes = [0f32; 8];
+    let mut sum = 0.0;
+    for a in acc {
+        _mm256_storeu_ps(lanes.as_mut_ptr(), a);
+        sum += lanes.iter().sum::<f32>();
+    }
+    sum
 }

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use serde_json::json;
-use subspec::internals::measure;
+use subspec::internals::measure::{self, Forward};
 use subspec::{Engine, Error, SamplingParams, StepOptions};
 
 use super::{ModelArgs, SpecArgs};
@@ -553,8 +553,11 @@ fn kernels(a: &BenchArgs) -> Result<(), Error> {
     let decode_s = t0.elapsed().as_secs_f64() / a.decode_tokens.max(1) as f64;
 
     // One forward of 1 token vs `tree_tokens` tree tokens, on top of the committed prompt.
-    let one_s = measure::forward_time(&engine, prompt.len(), 1, a.reps)?;
-    let tree_s = measure::forward_time(&engine, prompt.len(), a.tree_tokens, a.reps)?;
+    let forward = |n, shape| measure::forward_time(&engine, prompt.len(), n, a.reps, shape);
+    let one_s = forward(1, Forward::Tree)?;
+    let tree_s = forward(a.tree_tokens, Forward::Tree)?;
+    // The same tokens as a chunk of a prompt (llama-bench's pp): the last row's logits only.
+    let chunk_s = forward(a.tree_tokens, Forward::Prompt)?;
 
     if a.json {
         let v = json!({
@@ -568,6 +571,7 @@ fn kernels(a: &BenchArgs) -> Result<(), Error> {
             "decode_vs_floor": decode_s / floor_s,
             "forward_1_ms": one_s * 1e3,
             "forward_tree_ms": tree_s * 1e3,
+            "forward_prompt_ms": chunk_s * 1e3,
             "tree_tokens": a.tree_tokens,
             "tree_vs_1": tree_s / one_s,
         });
@@ -590,6 +594,11 @@ fn kernels(a: &BenchArgs) -> Result<(), Error> {
             a.tree_tokens,
             tree_s * 1e3,
             tree_s / one_s
+        );
+        println!(
+            "forward {} prompt tokens {:.2} ms (the last row's logits only)",
+            a.tree_tokens,
+            chunk_s * 1e3
         );
     }
     Ok(())

@@ -265,17 +265,37 @@ pub fn passes(
     })
 }
 
-/// The best of `reps` target forwards of `n` tokens (a tree of width 3: node `i`'s parent
-/// is `(i - 1) / 3`) on top of a committed prompt of `prompt` tokens, every row's logits
-/// computed: what a verification of `n` tokens costs.
-pub fn forward_time(engine: &Engine, prompt: usize, n: usize, reps: usize) -> Result<f64> {
+/// What [`forward_time`] runs: a tree's verification or a chunk of a prompt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Forward {
+    /// A tree of width 3 (node `i`'s parent is `(i - 1) / 3`), every row's logits: what a
+    /// verification of `n` tokens costs.
+    Tree,
+    /// A chain (each token after the one before), the last row's logits only: a chunk of
+    /// a prompt, as llama.cpp's `llama-bench -p` times it.
+    Prompt,
+}
+
+/// The best of `reps` target forwards of `n` tokens shaped as `shape` on top of a
+/// committed prompt of `prompt` tokens.
+pub fn forward_time(
+    engine: &Engine,
+    prompt: usize,
+    n: usize,
+    reps: usize,
+    shape: Forward,
+) -> Result<f64> {
     let model = &engine.shared.model;
     let p = prompt.max(1);
     let tokens: Vec<u32> = (0..n as u32)
         .map(|i| (i * 104729 + 7) % model.config().vocab as u32)
         .collect();
     let parents: Vec<Option<usize>> = (0..n)
-        .map(|i| if i == 0 { None } else { Some((i - 1) / 3) })
+        .map(|i| match (i, shape) {
+            (0, _) => None,
+            (_, Forward::Tree) => Some((i - 1) / 3),
+            (_, Forward::Prompt) => Some(i - 1),
+        })
         .collect();
     let mask = AttnMask::from_parents(&parents)?;
     let positions: Vec<usize> = (0..n)
@@ -288,12 +308,15 @@ pub fn forward_time(engine: &Engine, prompt: usize, n: usize, reps: usize) -> Re
             p + d
         })
         .collect();
-    let all: Vec<usize> = (0..n).collect();
+    let rows: Vec<usize> = match shape {
+        Forward::Tree => (0..n).collect(),
+        Forward::Prompt => vec![n.saturating_sub(1)],
+    };
     let mut cache = committed_prompt(engine, p, n)?;
     let mut best = f64::MAX;
     for _ in 0..reps.max(1) {
         let t0 = Instant::now();
-        engine.install(|| model.forward(&mut cache, &tokens, &positions, &mask, &all))?;
+        engine.install(|| model.forward(&mut cache, &tokens, &positions, &mask, &rows))?;
         best = best.min(t0.elapsed().as_secs_f64());
     }
     Ok(best)

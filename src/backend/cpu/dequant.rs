@@ -333,13 +333,13 @@ mod avx2 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::checkpoint::GgmlType;
     use crate::util::isa::supported_isas;
 
     /// Random bytes for `n` blocks of `t` with finite f16 scales (of mixed magnitude).
-    fn random_blocks(t: GgmlType, n: usize, seed: u64) -> Vec<u8> {
+    pub(crate) fn random_blocks(t: GgmlType, n: usize, seed: u64) -> Vec<u8> {
         let mut x = seed | 1;
         let mut next = || {
             x ^= x << 13;

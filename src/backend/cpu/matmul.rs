@@ -66,9 +66,9 @@ pub fn linear(x: &[f32], t_count: usize, w: &HostTensor, bias: Option<&[f32]>, o
     // Quantized rows are always dequantized first (exactly as gguf-py does, so the
     // products are those of the dequantized model's f32 weights).
     if dtype.is_quantized() || (t_count > widen_above(isa) && dtype != DType::F32) {
-        return linear_widened(isa, x, t_count, n, bias, out, |rows, dst| {
+        return linear_widened(isa, x, t_count, n, bias, out, |rows, dst, packed| {
             let bytes = &wb[rows.start * row_bytes..rows.end * row_bytes];
-            widen_rows(isa, dtype, bytes, rows.len() * k, dst)
+            widen_rows(isa, dtype, bytes, k, dst, packed)
         });
     }
     let ptr = OutPtr(out.as_mut_ptr());
@@ -79,11 +79,11 @@ pub fn linear(x: &[f32], t_count: usize, w: &HostTensor, bias: Option<&[f32]>, o
     });
 }
 
-/// [`linear`] for weights that `widen(rows, dst)` writes to `dst` as f32 (`rows.len()`
-/// whole rows of `x.len() / t_count`), `n` rows in all. Each task widens its chunk a row
-/// tile at a time, so that the f32 rows stay in L1 while every token tile passes over
-/// them (a whole chunk of f32 rows lives in L2). The products are the f32 kernel's on the
-/// widened values.
+/// [`linear`] for weights that `widen(rows, dst, packed)` writes to `dst` as f32
+/// (`rows.len()` whole rows of `x.len() / t_count`; laid out by [`pack_halves`] if
+/// `packed`), `n` rows in all. Each task widens its chunk a row tile at a time, so that
+/// the f32 rows stay in L1 while every token tile passes over them (a whole chunk of f32
+/// rows lives in L2). The products are the f32 kernel's on the widened values.
 fn linear_widened(
     isa: Isa,
     x: &[f32],
@@ -91,24 +91,33 @@ fn linear_widened(
     n: usize,
     bias: Option<&[f32]>,
     out: &mut [f32],
-    widen: impl Fn(std::ops::Range<usize>, &mut Vec<f32>) + Sync,
+    widen: impl Fn(std::ops::Range<usize>, &mut Vec<f32>, bool) + Sync,
 ) {
     assert_eq!(out.len(), t_count * n);
     let k = x.len() / t_count.max(1);
     let ptr = OutPtr(out.as_mut_ptr());
+    // the AVX2 kernel reads the activations in the layout of `pack_halves`
+    let mut xp = Vec::new();
+    if isa == Isa::Avx2 && k > 0 {
+        xp.resize(x.len(), 0.0);
+        let rows = xp.par_chunks_exact_mut(k).zip(x.par_chunks_exact(k));
+        rows.for_each(|(d, s)| pack_row(s, d));
+    }
+    let xp = &xp[..];
     (0..n.div_ceil(ROW_CHUNK)).into_par_iter().for_each(|c| {
         let end = ((c + 1) * ROW_CHUNK).min(n);
         for r0 in (c * ROW_CHUNK..end).step_by(WIDE_ROWS) {
             let rows = r0..(r0 + WIDE_ROWS).min(end);
-            SCRATCH.with_borrow_mut(|scratch| {
-                widen(rows.clone(), scratch);
+            SCRATCH.with_borrow_mut(|(scratch, lanes)| {
+                let packed = isa == Isa::Avx2 && rows.len() == WIDE_ROWS;
+                widen(rows.clone(), scratch, packed);
                 assert_eq!(scratch.len(), rows.len() * k, "widened rows");
-                // SAFETY: any f32 slice may be viewed as its bytes (u8 has no alignment or
-                // validity requirements); the view lives no longer than `scratch`'s borrow.
-                let bytes = unsafe {
-                    std::slice::from_raw_parts(scratch.as_ptr() as *const u8, scratch.len() * 4)
-                };
-                rows_product(isa, DType::F32, bytes, rows, x, t_count, bias, ptr, n, true);
+                if packed {
+                    blocked_avx2(scratch, rows, xp, t_count, bias, ptr, n, lanes)
+                } else {
+                    let bytes = f32_bytes(scratch);
+                    rows_product(isa, DType::F32, bytes, rows, x, t_count, bias, ptr, n, true)
+                }
             })
         }
     });
@@ -166,28 +175,144 @@ fn rows_product(
 }
 
 thread_local! {
-    /// Per-thread buffer for widened weight rows (kept, so it is not re-faulted per task).
-    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Per-thread buffers (kept, so they are not re-faulted per task): widened weight rows,
+    /// and the lanes of [`blocked_avx2`]'s outputs between its blocks.
+    static SCRATCH: std::cell::RefCell<(Vec<f32>, Vec<f32>)> =
+        const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+    /// Per-thread dequantized rows before [`pack_halves`].
+    static UNPACKED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Widens the `n` weights in `src` (whole rows, little-endian) to f32 in `dst`: exact for
-/// f16/bf16, gguf-py's dequantization for the quantized types.
-fn widen_rows(isa: Isa, dtype: DType, src: &[u8], n: usize, dst: &mut Vec<f32>) {
+/// `dst` = `src` (rows of `k`) with each row's body (its whole blocks of 16) split in
+/// halves: lanes 0-7 of every block in order, then lanes 8-15, then the tail as it was. A
+/// pass over one half of the lanes ([`avx2::packed_block`]) then reads whole cache lines.
+fn pack_halves(src: &[f32], k: usize, dst: &mut Vec<f32>) {
+    dst.resize(src.len(), 0.0);
+    for (s, d) in src.chunks_exact(k).zip(dst.chunks_exact_mut(k)) {
+        pack_row(s, d);
+    }
+}
+
+/// [`pack_halves`] of one row.
+fn pack_row(s: &[f32], d: &mut [f32]) {
+    let body = s.len() - s.len() % 16;
+    for i in (0..body).step_by(16) {
+        d[i / 2..i / 2 + 8].copy_from_slice(&s[i..i + 8]);
+        d[(body + i) / 2..(body + i) / 2 + 8].copy_from_slice(&s[i + 8..i + 16]);
+    }
+    d[body..].copy_from_slice(&s[body..]);
+}
+
+/// Most elements of a row one pass of [`blocked_avx2`] takes: 4 rows' block is 16 KiB.
+const KC: usize = 1024;
+
+/// [`rows_product`] of `WIDE_ROWS` widened rows on AVX2, rows and activations laid out by
+/// [`pack_halves`], in blocks of at most [`KC`] elements: each block of the 4 rows stays
+/// in L1 while every token tile passes over it, and each output's 16 lanes wait in `lanes`
+/// between blocks (a whole row of Qwen's down projection, 4864 elements, is 78 KiB for 4
+/// rows: they came from L2 for every token tile). The lanes see the same FMAs in the same
+/// order, so the bits are [`rows_product`]'s.
+#[allow(clippy::too_many_arguments)]
+fn blocked_avx2(
+    rows: &[f32],
+    range: std::ops::Range<usize>,
+    xp: &[f32],
+    t_count: usize,
+    bias: Option<&[f32]>,
+    ptr: OutPtr,
+    n: usize,
+    lanes: &mut Vec<f32>,
+) {
+    const R: usize = WIDE_ROWS;
+    let k = xp.len() / t_count.max(1);
+    let body = k - k % 16;
+    assert_eq!(rows.len(), R * k);
+    // every block starts from the lanes the last one left (the first from zero)
+    lanes.resize(t_count * R * 16, 0.0);
+    let kc = (body / 16).div_ceil(body.div_ceil(KC).max(1)) * 16;
+    for k0 in (0..body).step_by(kc.max(16)) {
+        let block = k0..(k0 + kc).min(body);
+        for t in (0..t_count).step_by(AVX2_TT) {
+            let tt = (t_count - t).min(AVX2_TT);
+            let xs = &xp[t * k..(t + tt) * k];
+            let l = &mut lanes[t * R * 16..(t + tt) * R * 16];
+            // SAFETY: this is only called on AVX2/FMA/F16C (isa); `rows` holds R rows of k,
+            // `xs` tt rows of k, the block is inside the body, `l` R * tt * 16 lanes.
+            #[cfg(target_arch = "x86_64")]
+            unsafe {
+                match tt {
+                    3 => avx2::packed_block::<R, 3>(rows, xs, k, block.clone(), l),
+                    2 => avx2::packed_block::<R, 2>(rows, xs, k, block.clone(), l),
+                    _ => avx2::packed_block::<R, 1>(rows, xs, k, block.clone(), l),
+                }
+            }
+        }
+    }
+    if body == 0 {
+        lanes.fill(0.0);
+    }
+    // the sums of the lanes, in place of each output's first lane
+    // SAFETY: AVX2 is present (only called then); `lanes` holds whole outputs of 16.
+    #[cfg(target_arch = "x86_64")]
+    unsafe {
+        avx2::sum_lanes(lanes)
+    };
+    for t in (0..t_count).step_by(AVX2_TT) {
+        let tt = (t_count - t).min(AVX2_TT);
+        for i in 0..R {
+            let o = range.start + i;
+            let b = bias.map_or(0.0, |b| b[o]);
+            let row = &rows[i * k..(i + 1) * k];
+            for j in 0..tt {
+                let mut v = lanes[t * R * 16 + (i * tt + j) * 16];
+                // the tail, where `pack_halves` left it: as `finish` adds it
+                let x = &xp[(t + j) * k..(t + j + 1) * k];
+                for e in body..k {
+                    v = row[e].mul_add(x[e], v);
+                }
+                // SAFETY: as in `rows_product`: (t + j, o) is inside `out`, and only the
+                // task owning row `o`'s chunk writes column `o`.
+                unsafe { *ptr.get().add((t + j) * n + o) = v + b };
+            }
+        }
+    }
+}
+
+/// An f32 slice's bytes.
+fn f32_bytes(v: &[f32]) -> &[u8] {
+    // SAFETY: any f32 slice may be viewed as its bytes (u8 has no alignment or validity
+    // requirements), for as long as the slice is borrowed.
+    unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, v.len() * 4) }
+}
+
+/// Widens the whole rows of `k` weights in `src` (little-endian) to f32 in `dst`: exact
+/// for f16/bf16, gguf-py's dequantization for the quantized types; laid out by
+/// [`pack_halves`] if `packed` (only asked for on AVX2).
+fn widen_rows(isa: Isa, dtype: DType, src: &[u8], k: usize, dst: &mut Vec<f32>, packed: bool) {
+    let n = src.len() / dtype.bytes_for(k).expect("whole blocks") * k;
     dst.resize(n, 0.0);
     if dtype.is_quantized() {
-        super::dequant::rows_to_f32(isa, dtype, src, dst);
-        return;
+        if !packed {
+            return super::dequant::rows_to_f32(isa, dtype, src, dst);
+        }
+        return UNPACKED.with_borrow_mut(|rows| {
+            rows.resize(n, 0.0);
+            super::dequant::rows_to_f32(isa, dtype, src, rows);
+            pack_halves(rows, k, dst);
+        });
     }
-    let mut done = 0;
     #[cfg(target_arch = "x86_64")]
     if isa != Isa::Portable {
-        done = n - n % 8;
-        // SAFETY: AVX2/F16C are present (isa); 8-element blocks stay inside both slices.
-        unsafe { avx2::widen(dtype, src, &mut dst[..done]) };
+        // SAFETY: AVX2/F16C are present (isa); `src` holds the `n` elements `dst` does.
+        return unsafe { avx2::widen(dtype, src, k, dst, packed) };
     }
     let _ = isa;
-    for (i, d) in dst.iter_mut().enumerate().skip(done) {
+    for (i, d) in dst.iter_mut().enumerate() {
         *d = weight(dtype, src, i);
+    }
+    if packed {
+        let rows = dst.clone();
+        pack_halves(&rows, k, dst);
     }
 }
 
@@ -488,17 +613,56 @@ mod avx2 {
         }
     }
 
-    /// Widens `dst.len()` (a multiple of 8) f16/bf16 values from `src` to f32.
+    /// Widens the rows of `k` f16/bf16/f32 values in `src` to f32 in `dst` (as many as it
+    /// holds), laid out by `super::pack_halves` if `packed`.
     ///
     /// # Safety
-    /// The CPU has AVX2 and F16C, `dst.len()` is a multiple of 8, and `src` holds at least
-    /// `dst.len()` elements of `dtype`.
+    /// The CPU has AVX2 and F16C, `dst.len()` is a multiple of `k`, and `src` holds at
+    /// least `dst.len()` elements of `dtype`.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn widen(dtype: DType, src: &[u8], dst: &mut [f32]) {
-        // SAFETY: the caller upholds the contract above.
+    pub unsafe fn widen(dtype: DType, src: &[u8], k: usize, dst: &mut [f32], packed: bool) {
+        assert!(src.len() >= dst.len() * dtype.size() && dst.len().is_multiple_of(k));
+        let (body, vec) = (k - k % 16, k - k % 8);
+        // SAFETY: the caller upholds the contract above; every index stays in a row.
         unsafe {
-            for i in (0..dst.len()).step_by(8) {
-                _mm256_storeu_ps(dst.as_mut_ptr().add(i), load8(dtype, src.as_ptr(), i));
+            let sp = src.as_ptr();
+            for (r, row) in dst.chunks_exact_mut(k).enumerate() {
+                let (s, d) = (sp.add(r * k * dtype.size()), row.as_mut_ptr());
+                if packed {
+                    for i in (0..body).step_by(16) {
+                        _mm256_storeu_ps(d.add(i / 2), load8(dtype, s, i));
+                        _mm256_storeu_ps(d.add((body + i) / 2), load8(dtype, s, i + 8));
+                    }
+                } else {
+                    for i in (0..vec).step_by(8) {
+                        _mm256_storeu_ps(d.add(i), load8(dtype, s, i));
+                    }
+                }
+                let done = if packed { body } else { vec };
+                for (i, v) in row.iter_mut().enumerate().skip(done) {
+                    *v = super::weight(dtype, src, r * k + i);
+                }
+            }
+        }
+    }
+
+    /// Each output's 16 lanes in `lanes` summed in `finish`'s fixed order, the sum left in
+    /// its first lane: halves added, then the 4-lane quarters, then `(c0 + c2) + (c1 + c3)`.
+    ///
+    /// # Safety
+    /// The CPU has AVX2; `lanes.len()` is a multiple of 16.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn sum_lanes(lanes: &mut [f32]) {
+        assert_eq!(lanes.len() % 16, 0);
+        for acc in lanes.chunks_exact_mut(16) {
+            // SAFETY: `acc` holds 16 values.
+            unsafe {
+                let p = acc.as_mut_ptr();
+                let b = _mm256_add_ps(_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)));
+                let c = _mm_add_ps(_mm256_castps256_ps128(b), _mm256_extractf128_ps(b, 1));
+                let d = _mm_add_ps(c, _mm_movehl_ps(c, c)); // c0 + c2, c1 + c3
+                let s = _mm_add_ss(d, _mm_shuffle_ps(d, d, 1));
+                _mm_store_ss(p, s);
             }
         }
     }
@@ -621,6 +785,64 @@ mod avx2 {
             finish_tile(&lanes, dtype, rows, xs, k, res);
         }
     }
+
+    /// The FMAs of [`tile_halves`] over the elements `range` of the body only, on f32 rows
+    /// and activations laid out by `super::pack_halves`, carrying each output's 16 lanes
+    /// in `lanes` (`[row][token][lane]`, loaded before, stored after): blocks run in
+    /// ascending order give the bits of one pass over the body.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA; `rows` holds `R` rows of `k`, `xs` `T` rows of `k`.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn packed_block<const R: usize, const T: usize>(
+        rows: &[f32],
+        xs: &[f32],
+        k: usize,
+        range: std::ops::Range<usize>,
+        lanes: &mut [f32],
+    ) {
+        let body = k - k % 16;
+        assert!(rows.len() >= R * k && xs.len() >= T * k && lanes.len() >= R * T * 16);
+        assert!(
+            range.end <= body && range.start.is_multiple_of(16) && range.end.is_multiple_of(16)
+        );
+        // SAFETY: every index stays below the asserted bounds.
+        unsafe {
+            let (wp, xp, lp) = (rows.as_ptr(), xs.as_ptr(), lanes.as_mut_ptr());
+            for h in 0..2 {
+                let mut acc = [[_mm256_setzero_ps(); T]; R];
+                // the lanes of output (r, j) for this half
+                let at = |r: usize, j: usize| lp.add((r * T + j) * 16 + 8 * h);
+                if range.start > 0 {
+                    for (r, acc_r) in acc.iter_mut().enumerate() {
+                        for (j, a) in acc_r.iter_mut().enumerate() {
+                            *a = _mm256_loadu_ps(at(r, j));
+                        }
+                    }
+                }
+                let base = h * body / 2;
+                let mut i = base + range.start / 2;
+                while i < base + range.end / 2 {
+                    let mut xv = [_mm256_setzero_ps(); T];
+                    for (j, v) in xv.iter_mut().enumerate() {
+                        *v = _mm256_loadu_ps(xp.add(j * k + i));
+                    }
+                    for (r, acc_r) in acc.iter_mut().enumerate() {
+                        let w = _mm256_loadu_ps(wp.add(r * k + i));
+                        for j in 0..T {
+                            acc_r[j] = _mm256_fmadd_ps(w, xv[j], acc_r[j]);
+                        }
+                    }
+                    i += 8;
+                }
+                for (r, acc_r) in acc.iter().enumerate() {
+                    for (j, a) in acc_r.iter().enumerate() {
+                        _mm256_storeu_ps(at(r, j), *a);
+                    }
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -629,9 +851,63 @@ mod tests {
 
     #[test]
     fn simd_matches_portable_and_is_batch_invariant() {
-        let dir = std::env::temp_dir().join(format!("subspec-mm-{}", std::process::id()));
+        // odd sizes: row tails and a scalar tail; rows longer than one block of the AVX2
+        // kernel (`KC`), split into three
+        for (n, k) in [(37, 75), (37, 2 * KC + 52)] {
+            matches_portable(n, k);
+        }
+    }
+
+    /// Quantized rows (dequantized a row tile at a time, laid out for the AVX2 kernel)
+    /// give the bits of the f32 rows they dequantize to, in a batch and alone.
+    #[test]
+    fn quantized_rows_give_their_f32_products() {
+        use crate::checkpoint::{AlignedBuf, GgmlType, Storage};
+        use std::sync::Arc;
+        let tensor = |dtype: DType, bytes: &[u8], shape: Vec<usize>| {
+            let mut buf = AlignedBuf::new(bytes.len());
+            buf.as_mut_slice()[..bytes.len()].copy_from_slice(bytes);
+            HostTensor::view(
+                "w",
+                dtype,
+                shape,
+                Arc::new(Storage::Owned(buf)),
+                0,
+                bytes.len(),
+            )
+        };
+        for (t, k) in [(GgmlType::Q8_0, 96), (GgmlType::Q4_K, 2304)] {
+            let n = 37;
+            let blocks = n * k / t.block_size();
+            let src = super::super::dequant::tests::random_blocks(t, blocks, 7);
+            let mut f32s = vec![0f32; n * k];
+            super::super::dequant::rows_to_f32(isa(), DType::Quant(t), &src, &mut f32s);
+            let f32_bytes: Vec<u8> = f32s.iter().flat_map(|v| v.to_le_bytes()).collect();
+            let q = tensor(DType::Quant(t), &src, vec![n, k]);
+            let f = tensor(DType::F32, &f32_bytes, vec![n, k]);
+            let t_count = 13;
+            let x: Vec<f32> = (0..t_count * k)
+                .map(|i| (i * 104729 % 997) as f32 / 498.5 - 1.0)
+                .collect();
+            for tokens in [t_count, 1] {
+                let x = &x[..tokens * k];
+                let (mut a, mut b) = (vec![0f32; tokens * n], vec![0f32; tokens * n]);
+                linear(x, tokens, &q, None, &mut a);
+                linear(x, tokens, &f, None, &mut b);
+                for (i, (a, b)) in a.iter().zip(&b).enumerate() {
+                    assert_eq!(
+                        a.to_bits(),
+                        b.to_bits(),
+                        "{t} t={tokens} element {i}: {a} vs {b}"
+                    );
+                }
+            }
+        }
+    }
+
+    fn matches_portable(n: usize, k: usize) {
+        let dir = std::env::temp_dir().join(format!("subspec-mm-{}-{k}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let (n, k) = (37, 75); // odd sizes: row tails and a scalar tail
         let w: Vec<f32> = (0..n * k)
             .map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * 0.3)
             .collect();

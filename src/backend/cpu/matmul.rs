@@ -230,23 +230,38 @@ fn blocked_avx2(
     // every block starts from the lanes the last one left (the first from zero)
     lanes.resize(t_count * R * 16, 0.0);
     let kc = (body / 16).div_ceil(body.div_ceil(KC).max(1)) * 16;
+    // with no tail to add, the last block writes the sums (and bias) to `out` itself
+    let direct = body == k && body > 0;
     for k0 in (0..body).step_by(kc.max(16)) {
         let block = k0..(k0 + kc).min(body);
         for t in (0..t_count).step_by(AVX2_TT) {
             let tt = (t_count - t).min(AVX2_TT);
             let xs = &xp[t * k..(t + tt) * k];
             let l = &mut lanes[t * R * 16..(t + tt) * R * 16];
-            // SAFETY: this is only called on AVX2/FMA/F16C (isa); `rows` holds R rows of k,
-            // `xs` tt rows of k, the block is inside the body, `l` R * tt * 16 lanes.
             #[cfg(target_arch = "x86_64")]
-            unsafe {
-                match tt {
-                    3 => avx2::packed_block::<R, 3>(rows, xs, k, block.clone(), l),
-                    2 => avx2::packed_block::<R, 2>(rows, xs, k, block.clone(), l),
-                    _ => avx2::packed_block::<R, 1>(rows, xs, k, block.clone(), l),
+            {
+                let fin = (direct && block.end == body).then(|| avx2::Fin {
+                    // SAFETY: (t, range.start) is inside `out` (t < t_count, o < n)
+                    out: unsafe { ptr.get().add(t * n + range.start) },
+                    stride: n,
+                    bias: bias.map(|b| &b[range.clone()]),
+                });
+                // SAFETY: this is only called on AVX2/FMA/F16C (isa); `rows` holds R rows
+                // of k, `xs` tt rows of k, the block is inside the body, `l` R * tt * 16
+                // lanes; `fin` writes outputs (t.., range) of `out`, which only the task
+                // owning these rows writes.
+                unsafe {
+                    match tt {
+                        3 => avx2::packed_block::<R, 3>(rows, xs, k, block.clone(), l, fin),
+                        2 => avx2::packed_block::<R, 2>(rows, xs, k, block.clone(), l, fin),
+                        _ => avx2::packed_block::<R, 1>(rows, xs, k, block.clone(), l, fin),
+                    }
                 }
             }
         }
+    }
+    if direct {
+        return;
     }
     if body == 0 {
         lanes.fill(0.0);
@@ -786,13 +801,24 @@ mod avx2 {
         }
     }
 
+    /// Where the last block of [`packed_block`] writes its outputs' sums: token `j`'s 4
+    /// rows at `out + j * stride`, each plus its `bias`.
+    pub struct Fin<'a> {
+        pub out: *mut f32,
+        pub stride: usize,
+        pub bias: Option<&'a [f32]>,
+    }
+
     /// The FMAs of [`tile_halves`] over the elements `range` of the body only, on f32 rows
     /// and activations laid out by `super::pack_halves`, carrying each output's 16 lanes
     /// in `lanes` (`[row][token][lane]`, loaded before, stored after): blocks run in
-    /// ascending order give the bits of one pass over the body.
+    /// ascending order give the bits of one pass over the body. With `fin` (4 rows, the
+    /// last block of a row with no tail), each output's lanes are summed instead in
+    /// `finish`'s order, 4 rows at a time, and written there.
     ///
     /// # Safety
-    /// The CPU has AVX2 and FMA; `rows` holds `R` rows of `k`, `xs` `T` rows of `k`.
+    /// The CPU has AVX2 and FMA; `rows` holds `R` rows of `k`, `xs` `T` rows of `k`; with
+    /// `fin`, `out + j * stride + i` (j < T, i < 4) may be written.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn packed_block<const R: usize, const T: usize>(
         rows: &[f32],
@@ -800,7 +826,14 @@ mod avx2 {
         k: usize,
         range: std::ops::Range<usize>,
         lanes: &mut [f32],
+        fin: Option<Fin>,
     ) {
+        assert!(
+            fin.is_none()
+                || (R == 4
+                    && range.end == k
+                    && fin.as_ref().unwrap().bias.is_none_or(|b| b.len() == 4))
+        );
         let body = k - k % 16;
         assert!(rows.len() >= R * k && xs.len() >= T * k && lanes.len() >= R * T * 16);
         assert!(
@@ -835,6 +868,27 @@ mod avx2 {
                     }
                     i += 8;
                 }
+                if let (1, Some(fin)) = (h, &fin) {
+                    #[allow(clippy::needless_range_loop)] // acc[r][j] over rows r
+                    for j in 0..T {
+                        // per row: b = lanes 0-7 + lanes 8-15, c = b's quarters added
+                        let c: [__m128; 4] = std::array::from_fn(|r| {
+                            let b = _mm256_add_ps(_mm256_loadu_ps(at(r, j).sub(8)), acc[r][j]);
+                            _mm_add_ps(_mm256_castps256_ps128(b), _mm256_extractf128_ps(b, 1))
+                        });
+                        // the rows' c transposed: (c0 + c2) + (c1 + c3) for 4 rows at once
+                        let (t0, t1) = (_mm_unpacklo_ps(c[0], c[1]), _mm_unpacklo_ps(c[2], c[3]));
+                        let (t2, t3) = (_mm_unpackhi_ps(c[0], c[1]), _mm_unpackhi_ps(c[2], c[3]));
+                        let (c0, c1) = (_mm_movelh_ps(t0, t1), _mm_movehl_ps(t1, t0));
+                        let (c2, c3) = (_mm_movelh_ps(t2, t3), _mm_movehl_ps(t3, t2));
+                        let mut sum = _mm_add_ps(_mm_add_ps(c0, c2), _mm_add_ps(c1, c3));
+                        if let Some(b) = fin.bias {
+                            sum = _mm_add_ps(sum, _mm_loadu_ps(b.as_ptr()));
+                        }
+                        _mm_storeu_ps(fin.out.add(j * fin.stride), sum);
+                    }
+                    continue;
+                }
                 for (r, acc_r) in acc.iter().enumerate() {
                     for (j, a) in acc_r.iter().enumerate() {
                         _mm256_storeu_ps(at(r, j), *a);
@@ -852,8 +906,9 @@ mod tests {
     #[test]
     fn simd_matches_portable_and_is_batch_invariant() {
         // odd sizes: row tails and a scalar tail; rows longer than one block of the AVX2
-        // kernel (`KC`), split into three
-        for (n, k) in [(37, 75), (37, 2 * KC + 52)] {
+        // kernel (`KC`), split into three, with a tail and without (where the last block
+        // writes the outputs itself)
+        for (n, k) in [(37, 75), (37, 2 * KC + 52), (37, 2 * KC + 64)] {
             matches_portable(n, k);
         }
     }
@@ -922,11 +977,12 @@ mod tests {
         let x: Vec<f32> = (0..t_count * k)
             .map(|i| (i * 104729 % 997) as f32 / 498.5 - 1.0)
             .collect();
+        let bias: Vec<f32> = (0..n).map(|o| o as f32 * 0.37 - 5.0).collect();
         let mut batch = vec![0f32; t_count * n];
-        linear(&x, t_count, &wt, None, &mut batch);
+        linear(&x, t_count, &wt, Some(&bias), &mut batch);
         for t in 0..t_count {
             let mut single = vec![0f32; n];
-            linear(&x[t * k..(t + 1) * k], 1, &wt, None, &mut single);
+            linear(&x[t * k..(t + 1) * k], 1, &wt, Some(&bias), &mut single);
             assert_eq!(&batch[t * n..(t + 1) * n], &single[..], "token {t}");
             #[allow(clippy::needless_range_loop)]
             for o in 0..n {
@@ -935,7 +991,7 @@ mod tests {
                     &wt.bytes()[o * k * 2..(o + 1) * k * 2],
                     &x[t * k..(t + 1) * k],
                 );
-                assert_eq!(p, single[o], "row {o} token {t}");
+                assert_eq!(p + bias[o], single[o], "row {o} token {t}");
             }
         }
         // Every kernel this CPU can run gives the portable bits, for every tile shape and

@@ -66,10 +66,13 @@ pub fn linear(x: &[f32], t_count: usize, w: &HostTensor, bias: Option<&[f32]>, o
     // Quantized rows are always dequantized first (exactly as gguf-py does, so the
     // products are those of the dequantized model's f32 weights).
     if dtype.is_quantized() || (t_count > widen_above(isa) && dtype != DType::F32) {
-        return linear_widened(isa, x, t_count, n, bias, out, |rows, dst, packed| {
+        let widen = |rows: std::ops::Range<usize>, dst: &mut Vec<f32>, packed| {
             let bytes = &wb[rows.start * row_bytes..rows.end * row_bytes];
             widen_rows(isa, dtype, bytes, k, dst, packed)
-        });
+        };
+        // the bytes of the row tile from row `r` on
+        let next = |r: usize| &wb[r * row_bytes..(r + WIDE_ROWS).min(n) * row_bytes];
+        return linear_widened(isa, x, t_count, n, bias, out, widen, next);
     }
     let ptr = OutPtr(out.as_mut_ptr());
     (0..n.div_ceil(ROW_CHUNK)).into_par_iter().for_each(|c| {
@@ -84,7 +87,8 @@ pub fn linear(x: &[f32], t_count: usize, w: &HostTensor, bias: Option<&[f32]>, o
 /// `packed`), `n` rows in all. Each task widens its chunk a row tile at a time, so that
 /// the f32 rows stay in L1 while every token tile passes over them (a whole chunk of f32
 /// rows lives in L2). The products are the f32 kernel's on the widened values.
-fn linear_widened(
+#[allow(clippy::too_many_arguments)]
+fn linear_widened<'a>(
     isa: Isa,
     x: &[f32],
     t_count: usize,
@@ -92,6 +96,7 @@ fn linear_widened(
     bias: Option<&[f32]>,
     out: &mut [f32],
     widen: impl Fn(std::ops::Range<usize>, &mut Vec<f32>, bool) + Sync,
+    next: impl Fn(usize) -> &'a [u8] + Sync,
 ) {
     assert_eq!(out.len(), t_count * n);
     let k = x.len() / t_count.max(1);
@@ -113,7 +118,8 @@ fn linear_widened(
                 widen(rows.clone(), scratch, packed);
                 assert_eq!(scratch.len(), rows.len() * k, "widened rows");
                 if packed {
-                    blocked_avx2(scratch, rows, xp, t_count, bias, ptr, n, lanes)
+                    let next = next(rows.end);
+                    blocked_avx2(scratch, rows, xp, t_count, next, bias, ptr, n, lanes)
                 } else {
                     let bytes = f32_bytes(scratch);
                     rows_product(isa, DType::F32, bytes, rows, x, t_count, bias, ptr, n, true)
@@ -211,13 +217,16 @@ const KC: usize = 1024;
 /// in L1 while every token tile passes over it, and each output's 16 lanes wait in `lanes`
 /// between blocks (a whole row of Qwen's down projection, 4864 elements, is 78 KiB for 4
 /// rows: they came from L2 for every token tile). The lanes see the same FMAs in the same
-/// order, so the bits are [`rows_product`]'s.
+/// order, so the bits are [`rows_product`]'s. Meanwhile the raw bytes of the next row tile
+/// (`next`) are prefetched, a few lines per token tile, so that widening them does not
+/// wait on memory (the model's weights come from DRAM once per forward).
 #[allow(clippy::too_many_arguments)]
 fn blocked_avx2(
     rows: &[f32],
     range: std::ops::Range<usize>,
     xp: &[f32],
     t_count: usize,
+    next: &[u8],
     bias: Option<&[f32]>,
     ptr: OutPtr,
     n: usize,
@@ -232,9 +241,22 @@ fn blocked_avx2(
     let kc = (body / 16).div_ceil(body.div_ceil(KC).max(1)) * 16;
     // with no tail to add, the last block writes the sums (and bias) to `out` itself
     let direct = body == k && body > 0;
-    for k0 in (0..body).step_by(kc.max(16)) {
+    let tiles = t_count.div_ceil(AVX2_TT);
+    let (lines, calls) = (next.len().div_ceil(64), body.div_ceil(kc.max(16)) * tiles);
+    for (b, k0) in (0..body).step_by(kc.max(16)).enumerate() {
         let block = k0..(k0 + kc).min(body);
-        for t in (0..t_count).step_by(AVX2_TT) {
+        for (c, t) in (0..t_count).step_by(AVX2_TT).enumerate() {
+            // a few lines of the next row tile's weights, so widening them finds them in
+            // cache
+            let call = b * tiles + c;
+            for line in call * lines / calls..(call + 1) * lines / calls {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: a prefetch never faults (the line is inside `next` anyway).
+                unsafe {
+                    use std::arch::x86_64::*;
+                    _mm_prefetch::<_MM_HINT_T0>(next.as_ptr().add(line * 64) as *const i8)
+                };
+            }
             let tt = (t_count - t).min(AVX2_TT);
             let xs = &xp[t * k..(t + tt) * k];
             let l = &mut lanes[t * R * 16..(t + tt) * R * 16];

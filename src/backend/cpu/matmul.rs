@@ -105,8 +105,15 @@ fn linear_widened<'a>(
     let mut xp = Vec::new();
     if isa == Isa::Avx2 && k > 0 {
         xp.resize(x.len(), 0.0);
-        let rows = xp.par_chunks_exact_mut(k).zip(x.par_chunks_exact(k));
-        rows.for_each(|(d, s)| pack_row(s, d));
+        // in parallel only when the copy costs more than handing it out (~1 MB)
+        if x.len() < 1 << 18 {
+            xp.chunks_exact_mut(k)
+                .zip(x.chunks_exact(k))
+                .for_each(|(d, s)| pack_row(s, d));
+        } else {
+            let rows = xp.par_chunks_exact_mut(k).zip(x.par_chunks_exact(k));
+            rows.for_each(|(d, s)| pack_row(s, d));
+        }
     }
     let xp = &xp[..];
     (0..n.div_ceil(ROW_CHUNK)).into_par_iter().for_each(|c| {

@@ -84,9 +84,11 @@ pub fn linear(x: &[f32], t_count: usize, w: &HostTensor, bias: Option<&[f32]>, o
 
 /// [`linear`] for weights that `widen(rows, dst, packed)` writes to `dst` as f32
 /// (`rows.len()` whole rows of `x.len() / t_count`; laid out by [`pack_halves`] if
-/// `packed`), `n` rows in all. Each task widens its chunk a row tile at a time, so that
-/// the f32 rows stay in L1 while every token tile passes over them (a whole chunk of f32
-/// rows lives in L2). The products are the f32 kernel's on the widened values.
+/// `packed`), `n` rows in all; `next(r)` is the raw bytes of the row tile from row `r` on
+/// (prefetched while the tile before it computes). Each task widens its chunk a row tile
+/// at a time, so that the f32 rows stay in L1 while every token tile passes over them (a
+/// whole chunk of f32 rows lives in L2). The products are the f32 kernel's on the widened
+/// values.
 #[allow(clippy::too_many_arguments)]
 fn linear_widened<'a>(
     isa: Isa,

@@ -56,13 +56,24 @@ fn widen_above(isa: Isa) -> usize {
 /// token tile; the products are the same FMAs on the same f32 values either way, so this
 /// does not change a single bit.
 pub fn linear(x: &[f32], t_count: usize, w: &HostTensor, bias: Option<&[f32]>, out: &mut [f32]) {
+    linear_on(isa(), x, t_count, w, bias, out)
+}
+
+/// [`linear`] with the kernels of `isa` (one the CPU has).
+fn linear_on(
+    isa: Isa,
+    x: &[f32],
+    t_count: usize,
+    w: &HostTensor,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+) {
     let (n, k) = (w.shape[0], w.shape[1]);
     assert_eq!(x.len(), t_count * k);
     assert_eq!(out.len(), t_count * n);
     let wb = w.bytes();
     let dtype = w.dtype;
     let row_bytes = w.row_bytes();
-    let isa = isa();
     // Quantized rows are always dequantized first (exactly as gguf-py does, so the
     // products are those of the dequantized model's f32 weights).
     if dtype.is_quantized() || (t_count > widen_above(isa) && dtype != DType::F32) {
@@ -967,7 +978,7 @@ mod tests {
             let blocks = n * k / t.block_size();
             let src = super::super::dequant::tests::random_blocks(t, blocks, 7);
             let mut f32s = vec![0f32; n * k];
-            super::super::dequant::rows_to_f32(isa(), DType::Quant(t), &src, &mut f32s);
+            super::super::dequant::rows_to_f32(Isa::Portable, DType::Quant(t), &src, &mut f32s);
             let f32_bytes: Vec<u8> = f32s.iter().flat_map(|v| v.to_le_bytes()).collect();
             let q = tensor(DType::Quant(t), &src, vec![n, k]);
             let f = tensor(DType::F32, &f32_bytes, vec![n, k]);
@@ -975,17 +986,15 @@ mod tests {
             let x: Vec<f32> = (0..t_count * k)
                 .map(|i| (i * 104729 % 997) as f32 / 498.5 - 1.0)
                 .collect();
-            for tokens in [t_count, 1] {
+            let isas = crate::util::isa::supported_isas();
+            for (isa, tokens) in isas.into_iter().flat_map(|i| [(i, t_count), (i, 1)]) {
                 let x = &x[..tokens * k];
                 let (mut a, mut b) = (vec![0f32; tokens * n], vec![0f32; tokens * n]);
-                linear(x, tokens, &q, None, &mut a);
-                linear(x, tokens, &f, None, &mut b);
+                linear_on(isa, x, tokens, &q, None, &mut a);
+                linear_on(isa, x, tokens, &f, None, &mut b);
                 for (i, (a, b)) in a.iter().zip(&b).enumerate() {
-                    assert_eq!(
-                        a.to_bits(),
-                        b.to_bits(),
-                        "{t} t={tokens} element {i}: {a} vs {b}"
-                    );
+                    let what = format!("{isa:?} {t} t={tokens} element {i}: {a} vs {b}");
+                    assert_eq!(a.to_bits(), b.to_bits(), "{what}");
                 }
             }
         }
@@ -1009,20 +1018,30 @@ mod tests {
             .map(|i| (i * 104729 % 997) as f32 / 498.5 - 1.0)
             .collect();
         let bias: Vec<f32> = (0..n).map(|o| o as f32 * 0.37 - 5.0).collect();
-        let mut batch = vec![0f32; t_count * n];
-        linear(&x, t_count, &wt, Some(&bias), &mut batch);
-        for t in 0..t_count {
-            let mut single = vec![0f32; n];
-            linear(&x[t * k..(t + 1) * k], 1, &wt, Some(&bias), &mut single);
-            assert_eq!(&batch[t * n..(t + 1) * n], &single[..], "token {t}");
-            #[allow(clippy::needless_range_loop)]
-            for o in 0..n {
-                let p = dot_portable(
-                    DType::F16,
-                    &wt.bytes()[o * k * 2..(o + 1) * k * 2],
+        // every ISA this CPU has (an AVX-512 machine runs the AVX2 kernels too)
+        for isa in crate::util::isa::supported_isas() {
+            let mut batch = vec![0f32; t_count * n];
+            linear_on(isa, &x, t_count, &wt, Some(&bias), &mut batch);
+            for t in 0..t_count {
+                let mut single = vec![0f32; n];
+                linear_on(
+                    isa,
                     &x[t * k..(t + 1) * k],
+                    1,
+                    &wt,
+                    Some(&bias),
+                    &mut single,
                 );
-                assert_eq!(p + bias[o], single[o], "row {o} token {t}");
+                assert_eq!(&batch[t * n..(t + 1) * n], &single[..], "{isa:?} token {t}");
+                #[allow(clippy::needless_range_loop)]
+                for o in 0..n {
+                    let p = dot_portable(
+                        DType::F16,
+                        &wt.bytes()[o * k * 2..(o + 1) * k * 2],
+                        &x[t * k..(t + 1) * k],
+                    );
+                    assert_eq!(p + bias[o], single[o], "{isa:?} row {o} token {t}");
+                }
             }
         }
         // Every kernel this CPU can run gives the portable bits, for every tile shape and

@@ -120,9 +120,7 @@ fn linear_widened<'a>(
         xp.resize(x.len(), 0.0);
         // in parallel only when the copy costs more than handing it out (~1 MB)
         if x.len() < 1 << 18 {
-            xp.chunks_exact_mut(k)
-                .zip(x.chunks_exact(k))
-                .for_each(|(d, s)| pack_row(s, d));
+            pack_halves(x, k, &mut xp);
         } else {
             let rows = xp.par_chunks_exact_mut(k).zip(x.par_chunks_exact(k));
             rows.for_each(|(d, s)| pack_row(s, d));
@@ -308,25 +306,24 @@ fn blocked_avx2(
     if body == 0 {
         lanes.fill(0.0);
     }
-    // the sums of the lanes, in place of each output's first lane
-    // SAFETY: AVX2 is present (only called then); `lanes` holds whole outputs of 16.
-    #[cfg(target_arch = "x86_64")]
-    unsafe {
-        avx2::sum_lanes(lanes)
-    };
+    // A row with a tail: `finish` sums the lanes and adds the tail, which `pack_halves`
+    // left where it was.
     for t in (0..t_count).step_by(AVX2_TT) {
         let tt = (t_count - t).min(AVX2_TT);
         for i in 0..R {
             let o = range.start + i;
             let b = bias.map_or(0.0, |b| b[o]);
-            let row = &rows[i * k..(i + 1) * k];
+            let row = f32_bytes(&rows[i * k..(i + 1) * k]);
             for j in 0..tt {
-                let mut v = lanes[t * R * 16 + (i * tt + j) * 16];
-                // the tail, where `pack_halves` left it: as `finish` adds it
-                let x = &xp[(t + j) * k..(t + j + 1) * k];
-                for e in body..k {
-                    v = row[e].mul_add(x[e], v);
-                }
+                let at = t * R * 16 + (i * tt + j) * 16;
+                let acc: &[f32; 16] = lanes[at..at + 16].try_into().unwrap();
+                let v = finish(
+                    acc,
+                    DType::F32,
+                    row,
+                    &xp[(t + j) * k..(t + j + 1) * k],
+                    body,
+                );
                 // SAFETY: as in `rows_product`: (t + j, o) is inside `out`, and only the
                 // task owning row `o`'s chunk writes column `o`.
                 unsafe { *ptr.get().add((t + j) * n + o) = v + b };
@@ -364,12 +361,9 @@ fn widen_rows(isa: Isa, dtype: DType, src: &[u8], k: usize, dst: &mut Vec<f32>, 
         return unsafe { avx2::widen(dtype, src, k, dst, packed) };
     }
     let _ = isa;
+    assert!(!packed, "the halves layout is the AVX2 kernel's");
     for (i, d) in dst.iter_mut().enumerate() {
         *d = weight(dtype, src, i);
-    }
-    if packed {
-        let rows = dst.clone();
-        pack_halves(&rows, k, dst);
     }
 }
 
@@ -699,27 +693,6 @@ mod avx2 {
                 for (i, v) in row.iter_mut().enumerate().skip(done) {
                     *v = super::weight(dtype, src, r * k + i);
                 }
-            }
-        }
-    }
-
-    /// Each output's 16 lanes in `lanes` summed in `finish`'s fixed order, the sum left in
-    /// its first lane: halves added, then the 4-lane quarters, then `(c0 + c2) + (c1 + c3)`.
-    ///
-    /// # Safety
-    /// The CPU has AVX2; `lanes.len()` is a multiple of 16.
-    #[target_feature(enable = "avx2")]
-    pub unsafe fn sum_lanes(lanes: &mut [f32]) {
-        assert_eq!(lanes.len() % 16, 0);
-        for acc in lanes.chunks_exact_mut(16) {
-            // SAFETY: `acc` holds 16 values.
-            unsafe {
-                let p = acc.as_mut_ptr();
-                let b = _mm256_add_ps(_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)));
-                let c = _mm_add_ps(_mm256_castps256_ps128(b), _mm256_extractf128_ps(b, 1));
-                let d = _mm_add_ps(c, _mm_movehl_ps(c, c)); // c0 + c2, c1 + c3
-                let s = _mm_add_ss(d, _mm_shuffle_ps(d, d, 1));
-                _mm_store_ss(p, s);
             }
         }
     }

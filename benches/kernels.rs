@@ -26,12 +26,17 @@ fn median_s(f: impl FnMut()) -> f64 {
 }
 
 fn report(what: &str, rows: usize, cols: usize, t: usize, bytes: usize, s: f64) {
-    println!(
+    println!("{}", line(what, rows, cols, t, bytes, s));
+}
+
+/// One product's timing: ms, GB/s of weights and GFLOP/s.
+fn line(what: &str, rows: usize, cols: usize, t: usize, bytes: usize, s: f64) -> String {
+    format!(
         "{what:<22} {rows:>6}x{cols:<5} t={t:<2} {:>8.3} ms {:>7.2} GB/s {:>7.2} GFLOP/s",
         s * 1e3,
         bytes as f64 / s / 1e9,
         2.0 * (rows * cols * t) as f64 / s / 1e9
-    );
+    )
 }
 
 fn main() {
@@ -103,19 +108,7 @@ fn main() {
         }
     }
     let (rows, cols) = (151936, 896);
-    let mut buf = AlignedBuf::new(rows * cols * 2);
-    for (i, b) in buf.as_mut_slice().chunks_exact_mut(2).enumerate() {
-        let v = half::f16::from_f32(((i * 7919) % 2001) as f32 / 1000.0 - 1.0);
-        b.copy_from_slice(&v.to_le_bytes());
-    }
-    let w = HostTensor::view(
-        "lm_head.weight",
-        DType::F16,
-        vec![rows, cols],
-        Arc::new(Storage::Owned(buf)),
-        0,
-        rows * cols * 2,
-    );
+    let w = f16_matrix("lm_head.weight", rows, cols);
     // 1-2: a draft step (8: a batch of 8 sequences'); 12-33: verifying a tree's rows
     for t in [1, 2, 6, 8, 12, 17, 33] {
         let x = values(t * cols, 3);
@@ -158,21 +151,11 @@ fn dense() {
             let x = values(t * cols, 2);
             let mut out = vec![0f32; t * rows];
             let s = median_s(|| linear(&x, t, &w, None, &mut out));
-            let flops = 2.0 * (rows * cols * t) as f64;
-            print!("{:<22} ", "linear f16");
-            report_tail(rows, cols, t, rows * cols * 2, s);
-            println!("    {:.0}% of peak", 100.0 * flops / s / peak);
+            let share = 100.0 * 2.0 * (rows * cols * t) as f64 / s / peak;
+            let timing = line("linear f16", rows, cols, t, rows * cols * 2, s);
+            println!("{timing}    {share:.0}% of peak");
         }
     }
-}
-
-fn report_tail(rows: usize, cols: usize, t: usize, bytes: usize, s: f64) {
-    print!(
-        "{rows:>6}x{cols:<5} t={t:<2} {:>8.3} ms {:>7.2} GB/s {:>7.2} GFLOP/s",
-        s * 1e3,
-        bytes as f64 / s / 1e9,
-        2.0 * (rows * cols * t) as f64 / s / 1e9
-    );
 }
 
 /// Floating-point operations per second of 12 independent 8-lane FMA chains per thread,

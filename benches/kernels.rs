@@ -147,7 +147,7 @@ fn dense() {
     );
     for (rows, cols) in [(4864, 896), (896, 4864), (896, 896)] {
         let w = f16_matrix("w", rows, cols);
-        for t in [1, 16, 64] {
+        for t in [1, 16, 64, 256] {
             let x = values(t * cols, 2);
             let mut out = vec![0f32; t * rows];
             let s = median_s(|| linear(&x, t, &w, None, &mut out));

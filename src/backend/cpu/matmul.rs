@@ -71,19 +71,19 @@ fn linear_on(
     let (n, k) = (w.shape[0], w.shape[1]);
     assert_eq!(x.len(), t_count * k);
     assert_eq!(out.len(), t_count * n);
+    if t_count == 0 {
+        return;
+    }
     let wb = w.bytes();
     let dtype = w.dtype;
     let row_bytes = w.row_bytes();
     // Quantized rows are always dequantized first (exactly as gguf-py does, so the
     // products are those of the dequantized model's f32 weights).
     if dtype.is_quantized() || (t_count > widen_above(isa) && dtype != DType::F32) {
-        let widen = |rows: std::ops::Range<usize>, dst: &mut Vec<f32>, packed| {
-            let bytes = &wb[rows.start * row_bytes..rows.end * row_bytes];
-            widen_rows(isa, dtype, bytes, k, dst, packed)
-        };
-        // the bytes of the row tile from row `r` on
-        let next = |r: usize| &wb[r * row_bytes..(r + WIDE_ROWS).min(n) * row_bytes];
-        return linear_widened(isa, x, t_count, n, bias, out, widen, next);
+        if isa == Isa::Avx2 {
+            return linear_avx2(x, t_count, dtype, wb, n, bias, out);
+        }
+        return linear_widened(isa, x, t_count, dtype, wb, n, bias, out);
     }
     let ptr = OutPtr(out.as_mut_ptr());
     (0..n.div_ceil(ROW_CHUNK)).into_par_iter().for_each(|c| {
@@ -93,58 +93,57 @@ fn linear_on(
     });
 }
 
-/// [`linear`] for weights that `widen(rows, dst, packed)` writes to `dst` as f32
-/// (`rows.len()` whole rows of `x.len() / t_count`; laid out by [`pack_halves`] if
-/// `packed`), `n` rows in all; `next(r)` is the raw bytes of the row tile from row `r` on
-/// (prefetched while the tile before it computes). Each task widens its chunk a row tile
-/// at a time, so that the f32 rows stay in L1 while every token tile passes over them (a
-/// whole chunk of f32 rows lives in L2). The products are the f32 kernel's on the widened
-/// values.
+/// [`linear`] for the `n` rows of `dtype` in `wb` widened to f32: each task widens its
+/// chunk a row tile at a time, so that the f32 rows stay in L1 while every token tile
+/// passes over them. The products are the f32 kernel's on the widened values.
 #[allow(clippy::too_many_arguments)]
-fn linear_widened<'a>(
+fn linear_widened(
     isa: Isa,
     x: &[f32],
     t_count: usize,
+    dtype: DType,
+    wb: &[u8],
     n: usize,
     bias: Option<&[f32]>,
     out: &mut [f32],
-    widen: impl Fn(std::ops::Range<usize>, &mut Vec<f32>, bool) + Sync,
-    next: impl Fn(usize) -> &'a [u8] + Sync,
 ) {
-    assert_eq!(out.len(), t_count * n);
-    let k = x.len() / t_count.max(1);
     let ptr = OutPtr(out.as_mut_ptr());
-    // the AVX2 kernel reads the activations in the layout of `pack_halves`
-    let mut xp = Vec::new();
-    if isa == Isa::Avx2 && k > 0 {
-        xp.resize(x.len(), 0.0);
-        // in parallel only when the copy costs more than handing it out (~1 MB)
-        if x.len() < 1 << 18 {
-            pack_halves(x, k, &mut xp);
-        } else {
-            let rows = xp.par_chunks_exact_mut(k).zip(x.par_chunks_exact(k));
-            rows.for_each(|(d, s)| pack_row(s, d));
-        }
-    }
-    let xp = &xp[..];
     (0..n.div_ceil(ROW_CHUNK)).into_par_iter().for_each(|c| {
         let end = ((c + 1) * ROW_CHUNK).min(n);
         for r0 in (c * ROW_CHUNK..end).step_by(WIDE_ROWS) {
             let rows = r0..(r0 + WIDE_ROWS).min(end);
-            SCRATCH.with_borrow_mut(|(scratch, lanes)| {
-                let packed = isa == Isa::Avx2 && rows.len() == WIDE_ROWS;
-                widen(rows.clone(), scratch, packed);
-                assert_eq!(scratch.len(), rows.len() * k, "widened rows");
-                if packed {
-                    let next = next(rows.end);
-                    blocked_avx2(scratch, rows, xp, t_count, next, bias, ptr, n, lanes)
-                } else {
-                    let bytes = f32_bytes(scratch);
-                    rows_product(isa, DType::F32, bytes, rows, x, t_count, bias, ptr, n, true)
-                }
-            })
+            widened_product(isa, x, t_count, dtype, wb, rows, bias, ptr, n);
         }
     });
+}
+
+/// [`rows_product`] of the weight rows `rows` (of `dtype`, in `wb`) widened to f32 first.
+#[allow(clippy::too_many_arguments)]
+fn widened_product(
+    isa: Isa,
+    x: &[f32],
+    t_count: usize,
+    dtype: DType,
+    wb: &[u8],
+    rows: std::ops::Range<usize>,
+    bias: Option<&[f32]>,
+    ptr: OutPtr,
+    n: usize,
+) {
+    let k = x.len() / t_count;
+    let row_bytes = dtype.bytes_for(k).expect("whole blocks");
+    SCRATCH.with_borrow_mut(|(scratch, _)| {
+        widen_rows(
+            isa,
+            dtype,
+            &wb[rows.start * row_bytes..rows.end * row_bytes],
+            k,
+            scratch,
+        );
+        assert_eq!(scratch.len(), rows.len() * k, "widened rows");
+        let bytes = f32_bytes(scratch);
+        rows_product(isa, DType::F32, bytes, rows, x, t_count, bias, ptr, n, true)
+    })
 }
 
 /// `out[t * n + o]` for the rows `o` in `range` (whose weights `rows` holds, as `dtype`)
@@ -200,133 +199,298 @@ fn rows_product(
 
 thread_local! {
     /// Per-thread buffers (kept, so they are not re-faulted per task): widened weight rows,
-    /// and the lanes of [`blocked_avx2`]'s outputs between its blocks.
+    /// and the lanes of [`linear_avx2`]'s outputs between its blocks.
     static SCRATCH: std::cell::RefCell<(Vec<f32>, Vec<f32>)> =
         const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
-    /// Per-thread dequantized rows before [`pack_halves`].
+    /// Per-thread dequantized rows before [`pack_tile`].
     static UNPACKED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// `dst` = `src` (rows of `k`) with each row's body (its whole blocks of 16) split in
-/// halves: lanes 0-7 of every block in order, then lanes 8-15, then the tail as it was. A
-/// pass over one half of the lanes ([`avx2::packed_block`]) then reads whole cache lines.
-fn pack_halves(src: &[f32], k: usize, dst: &mut Vec<f32>) {
-    dst.resize(src.len(), 0.0);
-    for (s, d) in src.chunks_exact(k).zip(dst.chunks_exact_mut(k)) {
-        pack_row(s, d);
+/// Elements `cols` (`s`, from element `cols.start` on: whole blocks of 16 of the body,
+/// `body` elements) of row `r` of a tile of `rr` rows, written to the tile's layout in `d`:
+/// lanes 0-7 of every block of 16, the tile's rows interleaved block by block, then lanes
+/// 8-15 likewise. Element `i` of row `r` lands at `((h * body / 16 + i / 16) * rr + r) * 8
+/// + i % 8` for `h = i % 16 / 8`, so a pass over one half of the lanes
+/// ([`avx2::packed_block`]) reads one sequential stream of the tile.
+fn pack_tile(
+    s: &[f32],
+    cols: std::ops::Range<usize>,
+    r: usize,
+    rr: usize,
+    body: usize,
+    d: &mut [f32],
+) {
+    for i in (cols.start..cols.end).step_by(16) {
+        for h in 0..2 {
+            let at = (h * body / 16 + i / 16) * rr * 8 + r * 8;
+            let from = i - cols.start + 8 * h;
+            d[at..at + 8].copy_from_slice(&s[from..from + 8]);
+        }
     }
 }
 
-/// [`pack_halves`] of one row.
-fn pack_row(s: &[f32], d: &mut [f32]) {
-    let body = s.len() - s.len() % 16;
-    for i in (0..body).step_by(16) {
-        d[i / 2..i / 2 + 8].copy_from_slice(&s[i..i + 8]);
-        d[(body + i) / 2..(body + i) / 2 + 8].copy_from_slice(&s[i + 8..i + 16]);
-    }
-    d[body..].copy_from_slice(&s[body..]);
-}
-
-/// Most elements of a row one pass of [`blocked_avx2`] takes: 4 rows' block is 16 KiB.
+/// Most elements of a row one pass of [`linear_avx2`] takes: 4 rows' block is 16 KiB.
 const KC: usize = 1024;
+/// Most tokens one pass of [`linear_avx2`] takes: their activations' block (64 x 1024 f32,
+/// 256 KiB) stays in L2 while every row tile of a task passes over it.
+const TOKEN_BLOCK: usize = 64;
 
-/// [`rows_product`] of `WIDE_ROWS` widened rows on AVX2, rows and activations laid out by
-/// [`pack_halves`], in blocks of at most [`KC`] elements: each block of the 4 rows stays
-/// in L1 while every token tile passes over it, and each output's 16 lanes wait in `lanes`
-/// between blocks (a whole row of Qwen's down projection, 4864 elements, is 78 KiB for 4
-/// rows: they came from L2 for every token tile). The lanes see the same FMAs in the same
-/// order, so the bits are [`rows_product`]'s. Meanwhile the raw bytes of the next row tile
-/// (`next`) are prefetched, a few lines per token tile, so that widening them does not
-/// wait on memory (the model's weights come from DRAM once per forward).
+/// [`linear`] on AVX2 for the `n` rows of `dtype` in `wb`, widened to f32. The product is
+/// blocked as a GEMM is: a task's chunk of rows takes the tokens in blocks of at most
+/// [`TOKEN_BLOCK`] and the rows' elements in blocks of at most [`KC`]; for each pair, every
+/// row tile of 4 widens its block (16 KiB, in L1) and every token tile passes over it,
+/// while the activations' block stays in L2 for all the row tiles. Row tiles and token
+/// tiles are laid out by [`pack_tile`], so each half of a tile's block is one sequential
+/// stream (rows of 4864 elements, Qwen's down projection, read as 7 streams of 1.9 KiB per
+/// block ran at 58% of the FMA peak where 896 ran at 75%). Each output's 16 lanes wait in
+/// memory between blocks; they see the same FMAs in the same order, so the bits are
+/// [`rows_product`]'s. The raw bytes of the next row tile's block are prefetched
+/// meanwhile, so that widening them does not wait on memory (a forward's weights come
+/// from DRAM).
 #[allow(clippy::too_many_arguments)]
-fn blocked_avx2(
-    rows: &[f32],
-    range: std::ops::Range<usize>,
-    xp: &[f32],
+fn linear_avx2(
+    x: &[f32],
     t_count: usize,
-    next: &[u8],
-    bias: Option<&[f32]>,
-    ptr: OutPtr,
+    dtype: DType,
+    wb: &[u8],
     n: usize,
-    lanes: &mut Vec<f32>,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
 ) {
     const R: usize = WIDE_ROWS;
-    let k = xp.len() / t_count.max(1);
+    const TT: usize = AVX2_TT;
+    let k = x.len() / t_count;
+    let row_bytes = dtype.bytes_for(k).expect("whole blocks");
     let body = k - k % 16;
-    assert_eq!(rows.len(), R * k);
-    // every block starts from the lanes the last one left (the first from zero)
-    lanes.resize(t_count * R * 16, 0.0);
-    let kc = (body / 16).div_ceil(body.div_ceil(KC).max(1)) * 16;
-    // with no tail to add, the last block writes the sums (and bias) to `out` itself
-    let direct = body == k && body > 0;
-    let tiles = t_count.div_ceil(AVX2_TT);
-    let (lines, calls) = (next.len().div_ceil(64), body.div_ceil(kc.max(16)) * tiles);
-    for (b, k0) in (0..body).step_by(kc.max(16)).enumerate() {
-        let block = k0..(k0 + kc).min(body);
-        for (c, t) in (0..t_count).step_by(AVX2_TT).enumerate() {
-            // a few lines of the next row tile's weights, so widening them finds them in
-            // cache
-            let call = b * tiles + c;
-            for line in call * lines / calls..(call + 1) * lines / calls {
-                #[cfg(target_arch = "x86_64")]
-                // SAFETY: a prefetch never faults (the line is inside `next` anyway).
-                unsafe {
-                    use std::arch::x86_64::*;
-                    _mm_prefetch::<_MM_HINT_T0>(next.as_ptr().add(line * 64) as *const i8)
+    // the activations' bodies as token tiles of 3 (the last maybe fewer) laid out by
+    // `pack_tile`, tile `i` from token 3i on; in parallel only when the copy costs more
+    // than handing it out (~1 MB)
+    let mut xv = Vec::new();
+    let xp = aligned(&mut xv, t_count * body);
+    let pack = |(i, d): (usize, &mut [f32])| {
+        let tt = d.len() / body;
+        for j in 0..tt {
+            pack_tile(&x[(TT * i + j) * k..][..body], 0..body, j, tt, body, d);
+        }
+    };
+    if body > 0 && x.len() < 1 << 18 {
+        xp.chunks_mut(TT * body).enumerate().for_each(pack);
+    } else if body > 0 {
+        xp.par_chunks_mut(TT * body).enumerate().for_each(pack);
+    }
+    let xp = &*xp;
+    // blocks of elements as even as whole 16s (and whole quantization blocks) allow, and
+    // of tokens as even as whole token tiles allow
+    let align = match dtype {
+        DType::Quant(t) => t.block_size().next_multiple_of(16),
+        _ => 16,
+    };
+    let kc = body
+        .div_ceil(body.div_ceil(KC).max(1))
+        .next_multiple_of(align)
+        .max(align);
+    let blocks: Vec<_> = (0..body)
+        .step_by(kc)
+        .map(|c| c..(c + kc).min(body))
+        .collect();
+    let tb = t_count
+        .div_ceil(t_count.div_ceil(TOKEN_BLOCK))
+        .next_multiple_of(TT);
+    let ptr = OutPtr(out.as_mut_ptr());
+    (0..n.div_ceil(ROW_CHUNK)).into_par_iter().for_each(|c| {
+        let rows = c * ROW_CHUNK..((c + 1) * ROW_CHUNK).min(n);
+        // whole row tiles go blocked; the rest (and rows without a block of 16) widened
+        let tiles = if body > 0 { rows.len() / R } else { 0 };
+        let rest = rows.start + tiles * R..rows.end;
+        // the raw bytes of elements `cols` of the row tile from row `r` on
+        let raw = |r: usize, cols: &std::ops::Range<usize>| {
+            let (b0, b1) = (dtype.bytes_for(cols.start), dtype.bytes_for(cols.end));
+            std::array::from_fn(|i| {
+                let at = (r + i) * row_bytes;
+                at + b0.unwrap()..at + b1.unwrap()
+            })
+        };
+        SCRATCH.with_borrow_mut(|(scratch, lanes)| {
+            let scratch = aligned(scratch, R * k);
+            lanes.resize(tiles * tb * R * 16, 0.0);
+            for t0 in (0..t_count).step_by(tb) {
+                let tn = tb.min(t_count - t0);
+                let span = Tokens {
+                    t0,
+                    tn,
+                    xs: &xp[t0 * body..(t0 + tn) * body],
+                    x: &x[t0 * k..(t0 + tn) * k],
                 };
-            }
-            let tt = (t_count - t).min(AVX2_TT);
-            let xs = &xp[t * k..(t + tt) * k];
-            let l = &mut lanes[t * R * 16..(t + tt) * R * 16];
-            #[cfg(target_arch = "x86_64")]
-            {
-                let fin = (direct && block.end == body).then(|| avx2::Fin {
-                    // SAFETY: (t, range.start) is inside `out` (t < t_count, o < n)
-                    out: unsafe { ptr.get().add(t * n + range.start) },
-                    stride: n,
-                    bias: bias.map(|b| &b[range.clone()]),
-                });
-                // SAFETY: this is only called on AVX2/FMA/F16C (isa); `rows` holds R rows
-                // of k, `xs` tt rows of k, the block is inside the body, `l` R * tt * 16
-                // lanes; `fin` writes outputs (t.., range) of `out`, which only the task
-                // owning these rows writes.
-                unsafe {
-                    match tt {
-                        3 => avx2::packed_block::<R, 3>(rows, xs, k, block.clone(), l, fin),
-                        2 => avx2::packed_block::<R, 2>(rows, xs, k, block.clone(), l, fin),
-                        _ => avx2::packed_block::<R, 1>(rows, xs, k, block.clone(), l, fin),
+                for (b, block) in blocks.iter().enumerate() {
+                    let last = b + 1 == blocks.len();
+                    for q in 0..tiles {
+                        let r0 = rows.start + q * R;
+                        // the block of the row tile, the last one with the rows' tails
+                        let cols = block.start..if last { k } else { block.end };
+                        widen_cols(dtype, wb, row_bytes, r0, cols, scratch);
+                        // the next row tile's block, or the first row tile's next block
+                        let next: Option<[_; R]> = match (q + 1 < tiles, blocks.get(b + 1)) {
+                            (true, _) => Some(raw(r0 + R, block)),
+                            (false, Some(nb)) => Some(raw(rows.start, nb)),
+                            (false, None) => None,
+                        };
+                        let lines = next.map_or([const { 0..0 }; R], |r| r);
+                        let l = &mut lanes[q * tb * R * 16..][..tn * R * 16];
+                        let out = Out { ptr, n, r0, bias };
+                        // with no tail to add, the last block writes the sums (and bias)
+                        let fin = last && body == k;
+                        row_tile_block(scratch, &span, block, l, fin.then_some(out), wb, &lines);
+                        if last && body < k {
+                            finish_tail(scratch, &span, l, out);
+                        }
                     }
+                }
+            }
+        });
+        if !rest.is_empty() {
+            widened_product(Isa::Avx2, x, t_count, dtype, wb, rest, bias, ptr, n);
+        }
+    });
+}
+
+/// `len` elements of `v` (grown as needed) starting on a cache line.
+fn aligned(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    v.resize(len + 16, 0.0);
+    let skip = v.as_ptr().align_offset(64).min(16);
+    &mut v[skip..skip + len]
+}
+
+/// The tokens `t0..t0 + tn` of [`linear_avx2`]: their bodies laid out as its token tiles
+/// (`xs`), and as they came (`x`, for the tails).
+struct Tokens<'a> {
+    t0: usize,
+    tn: usize,
+    xs: &'a [f32],
+    x: &'a [f32],
+}
+
+/// Where [`linear_avx2`] writes the outputs of the row tile from row `r0` on.
+#[derive(Clone, Copy)]
+struct Out<'a> {
+    ptr: OutPtr,
+    n: usize,
+    r0: usize,
+    bias: Option<&'a [f32]>,
+}
+
+/// Elements `cols` of the row tile of 4 rows from row `r0` on (of `dtype`, `row_bytes`
+/// each, in `wb`) widened to f32 in `dst` (4 rows of the row length): the body's elements
+/// laid out by [`pack_tile`], each row's tail (if `cols` reaches it) after the 4 bodies.
+fn widen_cols(
+    dtype: DType,
+    wb: &[u8],
+    row_bytes: usize,
+    r0: usize,
+    cols: std::ops::Range<usize>,
+    dst: &mut [f32],
+) {
+    const R: usize = WIDE_ROWS;
+    let k = dst.len() / R;
+    let body = k - k % 16;
+    let bytes = |r: usize| {
+        let at = |c| r * row_bytes + dtype.bytes_for(c).expect("whole blocks");
+        &wb[at(cols.start)..at(cols.end)]
+    };
+    for r in 0..R {
+        if dtype.is_quantized() {
+            UNPACKED.with_borrow_mut(|u| {
+                u.resize(cols.len(), 0.0);
+                assert!(cols.end <= body, "quantized rows have no tail");
+                super::dequant::rows_to_f32(Isa::Avx2, dtype, bytes(r0 + r), u);
+                pack_tile(u, cols.clone(), r, R, body, dst);
+            });
+            continue;
+        }
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: only called on AVX2/FMA/F16C (`linear_avx2`); `bytes` holds the elements
+        // `cols` of a row of `k`, and `dst` 4 rows of `k`.
+        unsafe {
+            avx2::widen_cols(dtype, bytes(r0 + r), cols.clone(), r, k, dst)
+        };
+    }
+}
+
+/// One row tile's block of elements (`rows`, widened by [`widen_cols`]) times the tokens
+/// of `span`, each output's lanes carried in `lanes` (`[token tile][row][token][lane]`);
+/// with `fin`, the last block writes its sums (plus bias) to the output instead. `lines`
+/// are byte ranges of `wb` to prefetch, a few lines per token tile.
+fn row_tile_block(
+    rows: &[f32],
+    span: &Tokens,
+    block: &std::ops::Range<usize>,
+    lanes: &mut [f32],
+    fin: Option<Out>,
+    wb: &[u8],
+    lines: &[std::ops::Range<usize>],
+) {
+    const R: usize = WIDE_ROWS;
+    let body = span.xs.len() / span.tn;
+    let tiles = span.tn.div_ceil(AVX2_TT);
+    let total: usize = lines.iter().map(|l| l.len().div_ceil(64)).sum();
+    let (per, mut ahead) = (
+        total.div_ceil(tiles),
+        lines.iter().flat_map(|l| l.clone().step_by(64)),
+    );
+    for t in (0..span.tn).step_by(AVX2_TT) {
+        for at in ahead.by_ref().take(per) {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: a prefetch never faults (the line is inside `wb` anyway).
+            unsafe {
+                use std::arch::x86_64::*;
+                _mm_prefetch::<_MM_HINT_T0>(wb.as_ptr().add(at) as *const i8)
+            };
+        }
+        let tt = (span.tn - t).min(AVX2_TT);
+        let xs = &span.xs[t * body..(t + tt) * body];
+        let l = &mut lanes[t * R * 16..(t + tt) * R * 16];
+        #[cfg(target_arch = "x86_64")]
+        {
+            let fin = fin.map(|o| avx2::Fin {
+                // SAFETY: (t0 + t, r0) is inside `out` (t0 + t < t_count, r0 < n)
+                out: unsafe { o.ptr.get().add((span.t0 + t) * o.n + o.r0) },
+                stride: o.n,
+                bias: o.bias.map(|b| &b[o.r0..o.r0 + R]),
+            });
+            // SAFETY: this is only called on AVX2/FMA/F16C (`linear_avx2`); `rows` holds R
+            // rows' bodies, `xs` tt tokens' bodies, the block is inside the body, `l` R *
+            // tt * 16 lanes; `fin` writes outputs (t0 + t.., r0..r0 + R) of `out`, which
+            // only the task owning these rows writes.
+            unsafe {
+                match tt {
+                    3 => avx2::packed_block::<R, 3>(rows, xs, body, block.clone(), l, fin),
+                    2 => avx2::packed_block::<R, 2>(rows, xs, body, block.clone(), l, fin),
+                    _ => avx2::packed_block::<R, 1>(rows, xs, body, block.clone(), l, fin),
                 }
             }
         }
     }
-    if direct {
-        return;
-    }
-    if body == 0 {
-        lanes.fill(0.0);
-    }
-    // A row with a tail: `finish` sums the lanes and adds the tail, which `pack_halves`
-    // left where it was.
-    for t in (0..t_count).step_by(AVX2_TT) {
-        let tt = (t_count - t).min(AVX2_TT);
+}
+
+/// The outputs of a row tile (`rows`, widened by [`widen_cols`]) whose rows have a tail,
+/// for the tokens of `span`: `finish` sums the lanes and adds the tail.
+fn finish_tail(rows: &[f32], span: &Tokens, lanes: &[f32], out: Out) {
+    const R: usize = WIDE_ROWS;
+    let k = span.x.len() / span.tn;
+    let body = k - k % 16;
+    for t in (0..span.tn).step_by(AVX2_TT) {
+        let tt = (span.tn - t).min(AVX2_TT);
         for i in 0..R {
-            let o = range.start + i;
-            let b = bias.map_or(0.0, |b| b[o]);
-            let row = f32_bytes(&rows[i * k..(i + 1) * k]);
+            let o = out.r0 + i;
+            let b = out.bias.map_or(0.0, |b| b[o]);
+            let tail = f32_bytes(&rows[R * body + i * (k - body)..][..k - body]);
             for j in 0..tt {
                 let at = t * R * 16 + (i * tt + j) * 16;
                 let acc: &[f32; 16] = lanes[at..at + 16].try_into().unwrap();
-                let v = finish(
-                    acc,
-                    DType::F32,
-                    row,
-                    &xp[(t + j) * k..(t + j + 1) * k],
-                    body,
-                );
-                // SAFETY: as in `rows_product`: (t + j, o) is inside `out`, and only the
-                // task owning row `o`'s chunk writes column `o`.
-                unsafe { *ptr.get().add((t + j) * n + o) = v + b };
+                let x = &span.x[(t + j) * k + body..(t + j + 1) * k];
+                let v = finish(acc, DType::F32, tail, x, 0);
+                // SAFETY: as in `rows_product`: (t0 + t + j, o) is inside `out`, and only
+                // the task owning row `o`'s chunk writes column `o`.
+                unsafe { *out.ptr.get().add((span.t0 + t + j) * out.n + o) = v + b };
             }
         }
     }
@@ -340,28 +504,19 @@ fn f32_bytes(v: &[f32]) -> &[u8] {
 }
 
 /// Widens the whole rows of `k` weights in `src` (little-endian) to f32 in `dst`: exact
-/// for f16/bf16, gguf-py's dequantization for the quantized types; laid out by
-/// [`pack_halves`] if `packed` (only asked for on AVX2).
-fn widen_rows(isa: Isa, dtype: DType, src: &[u8], k: usize, dst: &mut Vec<f32>, packed: bool) {
+/// for f16/bf16, gguf-py's dequantization for the quantized types.
+fn widen_rows(isa: Isa, dtype: DType, src: &[u8], k: usize, dst: &mut Vec<f32>) {
     let n = src.len() / dtype.bytes_for(k).expect("whole blocks") * k;
     dst.resize(n, 0.0);
     if dtype.is_quantized() {
-        if !packed {
-            return super::dequant::rows_to_f32(isa, dtype, src, dst);
-        }
-        return UNPACKED.with_borrow_mut(|rows| {
-            rows.resize(n, 0.0);
-            super::dequant::rows_to_f32(isa, dtype, src, rows);
-            pack_halves(rows, k, dst);
-        });
+        return super::dequant::rows_to_f32(isa, dtype, src, dst);
     }
     #[cfg(target_arch = "x86_64")]
     if isa != Isa::Portable {
         // SAFETY: AVX2/F16C are present (isa); `src` holds the `n` elements `dst` does.
-        return unsafe { avx2::widen(dtype, src, k, dst, packed) };
+        return unsafe { avx2::widen(dtype, src, dst) };
     }
     let _ = isa;
-    assert!(!packed, "the halves layout is the AVX2 kernel's");
     for (i, d) in dst.iter_mut().enumerate() {
         *d = weight(dtype, src, i);
     }
@@ -664,36 +819,60 @@ mod avx2 {
         }
     }
 
-    /// Widens the rows of `k` f16/bf16/f32 values in `src` to f32 in `dst` (as many as it
-    /// holds), laid out by `super::pack_halves` if `packed`.
+    /// Widens the f16/bf16/f32 values in `src` to f32 in `dst` (as many as it holds).
     ///
     /// # Safety
-    /// The CPU has AVX2 and F16C, `dst.len()` is a multiple of `k`, and `src` holds at
-    /// least `dst.len()` elements of `dtype`.
+    /// The CPU has AVX2 and F16C.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn widen(dtype: DType, src: &[u8], k: usize, dst: &mut [f32], packed: bool) {
-        assert!(src.len() >= dst.len() * dtype.size() && dst.len().is_multiple_of(k));
-        let (body, vec) = (k - k % 16, k - k % 8);
-        // SAFETY: the caller upholds the contract above; every index stays in a row.
+    pub unsafe fn widen(dtype: DType, src: &[u8], dst: &mut [f32]) {
+        assert!(src.len() >= dst.len() * dtype.size());
+        let vec = dst.len() - dst.len() % 8;
+        // SAFETY: the caller upholds the contract above; every index is below `dst.len()`.
         unsafe {
-            let sp = src.as_ptr();
-            for (r, row) in dst.chunks_exact_mut(k).enumerate() {
-                let (s, d) = (sp.add(r * k * dtype.size()), row.as_mut_ptr());
-                if packed {
-                    for i in (0..body).step_by(16) {
-                        _mm256_storeu_ps(d.add(i / 2), load8(dtype, s, i));
-                        _mm256_storeu_ps(d.add((body + i) / 2), load8(dtype, s, i + 8));
-                    }
-                } else {
-                    for i in (0..vec).step_by(8) {
-                        _mm256_storeu_ps(d.add(i), load8(dtype, s, i));
-                    }
-                }
-                let done = if packed { body } else { vec };
-                for (i, v) in row.iter_mut().enumerate().skip(done) {
-                    *v = super::weight(dtype, src, r * k + i);
-                }
+            for i in (0..vec).step_by(8) {
+                _mm256_storeu_ps(dst.as_mut_ptr().add(i), load8(dtype, src.as_ptr(), i));
             }
+        }
+        for (i, v) in dst.iter_mut().enumerate().skip(vec) {
+            *v = super::weight(dtype, src, i);
+        }
+    }
+
+    /// Elements `cols` of row `r` (`src`, from element `cols.start` on) of f16/bf16/f32
+    /// widened to f32 in `dst`, 4 rows of `k` as `super::widen_cols` lays them out: the
+    /// body's elements by `super::pack_tile`, the tail (if `cols` reaches it) after the 4
+    /// bodies. `cols` starts on a block of 16 and ends on one or at `k`.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn widen_cols(
+        dtype: DType,
+        src: &[u8],
+        cols: std::ops::Range<usize>,
+        r: usize,
+        k: usize,
+        dst: &mut [f32],
+    ) {
+        const R: usize = 4;
+        let body = k - k % 16;
+        let (c0, mid) = (cols.start, cols.end.min(body));
+        assert!(r < R && dst.len() >= R * k && cols.end <= k);
+        assert!(c0.is_multiple_of(16) && mid >= c0 && (mid - c0).is_multiple_of(16));
+        assert!(src.len() >= cols.len() * dtype.size());
+        // SAFETY: the caller upholds the contract above; the indices stay in `src` (below
+        // `cols.len()`) and `dst` (below `R * body`, asserted).
+        unsafe {
+            let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
+            for i in (c0..mid).step_by(16) {
+                let at = (i / 16 * R + r) * 8;
+                _mm256_storeu_ps(d.add(at), load8(dtype, s, i - c0));
+                _mm256_storeu_ps(d.add(R * body / 2 + at), load8(dtype, s, i - c0 + 8));
+            }
+        }
+        let tail = &mut dst[R * body + r * (k - body)..][..k - body];
+        for i in mid.max(c0)..cols.end {
+            tail[i - body] = super::weight(dtype, src, i - c0);
         }
     }
 
@@ -824,21 +1003,22 @@ mod avx2 {
         pub bias: Option<&'a [f32]>,
     }
 
-    /// The FMAs of [`tile_halves`] over the elements `range` of the body only, on f32 rows
-    /// and activations laid out by `super::pack_halves`, carrying each output's 16 lanes
-    /// in `lanes` (`[row][token][lane]`, loaded before, stored after): blocks run in
-    /// ascending order give the bits of one pass over the body. With `fin` (4 rows, the
-    /// last block of a row with no tail), each output's lanes are summed instead in
-    /// `finish`'s order, 4 rows at a time, and written there.
+    /// The FMAs of [`tile_halves`] over the elements `range` of the body only, on `R` rows
+    /// and `T` tokens whose bodies (`body` elements each) are laid out by
+    /// `super::pack_tile`, carrying each output's 16 lanes in `lanes` (`[row][token][lane]`,
+    /// loaded before, stored after): blocks run in ascending order give the bits of one
+    /// pass over the body. With `fin` (4 rows, the last block of a row with no tail), each
+    /// output's lanes are summed instead in `finish`'s order, 4 rows at a time, and written
+    /// there.
     ///
     /// # Safety
-    /// The CPU has AVX2 and FMA; `rows` holds `R` rows of `k`, `xs` `T` rows of `k`; with
-    /// `fin`, `out + j * stride + i` (j < T, i < 4) may be written.
+    /// The CPU has AVX2 and FMA; with `fin`, `out + j * stride + i` (j < T, i < 4) may be
+    /// written.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn packed_block<const R: usize, const T: usize>(
         rows: &[f32],
         xs: &[f32],
-        k: usize,
+        body: usize,
         range: std::ops::Range<usize>,
         lanes: &mut [f32],
         fin: Option<Fin>,
@@ -846,17 +1026,16 @@ mod avx2 {
         assert!(
             fin.is_none()
                 || (R == 4
-                    && range.end == k
+                    && range.end == body
                     && fin.as_ref().unwrap().bias.is_none_or(|b| b.len() == 4))
         );
-        let body = k - k % 16;
-        assert!(rows.len() >= R * k && xs.len() >= T * k && lanes.len() >= R * T * 16);
+        assert!(rows.len() >= R * body && xs.len() >= T * body && lanes.len() >= R * T * 16);
         assert!(
             range.end <= body && range.start.is_multiple_of(16) && range.end.is_multiple_of(16)
         );
         // SAFETY: every index stays below the asserted bounds.
         unsafe {
-            let (wp, xp, lp) = (rows.as_ptr(), xs.as_ptr(), lanes.as_mut_ptr());
+            let lp = lanes.as_mut_ptr();
             for h in 0..2 {
                 let mut acc = [[_mm256_setzero_ps(); T]; R];
                 // the lanes of output (r, j) for this half
@@ -868,20 +1047,25 @@ mod avx2 {
                         }
                     }
                 }
-                let base = h * body / 2;
-                let mut i = base + range.start / 2;
-                while i < base + range.end / 2 {
+                // this half's blocks of 8, each the rows' (tokens') in turn
+                let (g0, g1) = (
+                    h * body / 16 + range.start / 16,
+                    h * body / 16 + range.end / 16,
+                );
+                let mut wp = rows.as_ptr().add(g0 * R * 8);
+                let mut xp = xs.as_ptr().add(g0 * T * 8);
+                for _ in g0..g1 {
                     let mut xv = [_mm256_setzero_ps(); T];
                     for (j, v) in xv.iter_mut().enumerate() {
-                        *v = _mm256_loadu_ps(xp.add(j * k + i));
+                        *v = _mm256_loadu_ps(xp.add(j * 8));
                     }
                     for (r, acc_r) in acc.iter_mut().enumerate() {
-                        let w = _mm256_loadu_ps(wp.add(r * k + i));
+                        let w = _mm256_loadu_ps(wp.add(r * 8));
                         for j in 0..T {
                             acc_r[j] = _mm256_fmadd_ps(w, xv[j], acc_r[j]);
                         }
                     }
-                    i += 8;
+                    (wp, xp) = (wp.add(R * 8), xp.add(T * 8));
                 }
                 if let (1, Some(fin)) = (h, &fin) {
                     #[allow(clippy::needless_range_loop)] // acc[r][j] over rows r
@@ -955,7 +1139,7 @@ mod tests {
             let f32_bytes: Vec<u8> = f32s.iter().flat_map(|v| v.to_le_bytes()).collect();
             let q = tensor(DType::Quant(t), &src, vec![n, k]);
             let f = tensor(DType::F32, &f32_bytes, vec![n, k]);
-            let t_count = 13;
+            let t_count = 71; // two blocks of tokens on AVX2
             let x: Vec<f32> = (0..t_count * k)
                 .map(|i| (i * 104729 % 997) as f32 / 498.5 - 1.0)
                 .collect();
@@ -986,7 +1170,10 @@ mod tests {
         );
         let weights = crate::checkpoint::Weights::open(&dir).unwrap();
         let wt = weights.get("w", &[n, k]).unwrap();
-        let t_count = 13; // two full 6-token tiles and a 1-token tail
+        // 71 tokens: two blocks of tokens in the AVX2 kernel (`TOKEN_BLOCK`), of 36 and
+        // 35, so token tiles of 3 and 2; 13: one block, tiles of 3 and 1 (on AVX-512, two
+        // full 6-token tiles and a 1-token tail)
+        let t_count = 71;
         let x: Vec<f32> = (0..t_count * k)
             .map(|i| (i * 104729 % 997) as f32 / 498.5 - 1.0)
             .collect();
@@ -995,6 +1182,9 @@ mod tests {
         for isa in crate::util::isa::supported_isas() {
             let mut batch = vec![0f32; t_count * n];
             linear_on(isa, &x, t_count, &wt, Some(&bias), &mut batch);
+            let mut first = vec![0f32; 13 * n];
+            linear_on(isa, &x[..13 * k], 13, &wt, Some(&bias), &mut first);
+            assert_eq!(&batch[..13 * n], &first[..], "{isa:?} 13 tokens");
             for t in 0..t_count {
                 let mut single = vec![0f32; n];
                 linear_on(

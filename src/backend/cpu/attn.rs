@@ -4,7 +4,7 @@
 //! 1. `score[j] = d * scale`, `d` one chain over the head's dimensions in order:
 //!    `d = fma(q[i], k_j[i], d)` for `i = 0..head_dim`, from `d = 0`;
 //! 2. `m = max(score)` (exact in any order);
-//! 3. `e[j] = exp(score[j] - m)` by [`exp`] (Cephes' single-precision polynomial with
+//! 3. `e[j] = exp(score[j] - m)` by [`exp`](super::math::exp) (Cephes' single-precision polynomial with
 //!    FMA steps: within ~1 ulp, and the same operations in every kernel);
 //! 4. `sum`: partial sums `part[j % 8] += e[j]` over the whole blocks of 8 slots in order,
 //!    `sum8(part)`, then the tail slots added in order;
@@ -20,6 +20,7 @@
 //! each load. Values are stored slot after slot. The portable code is the scalar reference.
 
 use super::kv::KvElem;
+use super::math::exp;
 use crate::util::isa::Isa;
 
 /// Slots in a tile of keys.
@@ -140,40 +141,6 @@ fn sum8(a: &[f32; 8]) -> f32 {
     ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]))
 }
 
-/// Below this, `exp` is 0 (the smallest normal result is `2^-126`).
-const EXP_LO: f32 = -87.336_55;
-const LOG2E: f32 = std::f32::consts::LOG2_E;
-/// ln 2 in two parts: `C1` is exact in a few bits, so `n * C1` is exact.
-const C1: f32 = 0.693_359_4;
-const C2: f32 = -2.121_944_4e-4;
-/// Cephes' minimax coefficients of `(exp(r) - 1 - r) / r^2` on `[-ln2/2, ln2/2]`.
-const P: [f32; 6] = [
-    1.987_569_1e-4,
-    1.398_199_9e-3,
-    8.333_452e-3,
-    4.166_579_6e-2,
-    1.666_666_5e-1,
-    0.5, // 5.0000001201e-1 in f32
-];
-
-/// `e^x` for `x <= 0` (attention's `score - max`): 0 below [`EXP_LO`], NaN for NaN.
-fn exp(x: f32) -> f32 {
-    if x.is_nan() {
-        return x;
-    }
-    if x < EXP_LO {
-        return 0.0;
-    }
-    let n = (x * LOG2E).round_ties_even();
-    let r = n.mul_add(-C2, n.mul_add(-C1, x));
-    let mut p = P[0];
-    for c in &P[1..] {
-        p = p.mul_add(r, *c);
-    }
-    let y = p.mul_add(r * r, r) + 1.0;
-    y * f32::from_bits(((n as i32 + 127) as u32) << 23)
-}
-
 /// The scalar reference of [`attend`].
 fn portable<T: KvElem>(
     q: &[f32],
@@ -218,7 +185,8 @@ fn portable<T: KvElem>(
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::{key_at, KvElem, KvHead, Row, C1, C2, EXP_LO, LOG2E, P, TILE};
+    use super::super::math::avx2::exp8;
+    use super::{key_at, KvElem, KvHead, Row, TILE};
 
     /// The lanes of `v` summed in [`sum8`]'s order: `b = lo + hi` is `[a0 + a4, a1 + a5,
     /// a2 + a6, a3 + a7]`, then `(b0 + b2) + (b1 + b3)`.
@@ -229,37 +197,6 @@ mod avx2 {
             let b = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
             let c = _mm_add_ps(b, _mm_movehl_ps(b, b));
             _mm_cvtss_f32(_mm_add_ss(c, _mm_shuffle_ps::<1>(c, c)))
-        }
-    }
-
-    /// [`super::exp`] on 8 lanes: the same operations.
-    #[inline(always)]
-    unsafe fn exp8(x: __m256) -> __m256 {
-        // SAFETY: plain register operations (the caller has AVX2 and FMA).
-        unsafe {
-            let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
-                _mm256_mul_ps(x, _mm256_set1_ps(LOG2E)),
-            );
-            let r = _mm256_fmadd_ps(n, _mm256_set1_ps(-C1), x);
-            let r = _mm256_fmadd_ps(n, _mm256_set1_ps(-C2), r);
-            let mut p = _mm256_set1_ps(P[0]);
-            for c in &P[1..] {
-                p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(*c));
-            }
-            let y = _mm256_add_ps(
-                _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r),
-                _mm256_set1_ps(1.0),
-            );
-            // 2^n; lanes below EXP_LO (n may be far below -126 there) are zeroed after
-            let bits = _mm256_slli_epi32::<23>(_mm256_add_epi32(
-                _mm256_cvtps_epi32(n),
-                _mm256_set1_epi32(127),
-            ));
-            let e = _mm256_mul_ps(y, _mm256_castsi256_ps(bits));
-            let low = _mm256_cmp_ps::<_CMP_LT_OQ>(x, _mm256_set1_ps(EXP_LO));
-            let e = _mm256_andnot_ps(low, e);
-            let nan = _mm256_cmp_ps::<_CMP_UNORD_Q>(x, x);
-            _mm256_blendv_ps(e, x, nan)
         }
     }
 
@@ -655,23 +592,6 @@ mod tests {
                 (x % 20_001) as f32 / 10_000.0 - 1.0
             })
             .collect()
-    }
-
-    #[test]
-    fn exp_is_accurate_and_total() {
-        let mut worst = 0f64;
-        for i in 0..200_000 {
-            let x = -(i as f32) * 4.4e-4; // 0 down to -88
-            let (got, want) = (exp(x) as f64, (x as f64).exp());
-            if want > 1.2e-38 {
-                worst = worst.max(((got - want) / want).abs());
-            }
-        }
-        assert!(worst < 3e-7, "worst relative error {worst:e}");
-        assert_eq!(exp(0.0), 1.0);
-        assert_eq!(exp(f32::NEG_INFINITY), 0.0);
-        assert_eq!(exp(-100.0), 0.0);
-        assert!(exp(f32::NAN).is_nan());
     }
 
     /// Key tiles and value rows of one head from keys and values laid out slot after slot

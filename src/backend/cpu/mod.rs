@@ -7,6 +7,7 @@
 mod attn;
 pub(crate) mod dequant;
 mod kv;
+mod math;
 pub mod matmul;
 pub mod tier;
 
@@ -332,9 +333,7 @@ impl Backend for CpuBackend {
     }
 
     fn silu_mul(&self, gate: &mut CpuAct, up: &CpuAct) -> Result<()> {
-        for (g, &u) in gate.data.iter_mut().zip(&up.data) {
-            *g = *g / (1.0 + (-*g).exp()) * u;
-        }
+        math::silu_mul(crate::util::isa::isa(), &mut gate.data, &up.data);
         Ok(())
     }
 

@@ -1,0 +1,174 @@
+//! Elementwise functions of the CPU kernels, each one fixed sequence of operations in
+//! its scalar and SIMD forms (so the bits do not depend on the CPU or on where an element
+//! falls in a vector): `exp` for `x <= 0` (attention's softmax, SiLU's sigmoid) and SiLU.
+
+use crate::util::isa::Isa;
+
+/// Below this, `exp` is 0 (the smallest normal result is `2^-126`).
+const EXP_LO: f32 = -87.336_55;
+const LOG2E: f32 = std::f32::consts::LOG2_E;
+/// ln 2 in two parts: `C1` is exact in a few bits, so `n * C1` is exact.
+const C1: f32 = 0.693_359_4;
+const C2: f32 = -2.121_944_4e-4;
+/// Cephes' minimax coefficients of `(exp(r) - 1 - r) / r^2` on `[-ln2/2, ln2/2]`.
+const P: [f32; 6] = [
+    1.987_569_1e-4,
+    1.398_199_9e-3,
+    8.333_452e-3,
+    4.166_579_6e-2,
+    1.666_666_5e-1,
+    0.5, // 5.0000001201e-1 in f32
+];
+
+/// `e^x` for `x <= 0` (attention's `score - max`): 0 below [`EXP_LO`], NaN for NaN.
+pub(crate) fn exp(x: f32) -> f32 {
+    if x.is_nan() {
+        return x;
+    }
+    if x < EXP_LO {
+        return 0.0;
+    }
+    let n = (x * LOG2E).round_ties_even();
+    let r = n.mul_add(-C2, n.mul_add(-C1, x));
+    let mut p = P[0];
+    for c in &P[1..] {
+        p = p.mul_add(r, *c);
+    }
+    let y = p.mul_add(r * r, r) + 1.0;
+    y * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+/// `gate[i] = silu(gate[i]) * up[i]`, SiLU as `g * sigmoid(g)` through `e = exp(-|g|)`
+/// (so [`exp`] stays in its domain): `g / (1 + e)` for `g >= 0`, `g * e / (1 + e)`
+/// below; then times `up`. The SIMD and scalar forms are the same operations.
+pub(crate) fn silu_mul(isa: Isa, gate: &mut [f32], up: &[f32]) {
+    assert_eq!(gate.len(), up.len(), "silu_mul: gate and up differ in size");
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if isa != Isa::Portable {
+        // SAFETY: AVX2 and FMA are present (isa); the lengths are equal (asserted).
+        done = unsafe { avx2::silu_mul(gate, up) };
+    }
+    let _ = isa;
+    for (g, &u) in gate[done..].iter_mut().zip(&up[done..]) {
+        let e = exp(-g.abs());
+        let num = if *g >= 0.0 { *g } else { *g * e };
+        *g = num / (1.0 + e) * u;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::{C1, C2, EXP_LO, LOG2E, P};
+
+    /// [`super::exp`] on 8 lanes: the same operations.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA.
+    #[inline(always)]
+    pub(crate) unsafe fn exp8(x: __m256) -> __m256 {
+        // SAFETY: plain register operations (the caller has AVX2 and FMA).
+        unsafe {
+            let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+                _mm256_mul_ps(x, _mm256_set1_ps(LOG2E)),
+            );
+            let r = _mm256_fmadd_ps(n, _mm256_set1_ps(-C1), x);
+            let r = _mm256_fmadd_ps(n, _mm256_set1_ps(-C2), r);
+            let mut p = _mm256_set1_ps(P[0]);
+            for c in &P[1..] {
+                p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(*c));
+            }
+            let y = _mm256_add_ps(
+                _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r),
+                _mm256_set1_ps(1.0),
+            );
+            // 2^n; lanes below EXP_LO (n may be far below -126 there) are zeroed after
+            let bits = _mm256_slli_epi32::<23>(_mm256_add_epi32(
+                _mm256_cvtps_epi32(n),
+                _mm256_set1_epi32(127),
+            ));
+            let e = _mm256_mul_ps(y, _mm256_castsi256_ps(bits));
+            let low = _mm256_cmp_ps::<_CMP_LT_OQ>(x, _mm256_set1_ps(EXP_LO));
+            let e = _mm256_andnot_ps(low, e);
+            let nan = _mm256_cmp_ps::<_CMP_UNORD_Q>(x, x);
+            _mm256_blendv_ps(e, x, nan)
+        }
+    }
+
+    /// [`super::silu_mul`] on the whole blocks of 8; returns how many elements it did.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA; `up` is as long as `gate`.
+    #[target_feature(enable = "avx2,fma")]
+    pub(crate) unsafe fn silu_mul(gate: &mut [f32], up: &[f32]) -> usize {
+        let whole = gate.len() - gate.len() % 8;
+        // SAFETY: the loads and stores stay below `whole`, inside both slices.
+        unsafe {
+            let sign = _mm256_set1_ps(-0.0);
+            for i in (0..whole).step_by(8) {
+                let (gp, up) = (gate.as_mut_ptr().add(i), up.as_ptr().add(i));
+                let g = _mm256_loadu_ps(gp);
+                let e = exp8(_mm256_or_ps(g, sign)); // exp(-|g|)
+                let neg = _mm256_cmp_ps::<_CMP_LT_OQ>(g, _mm256_setzero_ps());
+                let num = _mm256_blendv_ps(g, _mm256_mul_ps(g, e), neg);
+                let s = _mm256_div_ps(num, _mm256_add_ps(_mm256_set1_ps(1.0), e));
+                _mm256_storeu_ps(gp, _mm256_mul_ps(s, _mm256_loadu_ps(up)));
+            }
+        }
+        whole
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_is_accurate_and_total() {
+        let mut worst = 0f64;
+        for i in 0..200_000 {
+            let x = -(i as f32) * 4.4e-4; // 0 down to -88
+            let (got, want) = (exp(x) as f64, (x as f64).exp());
+            if want > 1.2e-38 {
+                worst = worst.max(((got - want) / want).abs());
+            }
+        }
+        assert!(worst < 3e-7, "worst relative error {worst:e}");
+        assert_eq!(exp(0.0), 1.0);
+        assert_eq!(exp(f32::NEG_INFINITY), 0.0);
+        assert_eq!(exp(-100.0), 0.0);
+        assert!(exp(f32::NAN).is_nan());
+    }
+
+    #[test]
+    fn silu_is_accurate_and_the_same_on_every_isa() {
+        let n = 1003;
+        let gate: Vec<f32> = (0..n)
+            .map(|i| (i as f32 - 500.0) * 0.37)
+            .chain([0.0, -0.0, 1e-30, -1e-30, 88.5, -88.5, -1e4, 1e4])
+            .collect();
+        let up: Vec<f32> = (0..gate.len())
+            .map(|i| 1.0 + (i % 7) as f32 * 0.25)
+            .collect();
+        let mut want = None;
+        for isa in crate::util::isa::supported_isas() {
+            let mut g = gate.clone();
+            silu_mul(isa, &mut g, &up);
+            for (i, (&x, &y)) in gate.iter().zip(&g).enumerate() {
+                let exact = x as f64 / (1.0 + (-x as f64).exp()) * up[i] as f64;
+                let err = (y as f64 - exact).abs();
+                assert!(
+                    err <= 4e-7 * exact.abs() + 1e-35,
+                    "{isa:?} silu({x}) = {y}, not {exact}"
+                );
+            }
+            let bits: Vec<u32> = g.iter().map(|v| v.to_bits()).collect();
+            assert_eq!(want.get_or_insert(bits.clone()), &bits, "{isa:?}");
+        }
+        let (mut g, u) = (vec![f32::NAN; 9], vec![1.0; 9]);
+        silu_mul(crate::util::isa::isa(), &mut g, &u);
+        assert!(g.iter().all(|v| v.is_nan()));
+    }
+}

@@ -1,6 +1,7 @@
 //! Elementwise functions of the CPU kernels, each one fixed sequence of operations in
 //! its scalar and SIMD forms (so the bits do not depend on the CPU or on where an element
-//! falls in a vector): `exp` for `x <= 0` (attention's softmax, SiLU's sigmoid) and SiLU.
+//! falls in a vector): `exp` for `x <= 0` (attention's softmax, SiLU's sigmoid, GeLU's
+//! tanh), SiLU and GeLU's tanh approximation.
 
 use crate::util::isa::Isa;
 
@@ -57,11 +58,41 @@ pub(crate) fn silu_mul(isa: Isa, gate: &mut [f32], up: &[f32]) {
     }
 }
 
+/// GeLU's tanh approximation's constants, as PyTorch's: `sqrt(2 / pi)` and the cube's.
+const BETA: f32 = (std::f64::consts::SQRT_2 * std::f64::consts::FRAC_2_SQRT_PI * 0.5) as f32;
+const KAPPA: f32 = 0.044715;
+
+/// `gate[i] = gelu_tanh(gate[i]) * up[i]`: `0.5 * x * (1 + tanh(y))`, `y = BETA * (x +
+/// KAPPA * x^3)` (PyTorch's order), with `tanh(y) = sign(y) * (1 - t) / (1 + t)` for `t =
+/// exp(-2|y|)` (so [`exp`] stays in its domain). The SIMD and scalar forms are the same
+/// operations.
+pub(crate) fn gelu_tanh_mul(isa: Isa, gate: &mut [f32], up: &[f32]) {
+    assert_eq!(
+        gate.len(),
+        up.len(),
+        "gelu_tanh_mul: gate and up differ in size"
+    );
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if isa != Isa::Portable {
+        // SAFETY: AVX2 and FMA are present (isa); the lengths are equal (asserted).
+        done = unsafe { avx2::gelu_tanh_mul(gate, up) };
+    }
+    let _ = isa;
+    for (g, &u) in gate[done..].iter_mut().zip(&up[done..]) {
+        let x = *g;
+        let y = BETA * (x + KAPPA * (x * x * x));
+        let t = exp(-2.0 * y.abs());
+        let th = ((1.0 - t) / (1.0 + t)).copysign(y);
+        *g = 0.5 * x * (1.0 + th) * u;
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::{C1, C2, EXP_LO, LOG2E, P};
+    use super::{BETA, C1, C2, EXP_LO, KAPPA, LOG2E, P};
 
     /// [`super::exp`] on 8 lanes: the same operations.
     ///
@@ -119,6 +150,40 @@ pub(crate) mod avx2 {
         }
         whole
     }
+
+    /// [`super::gelu_tanh_mul`] on the whole blocks of 8; returns how many elements it did.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA; `up` is as long as `gate`.
+    #[target_feature(enable = "avx2,fma")]
+    pub(crate) unsafe fn gelu_tanh_mul(gate: &mut [f32], up: &[f32]) -> usize {
+        let whole = gate.len() - gate.len() % 8;
+        // SAFETY: the loads and stores stay below `whole`, inside both slices.
+        unsafe {
+            let (sign, one) = (_mm256_set1_ps(-0.0), _mm256_set1_ps(1.0));
+            for i in (0..whole).step_by(8) {
+                let (gp, up) = (gate.as_mut_ptr().add(i), up.as_ptr().add(i));
+                let x = _mm256_loadu_ps(gp);
+                let cube = _mm256_mul_ps(_mm256_mul_ps(x, x), x);
+                let inner = _mm256_add_ps(x, _mm256_mul_ps(_mm256_set1_ps(KAPPA), cube));
+                let y = _mm256_mul_ps(_mm256_set1_ps(BETA), inner);
+                // exp(-2|y|): -2 * |y| is -(2 * |y|), exact either way
+                let t = exp8(_mm256_mul_ps(
+                    _mm256_set1_ps(-2.0),
+                    _mm256_andnot_ps(sign, y),
+                ));
+                let th = _mm256_div_ps(_mm256_sub_ps(one, t), _mm256_add_ps(one, t));
+                let th = _mm256_or_ps(th, _mm256_and_ps(sign, y)); // copysign (th >= 0)
+                let half_x = _mm256_mul_ps(_mm256_set1_ps(0.5), x);
+                let v = _mm256_mul_ps(
+                    _mm256_mul_ps(half_x, _mm256_add_ps(one, th)),
+                    _mm256_loadu_ps(up),
+                );
+                _mm256_storeu_ps(gp, v);
+            }
+        }
+        whole
+    }
 }
 
 #[cfg(test)]
@@ -170,5 +235,48 @@ mod tests {
         let (mut g, u) = (vec![f32::NAN; 9], vec![1.0; 9]);
         silu_mul(crate::util::isa::isa(), &mut g, &u);
         assert!(g.iter().all(|v| v.is_nan()));
+    }
+
+    #[test]
+    fn gelu_tanh_is_pytorchs_and_the_same_on_every_isa() {
+        // torch.nn.functional.gelu(x, approximate="tanh") in float32
+        let known = [
+            (1.0f32, 0.841_192_f32),
+            (-2.5, -0.015_084_296),
+            (0.0, 0.0),
+            (6.0, 6.0),
+        ];
+        let mut gate: Vec<f32> = (0..1003).map(|i| (i as f32 - 500.0) * 0.021).collect();
+        gate.extend(known.iter().map(|k| k.0));
+        gate.extend([1e-30, -1e-30, 30.0, -30.0, 1e4, -1e4]);
+        let up: Vec<f32> = (0..gate.len())
+            .map(|i| 1.0 + (i % 5) as f32 * 0.5)
+            .collect();
+        let mut want = None;
+        for isa in crate::util::isa::supported_isas() {
+            let mut g = gate.clone();
+            gelu_tanh_mul(isa, &mut g, &up);
+            for (i, (&x, &y)) in gate.iter().zip(&g).enumerate() {
+                let xd = x as f64;
+                let inner = (2.0 / std::f64::consts::PI).sqrt() * (xd + 0.044715 * xd.powi(3));
+                let exact = 0.5 * xd * (1.0 + inner.tanh()) * up[i] as f64;
+                let err = (y as f64 - exact).abs();
+                let tol = 1e-6 * (exact.abs() + up[i] as f64 * xd.abs().min(1.0));
+                assert!(
+                    err <= tol,
+                    "{isa:?} gelu({x}) * {} = {y}, not {exact}",
+                    up[i]
+                );
+            }
+            for (k, (x, w)) in known.iter().enumerate() {
+                let got = g[1003 + k] / up[1003 + k];
+                assert!(
+                    (got - w).abs() < 1e-6,
+                    "{isa:?} gelu({x}) = {got}, torch {w}"
+                );
+            }
+            let bits: Vec<u32> = g.iter().map(|v| v.to_bits()).collect();
+            assert_eq!(want.get_or_insert(bits.clone()), &bits, "{isa:?}");
+        }
     }
 }

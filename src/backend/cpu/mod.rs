@@ -94,16 +94,6 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
-/// GeLU with the tanh approximation, in the order PyTorch's CPU kernel computes it.
-#[inline]
-pub(crate) fn gelu_tanh(x: f32) -> f32 {
-    const BETA: f32 = (std::f64::consts::SQRT_2 * std::f64::consts::FRAC_2_SQRT_PI * 0.5) as f32;
-    const KAPPA: f32 = 0.044715;
-    let cube = x * x * x;
-    let inner = BETA * (x + KAPPA * cube);
-    0.5 * x * (1.0 + inner.tanh())
-}
-
 /// Query heads of a KV head's group (`group` of them) that one attention task takes,
 /// with `tasks` (rows times KV heads) tasks when each takes its whole group: the whole
 /// group (each key and value read once for all of its heads) unless that leaves threads
@@ -338,9 +328,7 @@ impl Backend for CpuBackend {
     }
 
     fn gelu_tanh_mul(&self, gate: &mut CpuAct, up: &CpuAct) -> Result<()> {
-        for (g, &u) in gate.data.iter_mut().zip(&up.data) {
-            *g = gelu_tanh(*g) * u;
-        }
+        math::gelu_tanh_mul(crate::util::isa::isa(), &mut gate.data, &up.data);
         Ok(())
     }
 
@@ -583,19 +571,6 @@ mod tests {
                 .attention(&q, &kv, layer, committed, &mask, shape, &mut out)
                 .unwrap_err();
             assert!(e.to_string().contains("attention of 3 rows"), "{e}");
-        }
-    }
-
-    #[test]
-    fn gelu_tanh_is_pytorchs() {
-        // torch.nn.functional.gelu(x, approximate="tanh") in float32.
-        for (x, want) in [
-            (1.0f32, 0.841_192_f32),
-            (-2.5, -0.015_084_296),
-            (0.0, 0.0),
-            (6.0, 6.0),
-        ] {
-            assert!((gelu_tanh(x) - want).abs() < 1e-6, "{x}: {}", gelu_tanh(x));
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Elementwise functions of the CPU kernels, each one fixed sequence of operations in
 //! its scalar and SIMD forms (so the bits do not depend on the CPU or on where an element
 //! falls in a vector): `exp` for `x <= 0` (attention's softmax, SiLU's sigmoid, GeLU's
-//! tanh), SiLU and GeLU's tanh approximation.
+//! tanh), and the gated MLPs' activations ([`Gate`]: SiLU, GeLU's tanh approximation).
 
 use crate::util::isa::Isa;
 
@@ -39,22 +39,42 @@ pub(crate) fn exp(x: f32) -> f32 {
     y * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
 
-/// `gate[i] = silu(gate[i]) * up[i]`, SiLU as `g * sigmoid(g)` through `e = exp(-|g|)`
-/// (so [`exp`] stays in its domain): `g / (1 + e)` for `g >= 0`, `g * e / (1 + e)`
-/// below; then times `up`. The SIMD and scalar forms are the same operations.
-pub(crate) fn silu_mul(isa: Isa, gate: &mut [f32], up: &[f32]) {
-    assert_eq!(gate.len(), up.len(), "silu_mul: gate and up differ in size");
-    let mut done = 0;
+/// A gated MLP's activation: `gate[i] = act(gate[i]) * up[i]` ([`gated`]), `act` in a
+/// scalar and an 8-lane form that are the same operations.
+pub(crate) trait Gate {
+    /// What the sizes' assertion names.
+    const NAME: &'static str;
+    fn one(x: f32) -> f32;
+    /// [`Gate::one`] on 8 lanes.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA.
     #[cfg(target_arch = "x86_64")]
-    if isa != Isa::Portable {
-        // SAFETY: AVX2 and FMA are present (isa); the lengths are equal (asserted).
-        done = unsafe { avx2::silu_mul(gate, up) };
-    }
-    let _ = isa;
-    for (g, &u) in gate[done..].iter_mut().zip(&up[done..]) {
+    unsafe fn eight(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256;
+}
+
+/// SiLU as `g * sigmoid(g)` through `e = exp(-|g|)` (so [`exp`] stays in its domain):
+/// `g / (1 + e)` for `g >= 0`, `g * e / (1 + e)` below.
+pub(crate) struct Silu;
+
+impl Gate for Silu {
+    const NAME: &'static str = "silu_mul";
+    fn one(g: f32) -> f32 {
         let e = exp(-g.abs());
-        let num = if *g >= 0.0 { *g } else { *g * e };
-        *g = num / (1.0 + e) * u;
+        let num = if g >= 0.0 { g } else { g * e };
+        num / (1.0 + e)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn eight(g: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        // SAFETY: plain register operations (the caller has AVX2 and FMA).
+        unsafe {
+            let e = avx2::exp8(_mm256_or_ps(g, _mm256_set1_ps(-0.0))); // exp(-|g|)
+            let neg = _mm256_cmp_ps::<_CMP_LT_OQ>(g, _mm256_setzero_ps());
+            let num = _mm256_blendv_ps(g, _mm256_mul_ps(g, e), neg);
+            _mm256_div_ps(num, _mm256_add_ps(_mm256_set1_ps(1.0), e))
+        }
     }
 }
 
@@ -62,29 +82,62 @@ pub(crate) fn silu_mul(isa: Isa, gate: &mut [f32], up: &[f32]) {
 const BETA: f32 = (std::f64::consts::SQRT_2 * std::f64::consts::FRAC_2_SQRT_PI * 0.5) as f32;
 const KAPPA: f32 = 0.044715;
 
-/// `gate[i] = gelu_tanh(gate[i]) * up[i]`: `0.5 * x * (1 + tanh(y))`, `y = BETA * (x +
-/// KAPPA * x^3)` (PyTorch's order), with `tanh(y) = sign(y) * (1 - t) / (1 + t)` for `t =
-/// exp(-2|y|)` (so [`exp`] stays in its domain). The SIMD and scalar forms are the same
-/// operations.
-pub(crate) fn gelu_tanh_mul(isa: Isa, gate: &mut [f32], up: &[f32]) {
+/// GeLU's tanh approximation, `0.5 * x * (1 + tanh(y))`, `y = BETA * (x + KAPPA * x^3)`
+/// (PyTorch's order), with `tanh(y) = sign(y) * (1 - t) / (1 + t)` for `t = exp(-2|y|)`
+/// (so [`exp`] stays in its domain).
+pub(crate) struct GeluTanh;
+
+impl Gate for GeluTanh {
+    const NAME: &'static str = "gelu_tanh_mul";
+    fn one(x: f32) -> f32 {
+        let y = BETA * (x + KAPPA * (x * x * x));
+        let t = exp(-2.0 * y.abs());
+        let th = ((1.0 - t) / (1.0 + t)).copysign(y);
+        0.5 * x * (1.0 + th)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn eight(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        // SAFETY: plain register operations (the caller has AVX2 and FMA).
+        unsafe {
+            let (sign, one) = (_mm256_set1_ps(-0.0), _mm256_set1_ps(1.0));
+            let cube = _mm256_mul_ps(_mm256_mul_ps(x, x), x);
+            let inner = _mm256_add_ps(x, _mm256_mul_ps(_mm256_set1_ps(KAPPA), cube));
+            let y = _mm256_mul_ps(_mm256_set1_ps(BETA), inner);
+            // exp(-2|y|): -2 * |y| is -(2 * |y|), exact either way
+            let t = avx2::exp8(_mm256_mul_ps(
+                _mm256_set1_ps(-2.0),
+                _mm256_andnot_ps(sign, y),
+            ));
+            let th = _mm256_div_ps(_mm256_sub_ps(one, t), _mm256_add_ps(one, t));
+            let th = _mm256_or_ps(th, _mm256_and_ps(sign, y)); // copysign (th >= 0)
+            _mm256_mul_ps(
+                _mm256_mul_ps(_mm256_set1_ps(0.5), x),
+                _mm256_add_ps(one, th),
+            )
+        }
+    }
+}
+
+/// `gate[i] = G::one(gate[i]) * up[i]`: whole blocks of 8 on AVX2 where the CPU has it,
+/// the rest in scalar code (the same bits either way).
+pub(crate) fn gated<G: Gate>(isa: Isa, gate: &mut [f32], up: &[f32]) {
     assert_eq!(
         gate.len(),
         up.len(),
-        "gelu_tanh_mul: gate and up differ in size"
+        "{}: gate and up differ in size",
+        G::NAME
     );
     let mut done = 0;
     #[cfg(target_arch = "x86_64")]
     if isa != Isa::Portable {
         // SAFETY: AVX2 and FMA are present (isa); the lengths are equal (asserted).
-        done = unsafe { avx2::gelu_tanh_mul(gate, up) };
+        done = unsafe { avx2::gated::<G>(gate, up) };
     }
     let _ = isa;
     for (g, &u) in gate[done..].iter_mut().zip(&up[done..]) {
-        let x = *g;
-        let y = BETA * (x + KAPPA * (x * x * x));
-        let t = exp(-2.0 * y.abs());
-        let th = ((1.0 - t) / (1.0 + t)).copysign(y);
-        *g = 0.5 * x * (1.0 + th) * u;
+        *g = G::one(*g) * u;
     }
 }
 
@@ -92,7 +145,7 @@ pub(crate) fn gelu_tanh_mul(isa: Isa, gate: &mut [f32], up: &[f32]) {
 pub(crate) mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::{BETA, C1, C2, EXP_LO, KAPPA, LOG2E, P};
+    use super::{C1, C2, EXP_LO, LOG2E, P};
 
     /// [`super::exp`] on 8 lanes: the same operations.
     ///
@@ -128,58 +181,20 @@ pub(crate) mod avx2 {
         }
     }
 
-    /// [`super::silu_mul`] on the whole blocks of 8; returns how many elements it did.
+    /// [`super::gated`] on the whole blocks of 8; returns how many elements it did.
     ///
     /// # Safety
     /// The CPU has AVX2 and FMA; `up` is as long as `gate`.
     #[target_feature(enable = "avx2,fma")]
-    pub(crate) unsafe fn silu_mul(gate: &mut [f32], up: &[f32]) -> usize {
+    pub(crate) unsafe fn gated<G: super::Gate>(gate: &mut [f32], up: &[f32]) -> usize {
         let whole = gate.len() - gate.len() % 8;
-        // SAFETY: the loads and stores stay below `whole`, inside both slices.
+        // SAFETY: the loads and stores stay below `whole`, inside both slices; the CPU has
+        // AVX2 and FMA (this function's contract) for `G::eight`.
         unsafe {
-            let sign = _mm256_set1_ps(-0.0);
             for i in (0..whole).step_by(8) {
                 let (gp, up) = (gate.as_mut_ptr().add(i), up.as_ptr().add(i));
-                let g = _mm256_loadu_ps(gp);
-                let e = exp8(_mm256_or_ps(g, sign)); // exp(-|g|)
-                let neg = _mm256_cmp_ps::<_CMP_LT_OQ>(g, _mm256_setzero_ps());
-                let num = _mm256_blendv_ps(g, _mm256_mul_ps(g, e), neg);
-                let s = _mm256_div_ps(num, _mm256_add_ps(_mm256_set1_ps(1.0), e));
-                _mm256_storeu_ps(gp, _mm256_mul_ps(s, _mm256_loadu_ps(up)));
-            }
-        }
-        whole
-    }
-
-    /// [`super::gelu_tanh_mul`] on the whole blocks of 8; returns how many elements it did.
-    ///
-    /// # Safety
-    /// The CPU has AVX2 and FMA; `up` is as long as `gate`.
-    #[target_feature(enable = "avx2,fma")]
-    pub(crate) unsafe fn gelu_tanh_mul(gate: &mut [f32], up: &[f32]) -> usize {
-        let whole = gate.len() - gate.len() % 8;
-        // SAFETY: the loads and stores stay below `whole`, inside both slices.
-        unsafe {
-            let (sign, one) = (_mm256_set1_ps(-0.0), _mm256_set1_ps(1.0));
-            for i in (0..whole).step_by(8) {
-                let (gp, up) = (gate.as_mut_ptr().add(i), up.as_ptr().add(i));
-                let x = _mm256_loadu_ps(gp);
-                let cube = _mm256_mul_ps(_mm256_mul_ps(x, x), x);
-                let inner = _mm256_add_ps(x, _mm256_mul_ps(_mm256_set1_ps(KAPPA), cube));
-                let y = _mm256_mul_ps(_mm256_set1_ps(BETA), inner);
-                // exp(-2|y|): -2 * |y| is -(2 * |y|), exact either way
-                let t = exp8(_mm256_mul_ps(
-                    _mm256_set1_ps(-2.0),
-                    _mm256_andnot_ps(sign, y),
-                ));
-                let th = _mm256_div_ps(_mm256_sub_ps(one, t), _mm256_add_ps(one, t));
-                let th = _mm256_or_ps(th, _mm256_and_ps(sign, y)); // copysign (th >= 0)
-                let half_x = _mm256_mul_ps(_mm256_set1_ps(0.5), x);
-                let v = _mm256_mul_ps(
-                    _mm256_mul_ps(half_x, _mm256_add_ps(one, th)),
-                    _mm256_loadu_ps(up),
-                );
-                _mm256_storeu_ps(gp, v);
+                let v = G::eight(_mm256_loadu_ps(gp));
+                _mm256_storeu_ps(gp, _mm256_mul_ps(v, _mm256_loadu_ps(up)));
             }
         }
         whole
@@ -220,7 +235,7 @@ mod tests {
         let mut want = None;
         for isa in crate::util::isa::supported_isas() {
             let mut g = gate.clone();
-            silu_mul(isa, &mut g, &up);
+            gated::<Silu>(isa, &mut g, &up);
             for (i, (&x, &y)) in gate.iter().zip(&g).enumerate() {
                 let exact = x as f64 / (1.0 + (-x as f64).exp()) * up[i] as f64;
                 let err = (y as f64 - exact).abs();
@@ -233,7 +248,7 @@ mod tests {
             assert_eq!(want.get_or_insert(bits.clone()), &bits, "{isa:?}");
         }
         let (mut g, u) = (vec![f32::NAN; 9], vec![1.0; 9]);
-        silu_mul(crate::util::isa::isa(), &mut g, &u);
+        gated::<Silu>(crate::util::isa::isa(), &mut g, &u);
         assert!(g.iter().all(|v| v.is_nan()));
     }
 
@@ -255,7 +270,7 @@ mod tests {
         let mut want = None;
         for isa in crate::util::isa::supported_isas() {
             let mut g = gate.clone();
-            gelu_tanh_mul(isa, &mut g, &up);
+            gated::<GeluTanh>(isa, &mut g, &up);
             for (i, (&x, &y)) in gate.iter().zip(&g).enumerate() {
                 let xd = x as f64;
                 let inner = (2.0 / std::f64::consts::PI).sqrt() * (xd + 0.044715 * xd.powi(3));

@@ -323,12 +323,12 @@ impl Backend for CpuBackend {
     }
 
     fn silu_mul(&self, gate: &mut CpuAct, up: &CpuAct) -> Result<()> {
-        math::silu_mul(crate::util::isa::isa(), &mut gate.data, &up.data);
+        math::gated::<math::Silu>(crate::util::isa::isa(), &mut gate.data, &up.data);
         Ok(())
     }
 
     fn gelu_tanh_mul(&self, gate: &mut CpuAct, up: &CpuAct) -> Result<()> {
-        math::gelu_tanh_mul(crate::util::isa::isa(), &mut gate.data, &up.data);
+        math::gated::<math::GeluTanh>(crate::util::isa::isa(), &mut gate.data, &up.data);
         Ok(())
     }
 

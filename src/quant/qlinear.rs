@@ -236,55 +236,6 @@ fn sum16(acc: &[f32; 16]) -> f32 {
 mod x86 {
     use std::arch::x86_64::*;
 
-    /// Codes `16h .. 16h + 16` of the block at `p`, as 16 bytes in order.
-    ///
-    /// # Safety
-    /// The CPU has SSSE3 (every x86-64 with AVX2 has), `B` is 2, 3, 4 or 8, `h` is 0 or
-    /// 1, and `p` points to a whole packed block of `4 * B` bytes.
-    #[inline(always)]
-    pub unsafe fn unpack16<const B: u8>(p: *const u8, h: usize) -> __m128i {
-        // SAFETY: the caller upholds the contract above.
-        unsafe {
-            match B {
-                8 => _mm_loadu_si128(p.add(16 * h) as *const __m128i),
-                4 => {
-                    let v = _mm_loadu_si128(p as *const __m128i);
-                    let v = if h == 0 { v } else { _mm_srli_epi16(v, 4) };
-                    _mm_and_si128(v, _mm_set1_epi8(0x0f))
-                }
-                2 => low2(p, h),
-                3 => {
-                    let hb = (p.add(8) as *const u32).read_unaligned() >> (16 * h);
-                    // byte j of `b` is byte j / 8 of the 16 high bits; keep bit j % 8
-                    let b = _mm_shuffle_epi8(
-                        _mm_cvtsi32_si128(hb as i32),
-                        _mm_set_epi64x(0x0101_0101_0101_0101, 0),
-                    );
-                    let bitsel = _mm_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
-                    let set = _mm_cmpeq_epi8(_mm_and_si128(b, bitsel), bitsel);
-                    _mm_or_si128(low2(p, h), _mm_and_si128(set, _mm_set1_epi8(4)))
-                }
-                _ => unreachable!(),
-            }
-        }
-    }
-
-    /// The low two bits of codes `16h .. 16h + 16` in the 2-bit layout.
-    ///
-    /// # Safety
-    /// `p` is valid for reads of 8 bytes and `h` is 0 or 1.
-    #[inline(always)]
-    unsafe fn low2(p: *const u8, h: usize) -> __m128i {
-        // SAFETY: the caller upholds the contract above.
-        unsafe {
-            const M: u64 = 0x0303_0303_0303_0303;
-            let v = (p as *const u64).read_unaligned();
-            let lo = (v >> (4 * h)) & M; // codes 16h .. 16h + 8
-            let hi = (v >> (4 * h + 2)) & M; // codes 16h + 8 .. 16h + 16
-            _mm_set_epi64x(hi as i64, lo as i64)
-        }
-    }
-
     /// `(scale, min)` of the group at `p` (two f16), as f32.
     ///
     /// # Safety
@@ -472,16 +423,182 @@ mod avx2 {
     use std::arch::x86_64::*;
 
     use super::sum16;
-    use super::x86::{params, unpack16};
+    use super::x86::params;
 
-    /// `R` rows times `T` tokens, each 16-lane accumulator in two registers.
+    /// Codes `8v .. 8v + 8` of the block at `p` as 8 lanes of `i32`, for `v` in `0..4`.
+    /// Each is one 8-byte load widened by `vpmovzxbd`, then a shift or mask: no code is
+    /// widened twice, and for 4 bits `v` and `v + 2` share a load (low and high nibbles).
     ///
     /// # Safety
-    /// The CPU has AVX2, FMA, F16C and SSSE3; otherwise as the AVX-512 `tile`: `codes`
-    /// holds `R` packed rows of `k` codes, `pars` their (scale, min) pairs, `xs` `T` rows of
-    /// `k` f32, and `res` `R * T` values.
-    #[target_feature(enable = "avx2,fma,f16c,ssse3")]
+    /// The CPU has AVX2, `B` is 2, 3 or 4, and `p` points to a whole packed block of
+    /// `4 * B` bytes.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn codes8<const B: u8>(p: *const u8, v: usize) -> __m256i {
+        // SAFETY: the caller upholds the contract above; every load is inside the block.
+        unsafe {
+            let load = |at: usize| _mm256_cvtepu8_epi32(_mm_loadl_epi64(p.add(at).cast()));
+            // Below 8 bits the widened bytes are shifted and masked as i32: LLVM would
+            // otherwise shift and mask the bytes before widening them (`vpsrlw`, `vpand`
+            // and a register `vpmovzxbd`: one instruction more per vector).
+            let widen = |at: usize| {
+                let mut z = load(at);
+                std::arch::asm!(
+                    "/* {0} */",
+                    inout(ymm_reg) z,
+                    options(pure, nomem, nostack, preserves_flags)
+                );
+                z
+            };
+            match B {
+                // byte j < 16: code j in the low nibble, code j + 16 in the high one
+                4 if v < 2 => _mm256_and_si256(widen(8 * v), _mm256_set1_epi32(15)),
+                4 => _mm256_srli_epi32::<4>(widen(8 * (v - 2))),
+                2 | 3 => {
+                    // byte j < 8: codes j, j + 8, j + 16, j + 24 at bits 0, 2, 4, 6
+                    let z = _mm256_srlv_epi32(widen(0), _mm256_set1_epi32(2 * v as i32));
+                    let low = _mm256_and_si256(z, _mm256_set1_epi32(3));
+                    if B == 2 {
+                        return low;
+                    }
+                    // bit 2 of code j is bit j of the u32 at byte 8
+                    let hb = _mm256_set1_epi32((p.add(8) as *const i32).read_unaligned());
+                    let at = _mm256_add_epi32(
+                        _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+                        _mm256_set1_epi32(8 * v as i32),
+                    );
+                    let high = _mm256_and_si256(_mm256_srlv_epi32(hb, at), _mm256_set1_epi32(1));
+                    _mm256_or_si256(low, _mm256_slli_epi32::<2>(high))
+                }
+                _ => unreachable!(),
+            }
+        }
+    }
+
+    /// `(scale, min)` of group `g` of each of the `R` rows, as f32; prefetches the next
+    /// tile's rows at that group (as in the AVX-512 kernel) and, every 16 groups, their
+    /// parameters.
+    ///
+    /// # Safety
+    /// The CPU has F16C; `codes` and `pars` hold `R` rows of `k` codes of `B` bits in
+    /// groups of `group`, and `g < k / group`.
+    #[inline(always)]
+    unsafe fn group_params<const B: u8, const R: usize>(
+        codes: &[u8],
+        pars: &[half::f16],
+        k: usize,
+        group: usize,
+        g: usize,
+    ) -> [[f32; 2]; R] {
+        let (rb, gpr) = (k * B as usize / 8, k / group);
+        let (cp, pp) = (codes.as_ptr(), pars.as_ptr());
+        let mut dm = [[0f32; 2]; R];
+        for (r, v) in dm.iter_mut().enumerate() {
+            // SAFETY: the caller upholds the contract above; a prefetch never faults, so
+            // running past the matrix's end is harmless.
+            unsafe {
+                *v = params(pp.add(2 * (r * gpr + g)));
+                let ahead = cp.wrapping_add((r + R) * rb + g * group * B as usize / 8);
+                _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
+                if g.is_multiple_of(16) {
+                    let ahead = pp.wrapping_add(2 * ((r + R) * gpr + g));
+                    _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
+                }
+            }
+        }
+        dm
+    }
+
+    /// `p` itself, hidden from the optimiser (an empty `asm!` block it must assume may
+    /// change the pointer and memory): loads through it are not merged with the same loads
+    /// of an earlier row. Merged, every row's activations and (scale, min) stay in
+    /// registers for the next row, and with the accumulators they no longer fit the 16
+    /// registers: the accumulators were spilled, a store and a load in every FMA chain.
+    #[inline(always)]
+    fn opaque<T>(mut p: *const T) -> *const T {
+        // SAFETY: the block is empty: it leaves the register and memory as they are.
+        unsafe { std::arch::asm!("/* {0} */", inout(reg) p, options(nostack, preserves_flags)) };
+        p
+    }
+
+    /// `R` rows times `T` tokens, each 16-lane accumulator in two registers (lanes 0-7,
+    /// 8-15). A block's 32 weights are 4 vectors of 8: vector `v` feeds lanes `8(v % 2)`
+    /// onwards, so vectors 0 and 2 go into the first register in that order and 1 and 3
+    /// into the second, the canonical order; they are taken as 0, 2, 1, 3 (the 4-bit
+    /// nibbles of one load together). Each vector is dequantized and used at once, and a
+    /// row's (scale, min) and activations are loaded again for every row ([`opaque`]), so
+    /// the accumulators and a few temporaries fit the 16 registers. Before (every weight
+    /// vector of a block live at once, activations kept across rows) the accumulators were
+    /// spilled: the 4-bit substitutes of Qwen2.5-0.5B's 24 layers 23.5 -> 16.3 ms at t=1,
+    /// 31.4 -> 23.2 ms at t=2 (docs/BENCHMARKS.md). 8 bits and 3 or more tokens go to
+    /// [`tile_wide`].
+    ///
+    /// # Safety
+    /// The CPU has AVX2, FMA and F16C; otherwise as the AVX-512 `tile`: `codes` holds `R`
+    /// packed rows of `k` codes, `pars` their (scale, min) pairs, `xs` `T` rows of `k` f32,
+    /// and `res` `R * T` values.
+    #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn tile<const B: u8, const R: usize, const T: usize>(
+        codes: &[u8],
+        pars: &[half::f16],
+        xs: &[f32],
+        k: usize,
+        group: usize,
+        res: &mut [f32],
+    ) {
+        // SAFETY: the caller upholds the contract above.
+        unsafe {
+            if B == 8 || T >= 3 {
+                return tile_wide::<B, R, T>(codes, pars, xs, k, group, res);
+            }
+            let rb = k * B as usize / 8;
+            let gpr = k / group;
+            let bb = 4 * B as usize;
+            let (cp, xp) = (codes.as_ptr(), xs.as_ptr());
+            let mut acc = [[[_mm256_setzero_ps(); 2]; T]; R];
+            let bpg = group / 32;
+            for g in 0..gpr {
+                let dm = group_params::<B, R>(codes, pars, k, group, g);
+                for b in g * bpg..(g + 1) * bpg {
+                    let i = 32 * b;
+                    for (r, acc_r) in acc.iter_mut().enumerate() {
+                        let p = cp.add(r * rb + b * bb);
+                        let s = opaque(dm[r].as_ptr());
+                        let (d, m) = (_mm256_broadcast_ss(&*s), _mm256_broadcast_ss(&*s.add(1)));
+                        let x = opaque(xp.add(i));
+                        for v in [0, 2, 1, 3] {
+                            let q = _mm256_cvtepi32_ps(codes8::<B>(p, v));
+                            let w = _mm256_fmadd_ps(q, d, m);
+                            for (j, a) in acc_r.iter_mut().enumerate() {
+                                let xv = _mm256_loadu_ps(x.add(j * k + 8 * v));
+                                a[v % 2] = _mm256_fmadd_ps(w, xv, a[v % 2]);
+                            }
+                        }
+                    }
+                }
+            }
+            for r in 0..R {
+                for j in 0..T {
+                    let mut lanes = [0f32; 16];
+                    _mm256_storeu_ps(lanes.as_mut_ptr(), acc[r][j][0]);
+                    _mm256_storeu_ps(lanes.as_mut_ptr().add(8), acc[r][j][1]);
+                    res[r * T + j] = sum16(&lanes);
+                }
+            }
+        }
+    }
+
+    /// [`tile`] with a block's four weight vectors dequantized first and then multiplied
+    /// (the same values in the same order): for 8-bit codes, whose weight stream is
+    /// memory-bound, and for 3 or more tokens, where the multiplications outnumber the
+    /// dequantization. Measured against [`tile`]'s order (24 layers of Qwen2.5-0.5B's
+    /// shapes, alternating builds): 8 bits 19.5 against 23.4 ms at t=1 and 24.0 against
+    /// 27.7 ms at t=2; 4 bits at t=6 53 against 65 ms; 4 bits at t=1, 2 the other way.
+    ///
+    /// # Safety
+    /// As [`tile`].
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn tile_wide<const B: u8, const R: usize, const T: usize>(
         codes: &[u8],
         pars: &[half::f16],
         xs: &[f32],
@@ -494,21 +611,11 @@ mod avx2 {
             let rb = k * B as usize / 8;
             let gpr = k / group;
             let bb = 4 * B as usize;
-            let (cp, pp, xp) = (codes.as_ptr(), pars.as_ptr(), xs.as_ptr());
+            let (cp, xp) = (codes.as_ptr(), xs.as_ptr());
             let mut acc = [[[_mm256_setzero_ps(); 2]; T]; R];
             let bpg = group / 32;
             for g in 0..gpr {
-                let mut dm = [[0f32; 2]; R];
-                for (r, v) in dm.iter_mut().enumerate() {
-                    *v = params(pp.add(2 * (r * gpr + g)));
-                    // as in the AVX-512 kernel
-                    let ahead = cp.wrapping_add((r + R) * rb + g * bpg * bb);
-                    _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
-                    if g % 16 == 0 {
-                        let ahead = pp.wrapping_add(2 * ((r + R) * gpr + g));
-                        _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
-                    }
-                }
+                let dm = group_params::<B, R>(codes, pars, k, group, g);
                 for b in g * bpg..(g + 1) * bpg {
                     let i = 32 * b;
                     for (r, acc_r) in acc.iter_mut().enumerate() {
@@ -517,9 +624,13 @@ mod avx2 {
                         // w[4h + e]: weights 16h + 8e .. 16h + 8e + 8
                         let mut w = [_mm256_setzero_ps(); 4];
                         for h in 0..2 {
-                            let q = unpack16::<B>(p, h);
-                            let q0 = _mm256_cvtepu8_epi32(q);
-                            let q1 = _mm256_cvtepu8_epi32(_mm_unpackhi_epi64(q, q));
+                            let (q0, q1) = if B == 8 {
+                                let q = _mm_loadu_si128(p.add(16 * h).cast());
+                                let q1 = _mm256_cvtepu8_epi32(_mm_unpackhi_epi64(q, q));
+                                (_mm256_cvtepu8_epi32(q), q1)
+                            } else {
+                                (codes8::<B>(p, 2 * h), codes8::<B>(p, 2 * h + 1))
+                            };
                             w[2 * h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q0), d, m);
                             w[2 * h + 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q1), d, m);
                         }

@@ -538,11 +538,15 @@ fn token_tile(isa: Isa, widen: bool) -> usize {
 const AVX2_TT: usize = 3;
 
 /// How many weight rows one tile takes for `tt` tokens (`remaining` rows left): as many
-/// as keep the tile's accumulators in registers (32 on AVX-512, 16 on AVX2).
+/// as keep the tile's accumulators in registers (32 on AVX-512, 16 on AVX2). Two tokens on
+/// AVX2 take 4 rows in `avx2::tile` (16 accumulators, the next tile's rows prefetched), not
+/// 6 in `tile_halves` (12): the draft's f16 lm_head over a width-2 frontier streams 272 MB
+/// from memory, 15.5 -> 13.0 ms (`examples`-style loop, alternating builds); in cache,
+/// compute-bound, the halves were faster (4864x896: 0.17 against 0.23 ms), but a forward's
+/// weights come from memory.
 fn tile_rows(isa: Isa, tt: usize, remaining: usize) -> usize {
     let want = match (isa, tt) {
         (Isa::Avx2, 1) => 8,
-        (Isa::Avx2, 2) => 6,
         (Isa::Avx2, _) => 4,
         (_, 1) => 8,
         (_, 2..=6) => 4,
@@ -579,7 +583,6 @@ fn dot_tile(
                     match (rr, tt) {
                         (8, 1) => $m::tile::<8, 1>(dtype, rows, xs, k, res),
                         (4, 2) => $m::tile::<4, 2>(dtype, rows, xs, k, res),
-                        (6, 2) => $m::tile::<6, 2>(dtype, rows, xs, k, res),
                         (4, 1) => $m::tile::<4, 1>(dtype, rows, xs, k, res),
                         (4, 3) => $m::tile::<4, 3>(dtype, rows, xs, k, res),
                         (4, 4) => $m::tile::<4, 4>(dtype, rows, xs, k, res),
@@ -616,9 +619,7 @@ fn dot_tile(
         }
         match (isa, rr, tt) {
             (Isa::Avx512, ..) => return dispatch!(avx512),
-            (Isa::Avx2, 6, 2) => return halves!(6, 2),
             (Isa::Avx2, 4, 3) => return halves!(4, 3),
-            (Isa::Avx2, 4, 2) => return halves!(4, 2),
             (Isa::Avx2, 4, 1) => return halves!(4, 1),
             (Isa::Avx2, ..) => return dispatch!(avx2),
             (Isa::Portable, ..) => {}
@@ -1226,7 +1227,6 @@ mod tests {
                     (8, 1),
                     (4, 1),
                     (4, 2),
-                    (6, 2),
                     (4, 3),
                     (4, 6),
                     (2, 9),

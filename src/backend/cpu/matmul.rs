@@ -41,10 +41,12 @@ const WIDE_TT: usize = 6;
 /// Batches above this many tokens widen each row chunk to f32 once (see `linear`): more
 /// than one token tile. On AVX2 (3-token tiles) a chunk of f16 rows converted again for
 /// every tile cost twice the widened product from 4 tokens on (lm_head at 6 and 12
-/// tokens: 38 and 65 ms converted per tile, against 56 ms for 17 tokens widened).
+/// tokens: 38 and 65 ms converted per tile, against 56 ms for 17 tokens widened), and at 3
+/// tokens one unprefetched `tile_halves` pass lost to the blocked product too (the f16
+/// lm_head 20 -> 17 ms, 4864x896 in cache 0.51 -> 0.35 ms): AVX2 widens from 3 tokens on.
 fn widen_above(isa: Isa) -> usize {
     match isa {
-        Isa::Avx2 => AVX2_TT,
+        Isa::Avx2 => 2,
         _ => MAX_TT,
     }
 }
@@ -1183,9 +1185,12 @@ mod tests {
         for isa in crate::util::isa::supported_isas() {
             let mut batch = vec![0f32; t_count * n];
             linear_on(isa, &x, t_count, &wt, Some(&bias), &mut batch);
-            let mut first = vec![0f32; 13 * n];
-            linear_on(isa, &x[..13 * k], 13, &wt, Some(&bias), &mut first);
-            assert_eq!(&batch[..13 * n], &first[..], "{isa:?} 13 tokens");
+            // 2 and 3 tokens: the smallest batches, one row-tile kernel and the blocked one
+            for tn in [2, 3, 13] {
+                let mut first = vec![0f32; tn * n];
+                linear_on(isa, &x[..tn * k], tn, &wt, Some(&bias), &mut first);
+                assert_eq!(&batch[..tn * n], &first[..], "{isa:?} {tn} tokens");
+            }
             for t in 0..t_count {
                 let mut single = vec![0f32; n];
                 linear_on(

@@ -8,10 +8,10 @@
 //! kernel keeps the 16 lanes in one register and, below 8 bits, computes the group's
 //! `fma(c, scale, min)` for all codes `c` once and looks weights up with `vpermps` (the
 //! same values); the AVX2 kernel keeps the lanes in two registers and converts codes; the
-//! portable code uses an array: the same values and operations, so the same bits. Tiles of several rows and tokens only
-//! interleave independent dot products (one dequantized weight vector feeds every token
-//! of the tile); they never change the order inside one, so a token's output is
-//! bit-identical whatever else is in the batch.
+//! portable code uses an array: the same values and operations, so the same bits. Tiles
+//! of several rows and tokens only interleave independent dot products (one dequantized
+//! weight vector feeds every token of the tile); they never change the order inside one,
+//! so a token's output is bit-identical whatever else is in the batch.
 
 use rayon::prelude::*;
 
@@ -231,27 +231,6 @@ fn sum16(acc: &[f32; 16]) -> f32 {
     (c[0] + c[2]) + (c[1] + c[3])
 }
 
-/// Code unpacking shared by the x86 kernels (SSE2/SSSE3 only; inlined into them).
-#[cfg(target_arch = "x86_64")]
-mod x86 {
-    use std::arch::x86_64::*;
-
-    /// `(scale, min)` of the group at `p` (two f16), as f32.
-    ///
-    /// # Safety
-    /// The CPU has F16C and `p` is valid for reads of two `f16`.
-    #[inline(always)]
-    pub unsafe fn params(p: *const half::f16) -> [f32; 2] {
-        // SAFETY: the caller upholds the contract above.
-        unsafe {
-            let v = _mm_cvtph_ps(_mm_cvtsi32_si128((p as *const i32).read_unaligned()));
-            let mut t = [0f32; 4];
-            _mm_storeu_ps(t.as_mut_ptr(), v);
-            [t[0], t[1]]
-        }
-    }
-}
-
 // AVX-512 intrinsics are stable since Rust 1.89: Cargo.toml's `rust-version` must say so.
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
@@ -423,7 +402,21 @@ mod avx2 {
     use std::arch::x86_64::*;
 
     use super::sum16;
-    use super::x86::params;
+
+    /// `(scale, min)` of the group at `p` (two f16), as f32.
+    ///
+    /// # Safety
+    /// The CPU has F16C and `p` is valid for reads of two `f16`.
+    #[inline(always)]
+    unsafe fn params(p: *const half::f16) -> [f32; 2] {
+        // SAFETY: the caller upholds the contract above.
+        unsafe {
+            let v = _mm_cvtph_ps(_mm_cvtsi32_si128((p as *const i32).read_unaligned()));
+            let mut t = [0f32; 4];
+            _mm_storeu_ps(t.as_mut_ptr(), v);
+            [t[0], t[1]]
+        }
+    }
 
     /// Codes `8v .. 8v + 8` of the block at `p` as 8 lanes of `i32`, for `v` in `0..4`.
     /// Each is one 8-byte load widened by `vpmovzxbd`, then a shift or mask: no code is

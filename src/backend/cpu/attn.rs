@@ -4,7 +4,7 @@
 //! 1. `score[j] = d * scale`, `d` one chain over the head's dimensions in order:
 //!    `d = fma(q[i], k_j[i], d)` for `i = 0..head_dim`, from `d = 0`;
 //! 2. `m = max(score)` (exact in any order);
-//! 3. `e[j] = exp(score[j] - m)` by [`exp`](super::math::exp) (Cephes' single-precision polynomial with
+//! 3. `e[j] = exp(score[j] - m)` by [`exp`] (Cephes' single-precision polynomial with
 //!    FMA steps: within ~1 ulp, and the same operations in every kernel);
 //! 4. `sum`: partial sums `part[j % 8] += e[j]` over the whole blocks of 8 slots in order,
 //!    `sum8(part)`, then the tail slots added in order;

@@ -80,7 +80,10 @@ pub fn accept(
     }
 }
 
-/// [`accept`] with rows from `rows`, asked for only as the walk reaches each node.
+/// Walks `tree` with the target's rows from `rows` (row `n`: the distribution after node
+/// `n`), each asked for only as the walk reaches its node. The root's successor is the
+/// token at absolute position `position`. Emits at most `max_tokens` (>= 1) tokens and
+/// stops after one `is_eos` says ends the sequence.
 pub fn accept_from(
     tree: &Tree,
     rows: &mut impl NodeLogits,

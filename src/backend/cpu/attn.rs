@@ -141,7 +141,7 @@ fn sum8(a: &[f32; 8]) -> f32 {
     ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]))
 }
 
-/// The scalar reference of [`attend`].
+/// The scalar reference of [`attend_rows`] for one head over its list of slots.
 fn portable<T: KvElem>(
     q: &[f32],
     kv: KvHead<'_, T>,
@@ -188,7 +188,7 @@ mod avx2 {
     use super::super::math::avx2::exp8;
     use super::{key_at, KvElem, KvHead, Row, TILE};
 
-    /// The lanes of `v` summed in [`sum8`]'s order: `b = lo + hi` is `[a0 + a4, a1 + a5,
+    /// The lanes of `v` summed in [`sum8`](super::sum8)'s order: `b = lo + hi` is `[a0 + a4, a1 + a5,
     /// a2 + a6, a3 + a7]`, then `(b0 + b2) + (b1 + b3)`.
     #[inline(always)]
     unsafe fn hsum(v: __m256) -> f32 {

@@ -9,6 +9,10 @@ bash scripts/fetch-models.sh
 bash scripts/fetch-models.sh --dtype f32 --out models/f32
 cargo fmt --check
 cargo clippy --release --all-targets -- -D warnings
+# Docs: the public API's build without warnings, and no intra-doc link is broken in the
+# private items' either.
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps -p subspec
+RUSTDOCFLAGS="-D rustdoc::broken_intra_doc_links" cargo doc --no-deps --document-private-items -p subspec
 # CUDA kernels: the committed PTX is what the pinned NVRTC makes of kernels/*.cu, and ptxas
 # accepts it for sm_80 and sm_90 (installs the pinned NVRTC/ptxas wheels from PyPI).
 bash scripts/check-kernels.sh

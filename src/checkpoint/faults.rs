@@ -1,8 +1,8 @@
 //! Fault injection on the slow tier's reads, for tests (`subspec::internals::faults`):
 //! make the next reads of a model file fail with EIO, come back short, or block for a
 //! while, at a chosen point of a streamed pass. Every read of
-//! [`read_group`](super::direct::read_group) (one per tensor: the streamer's, and the
-//! load's of resident weights) asks [`take`] first; with nothing armed that is one atomic
+//! `checkpoint::direct::read_group` (one per tensor: the streamer's, and the
+//! load's of resident weights) asks `take` first; with nothing armed that is one atomic
 //! load.
 //!
 //! The plan is process-wide: a test binary that injects faults must not run other

@@ -13,7 +13,7 @@
 //!   fields beyond them; a `struct_size` of 0 or below the first published layout is
 //!   `INVALID_ARGUMENT`; a larger one (a newer caller) is accepted only if every byte the
 //!   library does not know is zero, since a set field it cannot honour must not be ignored;
-//! - **outputs** ([`write`]): the library writes only `min(struct_size, known)` bytes and
+//! - **outputs** ([`write()`]): the library writes only `min(struct_size, known)` bytes and
 //!   stores that number in `struct_size`, so a newer caller sees which fields were filled;
 //! - a field added later has zero as its default (an older library's `_init` leaves it
 //!   zero); no struct has trailing padding (checked at compile time: a field added later

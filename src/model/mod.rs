@@ -262,7 +262,7 @@ impl<B: Backend> Model<B> {
     }
 
     /// [`Model::forward_at`] up to the last decoder layer: the residual stream of the
-    /// batch, `(tokens.len(), hidden)`, for [`Model::logits`] to finish.
+    /// batch, `(tokens.len(), hidden)`, for `Model::logits` to finish.
     pub fn forward_hidden(
         &self,
         cache: &mut KvCache<B>,

@@ -5,7 +5,7 @@
 //! consecutive weights along the input dimension, `w ≈ q * scale + min` per group with
 //! `q` an integer code in `0..2^bits`. [`QuantMethod::Hqq`] refines each group's zero-point
 //! with HQQ's half-quadratic solver (training-free, no calibration data), as the SubSpec
-//! authors do; [`QuantMethod::Rtn`] is plain round-to-nearest. [`qlinear`] multiplies
+//! authors do; [`QuantMethod::Rtn`] is plain round-to-nearest. [`qlinear()`] multiplies
 //! activations by a substitute without materialising it, batch-invariantly.
 
 mod format;

@@ -53,8 +53,8 @@ fn widen_above(isa: Isa) -> usize {
 
 /// `out[t * n + o] = dot(w[o], x[t]) (+ bias[o])` for `x` of `t_count` rows of `k`.
 ///
-/// With more tokens than one tile holds ([`widen_above`]), the f16/bf16 rows are widened
-/// to f32 (exact) once ([`linear_widened`]), so the conversion is not repeated for every
+/// With more tokens than one tile holds (`widen_above`), the f16/bf16 rows are widened
+/// to f32 (exact) once (`linear_widened`), so the conversion is not repeated for every
 /// token tile; the products are the same FMAs on the same f32 values either way, so this
 /// does not change a single bit.
 pub fn linear(x: &[f32], t_count: usize, w: &HostTensor, bias: Option<&[f32]>, out: &mut [f32]) {

@@ -914,10 +914,10 @@ impl Engine {
     /// batching). Each sequence's statistics count the whole shared pass as its
     /// verification time. The sequences whose trees have
     /// [`auto_depth`](crate::TreeParams::auto_depth) choose one depth together
-    /// (`spec::tune::best_batch_depth`): the one that maximises the expected tokens per second
-    /// of the whole batch, whose target pass grows with every tree in it (so trees get
-    /// shallower as the batch grows where verification is compute-bound). A batch of one
-    /// is that sequence's [`Sequence::step`].
+    /// (`spec::tune::best_batch_depth`): the one that maximises the expected tokens per
+    /// second of the whole batch, whose target pass grows with every tree in it (so trees
+    /// get shallower as the batch grows where verification is compute-bound). A batch of
+    /// one is that sequence's [`Sequence::step`].
     /// The call itself fails only when `opts` does not have one entry per sequence or a
     /// sequence belongs to another engine.
     pub fn step_batch(

@@ -188,8 +188,8 @@ mod avx2 {
     use super::super::math::avx2::exp8;
     use super::{key_at, KvElem, KvHead, Row, TILE};
 
-    /// The lanes of `v` summed in [`sum8`](super::sum8)'s order: `b = lo + hi` is `[a0 + a4, a1 + a5,
-    /// a2 + a6, a3 + a7]`, then `(b0 + b2) + (b1 + b3)`.
+    /// The lanes of `v` summed in [`sum8`](super::sum8)'s order: `b = lo + hi` is
+    /// `[a0 + a4, a1 + a5, a2 + a6, a3 + a7]`, then `(b0 + b2) + (b1 + b3)`.
     #[inline(always)]
     unsafe fn hsum(v: __m256) -> f32 {
         // SAFETY: plain register operations (the caller has AVX2).

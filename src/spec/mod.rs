@@ -37,9 +37,9 @@ pub struct TreeParams {
     /// Choose each iteration's depth, `0` (a plain step) included, to maximise expected
     /// tokens per second: from the engine's measured costs (a draft step at `width`, a
     /// target pass over the tree's tokens: [`Engine::tree_costs`], measured once, at the
-    /// first such step) and the sequence's acceptance by depth so far (`spec::tune`). `depth`
-    /// stays the maximum. Steps only ([`Sequence::step`]); a host-sampled iteration
-    /// drafts `depth` levels as given.
+    /// first such step) and the sequence's acceptance by depth so far (`spec::tune`).
+    /// `depth` stays the maximum. Steps only ([`Sequence::step`]); a host-sampled
+    /// iteration drafts `depth` levels as given.
     ///
     /// [`Engine::tree_costs`]: crate::Engine::tree_costs
     /// [`Sequence::step`]: crate::Sequence::step

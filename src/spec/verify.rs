@@ -59,10 +59,8 @@ impl NodeLogits for AllRows<'_> {
     }
 }
 
-/// Walks `tree` with the target's `logits` (`tree.len()` rows of `vocab`, row `n` the
-/// distribution after node `n`). The root's successor is the token at absolute position
-/// `position`. Emits at most `max_tokens` (>= 1) tokens and stops after one `is_eos` says
-/// ends the sequence.
+/// [`accept_from`] with every row given up front: `logits` holds `tree.len()` rows of
+/// `vocab`.
 #[cfg(test)]
 pub fn accept(
     tree: &Tree,

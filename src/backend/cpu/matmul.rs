@@ -16,11 +16,11 @@ use crate::util::isa::{isa, Isa};
 
 /// A raw output pointer shared by tasks that write disjoint elements.
 #[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
+pub(crate) struct OutPtr(pub(crate) *mut f32);
 
 impl OutPtr {
     /// The pointer (a method, so closures capture the `Send` wrapper, not the field).
-    fn get(self) -> *mut f32 {
+    pub(crate) fn get(self) -> *mut f32 {
         self.0
     }
 }
@@ -83,7 +83,13 @@ fn linear_on(
     // products are those of the dequantized model's f32 weights).
     if dtype.is_quantized() || (t_count > widen_above(isa) && dtype != DType::F32) {
         if isa == Isa::Avx2 {
-            return linear_avx2(x, t_count, dtype, wb, n, bias, out);
+            let rows = Dense {
+                dtype,
+                wb,
+                row_bytes,
+                n,
+            };
+            return blocked_avx2(x, t_count, &rows, bias, out);
         }
         return linear_widened(isa, x, t_count, dtype, wb, n, bias, out);
     }
@@ -201,7 +207,7 @@ fn rows_product(
 
 thread_local! {
     /// Per-thread buffers (kept, so they are not re-faulted per task): widened weight rows,
-    /// and the lanes of [`linear_avx2`]'s outputs between its blocks.
+    /// and the lanes of [`blocked_avx2`]'s outputs between its blocks.
     static SCRATCH: std::cell::RefCell<(Vec<f32>, Vec<f32>)> =
         const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
     /// Per-thread dequantized rows before [`pack_tile`].
@@ -231,38 +237,123 @@ fn pack_tile(
     }
 }
 
-/// Most elements of a row one pass of [`linear_avx2`] takes: 4 rows' block is 16 KiB.
+/// Most elements of a row one pass of [`blocked_avx2`] takes: 4 rows' block is 16 KiB.
 const KC: usize = 1024;
-/// Most tokens one pass of [`linear_avx2`] takes: their activations' block (64 x 1024 f32,
+/// Most tokens one pass of [`blocked_avx2`] takes: their activations' block (64 x 1024 f32,
 /// 256 KiB) stays in L2 while every row tile of a task passes over it.
 const TOKEN_BLOCK: usize = 64;
 
-/// [`linear`] on AVX2 for the `n` rows of `dtype` in `wb`, widened to f32. The product is
-/// blocked as a GEMM is: a task's chunk of rows takes the tokens in blocks of at most
-/// [`TOKEN_BLOCK`] and the rows' elements in blocks of at most [`KC`]; for each pair, every
-/// row tile of 4 widens its block (16 KiB, in L1) and every token tile passes over it,
-/// while the activations' block stays in L2 for all the row tiles. Row tiles and token
-/// tiles are laid out by [`pack_tile`], so each half of a tile's block is one sequential
-/// stream (rows of 4864 elements, Qwen's down projection, read as 7 streams of 1.9 KiB per
-/// block ran at 58% of the FMA peak where 896 ran at 75%). Each output's 16 lanes wait in
-/// memory between blocks; they see the same FMAs in the same order, so the bits are
-/// [`rows_product`]'s. The raw bytes of the next row tile's block are prefetched
-/// meanwhile, so that widening them does not wait on memory (a forward's weights come
-/// from DRAM).
-#[allow(clippy::too_many_arguments)]
-fn linear_avx2(
+/// Weight rows as [`blocked_avx2`] reads them: a row tile's block of elements widened to
+/// f32 at a time. f16/bf16/f32 and GGUF rows ([`Dense`]) and the quantized substitutes
+/// (`quant::qlinear`) implement it; the product's order is the same for all.
+pub(crate) trait TileRows: Sync {
+    /// How many rows.
+    fn rows(&self) -> usize;
+    /// Blocks of elements start on multiples of this (16, or whole quantization blocks).
+    fn align(&self) -> usize;
+    /// The bytes prefetched ahead of widening.
+    fn raw(&self) -> &[u8];
+    /// Where the elements `cols` of row `r` lie in [`raw`](TileRows::raw).
+    fn raw_range(&self, r: usize, cols: &std::ops::Range<usize>) -> std::ops::Range<usize>;
+    /// Elements `cols` of the [`WIDE_ROWS`] rows from `r0` on widened to f32 in `dst` (4
+    /// rows of `k`): the body's elements laid out by [`pack_tile`], each row's tail (if
+    /// `cols` reaches it) after the 4 bodies.
+    fn widen(&self, r0: usize, cols: std::ops::Range<usize>, dst: &mut [f32]);
+    /// The outputs of the rows `rows` (the rows of a chunk after its whole row tiles, or
+    /// rows with no block of 16) for every token of `x`, written through `ptr` (`n` per
+    /// token), each plus its bias.
+    #[allow(clippy::too_many_arguments)]
+    fn rest(
+        &self,
+        x: &[f32],
+        t_count: usize,
+        rows: std::ops::Range<usize>,
+        bias: Option<&[f32]>,
+        ptr: OutPtr,
+        n: usize,
+    );
+}
+
+/// The `n` rows of `dtype` in `wb` (`row_bytes` each), for [`blocked_avx2`].
+struct Dense<'a> {
+    dtype: DType,
+    wb: &'a [u8],
+    row_bytes: usize,
+    n: usize,
+}
+
+impl TileRows for Dense<'_> {
+    fn rows(&self) -> usize {
+        self.n
+    }
+
+    fn align(&self) -> usize {
+        match self.dtype {
+            DType::Quant(t) => t.block_size().next_multiple_of(16),
+            _ => 16,
+        }
+    }
+
+    fn raw(&self) -> &[u8] {
+        self.wb
+    }
+
+    fn raw_range(&self, r: usize, cols: &std::ops::Range<usize>) -> std::ops::Range<usize> {
+        let at = |c| r * self.row_bytes + self.dtype.bytes_for(c).expect("whole blocks");
+        at(cols.start)..at(cols.end)
+    }
+
+    fn widen(&self, r0: usize, cols: std::ops::Range<usize>, dst: &mut [f32]) {
+        widen_cols(self.dtype, self.wb, self.row_bytes, r0, cols, dst)
+    }
+
+    fn rest(
+        &self,
+        x: &[f32],
+        t_count: usize,
+        rows: std::ops::Range<usize>,
+        bias: Option<&[f32]>,
+        ptr: OutPtr,
+        n: usize,
+    ) {
+        widened_product(
+            Isa::Avx2,
+            x,
+            t_count,
+            self.dtype,
+            self.wb,
+            rows,
+            bias,
+            ptr,
+            n,
+        )
+    }
+}
+
+/// `out[t * n + o] = dot(row o, x[t]) (+ bias[o])` on AVX2 for the `n` rows of `w`,
+/// widened to f32. The product is blocked as a GEMM is: a task's chunk of rows takes the
+/// tokens in blocks of at most [`TOKEN_BLOCK`] and the rows' elements in blocks of at most
+/// [`KC`]; for each pair, every row tile of 4 widens its block (16 KiB, in L1) and every
+/// token tile passes over it, while the activations' block stays in L2 for all the row
+/// tiles. Row tiles and token tiles are laid out by [`pack_tile`], so each half of a
+/// tile's block is one sequential stream (rows of 4864 elements, Qwen's down projection,
+/// read as 7 streams of 1.9 KiB per block ran at 58% of the FMA peak where 896 ran at
+/// 75%). Each output's 16 lanes wait in memory between blocks; they see the same FMAs in
+/// the same order, so the bits are [`rows_product`]'s. The raw bytes of the next row
+/// tile's block are prefetched meanwhile, so that widening them does not wait on memory
+/// (a forward's weights come from DRAM). Only called on a CPU with AVX2, FMA and F16C.
+pub(crate) fn blocked_avx2<W: TileRows>(
     x: &[f32],
     t_count: usize,
-    dtype: DType,
-    wb: &[u8],
-    n: usize,
+    w: &W,
     bias: Option<&[f32]>,
     out: &mut [f32],
 ) {
     const R: usize = WIDE_ROWS;
     const TT: usize = AVX2_TT;
+    let n = w.rows();
     let k = x.len() / t_count;
-    let row_bytes = dtype.bytes_for(k).expect("whole blocks");
+    assert_eq!(out.len(), t_count * n, "blocked product: output size");
     let body = k - k % 16;
     // the activations' bodies as token tiles of 3 (the last maybe fewer) laid out by
     // `pack_tile`, tile `i` from token 3i on; in parallel only when the copy costs more
@@ -283,10 +374,7 @@ fn linear_avx2(
     let xp = &*xp;
     // blocks of elements as even as whole 16s (and whole quantization blocks) allow, and
     // of tokens as even as whole token tiles allow
-    let align = match dtype {
-        DType::Quant(t) => t.block_size().next_multiple_of(16),
-        _ => 16,
-    };
+    let align = w.align();
     let kc = body
         .div_ceil(body.div_ceil(KC).max(1))
         .next_multiple_of(align)
@@ -299,6 +387,7 @@ fn linear_avx2(
         .div_ceil(t_count.div_ceil(TOKEN_BLOCK))
         .next_multiple_of(TT);
     let ptr = OutPtr(out.as_mut_ptr());
+    let wb = w.raw();
     (0..n.div_ceil(ROW_CHUNK)).into_par_iter().for_each(|c| {
         let rows = c * ROW_CHUNK..((c + 1) * ROW_CHUNK).min(n);
         // whole row tiles go blocked; the rest (and rows without a block of 16) widened
@@ -306,11 +395,7 @@ fn linear_avx2(
         let rest = rows.start + tiles * R..rows.end;
         // the raw bytes of elements `cols` of the row tile from row `r` on
         let raw = |r: usize, cols: &std::ops::Range<usize>| {
-            let (b0, b1) = (dtype.bytes_for(cols.start), dtype.bytes_for(cols.end));
-            std::array::from_fn(|i| {
-                let at = (r + i) * row_bytes;
-                at + b0.unwrap()..at + b1.unwrap()
-            })
+            std::array::from_fn(|i| w.raw_range(r + i, cols))
         };
         SCRATCH.with_borrow_mut(|(scratch, lanes)| {
             let scratch = aligned(scratch, R * k);
@@ -329,7 +414,7 @@ fn linear_avx2(
                         let r0 = rows.start + q * R;
                         // the block of the row tile, the last one with the rows' tails
                         let cols = block.start..if last { k } else { block.end };
-                        widen_cols(dtype, wb, row_bytes, r0, cols, scratch);
+                        w.widen(r0, cols, scratch);
                         // the next row tile's block, or the first row tile's next block
                         let next: Option<[_; R]> = match (q + 1 < tiles, blocks.get(b + 1)) {
                             (true, _) => Some(raw(r0 + R, block)),
@@ -350,7 +435,7 @@ fn linear_avx2(
             }
         });
         if !rest.is_empty() {
-            widened_product(Isa::Avx2, x, t_count, dtype, wb, rest, bias, ptr, n);
+            w.rest(x, t_count, rest, bias, ptr, n);
         }
     });
 }
@@ -362,7 +447,7 @@ fn aligned(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
     &mut v[skip..skip + len]
 }
 
-/// The tokens `t0..t0 + tn` of [`linear_avx2`]: their bodies laid out as its token tiles
+/// The tokens `t0..t0 + tn` of [`blocked_avx2`]: their bodies laid out as its token tiles
 /// (`xs`), and as they came (`x`, for the tails).
 struct Tokens<'a> {
     t0: usize,
@@ -371,7 +456,7 @@ struct Tokens<'a> {
     x: &'a [f32],
 }
 
-/// Where [`linear_avx2`] writes the outputs of the row tile from row `r0` on.
+/// Where [`blocked_avx2`] writes the outputs of the row tile from row `r0` on.
 #[derive(Clone, Copy)]
 struct Out<'a> {
     ptr: OutPtr,
@@ -380,9 +465,8 @@ struct Out<'a> {
     bias: Option<&'a [f32]>,
 }
 
-/// Elements `cols` of the row tile of 4 rows from row `r0` on (of `dtype`, `row_bytes`
-/// each, in `wb`) widened to f32 in `dst` (4 rows of the row length): the body's elements
-/// laid out by [`pack_tile`], each row's tail (if `cols` reaches it) after the 4 bodies.
+/// [`TileRows::widen`] of the 4 rows from row `r0` on (of `dtype`, `row_bytes` each, in
+/// `wb`).
 fn widen_cols(
     dtype: DType,
     wb: &[u8],
@@ -409,7 +493,7 @@ fn widen_cols(
             continue;
         }
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: only called on AVX2/FMA/F16C (`linear_avx2`); `bytes` holds the elements
+        // SAFETY: only called on AVX2/FMA/F16C (`blocked_avx2`); `bytes` holds the elements
         // `cols` of a row of `k`, and `dst` 4 rows of `k`.
         unsafe {
             avx2::widen_cols(dtype, bytes(r0 + r), cols.clone(), r, k, dst)
@@ -458,7 +542,7 @@ fn row_tile_block(
                 stride: o.n,
                 bias: o.bias.map(|b| &b[o.r0..o.r0 + R]),
             });
-            // SAFETY: this is only called on AVX2/FMA/F16C (`linear_avx2`); `rows` holds R
+            // SAFETY: this is only called on AVX2/FMA/F16C (`blocked_avx2`); `rows` holds R
             // rows' bodies, `xs` tt tokens' bodies, the block is inside the body, `l` R *
             // tt * 16 lanes; `fin` writes outputs (t0 + t.., r0..r0 + R) of `out`, which
             // only the task owning these rows writes.

@@ -12,8 +12,9 @@ use std::sync::Arc;
 use common::values;
 
 use subspec::internals::matmul::linear;
+use subspec::internals::matmul::qlinear;
 use subspec::internals::substitute_bytes;
-use subspec::internals::{qlinear, QMatrix};
+use subspec::internals::QMatrix;
 use subspec::internals::{AlignedBuf, Storage};
 use subspec::internals::{DType, HostTensor};
 use subspec::{QuantConfig, QuantMethod};

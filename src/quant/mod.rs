@@ -12,8 +12,10 @@ mod format;
 mod hqq;
 mod qlinear;
 
+pub(crate) use format::BLOCK;
 pub use format::{substitute_bytes, QMatrix};
 pub use qlinear::qlinear;
+pub(crate) use qlinear::{dequant_tile, qlinear_isa, qlinear_rows};
 
 use crate::error::{Error, Result};
 

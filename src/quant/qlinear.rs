@@ -11,29 +11,39 @@
 //! portable code uses an array: the same values and operations, so the same bits. Tiles
 //! of several rows and tokens only interleave independent dot products (one dequantized
 //! weight vector feeds every token of the tile); they never change the order inside one,
-//! so a token's output is bit-identical whatever else is in the batch. From
-//! [`BLOCKED_FROM`] tokens on, AVX2 dequantizes a row tile's block into f32 once and runs
-//! the dense blocked product over it, again in that order.
+//! so a token's output is bit-identical whatever else is in the batch. [`dequant_tile`]
+//! gives the same values to the dense blocked product of `backend::cpu::matmul`, which
+//! runs them in that order too.
 
 use rayon::prelude::*;
 
 use super::format::{block_bytes, unpack_block, QMatrix, BLOCK};
-use crate::backend::cpu::matmul::{blocked_avx2, OutPtr, TileRows};
 use crate::util::isa::{isa, Isa};
+
+/// A raw output pointer shared by tasks that write disjoint elements.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: tasks write disjoint (row-chunk) columns of the output; see `qlinear_isa`.
+unsafe impl Send for OutPtr {}
+// SAFETY: as above: no two tasks write the same element.
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// The pointer (a method, so that closures capture the whole `Sync` wrapper).
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
 
 /// Rows of `w` handed to one task.
 const ROW_CHUNK: usize = 32;
 /// Most tokens in one tile.
 const MAX_TT: usize = 6;
-/// From this many tokens on, AVX2 dequantizes each row tile's block once into f32 and runs
-/// the dense blocked product over it ([`Blocked`]) instead of dequantizing every weight
-/// again for each token tile. Qwen2.5-0.5B's 24 layers of 4-bit substitutes, alternating
-/// the two in one process (ms, tiles against blocked): t=4 30 / 37, t=5 35 / 40, t=6 53 /
-/// 45, t=8 61 / 53, t=16 136 / 92; 8 bits: t=5 43 / 43, t=6 50 / 46.
-const BLOCKED_FROM: usize = 6;
 
 /// `out[t * rows + o] = dot(dequant(w row o), x[t]) (+ bias[o])` for `x` of `t_count` rows
-/// of `w.cols()`. Batch-invariant: see the module documentation.
+/// of `w.cols()`. Batch-invariant: see the module documentation. (The CPU backend runs
+/// `backend::cpu::matmul::qlinear`, which hands batches of 6 or more tokens on AVX2 to
+/// the dense blocked product over [`dequant_tile`]'s values: the same bits.)
 pub fn qlinear(x: &[f32], t_count: usize, w: &QMatrix, bias: Option<&[f32]>, out: &mut [f32]) {
     qlinear_isa(isa(), x, t_count, w, bias, out)
 }
@@ -56,19 +66,51 @@ pub(crate) fn qlinear_isa(
     if n == 0 || t_count == 0 {
         return;
     }
-    if isa == Isa::Avx2 && t_count >= BLOCKED_FROM {
-        return blocked_avx2(x, t_count, &Blocked(w), bias, out);
-    }
     let ptr = OutPtr(out.as_mut_ptr());
     let chunks = n.div_ceil(ROW_CHUNK);
     (0..chunks).into_par_iter().for_each(|c| {
         let rows = c * ROW_CHUNK..((c + 1) * ROW_CHUNK).min(n);
-        rows_product(isa, w, rows, x, t_count, bias, ptr);
+        rows_product(isa, w, rows, x, t_count, bias, ptr, (n, 0));
     });
 }
 
-/// The outputs of the rows `rows` of `w` for every token of `x`, written through `ptr`
-/// (`w.rows()` per token), in tiles of rows and tokens.
+/// [`qlinear_isa`] of the rows `rows` of `w` alone: `out[t * rows.len() + i] = dot(row
+/// rows.start + i, x[t])`, no bias. One task.
+pub(crate) fn qlinear_rows(
+    isa: Isa,
+    x: &[f32],
+    t_count: usize,
+    w: &QMatrix,
+    rows: std::ops::Range<usize>,
+    out: &mut [f32],
+) {
+    assert!(
+        rows.end <= w.rows(),
+        "qlinear_rows: rows outside the matrix"
+    );
+    assert_eq!(
+        x.len(),
+        t_count * w.cols(),
+        "qlinear_rows: activations size"
+    );
+    assert_eq!(out.len(), t_count * rows.len(), "qlinear_rows: output size");
+    let layout = (rows.len(), rows.start);
+    rows_product(
+        isa,
+        w,
+        rows,
+        x,
+        t_count,
+        None,
+        OutPtr(out.as_mut_ptr()),
+        layout,
+    );
+}
+
+/// The outputs of the rows `rows` of `w` for every token of `x`, in tiles of rows and
+/// tokens: row `o`, token `t` is written at `ptr + t * stride + o - first` for `(stride,
+/// first) = layout`.
+#[allow(clippy::too_many_arguments)]
 fn rows_product(
     isa: Isa,
     w: &QMatrix,
@@ -77,8 +119,9 @@ fn rows_product(
     t_count: usize,
     bias: Option<&[f32]>,
     ptr: OutPtr,
+    (stride, first): (usize, usize),
 ) {
-    let (n, k) = (w.rows(), w.cols());
+    let k = w.cols();
     // Token tiles of equal size: 8 tokens as 4 + 4, not 6 + 2 (a 2-token tile converts
     // codes for little work; the draft's 24 layers at 8 tokens on AVX2: 83 -> 73 ms,
     // `cargo bench --bench kernels`). Tiles of at most 4 lost at 6 tokens (51 -> 61 ms).
@@ -96,9 +139,10 @@ fn rows_product(
                 let o = r + i;
                 let b = bias.map_or(0.0, |b| b[o]);
                 for j in 0..tt {
-                    // SAFETY: (t + j, o) is inside `out` (t + j < t_count, o < n), and
-                    // only the task owning row chunk `o / ROW_CHUNK` writes column `o`.
-                    unsafe { *ptr.get().add((t + j) * n + o) = res[i * tt + j] + b };
+                    // SAFETY: the callers hand a `ptr` with room for `t_count` rows of
+                    // `stride` from column `first` (`qlinear_isa`: the whole output, whose
+                    // column `o` only the task owning row chunk `o / ROW_CHUNK` writes).
+                    unsafe { *ptr.get().add((t + j) * stride + o - first) = res[i * tt + j] + b };
                 }
             }
             r += rr;
@@ -107,70 +151,38 @@ fn rows_product(
     }
 }
 
-/// The rows of a [`QMatrix`] for the dense blocked product on AVX2
-/// ([`blocked_avx2`]): each row tile's block of elements is dequantized to the values
-/// [`dot_portable`] uses, `fma(q, scale, min)`, and the dense kernel's FMAs over them run
-/// in the canonical order, so the bits are the tiles' own. Each weight is dequantized once
-/// per block of 64 tokens instead of once per token tile.
-struct Blocked<'a>(&'a QMatrix);
-
-impl TileRows for Blocked<'_> {
-    fn rows(&self) -> usize {
-        self.0.rows()
-    }
-
-    fn align(&self) -> usize {
-        BLOCK
-    }
-
-    fn raw(&self) -> &[u8] {
-        &self.0.codes
-    }
-
-    fn raw_range(&self, r: usize, cols: &std::ops::Range<usize>) -> std::ops::Range<usize> {
-        let (rb, bits) = (self.0.row_bytes(), self.0.bits() as usize);
-        r * rb + cols.start * bits / 8..r * rb + cols.end * bits / 8
-    }
-
-    fn widen(&self, r0: usize, cols: std::ops::Range<usize>, dst: &mut [f32]) {
-        let w = self.0;
-        assert!(
-            cols.start.is_multiple_of(BLOCK)
-                && cols.end.is_multiple_of(BLOCK)
-                && cols.end <= w.cols()
-        );
-        assert!(r0 + 4 <= w.rows() && dst.len() >= 4 * w.cols());
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: only called by `blocked_avx2`, on a CPU with AVX2, FMA and F16C; the rows
-        // and blocks are inside the matrix and `dst` holds 4 rows (asserted).
-        unsafe {
-            match w.bits() {
-                2 => avx2::dequant_cols::<2>(w, r0, cols, dst),
-                3 => avx2::dequant_cols::<3>(w, r0, cols, dst),
-                4 => avx2::dequant_cols::<4>(w, r0, cols, dst),
-                8 => avx2::dequant_cols::<8>(w, r0, cols, dst),
-                b => unreachable!("bits {b}"),
-            }
+/// Elements `cols` (whole blocks of 32) of the 4 rows of `w` from `r0` on, dequantized to
+/// the values [`dot_portable`] uses (`fma(q, scale, min)`) into `dst` in the layout of
+/// `backend::cpu::matmul`'s blocked product: element `i` of row `r` at `((h * k / 16 + i /
+/// 16) * 4 + r) * 8 + i % 8` for `h = i % 16 / 8` (lanes 0-7 of every block of 16 with
+/// the 4 rows interleaved, then lanes 8-15). The rows have no tail (`k` is a multiple of
+/// 32).
+///
+/// # Safety
+/// The CPU has AVX2, FMA and F16C.
+pub(crate) unsafe fn dequant_tile(
+    w: &QMatrix,
+    r0: usize,
+    cols: std::ops::Range<usize>,
+    dst: &mut [f32],
+) {
+    assert!(cols.start.is_multiple_of(BLOCK) && cols.end.is_multiple_of(BLOCK));
+    assert!(cols.start <= cols.end && cols.end <= w.cols());
+    assert!(r0 + 4 <= w.rows() && dst.len() >= 4 * w.cols());
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: the caller says the CPU has AVX2, FMA and F16C; the rows and blocks are
+    // inside the matrix and `dst` holds 4 rows (asserted).
+    unsafe {
+        match w.bits() {
+            2 => avx2::dequant_cols::<2>(w, r0, cols, dst),
+            3 => avx2::dequant_cols::<3>(w, r0, cols, dst),
+            4 => avx2::dequant_cols::<4>(w, r0, cols, dst),
+            8 => avx2::dequant_cols::<8>(w, r0, cols, dst),
+            b => unreachable!("bits {b}"),
         }
-        #[cfg(not(target_arch = "x86_64"))]
-        unreachable!(
-            "the blocked product runs on AVX2 only ({r0}, {cols:?}, {})",
-            dst.len()
-        );
     }
-
-    fn rest(
-        &self,
-        x: &[f32],
-        t_count: usize,
-        rows: std::ops::Range<usize>,
-        bias: Option<&[f32]>,
-        ptr: OutPtr,
-        n: usize,
-    ) {
-        debug_assert_eq!(n, self.0.rows());
-        rows_product(Isa::Avx2, self.0, rows, x, t_count, bias, ptr)
-    }
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("AVX2 only ({r0}, {cols:?}, {})", dst.len());
 }
 
 /// How many weight rows one tile takes for `tt` tokens (`remaining` rows left): as many
@@ -806,7 +818,7 @@ mod tests {
             for (cols, group) in [(128, 64), (96, 32)] {
                 let (_, q) = matrix(37, cols, bits, group);
                 let deq = q.dequantize();
-                // 3: the tiles; 8: the blocked product on AVX2
+                // 3: one tile of tokens; 8: two of 4
                 for t_count in [3, 8] {
                     let x = acts(t_count, cols);
                     let bias: Vec<f32> = (0..37).map(|i| i as f32 * 0.01).collect();

@@ -21,7 +21,7 @@ pub use tier::{StreamedLayer, Streamer};
 use crate::checkpoint::names::linear_names;
 use crate::checkpoint::{HostTensor, Weights};
 use crate::error::{Error, Result};
-use crate::quant::{qlinear, QMatrix};
+use crate::quant::QMatrix;
 
 /// The CPU backend (stateless; threads come from the rayon pool it runs in).
 #[derive(Debug, Default, Clone, Copy)]
@@ -293,7 +293,7 @@ impl Backend for CpuBackend {
     ) -> Result<()> {
         let bias = bias.map(|b| b.vector());
         match w {
-            CpuWeight::Quant(q) => qlinear(&x.data, x.rows, q, bias, &mut out.data),
+            CpuWeight::Quant(q) => matmul::qlinear(&x.data, x.rows, q, bias, &mut out.data),
             w => matmul::linear(&x.data, x.rows, w.matrix(), bias, &mut out.data),
         }
         Ok(())

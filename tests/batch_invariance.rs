@@ -124,7 +124,9 @@ fn check_model<B: Backend>(m: &Model<B>) {
         .unwrap();
     assert_eq!(next, want[3], "after compaction");
 
-    // Prefill in one batch vs in chunks: same last logits.
+    // Prefill in one batch vs in chunks: same last logits. `one_by_one`'s prompt asked
+    // for no logits, so its last layer wrote its K/V alone (`Model::forward`): the chain
+    // read those, and `whole` the full layer's.
     let mut c1 = m.new_cache(64).unwrap();
     let all_tokens: Vec<u32> = prompt.iter().chain(&chain).copied().collect();
     let pos: Vec<usize> = (0..all_tokens.len()).collect();

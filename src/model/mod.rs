@@ -257,7 +257,15 @@ impl<B: Backend> Model<B> {
         if logit_rows.iter().any(|&r| r >= tokens.len()) {
             return Err(Error::internal("forward: a logit row outside the batch"));
         }
-        let x = self.forward_hidden(cache, pass, first, tokens, positions, mask)?;
+        let mut segs = [Segment {
+            cache,
+            first,
+            tokens,
+            positions,
+            mask,
+        }];
+        // No logits (a prompt's prefill): the last layer only writes its K/V.
+        let x = self.layers(pass, &mut segs, !logit_rows.is_empty())?;
         self.logits(pass, &x, logit_rows)
     }
 
@@ -293,6 +301,14 @@ impl<B: Backend> Model<B> {
     /// is left in place (the error is `Aborted` for the batch): the caller sees which
     /// sequences made one.
     pub fn forward_hidden_batch(&self, pass: Pass, segs: &mut [Segment<'_, B>]) -> Result<B::Act> {
+        self.layers(pass, segs, true)
+    }
+
+    /// [`Model::forward_hidden_batch`]; without `hidden` the caller wants the K/V alone
+    /// (a prefill with no logits), so the last layer computes its K/V and stops there: no
+    /// queries, attention, o or MLP (llama.cpp likewise keeps only the rows it outputs),
+    /// and the residual stream returned is not the model's output.
+    fn layers(&self, pass: Pass, segs: &mut [Segment<'_, B>], hidden: bool) -> Result<B::Act> {
         let c = &self.config;
         let mut n = 0;
         for seg in segs.iter() {
@@ -402,33 +418,44 @@ impl<B: Backend> Model<B> {
                     )))
                 }
             };
+            // the last layer of a pass that wants no output: its K/V alone
+            let kv_only = !hidden && li + 1 == self.layers.len();
             let bias = l.qkv_bias.as_ref();
-            be.linear(&h, &lin[Linear::Q], bias.map(|b| &b[0]), &mut q)?;
+            if !kv_only {
+                be.linear(&h, &lin[Linear::Q], bias.map(|b| &b[0]), &mut q)?;
+            }
             be.linear(&h, &lin[Linear::K], bias.map(|b| &b[1]), &mut k)?;
             be.linear(&h, &lin[Linear::V], bias.map(|b| &b[2]), &mut v)?;
             if let Some([qn, kn]) = &l.qk_norm {
-                self.head_norm(&mut q, qn, n, c.n_heads)?;
+                if !kv_only {
+                    self.head_norm(&mut q, qn, n, c.n_heads)?;
+                }
                 self.head_norm(&mut k, kn, n, c.n_kv_heads)?;
             }
             let inv_freq = match (&self.inv_freq_local, c.attn_window[li]) {
                 (Some(local), Some(_)) => local,
                 _ => &self.inv_freq,
             };
-            be.rope(&mut q, &positions, inv_freq)?;
-            be.rope(&mut k, &positions, inv_freq)?;
-            self.attend(segs, &windowed, li, shape, &q, &k, &v, &mut attn)?;
-            be.linear(&attn, &lin[Linear::O], None, &mut h)?;
-            self.add_residual(&mut x, &h, l.sandwich.as_ref().map(|s| &s[0]), &mut hn)?;
-            // MLP block: norm, gate/up, act(gate) * up, down.
-            be.rms_norm(&x, &l.post_norm, c.rms_eps, &mut h)?;
-            be.linear(&h, &lin[Linear::Gate], None, &mut gate)?;
-            be.linear(&h, &lin[Linear::Up], None, &mut up)?;
-            match c.hidden_act {
-                Activation::Silu => be.silu_mul(&mut gate, &up)?,
-                Activation::GeluTanh => be.gelu_tanh_mul(&mut gate, &up)?,
+            if !kv_only {
+                be.rope(&mut q, &positions, inv_freq)?;
             }
-            be.linear(&gate, &lin[Linear::Down], None, &mut h)?;
-            self.add_residual(&mut x, &h, l.sandwich.as_ref().map(|s| &s[1]), &mut hn)?;
+            be.rope(&mut k, &positions, inv_freq)?;
+            let q = (!kv_only).then_some(&q);
+            self.attend(segs, &windowed, li, shape, q, &k, &v, &mut attn)?;
+            if !kv_only {
+                be.linear(&attn, &lin[Linear::O], None, &mut h)?;
+                self.add_residual(&mut x, &h, l.sandwich.as_ref().map(|s| &s[0]), &mut hn)?;
+                // MLP block: norm, gate/up, act(gate) * up, down.
+                be.rms_norm(&x, &l.post_norm, c.rms_eps, &mut h)?;
+                be.linear(&h, &lin[Linear::Gate], None, &mut gate)?;
+                be.linear(&h, &lin[Linear::Up], None, &mut up)?;
+                match c.hidden_act {
+                    Activation::Silu => be.silu_mul(&mut gate, &up)?,
+                    Activation::GeluTanh => be.gelu_tanh_mul(&mut gate, &up)?,
+                }
+                be.linear(&gate, &lin[Linear::Down], None, &mut h)?;
+                self.add_residual(&mut x, &h, l.sandwich.as_ref().map(|s| &s[1]), &mut hn)?;
+            }
             if let (Some((ticket, w)), Some(stream)) = (streamed, stream.as_mut()) {
                 drop(w);
                 be.tier_release(stream, ticket)?;
@@ -438,8 +465,8 @@ impl<B: Backend> Model<B> {
     }
 
     /// Writes each segment's rows of `k`, `v` into its cache and runs its rows of `q`
-    /// against that cache into the same rows of `out`. One segment uses the batch's
-    /// activations as they are; several copy their rows in and out.
+    /// against that cache into the same rows of `out` (no `q`: the K/V alone). One segment
+    /// uses the batch's activations as they are; several copy their rows in and out.
     #[allow(clippy::too_many_arguments)]
     fn attend(
         &self,
@@ -447,7 +474,7 @@ impl<B: Backend> Model<B> {
         windowed: &[Vec<(usize, AttnMask)>],
         li: usize,
         shape: AttnShape,
-        q: &B::Act,
+        q: Option<&B::Act>,
         k: &B::Act,
         v: &B::Act,
         out: &mut B::Act,
@@ -465,7 +492,9 @@ impl<B: Backend> Model<B> {
             let committed = seg.cache.committed;
             if single {
                 be.kv_write(&mut seg.cache.store, li, at, k, v)?;
-                be.attention(q, &seg.cache.store, li, committed, mask, shape, out)?;
+                if let Some(q) = q {
+                    be.attention(q, &seg.cache.store, li, committed, mask, shape, out)?;
+                }
             } else {
                 let rows: Vec<usize> = (row..row + m).collect();
                 let part = |x: &B::Act, cols: usize| -> Result<B::Act> {
@@ -475,10 +504,12 @@ impl<B: Backend> Model<B> {
                 };
                 let (ks, vs) = (part(k, c.kv_dim())?, part(v, c.kv_dim())?);
                 be.kv_write(&mut seg.cache.store, li, at, &ks, &vs)?;
-                let qs = part(q, c.q_dim())?;
-                let mut os = be.act(m, c.q_dim())?;
-                be.attention(&qs, &seg.cache.store, li, committed, mask, shape, &mut os)?;
-                be.set_rows(out, row, &os)?;
+                if let Some(q) = q {
+                    let qs = part(q, c.q_dim())?;
+                    let mut os = be.act(m, c.q_dim())?;
+                    be.attention(&qs, &seg.cache.store, li, committed, mask, shape, &mut os)?;
+                    be.set_rows(out, row, &os)?;
+                }
             }
             row += m;
         }

@@ -261,9 +261,8 @@ trait TileRows: Sync {
     /// `cols` reaches it) after the 4 bodies.
     fn widen(&self, r0: usize, cols: std::ops::Range<usize>, dst: &mut [f32]);
     /// The outputs of the rows `rows` (the rows of a chunk after its whole row tiles, or
-    /// rows with no block of 16) for every token of `x`, written through `ptr` (`n` per
-    /// token), each plus its bias.
-    #[allow(clippy::too_many_arguments)]
+    /// rows with no block of 16) for every token of `x`, written through `ptr` (a row of
+    /// [`rows`](TileRows::rows) outputs per token), each plus its bias.
     fn rest(
         &self,
         x: &[f32],
@@ -271,7 +270,6 @@ trait TileRows: Sync {
         rows: std::ops::Range<usize>,
         bias: Option<&[f32]>,
         ptr: OutPtr,
-        n: usize,
     );
 }
 
@@ -315,8 +313,8 @@ impl TileRows for Dense<'_> {
         rows: std::ops::Range<usize>,
         bias: Option<&[f32]>,
         ptr: OutPtr,
-        n: usize,
     ) {
+        let n = self.n;
         widened_product(
             Isa::Avx2,
             x,
@@ -401,8 +399,8 @@ impl TileRows for Quantized<'_> {
         rows: std::ops::Range<usize>,
         bias: Option<&[f32]>,
         ptr: OutPtr,
-        n: usize,
     ) {
+        let n = self.rows();
         let mut part = vec![0f32; t_count * rows.len()];
         crate::quant::qlinear_rows(Isa::Avx2, x, t_count, self.0, rows.clone(), &mut part);
         for t in 0..t_count {
@@ -521,7 +519,7 @@ fn blocked_avx2<W: TileRows>(
             }
         });
         if !rest.is_empty() {
-            w.rest(x, t_count, rest, bias, ptr, n);
+            w.rest(x, t_count, rest, bias, ptr);
         }
     });
 }

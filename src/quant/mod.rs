@@ -15,7 +15,7 @@ mod qlinear;
 pub(crate) use format::BLOCK;
 pub use format::{substitute_bytes, QMatrix};
 pub use qlinear::qlinear;
-pub(crate) use qlinear::{dequant_tile, qlinear_isa, qlinear_rows};
+pub(crate) use qlinear::{check_shapes, dequant_tile, qlinear_isa, qlinear_rows};
 
 use crate::error::{Error, Result};
 

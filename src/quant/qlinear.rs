@@ -57,12 +57,8 @@ pub(crate) fn qlinear_isa(
     bias: Option<&[f32]>,
     out: &mut [f32],
 ) {
-    let (n, k) = (w.rows(), w.cols());
-    assert_eq!(x.len(), t_count * k, "qlinear: activations size");
-    assert_eq!(out.len(), t_count * n, "qlinear: output size");
-    if let Some(b) = bias {
-        assert_eq!(b.len(), n, "qlinear: bias size");
-    }
+    check_shapes(x, t_count, w, bias, out);
+    let n = w.rows();
     if n == 0 || t_count == 0 {
         return;
     }
@@ -72,6 +68,23 @@ pub(crate) fn qlinear_isa(
         let rows = c * ROW_CHUNK..((c + 1) * ROW_CHUNK).min(n);
         rows_product(isa, w, rows, x, t_count, bias, ptr, (n, 0));
     });
+}
+
+/// Panics unless `x` holds `t_count` rows of `w.cols()`, `out` `t_count` rows of
+/// `w.rows()` and `bias` (if any) `w.rows()` values: the shapes of a [`qlinear`] call.
+pub(crate) fn check_shapes(
+    x: &[f32],
+    t_count: usize,
+    w: &QMatrix,
+    bias: Option<&[f32]>,
+    out: &[f32],
+) {
+    let (n, k) = (w.rows(), w.cols());
+    assert_eq!(x.len(), t_count * k, "qlinear: activations size");
+    assert_eq!(out.len(), t_count * n, "qlinear: output size");
+    if let Some(b) = bias {
+        assert_eq!(b.len(), n, "qlinear: bias size");
+    }
 }
 
 /// [`qlinear_isa`] of the rows `rows` of `w` alone: `out[t * rows.len() + i] = dot(row
@@ -593,8 +606,8 @@ mod avx2 {
                             codes8::<B>(p, v)
                         };
                         let wv = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q), sc, mn);
-                        // weights 8v.. of the block: lanes 8(v % 2).. of block of 16
-                        // 2b + v / 2
+                        // weights 8v.. of block b: lanes 8(v % 2).. of the block of
+                        // 16 numbered 2b + v / 2
                         let at = ((v % 2) * k / 16 + 2 * b + v / 2) * 32 + r * 8;
                         _mm256_storeu_ps(d.add(at), wv);
                     }

@@ -314,18 +314,8 @@ impl TileRows for Dense<'_> {
         bias: Option<&[f32]>,
         ptr: OutPtr,
     ) {
-        let n = self.n;
-        widened_product(
-            Isa::Avx2,
-            x,
-            t_count,
-            self.dtype,
-            self.wb,
-            rows,
-            bias,
-            ptr,
-            n,
-        )
+        let (dtype, wb, n) = (self.dtype, self.wb, self.n);
+        widened_product(Isa::Avx2, x, t_count, dtype, wb, rows, bias, ptr, n)
     }
 }
 
@@ -354,12 +344,7 @@ fn qlinear_on(
     out: &mut [f32],
 ) {
     if isa == Isa::Avx2 && t_count >= QUANT_BLOCKED_FROM && w.rows() > 0 {
-        assert_eq!(x.len(), t_count * w.cols(), "qlinear: activations size");
-        assert_eq!(out.len(), t_count * w.rows(), "qlinear: output size");
-        assert!(
-            bias.is_none_or(|b| b.len() == w.rows()),
-            "qlinear: bias size"
-        );
+        crate::quant::check_shapes(x, t_count, w, bias, out);
         return blocked_avx2(x, t_count, &Quantized(w), bias, out);
     }
     crate::quant::qlinear_isa(isa, x, t_count, w, bias, out)

@@ -22,7 +22,7 @@ if [[ ! -f "$src/.subspec-$VERSION" ]]; then
     sdist="$dir/llama_cpp_python-$VERSION.tar.gz"
     if [[ ! -f "$sdist" ]] || ! echo "$SHA256  $sdist" | sha256sum -c --status; then
         echo "== downloading llama-cpp-python $VERSION (sdist) from PyPI"
-        python3 -m pip download -q --no-deps --no-binary :all: "llama-cpp-python==$VERSION" -d "$dir"
+        python3 -m pip download -q --no-deps --no-binary llama-cpp-python "llama-cpp-python==$VERSION" -d "$dir"
     fi
     if ! echo "$SHA256  $sdist" | sha256sum -c --status; then
         echo "llama-cpp.sh: $sdist: sha256 $(sha256sum "$sdist" | cut -d' ' -f1), expected $SHA256" >&2

@@ -167,20 +167,27 @@ fn fma_peak_flops() -> f64 {
     (0..5)
         .map(|_| {
             let t0 = std::time::Instant::now();
-            let sink: f32 = rayon::broadcast(|_| fma_chains(ITERS)).iter().sum();
+            let runs = rayon::broadcast(|_| fma_chains(ITERS));
             let s = t0.elapsed().as_secs_f64();
-            std::hint::black_box(sink);
-            (threads * ITERS * 12 * 16) as f64 / s
+            std::hint::black_box(runs.iter().map(|r| r.0).sum::<f32>());
+            (threads * ITERS * 12 * 2 * runs[0].1) as f64 / s
         })
         .fold(0.0, f64::max)
 }
 
-/// `iters` rounds of 12 independent FMAs on 8 lanes; returns a value that depends on all.
-fn fma_chains(iters: usize) -> f32 {
+/// `iters` rounds of 12 independent FMAs on the widest vectors the kernels use (16 lanes
+/// with AVX-512 unless `SUBSPEC_NO_AVX512` is set, else 8); returns a value that depends
+/// on all, and the lanes.
+fn fma_chains(iters: usize) -> (f32, usize) {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx512f") && std::env::var_os("SUBSPEC_NO_AVX512").is_none() {
+        // SAFETY: the feature was just detected.
+        return (unsafe { fma_chains_avx512(iters) }, 16);
+    }
     #[cfg(target_arch = "x86_64")]
     if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
         // SAFETY: the features were just detected.
-        return unsafe { fma_chains_avx2(iters) };
+        return (unsafe { fma_chains_avx2(iters) }, 8);
     }
     let mut acc = [1f32; 96];
     for _ in 0..iters {
@@ -188,7 +195,7 @@ fn fma_chains(iters: usize) -> f32 {
             *a = a.mul_add(0.999_999, 1e-7);
         }
     }
-    acc.iter().sum()
+    (acc.iter().sum(), 8)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -210,4 +217,19 @@ unsafe fn fma_chains_avx2(iters: usize) -> f32 {
         sum += lanes.iter().sum::<f32>();
     }
     sum
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn fma_chains_avx512(iters: usize) -> f32 {
+    use std::arch::x86_64::*;
+    let m = _mm512_set1_ps(0.999_999);
+    let c = _mm512_set1_ps(1e-7);
+    let mut acc = [_mm512_set1_ps(1.0); 12];
+    for _ in 0..iters {
+        for a in acc.iter_mut() {
+            *a = _mm512_fmadd_ps(*a, m, c);
+        }
+    }
+    acc.iter().map(|a| _mm512_reduce_add_ps(*a)).sum()
 }

@@ -18,7 +18,7 @@
 use rayon::prelude::*;
 
 use super::format::{block_bytes, unpack_block, QMatrix, BLOCK};
-use crate::util::isa::{isa, Isa};
+use crate::util::isa::{isa, packed_at, Isa};
 
 /// A raw output pointer shared by tasks that write disjoint elements.
 #[derive(Clone, Copy)]
@@ -166,9 +166,8 @@ fn rows_product(
 
 /// Elements `cols` (whole blocks of 32) of the 4 rows of `w` from `r0` on, dequantized to
 /// the values [`dot_portable`] uses (`fma(q, scale, min)`) into `dst` in the layout of
-/// `backend::cpu::matmul`'s blocked product: element `i` of row `r` at `((h * k / 16 + i /
-/// 16) * 4 + r) * 8 + i % 8` for `h = i % 16 / 8` (lanes 0-7 of every block of 16 with
-/// the 4 rows interleaved, then lanes 8-15). The rows have no tail (`k` is a multiple of
+/// `backend::cpu::matmul`'s blocked product for passes of `pass` lanes: element `i` of row
+/// `r` at [`packed_at`]`(i, r, 4, k, pass)`. The rows have no tail (`k` is a multiple of
 /// 32).
 ///
 /// # Safety
@@ -177,9 +176,11 @@ pub(crate) unsafe fn dequant_tile(
     w: &QMatrix,
     r0: usize,
     cols: std::ops::Range<usize>,
+    pass: usize,
     dst: &mut [f32],
 ) {
     assert!(cols.start.is_multiple_of(BLOCK) && cols.end.is_multiple_of(BLOCK));
+    assert!(pass == 8 || pass == 16);
     assert!(cols.start <= cols.end && cols.end <= w.cols());
     assert!(r0 + 4 <= w.rows() && dst.len() >= 4 * w.cols());
     #[cfg(target_arch = "x86_64")]
@@ -187,15 +188,15 @@ pub(crate) unsafe fn dequant_tile(
     // inside the matrix and `dst` holds 4 rows (asserted).
     unsafe {
         match w.bits() {
-            2 => avx2::dequant_cols::<2>(w, r0, cols, dst),
-            3 => avx2::dequant_cols::<3>(w, r0, cols, dst),
-            4 => avx2::dequant_cols::<4>(w, r0, cols, dst),
-            8 => avx2::dequant_cols::<8>(w, r0, cols, dst),
+            2 => avx2::dequant_cols::<2>(w, r0, cols, pass, dst),
+            3 => avx2::dequant_cols::<3>(w, r0, cols, pass, dst),
+            4 => avx2::dequant_cols::<4>(w, r0, cols, pass, dst),
+            8 => avx2::dequant_cols::<8>(w, r0, cols, pass, dst),
             b => unreachable!("bits {b}"),
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
-    unreachable!("AVX2 only ({r0}, {cols:?}, {})", dst.len());
+    unreachable!("AVX2 only ({r0}, {cols:?}, {pass}, {})", dst.len());
 }
 
 /// How many weight rows one tile takes for `tt` tokens (`remaining` rows left): as many
@@ -503,7 +504,7 @@ mod avx512 {
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::sum16;
+    use super::{packed_at, sum16};
 
     /// `(scale, min)` of the group at `p` (two f16), as f32.
     ///
@@ -571,10 +572,10 @@ mod avx2 {
     }
 
     /// Elements `cols` (whole blocks) of the 4 rows of `w` from `r0` on, dequantized into
-    /// `dst` as `backend::cpu::matmul`'s `pack_tile` lays 4 rows out: element `i` of row
-    /// `r` at `((h * k / 16 + i / 16) * 4 + r) * 8 + i % 8` for `h = i % 16 / 8` (the
-    /// rows have no tail: `k` is a multiple of 32). Each weight is `fma(q, scale, min)`,
-    /// the value of [`super::dot_portable`].
+    /// `dst` as `backend::cpu::matmul`'s `pack_tile` lays 4 rows out for passes of `pass`
+    /// lanes: element `i` of row `r` at `packed_at(i, r, 4, k, pass)` (the rows have no
+    /// tail: `k` is a multiple of 32). Each weight is `fma(q, scale, min)`, the value of
+    /// [`super::dot_portable`].
     ///
     /// # Safety
     /// The CPU has AVX2, FMA and F16C; `B` is `w.bits()`; rows `r0..r0 + 4` exist, `cols`
@@ -584,6 +585,7 @@ mod avx2 {
         w: &super::QMatrix,
         r0: usize,
         cols: std::ops::Range<usize>,
+        pass: usize,
         dst: &mut [f32],
     ) {
         let (k, group) = (w.cols(), w.group());
@@ -606,9 +608,7 @@ mod avx2 {
                             codes8::<B>(p, v)
                         };
                         let wv = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q), sc, mn);
-                        // weights 8v.. of block b: lanes 8(v % 2).. of the block of
-                        // 16 numbered 2b + v / 2
-                        let at = ((v % 2) * k / 16 + 2 * b + v / 2) * 32 + r * 8;
+                        let at = packed_at(32 * b + 8 * v, r, 4, k, pass);
                         _mm256_storeu_ps(d.add(at), wv);
                     }
                 }

@@ -13,7 +13,7 @@ use rayon::prelude::*;
 
 use crate::checkpoint::{DType, HostTensor};
 use crate::quant::QMatrix;
-use crate::util::isa::{isa, Isa};
+use crate::util::isa::{isa, packed_at, Isa};
 
 /// A raw output pointer shared by tasks that write disjoint elements.
 #[derive(Clone, Copy)]
@@ -34,8 +34,8 @@ unsafe impl Sync for OutPtr {}
 const ROW_CHUNK: usize = 32;
 /// Most tokens in one tile.
 const MAX_TT: usize = 12;
-/// Widened rows taken at a time: one row tile of the widened token tiles (4 x 6 on
-/// AVX-512, 4 x 3 on AVX2).
+/// Widened rows taken at a time: one row tile of the widened token tiles and of
+/// [`blocked`] (4 x 6 tokens on AVX-512, 4 x 3 on AVX2).
 const WIDE_ROWS: usize = 4;
 /// Token tile on widened (f32) rows: 4 rows x 6 tokens keeps loads and FMAs balanced.
 const WIDE_TT: usize = 6;
@@ -45,6 +45,11 @@ const WIDE_TT: usize = 6;
 /// tokens: 38 and 65 ms converted per tile, against 56 ms for 17 tokens widened), and at 3
 /// tokens one unprefetched `tile_halves` pass lost to the blocked product too (the f16
 /// lm_head 20 -> 17 ms, 4864x896 in cache 0.51 -> 0.35 ms): AVX2 widens from 3 tokens on.
+/// AVX-512 widens above 12 (one tile of f16 rows converted as it goes), and runs the
+/// blocked product there; at 1-12 tokens its tiles (and, for GGUF rows, widened rows in
+/// `linear_widened`) win: Qwen2.5-0.5B's Q5_0/Q8_0 GGUF decoded at 238 ms a token through
+/// the blocked product against 100 through `linear_widened`, and 4 of its f16 layers at
+/// 16 tokens took 39 ms either way.
 fn widen_above(isa: Isa) -> usize {
     match isa {
         Isa::Avx2 => 2,
@@ -83,14 +88,14 @@ fn linear_on(
     // Quantized rows are always dequantized first (exactly as gguf-py does, so the
     // products are those of the dequantized model's f32 weights).
     if dtype.is_quantized() || (t_count > widen_above(isa) && dtype != DType::F32) {
-        if isa == Isa::Avx2 {
+        if isa == Isa::Avx2 || (isa == Isa::Avx512 && t_count > MAX_TT) {
             let rows = Dense {
                 dtype,
                 wb,
                 row_bytes,
                 n,
             };
-            return blocked_avx2(x, t_count, &rows, bias, out);
+            return blocked(isa, x, t_count, &rows, bias, out);
         }
         return linear_widened(isa, x, t_count, dtype, wb, n, bias, out);
     }
@@ -208,7 +213,7 @@ fn rows_product(
 
 thread_local! {
     /// Per-thread buffers (kept, so they are not re-faulted per task): widened weight rows,
-    /// and the lanes of [`blocked_avx2`]'s outputs between its blocks.
+    /// and the lanes of [`blocked`]'s outputs between its blocks.
     static SCRATCH: std::cell::RefCell<(Vec<f32>, Vec<f32>)> =
         const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
     /// Per-thread dequantized rows before [`pack_tile`].
@@ -216,35 +221,35 @@ thread_local! {
 }
 
 /// Elements `cols` (`s`, from element `cols.start` on: whole blocks of 16 of the body,
-/// `body` elements) of row `r` of a tile of `rr` rows, written to the tile's layout in `d`:
-/// lanes 0-7 of every block of 16, the tile's rows interleaved block by block, then lanes
-/// 8-15 likewise. Element `i` of row `r` lands at `((h * body / 16 + i / 16) * rr + r) * 8
-/// + i % 8` for `h = i % 16 / 8`, so a pass over one half of the lanes
-/// ([`avx2::packed_block`]) reads one sequential stream of the tile.
+/// `body` elements) of row `r` of a tile of `rr` rows, written to the tile's layout for
+/// passes of `pass` lanes in `d` ([`packed_at`]): on AVX2 lanes 0-7 of every block of 16
+/// with the tile's rows interleaved block by block, then lanes 8-15 likewise; on AVX-512
+/// every block's 16 lanes, the rows interleaved. A pass over one part of the lanes
+/// ([`avx2::packed_block`], [`avx512_packed::packed_block`]) reads one sequential stream of the
+/// tile.
 fn pack_tile(
     s: &[f32],
     cols: std::ops::Range<usize>,
     r: usize,
     rr: usize,
     body: usize,
+    pass: usize,
     d: &mut [f32],
 ) {
-    for i in (cols.start..cols.end).step_by(16) {
-        for h in 0..2 {
-            let at = (h * body / 16 + i / 16) * rr * 8 + r * 8;
-            let from = i - cols.start + 8 * h;
-            d[at..at + 8].copy_from_slice(&s[from..from + 8]);
-        }
+    for i in (cols.start..cols.end).step_by(pass) {
+        let at = packed_at(i, r, rr, body, pass);
+        let from = i - cols.start;
+        d[at..at + pass].copy_from_slice(&s[from..from + pass]);
     }
 }
 
-/// Most elements of a row one pass of [`blocked_avx2`] takes: 4 rows' block is 16 KiB.
+/// Most elements of a row one pass of [`blocked`] takes: 4 rows' block is 16 KiB.
 const KC: usize = 1024;
-/// Most tokens one pass of [`blocked_avx2`] takes: their activations' block (64 x 1024 f32,
+/// Most tokens one pass of [`blocked`] takes: their activations' block (64 x 1024 f32,
 /// 256 KiB) stays in L2 while every row tile of a task passes over it.
 const TOKEN_BLOCK: usize = 64;
 
-/// Weight rows as [`blocked_avx2`] reads them: a row tile's block of elements widened to
+/// Weight rows as [`blocked`] reads them: a row tile's block of elements widened to
 /// f32 at a time: f16/bf16/f32 and GGUF rows ([`Dense`]) and the quantized substitutes
 /// ([`Quantized`]); the product's order is the same for all.
 trait TileRows: Sync {
@@ -257,9 +262,9 @@ trait TileRows: Sync {
     /// Where the elements `cols` of row `r` lie in [`raw`](TileRows::raw).
     fn raw_range(&self, r: usize, cols: &std::ops::Range<usize>) -> std::ops::Range<usize>;
     /// Elements `cols` of the [`WIDE_ROWS`] rows from `r0` on widened to f32 in `dst` (4
-    /// rows of `k`): the body's elements laid out by [`pack_tile`], each row's tail (if
-    /// `cols` reaches it) after the 4 bodies.
-    fn widen(&self, r0: usize, cols: std::ops::Range<usize>, dst: &mut [f32]);
+    /// rows of `k`): the body's elements laid out by [`pack_tile`] for passes of `pass`
+    /// lanes, each row's tail (if `cols` reaches it) after the 4 bodies.
+    fn widen(&self, r0: usize, cols: std::ops::Range<usize>, pass: usize, dst: &mut [f32]);
     /// The outputs of the rows `rows` (the rows of a chunk after its whole row tiles, or
     /// rows with no block of 16) for every token of `x`, written through `ptr` (a row of
     /// [`rows`](TileRows::rows) outputs per token), each plus its bias.
@@ -273,7 +278,7 @@ trait TileRows: Sync {
     );
 }
 
-/// The `n` rows of `dtype` in `wb` (`row_bytes` each), for [`blocked_avx2`].
+/// The `n` rows of `dtype` in `wb` (`row_bytes` each), for [`blocked`].
 struct Dense<'a> {
     dtype: DType,
     wb: &'a [u8],
@@ -302,8 +307,8 @@ impl TileRows for Dense<'_> {
         at(cols.start)..at(cols.end)
     }
 
-    fn widen(&self, r0: usize, cols: std::ops::Range<usize>, dst: &mut [f32]) {
-        widen_cols(self.dtype, self.wb, self.row_bytes, r0, cols, dst)
+    fn widen(&self, r0: usize, cols: std::ops::Range<usize>, pass: usize, dst: &mut [f32]) {
+        widen_cols(self.dtype, self.wb, self.row_bytes, r0, cols, pass, dst)
     }
 
     fn rest(
@@ -345,12 +350,12 @@ fn qlinear_on(
 ) {
     if isa == Isa::Avx2 && t_count >= QUANT_BLOCKED_FROM && w.rows() > 0 {
         crate::quant::check_shapes(x, t_count, w, bias, out);
-        return blocked_avx2(x, t_count, &Quantized(w), bias, out);
+        return blocked(isa, x, t_count, &Quantized(w), bias, out);
     }
     crate::quant::qlinear_isa(isa, x, t_count, w, bias, out)
 }
 
-/// A quantized substitute's rows for [`blocked_avx2`]: each row tile's block dequantized
+/// A quantized substitute's rows for [`blocked`]: each row tile's block dequantized
 /// by [`crate::quant::dequant_tile`].
 struct Quantized<'a>(&'a QMatrix);
 
@@ -372,9 +377,9 @@ impl TileRows for Quantized<'_> {
         r * rb + cols.start * bits / 8..r * rb + cols.end * bits / 8
     }
 
-    fn widen(&self, r0: usize, cols: std::ops::Range<usize>, dst: &mut [f32]) {
-        // SAFETY: `blocked_avx2` runs on a CPU with AVX2, FMA and F16C only.
-        unsafe { crate::quant::dequant_tile(self.0, r0, cols, dst) }
+    fn widen(&self, r0: usize, cols: std::ops::Range<usize>, pass: usize, dst: &mut [f32]) {
+        // SAFETY: `blocked` runs on a CPU with AVX2, FMA and F16C only.
+        unsafe { crate::quant::dequant_tile(self.0, r0, cols, pass, dst) }
     }
 
     fn rest(
@@ -399,19 +404,23 @@ impl TileRows for Quantized<'_> {
     }
 }
 
-/// `out[t * n + o] = dot(row o, x[t]) (+ bias[o])` on AVX2 for the `n` rows of `w`,
-/// widened to f32. The product is blocked as a GEMM is: a task's chunk of rows takes the
+/// `out[t * n + o] = dot(row o, x[t]) (+ bias[o])` on AVX2 or AVX-512 (`isa`) for the `n`
+/// rows of `w`, widened to f32. The product is blocked as a GEMM is: a task's chunk of rows takes the
 /// tokens in blocks of at most [`TOKEN_BLOCK`] and the rows' elements in blocks of at most
 /// [`KC`]; for each pair, every row tile of 4 widens its block (16 KiB, in L1) and every
 /// token tile passes over it, while the activations' block stays in L2 for all the row
-/// tiles. Row tiles and token tiles are laid out by [`pack_tile`], so each half of a
-/// tile's block is one sequential stream (rows of 4864 elements, Qwen's down projection,
+/// tiles. Row tiles and token tiles are laid out by [`pack_tile`] for the ISA's passes
+/// (AVX2: two of 8 lanes, 4 rows x 3 tokens; AVX-512: one of 16, 4 rows x 6 tokens), so
+/// each pass over a tile's block is one sequential stream (rows of 4864 elements, Qwen's
+/// down projection,
 /// read as 7 streams of 1.9 KiB per block ran at 58% of the FMA peak where 896 ran at
 /// 75%). Each output's 16 lanes wait in memory between blocks; they see the same FMAs in
 /// the same order, so the bits are [`rows_product`]'s. The raw bytes of the next row
 /// tile's block are prefetched meanwhile, so that widening them does not wait on memory
-/// (a forward's weights come from DRAM). Only called on a CPU with AVX2, FMA and F16C.
-fn blocked_avx2<W: TileRows>(
+/// (a forward's weights come from DRAM). Only called on a CPU with AVX2, FMA and F16C (and
+/// AVX-512F for [`Isa::Avx512`]).
+fn blocked<W: TileRows>(
+    isa: Isa,
     x: &[f32],
     t_count: usize,
     w: &W,
@@ -419,26 +428,27 @@ fn blocked_avx2<W: TileRows>(
     out: &mut [f32],
 ) {
     const R: usize = WIDE_ROWS;
-    const TT: usize = AVX2_TT;
+    let (tt_max, pass) = (blocked_tt(isa), isa.pass_lanes());
     let n = w.rows();
     let k = x.len() / t_count;
     assert_eq!(out.len(), t_count * n, "blocked product: output size");
     let body = k - k % 16;
-    // the activations' bodies as token tiles of 3 (the last maybe fewer) laid out by
-    // `pack_tile`, tile `i` from token 3i on; in parallel only when the copy costs more
-    // than handing it out (~1 MB)
+    // the activations' bodies as token tiles of `tt_max` (the last maybe fewer) laid out
+    // by `pack_tile`, tile `i` from token `tt_max * i` on; in parallel only when the copy
+    // costs more than handing it out (~1 MB)
     let mut xv = Vec::new();
     let xp = aligned(&mut xv, t_count * body);
     let pack = |(i, d): (usize, &mut [f32])| {
         let tt = d.len() / body;
         for j in 0..tt {
-            pack_tile(&x[(TT * i + j) * k..][..body], 0..body, j, tt, body, d);
+            let from = &x[(tt_max * i + j) * k..][..body];
+            pack_tile(from, 0..body, j, tt, body, pass, d);
         }
     };
     if body > 0 && x.len() < 1 << 18 {
-        xp.chunks_mut(TT * body).enumerate().for_each(pack);
+        xp.chunks_mut(tt_max * body).enumerate().for_each(pack);
     } else if body > 0 {
-        xp.par_chunks_mut(TT * body).enumerate().for_each(pack);
+        xp.par_chunks_mut(tt_max * body).enumerate().for_each(pack);
     }
     let xp = &*xp;
     // blocks of elements as even as whole 16s (and whole quantization blocks) allow, and
@@ -454,7 +464,7 @@ fn blocked_avx2<W: TileRows>(
         .collect();
     let tb = t_count
         .div_ceil(t_count.div_ceil(TOKEN_BLOCK))
-        .next_multiple_of(TT);
+        .next_multiple_of(tt_max);
     let ptr = OutPtr(out.as_mut_ptr());
     let wb = w.raw();
     (0..n.div_ceil(ROW_CHUNK)).into_par_iter().for_each(|c| {
@@ -472,6 +482,8 @@ fn blocked_avx2<W: TileRows>(
             for t0 in (0..t_count).step_by(tb) {
                 let tn = tb.min(t_count - t0);
                 let span = Tokens {
+                    isa,
+                    tt: tt_max,
                     t0,
                     tn,
                     xs: &xp[t0 * body..(t0 + tn) * body],
@@ -483,7 +495,7 @@ fn blocked_avx2<W: TileRows>(
                         let r0 = rows.start + q * R;
                         // the block of the row tile, the last one with the rows' tails
                         let cols = block.start..if last { k } else { block.end };
-                        w.widen(r0, cols, scratch);
+                        w.widen(r0, cols, pass, scratch);
                         // the next row tile's block, or the first row tile's next block
                         let next: Option<[_; R]> = match (q + 1 < tiles, blocks.get(b + 1)) {
                             (true, _) => Some(raw(r0 + R, block)),
@@ -516,16 +528,18 @@ fn aligned(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
     &mut v[skip..skip + len]
 }
 
-/// The tokens `t0..t0 + tn` of [`blocked_avx2`]: their bodies laid out as its token tiles
-/// (`xs`), and as they came (`x`, for the tails).
+/// The tokens `t0..t0 + tn` of [`blocked`]: their bodies laid out as its token tiles of
+/// `tt` (`xs`), and as they came (`x`, for the tails); `isa`'s kernel runs the tiles.
 struct Tokens<'a> {
+    isa: Isa,
+    tt: usize,
     t0: usize,
     tn: usize,
     xs: &'a [f32],
     x: &'a [f32],
 }
 
-/// Where [`blocked_avx2`] writes the outputs of the row tile from row `r0` on.
+/// Where [`blocked`] writes the outputs of the row tile from row `r0` on.
 #[derive(Clone, Copy)]
 struct Out<'a> {
     ptr: OutPtr,
@@ -542,6 +556,7 @@ fn widen_cols(
     row_bytes: usize,
     r0: usize,
     cols: std::ops::Range<usize>,
+    pass: usize,
     dst: &mut [f32],
 ) {
     const R: usize = WIDE_ROWS;
@@ -557,15 +572,15 @@ fn widen_cols(
                 u.resize(cols.len(), 0.0);
                 assert!(cols.end <= body, "quantized rows have no tail");
                 super::dequant::rows_to_f32(Isa::Avx2, dtype, bytes(r0 + r), u);
-                pack_tile(u, cols.clone(), r, R, body, dst);
+                pack_tile(u, cols.clone(), r, R, body, pass, dst);
             });
             continue;
         }
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: only called on AVX2/FMA/F16C (`blocked_avx2`); `bytes` holds the elements
+        // SAFETY: only called on AVX2/FMA/F16C (`blocked`); `bytes` holds the elements
         // `cols` of a row of `k`, and `dst` 4 rows of `k`.
         unsafe {
-            avx2::widen_cols(dtype, bytes(r0 + r), cols.clone(), r, k, dst)
+            avx2::widen_cols(dtype, bytes(r0 + r), cols.clone(), r, k, pass, dst)
         };
     }
 }
@@ -585,13 +600,13 @@ fn row_tile_block(
 ) {
     const R: usize = WIDE_ROWS;
     let body = span.xs.len() / span.tn;
-    let tiles = span.tn.div_ceil(AVX2_TT);
+    let tiles = span.tn.div_ceil(span.tt);
     let total: usize = lines.iter().map(|l| l.len().div_ceil(64)).sum();
     let (per, mut ahead) = (
         total.div_ceil(tiles),
         lines.iter().flat_map(|l| l.clone().step_by(64)),
     );
-    for t in (0..span.tn).step_by(AVX2_TT) {
+    for t in (0..span.tn).step_by(span.tt) {
         for at in ahead.by_ref().take(per) {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: a prefetch never faults (the line is inside `wb` anyway).
@@ -600,7 +615,7 @@ fn row_tile_block(
                 _mm_prefetch::<_MM_HINT_T0>(wb.as_ptr().add(at) as *const i8)
             };
         }
-        let tt = (span.tn - t).min(AVX2_TT);
+        let tt = (span.tn - t).min(span.tt);
         let xs = &span.xs[t * body..(t + tt) * body];
         let l = &mut lanes[t * R * 16..(t + tt) * R * 16];
         #[cfg(target_arch = "x86_64")]
@@ -611,15 +626,23 @@ fn row_tile_block(
                 stride: o.n,
                 bias: o.bias.map(|b| &b[o.r0..o.r0 + R]),
             });
-            // SAFETY: this is only called on AVX2/FMA/F16C (`blocked_avx2`); `rows` holds R
-            // rows' bodies, `xs` tt tokens' bodies, the block is inside the body, `l` R *
-            // tt * 16 lanes; `fin` writes outputs (t0 + t.., r0..r0 + R) of `out`, which
-            // only the task owning these rows writes.
+            let b = block.clone();
+            // SAFETY: this is only called on a CPU with the kernels of `span.isa` (AVX-512F,
+            // or AVX2/FMA/F16C: `blocked`), the tiles laid out for its pass; `rows` holds R
+            // rows' bodies, `xs` tt tokens' bodies, the block is inside the body, `l` R * tt
+            // * 16 lanes; `fin` writes outputs (t0 + t.., r0..r0 + R) of `out`, which only
+            // the task owning these rows writes.
             unsafe {
-                match tt {
-                    3 => avx2::packed_block::<R, 3>(rows, xs, body, block.clone(), l, fin),
-                    2 => avx2::packed_block::<R, 2>(rows, xs, body, block.clone(), l, fin),
-                    _ => avx2::packed_block::<R, 1>(rows, xs, body, block.clone(), l, fin),
+                match (span.isa, tt) {
+                    (Isa::Avx512, 6) => avx512_packed::packed_block::<6>(rows, xs, body, b, l, fin),
+                    (Isa::Avx512, 5) => avx512_packed::packed_block::<5>(rows, xs, body, b, l, fin),
+                    (Isa::Avx512, 4) => avx512_packed::packed_block::<4>(rows, xs, body, b, l, fin),
+                    (Isa::Avx512, 3) => avx512_packed::packed_block::<3>(rows, xs, body, b, l, fin),
+                    (Isa::Avx512, 2) => avx512_packed::packed_block::<2>(rows, xs, body, b, l, fin),
+                    (Isa::Avx512, _) => avx512_packed::packed_block::<1>(rows, xs, body, b, l, fin),
+                    (_, 3) => avx2::packed_block::<R, 3>(rows, xs, body, b, l, fin),
+                    (_, 2) => avx2::packed_block::<R, 2>(rows, xs, body, b, l, fin),
+                    _ => avx2::packed_block::<R, 1>(rows, xs, body, b, l, fin),
                 }
             }
         }
@@ -632,8 +655,8 @@ fn finish_tail(rows: &[f32], span: &Tokens, lanes: &[f32], out: Out) {
     const R: usize = WIDE_ROWS;
     let k = span.x.len() / span.tn;
     let body = k - k % 16;
-    for t in (0..span.tn).step_by(AVX2_TT) {
-        let tt = (span.tn - t).min(AVX2_TT);
+    for t in (0..span.tn).step_by(span.tt) {
+        let tt = (span.tn - t).min(span.tt);
         for i in 0..R {
             let o = out.r0 + i;
             let b = out.bias.map_or(0.0, |b| b[o]);
@@ -691,6 +714,15 @@ fn token_tile(isa: Isa, widen: bool) -> usize {
 
 /// Token tile of the AVX2 kernel (see [`token_tile`]).
 const AVX2_TT: usize = 3;
+
+/// Token tile of [`blocked`]'s kernel on `isa`: AVX2's 3 (4 rows x 3 tokens, 12
+/// accumulators of 8 lanes); AVX-512's 6 (24 accumulators of 16 lanes).
+fn blocked_tt(isa: Isa) -> usize {
+    match isa {
+        Isa::Avx512 => 6,
+        _ => AVX2_TT,
+    }
+}
 
 /// How many weight rows one tile takes for `tt` tokens (`remaining` rows left): as many
 /// as keep the tile's accumulators in registers (32 on AVX-512, 16 on AVX2). Two tokens on
@@ -948,11 +980,91 @@ mod avx512 {
 }
 
 #[cfg(target_arch = "x86_64")]
+mod avx512_packed {
+    use std::arch::x86_64::*;
+
+    use super::avx2::{sum_rows, Fin};
+
+    /// [`super::avx2::packed_block`] on AVX-512 for 4 rows and `T` tokens whose bodies are
+    /// laid out for passes of 16 lanes (`super::pack_tile`): each output's 16 lanes are one
+    /// register, and each block of 16 elements is one load per row and per token and `4 *
+    /// T` FMAs (24 accumulators at T = 6, no shuffles). The same FMAs per lane in the same
+    /// order as every other kernel, so the same bits.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F, AVX2 and FMA; with `fin`, `out + j * stride + i` (j < T, i <
+    /// 4) may be written.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub unsafe fn packed_block<const T: usize>(
+        rows: &[f32],
+        xs: &[f32],
+        body: usize,
+        range: std::ops::Range<usize>,
+        lanes: &mut [f32],
+        fin: Option<Fin>,
+    ) {
+        const R: usize = 4;
+        assert!(fin
+            .as_ref()
+            .is_none_or(|f| range.end == body && f.bias.is_none_or(|b| b.len() == R)));
+        assert!(rows.len() >= R * body && xs.len() >= T * body && lanes.len() >= R * T * 16);
+        assert!(
+            range.end <= body && range.start.is_multiple_of(16) && range.end.is_multiple_of(16)
+        );
+        // SAFETY: every index stays below the asserted bounds.
+        unsafe {
+            let lp = lanes.as_mut_ptr();
+            // the lanes of output (r, j)
+            let at = |r: usize, j: usize| lp.add((r * T + j) * 16);
+            let mut acc = [[_mm512_setzero_ps(); T]; R];
+            if range.start > 0 {
+                for (r, acc_r) in acc.iter_mut().enumerate() {
+                    for (j, a) in acc_r.iter_mut().enumerate() {
+                        *a = _mm512_loadu_ps(at(r, j));
+                    }
+                }
+            }
+            let mut wp = rows.as_ptr().add(range.start * R);
+            let mut xp = xs.as_ptr().add(range.start * T);
+            for _ in 0..(range.end - range.start) / 16 {
+                let w: [__m512; R] = std::array::from_fn(|r| _mm512_loadu_ps(wp.add(16 * r)));
+                // indexed loops: with iterators over `acc`, LLVM kept some on the stack
+                #[allow(clippy::needless_range_loop)]
+                for j in 0..T {
+                    let x = _mm512_loadu_ps(xp.add(16 * j));
+                    for r in 0..R {
+                        acc[r][j] = _mm512_fmadd_ps(w[r], x, acc[r][j]);
+                    }
+                }
+                (wp, xp) = (wp.add(16 * R), xp.add(16 * T));
+            }
+            for (r, acc_r) in acc.iter().enumerate() {
+                for (j, a) in acc_r.iter().enumerate() {
+                    _mm512_storeu_ps(at(r, j), *a);
+                }
+            }
+            // (the sums read the lanes back: with the accumulators used after the loop,
+            // LLVM kept a third of them on the stack inside it)
+            if let Some(fin) = &fin {
+                for j in 0..T {
+                    // per row: lanes 0-7 + lanes 8-15
+                    let b = std::array::from_fn(|r| {
+                        _mm256_add_ps(_mm256_loadu_ps(at(r, j)), _mm256_loadu_ps(at(r, j).add(8)))
+                    });
+                    sum_rows(b, fin, j);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
 
     use super::finish;
     use crate::checkpoint::DType;
+    use crate::util::isa::packed_at;
 
     /// 8 weights starting at element `i` of the row at `row`.
     ///
@@ -996,8 +1108,9 @@ mod avx2 {
 
     /// Elements `cols` of row `r` (`src`, from element `cols.start` on) of f16/bf16/f32
     /// widened to f32 in `dst`, 4 rows of `k` as `super::widen_cols` lays them out: the
-    /// body's elements by `super::pack_tile`, the tail (if `cols` reaches it) after the 4
-    /// bodies. `cols` starts on a block of 16 and ends on one or at `k`.
+    /// body's elements by `super::pack_tile` for passes of `pass` lanes, the tail (if
+    /// `cols` reaches it) after the 4 bodies. `cols` starts on a block of 16 and ends on
+    /// one or at `k`.
     ///
     /// # Safety
     /// The CPU has AVX2 and F16C.
@@ -1008,6 +1121,7 @@ mod avx2 {
         cols: std::ops::Range<usize>,
         r: usize,
         k: usize,
+        pass: usize,
         dst: &mut [f32],
     ) {
         const R: usize = 4;
@@ -1020,10 +1134,9 @@ mod avx2 {
         // `cols.len()`) and `dst` (below `R * body`, asserted).
         unsafe {
             let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
-            for i in (c0..mid).step_by(16) {
-                let at = (i / 16 * R + r) * 8;
+            for i in (c0..mid).step_by(8) {
+                let at = packed_at(i, r, R, body, pass);
                 _mm256_storeu_ps(d.add(at), load8(dtype, s, i - c0));
-                _mm256_storeu_ps(d.add(R * body / 2 + at), load8(dtype, s, i - c0 + 8));
             }
         }
         let tail = &mut dst[R * body + r * (k - body)..][..k - body];
@@ -1159,6 +1272,33 @@ mod avx2 {
         pub bias: Option<&'a [f32]>,
     }
 
+    /// The outputs of token `j` for 4 rows, written at `fin.out + j * fin.stride` (plus
+    /// bias): `b[r]` is row `r`'s lanes 0-7 plus its lanes 8-15 (`finish`'s first step);
+    /// each is summed on in `finish`'s order, the 4 rows at once.
+    ///
+    /// # Safety
+    /// The CPU has AVX2; `fin.out + j * fin.stride + i` (i < 4) may be written.
+    #[inline(always)]
+    pub unsafe fn sum_rows(b: [__m256; 4], fin: &Fin, j: usize) {
+        // SAFETY: register operations, and the store the caller allows.
+        unsafe {
+            // per row: c = b's quarters added
+            let c: [__m128; 4] = std::array::from_fn(|r| {
+                _mm_add_ps(_mm256_castps256_ps128(b[r]), _mm256_extractf128_ps(b[r], 1))
+            });
+            // the rows' c transposed: (c0 + c2) + (c1 + c3) for 4 rows at once
+            let (t0, t1) = (_mm_unpacklo_ps(c[0], c[1]), _mm_unpacklo_ps(c[2], c[3]));
+            let (t2, t3) = (_mm_unpackhi_ps(c[0], c[1]), _mm_unpackhi_ps(c[2], c[3]));
+            let (c0, c1) = (_mm_movelh_ps(t0, t1), _mm_movehl_ps(t1, t0));
+            let (c2, c3) = (_mm_movelh_ps(t2, t3), _mm_movehl_ps(t3, t2));
+            let mut sum = _mm_add_ps(_mm_add_ps(c0, c2), _mm_add_ps(c1, c3));
+            if let Some(b) = fin.bias {
+                sum = _mm_add_ps(sum, _mm_loadu_ps(b.as_ptr()));
+            }
+            _mm_storeu_ps(fin.out.add(j * fin.stride), sum);
+        }
+    }
+
     /// The FMAs of [`tile_halves`] over the elements `range` of the body only, on `R` rows
     /// and `T` tokens whose bodies (`body` elements each) are laid out by
     /// `super::pack_tile`, carrying each output's 16 lanes in `lanes` (`[row][token][lane]`,
@@ -1226,21 +1366,11 @@ mod avx2 {
                 if let (1, Some(fin)) = (h, &fin) {
                     #[allow(clippy::needless_range_loop)] // acc[r][j] over rows r
                     for j in 0..T {
-                        // per row: b = lanes 0-7 + lanes 8-15, c = b's quarters added
-                        let c: [__m128; 4] = std::array::from_fn(|r| {
-                            let b = _mm256_add_ps(_mm256_loadu_ps(at(r, j).sub(8)), acc[r][j]);
-                            _mm_add_ps(_mm256_castps256_ps128(b), _mm256_extractf128_ps(b, 1))
+                        // per row: lanes 0-7 + lanes 8-15
+                        let b = std::array::from_fn(|r| {
+                            _mm256_add_ps(_mm256_loadu_ps(at(r, j).sub(8)), acc[r][j])
                         });
-                        // the rows' c transposed: (c0 + c2) + (c1 + c3) for 4 rows at once
-                        let (t0, t1) = (_mm_unpacklo_ps(c[0], c[1]), _mm_unpacklo_ps(c[2], c[3]));
-                        let (t2, t3) = (_mm_unpackhi_ps(c[0], c[1]), _mm_unpackhi_ps(c[2], c[3]));
-                        let (c0, c1) = (_mm_movelh_ps(t0, t1), _mm_movehl_ps(t1, t0));
-                        let (c2, c3) = (_mm_movelh_ps(t2, t3), _mm_movehl_ps(t3, t2));
-                        let mut sum = _mm_add_ps(_mm_add_ps(c0, c2), _mm_add_ps(c1, c3));
-                        if let Some(b) = fin.bias {
-                            sum = _mm_add_ps(sum, _mm_loadu_ps(b.as_ptr()));
-                        }
-                        _mm_storeu_ps(fin.out.add(j * fin.stride), sum);
+                        sum_rows(b, fin, j);
                     }
                     continue;
                 }

@@ -225,8 +225,8 @@ thread_local! {
 /// passes of `pass` lanes in `d` ([`packed_at`]): on AVX2 lanes 0-7 of every block of 16
 /// with the tile's rows interleaved block by block, then lanes 8-15 likewise; on AVX-512
 /// every block's 16 lanes, the rows interleaved. A pass over one part of the lanes
-/// ([`avx2::packed_block`], [`avx512_packed::packed_block`]) reads one sequential stream of the
-/// tile.
+/// ([`avx2::packed_block`], [`avx512_packed::packed_block`]) reads one sequential stream
+/// of the tile.
 fn pack_tile(
     s: &[f32],
     cols: std::ops::Range<usize>,
@@ -405,20 +405,19 @@ impl TileRows for Quantized<'_> {
 }
 
 /// `out[t * n + o] = dot(row o, x[t]) (+ bias[o])` on AVX2 or AVX-512 (`isa`) for the `n`
-/// rows of `w`, widened to f32. The product is blocked as a GEMM is: a task's chunk of rows takes the
-/// tokens in blocks of at most [`TOKEN_BLOCK`] and the rows' elements in blocks of at most
-/// [`KC`]; for each pair, every row tile of 4 widens its block (16 KiB, in L1) and every
-/// token tile passes over it, while the activations' block stays in L2 for all the row
-/// tiles. Row tiles and token tiles are laid out by [`pack_tile`] for the ISA's passes
-/// (AVX2: two of 8 lanes, 4 rows x 3 tokens; AVX-512: one of 16, 4 rows x 6 tokens), so
-/// each pass over a tile's block is one sequential stream (rows of 4864 elements, Qwen's
-/// down projection,
-/// read as 7 streams of 1.9 KiB per block ran at 58% of the FMA peak where 896 ran at
-/// 75%). Each output's 16 lanes wait in memory between blocks; they see the same FMAs in
-/// the same order, so the bits are [`rows_product`]'s. The raw bytes of the next row
-/// tile's block are prefetched meanwhile, so that widening them does not wait on memory
-/// (a forward's weights come from DRAM). Only called on a CPU with AVX2, FMA and F16C (and
-/// AVX-512F for [`Isa::Avx512`]).
+/// rows of `w`, widened to f32. The product is blocked as a GEMM is: a task's chunk of
+/// rows takes the tokens in blocks of at most [`TOKEN_BLOCK`] and the rows' elements in
+/// blocks of at most [`KC`]; for each pair, every row tile of 4 widens its block (16 KiB,
+/// in L1) and every token tile passes over it, while the activations' block stays in L2
+/// for all the row tiles. Row tiles and token tiles are laid out by [`pack_tile`] for the
+/// ISA's passes (AVX2: two of 8 lanes, 4 rows x 3 tokens; AVX-512: one of 16, 4 rows x 6
+/// tokens), so each pass over a tile's block is one sequential stream (rows of 4864
+/// elements, Qwen's down projection, read as 7 streams of 1.9 KiB per block ran at 58% of
+/// the FMA peak where 896 ran at 75%). Each output's 16 lanes wait in memory between
+/// blocks; they see the same FMAs in the same order, so the bits are [`rows_product`]'s.
+/// The raw bytes of the next row tile's block are prefetched meanwhile, so that widening
+/// them does not wait on memory (a forward's weights come from DRAM). Only called on a CPU
+/// with AVX2, FMA and F16C (and AVX-512F for [`Isa::Avx512`]).
 fn blocked<W: TileRows>(
     isa: Isa,
     x: &[f32],

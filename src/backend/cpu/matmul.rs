@@ -88,7 +88,7 @@ fn linear_on(
     // Quantized rows are always dequantized first (exactly as gguf-py does, so the
     // products are those of the dequantized model's f32 weights).
     if dtype.is_quantized() || (t_count > widen_above(isa) && dtype != DType::F32) {
-        if isa == Isa::Avx2 || (isa == Isa::Avx512 && t_count > MAX_TT) {
+        if isa == Isa::Avx2 || (isa == Isa::Avx512 && t_count > widen_above(isa)) {
             let rows = Dense {
                 dtype,
                 wb,
@@ -482,7 +482,6 @@ fn blocked<W: TileRows>(
                 let tn = tb.min(t_count - t0);
                 let span = Tokens {
                     isa,
-                    tt: tt_max,
                     t0,
                     tn,
                     xs: &xp[t0 * body..(t0 + tn) * body],
@@ -528,10 +527,10 @@ fn aligned(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
 }
 
 /// The tokens `t0..t0 + tn` of [`blocked`]: their bodies laid out as its token tiles of
-/// `tt` (`xs`), and as they came (`x`, for the tails); `isa`'s kernel runs the tiles.
+/// [`blocked_tt`]`(isa)` (`xs`), and as they came (`x`, for the tails); `isa`'s kernel runs
+/// the tiles.
 struct Tokens<'a> {
     isa: Isa,
-    tt: usize,
     t0: usize,
     tn: usize,
     xs: &'a [f32],
@@ -599,13 +598,14 @@ fn row_tile_block(
 ) {
     const R: usize = WIDE_ROWS;
     let body = span.xs.len() / span.tn;
-    let tiles = span.tn.div_ceil(span.tt);
+    let tt_max = blocked_tt(span.isa);
+    let tiles = span.tn.div_ceil(tt_max);
     let total: usize = lines.iter().map(|l| l.len().div_ceil(64)).sum();
     let (per, mut ahead) = (
         total.div_ceil(tiles),
         lines.iter().flat_map(|l| l.clone().step_by(64)),
     );
-    for t in (0..span.tn).step_by(span.tt) {
+    for t in (0..span.tn).step_by(tt_max) {
         for at in ahead.by_ref().take(per) {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: a prefetch never faults (the line is inside `wb` anyway).
@@ -614,7 +614,7 @@ fn row_tile_block(
                 _mm_prefetch::<_MM_HINT_T0>(wb.as_ptr().add(at) as *const i8)
             };
         }
-        let tt = (span.tn - t).min(span.tt);
+        let tt = (span.tn - t).min(tt_max);
         let xs = &span.xs[t * body..(t + tt) * body];
         let l = &mut lanes[t * R * 16..(t + tt) * R * 16];
         #[cfg(target_arch = "x86_64")]
@@ -654,8 +654,9 @@ fn finish_tail(rows: &[f32], span: &Tokens, lanes: &[f32], out: Out) {
     const R: usize = WIDE_ROWS;
     let k = span.x.len() / span.tn;
     let body = k - k % 16;
-    for t in (0..span.tn).step_by(span.tt) {
-        let tt = (span.tn - t).min(span.tt);
+    let tt_max = blocked_tt(span.isa);
+    for t in (0..span.tn).step_by(tt_max) {
+        let tt = (span.tn - t).min(tt_max);
         for i in 0..R {
             let o = out.r0 + i;
             let b = out.bias.map_or(0.0, |b| b[o]);
@@ -982,7 +983,7 @@ mod avx512 {
 mod avx512_packed {
     use std::arch::x86_64::*;
 
-    use super::avx2::{sum_rows, Fin};
+    use super::avx2::{check_block, sum_rows, Fin};
 
     /// [`super::avx2::packed_block`] on AVX-512 for 4 rows and `T` tokens whose bodies are
     /// laid out for passes of 16 lanes (`super::pack_tile`): each output's 16 lanes are one
@@ -1003,13 +1004,7 @@ mod avx512_packed {
         fin: Option<Fin>,
     ) {
         const R: usize = 4;
-        assert!(fin
-            .as_ref()
-            .is_none_or(|f| range.end == body && f.bias.is_none_or(|b| b.len() == R)));
-        assert!(rows.len() >= R * body && xs.len() >= T * body && lanes.len() >= R * T * 16);
-        assert!(
-            range.end <= body && range.start.is_multiple_of(16) && range.end.is_multiple_of(16)
-        );
+        check_block(R, T, rows, xs, body, &range, lanes, fin.as_ref());
         // SAFETY: every index stays below the asserted bounds.
         unsafe {
             let lp = lanes.as_mut_ptr();
@@ -1271,6 +1266,30 @@ mod avx2 {
         pub bias: Option<&'a [f32]>,
     }
 
+    /// The bounds both `packed_block` kernels (this one's and AVX-512's) index within: `r`
+    /// rows' and `t` tokens' bodies (`body` elements each) and their outputs' lanes, a
+    /// range of whole blocks of 16 inside the body, and `fin` only with 4 rows, at the
+    /// body's last block, with 4 biases if any.
+    #[allow(clippy::too_many_arguments)]
+    pub fn check_block(
+        r: usize,
+        t: usize,
+        rows: &[f32],
+        xs: &[f32],
+        body: usize,
+        range: &std::ops::Range<usize>,
+        lanes: &[f32],
+        fin: Option<&Fin>,
+    ) {
+        assert!(
+            fin.is_none_or(|f| r == 4 && range.end == body && f.bias.is_none_or(|b| b.len() == 4))
+        );
+        assert!(rows.len() >= r * body && xs.len() >= t * body && lanes.len() >= r * t * 16);
+        assert!(
+            range.end <= body && range.start.is_multiple_of(16) && range.end.is_multiple_of(16)
+        );
+    }
+
     /// The outputs of token `j` for 4 rows, written at `fin.out + j * fin.stride` (plus
     /// bias): `b[r]` is row `r`'s lanes 0-7 plus its lanes 8-15 (`finish`'s first step);
     /// each is summed on in `finish`'s order, the 4 rows at once.
@@ -1318,16 +1337,7 @@ mod avx2 {
         lanes: &mut [f32],
         fin: Option<Fin>,
     ) {
-        assert!(
-            fin.is_none()
-                || (R == 4
-                    && range.end == body
-                    && fin.as_ref().unwrap().bias.is_none_or(|b| b.len() == 4))
-        );
-        assert!(rows.len() >= R * body && xs.len() >= T * body && lanes.len() >= R * T * 16);
-        assert!(
-            range.end <= body && range.start.is_multiple_of(16) && range.end.is_multiple_of(16)
-        );
+        check_block(R, T, rows, xs, body, &range, lanes, fin.as_ref());
         // SAFETY: every index stays below the asserted bounds.
         unsafe {
             let lp = lanes.as_mut_ptr();

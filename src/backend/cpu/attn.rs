@@ -17,7 +17,8 @@
 //! Keys are stored in tiles of [`TILE`] slots, dimension-major inside a tile
 //! ([`key_at`]), so the AVX2 kernel loads one dimension of 8 keys at once and runs their
 //! 8 scores' chains in its lanes: no horizontal sums, and the query heads of a group share
-//! each load. Values are stored slot after slot. The portable code is the scalar reference.
+//! each load; the AVX-512 kernel puts two tiles in one register. Values are stored slot
+//! after slot. The portable code is the scalar reference.
 
 use super::kv::KvElem;
 use super::math::exp;
@@ -97,10 +98,23 @@ pub(crate) fn attend_rows<T: KvElem>(
     scores.resize(total, 0.0);
     #[cfg(target_arch = "x86_64")]
     if isa != Isa::Portable {
-        // SAFETY: every non-portable ISA has AVX2, FMA and F16C; the slots were checked to be
-        // inside both planes, `scores` holds one value per row, head and slot, and `out`
-        // as many values as the rows' queries.
-        unsafe { avx2::attend_rows(rows, hd, kv, shared, scale, scores, &mut scratch.tile, out) };
+        // SAFETY: every non-portable ISA has AVX2, FMA and F16C, and AVX-512 AVX-512F; the
+        // slots were checked to be inside both planes, `scores` holds one value per row,
+        // head and slot, and `out` as many values as the rows' queries.
+        unsafe {
+            let wide = isa == Isa::Avx512;
+            avx2::attend_rows(
+                wide,
+                rows,
+                hd,
+                kv,
+                shared,
+                scale,
+                scores,
+                &mut scratch.tile,
+                out,
+            )
+        };
         return;
     }
     let _ = isa;
@@ -202,7 +216,7 @@ mod avx2 {
 
     /// Prefetches the `n` elements at `p` (a prefetch never faults).
     #[inline(always)]
-    unsafe fn prefetch<T>(p: *const T, n: usize) {
+    pub unsafe fn prefetch<T>(p: *const T, n: usize) {
         let bytes = n * std::mem::size_of::<T>();
         for off in (0..bytes).step_by(64) {
             // SAFETY: prefetching is a hint: no address is dereferenced.
@@ -211,8 +225,8 @@ mod avx2 {
     }
 
     /// Tiles of keys, and slots of values, prefetched ahead of those being read.
-    const TILES_AHEAD: usize = 4;
-    const SLOTS_AHEAD: usize = 16;
+    pub const TILES_AHEAD: usize = 4;
+    pub const SLOTS_AHEAD: usize = 16;
 
     /// Slots a block of the AVX2 kernel takes: their keys and values (128 B each in f16
     /// at a head width of 64) stay in L1 while every query vector passes over them.
@@ -250,16 +264,19 @@ mod avx2 {
     }
 
     /// See [`super::attend_rows`]: the heads of every row go over the shared slots a block
-    /// at a time, up to three of them (of one row or several) over each key and value
-    /// together; then each row's heads over its own slots.
+    /// at a time, several of them (of one row or several) over each key and value
+    /// together; then each row's heads over its own slots. With `wide`, the blocks run
+    /// [`super::avx512`]'s kernels (the same order, so the same bits).
     ///
     /// # Safety
-    /// The CPU has AVX2, FMA and F16C; every slot's key tile and value (`hd` wide) lie
-    /// inside `kv`, every row's `q` holds the same number of heads, `scores` one value per
-    /// row, head and slot of its list, and `out` as many values as the rows' queries.
+    /// The CPU has AVX2, FMA and F16C (and AVX-512F with `wide`); every slot's key tile and
+    /// value (`hd` wide) lie inside `kv`, every row's `q` holds the same number of heads,
+    /// `scores` one value per row, head and slot of its list, and `out` as many values as
+    /// the rows' queries.
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn attend_rows<T: KvElem>(
+        wide: bool,
         rows: &[Row<'_>],
         hd: usize,
         kv: KvHead<'_, T>,
@@ -273,8 +290,8 @@ mod avx2 {
         unsafe {
             let heads = rows[0].q.len() / hd;
             let ns = shared.len();
-            // query vector `v` is head `v % heads` of row `v / heads`; its scores start at
-            // `first[v]`
+            // query vector `v` is head `v % heads` of row `v / heads`: its query at `q[v]`,
+            // its output at `o[v]`, its scores from `sp + first[v]` on
             let mut first = Vec::with_capacity(rows.len() * heads);
             let mut at = 0;
             for r in rows {
@@ -283,20 +300,30 @@ mod avx2 {
                     at += ns + r.own.len();
                 }
             }
-            let q = |v: usize| rows[v / heads].q.as_ptr().add(v % heads * hd);
             out.fill(0.0);
-            let op0 = out.as_mut_ptr();
-            let o = |v: usize| op0.add(v * hd);
+            let q: Vec<*const f32> = (0..first.len())
+                .map(|v| rows[v / heads].q.as_ptr().add(v % heads * hd))
+                .collect();
+            let o: Vec<*mut f32> = (0..first.len())
+                .map(|v| out.as_mut_ptr().add(v * hd))
+                .collect();
             let sp = scores.as_mut_ptr();
+            // the scores (or probabilities) of vectors `v0..v1` from slot `from` of their
+            // lists, into `c`
+            let sc = |c: &mut Vec<*mut f32>, v0: usize, v1: usize, from: usize| {
+                c.clear();
+                c.extend(first[v0..v1].iter().map(|&f| sp.add(f + from)));
+            };
+            let mut c = Vec::with_capacity(first.len());
             let (kp, vp) = (kv.k.as_ptr(), kv.v.as_ptr());
             // 1. scores
             for_blocks(rows, heads, shared, |block, v0, v1, from| {
-                by_heads!(v1 - v0, H => |x0: usize| {
-                    let qp: [*const f32; H] = std::array::from_fn(|x| q(v0 + x0 + x));
-                    let sc: [*mut f32; H] =
-                        std::array::from_fn(|x| sp.add(first[v0 + x0 + x] + from));
-                    scores_of::<T, H>(qp, hd, kp, block, scale, sc, tile);
-                });
+                sc(&mut c, v0, v1, from);
+                if wide {
+                    super::avx512::scores_block(&q[v0..v1], hd, kp, block, scale, &c, tile);
+                } else {
+                    scores_block(&q[v0..v1], hd, kp, block, scale, &c, tile);
+                }
             });
             // 2.-4. per row and head: max, exponentials, their sum, the probabilities
             for (v, &f) in first.iter().enumerate() {
@@ -306,14 +333,59 @@ mod avx2 {
             // 5. the weighted values, each head's lanes over every slot in order (a block
             // at a time, the partial sums kept in `out` between blocks)
             for_blocks(rows, heads, shared, |block, v0, v1, from| {
-                by_heads!(v1 - v0, H => |x0: usize| {
-                    let p: [*const f32; H] =
-                        std::array::from_fn(|x| sp.add(first[v0 + x0 + x] + from) as *const f32);
-                    let op: [*mut f32; H] = std::array::from_fn(|x| o(v0 + x0 + x));
-                    values_of::<T, H>(p, block, hd, vp, op);
-                });
+                sc(&mut c, v0, v1, from);
+                if wide {
+                    super::avx512::values_block(&c, block, hd, vp, &o[v0..v1]);
+                } else {
+                    values_block(&c, block, hd, 0, vp, &o[v0..v1]);
+                }
             });
         }
+    }
+
+    /// [`scores_of`] for every query vector of `q` (their scores at `sc`), up to three
+    /// at a time.
+    ///
+    /// # Safety
+    /// As [`scores_of`] for each vector.
+    #[inline(always)]
+    pub unsafe fn scores_block<T: KvElem>(
+        q: &[*const f32],
+        hd: usize,
+        kp: *const T,
+        slots: &[usize],
+        scale: f32,
+        sc: &[*mut f32],
+        tile: &mut Vec<f32>,
+    ) {
+        by_heads!(q.len(), H => |x0: usize| {
+            let qx: [*const f32; H] = std::array::from_fn(|x| q[x0 + x]);
+            let c: [*mut f32; H] = std::array::from_fn(|x| sc[x0 + x]);
+            // SAFETY: the caller's contract, vector by vector.
+            unsafe { scores_of::<T, H>(qx, hd, kp, slots, scale, c, tile) };
+        });
+    }
+
+    /// [`values_of`] from dimension `c0` on for every vector (probabilities `p`, outputs
+    /// `o`), up to three at a time.
+    ///
+    /// # Safety
+    /// As [`values_of`] for each vector.
+    #[inline(always)]
+    pub unsafe fn values_block<T: KvElem>(
+        p: &[*mut f32],
+        slots: &[usize],
+        hd: usize,
+        c0: usize,
+        vp: *const T,
+        o: &[*mut f32],
+    ) {
+        by_heads!(p.len(), H => |x0: usize| {
+            let px: [*const f32; H] = std::array::from_fn(|x| p[x0 + x] as *const f32);
+            let ox: [*mut f32; H] = std::array::from_fn(|x| o[x0 + x]);
+            // SAFETY: the caller's contract, vector by vector.
+            unsafe { values_of::<T, H>(px, slots, hd, c0, vp, ox) };
+        });
     }
 
     /// Calls `f(block, v0, v1, from)` for the shared slots a block at a time (query
@@ -350,7 +422,8 @@ mod avx2 {
     }
 
     /// `out[x][i] += p[x][j] * value(slots[j])[i]` for `H` heads over `slots` in order
-    /// (step 5 of the module's order for one block of slots).
+    /// (step 5 of the module's order for one block of slots), for dimensions `c0..hd`
+    /// (`c0` a multiple of 8).
     ///
     /// # Safety
     /// As [`attend_rows`]: each `p[x]` holds `slots.len()` values and each `out[x]` `hd`,
@@ -360,13 +433,13 @@ mod avx2 {
         p: [*const f32; H],
         slots: &[usize],
         hd: usize,
+        mut c0: usize,
         vp: *const T,
         op: [*mut f32; H],
     ) {
         // SAFETY: the caller upholds the contract above.
         unsafe {
             let body = hd - hd % 8;
-            let mut c0 = 0;
             while c0 < body {
                 let v = vp.add(c0);
                 let o: [*mut f32; H] = std::array::from_fn(|x| op[x].add(c0));
@@ -401,7 +474,7 @@ mod avx2 {
     /// As [`attend_rows`]: each `q[x]` holds `hd` values and each `sc[x]` `slots.len()`, every
     /// slot's key tile lies inside the key tiles at `kp`.
     #[inline(always)]
-    unsafe fn scores_of<T: KvElem, const H: usize>(
+    pub unsafe fn scores_of<T: KvElem, const H: usize>(
         qp: [*const f32; H],
         hd: usize,
         kp: *const T,
@@ -570,6 +643,254 @@ mod avx2 {
             for (ox, outx) in o.iter().zip(out) {
                 for (u, ou) in ox.iter().enumerate() {
                     _mm256_storeu_ps(outx.add(8 * u), *ou);
+                }
+            }
+            N
+        }
+    }
+}
+
+/// The AVX-512 kernels of [`avx2::attend_rows`]'s blocks: the same order as every kernel
+/// (each score one chain over the dimensions, each output dimension one chain over the
+/// slots), with 16 lanes and 32 registers: the scores take two tiles of keys per register,
+/// the weighted values 16 dimensions, and up to 12 query vectors go over each load
+/// together (24 accumulators). What does not fill 16 lanes (a tile alone, slots gathered
+/// from scattered tiles, head widths not a multiple of 16) runs the AVX2 kernels.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::avx2::{self, prefetch, scores_of, SLOTS_AHEAD, TILES_AHEAD};
+    use super::{KvElem, TILE};
+
+    /// `by_heads!(n, H => body)` calls `body(h0)` for vectors `h0..h0 + H`, `H` a const of
+    /// 12, 6, 3, 2 or 1, until all `n` have been taken.
+    macro_rules! by_heads {
+        ($heads:expr, $h:ident => $body:expr) => {{
+            let mut h0 = 0;
+            while h0 < $heads {
+                macro_rules! take {
+                    ($n:expr) => {{
+                        const $h: usize = $n;
+                        $body(h0);
+                        $h
+                    }};
+                }
+                h0 += match $heads - h0 {
+                    12.. => take!(12),
+                    6.. => take!(6),
+                    3.. => take!(3),
+                    2 => take!(2),
+                    _ => take!(1),
+                };
+            }
+        }};
+    }
+
+    /// The scores of the vectors `q` over `slots` into `sc` (as
+    /// [`super::avx2::scores_block`]): two tiles that the slots fill in order are one
+    /// register of 16 lanes; other slots go to the AVX2 kernel.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F, AVX2, FMA and F16C; as [`scores_of`] for each vector.
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    pub unsafe fn scores_block<T: KvElem>(
+        q: &[*const f32],
+        hd: usize,
+        kp: *const T,
+        slots: &[usize],
+        scale: f32,
+        sc: &[*mut f32],
+        tile: &mut Vec<f32>,
+    ) {
+        by_heads!(q.len(), H => |x0: usize| {
+            let qx: [*const f32; H] = std::array::from_fn(|x| q[x0 + x]);
+            let c: [*mut f32; H] = std::array::from_fn(|x| sc[x0 + x]);
+            // SAFETY: the caller's contract, vector by vector.
+            unsafe { scores_of_wide::<T, H>(qx, hd, kp, slots, scale, c, tile) };
+        });
+    }
+
+    /// [`scores_of`] for `H` vectors with pairs of whole tiles in 16 lanes.
+    ///
+    /// # Safety
+    /// As [`scores_block`].
+    #[inline(always)]
+    unsafe fn scores_of_wide<T: KvElem, const H: usize>(
+        qp: [*const f32; H],
+        hd: usize,
+        kp: *const T,
+        slots: &[usize],
+        scale: f32,
+        sc: [*mut f32; H],
+        tile: &mut Vec<f32>,
+    ) {
+        // SAFETY: the caller upholds the contract above.
+        unsafe {
+            let n = slots.len();
+            // the 16 slots from `j` on fill two tiles, each in order
+            let pair = |j: usize| {
+                j + 2 * TILE <= n
+                    && (0..2).all(|h| {
+                        let s = slots[j + h * TILE];
+                        s.is_multiple_of(TILE)
+                            && (1..TILE).all(|l| slots[j + h * TILE + l] == s + l)
+                    })
+            };
+            let tile_of = |j: usize| kp.add(slots[j] / TILE * hd * TILE);
+            let mut j = 0;
+            while j < n {
+                let c = sc.map(|p| p.add(j));
+                if pair(j) {
+                    let mut u = 1;
+                    while u < 4 && pair(j + u * 2 * TILE) {
+                        u += 1;
+                    }
+                    let t: [[*const T; 2]; 4] = std::array::from_fn(|x| {
+                        let at = j + x.min(u - 1) * 2 * TILE;
+                        [tile_of(at), tile_of(at + TILE)]
+                    });
+                    prefetch(
+                        t[0][0].wrapping_add(TILES_AHEAD * hd * TILE),
+                        2 * u * hd * TILE,
+                    );
+                    // up to 24 accumulators
+                    u = match (u, H) {
+                        (4, ..=6) => pairs::<T, 4, H>(qp, hd, t, scale, c),
+                        (2.., _) => pairs::<T, 2, H>(qp, hd, [t[0], t[1]], scale, c),
+                        _ => pairs::<T, 1, H>(qp, hd, [t[0]], scale, c),
+                    };
+                    j += u * 2 * TILE;
+                } else {
+                    // up to where two whole tiles start
+                    let mut m = 1;
+                    while j + m < n && !pair(j + m) {
+                        m += 1;
+                    }
+                    scores_of::<T, H>(qp, hd, kp, &slots[j..j + m], scale, c, tile);
+                    j += m;
+                }
+            }
+        }
+    }
+
+    /// The scores of the `16 * U` slots of the tile pairs `t` for `H` vectors: each lane
+    /// one slot's chain over the dimensions in order. Returns `U`.
+    ///
+    /// # Safety
+    /// As [`scores_block`]; each `t[u][h]` is a tile of `hd * 8` values, each `sc[x]`
+    /// holds `16 * U` values.
+    #[inline(always)]
+    unsafe fn pairs<T: KvElem, const U: usize, const H: usize>(
+        qp: [*const f32; H],
+        hd: usize,
+        t: [[*const T; 2]; U],
+        scale: f32,
+        sc: [*mut f32; H],
+    ) -> usize {
+        // SAFETY: the caller upholds the contract above.
+        unsafe {
+            let mut acc = [[_mm512_setzero_ps(); U]; H];
+            for i in 0..hd {
+                let k: [__m512; U] = std::array::from_fn(|u| {
+                    T::load8x2(t[u][0].add(i * TILE), t[u][1].add(i * TILE))
+                });
+                // indexed loops: LLVM keeps the accumulators in registers
+                #[allow(clippy::needless_range_loop)]
+                for x in 0..H {
+                    let b = _mm512_set1_ps(*qp[x].add(i));
+                    for u in 0..U {
+                        acc[x][u] = _mm512_fmadd_ps(b, k[u], acc[x][u]);
+                    }
+                }
+            }
+            let s = _mm512_set1_ps(scale);
+            for (ax, c) in acc.iter().zip(sc) {
+                for (u, a) in ax.iter().enumerate() {
+                    _mm512_storeu_ps(c.add(u * 2 * TILE), _mm512_mul_ps(*a, s));
+                }
+            }
+            U
+        }
+    }
+
+    /// The weighted values of the vectors with probabilities `p` over `slots` into `o` (as
+    /// [`avx2::values_block`]): 16 dimensions per register; the dimensions after
+    /// the last 16 go to the AVX2 kernel.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F, AVX2, FMA and F16C; as [`avx2::values_block`].
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    pub unsafe fn values_block<T: KvElem>(
+        p: &[*mut f32],
+        slots: &[usize],
+        hd: usize,
+        vp: *const T,
+        o: &[*mut f32],
+    ) {
+        let body = hd - hd % 16;
+        by_heads!(p.len(), H => |x0: usize| {
+            let px: [*const f32; H] = std::array::from_fn(|x| p[x0 + x] as *const f32);
+            let ox: [*mut f32; H] = std::array::from_fn(|x| o[x0 + x]);
+            let mut c0 = 0;
+            while c0 < body {
+                // SAFETY: the caller's contract; dimensions c0.. of `hd`, a 16 at a time
+                unsafe {
+                    let v = vp.add(c0);
+                    let oc: [*mut f32; H] = std::array::from_fn(|x| ox[x].add(c0));
+                    // up to 24 accumulators
+                    c0 += 16 * match ((body - c0) / 16, H) {
+                        (8.., ..=3) => weighted::<T, 8, H>(px, slots, hd, v, oc),
+                        (4.., ..=6) => weighted::<T, 4, H>(px, slots, hd, v, oc),
+                        (2.., _) => weighted::<T, 2, H>(px, slots, hd, v, oc),
+                        _ => weighted::<T, 1, H>(px, slots, hd, v, oc),
+                    };
+                }
+            }
+        });
+        if body < hd {
+            // SAFETY: the caller's contract; dimensions body.. (a multiple of 8)
+            unsafe { avx2::values_block(p, slots, hd, body, vp, o) };
+        }
+    }
+
+    /// `out[x][..16 * N] += sum over slots of p[x] * v` for `H` vectors (the value rows at
+    /// `v + s * stride`), `fma` in slot order, each value chunk loaded once for all.
+    /// Returns `N`.
+    ///
+    /// # Safety
+    /// As [`values_block`]; every slot's `16 * N` values from `v` are readable, each `p[x]`
+    /// holds `slots.len()` values and each `out[x]` is valid for `16 * N`.
+    #[inline(always)]
+    unsafe fn weighted<T: KvElem, const N: usize, const H: usize>(
+        p: [*const f32; H],
+        slots: &[usize],
+        stride: usize,
+        v: *const T,
+        out: [*mut f32; H],
+    ) -> usize {
+        // SAFETY: the caller upholds the contract above.
+        unsafe {
+            let mut o: [[__m512; N]; H] = std::array::from_fn(|x| {
+                std::array::from_fn(|u| _mm512_loadu_ps(out[x].add(16 * u)))
+            });
+            for (j, &s) in slots.iter().enumerate() {
+                let row = v.add(s * stride);
+                if let Some(&s) = slots.get(j + SLOTS_AHEAD) {
+                    prefetch(v.add(s * stride), 16 * N);
+                }
+                let vv: [__m512; N] = std::array::from_fn(|u| T::load16(row.add(16 * u)));
+                #[allow(clippy::needless_range_loop)]
+                for x in 0..H {
+                    let px = _mm512_set1_ps(*p[x].add(j));
+                    for u in 0..N {
+                        o[x][u] = _mm512_fmadd_ps(px, vv[u], o[x][u]);
+                    }
+                }
+            }
+            for (ox, outx) in o.iter().zip(out) {
+                for (u, ou) in ox.iter().enumerate() {
+                    _mm512_storeu_ps(outx.add(16 * u), *ou);
                 }
             }
             N

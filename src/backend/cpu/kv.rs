@@ -24,6 +24,43 @@ pub(crate) trait KvElem: Copy + Send + Sync + 'static {
     /// The CPU has AVX2 and F16C; 8 values are readable at `p`.
     #[cfg(target_arch = "x86_64")]
     unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256;
+    /// The 16 values at `p` as f32 (exact).
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; 16 values are readable at `p`.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512;
+    /// The 8 values at `lo` then the 8 at `hi` as f32 (exact), in one register.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; 8 values are readable at `lo` and at `hi`.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load8x2(lo: *const Self, hi: *const Self) -> std::arch::x86_64::__m512;
+}
+
+/// The 8 two-byte values at `lo` then the 8 at `hi`, as one 256-bit register.
+///
+/// # Safety
+/// 16 bytes are readable at `lo` and at `hi`; the CPU has AVX2.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn halves<T>(lo: *const T, hi: *const T) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::*;
+    // SAFETY: the caller's contract.
+    unsafe { _mm256_loadu2_m128i(hi.cast(), lo.cast()) }
+}
+
+/// 16 bf16 values (their bits in `h`) as f32: each is the upper half of the f32 with the
+/// same value.
+///
+/// # Safety
+/// The CPU has AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn bf16_widen16(h: std::arch::x86_64::__m256i) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    // SAFETY: register operations only (the caller's contract).
+    unsafe { _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h))) }
 }
 
 impl KvElem for f32 {
@@ -42,6 +79,23 @@ impl KvElem for f32 {
     unsafe fn load8(p: *const f32) -> std::arch::x86_64::__m256 {
         // SAFETY: 8 floats are readable at `p` (the caller's contract).
         unsafe { std::arch::x86_64::_mm256_loadu_ps(p) }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16(p: *const f32) -> std::arch::x86_64::__m512 {
+        // SAFETY: 16 floats are readable at `p` (the caller's contract).
+        unsafe { std::arch::x86_64::_mm512_loadu_ps(p) }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8x2(lo: *const f32, hi: *const f32) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        // SAFETY: 8 floats are readable at `lo` and `hi`; the CPU has AVX-512F.
+        unsafe {
+            let l = _mm512_castps256_ps512(_mm256_loadu_ps(lo));
+            let h = _mm256_castps_pd(_mm256_loadu_ps(hi));
+            _mm512_castpd_ps(_mm512_insertf64x4::<1>(_mm512_castps_pd(l), h))
+        }
     }
 }
 
@@ -62,6 +116,19 @@ impl KvElem for f16 {
         use std::arch::x86_64::*;
         // SAFETY: 16 bytes are readable at `p`; the CPU has F16C (the caller's contract).
         unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p.cast())) }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16(p: *const f16) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        // SAFETY: 32 bytes are readable at `p`; the CPU has AVX-512F (the caller's contract).
+        unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(p.cast())) }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8x2(lo: *const f16, hi: *const f16) -> std::arch::x86_64::__m512 {
+        // SAFETY: 16 bytes are readable at `lo` and `hi`; the CPU has AVX-512F.
+        unsafe { std::arch::x86_64::_mm512_cvtph_ps(halves(lo, hi)) }
     }
 }
 
@@ -86,6 +153,18 @@ impl KvElem for bf16 {
             let w = _mm256_cvtepu16_epi32(_mm_loadu_si128(p.cast()));
             _mm256_castsi256_ps(_mm256_slli_epi32::<16>(w))
         }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16(p: *const bf16) -> std::arch::x86_64::__m512 {
+        // SAFETY: 32 bytes are readable at `p`; the CPU has AVX-512F (the caller's contract).
+        unsafe { bf16_widen16(std::arch::x86_64::_mm256_loadu_si256(p.cast())) }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8x2(lo: *const bf16, hi: *const bf16) -> std::arch::x86_64::__m512 {
+        // SAFETY: 16 bytes are readable at `lo` and `hi`; the CPU has AVX-512F.
+        unsafe { bf16_widen16(halves(lo, hi)) }
     }
 }
 
@@ -325,6 +404,28 @@ mod tests {
                 assert_eq!(wh[i], h[i].to_f32());
                 assert_eq!(wb[i], b[i].to_f32());
             }
+        }
+        #[cfg(target_arch = "x86_64")]
+        if crate::util::isa::isa() == crate::util::isa::Isa::Avx512 {
+            fn wide<T: KvElem>(xs: &[f32]) {
+                let v: Vec<T> = xs.iter().map(|&x| T::from_f32(x)).collect();
+                let want: Vec<f32> = v.iter().map(|x| x.to_f32()).collect();
+                let (mut all, mut two) = ([0f32; 16], [0f32; 16]);
+                // SAFETY: AVX-512F (the ISA), 32 values: 16 from 0, 8 from 0 and 8 from 24.
+                unsafe {
+                    use std::arch::x86_64::_mm512_storeu_ps;
+                    _mm512_storeu_ps(all.as_mut_ptr(), T::load16(v.as_ptr()));
+                    let (lo, hi) = (v.as_ptr(), v.as_ptr().add(24));
+                    _mm512_storeu_ps(two.as_mut_ptr(), T::load8x2(lo, hi));
+                }
+                assert_eq!(all[..], want[..16]);
+                assert_eq!(two[..8], want[..8]);
+                assert_eq!(two[8..], want[24..]);
+            }
+            let xs: Vec<f32> = (0..32).map(|i| (i as f32 - 13.3) * 7.77).collect();
+            wide::<f32>(&xs);
+            wide::<f16>(&xs);
+            wide::<bf16>(&xs);
         }
     }
 

@@ -205,7 +205,7 @@ mod avx2 {
     /// The lanes of `v` summed in [`sum8`](super::sum8)'s order: `b = lo + hi` is
     /// `[a0 + a4, a1 + a5, a2 + a6, a3 + a7]`, then `(b0 + b2) + (b1 + b3)`.
     #[inline(always)]
-    unsafe fn hsum(v: __m256) -> f32 {
+    pub unsafe fn hsum(v: __m256) -> f32 {
         // SAFETY: plain register operations (the caller has AVX2).
         unsafe {
             let b = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
@@ -328,7 +328,12 @@ mod avx2 {
             // 2.-4. per row and head: max, exponentials, their sum, the probabilities
             for (v, &f) in first.iter().enumerate() {
                 let n = ns + rows[v / heads].own.len();
-                probabilities(std::slice::from_raw_parts_mut(sp.add(f), n));
+                let s = std::slice::from_raw_parts_mut(sp.add(f), n);
+                if wide {
+                    super::avx512::probabilities(s);
+                } else {
+                    probabilities(s);
+                }
             }
             // 5. the weighted values, each head's lanes over every slot in order (a block
             // at a time, the partial sums kept in `out` between blocks)
@@ -660,7 +665,8 @@ mod avx2 {
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::avx2::{self, prefetch, scores_of, SLOTS_AHEAD, TILES_AHEAD};
+    use super::super::math::{avx2::exp8, avx512::exp16};
+    use super::avx2::{self, hsum, prefetch, scores_of, SLOTS_AHEAD, TILES_AHEAD};
     use super::{KvElem, TILE};
 
     /// `by_heads!(n, H => body)` calls `body(h0)` for vectors `h0..h0 + H`, `H` a const of
@@ -814,6 +820,58 @@ mod avx512 {
         }
     }
 
+    /// [`avx2`]'s probabilities (steps 2-4 of the module's order) 16 lanes at a time: the
+    /// exponentials of each 16 go into the 8 partial sums as their two blocks of 8, in
+    /// order, so the sum is the same.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F, AVX2 and FMA.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub unsafe fn probabilities(scores: &mut [f32]) {
+        let n = scores.len();
+        let (w16, whole) = (n - n % 16, n - n % 8);
+        let sp = scores.as_mut_ptr();
+        // SAFETY: the loads and stores stay inside `scores`.
+        unsafe {
+            // the max (exact in any order; a NaN score is passed over, as `f32::max` does)
+            let mut mv = _mm512_set1_ps(f32::NEG_INFINITY);
+            for c in (0..w16).step_by(16) {
+                mv = _mm512_max_ps(_mm512_loadu_ps(sp.add(c)), mv);
+            }
+            let m = scores[w16..]
+                .iter()
+                .fold(_mm512_reduce_max_ps(mv), |m, &s| m.max(s));
+            let mut part = _mm256_setzero_ps();
+            let m16 = _mm512_set1_ps(m);
+            for c in (0..w16).step_by(16) {
+                let p = sp.add(c);
+                let e = exp16(_mm512_sub_ps(_mm512_loadu_ps(p), m16));
+                _mm512_storeu_ps(p, e);
+                let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(e)));
+                part = _mm256_add_ps(_mm256_add_ps(part, _mm512_castps512_ps256(e)), hi);
+            }
+            if whole > w16 {
+                let p = sp.add(w16);
+                let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(p), _mm256_set1_ps(m)));
+                _mm256_storeu_ps(p, e);
+                part = _mm256_add_ps(part, e);
+            }
+            let mut sum = hsum(part);
+            for e in &mut scores[whole..] {
+                *e = super::exp(*e - m);
+                sum += *e;
+            }
+            let s16 = _mm512_set1_ps(sum);
+            for c in (0..w16).step_by(16) {
+                let p = sp.add(c);
+                _mm512_storeu_ps(p, _mm512_div_ps(_mm512_loadu_ps(p), s16));
+            }
+            for e in &mut scores[w16..] {
+                *e /= sum;
+            }
+        }
+    }
+
     /// The weighted values of the vectors with probabilities `p` over `slots` into `o` (as
     /// [`avx2::values_block`]): 16 dimensions per register; the dimensions after
     /// the last 16 go to the AVX2 kernel.
@@ -950,7 +1008,7 @@ mod tests {
             let (kt, vt) = head_of::<f32>(&k, &v, hd);
             let kv = KvHead { k: &kt, v: &vt };
             let q = values(7 * hd, 3);
-            for n in [1, 3, 4, 7, 8, 9, 17, 64, 65, 150] {
+            for n in [1, 3, 4, 7, 8, 9, 17, 25, 64, 65, 150] {
                 for slots in slot_lists(n, planes) {
                     let mut want = vec![0f32; hd];
                     portable(&q[..hd], kv, &slots, 0.125, &mut vec![0.0; n], &mut want);

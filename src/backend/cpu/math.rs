@@ -201,6 +201,48 @@ pub(crate) mod avx2 {
     }
 }
 
+/// [`exp`] on 16 lanes: the same operations as [`avx2::exp8`], lane for lane.
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::{C1, C2, EXP_LO, LOG2E, P};
+
+    /// [`super::exp`] on 16 lanes.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F.
+    #[inline(always)]
+    pub(crate) unsafe fn exp16(x: __m512) -> __m512 {
+        // SAFETY: plain register operations (the caller has AVX-512F).
+        unsafe {
+            let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+                _mm512_mul_ps(x, _mm512_set1_ps(LOG2E)),
+            );
+            let r = _mm512_fmadd_ps(n, _mm512_set1_ps(-C1), x);
+            let r = _mm512_fmadd_ps(n, _mm512_set1_ps(-C2), r);
+            let mut p = _mm512_set1_ps(P[0]);
+            for c in &P[1..] {
+                p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(*c));
+            }
+            let y = _mm512_add_ps(
+                _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r),
+                _mm512_set1_ps(1.0),
+            );
+            // 2^n; lanes below EXP_LO are zeroed after, NaN lanes give x
+            let bits = _mm512_slli_epi32::<23>(_mm512_add_epi32(
+                _mm512_cvtps_epi32(n),
+                _mm512_set1_epi32(127),
+            ));
+            let e = _mm512_mul_ps(y, _mm512_castsi512_ps(bits));
+            let low = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, _mm512_set1_ps(EXP_LO));
+            let e = _mm512_maskz_mov_ps(!low, e);
+            let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(x, x);
+            _mm512_mask_blend_ps(nan, e, x)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -220,6 +262,47 @@ mod tests {
         assert_eq!(exp(f32::NEG_INFINITY), 0.0);
         assert_eq!(exp(-100.0), 0.0);
         assert!(exp(f32::NAN).is_nan());
+    }
+
+    #[test]
+    fn exp_has_the_same_bits_in_8_and_16_lanes() {
+        let mut xs: Vec<f32> = (0..4000).map(|i| -(i as f32) * 0.0223).collect();
+        xs.extend([
+            0.0,
+            -0.0,
+            EXP_LO,
+            EXP_LO - 1e-5,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            -1e-30,
+        ]);
+        xs.resize(xs.len().next_multiple_of(16), -1.5);
+        let want: Vec<u32> = xs.iter().map(|&x| exp(x).to_bits()).collect();
+        #[cfg(target_arch = "x86_64")]
+        for isa in crate::util::isa::supported_isas() {
+            use std::arch::x86_64::*;
+            let mut got = vec![0f32; xs.len()];
+            for (x, g) in xs.chunks(16).zip(got.chunks_mut(16)) {
+                // SAFETY: the ISA's features; 16 values in each chunk.
+                unsafe {
+                    match isa {
+                        Isa::Avx512 => {
+                            let e = avx512::exp16(_mm512_loadu_ps(x.as_ptr()));
+                            _mm512_storeu_ps(g.as_mut_ptr(), e);
+                        }
+                        Isa::Avx2 => {
+                            for h in 0..2 {
+                                let e = avx2::exp8(_mm256_loadu_ps(x[8 * h..].as_ptr()));
+                                _mm256_storeu_ps(g[8 * h..].as_mut_ptr(), e);
+                            }
+                        }
+                        Isa::Portable => g.iter_mut().zip(x).for_each(|(g, &x)| *g = exp(x)),
+                    }
+                }
+            }
+            let bits: Vec<u32> = got.iter().map(|v| v.to_bits()).collect();
+            assert_eq!(bits, want, "{isa:?}");
+        }
     }
 
     #[test]

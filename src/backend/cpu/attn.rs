@@ -479,7 +479,7 @@ mod avx2 {
     /// As [`attend_rows`]: each `q[x]` holds `hd` values and each `sc[x]` `slots.len()`, every
     /// slot's key tile lies inside the key tiles at `kp`.
     #[inline(always)]
-    pub unsafe fn scores_of<T: KvElem, const H: usize>(
+    unsafe fn scores_of<T: KvElem, const H: usize>(
         qp: [*const f32; H],
         hd: usize,
         kp: *const T,
@@ -666,7 +666,7 @@ mod avx512 {
     use std::arch::x86_64::*;
 
     use super::super::math::{avx2::exp8, avx512::exp16};
-    use super::avx2::{self, hsum, prefetch, scores_of, SLOTS_AHEAD, TILES_AHEAD};
+    use super::avx2::{self, hsum, prefetch, SLOTS_AHEAD, TILES_AHEAD};
     use super::{KvElem, TILE};
 
     /// `by_heads!(n, H => body)` calls `body(h0)` for vectors `h0..h0 + H`, `H` a const of
@@ -698,7 +698,7 @@ mod avx512 {
     /// register of 16 lanes; other slots go to the AVX2 kernel.
     ///
     /// # Safety
-    /// The CPU has AVX-512F, AVX2, FMA and F16C; as [`scores_of`] for each vector.
+    /// The CPU has AVX-512F, AVX2, FMA and F16C; as [`avx2::scores_block`].
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     pub unsafe fn scores_block<T: KvElem>(
         q: &[*const f32],
@@ -717,7 +717,7 @@ mod avx512 {
         });
     }
 
-    /// [`scores_of`] for `H` vectors with pairs of whole tiles in 16 lanes.
+    /// `avx2::scores_of` for `H` vectors with pairs of whole tiles in 16 lanes.
     ///
     /// # Safety
     /// As [`scores_block`].
@@ -773,7 +773,8 @@ mod avx512 {
                     while j + m < n && !pair(j + m) {
                         m += 1;
                     }
-                    scores_of::<T, H>(qp, hd, kp, &slots[j..j + m], scale, c, tile);
+                    // (up to 3 vectors at a time: AVX2's tiles are sized for those)
+                    avx2::scores_block(&qp, hd, kp, &slots[j..j + m], scale, &c, tile);
                     j += m;
                 }
             }

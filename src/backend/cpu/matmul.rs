@@ -1198,12 +1198,42 @@ mod avx2 {
                 super::avx512_packed::widen_body(dtype, s, c0..mid, r, d);
                 return widen_tail(dtype, src, cols, r, k, dst);
             }
-            for i in (c0..mid).step_by(8) {
-                let at = packed_at(i, r, R, body, pass);
-                _mm256_storeu_ps(d.add(at), load8(dtype, s, i - c0));
+            // the dtype matched once, not for every 8 elements
+            match dtype {
+                DType::F32 => widen_as::<0>(s, c0..mid, r, body, d),
+                DType::F16 => widen_as::<1>(s, c0..mid, r, body, d),
+                DType::BF16 => widen_as::<2>(s, c0..mid, r, body, d),
+                DType::Quant(_) => unreachable!("quantized rows are dequantized first"),
             }
         }
         widen_tail(dtype, src, cols, r, k, dst)
+    }
+
+    /// [`widen_cols`]' body elements `cols` (whole 16s, bytes from `s` on) for the dtype
+    /// `D` stands for ([`super::dtype_of`]), in AVX2's layout ([`packed_at`] with passes
+    /// of 8): lanes 0-7 of block `i / 16` at `(i / 16 * 4 + r) * 8`, lanes 8-15 as far
+    /// again as the 4 rows' first halves take (`body * 2`).
+    ///
+    /// # Safety
+    /// As [`widen_cols`].
+    #[inline(always)]
+    unsafe fn widen_as<const D: u8>(
+        s: *const u8,
+        cols: std::ops::Range<usize>,
+        r: usize,
+        body: usize,
+        d: *mut f32,
+    ) {
+        // SAFETY: the caller's contract.
+        unsafe {
+            let dtype = super::dtype_of(D);
+            for i in cols.clone().step_by(16) {
+                let at = (i / 16 * 4 + r) * 8;
+                debug_assert_eq!(at + 2 * body, packed_at(i + 8, r, 4, body, 8));
+                _mm256_storeu_ps(d.add(at), load8(dtype, s, i - cols.start));
+                _mm256_storeu_ps(d.add(at + 2 * body), load8(dtype, s, i + 8 - cols.start));
+            }
+        }
     }
 
     /// The elements of `cols` past the last whole 16 of a row of `k` (row `r` of a tile

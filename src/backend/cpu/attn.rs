@@ -195,6 +195,33 @@ fn portable<T: KvElem>(
     }
 }
 
+/// The query vectors (a row's heads of one KV head's group, or several rows') that go
+/// over each key and value together: they share its loads and, in a two-byte cache, its
+/// widening to f32, which alone cost as much as the FMAs. `by_heads!(n, [sizes], H =>
+/// body)` calls `body(h0)` for vectors `h0..h0 + H`, `H` a const: the largest of `sizes`
+/// (descending, ending with 1) that fits what is left, until all `n` have been taken.
+/// AVX2 takes up to 3 (its 16 registers hold 3 vectors x 3 tiles of keys or chunks of
+/// values), AVX-512 up to 12 (24 of its 32 registers accumulate).
+#[cfg(target_arch = "x86_64")]
+macro_rules! by_heads {
+    ($heads:expr, [$($n:literal),+], $h:ident => $body:expr) => {{
+        let heads = $heads;
+        let mut h0 = 0;
+        while h0 < heads {
+            let left = heads - h0;
+            $(
+                if left >= $n {
+                    const $h: usize = $n;
+                    $body(h0);
+                    h0 += $h;
+                    continue;
+                }
+            )+
+            unreachable!("the sizes end with 1");
+        }
+    }};
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
@@ -231,37 +258,6 @@ mod avx2 {
     /// Slots a block of the AVX2 kernel takes: their keys and values (128 B each in f16
     /// at a head width of 64) stay in L1 while every query vector passes over them.
     const BLOCK: usize = 64;
-
-    /// The query vectors (a row's heads of one KV head's group, or several rows') that go
-    /// over each key and value together (up to 3): they share its loads and, in a
-    /// two-byte cache, its widening to f32, which alone cost as much as the FMAs (the 16
-    /// registers hold 3 vectors x 3 tiles of keys or chunks of values).
-    /// `by_heads!(n, H => body)` calls `body(h0)` for vectors `h0..h0 + H`, `H` a const
-    /// of 3, 2 or 1, until all `n` have been taken.
-    macro_rules! by_heads {
-        ($heads:expr, $h:ident => $body:expr) => {{
-            let mut h0 = 0;
-            while h0 < $heads {
-                h0 += match $heads - h0 {
-                    3.. => {
-                        const $h: usize = 3;
-                        $body(h0);
-                        $h
-                    }
-                    2 => {
-                        const $h: usize = 2;
-                        $body(h0);
-                        $h
-                    }
-                    _ => {
-                        const $h: usize = 1;
-                        $body(h0);
-                        $h
-                    }
-                };
-            }
-        }};
-    }
 
     /// See [`super::attend_rows`]: the heads of every row go over the shared slots a block
     /// at a time, several of them (of one row or several) over each key and value
@@ -363,7 +359,7 @@ mod avx2 {
         sc: &[*mut f32],
         tile: &mut Vec<f32>,
     ) {
-        by_heads!(q.len(), H => |x0: usize| {
+        by_heads!(q.len(), [3, 2, 1], H => |x0: usize| {
             let qx: [*const f32; H] = std::array::from_fn(|x| q[x0 + x]);
             let c: [*mut f32; H] = std::array::from_fn(|x| sc[x0 + x]);
             // SAFETY: the caller's contract, vector by vector.
@@ -385,7 +381,7 @@ mod avx2 {
         vp: *const T,
         o: &[*mut f32],
     ) {
-        by_heads!(p.len(), H => |x0: usize| {
+        by_heads!(p.len(), [3, 2, 1], H => |x0: usize| {
             let px: [*const f32; H] = std::array::from_fn(|x| p[x0 + x] as *const f32);
             let ox: [*mut f32; H] = std::array::from_fn(|x| o[x0 + x]);
             // SAFETY: the caller's contract, vector by vector.
@@ -669,30 +665,6 @@ mod avx512 {
     use super::avx2::{self, hsum, prefetch, SLOTS_AHEAD, TILES_AHEAD};
     use super::{KvElem, TILE};
 
-    /// `by_heads!(n, H => body)` calls `body(h0)` for vectors `h0..h0 + H`, `H` a const of
-    /// 12, 6, 3, 2 or 1, until all `n` have been taken.
-    macro_rules! by_heads {
-        ($heads:expr, $h:ident => $body:expr) => {{
-            let mut h0 = 0;
-            while h0 < $heads {
-                macro_rules! take {
-                    ($n:expr) => {{
-                        const $h: usize = $n;
-                        $body(h0);
-                        $h
-                    }};
-                }
-                h0 += match $heads - h0 {
-                    12.. => take!(12),
-                    6.. => take!(6),
-                    3.. => take!(3),
-                    2 => take!(2),
-                    _ => take!(1),
-                };
-            }
-        }};
-    }
-
     /// The scores of the vectors `q` over `slots` into `sc` (as
     /// [`super::avx2::scores_block`]): two tiles that the slots fill in order are one
     /// register of 16 lanes; other slots go to the AVX2 kernel.
@@ -709,7 +681,7 @@ mod avx512 {
         sc: &[*mut f32],
         tile: &mut Vec<f32>,
     ) {
-        by_heads!(q.len(), H => |x0: usize| {
+        by_heads!(q.len(), [12, 6, 3, 2, 1], H => |x0: usize| {
             let qx: [*const f32; H] = std::array::from_fn(|x| q[x0 + x]);
             let c: [*mut f32; H] = std::array::from_fn(|x| sc[x0 + x]);
             // SAFETY: the caller's contract, vector by vector.
@@ -888,7 +860,7 @@ mod avx512 {
         o: &[*mut f32],
     ) {
         let body = hd - hd % 16;
-        by_heads!(p.len(), H => |x0: usize| {
+        by_heads!(p.len(), [12, 6, 3, 2, 1], H => |x0: usize| {
             let px: [*const f32; H] = std::array::from_fn(|x| p[x0 + x] as *const f32);
             let ox: [*mut f32; H] = std::array::from_fn(|x| o[x0 + x]);
             let mut c0 = 0;

@@ -77,6 +77,8 @@ struct RunStats {
     streamed: u64,
     /// Seconds the reader thread spent reading.
     read_s: f64,
+    /// Seconds target passes waited for a streamed layer (the cores idle).
+    wait_s: f64,
     /// Target passes and draft steps.
     passes: usize,
     draft_steps: usize,
@@ -115,6 +117,7 @@ impl RunStats {
             target_s: v.iter().map(|r| r.target_s).sum(),
             streamed: v.iter().map(|r| r.streamed).sum(),
             read_s: v.iter().map(|r| r.read_s).sum(),
+            wait_s: v.iter().map(|r| r.wait_s).sum(),
             passes: v.iter().map(|r| r.passes).sum(),
             draft_steps: v.iter().map(|r| r.draft_steps).sum(),
         }
@@ -168,6 +171,7 @@ fn offload(a: &BenchArgs) -> Result<(), Error> {
     let tok = engine.tokenizer()?;
     let streamed = |e: &Engine| measure::stream_stats(e).map_or(0, |s| s.bytes);
     let reading = |e: &Engine| measure::stream_stats(e).map_or(0.0, |s| s.read_s);
+    let waiting = |e: &Engine| measure::stream_stats(e).map_or(0.0, |s| s.wait_s);
     let spec_opts = a.spec.step(&engine, SamplingParams::greedy())?;
     let plain_opts = StepOptions::plain(SamplingParams::greedy());
     let run =
@@ -178,7 +182,7 @@ fn offload(a: &BenchArgs) -> Result<(), Error> {
             seq.prefill_pending()?;
             let prefill_s = t0.elapsed().as_secs_f64();
             // Bytes and reading from here on: decoding's, like the target-pass seconds.
-            let (b0, r0) = (streamed(engine), reading(engine));
+            let (b0, r0, w0) = (streamed(engine), reading(engine), waiting(engine));
             let out = seq.generate(opts, a.max_new, |_| true)?;
             let st = seq.stats();
             Ok((
@@ -191,6 +195,7 @@ fn offload(a: &BenchArgs) -> Result<(), Error> {
                     target_s: st.verify_s,
                     streamed: streamed(engine) - b0,
                     read_s: reading(engine) - r0,
+                    wait_s: waiting(engine) - w0,
                     passes: st.iterations,
                     draft_steps: st.draft_steps,
                 },
@@ -294,6 +299,7 @@ fn offload(a: &BenchArgs) -> Result<(), Error> {
         "plain_bytes_per_token": p.bytes_per_token(), "spec_bytes_per_token": s.bytes_per_token(),
         "plain_link_utilisation": util(&p), "spec_link_utilisation": util(&s),
         "plain_reader_busy": p.reader_busy(), "spec_reader_busy": s.reader_busy(),
+        "plain_compute_waiting": p.wait_s / p.target_s, "spec_compute_waiting": s.wait_s / s.target_s,
         "identical": all_same, "tree": {"width": spec_opts.tree.width, "depth": spec_opts.tree.depth, "max_tokens": spec_opts.tree.max_tokens},
         "own_baseline": own_json,
         "load_s": load_s,
@@ -316,6 +322,8 @@ fn offload(a: &BenchArgs) -> Result<(), Error> {
                 100.0 * util(&p).unwrap_or(0.0), 100.0 * util(&s).unwrap_or(0.0));
             println!("reader busy (seconds reading / seconds in target passes, self-calibrated): plain {:.0}%, SubSpec {:.0}%",
                 100.0 * p.reader_busy(), 100.0 * s.reader_busy());
+            println!("compute waiting for a streamed layer (seconds waited / seconds in target passes): plain {:.0}%, SubSpec {:.0}%",
+                100.0 * p.wait_s / p.target_s, 100.0 * s.wait_s / s.target_s);
         } else {
             println!("everything resident (no --budget, or it fits): nothing streamed");
         }

@@ -87,6 +87,12 @@ pub mod internals {
     pub use crate::quant::{qlinear, reconstruction_error, substitute_bytes, QMatrix};
     pub use crate::sample::distribution;
     pub use crate::synth::{write_model, SynthShape};
+
+    /// Nodes of the tree `seq`'s last step drafted during its target pass and kept for the
+    /// next step (0: none kept).
+    pub fn carried_nodes(seq: &crate::Sequence) -> usize {
+        seq.carried_nodes()
+    }
     pub use crate::util::{human, parse_bytes};
 
     /// The entry points the fuzz targets (`fuzz/fuzz_targets/`) call, and the corpus

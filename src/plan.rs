@@ -127,6 +127,13 @@ pub const STAGING_BUFFERS: usize = 2;
 /// Alignment slack per tensor in a staging buffer (O_DIRECT reads whole 4 KiB blocks).
 pub const STAGING_SLACK_PER_TENSOR: u64 = 2 * 4096;
 
+/// Slots of one sequence's KV cache: its context, scratch for a verified tree of
+/// `tree_tokens`, and with a draft as many again for the draft's own tree, which stays
+/// while the target verifies (so drafting goes on during the pass).
+pub fn kv_slots(context: usize, tree_tokens: usize, draft: bool) -> usize {
+    context + tree_tokens * (1 + usize::from(draft))
+}
+
 /// The smallest budget [`plan`] accepts for this request (whatever `r.budget` says).
 pub fn minimum_budget(c: &ModelConfig, s: &ModelSizes, r: &PlanRequest) -> u64 {
     let mut lo = 0u64;
@@ -200,8 +207,12 @@ fn plan_one(c: &ModelConfig, s: &ModelSizes, r: &PlanRequest) -> Result<Placemen
     }
     let lm_head = if c.tie_embeddings { s.embed } else { s.lm_head };
     let n = r.sequences as u64;
-    let kv_cache =
-        n * ((r.context + r.tree_tokens) * c.n_layers * 2 * c.kv_dim() * r.kv_dtype.bytes()) as u64;
+    let kv_cache = n
+        * (kv_slots(r.context, r.tree_tokens, r.draft)
+            * c.n_layers
+            * 2
+            * c.kv_dim()
+            * r.kv_dtype.bytes()) as u64;
     let max_layer = s.layer_linears.iter().copied().max().unwrap_or(0);
     let staging = STAGING_BUFFERS as u64 * (max_layer + 7 * STAGING_SLACK_PER_TENSOR);
     let per_token = c.hidden * 3 + c.q_dim() * 2 + c.kv_dim() * 2 + c.intermediate * 2 + c.vocab;
@@ -229,7 +240,7 @@ fn plan_one(c: &ModelConfig, s: &ModelSizes, r: &PlanRequest) -> Result<Placemen
                 human(all_subs),
                 human(kv_cache),
                 r.kv_dtype,
-                r.context + r.tree_tokens,
+                kv_slots(r.context, r.tree_tokens, r.draft),
                 if n > 1 { format!(" x {n} sequences") } else { String::new() },
                 human(staging),
                 human(activations),
@@ -381,7 +392,8 @@ mod tests {
         assert_eq!(2 * p16.bytes.kv_cache, p32.bytes.kv_cache);
         assert_eq!(
             p32.bytes.kv_cache,
-            (100 + 28) * 4 * 2 * c.kv_dim() as u64 * 4
+            // context + the verified tree's scratch + the draft's own region
+            (100 + 2 * 28) * 4 * 2 * c.kv_dim() as u64 * 4
         );
         assert!(minimum_budget(&c, &s, &f16(0)) < minimum_budget(&c, &s, &req(0)));
         assert_eq!(p32.offloaded().len(), 4);
@@ -465,10 +477,12 @@ mod tests {
             minimum_budget(&c, &s, &req(0)),
             minimum_budget(&c, &s, &no_draft(0)),
         );
-        // The minimum drops by the four substitutes (over 0.98, the headroom's share).
+        // The minimum drops by the four substitutes and the draft's KV region of 28
+        // slots (over 0.98, the headroom's share).
         let dropped = (m_draft - m_plain) as f64;
+        let draft_kv = 28.0 * 4.0 * 2.0 * c.kv_dim() as f64 * 4.0;
         assert!(
-            (dropped - 1_200_000.0 / 0.98).abs() < 2.0,
+            (dropped - (1_200_000.0 + draft_kv) / 0.98).abs() < 2.0,
             "{m_draft} -> {m_plain}"
         );
         let budget = m_draft + 1_000_000;

@@ -82,6 +82,10 @@ struct RunStats {
     /// Target passes and draft steps.
     passes: usize,
     draft_steps: usize,
+    /// Draft steps run during target passes, and steps whose tree started from nodes
+    /// drafted during the previous pass.
+    overlapped_steps: usize,
+    reused_trees: usize,
 }
 
 impl RunStats {
@@ -120,6 +124,8 @@ impl RunStats {
             wait_s: v.iter().map(|r| r.wait_s).sum(),
             passes: v.iter().map(|r| r.passes).sum(),
             draft_steps: v.iter().map(|r| r.draft_steps).sum(),
+            overlapped_steps: v.iter().map(|r| r.overlapped_steps).sum(),
+            reused_trees: v.iter().map(|r| r.reused_trees).sum(),
         }
     }
 }
@@ -198,6 +204,8 @@ fn offload(a: &BenchArgs) -> Result<(), Error> {
                     wait_s: waiting(engine) - w0,
                     passes: st.iterations,
                     draft_steps: st.draft_steps,
+                    overlapped_steps: st.overlapped_steps,
+                    reused_trees: st.reused_trees,
                 },
             ))
         };
@@ -300,6 +308,8 @@ fn offload(a: &BenchArgs) -> Result<(), Error> {
         "plain_link_utilisation": util(&p), "spec_link_utilisation": util(&s),
         "plain_reader_busy": p.reader_busy(), "spec_reader_busy": s.reader_busy(),
         "plain_compute_waiting": p.wait_s / p.target_s, "spec_compute_waiting": s.wait_s / s.target_s,
+        "spec_passes": s.passes, "spec_draft_steps": s.draft_steps,
+        "spec_overlapped_steps": s.overlapped_steps, "spec_reused_trees": s.reused_trees,
         "identical": all_same, "tree": {"width": spec_opts.tree.width, "depth": spec_opts.tree.depth, "max_tokens": spec_opts.tree.max_tokens},
         "own_baseline": own_json,
         "load_s": load_s,
@@ -324,6 +334,10 @@ fn offload(a: &BenchArgs) -> Result<(), Error> {
                 100.0 * p.reader_busy(), 100.0 * s.reader_busy());
             println!("compute waiting for a streamed layer (seconds waited / seconds in target passes): plain {:.0}%, SubSpec {:.0}%",
                 100.0 * p.wait_s / p.target_s, 100.0 * s.wait_s / s.target_s);
+            println!("SubSpec's draft: {:.2} steps per target pass, {:.2} of them during the pass; {} of {} passes verified a tree started during the one before",
+                s.draft_steps as f64 / s.passes.max(1) as f64,
+                s.overlapped_steps as f64 / s.passes.max(1) as f64,
+                s.reused_trees, s.passes);
         } else {
             println!("everything resident (no --budget, or it fits): nothing streamed");
         }

@@ -619,6 +619,8 @@ fn generate(a: &GenerateArgs) -> Result<(), Error> {
             "accepted": st.accepted,
             "accepted_by_depth": st.accepted_by_depth,
             "draft_steps": st.draft_steps,
+            "overlapped_steps": st.overlapped_steps,
+            "reused_trees": st.reused_trees,
             "draft_s": st.draft_s,
             "verify_s": st.verify_s,
         });

@@ -203,6 +203,13 @@ impl Backend for Device {
         })
     }
 
+    fn weight_row_range(&self, w: &DevWeight, start: usize, rows: usize) -> Result<DevWeight> {
+        Ok(match self {
+            Device::Cpu(b) => DevWeight::Cpu(b.weight_row_range(w.cpu()?, start, rows)?),
+            Device::Cuda(b) => DevWeight::Cuda(b.weight_row_range(w.cuda()?, start, rows)?),
+        })
+    }
+
     fn upload_quant(&self, q: QMatrix) -> Result<DevWeight> {
         Ok(match self {
             Device::Cpu(b) => DevWeight::Cpu(b.upload_quant(q)?),
@@ -413,6 +420,14 @@ impl Backend for Device {
             (Device::Cpu(b), DevTicket::Cpu(t)) => b.tier_release(tier.cpu_mut()?, t),
             (Device::Cuda(b), DevTicket::Cuda(t)) => b.tier_release(tier.cuda_mut()?, t),
             _ => Err(mixed()),
+        }
+    }
+
+    fn tier_ready(&self, tier: &mut DevTier) -> bool {
+        match (self, tier) {
+            (Device::Cpu(b), DevTier::Cpu(t)) => b.tier_ready(t),
+            (Device::Cuda(b), DevTier::Cuda(t)) => b.tier_ready(t),
+            _ => true,
         }
     }
 

@@ -12,6 +12,8 @@ pub mod cpu;
 pub mod cuda;
 mod device;
 
+#[cfg(test)]
+pub(crate) use device::DevKv;
 pub use device::{Device, DeviceKind};
 
 use crate::checkpoint::{HostTensor, Weights};
@@ -84,6 +86,17 @@ impl AttnMask {
             })
             .collect();
         Self::new(rows)
+    }
+
+    /// This mask with its scratch slots `by` further on (the same tree laid out from slot
+    /// `by`).
+    pub fn shifted(mut self, by: usize) -> AttnMask {
+        for row in &mut self.rows {
+            for j in row.iter_mut() {
+                *j += by as u32;
+            }
+        }
+        self
     }
 
     /// This mask under a sliding window of `window` positions: row `i`, a query at
@@ -243,6 +256,21 @@ pub trait Backend: Send + Sync {
     /// The first `rows` rows of a full-precision matrix `w` from [`Backend::upload`], as a
     /// view that shares its memory (`w` must outlive it).
     fn weight_rows(&self, w: &Self::Weight, rows: usize) -> Result<Self::Weight>;
+    /// Rows `start..start + rows` of a full-precision matrix `w`, as a view like
+    /// [`Backend::weight_rows`]'s. A backend that has no such views says so with an error
+    /// (the caller then uses the whole matrix).
+    fn weight_row_range(
+        &self,
+        _w: &Self::Weight,
+        start: usize,
+        rows: usize,
+    ) -> Result<Self::Weight> {
+        Err(Error::internal(format!(
+            "{} has no views of rows {start}..{} of a matrix",
+            self.name(),
+            start + rows
+        )))
+    }
     /// Makes a quantized substitute usable by [`Backend::linear`].
     fn upload_quant(&self, q: QMatrix) -> Result<Self::Weight>;
     /// An activation matrix (contents unspecified until written).
@@ -342,6 +370,12 @@ pub trait Backend: Send + Sync {
     ) -> Result<(Self::Ticket, Vec<Self::Weight>)>;
     /// Hands a fetched layer's staging buffer back once its compute is queued.
     fn tier_release(&self, tier: &mut Self::Tier, ticket: Self::Ticket) -> Result<()>;
+    /// Whether the next [`Backend::tier_fetch`] would return without waiting; a pass
+    /// that has other work (drafting) does it meanwhile. Backends whose copies are
+    /// asynchronous never make compute wait: `true`.
+    fn tier_ready(&self, _tier: &mut Self::Tier) -> bool {
+        true
+    }
     /// Streaming counters.
     fn tier_stats(&self, tier: &Self::Tier) -> TierStats;
 }
@@ -362,6 +396,16 @@ pub struct TierStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_shifted_mask_names_the_slots_further_on() {
+        let m = AttnMask::tree_rows(&[None, Some(0), Some(0), Some(1)], 1..4).shifted(10);
+        assert_eq!(
+            (m.row(0), m.row(2)),
+            (&[10u32, 11][..], &[10u32, 11, 13][..])
+        );
+        assert!(m.validate(11).is_ok());
+    }
 
     #[test]
     fn tree_mask_from_parents() {

@@ -268,9 +268,18 @@ impl HostTensor {
     /// # Panics
     /// If the tensor is not a matrix or has fewer rows.
     pub fn first_rows(&self, rows: usize) -> HostTensor {
+        self.row_range(0, rows)
+    }
+
+    /// Rows `start..start + rows` of a matrix, as a view of the same bytes (rows of a
+    /// block-quantized matrix are whole blocks).
+    ///
+    /// # Panics
+    /// If the tensor is not a matrix or has fewer rows.
+    pub fn row_range(&self, start: usize, rows: usize) -> HostTensor {
         assert!(
-            self.shape.len() == 2 && rows <= self.shape[0],
-            "first_rows({rows}) of {:?}",
+            self.shape.len() == 2 && start + rows <= self.shape[0],
+            "row_range({start}, {rows}) of {:?}",
             self.shape
         );
         HostTensor {
@@ -278,7 +287,7 @@ impl HostTensor {
             dtype: self.dtype,
             shape: vec![rows, self.shape[1]],
             map: self.map.clone(),
-            start: self.start,
+            start: self.start + start * self.row_bytes(),
             len: rows * self.row_bytes(),
         }
     }

@@ -90,6 +90,22 @@ impl Engine {
         self.shared.max_tree_tokens
     }
 
+    /// Slots of a sequence's KV cache ([`crate::plan::kv_slots`]): the scratch of a
+    /// speculative step is the draft's region `0..max_tree_tokens` (its tree, kept while
+    /// the target verifies it), then the verified tree's.
+    pub(crate) fn kv_slots(&self) -> usize {
+        let s = &self.shared;
+        crate::plan::kv_slots(s.max_context, s.max_tree_tokens, s.model.has_draft())
+    }
+
+    /// Whether a sequence's step drafts on while its target pass waits for streamed
+    /// layers: with a draft and offloaded layers (the backend says when a layer is not
+    /// there yet; CUDA's copies never make compute wait, so there it never drafts on).
+    pub(crate) fn drafts_during_passes(&self) -> bool {
+        let offloaded = self.placement().is_some_and(|p| !p.offloaded().is_empty());
+        self.shared.model.has_draft() && offloaded
+    }
+
     /// The draft's settings and sizes, if the engine has one.
     pub fn draft(&self) -> Option<&(DraftOptions, SubstituteStats)> {
         self.shared.draft.as_ref()
@@ -159,10 +175,7 @@ impl Engine {
             ));
         }
         // The sequence counts itself out when dropped, this failure included.
-        let cache = self
-            .shared
-            .model
-            .new_cache(self.shared.max_context + self.shared.max_tree_tokens);
+        let cache = self.shared.model.new_cache(self.kv_slots());
         match cache {
             Ok(cache) => Ok(Sequence::new(self.clone(), cache)),
             Err(e) => {

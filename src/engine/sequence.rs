@@ -12,9 +12,9 @@ use std::time::Instant;
 use super::{Engine, StepOptions, PREFILL_CHUNK};
 use crate::backend::{AttnMask, Backend, Device};
 use crate::error::{Error, ErrorKind, Result};
-use crate::model::{KvCache, Pass, Segment};
+use crate::model::{DraftRun, KvCache, Pass, Segment};
 use crate::sample::{sample, SamplingParams};
-use crate::spec::draft::{draft_tree, DraftLimits, Grower};
+use crate::spec::draft::{DraftLimits, Grower};
 use crate::spec::tune::{self, Acceptance};
 use crate::spec::{accept_from, NodeLogits, SpecStats, Tree, Walk};
 use crate::util::AbortHandle;
@@ -93,9 +93,26 @@ struct Pending {
     /// Pending tokens that went through the pass before the root (their K/V in the first
     /// scratch slots, committed with the walk's).
     prefix: usize,
+    /// Scratch slot of the pass's first token (after the draft's region when it drafted).
+    verify_at: usize,
+    /// The draft's tree, grown on during the pass, and its frontier: what the next step
+    /// may start from ([`Carry`]).
+    grown: Option<(Tree, std::ops::Range<usize>)>,
     draft_s: f64,
     verify_s: f64,
     draft_steps: usize,
+    overlapped_steps: usize,
+    reused: bool,
+}
+
+/// Nodes the draft grew during a pass beyond the tree it verified, kept for the next
+/// step: the subtree under the token the step emitted last (its root), their draft K/V in
+/// scratch slots `0..tree.len()` (the draft's region, in node order), the frontier's not
+/// computed yet. Valid while the sequence and its cache have the lengths `at`.
+struct Carry {
+    tree: Tree,
+    frontier: std::ops::Range<usize>,
+    at: (usize, usize),
 }
 
 /// A drafted tree waiting for its target pass.
@@ -106,9 +123,14 @@ struct Drafted {
     /// Pending tokens before the root that run in the same pass (then the tree is the
     /// root alone: a plain step whose prompt joins a batched pass).
     prefix: Vec<u32>,
+    /// Scratch slot of the pass's first token: after the draft's region when a tree was
+    /// drafted (its K/V stays for the draft to go on from), else 0.
+    verify_at: usize,
     prefill_s: f64,
     draft_s: f64,
     draft_steps: usize,
+    /// Whether the tree started from a [`Carry`].
+    reused: bool,
 }
 
 impl Drafted {
@@ -127,7 +149,7 @@ impl Drafted {
         (
             t.tokens().to_vec(),
             pos,
-            AttnMask::tree_rows(t.parents(), 0..t.len()),
+            AttnMask::tree_rows(t.parents(), 0..t.len()).shifted(self.verify_at),
         )
     }
 
@@ -144,9 +166,13 @@ impl Drafted {
             },
             speculative: true,
             prefix: self.prefix.len(),
+            verify_at: self.verify_at,
+            grown: None,
             draft_s: self.draft_s,
             verify_s: verify_s + self.prefill_s,
             draft_steps: self.draft_steps,
+            overlapped_steps: 0,
+            reused: self.reused,
         }
     }
 }
@@ -192,6 +218,11 @@ pub struct Sequence {
     open: Option<Open>,
     /// Acceptance by depth, for depths chosen by measured cost.
     acceptance: Acceptance,
+    /// What the last step's draft grew beyond its verified tree. Every call but
+    /// [`Sequence::step`] that may run a forward drops it (its K/V would be overwritten).
+    carry: Option<Carry>,
+    /// Depth of the last verified tree (the levels its walk could accept).
+    last_depth: usize,
 }
 
 impl std::fmt::Debug for Sequence {
@@ -222,6 +253,8 @@ impl Sequence {
             stats: SpecStats::default(),
             open: None,
             acceptance: Acceptance::default(),
+            carry: None,
+            last_depth: 0,
         }
     }
 
@@ -259,6 +292,12 @@ impl Sequence {
         self.cache.len()
     }
 
+    /// Nodes of the tree the last step's draft grew on during its pass and kept for the
+    /// next step (0: none). For tests, through `internals::carried_nodes`.
+    pub(crate) fn carried_nodes(&self) -> usize {
+        self.carry.as_ref().map_or(0, |c| c.tree.len())
+    }
+
     /// Statistics of the steps so far (reset by [`Sequence::truncate`] to 0).
     pub fn stats(&self) -> &SpecStats {
         &self.stats
@@ -278,6 +317,7 @@ impl Sequence {
                 ),
             ));
         }
+        self.carry = None;
         self.tokens.extend_from_slice(tokens);
         Ok(())
     }
@@ -288,6 +328,7 @@ impl Sequence {
         if self.open.is_some() {
             self.cancel_open();
         }
+        self.carry = None;
         self.tokens.truncate(len);
         self.cache.truncate(len);
         if len == 0 {
@@ -300,12 +341,13 @@ impl Sequence {
     /// (already appended). On error nothing changes. `InvalidState` while a host-sampled
     /// iteration is open.
     pub fn step(&mut self, opts: &StepOptions) -> Result<Vec<u32>> {
+        let carry = self.carry.take();
         let limit = self.step_limit(opts)?;
         let committed = self.cache.len();
         let r = if opts.speculate && limit > 1 && opts.tree.auto_depth {
-            self.auto_depth_step(opts, limit)
+            self.auto_depth_step(opts, limit, carry)
         } else if opts.speculate && limit > 1 {
-            self.speculative_step(opts, limit)
+            self.speculative_step(opts, limit, carry)
         } else {
             self.plain_step(&opts.sampling)
         };
@@ -388,7 +430,12 @@ impl Sequence {
     /// ([`TreeParams::auto_depth`](crate::TreeParams::auto_depth)); after
     /// a run of plain steps, one speculative iteration measures the acceptance again
     /// ([`Acceptance::explore`]).
-    fn auto_depth_step(&mut self, opts: &StepOptions, limit: usize) -> Result<Vec<u32>> {
+    fn auto_depth_step(
+        &mut self,
+        opts: &StepOptions,
+        limit: usize,
+        carry: Option<Carry>,
+    ) -> Result<Vec<u32>> {
         let costs = self.engine.tree_costs()?;
         let t = &opts.tree;
         let explore = self.acceptance.explore();
@@ -399,11 +446,11 @@ impl Sequence {
             (explore as usize, t.depth.min(limit - 1)),
             t.max_tokens.min(self.engine.max_tree_tokens()),
         );
-        let before = (self.stats.accepted, self.stats.draft_steps);
+        let before = self.stats.accepted;
         let out = if depth == 0 {
             self.plain_step(&opts.sampling)?
         } else {
-            self.speculative_step(&opts.with_tree(t.with_depth(depth)), limit)?
+            self.speculative_step(&opts.with_tree(t.with_depth(depth)), limit, carry)?
         };
         self.chose_depth(depth, explore, before, &out, limit);
         Ok(out)
@@ -411,29 +458,36 @@ impl Sequence {
 
     /// Records a step whose depth was chosen by cost (`0`: plain; `exploring`: forced by
     /// [`Acceptance::explore`]) that emitted `out` of at most `limit` tokens; `before`:
-    /// the accepted tokens and draft steps counted before it.
+    /// the accepted tokens counted before it.
     fn chose_depth(
         &mut self,
         depth: usize,
         exploring: bool,
-        before: (usize, usize),
+        before: usize,
         out: &[u32],
         limit: usize,
     ) {
         if depth > 0 {
-            let accepted = self.stats.accepted - before.0;
+            let accepted = self.stats.accepted - before;
             // A walk cut short by the token limit or an end token tried no deeper level.
             let cut = out.len() >= limit || out.last().is_some_and(|&t| self.engine.is_eos(t));
-            let drafted = self.stats.draft_steps - before.1;
+            let drafted = self.last_depth;
             self.acceptance
                 .record(if cut { drafted.min(accepted) } else { drafted }, accepted);
         }
         self.acceptance.chose(depth, exploring);
     }
 
-    /// One draft-and-verify iteration emitting at most `limit` (>= 2) tokens.
-    fn speculative_step(&mut self, opts: &StepOptions, limit: usize) -> Result<Vec<u32>> {
-        let pass = self.draft_and_verify(opts, limit)?;
+    /// One draft-and-verify iteration emitting at most `limit` (>= 2) tokens, its tree
+    /// started from `carry` when that is still valid; keeps what the draft grew during
+    /// the pass under the last emitted token for the next.
+    fn speculative_step(
+        &mut self,
+        opts: &StepOptions,
+        limit: usize,
+        carry: Option<Carry>,
+    ) -> Result<Vec<u32>> {
+        let pass = self.draft_and_verify(opts, limit, carry, true)?;
         self.finish(pass, opts, limit)
     }
 
@@ -456,8 +510,60 @@ impl Sequence {
             |t| engine.is_eos(t),
         )?;
         pass.verify_s += t0.elapsed().as_secs_f64();
+        let grown = pass.grown.take();
+        let verified = pass.verified.tree.len();
         self.commit_walk(pass, &walk)?;
+        if let Some((tree, frontier)) = grown {
+            self.keep_carry(tree, frontier, verified, &walk)?;
+        }
         Ok(walk.tokens)
+    }
+
+    /// After a walk's commit, keeps the subtree of `tree` (the draft's, grown during the
+    /// pass past its first `verified` nodes down to `frontier`) under the walk's last
+    /// token, if the draft grew one: the target's token after the accepted path was a
+    /// child the draft added during the pass. Its K/V moves to the start of the draft's
+    /// region.
+    fn keep_carry(
+        &mut self,
+        tree: Tree,
+        frontier: std::ops::Range<usize>,
+        verified: usize,
+        walk: &Walk,
+    ) -> Result<()> {
+        let (Some(&last), true) = (
+            walk.tokens.last(),
+            walk.nodes.len() + 1 == walk.tokens.len(),
+        ) else {
+            return Ok(()); // the walk ended on the token limit or inside the tree
+        };
+        if self.engine.is_eos(last) {
+            return Ok(());
+        }
+        let parent = walk.nodes.last().copied().unwrap_or(0);
+        let Some(root) = tree
+            .children(parent)
+            .iter()
+            .copied()
+            .find(|&c| tree.tokens()[c] == last)
+        else {
+            return Ok(());
+        };
+        // The walk took every verified child it could: the match is a node grown during
+        // the pass, so past the verified ones and the committed path's slots.
+        debug_assert!(root >= verified);
+        let (sub, from) = tree.subtree(root);
+        let committed = walk.nodes.len() + 1;
+        let src: Vec<usize> = from.iter().map(|&n| n - committed).collect();
+        let backend = self.engine.shared.model.backend();
+        self.cache.keep_scratch(backend, &src)?;
+        let f = from.partition_point(|&n| n < frontier.start)..sub.len();
+        self.carry = Some(Carry {
+            tree: sub,
+            frontier: f,
+            at: (self.tokens.len(), self.cache.len()),
+        });
+        Ok(())
     }
 
     /// Keeps the K/V of `walk`'s accepted path, appends its tokens and records the pass.
@@ -467,14 +573,19 @@ impl Sequence {
             let p = pass.prefix;
             let keep: Vec<usize> = (0..p)
                 .chain(walk.keep().into_iter().map(|k| p + k))
+                .map(|j| pass.verify_at + j)
                 .collect();
             self.cache.commit_subset(backend, &keep)?;
         }
         self.tokens.extend_from_slice(&walk.tokens);
+        let t = &pass.verified.tree;
+        self.last_depth = t.depth(t.len() - 1);
         let s = &mut self.stats;
         s.draft_s += pass.draft_s;
         s.verify_s += pass.verify_s;
-        s.draft_steps += pass.draft_steps;
+        s.draft_steps += pass.draft_steps + pass.overlapped_steps;
+        s.overlapped_steps += pass.overlapped_steps;
+        s.reused_trees += usize::from(pass.reused);
         if !walk.tokens.is_empty() {
             s.record(walk.tokens.len(), walk.accepted());
         }
@@ -482,25 +593,77 @@ impl Sequence {
     }
 
     /// Runs the pending tokens but the last into the cache, drafts a tree from the last
-    /// (no path longer than `limit - 1`: no walk may emit more than `limit` tokens) and
-    /// verifies it in one target pass. The tree's K/V is left in the cache's scratch.
-    fn draft_and_verify(&mut self, opts: &StepOptions, limit: usize) -> Result<Pending> {
+    /// (from `carry` when it is still valid; no path longer than `limit - 1`: no walk may
+    /// emit more than `limit` tokens) and verifies it in one target pass. With `deepen`,
+    /// on an engine whose passes wait for streamed layers, the draft grows the tree on
+    /// meanwhile (the pass's `grown`). The tree's K/V is left in the cache's scratch.
+    fn draft_and_verify(
+        &mut self,
+        opts: &StepOptions,
+        limit: usize,
+        carry: Option<Carry>,
+        deepen: bool,
+    ) -> Result<Pending> {
         let engine = self.engine.clone();
         let model = &engine.shared.model;
-        let drafted = self.draft(opts, limit)?;
+        let (drafted, grower) = self.draft(opts, limit, carry)?;
         // Verify: one target pass over the root and every tree node.
         let t0 = Instant::now();
         let (tokens, pos, mask) = drafted.verify_input();
+        let first = drafted.verify_at;
+        let depth = self.draft_limits(opts, limit).depth + opts.tree.depth;
         let cache = &mut self.cache;
+        let Some(mut g) = grower.filter(|_| deepen && engine.drafts_during_passes()) else {
+            let hidden = engine.install(|| {
+                model.forward_hidden(cache, Pass::Target, first, &tokens, &pos, &mask)
+            })?;
+            return Ok(drafted.verified(hidden, t0.elapsed().as_secs_f64()));
+        };
+        // While the pass waits for a streamed layer, one draft layer at a time deepens
+        // the tree from its frontier, in the draft's region (slots below `first`).
+        g.set_limits(&DraftLimits {
+            depth,
+            max_nodes: first,
+            token_s: None,
+        });
+        let mut run: Option<DraftRun<Device>> = None;
+        let mut steps = 0;
+        let mut idle = |cache: &mut KvCache<Device>| -> Result<bool> {
+            let r = match &mut run {
+                Some(r) => r,
+                None => {
+                    let Some(b) = g.batch() else {
+                        return Ok(false);
+                    };
+                    let (tokens, mask) = (b.tokens.to_vec(), b.mask);
+                    run.insert(model.draft_begin(cache, b.first, tokens, b.positions, mask)?)
+                }
+            };
+            if let Some(logits) = model.draft_advance(r, cache)? {
+                run = None;
+                g.feed(&logits);
+                steps += 1;
+            }
+            Ok(true)
+        };
         let hidden = engine
-            .install(|| model.forward_hidden(cache, Pass::Target, 0, &tokens, &pos, &mask))?;
-        Ok(drafted.verified(hidden, t0.elapsed().as_secs_f64()))
+            .install(|| model.forward_hidden_idle(cache, first, &tokens, &pos, &mask, &mut idle))?;
+        let mut pass = drafted.verified(hidden, t0.elapsed().as_secs_f64());
+        pass.overlapped_steps = steps;
+        pass.grown = Some(g.into_parts());
+        Ok(pass)
     }
 
     /// The first half of [`Sequence::draft_and_verify`]: the pending tokens but the last
     /// into the cache, then the tree drafted from the last (a tree of the root alone when
-    /// `opts` does not speculate or `limit` is 1: a plain step's pass).
-    fn draft(&mut self, opts: &StepOptions, limit: usize) -> Result<Drafted> {
+    /// `opts` does not speculate or `limit` is 1: a plain step's pass), and the grower
+    /// that drafted it.
+    fn draft(
+        &mut self,
+        opts: &StepOptions,
+        limit: usize,
+        carry: Option<Carry>,
+    ) -> Result<(Drafted, Option<Grower>)> {
         let engine = self.engine.clone();
         let model = &engine.shared.model;
         // Everything but the last token goes into the cache; the last is the tree's root.
@@ -509,25 +672,35 @@ impl Sequence {
         self.prefill(root_pos, false)?;
         let prefill_s = t0.elapsed().as_secs_f64();
         if !opts.speculate || limit < 2 {
-            return Ok(Drafted {
+            let d = Drafted {
                 tree: Tree::new(self.tokens[root_pos]),
                 root_pos,
                 prefix: Vec::new(),
+                verify_at: 0,
                 prefill_s,
                 draft_s: 0.0,
                 draft_steps: 0,
-            });
+                reused: false,
+            };
+            return Ok((d, None));
         }
 
-        // Draft: grow the tree level by level.
+        // Draft: grow the tree level by level, in scratch slots `0..` (node order), from
+        // where the last step's draft left off if it grew this far.
         let t0 = Instant::now();
         let tp = &opts.tree;
         let limits = self.draft_limits(opts, limit);
-        let cache = &mut self.cache;
         let vocab = model.draft_vocab();
-        let draft = draft_tree(self.tokens[root_pos], root_pos, vocab, tp, &limits, |b| {
+        let carry = carry.filter(|c| c.at == (self.tokens.len(), self.cache.len()));
+        let reused = carry.is_some();
+        let mut g = match carry {
+            Some(c) => Grower::resume(c.tree, c.frontier, root_pos, vocab, tp, &limits),
+            None => Grower::new(self.tokens[root_pos], root_pos, vocab, tp, &limits),
+        };
+        let cache = &mut self.cache;
+        while let Some(b) = g.batch() {
             let rows: Vec<usize> = (0..b.tokens.len()).collect();
-            engine.install(|| {
+            let logits = engine.install(|| {
                 model.forward_at(
                     cache,
                     Pass::Draft,
@@ -537,16 +710,22 @@ impl Sequence {
                     &b.mask,
                     &rows,
                 )
-            })
-        })?;
-        Ok(Drafted {
-            tree: draft.tree,
+            })?;
+            g.feed(&logits);
+        }
+        // A tree started from a carry may be deeper or larger than this step verifies.
+        let n = g.tree().prefix_len(limits.depth, limits.max_nodes);
+        let d = Drafted {
+            tree: g.tree().truncated(n),
             root_pos,
             prefix: Vec::new(),
+            verify_at: engine.max_tree_tokens(),
             prefill_s,
             draft_s: t0.elapsed().as_secs_f64(),
-            draft_steps: draft.steps,
-        })
+            draft_steps: g.steps(),
+            reused,
+        };
+        Ok((d, Some(g)))
     }
 
     /// How far this step's tree may grow: `opts`' depth and size, no path longer than
@@ -579,7 +758,7 @@ impl Sequence {
         self.append(input)?;
         let r = self.check_pass(opts).and_then(|limit| {
             if opts.speculate && limit > 1 {
-                self.draft_and_verify(opts, limit)
+                self.draft_and_verify(opts, limit, None, false)
             } else {
                 let t0 = Instant::now();
                 let root = self.tokens[self.tokens.len() - 1];
@@ -593,9 +772,13 @@ impl Sequence {
                     },
                     speculative: false,
                     prefix: 0,
+                    verify_at: 0,
+                    grown: None,
                     draft_s: 0.0,
                     verify_s: t0.elapsed().as_secs_f64(),
                     draft_steps: 0,
+                    overlapped_steps: 0,
+                    reused: false,
                 })
             }
         });
@@ -841,6 +1024,7 @@ impl Sequence {
     /// the checks of [`Sequence::step`], the pending tokens but the last into the cache,
     /// the tree drafted. Returns the tree and the most tokens the step may emit.
     fn prepare_batched(&mut self, opts: &StepOptions) -> Result<(Prepared, usize)> {
+        self.carry = None; // a batched step drafts in the same slots
         let limit = self.step_limit(opts)?;
         let root_pos = self.tokens.len() - 1;
         let pending = self.batch_pending();
@@ -855,7 +1039,7 @@ impl Sequence {
             return Ok((Prepared::Grow(grower, root_pos), limit));
         }
         if pending == 1 {
-            return Ok((Prepared::Drafted(self.draft(opts, limit)?), limit));
+            return Ok((Prepared::Drafted(self.draft(opts, limit, None)?.0), limit));
         }
         // A new prompt or turn: this step is a plain one whose pending tokens (up to the
         // tree size the engine plans activations for; any before them prefilled alone
@@ -868,9 +1052,11 @@ impl Sequence {
                 tree: Tree::new(self.tokens[root_pos]),
                 root_pos,
                 prefix: self.tokens[root_pos + 1 - k..root_pos].to_vec(),
+                verify_at: 0,
                 prefill_s: t0.elapsed().as_secs_f64(),
                 draft_s: 0.0,
                 draft_steps: 0,
+                reused: false,
             }),
             limit,
         ))
@@ -960,7 +1146,7 @@ impl Engine {
                         o.speculate = depth > 0;
                         o.tree = o.tree.with_depth(depth.max(1)).with_auto_depth(false);
                         let st = &seqs[i].stats;
-                        chosen[i] = d.map(|d| (d, (st.accepted, st.draft_steps)));
+                        chosen[i] = d.map(|d| (d, st.accepted));
                     }
                 }
             }
@@ -1001,12 +1187,16 @@ impl Engine {
                 break;
             }
             let t0 = Instant::now();
-            let inputs: Vec<(Vec<u32>, Vec<usize>, AttnMask)> = live
+            let inputs: Vec<(Vec<u32>, Vec<usize>, AttnMask, usize)> = live
                 .iter()
-                .filter_map(|&i| drafted[i].as_ref().map(|(d, _)| d.verify_input()))
+                .filter_map(|&i| {
+                    let (d, _) = drafted[i].as_ref()?;
+                    let (tokens, pos, mask) = d.verify_input();
+                    Some((tokens, pos, mask, d.verify_at))
+                })
                 .collect();
             let mut segs = Vec::with_capacity(live.len());
-            for (seq, (tokens, pos, mask)) in seqs
+            for (seq, (tokens, pos, mask, first)) in seqs
                 .iter_mut()
                 .zip(&drafted)
                 .filter(|(_, d)| d.is_some())
@@ -1015,7 +1205,7 @@ impl Engine {
             {
                 segs.push(Segment {
                     cache: &mut seq.cache,
-                    first: 0,
+                    first: *first,
                     tokens,
                     positions: pos,
                     mask,
@@ -1261,9 +1451,11 @@ impl Engine {
                         tree: draft.tree,
                         root_pos,
                         prefix: Vec::new(),
+                        verify_at: self.max_tree_tokens(),
                         prefill_s: 0.0,
                         draft_s,
                         draft_steps: draft.steps,
+                        reused: false,
                     };
                     Some((Prepared::Drafted(d), limit))
                 }
@@ -1285,5 +1477,153 @@ impl Engine {
         let mut out = be.act(idx.len(), self.shared.model.config().hidden)?;
         self.install(|| be.gather_rows(hidden, &idx, &mut out))?;
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::DevKv;
+    use crate::checkpoint::DType;
+    use crate::engine::EngineOptions;
+    use crate::spec::TreeParams;
+    use crate::synth::{write_model, SynthShape};
+
+    /// Every slot of every layer of `seq`'s cache from `first` on, `n` of them, relative
+    /// to the committed positions.
+    fn scratch(seq: &Sequence, first: usize, n: usize) -> Vec<Vec<f32>> {
+        let DevKv::Cpu(kv) = seq.cache.store() else {
+            panic!("a CPU cache")
+        };
+        let c = seq.cache.len() + first;
+        (c..c + n)
+            .map(|s| (0..kv.layers()).flat_map(|l| kv.slot(l, s)).collect())
+            .collect()
+    }
+
+    /// A synth model in a fresh directory: "tiny" with `vocab` tokens, untied.
+    fn engine(tag: &str, vocab: usize) -> (Engine, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("subspec-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut shape = SynthShape::named("tiny").unwrap();
+        shape.vocab = vocab;
+        shape.tie_embeddings = false;
+        write_model(&dir, &shape, DType::F16, 5).unwrap();
+        let mut o = EngineOptions::new(&dir);
+        o.require_tokenizer = false;
+        o.max_context = 64;
+        o.max_tree_tokens = 24;
+        (Engine::load(&o).unwrap(), dir)
+    }
+
+    /// The draft forward a layer (or a part of the head) at a time gives the bits of the
+    /// forward in one call, its head in parts of 8192 rows (20,000: three parts).
+    #[test]
+    fn a_draft_forward_in_steps_gives_the_bits_of_one_call() {
+        let (engine, dir) = engine("steps", 20_000);
+        let model = &engine.shared.model;
+        let mut seq = engine.new_sequence().unwrap();
+        seq.append(&[1, 2, 3, 4, 5]).unwrap();
+        seq.prefill_pending().unwrap();
+        // The root and two children, at scratch slots 3..6.
+        let (tokens, positions) = (vec![5, 17, 19_999], vec![4, 5, 5]);
+        let mask = AttnMask::tree_rows(&[None, Some(0), Some(0)], 0..3).shifted(3);
+        let whole = model
+            .forward_at(
+                &mut seq.cache,
+                Pass::Draft,
+                3,
+                &tokens,
+                &positions,
+                &mask,
+                &[0, 1, 2],
+            )
+            .unwrap();
+        let mut r = model
+            .draft_begin(&seq.cache, 3, tokens, positions, mask)
+            .unwrap();
+        let mut steps = 1;
+        let stepped = loop {
+            match model.draft_advance(&mut r, &mut seq.cache).unwrap() {
+                Some(l) => break l,
+                None => steps += 1,
+            }
+        };
+        assert_eq!(steps, engine.config().n_layers + 3);
+        assert_eq!(whole.len(), 3 * 20_000);
+        assert!(whole
+            .iter()
+            .zip(&stepped)
+            .all(|(a, b)| a.to_bits() == b.to_bits()));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A kept tree's draft K/V moves from where the draft wrote it (slot = node in the
+    /// grown tree) to the start of the draft's region (slot = node in the kept tree),
+    /// past the slots the walk's commit overwrote.
+    #[test]
+    fn a_kept_tree_takes_its_draft_kv_to_the_start_of_the_region() {
+        let (engine, dir) = engine("carry", 128);
+        let mut seq = engine.new_sequence().unwrap();
+        seq.append(&[1, 2, 3, 4, 5]).unwrap();
+        // Two levels of width 2 verified, grown on to four.
+        let tree = TreeParams::default().with_width(2).with_depth(2);
+        let opts = StepOptions::speculative(SamplingParams::greedy()).with_tree(tree);
+        let (drafted, g) = seq.draft(&opts, 32, None).unwrap();
+        let mut g = g.unwrap();
+        let verified = drafted.tree.len();
+        assert_eq!(verified, 5);
+        g.set_limits(&DraftLimits {
+            depth: 4,
+            max_nodes: drafted.verify_at,
+            token_s: None,
+        });
+        let model = &engine.shared.model;
+        while let Some(b) = g.batch() {
+            let rows: Vec<usize> = (0..b.tokens.len()).collect();
+            let (t, p, m) = (b.tokens, &b.positions, &b.mask);
+            let l = model
+                .forward_at(&mut seq.cache, Pass::Draft, b.first, t, p, m, &rows)
+                .unwrap();
+            g.feed(&l);
+        }
+        let (grown, frontier) = g.into_parts();
+        assert_eq!(grown.depth(grown.len() - 1), 4);
+        let before = scratch(&seq, 0, grown.len());
+        let (tokens, pos, mask) = drafted.verify_input();
+        let at = drafted.verify_at;
+        let hidden = model
+            .forward_hidden(&mut seq.cache, Pass::Target, at, &tokens, &pos, &mask)
+            .unwrap();
+        let pass = drafted.verified(hidden, 0.0);
+        // A walk down to a verified leaf whose child the draft grew during the pass.
+        let leaf = (0..verified)
+            .rev()
+            .find(|&n| !grown.children(n).is_empty())
+            .unwrap();
+        let child = grown.children(leaf)[0];
+        let parent = grown.parents()[leaf].unwrap();
+        let t = grown.tokens();
+        let walk = Walk {
+            tokens: vec![t[parent], t[leaf], t[child]],
+            nodes: vec![parent, leaf],
+        };
+        let committed = seq.cache.len();
+        seq.commit_walk(pass, &walk).unwrap();
+        assert_eq!(seq.cache.len(), committed + 3);
+        seq.keep_carry(grown.clone(), frontier, verified, &walk)
+            .unwrap();
+        let (sub, from) = grown.subtree(child);
+        assert_eq!(seq.carried_nodes(), sub.len());
+        assert!(
+            sub.len() > 1,
+            "the kept tree has the child's descendants too"
+        );
+        let after = scratch(&seq, 0, sub.len());
+        for (i, &n) in from.iter().enumerate() {
+            assert_eq!(after[i], before[n], "kept node {i} (grown node {n})");
+        }
+        assert_ne!(before[from[1]], before[from[0]], "the slots differ");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

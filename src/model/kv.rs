@@ -53,6 +53,21 @@ impl<B: Backend> KvCache<B> {
         Ok(())
     }
 
+    /// Moves the scratch slots `src` (ascending, `src[i] >= i`) to scratch slots
+    /// `0..src.len()`: K/V written by an earlier forward, kept for the next.
+    pub fn keep_scratch(&mut self, backend: &B, src: &[usize]) -> Result<()> {
+        debug_assert!(src.iter().enumerate().all(|(i, &j)| j >= i));
+        let c = self.committed;
+        let abs: Vec<usize> = src.iter().map(|&j| c + j).collect();
+        backend.kv_compact(&mut self.store, &abs, c)
+    }
+
+    /// The backend's store, for tests that look inside it.
+    #[cfg(test)]
+    pub(crate) fn store(&self) -> &B::Kv {
+        &self.store
+    }
+
     /// Forgets every position from `len` on (scratch slots are always discarded).
     pub fn truncate(&mut self, len: usize) {
         self.committed = self.committed.min(len);

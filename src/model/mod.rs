@@ -39,6 +39,68 @@ pub struct Segment<'a, B: Backend> {
     pub mask: &'a AttnMask,
 }
 
+/// What [`Model::prepare`] reads of a segment (its cache's lengths, not the cache).
+struct SegShape<'a> {
+    tokens: &'a [u32],
+    positions: &'a [usize],
+    mask: &'a AttnMask,
+    first: usize,
+    committed: usize,
+    capacity: usize,
+}
+
+impl<B: Backend> Segment<'_, B> {
+    fn shape(&self) -> SegShape<'_> {
+        SegShape {
+            tokens: self.tokens,
+            positions: self.positions,
+            mask: self.mask,
+            first: self.first,
+            committed: self.cache.committed,
+            capacity: self.cache.capacity,
+        }
+    }
+}
+
+/// A pass's buffers between its layers: the residual stream, the activations a layer
+/// reuses, and each segment's windowed masks.
+struct Run<B: Backend> {
+    positions: Vec<usize>,
+    x: B::Act,
+    h: B::Act,
+    /// The sandwich norms' output (Gemma 3).
+    hn: Option<B::Act>,
+    q: B::Act,
+    k: B::Act,
+    v: B::Act,
+    attn: B::Act,
+    gate: B::Act,
+    up: B::Act,
+    windowed: Vec<Vec<(usize, AttnMask)>>,
+}
+
+/// A draft forward run a layer at a time ([`Model::draft_begin`]).
+pub(crate) struct DraftRun<B: Backend> {
+    run: Run<B>,
+    first: usize,
+    tokens: Vec<u32>,
+    positions: Vec<usize>,
+    mask: AttnMask,
+    /// The next layer to run.
+    next: usize,
+    /// After the last layer: the normed rows, the logits so far and the next head row.
+    head: Option<(B::Act, Vec<f32>, usize)>,
+}
+
+/// Rows of the output head one step of [`Model::draft_advance`] multiplies (~15 MB of
+/// Qwen2.5-0.5B's f16 head): a whole head's product (~270 MB) would hold a target pass
+/// up for as long as it takes when its streamed layer arrives meanwhile.
+const HEAD_ROWS_PER_STEP: usize = 8192;
+
+/// Work a target pass does while it waits for a streamed layer
+/// ([`Model::forward_hidden_idle`]): `false` once there is none left.
+pub type Idle<'a, B> = dyn FnMut(&mut KvCache<B>) -> Result<bool> + 'a;
+
 /// Which weights a forward runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pass {
@@ -304,76 +366,50 @@ impl<B: Backend> Model<B> {
         self.layers(pass, segs, true)
     }
 
+    /// [`Model::forward_hidden`] of a target pass that, while it waits for a streamed
+    /// layer, calls `idle` with the cache (the pass writes only its own scratch slots
+    /// between calls) until the layer is there or `idle` returns `false` (nothing left to
+    /// do). A call should be short (one draft layer): the pass goes on only when it
+    /// returns. An error from `idle` fails the pass.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_hidden_idle(
+        &self,
+        cache: &mut KvCache<B>,
+        first: usize,
+        tokens: &[u32],
+        positions: &[usize],
+        mask: &AttnMask,
+        idle: &mut Idle<'_, B>,
+    ) -> Result<B::Act> {
+        let mut segs = [Segment {
+            cache,
+            first,
+            tokens,
+            positions,
+            mask,
+        }];
+        self.layers_idle(Pass::Target, &mut segs, true, Some(idle))
+    }
+
     /// [`Model::forward_hidden_batch`]; without `hidden` the caller wants the K/V alone
     /// (a prefill with no logits), so the last layer computes its K/V and stops there: no
     /// queries, attention, o or MLP (llama.cpp likewise keeps only the rows it outputs),
     /// and the residual stream returned is not the model's output.
     fn layers(&self, pass: Pass, segs: &mut [Segment<'_, B>], hidden: bool) -> Result<B::Act> {
-        let c = &self.config;
-        let mut n = 0;
-        for seg in segs.iter() {
-            let m = seg.tokens.len();
-            if seg.positions.len() != m || seg.mask.len() != m {
-                return Err(Error::internal(
-                    "forward: tokens, positions and mask disagree",
-                ));
-            }
-            seg.mask.validate(seg.first)?;
-            self.check_tokens(seg.tokens)?;
-            let cache = &seg.cache;
-            if cache.committed + seg.first + m > cache.capacity {
-                return Err(Error::new(
-                    ErrorKind::ContextFull,
-                    format!(
-                        "{} committed + {} new tokens exceed the KV cache capacity of {}",
-                        cache.committed,
-                        seg.first + m,
-                        cache.capacity
-                    ),
-                ));
-            }
-            n += m;
-        }
-        let tokens: Vec<u32> = segs.iter().flat_map(|s| s.tokens.iter().copied()).collect();
-        let positions: Vec<usize> = segs
-            .iter()
-            .flat_map(|s| s.positions.iter().copied())
-            .collect();
+        self.layers_idle(pass, segs, hidden, None)
+    }
+
+    /// [`Model::layers`], with [`Model::forward_hidden_idle`]'s `idle` (one segment only).
+    fn layers_idle(
+        &self,
+        pass: Pass,
+        segs: &mut [Segment<'_, B>],
+        hidden: bool,
+        mut idle: Option<&mut Idle<'_, B>>,
+    ) -> Result<B::Act> {
         let be = &self.backend;
-        let shape = AttnShape {
-            n_heads: c.n_heads,
-            n_kv_heads: c.n_kv_heads,
-            head_dim: c.head_dim,
-            scale: c.attn_scale,
-        };
-        // Residual stream.
-        let mut x = be.act(n, c.hidden)?;
-        be.embed(&self.embed, &tokens, &mut x)?;
-        if let Some(s) = c.embed_scale {
-            be.scale(&mut x, s)?;
-        }
-        let mut h = be.act(n, c.hidden)?;
-        // The sandwich norms' output (Gemma 3).
-        let mut hn = match c.sandwich_norms {
-            true => Some(be.act(n, c.hidden)?),
-            false => None,
-        };
-        let mut q = be.act(n, c.q_dim())?;
-        let mut k = be.act(n, c.kv_dim())?;
-        let mut v = be.act(n, c.kv_dim())?;
-        let mut attn = be.act(n, c.q_dim())?;
-        let mut gate = be.act(n, c.intermediate)?;
-        let mut up = be.act(n, c.intermediate)?;
-        // Windowed layers see only the last `w` positions: each segment's masks, made once.
-        let mut windowed: Vec<Vec<(usize, AttnMask)>> = vec![Vec::new(); segs.len()];
-        for (seg, masks) in segs.iter().zip(&mut windowed) {
-            for w in c.attn_window.iter().flatten() {
-                if !masks.iter().any(|(x, _)| x == w) {
-                    let m = seg.mask.windowed(seg.positions, *w, seg.cache.committed);
-                    masks.push((*w, m));
-                }
-            }
-        }
+        let shapes: Vec<SegShape<'_>> = segs.iter().map(Segment::shape).collect();
+        let mut run = self.prepare(&shapes)?;
         // A target pass streams the offloaded layers in order (one pass at a time).
         let mut stream = match (pass, &self.streamer) {
             (Pass::Target, Some(s)) => {
@@ -396,72 +432,280 @@ impl<B: Backend> Model<B> {
                     format!("a sequence of the batch asked to stop before decoder layer {li}"),
                 ));
             }
-            // Attention block: norm, q/k/v projections (q/k norms), rotary, cache write,
-            // attention, o (its sandwich norm).
-            be.rms_norm(&x, &l.input_norm, c.rms_eps, &mut h)?;
             // The linears this pass runs: the draft's substitutes, the resident weights,
             // or this layer's weights streamed into a staging buffer.
             let mut streamed = None;
-            let lin: &Linears<B::Weight> = match (pass, &l.full, &l.substitutes) {
-                (Pass::Draft, _, Some(sub)) => sub,
-                (_, Some(full), _) => full,
-                (Pass::Target, None, _) => {
+            let lin: &Linears<B::Weight> = match (pass, &l.full) {
+                (Pass::Target, None) => {
                     let tier = stream
                         .as_mut()
                         .ok_or_else(|| Error::internal("an offloaded layer without a streamer"))?;
+                    if let (Some(f), [seg]) = (idle.as_mut(), &mut segs[..]) {
+                        // (an abort request ends the waiting work: the layer after this
+                        // one takes it)
+                        while !be.tier_ready(tier) && !seg.cache.abort.is_requested() {
+                            if !f(seg.cache)? {
+                                idle = None;
+                                break;
+                            }
+                        }
+                    }
                     let (ticket, w) = be.tier_fetch(tier, li)?;
                     &streamed.insert((ticket, Linears::from_vec(w)?)).1
                 }
-                (Pass::Draft, None, None) => {
-                    return Err(Error::internal(format!(
-                        "layer {li} is offloaded but has no substitute"
-                    )))
-                }
+                _ => self.resident_linears(pass, li)?,
             };
             // the last layer of a pass that wants no output: its K/V alone
             let kv_only = !hidden && li + 1 == self.layers.len();
-            let bias = l.qkv_bias.as_ref();
-            if !kv_only {
-                be.linear(&h, &lin[Linear::Q], bias.map(|b| &b[0]), &mut q)?;
-            }
-            be.linear(&h, &lin[Linear::K], bias.map(|b| &b[1]), &mut k)?;
-            be.linear(&h, &lin[Linear::V], bias.map(|b| &b[2]), &mut v)?;
-            if let Some([qn, kn]) = &l.qk_norm {
-                if !kv_only {
-                    self.head_norm(&mut q, qn, n, c.n_heads)?;
-                }
-                self.head_norm(&mut k, kn, n, c.n_kv_heads)?;
-            }
-            let inv_freq = match (&self.inv_freq_local, c.attn_window[li]) {
-                (Some(local), Some(_)) => local,
-                _ => &self.inv_freq,
-            };
-            if !kv_only {
-                be.rope(&mut q, &positions, inv_freq)?;
-            }
-            be.rope(&mut k, &positions, inv_freq)?;
-            let q = (!kv_only).then_some(&q);
-            self.attend(segs, &windowed, li, shape, q, &k, &v, &mut attn)?;
-            if !kv_only {
-                be.linear(&attn, &lin[Linear::O], None, &mut h)?;
-                self.add_residual(&mut x, &h, l.sandwich.as_ref().map(|s| &s[0]), &mut hn)?;
-                // MLP block: norm, gate/up, act(gate) * up, down.
-                be.rms_norm(&x, &l.post_norm, c.rms_eps, &mut h)?;
-                be.linear(&h, &lin[Linear::Gate], None, &mut gate)?;
-                be.linear(&h, &lin[Linear::Up], None, &mut up)?;
-                match c.hidden_act {
-                    Activation::Silu => be.silu_mul(&mut gate, &up)?,
-                    Activation::GeluTanh => be.gelu_tanh_mul(&mut gate, &up)?,
-                }
-                be.linear(&gate, &lin[Linear::Down], None, &mut h)?;
-                self.add_residual(&mut x, &h, l.sandwich.as_ref().map(|s| &s[1]), &mut hn)?;
-            }
+            self.layer(&mut run, segs, li, lin, kv_only)?;
             if let (Some((ticket, w)), Some(stream)) = (streamed, stream.as_mut()) {
                 drop(w);
                 be.tier_release(stream, ticket)?;
             }
         }
-        Ok(x)
+        Ok(run.x)
+    }
+
+    /// The linears `pass` runs in layer `li` that need no streaming: the draft's
+    /// substitutes, else the resident weights.
+    fn resident_linears(&self, pass: Pass, li: usize) -> Result<&Linears<B::Weight>> {
+        let l = &self.layers[li];
+        match (pass, &l.full, &l.substitutes) {
+            (Pass::Draft, _, Some(sub)) => Ok(sub),
+            (_, Some(full), _) => Ok(full),
+            (Pass::Target, None, _) => Err(Error::internal(format!(
+                "layer {li} is offloaded: a target pass streams it"
+            ))),
+            (Pass::Draft, None, None) => Err(Error::internal(format!(
+                "layer {li} is offloaded but has no substitute"
+            ))),
+        }
+    }
+
+    /// Checks the segments and sets up a pass over them: its buffers and the embedded
+    /// residual stream.
+    fn prepare(&self, segs: &[SegShape<'_>]) -> Result<Run<B>> {
+        let c = &self.config;
+        let mut n = 0;
+        for seg in segs.iter() {
+            let m = seg.tokens.len();
+            if seg.positions.len() != m || seg.mask.len() != m {
+                return Err(Error::internal(
+                    "forward: tokens, positions and mask disagree",
+                ));
+            }
+            seg.mask.validate(seg.first)?;
+            self.check_tokens(seg.tokens)?;
+            if seg.committed + seg.first + m > seg.capacity {
+                return Err(Error::new(
+                    ErrorKind::ContextFull,
+                    format!(
+                        "{} committed + {} new tokens exceed the KV cache capacity of {}",
+                        seg.committed,
+                        seg.first + m,
+                        seg.capacity
+                    ),
+                ));
+            }
+            n += m;
+        }
+        let tokens: Vec<u32> = segs.iter().flat_map(|s| s.tokens.iter().copied()).collect();
+        let positions: Vec<usize> = segs
+            .iter()
+            .flat_map(|s| s.positions.iter().copied())
+            .collect();
+        let be = &self.backend;
+        // Residual stream.
+        let mut x = be.act(n, c.hidden)?;
+        be.embed(&self.embed, &tokens, &mut x)?;
+        if let Some(s) = c.embed_scale {
+            be.scale(&mut x, s)?;
+        }
+        // Windowed layers see only the last `w` positions: each segment's masks, made once.
+        let mut windowed: Vec<Vec<(usize, AttnMask)>> = vec![Vec::new(); segs.len()];
+        for (seg, masks) in segs.iter().zip(&mut windowed) {
+            for w in c.attn_window.iter().flatten() {
+                if !masks.iter().any(|(x, _)| x == w) {
+                    let m = seg.mask.windowed(seg.positions, *w, seg.committed);
+                    masks.push((*w, m));
+                }
+            }
+        }
+        Ok(Run {
+            positions,
+            x,
+            h: be.act(n, c.hidden)?,
+            // The sandwich norms' output (Gemma 3).
+            hn: match c.sandwich_norms {
+                true => Some(be.act(n, c.hidden)?),
+                false => None,
+            },
+            q: be.act(n, c.q_dim())?,
+            k: be.act(n, c.kv_dim())?,
+            v: be.act(n, c.kv_dim())?,
+            attn: be.act(n, c.q_dim())?,
+            gate: be.act(n, c.intermediate)?,
+            up: be.act(n, c.intermediate)?,
+            windowed,
+        })
+    }
+
+    /// Decoder layer `li` of a pass with linears `lin`: attention block (norm, q/k/v
+    /// projections, q/k norms, rotary, cache write, attention, o, its sandwich norm),
+    /// then the MLP block; with `kv_only` the K/V written and nothing else.
+    fn layer(
+        &self,
+        run: &mut Run<B>,
+        segs: &mut [Segment<'_, B>],
+        li: usize,
+        lin: &Linears<B::Weight>,
+        kv_only: bool,
+    ) -> Result<()> {
+        let (c, be, l) = (&self.config, &self.backend, &self.layers[li]);
+        let shape = AttnShape {
+            n_heads: c.n_heads,
+            n_kv_heads: c.n_kv_heads,
+            head_dim: c.head_dim,
+            scale: c.attn_scale,
+        };
+        let Run {
+            positions,
+            x,
+            h,
+            hn,
+            q,
+            k,
+            v,
+            attn,
+            gate,
+            up,
+            windowed,
+        } = run;
+        let n = positions.len();
+        be.rms_norm(x, &l.input_norm, c.rms_eps, h)?;
+        let bias = l.qkv_bias.as_ref();
+        if !kv_only {
+            be.linear(h, &lin[Linear::Q], bias.map(|b| &b[0]), q)?;
+        }
+        be.linear(h, &lin[Linear::K], bias.map(|b| &b[1]), k)?;
+        be.linear(h, &lin[Linear::V], bias.map(|b| &b[2]), v)?;
+        if let Some([qn, kn]) = &l.qk_norm {
+            if !kv_only {
+                self.head_norm(q, qn, n, c.n_heads)?;
+            }
+            self.head_norm(k, kn, n, c.n_kv_heads)?;
+        }
+        let inv_freq = match (&self.inv_freq_local, c.attn_window[li]) {
+            (Some(local), Some(_)) => local,
+            _ => &self.inv_freq,
+        };
+        if !kv_only {
+            be.rope(q, positions, inv_freq)?;
+        }
+        be.rope(k, positions, inv_freq)?;
+        let qr = (!kv_only).then_some(&*q);
+        self.attend(segs, windowed, li, shape, qr, k, v, attn)?;
+        if kv_only {
+            return Ok(());
+        }
+        be.linear(attn, &lin[Linear::O], None, h)?;
+        self.add_residual(x, h, l.sandwich.as_ref().map(|s| &s[0]), hn)?;
+        // MLP block: norm, gate/up, act(gate) * up, down.
+        be.rms_norm(x, &l.post_norm, c.rms_eps, h)?;
+        be.linear(h, &lin[Linear::Gate], None, gate)?;
+        be.linear(h, &lin[Linear::Up], None, up)?;
+        match c.hidden_act {
+            Activation::Silu => be.silu_mul(gate, up)?,
+            Activation::GeluTanh => be.gelu_tanh_mul(gate, up)?,
+        }
+        be.linear(gate, &lin[Linear::Down], None, h)?;
+        self.add_residual(x, h, l.sandwich.as_ref().map(|s| &s[1]), hn)
+    }
+
+    /// Starts a draft forward to be run a layer at a time ([`Model::draft_advance`]): the
+    /// same forward as [`Model::forward_at`] with [`Pass::Draft`] and the logits of every
+    /// row, in pieces that fit between the layers of a target pass.
+    pub(crate) fn draft_begin(
+        &self,
+        cache: &KvCache<B>,
+        first: usize,
+        tokens: Vec<u32>,
+        positions: Vec<usize>,
+        mask: AttnMask,
+    ) -> Result<DraftRun<B>> {
+        let run = self.prepare(&[SegShape {
+            tokens: &tokens,
+            positions: &positions,
+            mask: &mask,
+            first,
+            committed: cache.committed,
+            capacity: cache.capacity,
+        }])?;
+        Ok(DraftRun {
+            run,
+            first,
+            tokens,
+            positions,
+            mask,
+            next: 0,
+            head: None,
+        })
+    }
+
+    /// Runs the next step of `r` over `cache` (the cache it began on, its committed
+    /// positions unchanged since): a layer, or after the last a part of the output head
+    /// ([`HEAD_ROWS_PER_STEP`] rows, or the whole head where the backend has no views of
+    /// part of it); after the head's last part, the logits of every row
+    /// (`Model::draft_vocab` columns each, the bits [`Model::forward_at`] gives).
+    pub(crate) fn draft_advance(
+        &self,
+        r: &mut DraftRun<B>,
+        cache: &mut KvCache<B>,
+    ) -> Result<Option<Vec<f32>>> {
+        let be = &self.backend;
+        let li = r.next;
+        if li < self.layers.len() {
+            let mut segs = [Segment {
+                cache,
+                first: r.first,
+                tokens: &r.tokens,
+                positions: &r.positions,
+                mask: &r.mask,
+            }];
+            let lin = self.resident_linears(Pass::Draft, li)?;
+            self.layer(&mut r.run, &mut segs, li, lin, false)?;
+            r.next += 1;
+            return Ok(None);
+        }
+        let (w, cols) = self.head(Pass::Draft);
+        let m = r.tokens.len();
+        let (normed, logits, at) = match &mut r.head {
+            Some(h) => h,
+            None => {
+                let rows: Vec<usize> = (0..m).collect();
+                let normed = self.final_norm(&r.run.x, &rows)?;
+                r.head.insert((normed, vec![0.0; m * cols], 0))
+            }
+        };
+        let n = HEAD_ROWS_PER_STEP.min(cols - *at);
+        match be.weight_row_range(w, *at, n) {
+            Ok(part) => {
+                let mut out = be.act(m, n)?;
+                be.linear(normed, &part, None, &mut out)?;
+                let out = be.to_host(&out)?;
+                for (dst, src) in logits.chunks_exact_mut(cols).zip(out.chunks_exact(n)) {
+                    dst[*at..*at + n].copy_from_slice(src);
+                }
+                *at += n;
+            }
+            Err(_) => {
+                let mut out = be.act(m, cols)?;
+                be.linear(normed, w, None, &mut out)?;
+                *logits = be.to_host(&out)?;
+                *at = cols;
+            }
+        }
+        Ok((*at == cols).then(|| std::mem::take(logits)))
     }
 
     /// Writes each segment's rows of `k`, `v` into its cache and runs its rows of `q`
@@ -552,21 +796,36 @@ impl<B: Backend> Model<B> {
     /// depend on which other rows are asked for. The rows must be inside the batch (the
     /// callers check; a backend may panic otherwise).
     pub(crate) fn logits(&self, pass: Pass, x: &B::Act, logit_rows: &[usize]) -> Result<Vec<f32>> {
-        let (c, be) = (&self.config, &self.backend);
+        let be = &self.backend;
         if logit_rows.is_empty() {
             return Ok(Vec::new());
         }
-        let mut sel = be.act(logit_rows.len(), c.hidden)?;
-        be.gather_rows(x, logit_rows, &mut sel)?;
-        let mut normed = be.act(logit_rows.len(), c.hidden)?;
-        be.rms_norm(&sel, &self.norm, c.rms_eps, &mut normed)?;
-        let (head, cols) = match (pass, &self.draft_lm_head) {
-            (Pass::Draft, Some(q)) => (q, self.draft_vocab),
-            _ => (self.lm_head.as_ref().unwrap_or(&self.embed), c.vocab),
-        };
+        let normed = self.final_norm(x, logit_rows)?;
+        let (head, cols) = self.head(pass);
         let mut logits = be.act(logit_rows.len(), cols)?;
         be.linear(&normed, head, None, &mut logits)?;
         be.to_host(&logits)
+    }
+
+    /// Rows `rows` of the residual stream `x` through the final norm.
+    fn final_norm(&self, x: &B::Act, rows: &[usize]) -> Result<B::Act> {
+        let (c, be) = (&self.config, &self.backend);
+        let mut sel = be.act(rows.len(), c.hidden)?;
+        be.gather_rows(x, rows, &mut sel)?;
+        let mut normed = be.act(rows.len(), c.hidden)?;
+        be.rms_norm(&sel, &self.norm, c.rms_eps, &mut normed)?;
+        Ok(normed)
+    }
+
+    /// The output head `pass` runs and its rows (the draft's: [`Model::draft_vocab`]).
+    fn head(&self, pass: Pass) -> (&B::Weight, usize) {
+        match (pass, &self.draft_lm_head) {
+            (Pass::Draft, Some(q)) => (q, self.draft_vocab),
+            _ => (
+                self.lm_head.as_ref().unwrap_or(&self.embed),
+                self.config.vocab,
+            ),
+        }
     }
 }
 

@@ -10,7 +10,6 @@ use std::time::Instant;
 use super::tree::Tree;
 use super::TreeParams;
 use crate::backend::AttnMask;
-use crate::error::Result;
 
 /// One draft forward: the frontier's nodes, where their K/V go and what they attend to.
 #[derive(Debug, Clone, PartialEq)]
@@ -55,18 +54,17 @@ pub(crate) fn worth_another_step(mass: f64, token_s: f64, step_s: f64) -> bool {
     mass * token_s >= step_s
 }
 
-/// Grows a tree under `root` (the last chosen token, at absolute position `root_pos`):
-/// each step runs `forward` over the frontier and keeps the global top `params.width`
-/// children by path probability at `params.draft_temperature` ([`Tree::grow`]).
-/// `forward` returns the draft's logits of every frontier node, `vocab` per row.
+/// A [`Grower`] run to the end with `forward` as its draft: how the engine drives one
+/// (the tests' fake drafts go through here).
+#[cfg(test)]
 pub(crate) fn draft_tree(
     root: u32,
     root_pos: usize,
     vocab: usize,
     params: &TreeParams,
     limits: &DraftLimits,
-    mut forward: impl FnMut(DraftBatch<'_>) -> Result<Vec<f32>>,
-) -> Result<Draft> {
+    mut forward: impl FnMut(DraftBatch<'_>) -> crate::error::Result<Vec<f32>>,
+) -> crate::error::Result<Draft> {
     let mut g = Grower::new(root, root_pos, vocab, params, limits);
     while let Some(batch) = g.batch() {
         let logits = forward(batch)?;
@@ -75,9 +73,12 @@ pub(crate) fn draft_tree(
     Ok(g.finish())
 }
 
-/// [`draft_tree`] one step at a time, for callers that run the forwards of several
-/// trees together: [`Grower::batch`] is the next forward (`None`: the tree is grown),
-/// [`Grower::feed`] takes its logits.
+/// The draft loop, one step at a time: grows a tree under a root (the last chosen token,
+/// at absolute position `root_pos`); each step is a draft forward over the frontier
+/// ([`Grower::batch`]; `None`: the tree is grown), whose logits ([`Grower::feed`]) add
+/// the global top `params.width` children by path probability at
+/// `params.draft_temperature` ([`Tree::grow`]). The caller runs the forwards: one tree's
+/// alone, several trees' together, or between the layers of a target pass.
 pub(crate) struct Grower {
     tree: Tree,
     frontier: std::ops::Range<usize>,
@@ -111,6 +112,57 @@ impl Grower {
         }
     }
 
+    /// A grower that goes on from `tree`, grown already down to `frontier` (the nodes
+    /// whose draft forward has not run: the last level), as [`Grower::new`] would have.
+    pub(crate) fn resume(
+        tree: Tree,
+        frontier: std::ops::Range<usize>,
+        root_pos: usize,
+        vocab: usize,
+        params: &TreeParams,
+        limits: &DraftLimits,
+    ) -> Grower {
+        let mut g = Grower {
+            tree,
+            frontier,
+            ..Grower::new(0, root_pos, vocab, params, limits)
+        };
+        g.done = g.grown();
+        g
+    }
+
+    /// Whether the limits leave nothing to grow: no frontier, the frontier at the depth
+    /// limit, or the tree at the node limit (a forward over the frontier would add no
+    /// child).
+    fn grown(&self) -> bool {
+        let f = &self.frontier;
+        f.is_empty()
+            || self.tree.depth(f.start) >= self.limits.depth
+            || self.tree.len() >= self.limits.max_nodes
+    }
+
+    /// Goes on growing under new limits (a tree grown to its verified size, deepened while
+    /// the target verifies it).
+    pub(crate) fn set_limits(&mut self, limits: &DraftLimits) {
+        self.limits = *limits;
+        self.done = self.grown();
+    }
+
+    /// Draft forwards fed so far.
+    pub(crate) fn steps(&self) -> usize {
+        self.steps
+    }
+
+    /// The tree so far.
+    pub(crate) fn tree(&self) -> &Tree {
+        &self.tree
+    }
+
+    /// The tree and its frontier (the nodes whose draft forward has not run).
+    pub(crate) fn into_parts(self) -> (Tree, std::ops::Range<usize>) {
+        (self.tree, self.frontier)
+    }
+
     /// The next draft forward, or `None` once the tree is grown.
     pub(crate) fn batch(&self) -> Option<DraftBatch<'_>> {
         if self.done {
@@ -138,7 +190,7 @@ impl Grower {
             self.params.draft_temperature,
             room,
         );
-        self.done = self.frontier.is_empty() || self.steps >= self.limits.depth;
+        self.done = self.grown();
         if let (false, Some(token_s)) = (self.done, self.limits.token_s) {
             let f = self.frontier.clone();
             let mass: f64 = f.map(|n| (self.tree.score(n) as f64).exp()).sum();
@@ -242,10 +294,52 @@ mod tests {
         })
         .unwrap();
         assert_eq!(d.tree.len(), 6);
-        // Root, two children, two grandchildren, then one node fills the budget; the
-        // empty frontier after it ends the loop.
-        assert_eq!(d.steps, 4);
+        // Root, two children, two grandchildren, then one node fills the budget: no
+        // forward over it (it could add no child).
+        assert_eq!(d.steps, 3);
         assert_eq!(d.tree.children(0).len(), 2);
+    }
+
+    /// Runs `g` to the end with [`successor_logits`]; returns the forwards' first slots.
+    fn run(g: &mut Grower) -> Vec<usize> {
+        let mut firsts = Vec::new();
+        while let Some(b) = g.batch() {
+            firsts.push(b.first);
+            let l = successor_logits(&b);
+            g.feed(&l);
+        }
+        firsts
+    }
+
+    #[test]
+    fn growth_goes_on_under_new_limits_and_from_a_subtree() {
+        let params = TreeParams::default().with_width(2);
+        let whole = draft_tree(0, 5, VOCAB, &params, &limits(6, 64), |b| {
+            Ok(successor_logits(&b))
+        })
+        .unwrap();
+        // Grown to depth 3, then on to 6: the same tree as growing to 6 at once.
+        let mut g = Grower::new(0, 5, VOCAB, &params, &limits(3, 64));
+        assert_eq!(run(&mut g).len(), 3);
+        let verified = g.tree().len();
+        g.set_limits(&limits(6, 64));
+        // The deepening starts with the forward of the last level (no K/V yet).
+        assert_eq!(run(&mut g)[0], verified - 2);
+        assert_eq!(g.tree(), &whole.tree);
+        // Resumed from the subtree under node 1 (depth 1): two more levels reach depth 3
+        // below it, the same nodes the whole tree has there.
+        let (tree, frontier) = g.into_parts();
+        let (sub, from) = tree.subtree(1);
+        let last = tree.depth(frontier.start) - 1;
+        let f = sub.prefix_len(last - 1, usize::MAX)..sub.len();
+        assert_eq!(sub.depth(f.start), 5);
+        let mut r = Grower::resume(sub.clone(), f.clone(), 6, VOCAB, &params, &limits(7, 64));
+        assert_eq!(run(&mut r), vec![f.start, f.end]);
+        assert_eq!(r.tree().truncated(sub.len()), sub);
+        assert_eq!(from[0], 1);
+        // Already as deep as the limits allow: nothing to grow.
+        let done = Grower::resume(sub, f, 6, VOCAB, &params, &limits(5, 64));
+        assert!(done.batch().is_none());
     }
 
     #[test]

@@ -132,9 +132,15 @@ pub struct SpecStats {
     pub accepted: usize,
     /// `accepted_by_depth[d]`: steps that accepted at least `d + 1` draft tokens.
     pub accepted_by_depth: Vec<usize>,
-    /// Draft forwards run.
+    /// Draft forwards run (those during target passes included).
     pub draft_steps: usize,
-    /// Seconds spent drafting.
+    /// Draft forwards run while target passes waited for streamed layers, deepening the
+    /// tree under verification (their time is part of `verify_s`).
+    pub overlapped_steps: usize,
+    /// Steps whose tree started from nodes drafted during the previous step's pass (the
+    /// target's token after the accepted path was one of them).
+    pub reused_trees: usize,
+    /// Seconds spent drafting before target passes.
     pub draft_s: f64,
     /// Seconds spent in target passes (verification, or the plain step's forward).
     pub verify_s: f64,

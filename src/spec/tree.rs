@@ -127,6 +127,50 @@ impl Tree {
         id
     }
 
+    /// Its first `n` nodes (parents come first, so they form a tree): the part of a grown
+    /// tree a pass verifies.
+    pub fn truncated(&self, n: usize) -> Tree {
+        let n = n.clamp(1, self.len());
+        Tree {
+            tokens: self.tokens[..n].to_vec(),
+            parents: self.parents[..n].to_vec(),
+            depth: self.depth[..n].to_vec(),
+            score: self.score[..n].to_vec(),
+            children: self.children[..n]
+                .iter()
+                .map(|c| c.iter().copied().filter(|&x| x < n).collect())
+                .collect(),
+        }
+    }
+
+    /// The nodes with depth at most `depth`, at most `max` of them: how many leading nodes
+    /// a pass verifies (nodes are added level by level, so they are a prefix).
+    pub fn prefix_len(&self, depth: usize, max: usize) -> usize {
+        self.depth
+            .iter()
+            .take(max)
+            .take_while(|&&d| d <= depth)
+            .count()
+    }
+
+    /// Node `root` and its descendants as a tree of their own (depths from `root`, scores
+    /// relative to it), and the node each came from, ascending.
+    pub fn subtree(&self, root: usize) -> (Tree, Vec<usize>) {
+        let mut from = vec![root];
+        let mut new_id = vec![None; self.len()];
+        new_id[root] = Some(0);
+        let mut t = Tree::new(self.tokens[root]);
+        // Descendants come after their ancestors: one pass in node order finds them all.
+        for n in root + 1..self.len() {
+            if let Some(p) = self.parents[n].and_then(|p| new_id[p]) {
+                let score = self.score[n] - self.score[root];
+                new_id[n] = Some(t.push(p, self.tokens[n], score));
+                from.push(n);
+            }
+        }
+        (t, from)
+    }
+
     /// Grows one level: `logits` holds the draft logits of the nodes in `frontier`
     /// (`frontier.len()` rows of `vocab`). Adds the global top-`min(k, limit)` children by
     /// cumulative log-probability at `temperature` and returns their node range (the new
@@ -181,6 +225,48 @@ mod tests {
     /// Logits whose temperature-1 softmax is the given probabilities.
     fn logits(p: &[f64]) -> Vec<f32> {
         p.iter().map(|&x| x.ln() as f32).collect()
+    }
+
+    /// Root 0 with children 1 (token 5) and 2 (token 6); 3 under 1, 4 and 5 under 2, 6
+    /// under 4.
+    fn sample_tree() -> Tree {
+        let mut t = Tree::new(9);
+        t.push(0, 5, -0.5);
+        t.push(0, 6, -1.0);
+        t.push(1, 7, -0.7);
+        t.push(2, 8, -1.5);
+        t.push(2, 3, -2.0);
+        t.push(4, 4, -1.75);
+        t
+    }
+
+    #[test]
+    fn a_subtree_keeps_its_shape_relative_to_its_root() {
+        let t = sample_tree();
+        let (s, from) = t.subtree(2);
+        assert_eq!(from, vec![2, 4, 5, 6]);
+        assert_eq!(s.tokens(), &[6, 8, 3, 4]);
+        assert_eq!(s.parents(), &[None, Some(0), Some(0), Some(1)]);
+        assert_eq!(s.depth, vec![0, 1, 1, 2]);
+        assert_eq!(s.score, vec![0.0, -0.5, -1.0, -0.75]);
+        assert_eq!(s.children(0), &[1, 2]);
+        let (leaf, from) = t.subtree(3);
+        assert_eq!((leaf.len(), from), (1, vec![3]));
+    }
+
+    #[test]
+    fn truncation_and_the_verified_prefix() {
+        let t = sample_tree();
+        assert_eq!(t.prefix_len(1, 100), 3);
+        assert_eq!(t.prefix_len(2, 100), 6);
+        assert_eq!(t.prefix_len(2, 4), 4);
+        assert_eq!(t.prefix_len(9, 100), 7);
+        let p = t.truncated(4);
+        assert_eq!(p.tokens(), &[9, 5, 6, 7]);
+        assert_eq!(p.children(2), &[] as &[usize]);
+        assert_eq!(p.children(1), &[3]);
+        assert_eq!(p.best_path(0), vec![0, 1, 3]);
+        assert_eq!(t.truncated(0).len(), 1);
     }
 
     #[test]

@@ -355,6 +355,23 @@ impl CpuKv {
         Ok(())
     }
 
+    /// The keys, then the values, of every head at `slot` of `layer`, widened to f32.
+    #[cfg(test)]
+    #[allow(clippy::useless_conversion)] // f32 planes too
+    pub(crate) fn slot(&self, layer: usize, slot: usize) -> Vec<f32> {
+        let lay = self.layout;
+        let hd = lay.head_dim;
+        with_planes!(&self.store, p => {
+            let (k, v) = (&p.k[layer], &p.v[layer]);
+            let keys = (0..lay.kv_heads).flat_map(|g| {
+                (0..hd).map(move |i| f32::from(k[lay.k_head(g)][attn::key_at(slot, i, hd)]))
+            });
+            let values = (0..lay.kv_heads)
+                .flat_map(|g| (0..hd).map(move |i| f32::from(v[lay.v_head(g)][slot * hd + i])));
+            keys.chain(values).collect()
+        })
+    }
+
     /// Moves slot `src[i]` to `dst_first + i` in every layer.
     pub(crate) fn compact(&mut self, src: &[usize], dst_first: usize) -> Result<()> {
         let Some(&last) = src.iter().max() else {

@@ -246,6 +246,17 @@ impl Backend for CpuBackend {
         }
     }
 
+    fn weight_row_range(&self, w: &CpuWeight, start: usize, rows: usize) -> Result<CpuWeight> {
+        match w {
+            CpuWeight::Matrix(t) if start + rows <= t.shape[0] => {
+                Ok(CpuWeight::Matrix(t.row_range(start, rows)))
+            }
+            _ => Err(crate::error::Error::internal(format!(
+                "weight_row_range({start}, {rows}) of a weight that is not a matrix of as many rows"
+            ))),
+        }
+    }
+
     fn act(&self, rows: usize, cols: usize) -> Result<CpuAct> {
         Ok(CpuAct {
             rows,
@@ -461,6 +472,10 @@ impl Backend for CpuBackend {
             .map(|t| self.upload(t))
             .collect::<Result<Vec<_>>>()?;
         Ok((st, w))
+    }
+
+    fn tier_ready(&self, tier: &mut Streamer) -> bool {
+        tier.ready()
     }
 
     fn tier_release(&self, tier: &mut Streamer, ticket: StreamedLayer) -> Result<()> {

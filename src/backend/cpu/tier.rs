@@ -52,6 +52,8 @@ pub struct Streamer {
     direct: bool,
     next: usize,
     chan: Option<(Receiver<Filled>, Sender<AlignedBuf>, JoinHandle<()>)>,
+    /// The next layer, received by [`Streamer::ready`] before it was asked for.
+    early: Option<Filled>,
 }
 
 impl Streamer {
@@ -73,6 +75,7 @@ impl Streamer {
             direct,
             next: 0,
             chan: None,
+            early: None,
         };
         s.start();
         Ok(s)
@@ -101,6 +104,7 @@ impl Streamer {
     /// (Re)starts the reader at the first offloaded layer.
     fn start(&mut self) {
         self.chan = None; // drops the old channels: the old reader exits
+        self.early = None;
         if self.extents.is_empty() {
             return;
         }
@@ -151,11 +155,12 @@ impl Streamer {
             )));
         }
         let t0 = Instant::now();
-        let got = match &self.chan {
-            Some((rx, _, _)) => rx
+        let got = match (self.early.take(), &self.chan) {
+            (Some(got), _) => got,
+            (None, Some((rx, _, _))) => rx
                 .recv()
                 .unwrap_or_else(|_| Err(Error::internal("the reader thread stopped"))),
-            None => Err(Error::internal("no reader thread")),
+            (None, None) => Err(Error::internal("no reader thread")),
         };
         self.counters
             .wait_ns
@@ -179,6 +184,23 @@ impl Streamer {
             tensors,
             storage,
         })
+    }
+
+    /// Whether the next layer has been read (or reading it failed): then
+    /// [`Streamer::next_layer`] returns at once. Never blocks.
+    pub fn ready(&mut self) -> bool {
+        if self.early.is_none() {
+            if let Some((rx, _, _)) = &self.chan {
+                self.early = match rx.try_recv() {
+                    Ok(got) => Some(got),
+                    Err(std::sync::mpsc::TryRecvError::Empty) => None,
+                    Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                        Some(Err(Error::internal("the reader thread stopped")))
+                    }
+                };
+            }
+        }
+        self.early.is_some() || self.chan.is_none()
     }
 
     /// Hands a layer's staging buffer back to the reader (all views must be dropped).
@@ -205,6 +227,7 @@ impl Streamer {
     /// Stops the reader (after an error); [`Streamer::reset`] restarts it.
     fn stop(&mut self) {
         self.chan = None;
+        self.early = None;
         self.next = 0;
     }
 }

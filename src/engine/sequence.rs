@@ -514,7 +514,7 @@ impl Sequence {
         let verified = pass.verified.tree.len();
         self.commit_walk(pass, &walk)?;
         if let Some((tree, frontier)) = grown {
-            self.keep_carry(tree, frontier, verified, &walk)?;
+            self.keep_carry(tree, frontier, verified, &walk);
         }
         Ok(walk.tokens)
     }
@@ -523,47 +523,43 @@ impl Sequence {
     /// pass past its first `verified` nodes down to `frontier`) under the walk's last
     /// token, if the draft grew one: the target's token after the accepted path was a
     /// child the draft added during the pass. Its K/V moves to the start of the draft's
-    /// region.
+    /// region. The step is committed already: should the move fail, nothing is kept.
     fn keep_carry(
         &mut self,
         tree: Tree,
         frontier: std::ops::Range<usize>,
         verified: usize,
         walk: &Walk,
-    ) -> Result<()> {
-        let (Some(&last), true) = (
-            walk.tokens.last(),
-            walk.nodes.len() + 1 == walk.tokens.len(),
-        ) else {
-            return Ok(()); // the walk ended on the token limit or inside the tree
+    ) {
+        // A bonus token ends the walk (not the token limit, not a node of the tree).
+        let bonus = walk.nodes.len() + 1 == walk.tokens.len();
+        let Some(&last) = walk.tokens.last().filter(|_| bonus) else {
+            return;
         };
-        if self.engine.is_eos(last) {
-            return Ok(());
-        }
         let parent = walk.nodes.last().copied().unwrap_or(0);
-        let Some(root) = tree
+        let child = tree
             .children(parent)
             .iter()
             .copied()
-            .find(|&c| tree.tokens()[c] == last)
-        else {
-            return Ok(());
+            .find(|&c| tree.tokens()[c] == last);
+        // The walk took every verified child it could, so a match is a node grown during
+        // the pass: past the verified nodes, and the committed path's slots.
+        let Some(root) = child.filter(|&c| c >= verified && !self.engine.is_eos(last)) else {
+            return;
         };
-        // The walk took every verified child it could: the match is a node grown during
-        // the pass, so past the verified ones and the committed path's slots.
-        debug_assert!(root >= verified);
         let (sub, from) = tree.subtree(root);
         let committed = walk.nodes.len() + 1;
         let src: Vec<usize> = from.iter().map(|&n| n - committed).collect();
         let backend = self.engine.shared.model.backend();
-        self.cache.keep_scratch(backend, &src)?;
+        if self.cache.keep_scratch(backend, &src).is_err() {
+            return;
+        }
         let f = from.partition_point(|&n| n < frontier.start)..sub.len();
         self.carry = Some(Carry {
             tree: sub,
             frontier: f,
             at: (self.tokens.len(), self.cache.len()),
         });
-        Ok(())
     }
 
     /// Keeps the K/V of `walk`'s accepted path, appends its tokens and records the pass.
@@ -1611,8 +1607,7 @@ mod tests {
         let committed = seq.cache.len();
         seq.commit_walk(pass, &walk).unwrap();
         assert_eq!(seq.cache.len(), committed + 3);
-        seq.keep_carry(grown.clone(), frontier, verified, &walk)
-            .unwrap();
+        seq.keep_carry(grown.clone(), frontier, verified, &walk);
         let (sub, from) = grown.subtree(child);
         assert_eq!(seq.carried_nodes(), sub.len());
         assert!(

@@ -114,7 +114,8 @@ fn calls_that_write_the_drafts_slots_drop_a_kept_tree() {
     let engine = slow_offloaded();
     let p = prompt(&engine);
     let opts = StepOptions::speculative(SamplingParams::greedy()).with_tree(engine.default_tree());
-    let want = reference(&p, SamplingParams::greedy(), 96);
+    // Room for every step below (at most 3 x 6 steps of at most 17 tokens).
+    let want = reference(&p, SamplingParams::greedy(), 3 * 6 * 17 + 16);
     let mut seq = engine.new_sequence().unwrap();
     seq.append(&p).unwrap();
     // Each call that drafts or prefills in the scratch slots, after a step that kept a
@@ -135,7 +136,7 @@ fn calls_that_write_the_drafts_slots_drop_a_kept_tree() {
         while carried_nodes(&seq) == 0 {
             seq.step(&opts).unwrap();
             tries += 1;
-            assert!(tries < 12, "no step kept a tree before {what}");
+            assert!(tries < 6, "no step kept a tree before {what}");
         }
         let reused = seq.stats().reused_trees;
         call(&mut seq, &opts);
@@ -148,6 +149,7 @@ fn calls_that_write_the_drafts_slots_drop_a_kept_tree() {
         );
     }
     let got = &seq.tokens()[p.len()..];
+    assert!(got.len() <= want.len());
     assert_eq!(got, &want[..got.len()]);
     faults::clear();
 }

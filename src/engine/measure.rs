@@ -335,10 +335,7 @@ pub(crate) fn tree_costs(engine: &Engine) -> Result<TreeCosts> {
         ));
     }
     let max = engine.max_tree_tokens();
-    let streamed = engine
-        .placement()
-        .is_some_and(|p| !p.offloaded().is_empty());
-    let reps = if streamed { 2 } else { 3 };
+    let reps = if engine.streams() { 2 } else { 3 };
     let p = 32;
     let mut cache = committed_prompt(engine, p, max)?;
     let vocab = model.config().vocab;

@@ -81,8 +81,12 @@ impl Engine {
     /// costs a full stream of them, so a deeper and wider tree pays (docs/BENCHMARKS.md);
     /// with everything resident, [`TreeParams::default`] (a chain).
     pub fn default_tree(&self) -> TreeParams {
-        let offloaded = self.placement().is_some_and(|p| !p.offloaded().is_empty());
-        draft::default_tree(offloaded, self.shared.max_tree_tokens)
+        draft::default_tree(self.streams(), self.shared.max_tree_tokens)
+    }
+
+    /// Whether layers are offloaded: a target pass streams them.
+    pub(crate) fn streams(&self) -> bool {
+        self.placement().is_some_and(|p| !p.offloaded().is_empty())
     }
 
     /// Largest tree a step may verify.
@@ -102,8 +106,7 @@ impl Engine {
     /// layers: with a draft and offloaded layers (the backend says when a layer is not
     /// there yet; CUDA's copies never make compute wait, so there it never drafts on).
     pub(crate) fn drafts_during_passes(&self) -> bool {
-        let offloaded = self.placement().is_some_and(|p| !p.offloaded().is_empty());
-        self.shared.model.has_draft() && offloaded
+        self.shared.model.has_draft() && self.streams()
     }
 
     /// The draft's settings and sizes, if the engine has one.

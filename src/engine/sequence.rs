@@ -12,7 +12,7 @@ use std::time::Instant;
 use super::{Engine, StepOptions, PREFILL_CHUNK};
 use crate::backend::{AttnMask, Backend, Device};
 use crate::error::{Error, ErrorKind, Result};
-use crate::model::{DraftRun, KvCache, Pass, Segment};
+use crate::model::{DraftRun, Idle, KvCache, Pass, Segment};
 use crate::sample::{sample, SamplingParams};
 use crate::spec::draft::{DraftLimits, Grower};
 use crate::spec::tune::{self, Acceptance};
@@ -537,11 +537,7 @@ impl Sequence {
             return;
         };
         let parent = walk.nodes.last().copied().unwrap_or(0);
-        let child = tree
-            .children(parent)
-            .iter()
-            .copied()
-            .find(|&c| tree.tokens()[c] == last);
+        let child = tree.child(parent, last);
         // The walk took every verified child it could, so a match is a node grown during
         // the pass: past the verified nodes, and the committed path's slots.
         let Some(root) = child.filter(|&c| c >= verified && !self.engine.is_eos(last)) else {
@@ -611,7 +607,7 @@ impl Sequence {
         let cache = &mut self.cache;
         let Some(mut g) = grower.filter(|_| deepen && engine.drafts_during_passes()) else {
             let hidden = engine.install(|| {
-                model.forward_hidden(cache, Pass::Target, first, &tokens, &pos, &mask)
+                model.forward_hidden(cache, Pass::Target, first, &tokens, &pos, &mask, None)
             })?;
             return Ok(drafted.verified(hidden, t0.elapsed().as_secs_f64()));
         };
@@ -642,8 +638,10 @@ impl Sequence {
             }
             Ok(true)
         };
-        let hidden = engine
-            .install(|| model.forward_hidden_idle(cache, first, &tokens, &pos, &mask, &mut idle))?;
+        let hidden = engine.install(|| {
+            let idle = Some(&mut idle as &mut Idle<'_, Device>);
+            model.forward_hidden(cache, Pass::Target, first, &tokens, &pos, &mask, idle)
+        })?;
         let mut pass = drafted.verified(hidden, t0.elapsed().as_secs_f64());
         pass.overlapped_steps = steps;
         pass.grown = Some(g.into_parts());
@@ -854,12 +852,7 @@ impl Sequence {
                 format!("the sequence has reached the context length {max_context}"),
             ));
         }
-        let tree = &open.pass.verified.tree;
-        let child = tree
-            .children(node)
-            .iter()
-            .copied()
-            .find(|&c| tree.tokens()[c] == token);
+        let child = open.pass.verified.tree.child(node, token);
         open.walk.tokens.push(token);
         open.walk.nodes.extend(child);
         open.node = child;
@@ -1589,7 +1582,7 @@ mod tests {
         let (tokens, pos, mask) = drafted.verify_input();
         let at = drafted.verify_at;
         let hidden = model
-            .forward_hidden(&mut seq.cache, Pass::Target, at, &tokens, &pos, &mask)
+            .forward_hidden(&mut seq.cache, Pass::Target, at, &tokens, &pos, &mask, None)
             .unwrap();
         let pass = drafted.verified(hidden, 0.0);
         // A walk down to a verified leaf whose child the draft grew during the pass.

@@ -98,7 +98,7 @@ pub(crate) struct DraftRun<B: Backend> {
 const HEAD_ROWS_PER_STEP: usize = 8192;
 
 /// Work a target pass does while it waits for a streamed layer
-/// ([`Model::forward_hidden_idle`]): `false` once there is none left.
+/// ([`Model::forward_hidden`]): `false` once there is none left.
 pub type Idle<'a, B> = dyn FnMut(&mut KvCache<B>) -> Result<bool> + 'a;
 
 /// Which weights a forward runs.
@@ -332,7 +332,12 @@ impl<B: Backend> Model<B> {
     }
 
     /// [`Model::forward_at`] up to the last decoder layer: the residual stream of the
-    /// batch, `(tokens.len(), hidden)`, for `Model::logits` to finish.
+    /// batch, `(tokens.len(), hidden)`, for `Model::logits` to finish. With `idle`, a
+    /// target pass that waits for a streamed layer calls it with the cache (the pass
+    /// writes only its own scratch slots between calls) until the layer is there or `idle`
+    /// returns `false` (nothing left to do). A call should be short (one draft layer):
+    /// the pass goes on only when it returns. An error from `idle` fails the pass.
+    #[allow(clippy::too_many_arguments)]
     pub fn forward_hidden(
         &self,
         cache: &mut KvCache<B>,
@@ -341,17 +346,16 @@ impl<B: Backend> Model<B> {
         tokens: &[u32],
         positions: &[usize],
         mask: &AttnMask,
+        idle: Option<&mut Idle<'_, B>>,
     ) -> Result<B::Act> {
-        self.forward_hidden_batch(
-            pass,
-            &mut [Segment {
-                cache,
-                first,
-                tokens,
-                positions,
-                mask,
-            }],
-        )
+        let mut segs = [Segment {
+            cache,
+            first,
+            tokens,
+            positions,
+            mask,
+        }];
+        self.layers_idle(pass, &mut segs, true, idle)
     }
 
     /// [`Model::forward_hidden`] of several sequences in one pass: their tokens go through
@@ -366,31 +370,6 @@ impl<B: Backend> Model<B> {
         self.layers(pass, segs, true)
     }
 
-    /// [`Model::forward_hidden`] of a target pass that, while it waits for a streamed
-    /// layer, calls `idle` with the cache (the pass writes only its own scratch slots
-    /// between calls) until the layer is there or `idle` returns `false` (nothing left to
-    /// do). A call should be short (one draft layer): the pass goes on only when it
-    /// returns. An error from `idle` fails the pass.
-    #[allow(clippy::too_many_arguments)]
-    pub fn forward_hidden_idle(
-        &self,
-        cache: &mut KvCache<B>,
-        first: usize,
-        tokens: &[u32],
-        positions: &[usize],
-        mask: &AttnMask,
-        idle: &mut Idle<'_, B>,
-    ) -> Result<B::Act> {
-        let mut segs = [Segment {
-            cache,
-            first,
-            tokens,
-            positions,
-            mask,
-        }];
-        self.layers_idle(Pass::Target, &mut segs, true, Some(idle))
-    }
-
     /// [`Model::forward_hidden_batch`]; without `hidden` the caller wants the K/V alone
     /// (a prefill with no logits), so the last layer computes its K/V and stops there: no
     /// queries, attention, o or MLP (llama.cpp likewise keeps only the rows it outputs),
@@ -399,7 +378,7 @@ impl<B: Backend> Model<B> {
         self.layers_idle(pass, segs, hidden, None)
     }
 
-    /// [`Model::layers`], with [`Model::forward_hidden_idle`]'s `idle` (one segment only).
+    /// [`Model::layers`], with [`Model::forward_hidden`]'s `idle` (one segment only).
     fn layers_idle(
         &self,
         pass: Pass,

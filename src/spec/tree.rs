@@ -93,8 +93,17 @@ impl Tree {
     }
 
     /// Children of node `n`, in the order they were added.
+    #[cfg(test)]
     pub fn children(&self, n: usize) -> &[usize] {
         &self.children[n]
+    }
+
+    /// The child of node `n` carrying `token`, if the tree has one.
+    pub fn child(&self, n: usize, token: u32) -> Option<usize> {
+        self.children[n]
+            .iter()
+            .copied()
+            .find(|&c| self.tokens[c] == token)
     }
 
     /// `from` and its draft-likeliest descendants: each node's best-scored child (the
@@ -250,6 +259,10 @@ mod tests {
         assert_eq!(s.depth, vec![0, 1, 1, 2]);
         assert_eq!(s.score, vec![0.0, -0.5, -1.0, -0.75]);
         assert_eq!(s.children(0), &[1, 2]);
+        assert_eq!(
+            (t.child(2, 3), t.child(2, 7), t.child(0, 6)),
+            (Some(5), None, Some(2))
+        );
         let (leaf, from) = t.subtree(3);
         assert_eq!((leaf.len(), from), (1, vec![3]));
     }

@@ -98,11 +98,7 @@ pub fn accept_from(
     loop {
         let t = sample(rows.row(node)?, params, position + tree.depth(node));
         walk.tokens.push(t);
-        let child = tree
-            .children(node)
-            .iter()
-            .copied()
-            .find(|&c| tree.tokens()[c] == t);
+        let child = tree.child(node, t);
         if let Some(c) = child {
             walk.nodes.push(c);
         }

@@ -25,23 +25,12 @@ static TURN: Mutex<()> = Mutex::new(());
 const PER_LAYER: u64 = 7;
 
 fn options(budget: Option<u64>) -> EngineOptions {
-    let mut o = EngineOptions::new(common::model_dir(common::SMOLLM2));
-    o.max_context = 256;
-    o.max_tree_tokens = 33;
-    o.budget = budget;
-    o
+    common::smollm2_options(256, 33, budget)
 }
 
 /// SmolLM2 at its minimum budget: every layer streamed.
 fn offloaded() -> Engine {
-    let min = Engine::minimum_budget(&options(None)).unwrap();
-    let e = Engine::load(&options(Some(min))).unwrap();
-    assert_eq!(
-        e.placement().unwrap().offloaded().len(),
-        e.config().n_layers,
-        "every layer streamed at the minimum"
-    );
-    e
+    common::smollm2_all_streamed(256, 33)
 }
 
 const PROMPT: [u32; 6] = [504, 2365, 3058, 314, 4849, 30];

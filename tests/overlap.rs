@@ -17,25 +17,16 @@ use std::time::Duration;
 
 use subspec::internals::carried_nodes;
 use subspec::internals::faults::{self, Fault};
-use subspec::{Engine, EngineOptions, SamplingParams, Sequence, StepOptions};
+use subspec::{Engine, SamplingParams, Sequence, StepOptions, DEFAULT_MAX_TREE_TOKENS};
 
 static TURN: Mutex<()> = Mutex::new(());
 
-fn options(budget: Option<u64>) -> EngineOptions {
-    let mut o = EngineOptions::new(common::model_dir(common::SMOLLM2));
-    o.max_context = 512;
-    o.budget = budget;
-    o
-}
+/// The context of these tests' engines (trees up to the engine's default size).
+const CONTEXT: usize = 512;
 
 /// SmolLM2 at its minimum budget: every layer streamed, each read a millisecond late.
 fn slow_offloaded() -> Engine {
-    let min = Engine::minimum_budget(&options(None)).unwrap();
-    let e = Engine::load(&options(Some(min))).unwrap();
-    assert_eq!(
-        e.placement().unwrap().offloaded().len(),
-        e.config().n_layers
-    );
+    let e = common::smollm2_all_streamed(CONTEXT, DEFAULT_MAX_TREE_TOKENS);
     faults::inject(Fault::Stall(Duration::from_millis(1)), 0, u64::MAX);
     e
 }
@@ -53,7 +44,12 @@ fn generate(seq: &mut Sequence, opts: &StepOptions, n: usize) -> Vec<u32> {
 
 /// The resident engine's plain tokens after `prompt`.
 fn reference(prompt: &[u32], sampling: SamplingParams, n: usize) -> Vec<u32> {
-    let e = Engine::load(&options(None)).unwrap();
+    let e = Engine::load(&common::smollm2_options(
+        CONTEXT,
+        DEFAULT_MAX_TREE_TOKENS,
+        None,
+    ))
+    .unwrap();
     let mut seq = e.new_sequence().unwrap();
     seq.append(prompt).unwrap();
     generate(&mut seq, &StepOptions::plain(sampling), n)

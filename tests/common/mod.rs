@@ -321,3 +321,31 @@ pub fn batched(engine: &Engine, jobs: &[Job]) -> (Vec<Vec<u32>>, usize) {
     }
     (out, widest)
 }
+
+/// SmolLM2 with a context of `max_context` and trees of up to `max_tree_tokens`, under
+/// `budget` (`None`: everything resident).
+pub fn smollm2_options(
+    max_context: usize,
+    max_tree_tokens: usize,
+    budget: Option<u64>,
+) -> EngineOptions {
+    let mut o = EngineOptions::new(model_dir(SMOLLM2));
+    o.max_context = max_context;
+    o.max_tree_tokens = max_tree_tokens;
+    o.budget = budget;
+    o
+}
+
+/// SmolLM2 at the minimum budget of [`smollm2_options`]: every decoder layer streamed
+/// from disk on every target pass.
+pub fn smollm2_all_streamed(max_context: usize, max_tree_tokens: usize) -> Engine {
+    let opts = |b| smollm2_options(max_context, max_tree_tokens, b);
+    let min = Engine::minimum_budget(&opts(None)).unwrap();
+    let e = Engine::load(&opts(Some(min))).unwrap();
+    assert_eq!(
+        e.placement().unwrap().offloaded().len(),
+        e.config().n_layers,
+        "every layer streamed at the minimum"
+    );
+    e
+}

@@ -53,7 +53,7 @@ pub use backend::{DeviceKind, KvDtype};
 pub use checkpoint::{Activation, Arch, ModelConfig, RopeScaling};
 pub use engine::{
     DraftOptions, Engine, EngineOptions, ModelInfo, Progress, Sequence, StepOptions,
-    DEFAULT_MAX_TREE_TOKENS,
+    DEFAULT_MAX_TREE_TOKENS, DEFAULT_SHORTLIST,
 };
 pub use error::{Error, ErrorKind, Result};
 pub use model::{Pass, SubstituteStats};

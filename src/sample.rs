@@ -136,6 +136,25 @@ pub fn nll(logits: &[f32], target: u32) -> f64 {
     max as f64 + log_sum_exp(logits, max, 1.0) - logits[target as usize] as f64
 }
 
+/// The `take` largest logits of a row with their token ids, best first (ties: lower id
+/// first; NaN never ranks), in one pass: a short sorted list and its threshold.
+pub(crate) fn top_logits(logits: &[f32], take: usize) -> Vec<(f32, u32)> {
+    let mut top: Vec<(f32, u32)> = Vec::with_capacity(take + 1);
+    let mut floor = f32::NEG_INFINITY;
+    for (i, &x) in logits.iter().enumerate() {
+        if top.len() == take && x <= floor || x.is_nan() {
+            continue;
+        }
+        let at = top.iter().position(|&(y, _)| x > y).unwrap_or(top.len());
+        top.insert(at, (x, i as u32));
+        top.truncate(take);
+        if top.len() == take {
+            floor = top[take - 1].0;
+        }
+    }
+    top
+}
+
 /// The `n` most likely tokens of `logits` (fewer if the vocabulary is smaller) with their
 /// log-probabilities under the softmax of `logits` (temperature 1), most likely first, ties
 /// by lower id (NaN logits rank last).

@@ -92,7 +92,9 @@ public:
         p_.draft_method = method;
         return *this;
     }
-    /// The draft's own quantized lm_head (default false: it shares the target's).
+    /// The draft's own quantized lm_head whose logits are the draft's (default false; on
+    /// the CPU the draft has a 2-bit ranking head either way: see `quantize_lm_head` in
+    /// include/subspec.h).
     LoadParams &quantize_lm_head(bool q) { p_.quantize_lm_head = q; return *this; }
     /// The draft proposes only token ids below `n` (0, the default: all of them).
     LoadParams &draft_vocab(uint32_t n) { p_.draft_vocab = n; return *this; }

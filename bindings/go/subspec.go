@@ -127,7 +127,9 @@ type LoadOptions struct {
 	DraftBits     uint32 // 0: 4
 	DraftGroup    uint32 // 0: 64
 	DraftRTN      bool   // round-to-nearest instead of HQQ
-	// QuantizeLMHead gives the draft its own quantized lm_head (default: the target's).
+	// QuantizeLMHead gives the draft its own quantized lm_head whose logits are the
+	// draft's (default false; on the CPU the draft has a 2-bit ranking head either way:
+	// see quantize_lm_head in include/subspec.h).
 	QuantizeLMHead bool
 	// SubstituteOffloadedOnly gives substitutes to the offloaded layers only (the
 	// paper's draft; default: every layer, resident ones too).

@@ -37,7 +37,7 @@ export interface LoadOptions {
   draftBits?: 2 | 3 | 4 | 8;
   draftGroup?: number;
   draftMethod?: 'hqq' | 'rtn';
-  /** Give the draft its own quantized lm_head (default false: it shares the target's). */
+  /** Give the draft its own quantized lm_head whose logits are the draft's (default false; on the CPU the draft has a 2-bit ranking head either way: see quantize_lm_head in include/subspec.h). */
   quantizeLmHead?: boolean;
   /** Substitutes for the resident layers too (default true); false: offloaded ones only. */
   substituteAllLayers?: boolean;

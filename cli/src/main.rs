@@ -377,9 +377,21 @@ pub struct SpecArgs {
     /// Quantizer of the substitutes: hqq or rtn.
     #[arg(long, default_value = "hqq")]
     draft_method: String,
-    /// Give the draft a quantized copy of lm_head (cheaper draft steps, more memory).
+    /// Give the draft a quantized copy of lm_head whose logits are the draft's (cheaper
+    /// draft steps, more memory); with --draft-shortlist above 0 it ranks instead.
     #[arg(long)]
     draft_lm_head: bool,
+    /// Bits of the draft's own lm_head (default: 2 for a ranking head, otherwise
+    /// --draft-bits).
+    #[arg(long)]
+    draft_head_bits: Option<u8>,
+    /// A ranking head: the draft's own quantized lm_head only ranks the vocabulary and
+    /// this many tokens it ranks first per draft row get the target head's logits (the
+    /// draft proposes what the full-precision head would, reading a fraction of its
+    /// bytes). 0: none. Default: none with --draft-lm-head, otherwise 128 on the CPU and
+    /// none on CUDA.
+    #[arg(long)]
+    draft_shortlist: Option<usize>,
     /// The draft proposes only token ids below this: its output head is the first rows
     /// of the target's (cheaper draft steps, no memory). 0: the whole vocabulary.
     #[arg(long)]
@@ -429,6 +441,12 @@ impl SpecArgs {
         let mut d = DraftOptions::default();
         d.quant = quant;
         d.quantize_lm_head = self.draft_lm_head;
+        if let Some(bits) = self.draft_head_bits {
+            let q = QuantConfig { bits, ..quant };
+            q.validate()?;
+            d.head_quant = Some(q);
+        }
+        d.shortlist = self.draft_shortlist.or(d.shortlist);
         d.vocab = self.draft_vocab.unwrap_or(d.vocab);
         d.substitute_all_layers = match self.draft_all_layers.as_str() {
             "on" => true,

@@ -123,8 +123,11 @@ impl Engine {
                     |done: usize| Progress::report(&opts.progress, 0.1 + 0.9 * done as f32 / n);
                 let mut stats =
                     pool.install(|| model.build_substitutes(&layers, &d.quant, &mut report))?;
-                let head = d.quantize_lm_head.then_some(&d.quant);
-                stats.lm_head_bytes = pool.install(|| model.build_draft_lm_head(head, d.vocab))?;
+                let vocab = model.config().vocab;
+                let head = d.lm_head_quant_on(opts.device, vocab);
+                let k = d.shortlist_on(opts.device, vocab);
+                stats.lm_head_bytes =
+                    pool.install(|| model.build_draft_lm_head(head.as_ref(), d.vocab, k))?;
                 Some((d.clone(), stats))
             }
         };
@@ -168,7 +171,17 @@ impl Engine {
         let weights = Weights::open(path)?;
         let quant = opts.draft.as_ref().map(|d| d.quant).unwrap_or_default();
         let draft_vocab = opts.draft.as_ref().map_or(0, |d| d.vocab);
-        let sizes = model_sizes(&config, &weights, &quant, draft_vocab)?;
+        let head_quant = opts
+            .draft
+            .as_ref()
+            .and_then(|d| d.lm_head_quant_on(opts.device, config.vocab));
+        let sizes = model_sizes(
+            &config,
+            &weights,
+            &quant,
+            &head_quant.unwrap_or_default(),
+            draft_vocab,
+        )?;
         let context = match opts.max_context {
             0 => config.max_position,
             n => n,
@@ -180,7 +193,7 @@ impl Engine {
             sequences: opts.max_sequences.max(1),
             draft: opts.draft.is_some(),
             quant,
-            draft_lm_head: opts.draft.as_ref().is_some_and(|d| d.quantize_lm_head),
+            draft_lm_head: head_quant.is_some(),
             substitute_resident: opts
                 .draft
                 .as_ref()

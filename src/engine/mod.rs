@@ -22,7 +22,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 pub use load::ModelInfo;
-pub use options::{DraftOptions, EngineOptions, Progress, StepOptions, DEFAULT_MAX_TREE_TOKENS};
+pub use options::{
+    DraftOptions, EngineOptions, Progress, StepOptions, DEFAULT_MAX_TREE_TOKENS, DEFAULT_SHORTLIST,
+};
 pub use sequence::Sequence;
 
 use crate::backend::{Backend, Device};

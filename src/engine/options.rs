@@ -20,7 +20,8 @@ pub struct DraftOptions {
     /// layer, or only the offloaded ones when `substitute_all_layers` is off).
     pub substitute_layers: Option<Vec<usize>>,
     /// Give the draft its own lm_head, quantized like the substitutes (a departure from
-    /// the paper, which shares the target's): a draft step then reads a quarter of the
+    /// the paper, which shares the target's), whose logits are the draft's (unless a
+    /// `shortlist` makes it a ranking head): a draft step then reads a quarter of the
     /// lm_head bytes. It costs the quantized lm_head's memory, counted by the planner.
     pub quantize_lm_head: bool,
     /// Give every decoder layer a substitute, resident ones too, so that a draft step
@@ -35,7 +36,26 @@ pub struct DraftOptions {
     /// computes fewer logits; byte-level BPE vocabularies put the frequent tokens first,
     /// so acceptance barely moves. Lossless either way: the target verifies every token.
     pub vocab: usize,
+    /// How the draft's own lm_head is quantized (`None`: a ranking head, below, at 2
+    /// bits in groups of 64; otherwise like the substitutes, `quant`).
+    pub head_quant: Option<QuantConfig>,
+    /// A ranking head: the draft gets its own quantized lm_head, which only ranks the
+    /// vocabulary, and the `shortlist` tokens it ranks first in a draft row get their
+    /// logits from the target's own head (a few of its rows, read per step). The draft
+    /// proposes what the full-precision head would (a quantized head's own logits change
+    /// its choices: `quantize_lm_head` alone) while a step reads the ranking head's bytes,
+    /// at 2 bits a seventh of an f16 head's; it costs their memory, counted by the
+    /// planner. `Some(0)`: none. `None` (default): none with `quantize_lm_head` (its
+    /// logits are the draft's) or a vocabulary under 16 x [`DEFAULT_SHORTLIST`] tokens,
+    /// otherwise [`DEFAULT_SHORTLIST`] on the CPU and none on CUDA (not measured there
+    /// yet).
+    pub shortlist: Option<usize>,
 }
+
+/// The draft shortlist on the CPU by default ([`DraftOptions::shortlist`]): with 2-bit
+/// ranking heads, 128 kept the f16 head's acceptance on Qwen2.5-Coder-0.5B where 64
+/// and 16 lost some (docs/BENCHMARKS.md).
+pub const DEFAULT_SHORTLIST: usize = 128;
 
 impl DraftOptions {
     /// With substitutes quantized as `quant` says.
@@ -64,6 +84,51 @@ impl DraftOptions {
         DraftOptions { vocab, ..self }
     }
 
+    /// With the draft's own lm_head quantized as `quant` (`None`: like the substitutes).
+    pub fn with_head_quant(self, quant: Option<QuantConfig>) -> Self {
+        DraftOptions {
+            head_quant: quant,
+            ..self
+        }
+    }
+
+    /// With a ranking head and `shortlist` tokens per draft row rescored by the target's
+    /// head (`Some(0)`: none; `None`: the device's default).
+    pub fn with_shortlist(self, shortlist: Option<usize>) -> Self {
+        DraftOptions { shortlist, ..self }
+    }
+
+    /// Tokens per draft row the target's head rescores on `device` for a model of
+    /// `vocab` tokens (`0`: none). By default a vocabulary under 16 shortlists has none:
+    /// ranking it would save little.
+    pub fn shortlist_on(&self, device: DeviceKind, vocab: usize) -> usize {
+        let rows = match self.vocab {
+            0 => vocab,
+            v => v.min(vocab),
+        };
+        match (self.shortlist, device) {
+            (Some(k), _) => k,
+            (None, _) if self.quantize_lm_head || rows < 16 * DEFAULT_SHORTLIST => 0,
+            (None, DeviceKind::Cpu) => DEFAULT_SHORTLIST,
+            (None, DeviceKind::Cuda(_)) => 0,
+        }
+    }
+
+    /// How the draft's own lm_head is quantized on `device` for a model of `vocab`
+    /// tokens, if it has one: `None` when it shares the target's.
+    pub fn lm_head_quant_on(&self, device: DeviceKind, vocab: usize) -> Option<QuantConfig> {
+        let ranking = self.shortlist_on(device, vocab) > 0;
+        let default = if ranking {
+            QuantConfig {
+                bits: 2,
+                ..QuantConfig::default()
+            }
+        } else {
+            self.quant
+        };
+        (ranking || self.quantize_lm_head).then(|| self.head_quant.unwrap_or(default))
+    }
+
     /// With or without substitutes for the resident layers too.
     pub fn with_substitute_all_layers(self, on: bool) -> Self {
         DraftOptions {
@@ -82,6 +147,8 @@ impl Default for DraftOptions {
             quantize_lm_head: false,
             substitute_all_layers: true,
             vocab: 0,
+            head_quant: None,
+            shortlist: None,
         }
     }
 }
@@ -229,5 +296,46 @@ impl EngineOptions {
             DeviceKind::Cpu => KvDtype::F16,
             DeviceKind::Cuda(_) => KvDtype::F32,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_draft_head_by_device_vocabulary_and_options() {
+        let (cpu, cuda, big) = (DeviceKind::Cpu, DeviceKind::Cuda(0), 151_936);
+        let two_bits = QuantConfig {
+            bits: 2,
+            ..QuantConfig::default()
+        };
+        let d = DraftOptions::default();
+        // A ranking head on the CPU for a large vocabulary; none on CUDA or for a small one.
+        assert_eq!(d.shortlist_on(cpu, big), DEFAULT_SHORTLIST);
+        assert_eq!(d.lm_head_quant_on(cpu, big), Some(two_bits));
+        assert_eq!(
+            (d.shortlist_on(cuda, big), d.lm_head_quant_on(cuda, big)),
+            (0, None)
+        );
+        assert_eq!(d.lm_head_quant_on(cpu, 2000), None);
+        assert_eq!(d.clone().with_vocab(1000).shortlist_on(cpu, big), 0);
+        // quantize_lm_head alone: its logits are the draft's, quantized as the substitutes.
+        let own = d.clone().with_quantize_lm_head(true);
+        assert_eq!(own.shortlist_on(cpu, big), 0);
+        assert_eq!(own.lm_head_quant_on(cpu, big), Some(QuantConfig::default()));
+        // Asked for: a ranking head anywhere; its bits as given.
+        let asked = d.clone().with_shortlist(Some(64));
+        assert_eq!(asked.shortlist_on(cuda, 2000), 64);
+        assert_eq!(asked.lm_head_quant_on(cuda, 2000), Some(two_bits));
+        let eight = QuantConfig {
+            bits: 8,
+            ..QuantConfig::default()
+        };
+        let asked = asked.with_head_quant(Some(eight));
+        assert_eq!(asked.lm_head_quant_on(cpu, big), Some(eight));
+        // None at all: the target's head, shared.
+        let none = d.with_shortlist(Some(0));
+        assert_eq!(none.lm_head_quant_on(cpu, big), None);
     }
 }

@@ -1474,7 +1474,8 @@ mod tests {
     use super::*;
     use crate::backend::DevKv;
     use crate::checkpoint::DType;
-    use crate::engine::EngineOptions;
+    use crate::engine::{DraftOptions, EngineOptions};
+    use crate::quant::QuantConfig;
     use crate::spec::TreeParams;
     use crate::synth::{write_model, SynthShape};
 
@@ -1498,26 +1499,30 @@ mod tests {
         shape.vocab = vocab;
         shape.tie_embeddings = false;
         write_model(&dir, &shape, DType::F16, 5).unwrap();
-        let mut o = EngineOptions::new(&dir);
+        (Engine::load(&options(&dir, None)).unwrap(), dir)
+    }
+
+    /// Options for the model in `dir` with `draft` (`None`: the default draft).
+    fn options(dir: &std::path::Path, draft: Option<DraftOptions>) -> EngineOptions {
+        let mut o = EngineOptions::new(dir);
         o.require_tokenizer = false;
         o.max_context = 64;
         o.max_tree_tokens = 24;
-        (Engine::load(&o).unwrap(), dir)
+        if let Some(d) = draft {
+            o.draft = Some(d);
+        }
+        o
     }
 
-    /// The draft forward a layer (or a part of the head) at a time gives the bits of the
-    /// forward in one call, its head in parts of 8192 rows (20,000: three parts).
-    #[test]
-    fn a_draft_forward_in_steps_gives_the_bits_of_one_call() {
-        let (engine, dir) = engine("steps", 20_000);
-        let model = &engine.shared.model;
+    /// The draft's logits of three tree rows over a prefilled prompt.
+    fn draft_rows(engine: &Engine) -> Vec<f32> {
         let mut seq = engine.new_sequence().unwrap();
         seq.append(&[1, 2, 3, 4, 5]).unwrap();
         seq.prefill_pending().unwrap();
-        // The root and two children, at scratch slots 3..6.
-        let (tokens, positions) = (vec![5, 17, 19_999], vec![4, 5, 5]);
         let mask = AttnMask::tree_rows(&[None, Some(0), Some(0)], 0..3).shifted(3);
-        let whole = model
+        let (tokens, positions) = ([5, 17, 1999], [4, 5, 5]);
+        let model = &engine.shared.model;
+        model
             .forward_at(
                 &mut seq.cache,
                 Pass::Draft,
@@ -1527,23 +1532,124 @@ mod tests {
                 &mask,
                 &[0, 1, 2],
             )
-            .unwrap();
-        let mut r = model
-            .draft_begin(&seq.cache, 3, tokens, positions, mask)
-            .unwrap();
-        let mut steps = 1;
-        let stepped = loop {
-            match model.draft_advance(&mut r, &mut seq.cache).unwrap() {
-                Some(l) => break l,
-                None => steps += 1,
-            }
+            .unwrap()
+    }
+
+    /// A ranking head gives the tokens it ranks first the target head's logits: the
+    /// draft's top tokens and their logits are those of the draft sharing the f16 head,
+    /// where the 2-bit head's own logits are not.
+    #[test]
+    fn a_ranking_head_gives_its_shortlist_the_target_heads_logits() {
+        let (_, dir) = engine("ranking", 2000);
+        let load = |d: DraftOptions| Engine::load(&options(&dir, Some(d))).unwrap();
+        let none = DraftOptions::default().with_shortlist(Some(0));
+        let shared = draft_rows(&load(none.clone()));
+        let ranked = load(DraftOptions::default().with_shortlist(Some(32)));
+        assert_eq!(ranked.shared.model.draft_shortlist(), 32);
+        let ranked = draft_rows(&ranked);
+        let two_bits = QuantConfig {
+            bits: 2,
+            ..QuantConfig::default()
         };
-        assert_eq!(steps, engine.config().n_layers + 3);
-        assert_eq!(whole.len(), 3 * 20_000);
-        assert!(whole
-            .iter()
-            .zip(&stepped)
-            .all(|(a, b)| a.to_bits() == b.to_bits()));
+        let raw = none
+            .with_quantize_lm_head(true)
+            .with_head_quant(Some(two_bits));
+        let raw = draft_rows(&load(raw));
+        let close = |a: f32, b: f32| (a - b).abs() <= 1e-4 * a.abs().max(1.0);
+        let top = |row: &[f32]| crate::sample::top_logits(row, 4);
+        let mut raw_differs = false;
+        for r in 0..3 {
+            let row = |l: &[f32]| l[r * 2000..(r + 1) * 2000].to_vec();
+            let (s, k, q) = (row(&shared), row(&ranked), row(&raw));
+            let exact = top(&s);
+            assert_eq!(
+                top(&k)[0].1,
+                exact[0].1,
+                "row {r}: the f16 head's first token"
+            );
+            for &(x, t) in &exact {
+                assert!(
+                    close(k[t as usize], x),
+                    "row {r}, token {t}: {} vs {x}",
+                    k[t as usize]
+                );
+                raw_differs |= !close(q[t as usize], x);
+            }
+            // The other tokens keep the ranking head's own logits.
+            let own = (0..2000)
+                .filter(|&t| k[t].to_bits() == q[t].to_bits())
+                .count();
+            assert!(
+                own >= 2000 - 32,
+                "row {r}: {own} of the ranking head's logits kept"
+            );
+        }
+        assert!(
+            raw_differs,
+            "the 2-bit head's own logits match the f16 head's"
+        );
+        // A shortlist larger than the vocabulary is refused, naming it.
+        let e = Engine::load(&options(
+            &dir,
+            Some(DraftOptions::default().with_shortlist(Some(2001))),
+        ))
+        .unwrap_err();
+        assert!(
+            e.message().contains("shortlist of 2001 tokens exceeds"),
+            "{e}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The draft forward a layer (or a part of the head) at a time gives the bits of the
+    /// forward in one call: with the target's f16 head, in parts of 8192 rows (20,000:
+    /// three parts), and with a ranking head (its shortlist rescored after the last part).
+    #[test]
+    fn a_draft_forward_in_steps_gives_the_bits_of_one_call() {
+        let (_, dir) = engine("steps", 20_000);
+        for (shortlist, head_steps) in [(0, Some(3)), (64, None)] {
+            let d = DraftOptions::default().with_shortlist(Some(shortlist));
+            let engine = Engine::load(&options(&dir, Some(d))).unwrap();
+            let model = &engine.shared.model;
+            let mut seq = engine.new_sequence().unwrap();
+            seq.append(&[1, 2, 3, 4, 5]).unwrap();
+            seq.prefill_pending().unwrap();
+            // The root and two children, at scratch slots 3..6.
+            let (tokens, positions) = (vec![5, 17, 19_999], vec![4, 5, 5]);
+            let mask = AttnMask::tree_rows(&[None, Some(0), Some(0)], 0..3).shifted(3);
+            let whole = model
+                .forward_at(
+                    &mut seq.cache,
+                    Pass::Draft,
+                    3,
+                    &tokens,
+                    &positions,
+                    &mask,
+                    &[0, 1, 2],
+                )
+                .unwrap();
+            let mut r = model
+                .draft_begin(&seq.cache, 3, tokens, positions, mask)
+                .unwrap();
+            let mut steps = 1;
+            let stepped = loop {
+                match model.draft_advance(&mut r, &mut seq.cache).unwrap() {
+                    Some(l) => break l,
+                    None => steps += 1,
+                }
+            };
+            if let Some(h) = head_steps {
+                assert_eq!(steps, engine.config().n_layers + h);
+            }
+            assert_eq!(whole.len(), 3 * 20_000);
+            assert!(
+                whole
+                    .iter()
+                    .zip(&stepped)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "shortlist {shortlist}"
+            );
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 

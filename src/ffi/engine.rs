@@ -89,10 +89,14 @@ pub struct subspec_load_params {
     /// Whether a missing tokenizer.json fails the load (default false: hosts that
     /// tokenize themselves need none; the tokenizer helpers then fail).
     pub require_tokenizer: bool,
-    /// Give the draft its own lm_head, quantized like the substitutes (default false: it
-    /// shares the target's, as in the paper). A draft step then reads a quarter of the
-    /// lm_head bytes, at the cost of the quantized lm_head's memory (counted by the
-    /// planner and `subspec_minimum_budget`; reported as `draft_lm_head_bytes`).
+    /// Give the draft its own lm_head, quantized like the substitutes, whose logits are
+    /// the draft's. False (default): on the CPU, for a vocabulary of 2,048 tokens or more,
+    /// the draft gets a 2-bit *ranking* head, which only ranks the vocabulary: the 128
+    /// tokens it ranks first per draft row get the target head's logits, so the draft
+    /// proposes what the full-precision head would while a step reads a seventh of its
+    /// bytes (`DraftOptions::shortlist` in Rust; this struct has no field for it yet);
+    /// otherwise it shares the target's head. Either own head costs its memory (counted
+    /// by the planner and `subspec_minimum_budget`; reported as `draft_lm_head_bytes`).
     pub quantize_lm_head: bool,
     /// Give every decoder layer a substitute, resident ones too, so a draft step reads
     /// only quantized weights (default true; the planner counts the extra substitutes).
@@ -126,8 +130,8 @@ unsafe impl Versioned for subspec_load_params {
     const NAME: &'static str = "subspec_load_params";
     const MIN_SIZE: usize = field_end!(subspec_load_params, substitute_all_layers);
     /// CPU, everything resident, the model's context, all cores, a 4-bit HQQ draft with
-    /// groups of 64 substituting every layer and sharing the target's lm_head, no
-    /// callbacks, `model_path` NULL.
+    /// groups of 64 substituting every layer (with a 2-bit ranking head on the CPU for
+    /// large vocabularies, see `quantize_lm_head`), no callbacks, `model_path` NULL.
     fn defaults() -> Self {
         let q = QuantConfig::default();
         let d = DraftOptions::default();
@@ -167,7 +171,8 @@ const _: () = check_layout::<subspec_load_params>(
 /// Initializes `*params` (the caller's `size` bytes: pass `sizeof *params`, as
 /// `SUBSPEC_LOAD_PARAMS_INIT(params)` does) with the defaults: CPU, everything resident,
 /// the model's context, all cores, a 4-bit HQQ draft with groups of 64 substituting every
-/// layer and sharing the target's lm_head, no callbacks, `model_path` NULL. Bytes beyond
+/// layer (with a 2-bit ranking head on the CPU for large vocabularies, see
+/// `quantize_lm_head`), no callbacks, `model_path` NULL. Bytes beyond
 /// the fields this library knows are zeroed; `struct_size` is set to `size`.
 ///
 /// Statuses: `OK`; `NULL_POINTER`; `INVALID_ARGUMENT` (`size` 0, smaller than the 0.2.0
@@ -462,7 +467,8 @@ pub struct subspec_model_info {
     /// Bytes the draft adds to the target: its substitutes (codes, scales, zeros) and its
     /// own lm_head (0 without a draft).
     pub draft_bytes: u64,
-    /// Of `draft_bytes`, the draft's own quantized lm_head (0: it shares the target's).
+    /// Of `draft_bytes`, the draft's own quantized lm_head, a ranking head or not (0: it
+    /// shares the target's).
     pub draft_lm_head_bytes: u64,
     /// Vocabulary size: valid token ids are `0..vocab_size`.
     pub vocab_size: u32,

@@ -140,6 +140,7 @@ impl<B: Backend> Model<B> {
             lm_head,
             draft_lm_head: None,
             draft_vocab: c.vocab,
+            draft_shortlist: 0,
             kv_dtype: KvDtype::F32,
             layers,
             inv_freq: c.rope_inv_freq(),
@@ -203,10 +204,27 @@ impl<B: Backend> Model<B> {
     /// The draft's own output head over token ids below `vocab` (`0`: the whole
     /// vocabulary): lm_head's (the tied embedding's) first `vocab` rows, quantized with
     /// `qc` when given, otherwise a view of the target's head (no copy; none at all for the
-    /// whole vocabulary unquantized: the draft then shares the target's). Returns the
-    /// bytes it adds. Nothing changes on error.
-    pub fn build_draft_lm_head(&mut self, qc: Option<&QuantConfig>, vocab: usize) -> Result<usize> {
+    /// whole vocabulary unquantized: the draft then shares the target's). With a
+    /// `shortlist` (needs `qc`), the quantized head only ranks the vocabulary: the
+    /// `shortlist` tokens a draft row ranks first get the target head's logits
+    /// ([`Model::logits`]). Returns the bytes it adds. Nothing changes on error.
+    pub fn build_draft_lm_head(
+        &mut self,
+        qc: Option<&QuantConfig>,
+        vocab: usize,
+        shortlist: usize,
+    ) -> Result<usize> {
         let vocab = self.config.draft_vocab(vocab)?;
+        if shortlist > 0 && qc.is_none() {
+            return Err(Error::invalid_argument(
+                "a draft shortlist is ranked by the draft's own quantized lm_head: set quantize_lm_head too",
+            ));
+        }
+        if shortlist > vocab {
+            return Err(Error::invalid_argument(format!(
+                "a draft shortlist of {shortlist} tokens exceeds the draft's vocabulary of {vocab}"
+            )));
+        }
         let (head, bytes) = match qc {
             Some(qc) => {
                 qc.validate()?;
@@ -230,6 +248,7 @@ impl<B: Backend> Model<B> {
         };
         self.draft_lm_head = head;
         self.draft_vocab = vocab;
+        self.draft_shortlist = shortlist;
         Ok(bytes)
     }
 }

@@ -26,6 +26,7 @@ use crate::backend::{AttnMask, AttnShape, Backend, KvDtype};
 use crate::checkpoint::{Activation, Linear, ModelConfig, Weights};
 use crate::error::{Error, ErrorKind, Result};
 use crate::plan::Placement;
+use crate::sample::top_logits;
 use crate::util::AbortHandle;
 
 /// One sequence's part of a batched pass ([`Model::forward_hidden_batch`]): its cache, the
@@ -184,6 +185,9 @@ pub struct Model<B: Backend> {
     /// Tokens the draft can propose: ids below this (the rows of `draft_lm_head`; the
     /// whole vocabulary without one).
     draft_vocab: usize,
+    /// Tokens per draft row whose logits come from the target's head (`0`: none): the
+    /// draft's quantized head then only ranks the vocabulary ([`Model::logits`]).
+    draft_shortlist: usize,
     /// Element type of the KV caches [`Model::new_cache`] makes (f32 unless set).
     kv_dtype: KvDtype,
     /// RoPE inverse frequencies, `(head_dim / 2)`.
@@ -210,6 +214,11 @@ impl<B: Backend> Model<B> {
     /// Columns of the draft's logits: it proposes token ids below this.
     pub fn draft_vocab(&self) -> usize {
         self.draft_vocab
+    }
+
+    /// Tokens per draft row whose logits come from the target's head (`0`: none).
+    pub fn draft_shortlist(&self) -> usize {
+        self.draft_shortlist
     }
 
     /// Element type of the KV caches [`Model::new_cache`] makes.
@@ -684,7 +693,12 @@ impl<B: Backend> Model<B> {
                 *at = cols;
             }
         }
-        Ok((*at == cols).then(|| std::mem::take(logits)))
+        if *at < cols {
+            return Ok(None);
+        }
+        let mut logits = std::mem::take(logits);
+        self.rescore_shortlist(normed, &mut logits)?;
+        Ok(Some(logits))
     }
 
     /// Writes each segment's rows of `k`, `v` into its cache and runs its rows of `q`
@@ -783,7 +797,51 @@ impl<B: Backend> Model<B> {
         let (head, cols) = self.head(pass);
         let mut logits = be.act(logit_rows.len(), cols)?;
         be.linear(&normed, head, None, &mut logits)?;
-        be.to_host(&logits)
+        let mut logits = be.to_host(&logits)?;
+        if pass == Pass::Draft {
+            self.rescore_shortlist(&normed, &mut logits)?;
+        }
+        Ok(logits)
+    }
+
+    /// With a draft shortlist, the logits of the tokens each draft row's quantized head
+    /// ranks first become the target head's over the same normed row (`normed`, one row
+    /// per `logits` row): the draft proposes what the full-precision head would, reading
+    /// a few head rows instead of all of them. The other tokens keep the quantized
+    /// head's logits (they rank below, and count in the row's softmax). Without one,
+    /// nothing changes.
+    fn rescore_shortlist(&self, normed: &B::Act, logits: &mut [f32]) -> Result<()> {
+        let (k, cols, hidden) = (self.draft_shortlist, self.draft_vocab, self.config.hidden);
+        if k == 0 || logits.is_empty() {
+            return Ok(());
+        }
+        let be = &self.backend;
+        let picks: Vec<Vec<u32>> = logits
+            .chunks_exact(cols)
+            .map(|row| top_logits(row, k).into_iter().map(|(_, t)| t).collect())
+            .collect();
+        // One gather of the head rows every row asks for.
+        let mut ids: Vec<u32> = picks.concat();
+        ids.sort_unstable();
+        ids.dedup();
+        let target = self.lm_head.as_ref().unwrap_or(&self.embed);
+        let mut rows = be.act(ids.len(), hidden)?;
+        be.embed(target, &ids, &mut rows)?;
+        let (rows, x) = (be.to_host(&rows)?, be.to_host(normed)?);
+        for ((row, picked), x) in logits
+            .chunks_exact_mut(cols)
+            .zip(&picks)
+            .zip(x.chunks_exact(hidden))
+        {
+            for &t in picked {
+                let j = ids
+                    .binary_search(&t)
+                    .map_err(|_| Error::internal("shortlist id"))?;
+                let w = &rows[j * hidden..(j + 1) * hidden];
+                row[t as usize] = w.iter().zip(x).map(|(a, b)| a * b).sum();
+            }
+        }
+        Ok(())
     }
 
     /// Rows `rows` of the residual stream `x` through the final norm.

@@ -7,13 +7,14 @@ use crate::error::Result;
 use crate::plan::ModelSizes;
 use crate::quant::{substitute_bytes, QuantConfig};
 
-/// Sizes of the parts the planner places, from an opened checkpoint (headers only) and the
-/// substitute format.
-/// `draft_vocab` is the rows of a quantized draft lm_head (`0`: the whole vocabulary).
+/// Sizes of the parts the planner places, from an opened checkpoint (headers only), the
+/// substitutes' format `q` and that of a quantized draft lm_head, `head`, whose rows are
+/// `draft_vocab` (`0`: the whole vocabulary).
 pub(crate) fn model_sizes(
     c: &ModelConfig,
     w: &Weights,
     q: &QuantConfig,
+    head: &QuantConfig,
     draft_vocab: usize,
 ) -> Result<ModelSizes> {
     let embed = w.info(names::EMBED)?.2 as u64;
@@ -48,7 +49,7 @@ pub(crate) fn model_sizes(
         lm_head_substitute: substitute_bytes(
             c.draft_vocab(draft_vocab)? as u64,
             c.hidden as u64,
-            q,
+            head,
         ),
     })
 }

@@ -8,7 +8,7 @@
 use std::cmp::Ordering;
 use std::ops::Range;
 
-use crate::sample::log_sum_exp;
+use crate::sample::{log_sum_exp, top_logits};
 
 /// A token tree. Its node lists only grow together (through [`Tree::push`] and
 /// [`Tree::grow`]), so they always agree.
@@ -34,25 +34,6 @@ fn better(a: &Candidate, b: &Candidate) -> Ordering {
         .unwrap_or(Ordering::Equal)
         .then(a.1.cmp(&b.1))
         .then(a.2.cmp(&b.2))
-}
-
-/// The `take` largest logits of a row with their token ids, best first (ties: lower id
-/// first; NaN never ranks), in one pass: a short sorted list and its threshold.
-fn row_top(logits: &[f32], take: usize) -> Vec<(f32, u32)> {
-    let mut top: Vec<(f32, u32)> = Vec::with_capacity(take + 1);
-    let mut floor = f32::NEG_INFINITY;
-    for (i, &x) in logits.iter().enumerate() {
-        if top.len() == take && x <= floor || x.is_nan() {
-            continue;
-        }
-        let at = top.iter().position(|&(y, _)| x > y).unwrap_or(top.len());
-        top.insert(at, (x, i as u32));
-        top.truncate(take);
-        if top.len() == take {
-            floor = top[take - 1].0;
-        }
-    }
-    top
 }
 
 impl Tree {
@@ -205,7 +186,7 @@ impl Tree {
             let logits = &logits[row * vocab..(row + 1) * vocab];
             // Only the row's own top `take` can be in the global top `take`, and the
             // log-softmax keeps a row's order: rank by logit, then score the few kept.
-            let top = row_top(logits, take);
+            let top = top_logits(logits, take);
             let max = top.first().map_or(f32::NEG_INFINITY, |c| c.0);
             let lse = log_sum_exp(logits, max, temperature);
             let base = self.score[node];

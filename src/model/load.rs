@@ -206,8 +206,8 @@ impl<B: Backend> Model<B> {
     /// `qc` when given, otherwise a view of the target's head (no copy; none at all for the
     /// whole vocabulary unquantized: the draft then shares the target's). With a
     /// `shortlist` (needs `qc`), the quantized head only ranks the vocabulary: the
-    /// `shortlist` tokens a draft row ranks first get the target head's logits
-    /// ([`Model::logits`]). Returns the bytes it adds. Nothing changes on error.
+    /// `shortlist` tokens a draft row ranks first get the target head's logits in the
+    /// draft's. Returns the bytes it adds. Nothing changes on error.
     pub fn build_draft_lm_head(
         &mut self,
         qc: Option<&QuantConfig>,

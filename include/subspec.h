@@ -117,6 +117,10 @@
 // `subspec_load_params.kv_dtype`: a bf16 KV cache (CPU only).
 #define SUBSPEC_KV_BF16 3
 
+// `subspec_load_params.draft_shortlist`: no ranking head (the draft shares the target's
+// lm_head, or has its own quantized one with `quantize_lm_head`).
+#define SUBSPEC_SHORTLIST_NONE UINT32_MAX
+
 // The result of every call. `0` is success; the numbers are stable (new codes are only
 // ever appended). Each code's first comment line is its `subspec_status_string()`; codes
 // marked "(C layer)" come from the C layer's own checks, the others from the engine.
@@ -242,8 +246,8 @@ typedef struct subspec_load_params {
   // the draft gets a 2-bit *ranking* head, which only ranks the vocabulary: the 128
   // tokens it ranks first per draft row get the target head's logits, so the draft
   // proposes what the full-precision head would while a step reads a seventh of its
-  // bytes (`DraftOptions::shortlist` in Rust; this struct has no field for it yet);
-  // otherwise it shares the target's head. Either own head costs its memory (counted
+  // bytes (`draft_shortlist`, `draft_head_bits`); otherwise it shares the target's
+  // head. Either own head costs its memory (counted
   // by the planner and `subspec_minimum_budget`; reported as `draft_lm_head_bytes`).
   bool quantize_lm_head;
   // Give every decoder layer a substitute, resident ones too, so a draft step reads
@@ -270,6 +274,16 @@ typedef struct subspec_load_params {
   // `SUBSPEC_KV_F32`, `SUBSPEC_KV_F16` or `SUBSPEC_KV_BF16` (the two-byte types on the
   // CPU only). The planner and `subspec_minimum_budget` count its bytes.
   uint32_t kv_dtype;
+  // The draft's ranking head (added after 0.2.0): its own lm_head, quantized at
+  // `draft_head_bits`, only ranks the vocabulary, and this many tokens each draft row
+  // ranks first get the target head's logits (see `quantize_lm_head`). `0` (default):
+  // the engine's choice (128 on the CPU for a vocabulary of 2,048 tokens or more unless
+  // `quantize_lm_head`, none on CUDA); `SUBSPEC_SHORTLIST_NONE`: none; more than the
+  // draft's vocabulary fails the load (`INVALID_ARGUMENT`).
+  uint32_t draft_shortlist;
+  // Bits of the draft's own lm_head (added after 0.2.0): 2, 3, 4 or 8; `0` (default): 2
+  // for a ranking head, otherwise `draft_bits`.
+  uint32_t draft_head_bits;
 } subspec_load_params;
 
 // Model and engine metadata, for a host to check that its tokenizer and settings match.

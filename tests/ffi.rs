@@ -435,6 +435,42 @@ fn draft_vocab_limits_the_drafts_head_and_is_checked() {
 }
 
 #[test]
+fn draft_shortlist_and_head_bits_shape_a_ranking_head_and_are_checked() {
+    // The tiny model's 128 tokens are too few for a ranking head by default.
+    let head = |p: &subspec_load_params| info(&load(p).unwrap()).draft_lm_head_bytes;
+    assert_eq!(head(&load_params()), 0);
+    let mut p = load_params();
+    p.draft_shortlist = 32;
+    let (two, min_two) = (head(&p), minimum_budget(&p).unwrap());
+    assert!(two > 0 && min_two > minimum_budget(&load_params()).unwrap());
+    p.draft_head_bits = 4;
+    assert!(head(&p) > two && minimum_budget(&p).unwrap() > min_two);
+    // none: with quantize_lm_head, the head whose logits are the draft's (4-bit, as the
+    // substitutes); it steps like any draft
+    let mut raw = load_params();
+    raw.quantize_lm_head = true;
+    let own = head(&raw);
+    raw.draft_shortlist = SUBSPEC_SHORTLIST_NONE;
+    assert_eq!(head(&raw), own);
+    raw.draft_head_bits = 2;
+    assert_eq!(head(&raw), two);
+    for (field, value, says) in [
+        (0, 129, "shortlist of 129 tokens exceeds"),
+        (1, 5, "draft_head_bits"),
+        (1, 300, "draft_head_bits 300 is out of range"),
+    ] {
+        let mut q = load_params();
+        match field {
+            0 => q.draft_shortlist = value,
+            _ => q.draft_head_bits = value,
+        }
+        let (st, msg) = load(&q).err().unwrap();
+        assert_eq!(st, subspec_status::InvalidArgument, "{msg}");
+        assert!(msg.contains(says), "{msg}");
+    }
+}
+
+#[test]
 fn kv_dtype_sizes_the_planned_cache_and_is_checked() {
     let mut p = load_params();
     p.context_length = 256;

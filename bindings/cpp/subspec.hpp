@@ -98,6 +98,13 @@ public:
     LoadParams &quantize_lm_head(bool q) { p_.quantize_lm_head = q; return *this; }
     /// The draft proposes only token ids below `n` (0, the default: all of them).
     LoadParams &draft_vocab(uint32_t n) { p_.draft_vocab = n; return *this; }
+    /// A ranking head: the draft's own quantized lm_head only ranks the vocabulary and
+    /// `k` tokens it ranks first per draft row get the target head's logits
+    /// (SUBSPEC_SHORTLIST_NONE: none; 0, the default: the engine's choice).
+    LoadParams &draft_shortlist(uint32_t k) { p_.draft_shortlist = k; return *this; }
+    /// Bits of the draft's own lm_head (0, the default: 2 for a ranking head, otherwise
+    /// draft_bits).
+    LoadParams &draft_head_bits(uint32_t b) { p_.draft_head_bits = b; return *this; }
     /// The KV cache's element type: SUBSPEC_KV_DEFAULT (f16 on the CPU, f32 on CUDA),
     /// SUBSPEC_KV_F32, SUBSPEC_KV_F16 or SUBSPEC_KV_BF16; the planner counts its bytes.
     LoadParams &kv_dtype(uint32_t t) { p_.kv_dtype = t; return *this; }

@@ -95,9 +95,15 @@ static void test_model(const std::string &dir, const std::string &name, std::str
     for (auto &o : outs) CHECK(o == ids(want["greedy"]));
     // A draft over the first half of the vocabulary: lossless; past it: refused.
     uint32_t vocab = engine.info().vocab_size;
-    auto half = subspec::Engine::load(subspec::LoadParams(path).context_length(256).draft_vocab(vocab / 2));
+    auto half = subspec::Engine::load(
+        subspec::LoadParams(path).context_length(256).draft_vocab(vocab / 2).draft_shortlist(SUBSPEC_SHORTLIST_NONE));
     CHECK(half.info().draft_lm_head_bytes == 0);
     CHECK(half.new_sequence().generate(prompt, subspec::StepParams(), 32) == ids(want["greedy"]));
+    // A ranking head of 32 tokens at 2 bits: its own bytes, lossless.
+    auto ranked = subspec::Engine::load(
+        subspec::LoadParams(path).context_length(256).draft_shortlist(32).draft_head_bits(2));
+    CHECK(ranked.info().draft_lm_head_bytes > 0);
+    CHECK(ranked.new_sequence().generate(prompt, subspec::StepParams(), 32) == ids(want["greedy"]));
     CHECK(status_of([&] {
               subspec::Engine::load(subspec::LoadParams(path).context_length(256).draft_vocab(vocab + 1));
           }) == SUBSPEC_STATUS_INVALID_ARGUMENT);

@@ -144,6 +144,14 @@ type LoadOptions struct {
 	// DraftVocab lets the draft propose only token ids below it (its head is the first
 	// rows of the target's: cheaper draft steps, no memory, lower acceptance). 0: all.
 	DraftVocab uint32
+	// DraftShortlist gives the draft a ranking head: its own quantized lm_head only ranks
+	// the vocabulary and this many tokens it ranks first per draft row get the target
+	// head's logits. 0: the engine's choice (128 on the CPU for 2,048+ tokens unless
+	// QuantizeLMHead); ShortlistNone: none.
+	DraftShortlist uint32
+	// DraftHeadBits is the bits of the draft's own lm_head (0: 2 for a ranking head,
+	// otherwise DraftBits).
+	DraftHeadBits uint32
 	// KVDtype is the KV cache's element type (KVDefault: f16 on the CPU, f32 on CUDA);
 	// the planner counts its bytes.
 	KVDtype KVDtype
@@ -159,6 +167,9 @@ const (
 	KVF16     KVDtype = C.SUBSPEC_KV_F16  // CPU only
 	KVBF16    KVDtype = C.SUBSPEC_KV_BF16 // CPU only
 )
+
+// ShortlistNone is LoadOptions.DraftShortlist for no ranking head.
+const ShortlistNone uint32 = C.SUBSPEC_SHORTLIST_NONE
 
 // Engine is a loaded model.
 type Engine struct {
@@ -194,6 +205,8 @@ func params(path string, opts *LoadOptions) (p C.subspec_load_params, free func(
 	p.substitute_all_layers = C.bool(!opts.SubstituteOffloadedOnly)
 	p.max_sequences = C.uint32_t(opts.MaxSequences)
 	p.draft_vocab = C.uint32_t(opts.DraftVocab)
+	p.draft_shortlist = C.uint32_t(opts.DraftShortlist)
+	p.draft_head_bits = C.uint32_t(opts.DraftHeadBits)
 	p.kv_dtype = C.uint32_t(opts.KVDtype)
 	// The layer list in C memory: cgo forbids passing C a struct holding a Go pointer.
 	var layers *C.uint32_t

@@ -299,6 +299,28 @@ func TestDraftOptions(t *testing.T) {
 	if !errors.As(err, &ve) || ve.Status != StatusInvalidArgument || !strings.Contains(ve.Message, "draft_vocab") {
 		t.Fatalf("draft vocabulary past the model: %v", err)
 	}
+	// A ranking head of 32 tokens: its own bytes, lossless; none (with QuantizeLMHead:
+	// the 4-bit head as before); more than the vocabulary: refused.
+	ranked, err := Load(tiny, &LoadOptions{ContextLength: 256, DraftShortlist: 32})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ri, _ := ranked.Info(); ri.DraftLMHeadBytes == 0 {
+		t.Fatalf("a ranking head has bytes: %+v", ri)
+	}
+	if out, _ := generate(t, ranked, prompt, nil); !equal(out, greedy) {
+		t.Fatalf("ranking-head draft: %v, want %v", out, greedy)
+	}
+	ranked.Close()
+	rawHead, err := Load(tiny, &LoadOptions{ContextLength: 256, QuantizeLMHead: true, DraftShortlist: ShortlistNone})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rawHead.Close()
+	_, err = Load(tiny, &LoadOptions{ContextLength: 256, DraftShortlist: uint32(fi.VocabSize + 1)})
+	if !errors.As(err, &ve) || ve.Status != StatusInvalidArgument || !strings.Contains(ve.Message, "shortlist") {
+		t.Fatalf("shortlist past the vocabulary: %v", err)
+	}
 	// The KV cache's type: f32 plans more than the default f16 cache; with each type
 	// speculative decoding equals plain decoding; an unknown type is refused by name.
 	kv32 := LoadOptions{ContextLength: 256, KVDtype: KVF32}

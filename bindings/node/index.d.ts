@@ -51,6 +51,13 @@ export interface LoadOptions {
   /** The draft proposes only token ids below this (its head is the first rows of the
    * target's: cheaper draft steps, no memory, lower acceptance); 0 (default): all. */
   draftVocab?: number;
+  /** A ranking head: the draft's own quantized lm_head only ranks the vocabulary and this
+   * many tokens it ranks first per draft row get the target head's logits; 0: none.
+   * Default: the engine's (128 on the CPU for 2,048+ tokens unless quantizeLmHead). */
+  draftShortlist?: number;
+  /** Bits of the draft's own lm_head: 2, 3, 4 or 8 (default: 2 for a ranking head,
+   * otherwise draftBits). */
+  draftHeadBits?: number;
   /** The KV cache's element type: 'default' (f16 on the CPU, f32 on CUDA), 'f32',
    * 'f16' or 'bf16' (the two-byte types on the CPU only); the planner counts it. */
   kvDtype?: 'default' | 'f32' | 'f16' | 'bf16';

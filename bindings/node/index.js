@@ -53,6 +53,8 @@ koffi.struct('subspec_load_params', {
   max_sequences: 'uint32_t',
   draft_vocab: 'uint32_t',
   kv_dtype: 'uint32_t',
+  draft_shortlist: 'uint32_t',
+  draft_head_bits: 'uint32_t',
 });
 koffi.struct('subspec_model_info', {
   struct_size: 'size_t',
@@ -637,6 +639,11 @@ function load(modelPath, options = {}) {
   if (options.requireTokenizer !== undefined) p.require_tokenizer = options.requireTokenizer;
   if (options.maxSequences !== undefined) p.max_sequences = options.maxSequences;
   if (options.draftVocab !== undefined) p.draft_vocab = options.draftVocab;
+  // 0 asks for no ranking head: SUBSPEC_SHORTLIST_NONE in C, whose 0 is the default.
+  if (options.draftShortlist !== undefined) {
+    p.draft_shortlist = options.draftShortlist === 0 ? 0xffffffff : options.draftShortlist;
+  }
+  if (options.draftHeadBits !== undefined) p.draft_head_bits = options.draftHeadBits;
   if (options.kvDtype !== undefined) {
     const code = KV_DTYPES[options.kvDtype];
     if (code === undefined) {

@@ -26,6 +26,9 @@ pub const SUBSPEC_KV_F32: u32 = 1;
 pub const SUBSPEC_KV_F16: u32 = 2;
 /// `subspec_load_params.kv_dtype`: a bf16 KV cache (CPU only).
 pub const SUBSPEC_KV_BF16: u32 = 3;
+/// `subspec_load_params.draft_shortlist`: no ranking head (the draft shares the target's
+/// lm_head, or has its own quantized one with `quantize_lm_head`).
+pub const SUBSPEC_SHORTLIST_NONE: u32 = u32::MAX;
 
 /// Progress during loading: `progress` goes from 0.0 to 1.0; return `true` to continue,
 /// `false` to abort the load (`SUBSPEC_STATUS_ABORTED`).
@@ -94,8 +97,8 @@ pub struct subspec_load_params {
     /// the draft gets a 2-bit *ranking* head, which only ranks the vocabulary: the 128
     /// tokens it ranks first per draft row get the target head's logits, so the draft
     /// proposes what the full-precision head would while a step reads a seventh of its
-    /// bytes (`DraftOptions::shortlist` in Rust; this struct has no field for it yet);
-    /// otherwise it shares the target's head. Either own head costs its memory (counted
+    /// bytes (`draft_shortlist`, `draft_head_bits`); otherwise it shares the target's
+    /// head. Either own head costs its memory (counted
     /// by the planner and `subspec_minimum_budget`; reported as `draft_lm_head_bytes`).
     pub quantize_lm_head: bool,
     /// Give every decoder layer a substitute, resident ones too, so a draft step reads
@@ -122,6 +125,16 @@ pub struct subspec_load_params {
     /// `SUBSPEC_KV_F32`, `SUBSPEC_KV_F16` or `SUBSPEC_KV_BF16` (the two-byte types on the
     /// CPU only). The planner and `subspec_minimum_budget` count its bytes.
     pub kv_dtype: u32,
+    /// The draft's ranking head (added after 0.2.0): its own lm_head, quantized at
+    /// `draft_head_bits`, only ranks the vocabulary, and this many tokens each draft row
+    /// ranks first get the target head's logits (see `quantize_lm_head`). `0` (default):
+    /// the engine's choice (128 on the CPU for a vocabulary of 2,048 tokens or more unless
+    /// `quantize_lm_head`, none on CUDA); `SUBSPEC_SHORTLIST_NONE`: none; more than the
+    /// draft's vocabulary fails the load (`INVALID_ARGUMENT`).
+    pub draft_shortlist: u32,
+    /// Bits of the draft's own lm_head (added after 0.2.0): 2, 3, 4 or 8; `0` (default): 2
+    /// for a ranking head, otherwise `draft_bits`.
+    pub draft_head_bits: u32,
 }
 
 // SAFETY: repr(C), `struct_size` first, no trailing padding (checked below); fields are
@@ -160,12 +173,14 @@ unsafe impl Versioned for subspec_load_params {
             max_sequences: 0,
             draft_vocab: 0,
             kv_dtype: SUBSPEC_KV_DEFAULT,
+            draft_shortlist: 0,
+            draft_head_bits: 0,
         }
     }
 }
 const _: () = check_layout::<subspec_load_params>(
     std::mem::offset_of!(subspec_load_params, struct_size),
-    field_end!(subspec_load_params, kv_dtype),
+    field_end!(subspec_load_params, draft_head_bits),
 );
 
 /// Initializes `*params` (the caller's `size` bytes: pass `sizeof *params`, as
@@ -297,8 +312,27 @@ unsafe fn engine_options(p: &subspec_load_params) -> FfiResult<EngineOptions> {
             method,
         };
         quant.validate()?;
+        let shortlist = match p.draft_shortlist {
+            0 => None,
+            SUBSPEC_SHORTLIST_NONE => Some(0),
+            k => Some(k as usize),
+        };
+        let head_quant = match p.draft_head_bits {
+            0 => None,
+            b => {
+                let bits = u8::try_from(b).map_err(|_| {
+                    Failure::invalid(format!("draft_head_bits {b} is out of range"))
+                })?;
+                let q = QuantConfig { bits, ..quant };
+                q.validate()
+                    .map_err(|e| Failure::invalid(format!("draft_head_bits: {}", e.message())))?;
+                Some(q)
+            }
+        };
         Some(
             DraftOptions::default()
+                .with_shortlist(shortlist)
+                .with_head_quant(head_quant)
                 .with_quant(quant)
                 .with_substitute_layers(substitute_layers(layers)?)
                 .with_quantize_lm_head(p.quantize_lm_head)

@@ -173,9 +173,10 @@ static void test_version_and_strings(void) {
               sp.struct_size == sizeof sp && !sp.auto_depth && sp.reserved[0] == 0,
           "step defaults");
     /* The first published layouts: the whole structs, but for the load parameters'
-       fields added since (reserved, max_sequences, draft_vocab, kv_dtype). */
+       fields added since (reserved, max_sequences, draft_vocab, kv_dtype,
+       draft_shortlist, draft_head_bits). */
     CHECK(SUBSPEC_LOAD_PARAMS_SIZE_0_2 == offsetof(subspec_load_params, reserved) &&
-              sizeof(subspec_load_params) == SUBSPEC_LOAD_PARAMS_SIZE_0_2 + 16 &&
+              sizeof(subspec_load_params) == SUBSPEC_LOAD_PARAMS_SIZE_0_2 + 24 &&
               SUBSPEC_STEP_PARAMS_SIZE_0_2 == sizeof(subspec_step_params) &&
               SUBSPEC_MODEL_INFO_SIZE_0_2 == sizeof(subspec_model_info) &&
               SUBSPEC_SEQUENCE_STATS_SIZE_0_2 == sizeof(subspec_sequence_stats),

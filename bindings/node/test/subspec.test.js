@@ -64,6 +64,17 @@ test('draft options: own lm_head, layer choice, adaptive depth, still lossless',
   d.close();
   assert.throws(() => subspec.load(tiny, { draftVocab: vocab + 1 }),
     (e) => e.status === subspec.Status.INVALID_ARGUMENT && e.detail.includes('draft_vocab'));
+  // a ranking head of 32 tokens: its own bytes, lossless; 0: none; past the vocabulary:
+  // refused
+  const r = subspec.load(tiny, { draftShortlist: 32, draftHeadBits: 2 });
+  assert.ok(r.info().draftLmHeadBytes > 0);
+  assert.deepStrictEqual(r.newSequence().generate(ids(want.prompt), {}, 32), ids(want.greedy));
+  r.close();
+  const n = subspec.load(tiny, { draftShortlist: 0, quantizeLmHead: true });
+  assert.ok(n.info().draftLmHeadBytes > 0);
+  n.close();
+  assert.throws(() => subspec.load(tiny, { draftShortlist: vocab + 1 }),
+    (e) => e.status === subspec.Status.INVALID_ARGUMENT && e.detail.includes('shortlist'));
   // the KV cache's type: with each, speculative decoding equals plain decoding; an
   // unknown name is refused
   for (const kvDtype of ['f32', 'bf16']) {

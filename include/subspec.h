@@ -401,6 +401,12 @@ typedef struct subspec_sequence_stats {
   double draft_seconds;
   // Seconds spent in target passes (prefill and verification).
   double verify_seconds;
+  // Of `draft_steps`, those run while a target pass waited for a streamed layer (added
+  // after 0.2.0; 0 with nothing offloaded).
+  uint64_t overlapped_steps;
+  // Steps whose tree started from the part the draft grew during the pass before
+  // (added after 0.2.0).
+  uint64_t reused_trees;
 } subspec_sequence_stats;
 
 #ifdef __cplusplus

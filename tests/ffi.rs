@@ -470,6 +470,60 @@ fn draft_shortlist_and_head_bits_shape_a_ranking_head_and_are_checked() {
     }
 }
 
+/// The statistics count the draft steps run while target passes waited for a streamed
+/// layer: the tiny model at its minimum budget (every layer streamed), every read slowed
+/// so that passes wait.
+#[test]
+fn stats_count_draft_steps_run_during_passes() {
+    use std::time::Duration;
+    use subspec::internals::faults::{self, Fault};
+    let mut p = load_params();
+    p.memory_budget = minimum_budget(&p).unwrap();
+    let e = load(&p).unwrap();
+    assert!(info(&e).n_offloaded_layers > 0);
+    let mut sp = common::c_step_params();
+    sp.tree_depth = 4;
+    let mut s = std::ptr::null_mut();
+    assert_eq!(
+        unsafe { subspec_sequence_create(e.0, &mut s) },
+        subspec_status::Ok
+    );
+    faults::inject(Fault::Stall(Duration::from_millis(1)), 0, u64::MAX);
+    let prompt = [0i32, 5, 17, 42, 99, 3];
+    let (mut input, mut out, mut total) = (&prompt[..], [0i32; 8], 0);
+    while total < 24 {
+        let mut got = 0usize;
+        let st = unsafe {
+            subspec_step(
+                s,
+                &sp,
+                input.as_ptr(),
+                input.len(),
+                out.as_mut_ptr(),
+                8,
+                &mut got,
+            )
+        };
+        assert_eq!(st, subspec_status::Ok, "{}", last_error());
+        (input, total) = (&[], total + got);
+    }
+    faults::clear();
+    let mut stats = subspec_sequence_stats {
+        struct_size: size_of::<subspec_sequence_stats>(),
+        ..Default::default()
+    };
+    assert_eq!(
+        unsafe { subspec_sequence_get_stats(s, &mut stats) },
+        subspec_status::Ok
+    );
+    unsafe { subspec_sequence_free(s) };
+    assert!(
+        stats.overlapped_steps > 0 && stats.overlapped_steps <= stats.draft_steps,
+        "{stats:?}"
+    );
+    assert!(stats.reused_trees <= stats.iterations, "{stats:?}");
+}
+
 #[test]
 fn kv_dtype_sizes_the_planned_cache_and_is_checked() {
     let mut p = load_params();

@@ -883,6 +883,9 @@ func (s *Sequence) Truncate(n int) error {
 type Stats struct {
 	Length, Iterations, Generated, Accepted, DraftSteps uint64
 	Tau, DraftSeconds, VerifySeconds                    float64
+	// OverlappedSteps are the draft steps run while a target pass waited for a streamed
+	// layer; ReusedTrees the steps whose tree started from the part drafted meanwhile.
+	OverlappedSteps, ReusedTrees uint64
 }
 
 // Stats returns the sequence's statistics.
@@ -898,5 +901,6 @@ func (s *Sequence) Stats() (Stats, error) {
 		Length: uint64(st.length), Iterations: uint64(st.iterations), Generated: uint64(st.generated),
 		Accepted: uint64(st.accepted), DraftSteps: uint64(st.draft_steps), Tau: float64(st.tau),
 		DraftSeconds: float64(st.draft_seconds), VerifySeconds: float64(st.verify_seconds),
+		OverlappedSteps: uint64(st.overlapped_steps), ReusedTrees: uint64(st.reused_trees),
 	}, nil
 }

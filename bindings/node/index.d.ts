@@ -120,6 +120,10 @@ export interface SequenceStats {
   tau: number;
   draftSeconds: number;
   verifySeconds: number;
+  /** Of draftSteps, those run while a target pass waited for a streamed layer. */
+  overlappedSteps: number;
+  /** Steps whose tree started from the part drafted during the pass before. */
+  reusedTrees: number;
 }
 
 /** One conversation with its own KV cache. Use from one call at a time. */

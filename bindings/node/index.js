@@ -102,6 +102,8 @@ koffi.struct('subspec_sequence_stats', {
   tau: 'double',
   draft_seconds: 'double',
   verify_seconds: 'double',
+  overlapped_steps: 'uint64_t',
+  reused_trees: 'uint64_t',
 });
 
 const C = {
@@ -370,6 +372,7 @@ class Sequence {
       length: Number(s.length), iterations: Number(s.iterations), generated: Number(s.generated),
       accepted: Number(s.accepted), draftSteps: Number(s.draft_steps), tau: s.tau,
       draftSeconds: s.draft_seconds, verifySeconds: s.verify_seconds,
+      overlappedSteps: Number(s.overlapped_steps), reusedTrees: Number(s.reused_trees),
     };
   }
 

@@ -443,6 +443,12 @@ pub struct subspec_sequence_stats {
     pub draft_seconds: f64,
     /// Seconds spent in target passes (prefill and verification).
     pub verify_seconds: f64,
+    /// Of `draft_steps`, those run while a target pass waited for a streamed layer (added
+    /// after 0.2.0; 0 with nothing offloaded).
+    pub overlapped_steps: u64,
+    /// Steps whose tree started from the part the draft grew during the pass before
+    /// (added after 0.2.0).
+    pub reused_trees: u64,
 }
 
 // SAFETY: repr(C), `struct_size` first, no trailing padding (checked below); plain fields.
@@ -458,7 +464,7 @@ unsafe impl Versioned for subspec_sequence_stats {
 }
 const _: () = check_layout::<subspec_sequence_stats>(
     std::mem::offset_of!(subspec_sequence_stats, struct_size),
-    field_end!(subspec_sequence_stats, verify_seconds),
+    field_end!(subspec_sequence_stats, reused_trees),
 );
 
 /// Writes the sequence's statistics to `*out` (its `struct_size` set by the caller).
@@ -487,6 +493,8 @@ pub unsafe extern "C" fn subspec_sequence_get_stats(
                 tau: st.tau(),
                 draft_seconds: st.draft_s,
                 verify_seconds: st.verify_s,
+                overlapped_steps: st.overlapped_steps as u64,
+                reused_trees: st.reused_trees as u64,
                 ..subspec_sequence_stats::defaults()
             };
             versioned::write(out, "out", stats)

@@ -174,12 +174,13 @@ static void test_version_and_strings(void) {
           "step defaults");
     /* The first published layouts: the whole structs, but for the load parameters'
        fields added since (reserved, max_sequences, draft_vocab, kv_dtype,
-       draft_shortlist, draft_head_bits). */
+       draft_shortlist, draft_head_bits) and the statistics' (overlapped_steps,
+       reused_trees). */
     CHECK(SUBSPEC_LOAD_PARAMS_SIZE_0_2 == offsetof(subspec_load_params, reserved) &&
               sizeof(subspec_load_params) == SUBSPEC_LOAD_PARAMS_SIZE_0_2 + 24 &&
               SUBSPEC_STEP_PARAMS_SIZE_0_2 == sizeof(subspec_step_params) &&
               SUBSPEC_MODEL_INFO_SIZE_0_2 == sizeof(subspec_model_info) &&
-              SUBSPEC_SEQUENCE_STATS_SIZE_0_2 == sizeof(subspec_sequence_stats),
+              SUBSPEC_SEQUENCE_STATS_SIZE_0_2 + 16 == sizeof(subspec_sequence_stats),
           "0.2 layout sizes");
 }
 

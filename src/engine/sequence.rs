@@ -1514,22 +1514,32 @@ mod tests {
         o
     }
 
-    /// The draft's logits of three tree rows over a prefilled prompt.
-    fn draft_rows(engine: &Engine) -> Vec<f32> {
+    /// A tree's root and two children (the second `last`) over a prefilled 5-token
+    /// prompt, at scratch slots 3..6: the sequence, the tokens, their positions and mask.
+    fn three_rows(engine: &Engine, last: u32) -> (Sequence, Vec<u32>, Vec<usize>, AttnMask) {
         let mut seq = engine.new_sequence().unwrap();
         seq.append(&[1, 2, 3, 4, 5]).unwrap();
         seq.prefill_pending().unwrap();
         let mask = AttnMask::tree_rows(&[None, Some(0), Some(0)], 0..3).shifted(3);
-        let (tokens, positions) = ([5, 17, 1999], [4, 5, 5]);
-        let model = &engine.shared.model;
+        (seq, vec![5, 17, last], vec![4, 5, 5], mask)
+    }
+
+    /// The draft's logits of [`three_rows`] in one forward.
+    fn draft_rows(
+        seq: &mut Sequence,
+        tokens: &[u32],
+        positions: &[usize],
+        mask: &AttnMask,
+    ) -> Vec<f32> {
+        let model = &seq.engine.shared.model;
         model
             .forward_at(
                 &mut seq.cache,
                 Pass::Draft,
                 3,
-                &tokens,
-                &positions,
-                &mask,
+                tokens,
+                positions,
+                mask,
                 &[0, 1, 2],
             )
             .unwrap()
@@ -1542,11 +1552,15 @@ mod tests {
     fn a_ranking_head_gives_its_shortlist_the_target_heads_logits() {
         let (_, dir) = engine("ranking", 2000);
         let load = |d: DraftOptions| Engine::load(&options(&dir, Some(d))).unwrap();
+        let draft_logits = |e: &Engine| {
+            let (mut seq, tokens, positions, mask) = three_rows(e, 1999);
+            draft_rows(&mut seq, &tokens, &positions, &mask)
+        };
         let none = DraftOptions::default().with_shortlist(Some(0));
-        let shared = draft_rows(&load(none.clone()));
+        let shared = draft_logits(&load(none.clone()));
         let ranked = load(DraftOptions::default().with_shortlist(Some(32)));
         assert_eq!(ranked.shared.model.draft_shortlist(), 32);
-        let ranked = draft_rows(&ranked);
+        let ranked = draft_logits(&ranked);
         let two_bits = QuantConfig {
             bits: 2,
             ..QuantConfig::default()
@@ -1554,7 +1568,7 @@ mod tests {
         let raw = none
             .with_quantize_lm_head(true)
             .with_head_quant(Some(two_bits));
-        let raw = draft_rows(&load(raw));
+        let raw = draft_logits(&load(raw));
         let close = |a: f32, b: f32| (a - b).abs() <= 1e-4 * a.abs().max(1.0);
         let top = |row: &[f32]| crate::sample::top_logits(row, 4);
         let mut raw_differs = false;
@@ -1611,23 +1625,8 @@ mod tests {
             let d = DraftOptions::default().with_shortlist(Some(shortlist));
             let engine = Engine::load(&options(&dir, Some(d))).unwrap();
             let model = &engine.shared.model;
-            let mut seq = engine.new_sequence().unwrap();
-            seq.append(&[1, 2, 3, 4, 5]).unwrap();
-            seq.prefill_pending().unwrap();
-            // The root and two children, at scratch slots 3..6.
-            let (tokens, positions) = (vec![5, 17, 19_999], vec![4, 5, 5]);
-            let mask = AttnMask::tree_rows(&[None, Some(0), Some(0)], 0..3).shifted(3);
-            let whole = model
-                .forward_at(
-                    &mut seq.cache,
-                    Pass::Draft,
-                    3,
-                    &tokens,
-                    &positions,
-                    &mask,
-                    &[0, 1, 2],
-                )
-                .unwrap();
+            let (mut seq, tokens, positions, mask) = three_rows(&engine, 19_999);
+            let whole = draft_rows(&mut seq, &tokens, &positions, &mask);
             let mut r = model
                 .draft_begin(&seq.cache, 3, tokens, positions, mask)
                 .unwrap();

@@ -145,6 +145,8 @@ impl Engine {
                 max_sequences: opts.max_sequences,
                 live: AtomicUsize::new(0),
                 tree_costs: Mutex::new(None),
+                observed: Mutex::default(),
+                acceptance: Mutex::default(),
             }),
         })
     }

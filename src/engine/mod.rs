@@ -32,7 +32,7 @@ use crate::checkpoint::ModelConfig;
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::{Model, SubstituteStats};
 use crate::plan::Placement;
-use crate::spec::tune::TreeCosts;
+use crate::spec::tune::{Acceptance, Observed, TreeCosts};
 use crate::spec::{draft, TreeParams};
 use crate::tokenizer::Tokenizer;
 
@@ -55,6 +55,11 @@ struct Shared {
     live: AtomicUsize,
     /// [`Engine::tree_costs`], once measured.
     tree_costs: Mutex<Option<TreeCosts>>,
+    /// What steps whose depth was chosen by cost took against [`Shared::tree_costs`]'
+    /// predictions.
+    observed: Mutex<Observed>,
+    /// The acceptance by depth a sequence recorded last: where a new one starts.
+    acceptance: Mutex<Acceptance>,
 }
 
 /// A loaded model ready to serve sequences. Cloning is cheap: clones share the model,
@@ -207,6 +212,46 @@ impl Engine {
         let c = measure::tree_costs(self)?;
         *kept = Some(c.clone());
         Ok(c)
+    }
+
+    /// What steps of this engine's sequences took against what [`Engine::tree_costs`]
+    /// predicted (their depths chosen by cost).
+    pub(crate) fn observed(&self) -> Observed {
+        *self
+            .shared
+            .observed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records a step of depth `depth` (`0`: plain) predicted to take `predicted_s` that
+    /// took `observed_s` ([`Observed::record`]).
+    pub(crate) fn observe(&self, depth: usize, predicted_s: f64, observed_s: f64) {
+        let mut o = self
+            .shared
+            .observed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        o.record(depth, predicted_s, observed_s);
+    }
+
+    /// The acceptance by depth a sequence of this engine recorded last (its draft on its
+    /// text so far, with its exploring state), where a new or reset sequence starts: a
+    /// better guess than a prior for every model and machine, and a draft that does not
+    /// pay is not tried again at each request's start.
+    pub(crate) fn acceptance(&self) -> Acceptance {
+        let a = self.shared.acceptance.lock();
+        a.unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Keeps `acc` as where the next new sequence starts ([`Engine::acceptance`]).
+    pub(crate) fn keep_acceptance(&self, acc: &Acceptance) {
+        let mut a = self
+            .shared
+            .acceptance
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        a.clone_from(acc);
     }
 
     /// Sequences of this engine alive now (made by [`Engine::new_sequence`], not yet

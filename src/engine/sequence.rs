@@ -247,12 +247,12 @@ impl Sequence {
     /// An empty sequence on `engine` with `cache` (see [`Engine::new_sequence`]).
     pub(super) fn new(engine: Engine, cache: KvCache<Device>) -> Sequence {
         Sequence {
+            acceptance: engine.acceptance(),
             engine,
             cache,
             tokens: Vec::new(),
             stats: SpecStats::default(),
             open: None,
-            acceptance: Acceptance::default(),
             carry: None,
             last_depth: 0,
         }
@@ -333,7 +333,7 @@ impl Sequence {
         self.cache.truncate(len);
         if len == 0 {
             self.stats = SpecStats::default();
-            self.acceptance = Acceptance::default();
+            self.acceptance = self.engine.acceptance();
         }
     }
 
@@ -438,20 +438,33 @@ impl Sequence {
     ) -> Result<Vec<u32>> {
         let costs = self.engine.tree_costs()?;
         let t = &opts.tree;
-        let explore = self.acceptance.explore();
-        let (depth, _) = tune::best_depth(
+        let (explore, observed) = (self.acceptance.explore(), self.engine.observed());
+        // (a plain step when one is to be timed, unless this step explores speculation)
+        let most = if !explore && observed.wants_plain() {
+            0
+        } else {
+            t.depth.min(limit - 1)
+        };
+        let choice = tune::best_depth(
             &costs,
             &self.acceptance,
+            &observed,
             t.width,
-            (explore as usize, t.depth.min(limit - 1)),
+            (explore as usize, most),
             t.max_tokens.min(self.engine.max_tree_tokens()),
         );
-        let before = self.stats.accepted;
+        let (depth, before, t0) = (choice.depth, self.stats.accepted, Instant::now());
         let out = if depth == 0 {
             self.plain_step(&opts.sampling)?
         } else {
             self.speculative_step(&opts.with_tree(t.with_depth(depth)), limit, carry)?
         };
+        // (a step cut short by the token limit or an end token costs less than predicted:
+        // only whole ones are timed)
+        if out.len() < limit && !out.last().is_some_and(|&t| self.engine.is_eos(t)) {
+            let s = t0.elapsed().as_secs_f64();
+            self.engine.observe(depth, choice.predicted_s, s);
+        }
         self.chose_depth(depth, explore, before, &out, limit);
         Ok(out)
     }
@@ -476,6 +489,7 @@ impl Sequence {
                 .record(if cut { drafted.min(accepted) } else { drafted }, accepted);
         }
         self.acceptance.chose(depth, exploring);
+        self.engine.keep_acceptance(&self.acceptance);
     }
 
     /// One draft-and-verify iteration emitting at most `limit` (>= 2) tokens, its tree
@@ -1718,5 +1732,37 @@ mod tests {
         }
         assert_ne!(before[from[1]], before[from[0]], "the slots differ");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Steps whose depth is chosen by cost time plain steps on the engine (their cost is
+    /// observed, not predicted, from then on), and the acceptance a sequence recorded
+    /// last is where a new or reset sequence starts.
+    #[test]
+    fn depths_chosen_by_cost_learn_on_the_engine() {
+        let (engine, dir) = engine("auto-learn", 128);
+        assert_eq!(engine.acceptance(), Acceptance::default());
+        let tree = TreeParams::default().with_depth(6).with_max_tokens(16);
+        let opts = StepOptions::speculative(SamplingParams::greedy())
+            .with_tree(tree.with_auto_depth(true));
+        let mut seq = engine.new_sequence().unwrap();
+        seq.append(&[1, 2, 3, 4, 5]).unwrap();
+        let want = engine.new_sequence().unwrap();
+        seq.generate(&opts, 30, |_| true).unwrap();
+        // The first steps were plain and timed: the plain cost is now what they took.
+        let predicted = 1e6;
+        assert!(engine.observed().seconds(0, predicted) < 1.0);
+        // The sequence's acceptance is the engine's; a new sequence starts from it, and
+        // one made before keeps its own.
+        assert_ne!(seq.acceptance, Acceptance::default());
+        assert_eq!(engine.acceptance(), seq.acceptance);
+        assert_eq!(engine.new_sequence().unwrap().acceptance, seq.acceptance);
+        assert_eq!(want.acceptance, Acceptance::default());
+        let mut other = want;
+        other.append(&[9, 8, 7]).unwrap();
+        other.generate(&opts, 20, |_| true).unwrap();
+        assert_eq!(engine.acceptance(), other.acceptance);
+        seq.truncate(0);
+        assert_eq!(seq.acceptance, other.acceptance, "reset: the engine's");
+        std::fs::remove_dir_all(dir).ok();
     }
 }

@@ -154,25 +154,137 @@ impl Acceptance {
     }
 }
 
-/// The depth (from `min_depth` to `max_depth`; `0`: a plain step) maximising expected
-/// tokens per second for a tree of frontier `width` and at most `max_tokens` nodes, and
-/// that rate: [`best_batch_depth`] for a step of one sequence.
+/// What iterations have cost against what [`TreeCosts`] predicted for them. The costs are
+/// measured over repeated passes of one kind, their weights warm in the caches; real
+/// decoding alternates the draft's weights with the target's, and on the CPU a
+/// speculative iteration took 20-25% longer than predicted while a plain step took what
+/// was (SmolLM2-135M resident, docs/BENCHMARKS.md), enough to choose speculation where it
+/// loses. Kept per engine: a property of the machine and the placement.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Observed {
+    /// Seconds of a plain step (a moving average), once one was timed.
+    plain_s: Option<f64>,
+    /// Seconds of a speculative iteration over the seconds predicted for it (a moving
+    /// average of the ratio), once one was timed.
+    spec_ratio: Option<f64>,
+    /// Plain steps timed (the first is not counted).
+    plain_timed: usize,
+    /// Whether a speculative iteration was seen (the first is not counted).
+    spec_seen: bool,
+    /// Speculative iterations timed since the last plain step.
+    since_plain: usize,
+}
+
+/// Weight of a slower timing in [`Observed`]'s averages. The machine's noise (other work,
+/// caches refilled after the other kind of step) only ever adds time, so a faster timing
+/// replaces the average (down to half of it) and a slower one moves it by this share (up
+/// to twice it): the averages follow each kind's least disturbed cost, both alike.
+const SLOWER_WEIGHT: f64 = 0.1;
+/// After this many speculative iterations one plain step is timed, whatever the costs
+/// say: a plain step that was never chosen would keep its prediction (one noisy
+/// measurement at load), or one timing, for ever.
+const PLAIN_EVERY: usize = 16;
+/// Plain steps an engine times first, before any choice: its first steps after a
+/// prefill run slower than the rest (the caches refilled with the weights).
+const PLAIN_FIRST: usize = 4;
+
+impl Observed {
+    /// Records a step of depth `depth` (`0`: plain) predicted to take `predicted_s` that
+    /// took `observed_s`. The first step of each kind is not counted (it pays for the
+    /// first touch of its weights and buffers: 5x its prediction on the CPU); then a
+    /// faster timing replaces the average (down to half of it), a slower one moves it by
+    /// [`SLOWER_WEIGHT`] (up to twice it): one disturbed step, a page fault, leaves the
+    /// choice as it was. Timings that are not positive and finite are ignored.
+    pub fn record(&mut self, depth: usize, predicted_s: f64, observed_s: f64) {
+        if !(observed_s > 0.0 && observed_s.is_finite() && predicted_s > 0.0) {
+            return;
+        }
+        let (first, slot, x) = if depth == 0 {
+            self.since_plain = 0;
+            self.plain_timed += 1;
+            (self.plain_timed == 1, &mut self.plain_s, observed_s)
+        } else {
+            self.since_plain += 1;
+            let first = !std::mem::replace(&mut self.spec_seen, true);
+            (first, &mut self.spec_ratio, observed_s / predicted_s)
+        };
+        if first {
+            return;
+        }
+        *slot = Some(match *slot {
+            Some(v) if x < v => x.max(v / 2.0),
+            Some(v) => v + SLOWER_WEIGHT * (x.min(v * 2.0) - v),
+            None => x,
+        });
+    }
+
+    /// Whether the next step should be plain whatever the costs say, to time one: the
+    /// first [`PLAIN_FIRST`] (the first is left out), then one after every
+    /// [`PLAIN_EVERY`] speculative iterations.
+    pub fn wants_plain(&self) -> bool {
+        self.plain_timed < PLAIN_FIRST || self.since_plain >= PLAIN_EVERY
+    }
+
+    /// Seconds a step of depth `depth` predicted to take `predicted_s` is expected to take.
+    pub fn seconds(&self, depth: usize, predicted_s: f64) -> f64 {
+        match (depth, self.plain_s, self.spec_ratio) {
+            (0, Some(s), _) => s,
+            (0, None, _) => predicted_s,
+            (_, _, r) => predicted_s * r.unwrap_or(1.0),
+        }
+    }
+}
+
+/// A depth chosen for one sequence's step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Choice {
+    /// The depth (`0`: a plain step).
+    pub depth: usize,
+    /// Expected tokens per second at it, with [`Observed`]'s corrections.
+    pub rate: f64,
+    /// Seconds [`TreeCosts`] predict for it (what [`Observed::record`] compares with).
+    pub predicted_s: f64,
+}
+
+/// The depth (from `depths.0` to `depths.1`; `0`: a plain step) maximising expected
+/// tokens per second for a tree of frontier `width` and at most `max_tokens` nodes, the
+/// costs corrected by what iterations were `observed` to cost: [`best_batch_depth`]'s
+/// model for a step of one sequence.
 pub fn best_depth(
     costs: &TreeCosts,
     acc: &Acceptance,
+    observed: &Observed,
     width: usize,
     depths: (usize, usize),
     max_tokens: usize,
-) -> (usize, f64) {
-    let one = Member {
+) -> Choice {
+    let one = [Member {
         acc: Some(acc),
         width,
         depths,
         max_tokens,
         prefix: 0,
+    }];
+    let model = BatchModel::new(costs, &one);
+    let choice = |d: usize| {
+        let depth = one[0].depth(d);
+        let (e, s) = model.at(d);
+        Choice {
+            depth,
+            rate: e / observed.seconds(depth, s).max(1e-9),
+            predicted_s: s,
+        }
     };
-    let (d, rate) = best_batch_depth(costs, &[one]);
-    (one.depth(d), rate)
+    (1..=model.top).map(choice).fold(
+        choice(0),
+        |best, c| {
+            if c.rate > best.rate {
+                c
+            } else {
+                best
+            }
+        },
+    )
 }
 
 /// One sequence of a batched step (one target pass for all, their trees grown together,
@@ -216,21 +328,58 @@ impl Member<'_> {
 /// choice for one sequence; with many, the shared pass's cost grows with their tokens,
 /// so the trees get shallower where verification is compute-bound.
 pub fn best_batch_depth(costs: &TreeCosts, members: &[Member]) -> (usize, f64) {
-    let top = members
-        .iter()
-        .map(|m| m.depth(usize::MAX))
-        .max()
-        .unwrap_or(0);
-    let expected: Vec<Vec<f64>> = members
-        .iter()
-        .map(|m| match m.acc {
-            Some(acc) => acc.expected_by_depth(m.depth(usize::MAX)).0,
-            None => vec![1.0; m.depth(usize::MAX) + 1],
-        })
-        .collect();
+    let model = BatchModel::new(costs, members);
     let rate = |d: usize| {
+        let (e, s) = model.at(d);
+        e / s.max(1e-9)
+    };
+    let mut best = (0, rate(0));
+    for d in 1..=model.top {
+        let r = rate(d);
+        if r > best.1 {
+            best = (d, r);
+        }
+    }
+    best
+}
+
+/// The expected tokens and predicted seconds of a step of `members` by its depth.
+struct BatchModel<'a> {
+    costs: &'a TreeCosts,
+    members: &'a [Member<'a>],
+    /// Each member's expected tokens by its depth.
+    expected: Vec<Vec<f64>>,
+    /// The deepest any member may go.
+    top: usize,
+}
+
+impl<'a> BatchModel<'a> {
+    fn new(costs: &'a TreeCosts, members: &'a [Member<'a>]) -> Self {
+        let top = members
+            .iter()
+            .map(|m| m.depth(usize::MAX))
+            .max()
+            .unwrap_or(0);
+        let expected = members
+            .iter()
+            .map(|m| match m.acc {
+                Some(acc) => acc.expected_by_depth(m.depth(usize::MAX)).0,
+                None => vec![1.0; m.depth(usize::MAX) + 1],
+            })
+            .collect();
+        BatchModel {
+            costs,
+            members,
+            expected,
+            top,
+        }
+    }
+
+    /// `(expected tokens, predicted seconds)` of the step at depth `d`.
+    fn at(&self, d: usize) -> (f64, f64) {
+        let (costs, members) = (self.costs, self.members);
         let depth: Vec<usize> = members.iter().map(|m| m.depth(d)).collect();
-        let e: f64 = depth.iter().zip(&expected).map(|(&k, e)| e[k]).sum();
+        let e: f64 = depth.iter().zip(&self.expected).map(|(&k, e)| e[k]).sum();
         let levels = depth.iter().copied().max().unwrap_or(0);
         let draft: f64 = (1..=levels)
             .map(|l| {
@@ -246,16 +395,8 @@ pub fn best_batch_depth(costs: &TreeCosts, members: &[Member]) -> (usize, f64) {
         let tokens: usize = members.iter().zip(&depth).map(|(m, &k)| m.tokens(k)).sum();
         let s =
             draft + costs.verify_s(tokens) + (e - members.len() as f64).max(0.0) * costs.logits_row;
-        e / s.max(1e-9)
-    };
-    let mut best = (0, rate(0));
-    for d in 1..=top {
-        let r = rate(d);
-        if r > best.1 {
-            best = (d, r);
-        }
+        (e, s)
     }
-    best
 }
 
 #[cfg(test)]
@@ -376,8 +517,8 @@ mod tests {
         // One member: the single-sequence choice.
         for costs in [resident(), offloaded()] {
             let (d, r) = best_batch_depth(&costs, &many(1));
-            let (d1, r1) = best_depth(&costs, &acc, 1, (0, 16), 64);
-            assert_eq!((d, r), (d1, r1));
+            let c = best_depth(&costs, &acc, &Observed::default(), 1, (0, 16), 64);
+            assert_eq!((d, r), (c.depth, c.rate));
         }
         // Compute-bound verification (cost growing with every token): the more trees share
         // the pass, the shallower each.
@@ -411,25 +552,95 @@ mod tests {
         assert_eq!(prompt.depth(with_prompt), 0);
     }
 
+    /// The depth [`best_depth`] chooses with no timings observed.
+    fn depth(c: &TreeCosts, acc: &Acceptance, width: usize, d: (usize, usize), n: usize) -> usize {
+        best_depth(c, acc, &Observed::default(), width, d, n).depth
+    }
+
     #[test]
     fn depth_follows_cost_and_acceptance() {
         // The draft that never agrees: plain steps pay best.
-        assert_eq!(
-            best_depth(&resident(), &observed(0.05, 100), 1, (0, 16), 64).0,
-            0
-        );
+        assert_eq!(depth(&resident(), &observed(0.05, 100), 1, (0, 16), 64), 0);
         // A good draft with everything resident: speculation pays, a short chain.
-        let (d, _) = best_depth(&resident(), &observed(0.8, 100), 1, (0, 16), 64);
+        let d = depth(&resident(), &observed(0.8, 100), 1, (0, 16), 64);
         assert!((1..=6).contains(&d), "{d}");
         // The same acceptance, offloaded: every pass is expensive, so go deep.
-        let (deep, _) = best_depth(&offloaded(), &observed(0.8, 100), 1, (0, 16), 64);
+        let deep = depth(&offloaded(), &observed(0.8, 100), 1, (0, 16), 64);
         assert!(deep > d && deep >= 10, "{deep} vs {d}");
         // Offloaded even a poor draft pays.
-        assert!(best_depth(&offloaded(), &observed(0.3, 100), 1, (0, 16), 64).0 >= 1);
+        assert!(depth(&offloaded(), &observed(0.3, 100), 1, (0, 16), 64) >= 1);
         // An exploring step asks for at least one level.
-        assert!(best_depth(&resident(), &observed(0.05, 100), 1, (1, 16), 64).0 == 1);
+        assert_eq!(depth(&resident(), &observed(0.05, 100), 1, (1, 16), 64), 1);
         // Never deeper than the tree has room for, nor than asked.
-        assert!(best_depth(&offloaded(), &observed(0.99, 100), 4, (0, 48), 9).0 <= 2);
-        assert!(best_depth(&offloaded(), &observed(0.99, 100), 1, (0, 5), 64).0 <= 5);
+        assert!(depth(&offloaded(), &observed(0.99, 100), 4, (0, 48), 9) <= 2);
+        assert!(depth(&offloaded(), &observed(0.99, 100), 1, (0, 5), 64) <= 5);
+    }
+
+    #[test]
+    fn observed_timings_correct_the_predicted_costs() {
+        let (costs, acc) = (resident(), observed(0.8, 100));
+        let mut seen = Observed::default();
+        let choose = |seen: &Observed| best_depth(&costs, &acc, seen, 1, (0, 16), 64);
+        let first = choose(&seen);
+        assert!(
+            first.depth > 0,
+            "the costs alone say speculation pays a little"
+        );
+        // Speculative iterations take 40% longer than predicted: plain steps pay.
+        for _ in 0..20 {
+            seen.record(first.depth, first.predicted_s, first.predicted_s * 1.4);
+        }
+        let slower = choose(&seen);
+        assert_eq!(slower.depth, 0, "{slower:?}");
+        assert!(slower.rate < first.rate);
+        // Plain steps turn out twice as slow as predicted: speculation pays again.
+        for _ in 0..20 {
+            seen.record(0, slower.predicted_s, slower.predicted_s * 2.0);
+        }
+        assert!(choose(&seen).depth > 0);
+        // Nonsense timings change nothing.
+        let before = seen;
+        seen.record(3, 0.01, f64::NAN);
+        seen.record(0, 0.01, -1.0);
+        seen.record(2, 0.0, 0.5);
+        assert_eq!(seen, before);
+        // The first of each kind is not counted; then a faster timing replaces the
+        // average, a slower one moves it by a tenth, counted as twice the average at most.
+        let mut one = Observed::default();
+        one.record(0, 0.01, 0.500);
+        assert!(
+            (one.seconds(0, 1.0) - 1.0).abs() < 1e-12,
+            "the first is left out"
+        );
+        one.record(0, 0.01, 0.020);
+        one.record(0, 0.01, 0.010);
+        assert!((one.seconds(0, 1.0) - 0.010).abs() < 1e-12);
+        one.record(0, 0.01, 0.015);
+        assert!((one.seconds(0, 1.0) - 0.0105).abs() < 1e-12);
+        one.record(0, 0.01, 5.0);
+        assert!((one.seconds(0, 1.0) - 0.01155).abs() < 1e-12);
+        one.record(0, 0.01, 0.001);
+        assert!(
+            (one.seconds(0, 1.0) - 0.005775).abs() < 1e-12,
+            "down to half"
+        );
+        assert!(
+            (one.seconds(4, 0.5) - 0.5).abs() < 1e-12,
+            "no ratio seen yet"
+        );
+        // The first PLAIN_FIRST steps are plain, then one after every PLAIN_EVERY
+        // speculative iterations.
+        let mut o = Observed::default();
+        for _ in 0..PLAIN_FIRST {
+            assert!(o.wants_plain());
+            o.record(0, 0.01, 0.01);
+        }
+        for _ in 0..PLAIN_EVERY {
+            assert!(!o.wants_plain());
+            o.record(2, 0.01, 0.01);
+        }
+        assert!(o.wants_plain());
+        o.record(0, 0.01, 0.01);
+        assert!(!o.wants_plain());
     }
 }

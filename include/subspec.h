@@ -369,8 +369,9 @@ typedef struct subspec_step_params {
   bool adaptive_depth;
   // Choose each step's depth, 0 (a plain step) included, to maximise expected tokens
   // per second from the engine's measured costs (measured once, at the first such
-  // step) and the sequence's acceptance by depth so far; `tree_depth` stays the
-  // maximum. Steps only (a host-sampled iteration drafts `tree_depth` levels). Added
+  // step; then corrected by what its steps took, a plain step timed now and then) and
+  // the sequence's acceptance by depth so far (a new sequence starts from the one the
+  // engine's sequences recorded last); `tree_depth` stays the maximum. Steps only (a host-sampled iteration drafts `tree_depth` levels). Added
   // after 0.2.0 in a reserved byte; default false. Output is identical either way.
   bool auto_depth;
   // Must be zero (the init functions zero it): keeps the struct free of trailing

@@ -155,11 +155,12 @@ impl Acceptance {
 }
 
 /// What iterations have cost against what [`TreeCosts`] predicted for them. The costs are
-/// measured over repeated passes of one kind, their weights warm in the caches; real
-/// decoding alternates the draft's weights with the target's, and on the CPU a
-/// speculative iteration took 20-25% longer than predicted while a plain step took what
-/// was (SmolLM2-135M resident, docs/BENCHMARKS.md), enough to choose speculation where it
-/// loses. Kept per engine: a property of the machine and the placement.
+/// measured once, over repeated passes of one kind, their weights warm in the caches;
+/// real decoding alternates the draft's weights with the target's. On the CPU a
+/// speculative iteration took ~1.2x its prediction, and a plain step never chosen kept a
+/// noisy load-time figure (SmolLM2-135M resident, docs/BENCHMARKS.md): enough to choose
+/// speculation where it loses. Kept per engine: a property of the machine and the
+/// placement.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Observed {
     /// Seconds of a plain step (a moving average), once one was timed.
@@ -275,16 +276,13 @@ pub fn best_depth(
             predicted_s: s,
         }
     };
-    (1..=model.top).map(choice).fold(
-        choice(0),
-        |best, c| {
-            if c.rate > best.rate {
-                c
-            } else {
-                best
-            }
-        },
-    )
+    let mut best = choice(0);
+    for c in (1..=model.top).map(choice) {
+        if c.rate > best.rate {
+            best = c;
+        }
+    }
+    best
 }
 
 /// One sequence of a batched step (one target pass for all, their trees grown together,

@@ -62,6 +62,12 @@ struct Shared {
     acceptance: Mutex<Acceptance>,
 }
 
+/// `m` locked, its value used as it is when a panic elsewhere poisoned the lock (the
+/// engine's locked values are measurements and estimates, never left half-written).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A loaded model ready to serve sequences. Cloning is cheap: clones share the model,
 /// and it is freed when the last clone and the last of its sequences are dropped.
 #[derive(Clone)]
@@ -201,11 +207,7 @@ impl Engine {
     /// with everything resident; a dozen streamed passes when layers are offloaded), then
     /// kept. `InvalidArgument` without a draft.
     pub fn tree_costs(&self) -> Result<TreeCosts> {
-        let mut kept = self
-            .shared
-            .tree_costs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut kept = lock(&self.shared.tree_costs);
         if let Some(c) = kept.as_ref() {
             return Ok(c.clone());
         }
@@ -217,22 +219,13 @@ impl Engine {
     /// What steps of this engine's sequences took against what [`Engine::tree_costs`]
     /// predicted (their depths chosen by cost).
     pub(crate) fn observed(&self) -> Observed {
-        *self
-            .shared
-            .observed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        *lock(&self.shared.observed)
     }
 
     /// Records a step of depth `depth` (`0`: plain) predicted to take `predicted_s` that
     /// took `observed_s` ([`Observed::record`]).
     pub(crate) fn observe(&self, depth: usize, predicted_s: f64, observed_s: f64) {
-        let mut o = self
-            .shared
-            .observed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        o.record(depth, predicted_s, observed_s);
+        lock(&self.shared.observed).record(depth, predicted_s, observed_s);
     }
 
     /// The acceptance by depth a sequence of this engine recorded last (its draft on its
@@ -240,18 +233,12 @@ impl Engine {
     /// better guess than a prior for every model and machine, and a draft that does not
     /// pay is not tried again at each request's start.
     pub(crate) fn acceptance(&self) -> Acceptance {
-        let a = self.shared.acceptance.lock();
-        a.unwrap_or_else(|e| e.into_inner()).clone()
+        lock(&self.shared.acceptance).clone()
     }
 
     /// Keeps `acc` as where the next new sequence starts ([`Engine::acceptance`]).
     pub(crate) fn keep_acceptance(&self, acc: &Acceptance) {
-        let mut a = self
-            .shared
-            .acceptance
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        a.clone_from(acc);
+        lock(&self.shared.acceptance).clone_from(acc);
     }
 
     /// Sequences of this engine alive now (made by [`Engine::new_sequence`], not yet

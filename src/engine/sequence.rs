@@ -459,9 +459,8 @@ impl Sequence {
         } else {
             self.speculative_step(&opts.with_tree(t.with_depth(depth)), limit, carry)?
         };
-        // (a step cut short by the token limit or an end token costs less than predicted:
-        // only whole ones are timed)
-        if out.len() < limit && !out.last().is_some_and(|&t| self.engine.is_eos(t)) {
+        // (a step cut short costs less than predicted: only whole ones are timed)
+        if !self.cut_short(&out, limit) {
             let s = t0.elapsed().as_secs_f64();
             self.engine.observe(depth, choice.predicted_s, s);
         }
@@ -482,14 +481,20 @@ impl Sequence {
     ) {
         if depth > 0 {
             let accepted = self.stats.accepted - before;
-            // A walk cut short by the token limit or an end token tried no deeper level.
-            let cut = out.len() >= limit || out.last().is_some_and(|&t| self.engine.is_eos(t));
+            // A walk cut short tried no deeper level.
             let drafted = self.last_depth;
+            let cut = self.cut_short(out, limit);
             self.acceptance
                 .record(if cut { drafted.min(accepted) } else { drafted }, accepted);
         }
         self.acceptance.chose(depth, exploring);
         self.engine.keep_acceptance(&self.acceptance);
+    }
+
+    /// Whether a step that emitted `out` of at most `limit` tokens was cut short by the
+    /// token limit or an end token.
+    fn cut_short(&self, out: &[u32], limit: usize) -> bool {
+        out.len() >= limit || out.last().is_some_and(|&t| self.engine.is_eos(t))
     }
 
     /// One draft-and-verify iteration emitting at most `limit` (>= 2) tokens, its tree

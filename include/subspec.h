@@ -247,8 +247,8 @@ typedef struct subspec_load_params {
   // tokens it ranks first per draft row get the target head's logits, so the draft
   // proposes what the full-precision head would while a step reads a seventh of its
   // bytes (`draft_shortlist`, `draft_head_bits`); otherwise it shares the target's
-  // head. Either own head costs its memory (counted
-  // by the planner and `subspec_minimum_budget`; reported as `draft_lm_head_bytes`).
+  // head. Either own head costs its memory (counted by the planner and
+  // `subspec_minimum_budget`; reported as `draft_lm_head_bytes`).
   bool quantize_lm_head;
   // Give every decoder layer a substitute, resident ones too, so a draft step reads
   // only quantized weights (default true; the planner counts the extra substitutes).
@@ -371,8 +371,9 @@ typedef struct subspec_step_params {
   // per second from the engine's measured costs (measured once, at the first such
   // step; then corrected by what its steps took, a plain step timed now and then) and
   // the sequence's acceptance by depth so far (a new sequence starts from the one the
-  // engine's sequences recorded last); `tree_depth` stays the maximum. Steps only (a host-sampled iteration drafts `tree_depth` levels). Added
-  // after 0.2.0 in a reserved byte; default false. Output is identical either way.
+  // engine's sequences recorded last); `tree_depth` stays the maximum. Steps only (a
+  // host-sampled iteration drafts `tree_depth` levels). Added after 0.2.0 in a
+  // reserved byte; default false. Output is identical either way.
   bool auto_depth;
   // Must be zero (the init functions zero it): keeps the struct free of trailing
   // padding; a later version may give these bytes a meaning, with zero its default.

@@ -98,8 +98,8 @@ pub struct subspec_load_params {
     /// tokens it ranks first per draft row get the target head's logits, so the draft
     /// proposes what the full-precision head would while a step reads a seventh of its
     /// bytes (`draft_shortlist`, `draft_head_bits`); otherwise it shares the target's
-    /// head. Either own head costs its memory (counted
-    /// by the planner and `subspec_minimum_budget`; reported as `draft_lm_head_bytes`).
+    /// head. Either own head costs its memory (counted by the planner and
+    /// `subspec_minimum_budget`; reported as `draft_lm_head_bytes`).
     pub quantize_lm_head: bool,
     /// Give every decoder layer a substitute, resident ones too, so a draft step reads
     /// only quantized weights (default true; the planner counts the extra substitutes).

@@ -73,8 +73,9 @@ pub struct subspec_step_params {
     /// per second from the engine's measured costs (measured once, at the first such
     /// step; then corrected by what its steps took, a plain step timed now and then) and
     /// the sequence's acceptance by depth so far (a new sequence starts from the one the
-    /// engine's sequences recorded last); `tree_depth` stays the maximum. Steps only (a host-sampled iteration drafts `tree_depth` levels). Added
-    /// after 0.2.0 in a reserved byte; default false. Output is identical either way.
+    /// engine's sequences recorded last); `tree_depth` stays the maximum. Steps only (a
+    /// host-sampled iteration drafts `tree_depth` levels). Added after 0.2.0 in a
+    /// reserved byte; default false. Output is identical either way.
     pub auto_depth: bool,
     /// Must be zero (the init functions zero it): keeps the struct free of trailing
     /// padding; a later version may give these bytes a meaning, with zero its default.

@@ -348,8 +348,10 @@ mod avx2 {
     /// at a time.
     ///
     /// # Safety
-    /// As [`scores_of`] for each vector.
-    #[inline(always)]
+    /// As [`scores_of`] for each vector; the CPU has AVX2, FMA and F16C.
+    // A target feature, not `inline(always)`: the closure of `by_heads!` takes its
+    // function's features, and without them every intrinsic in it was a call.
+    #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn scores_block<T: KvElem>(
         q: &[*const f32],
         hd: usize,
@@ -371,8 +373,9 @@ mod avx2 {
     /// `o`), up to three at a time.
     ///
     /// # Safety
-    /// As [`values_of`] for each vector.
-    #[inline(always)]
+    /// As [`values_of`] for each vector; the CPU has AVX2, FMA and F16C (a target feature
+    /// for its closure, as [`scores_block`]).
+    #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn values_block<T: KvElem>(
         p: &[*mut f32],
         slots: &[usize],

@@ -10,11 +10,16 @@
 
 mod format;
 mod hqq;
+mod int8;
 mod qlinear;
 
 pub(crate) use format::BLOCK;
 pub use format::{substitute_bytes, QMatrix};
+#[cfg(test)]
+pub(crate) use int8::{applies as int8_applies, supports as int8_supports};
 pub use qlinear::qlinear;
+#[cfg(test)]
+pub(crate) use qlinear::qlinear_acts;
 pub(crate) use qlinear::{check_shapes, dequant_tile, qlinear_isa, qlinear_rows};
 
 use crate::error::{Error, Result};

@@ -14,10 +14,16 @@
 //! so a token's output is bit-identical whatever else is in the batch. [`dequant_tile`]
 //! gives the same values to the dense blocked product of `backend::cpu::matmul`, which
 //! runs them in that order too.
+//!
+//! On AVX-512 with VNNI, codes of 2, 4 or 8 bits in groups of a multiple of 64 take int8
+//! activations instead ([`super::int8`]: another arithmetic, exact to its own portable
+//! reference and batch-invariant as well); [`qlinear_isa`] chooses by the kernel and the
+//! matrix.
 
 use rayon::prelude::*;
 
 use super::format::{block_bytes, unpack_block, QMatrix, BLOCK};
+use super::int8;
 use crate::util::isa::{isa, packed_at, Isa};
 
 /// A raw output pointer shared by tasks that write disjoint elements.
@@ -41,16 +47,32 @@ const ROW_CHUNK: usize = 32;
 const MAX_TT: usize = 6;
 
 /// `out[t * rows + o] = dot(dequant(w row o), x[t]) (+ bias[o])` for `x` of `t_count` rows
-/// of `w.cols()`. Batch-invariant: see the module documentation. (The CPU backend runs
+/// of `w.cols()`, with f32 or (AVX-512 VNNI) int8 activations. Batch-invariant: see the
+/// module documentation. (The CPU backend runs
 /// `backend::cpu::matmul::qlinear`, which hands batches of 6 or more tokens on AVX2 to
 /// the dense blocked product over `dequant_tile`'s values: the same bits.)
 pub fn qlinear(x: &[f32], t_count: usize, w: &QMatrix, bias: Option<&[f32]>, out: &mut [f32]) {
     qlinear_isa(isa(), x, t_count, w, bias, out)
 }
 
-/// [`qlinear`] with an explicit kernel (`isa` must be one of `supported_isas()`).
+/// [`qlinear`] with an explicit kernel (`isa` must be one of `supported_isas()`): int8
+/// activations where `int8::applies`, f32 ones elsewhere.
 pub(crate) fn qlinear_isa(
     isa: Isa,
+    x: &[f32],
+    t_count: usize,
+    w: &QMatrix,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+) {
+    qlinear_acts(isa, int8::applies(isa, w), x, t_count, w, bias, out)
+}
+
+/// [`qlinear_isa`] with the activations chosen: int8 (`int8`, the arithmetic of the
+/// `int8` module, which must support `w`) or f32.
+pub(crate) fn qlinear_acts(
+    isa: Isa,
+    int8: bool,
     x: &[f32],
     t_count: usize,
     w: &QMatrix,
@@ -62,12 +84,24 @@ pub(crate) fn qlinear_isa(
     if n == 0 || t_count == 0 {
         return;
     }
+    let quantized = int8.then(|| int8::Acts::new(x, t_count, w));
+    let xs = match &quantized {
+        Some(a) => Xs::Int8(a),
+        None => Xs::F32(x),
+    };
     let ptr = OutPtr(out.as_mut_ptr());
     let chunks = n.div_ceil(ROW_CHUNK);
     (0..chunks).into_par_iter().for_each(|c| {
         let rows = c * ROW_CHUNK..((c + 1) * ROW_CHUNK).min(n);
-        rows_product(isa, w, rows, x, t_count, bias, ptr, (n, 0));
+        rows_product(isa, w, rows, xs, t_count, bias, ptr, (n, 0));
     });
+}
+
+/// A product's activations: f32 rows, or quantized for the int8 arithmetic.
+#[derive(Clone, Copy)]
+enum Xs<'a> {
+    F32(&'a [f32]),
+    Int8(&'a int8::Acts),
 }
 
 /// Panics unless `x` holds `t_count` rows of `w.cols()`, `out` `t_count` rows of
@@ -112,7 +146,7 @@ pub(crate) fn qlinear_rows(
         isa,
         w,
         rows,
-        x,
+        Xs::F32(x),
         t_count,
         None,
         OutPtr(out.as_mut_ptr()),
@@ -128,13 +162,12 @@ fn rows_product(
     isa: Isa,
     w: &QMatrix,
     rows: std::ops::Range<usize>,
-    x: &[f32],
+    xs: Xs,
     t_count: usize,
     bias: Option<&[f32]>,
     ptr: OutPtr,
     (stride, first): (usize, usize),
 ) {
-    let k = w.cols();
     // Token tiles of equal size: 8 tokens as 4 + 4, not 6 + 2 (a 2-token tile converts
     // codes for little work; the draft's 24 layers at 8 tokens on AVX2: 83 -> 73 ms,
     // `cargo bench --bench kernels`). Tiles of at most 4 lost at 6 tokens (51 -> 61 ms).
@@ -142,13 +175,17 @@ fn rows_product(
     let mut t = 0;
     while t < t_count {
         let tt = (t_count - t).min(even);
-        let xs = &x[t * k..(t + tt) * k];
         let mut r = rows.start;
         while r < rows.end {
             let rr = tile_rows(isa, tt, rows.end - r);
-            let mut res = [0f32; 8 * MAX_TT];
-            dot_tile(isa, w, r, rr, xs, tt, &mut res);
-            for i in 0..rr {
+            // the int8 kernel takes a run of whole tiles in one call
+            let span = match xs {
+                Xs::Int8(_) => ((rows.end - r) / rr).min(ROW_CHUNK / rr) * rr,
+                Xs::F32(_) => rr,
+            };
+            let mut res = [0f32; ROW_CHUNK * MAX_TT];
+            dot_tile(isa, w, r, rr, span, xs, t, tt, &mut res);
+            for i in 0..span {
                 let o = r + i;
                 let b = bias.map_or(0.0, |b| b[o]);
                 for j in 0..tt {
@@ -158,7 +195,7 @@ fn rows_product(
                     unsafe { *ptr.get().add((t + j) * stride + o - first) = res[i * tt + j] + b };
                 }
             }
-            r += rr;
+            r += span;
         }
         t += tt;
     }
@@ -217,13 +254,30 @@ fn tile_rows(isa: Isa, tt: usize, remaining: usize) -> usize {
     }
 }
 
-/// Dot products of `rr` rows of `w` from `row` on with `tt` token rows (`xs`):
-/// `res[i * tt + j] = dot(row + i, token j)`.
-fn dot_tile(isa: Isa, w: &QMatrix, row: usize, rr: usize, xs: &[f32], tt: usize, res: &mut [f32]) {
+/// Dot products of `span` rows of `w` from `row` on, in tiles of `rr` rows (`span` is
+/// `rr` but for int8 activations), with the `tt` tokens of `xs` from `t0` on: `res[i * tt +
+/// j] = dot(row + i, token t0 + j)`.
+#[allow(clippy::too_many_arguments)]
+fn dot_tile(
+    isa: Isa,
+    w: &QMatrix,
+    row: usize,
+    rr: usize,
+    span: usize,
+    xs: Xs,
+    t0: usize,
+    tt: usize,
+    res: &mut [f32],
+) {
     let (k, group) = (w.cols(), w.group());
     let (rb, pr) = (w.row_bytes(), 2 * w.groups_per_row());
-    let codes = &w.codes[row * rb..(row + rr) * rb];
-    let params = &w.params[row * pr..(row + rr) * pr];
+    let codes = &w.codes[row * rb..(row + span) * rb];
+    let params = &w.params[row * pr..(row + span) * pr];
+    let xs = match xs {
+        Xs::F32(x) => &x[t0 * k..(t0 + tt) * k],
+        Xs::Int8(a) => return dot_tile_int8(isa, w, rr, codes, params, a, t0, tt, res),
+    };
+    debug_assert_eq!(rr, span);
     #[cfg(target_arch = "x86_64")]
     {
         macro_rules! tiles {
@@ -297,6 +351,81 @@ fn dot_tile(isa: Isa, w: &QMatrix, row: usize, rr: usize, xs: &[f32], tt: usize,
     }
 }
 
+/// [`dot_tile`] for int8 activations (`a`) over the rows of `codes` (whole tiles of `rr`):
+/// the AVX-512 VNNI kernel where `isa` is AVX-512 and the CPU has VNNI, else the portable
+/// arithmetic of the `int8` module (the same bits).
+#[allow(clippy::too_many_arguments)]
+fn dot_tile_int8(
+    isa: Isa,
+    w: &QMatrix,
+    rr: usize,
+    codes: &[u8],
+    params: &[half::f16],
+    a: &int8::Acts,
+    t0: usize,
+    tt: usize,
+    res: &mut [f32],
+) {
+    let group = w.group();
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 && crate::util::isa::vnni() {
+        use int8::avx512::tile;
+        macro_rules! tiles {
+            ($b:literal, $(($r:literal, $t:literal)),*) => {
+                match (rr, tt) {
+                    $(($r, $t) => tile::<$b, $r, $t>(codes, params, a, t0, group, res),)*
+                    _ => unreachable!("tile {rr}x{tt}"),
+                }
+            };
+        }
+        macro_rules! shapes {
+            ($b:literal) => {
+                tiles!(
+                    $b,
+                    (8, 1),
+                    (4, 2),
+                    (4, 3),
+                    (2, 4),
+                    (2, 5),
+                    (2, 6),
+                    (1, 1),
+                    (1, 2),
+                    (1, 3),
+                    (1, 4),
+                    (1, 5),
+                    (1, 6)
+                )
+            };
+        }
+        // SAFETY: the CPU has AVX-512 (`isa`) with VNNI (checked), FMA and F16C; the slices
+        // hold whole tiles of `rr` rows of codes and params, `res` `tt` values a row, `a`
+        // tokens `t0..t0 + tt` of this matrix's shape, and `int8::supports(w)` (the
+        // caller's choice of int8).
+        unsafe {
+            return match w.bits() {
+                2 => shapes!(2),
+                4 => shapes!(4),
+                8 => shapes!(8),
+                b => unreachable!("int8 activations for {b}-bit codes"),
+            };
+        }
+    }
+    let _ = (isa, rr);
+    let (rb, pr) = (w.row_bytes(), 2 * w.groups_per_row());
+    for i in 0..codes.len() / rb {
+        for j in 0..tt {
+            res[i * tt + j] = int8::dot(
+                w.bits(),
+                group,
+                &codes[i * rb..(i + 1) * rb],
+                &params[i * pr..(i + 1) * pr],
+                a,
+                t0 + j,
+            );
+        }
+    }
+}
+
 /// The canonical dot product of one quantized row with `x`, in scalar code (the
 /// reference the SIMD kernels equal).
 pub(crate) fn dot_portable(
@@ -325,7 +454,7 @@ pub(crate) fn dot_portable(
 
 /// The fixed pairwise sum of 16 lanes (the order of `backend::cpu::matmul`).
 #[inline(always)]
-fn sum16(acc: &[f32; 16]) -> f32 {
+pub(crate) fn sum16(acc: &[f32; 16]) -> f32 {
     let mut b = [0f32; 8];
     for i in 0..8 {
         b[i] = acc[i] + acc[i + 8];
@@ -803,7 +932,7 @@ mod avx2 {
 mod tests {
     use super::super::{QuantConfig, QuantMethod};
     use super::*;
-    use crate::util::isa::supported_isas;
+    use crate::util::isa::{isa, supported_isas};
 
     fn matrix(rows: usize, cols: usize, bits: u8, group: usize) -> (Vec<f32>, QMatrix) {
         let w: Vec<f32> = (0..rows * cols)
@@ -836,7 +965,7 @@ mod tests {
                     let x = acts(t_count, cols);
                     let bias: Vec<f32> = (0..37).map(|i| i as f32 * 0.01).collect();
                     let mut out = vec![0f32; t_count * 37];
-                    qlinear(&x, t_count, &q, Some(&bias), &mut out);
+                    qlinear_acts(isa(), false, &x, t_count, &q, Some(&bias), &mut out);
                     for t in 0..t_count {
                         for o in 0..37 {
                             let xr = &x[t * cols..(t + 1) * cols];
@@ -865,38 +994,105 @@ mod tests {
 
     #[test]
     fn every_isa_equals_portable_and_is_batch_invariant() {
-        // 37 rows: full tiles and row tails; 40 groups of 32: params chunks of 16 and a tail
-        for ((n, k, group), bits) in [(37, 192, 64), (13, 1280, 32)]
+        // 37 rows: full tiles and row tails; 40 groups of 32 (20 of 64): params chunks of 16
+        // and a tail; f32 activations, and int8 where the arithmetic is defined
+        for ((n, k, group), bits) in [(37, 192, 64), (13, 1280, 32), (13, 1280, 64)]
             .into_iter()
             .flat_map(|s| [2u8, 3, 4, 8].map(|b| (s, b)))
         {
             let (_, q) = matrix(n, k, bits, group);
             let t_max = 13; // two full 6-token tiles and a 1-token tail
             let x = acts(t_max, k);
-            // every token alone, with the portable kernel
-            let single: Vec<Vec<f32>> = (0..t_max)
-                .map(|t| {
-                    let mut o = vec![0f32; n];
-                    qlinear_isa(Isa::Portable, &x[t * k..(t + 1) * k], 1, &q, None, &mut o);
-                    o
-                })
-                .collect();
-            for isa in supported_isas() {
-                for t_count in 1..=t_max {
-                    for start in 0..=t_max - t_count {
-                        let xs = &x[start * k..(start + t_count) * k];
-                        let mut out = vec![0f32; t_count * n];
-                        qlinear_isa(isa, xs, t_count, &q, None, &mut out);
-                        for t in 0..t_count {
-                            assert_eq!(
-                                &out[t * n..(t + 1) * n],
-                                &single[start + t][..],
-                                "{isa:?} bits {bits} batch {t_count} at {start}, token {t}"
-                            );
+            for int8 in [false, true] {
+                if int8 && !int8::supports(&q) {
+                    continue;
+                }
+                // every token alone, with the portable kernel
+                let single: Vec<Vec<f32>> = (0..t_max)
+                    .map(|t| {
+                        let mut o = vec![0f32; n];
+                        let x = &x[t * k..(t + 1) * k];
+                        qlinear_acts(Isa::Portable, int8, x, 1, &q, None, &mut o);
+                        o
+                    })
+                    .collect();
+                for isa in supported_isas() {
+                    for t_count in 1..=t_max {
+                        for start in 0..=t_max - t_count {
+                            let xs = &x[start * k..(start + t_count) * k];
+                            let mut out = vec![0f32; t_count * n];
+                            qlinear_acts(isa, int8, xs, t_count, &q, None, &mut out);
+                            for t in 0..t_count {
+                                assert_eq!(
+                                    &out[t * n..(t + 1) * n],
+                                    &single[start + t][..],
+                                    "{isa:?} int8 {int8} bits {bits} group {group} batch \
+                                     {t_count} at {start}, token {t}"
+                                );
+                            }
                         }
                     }
                 }
             }
         }
+    }
+
+    /// Int8 activations move a product by at most what rounding each activation to 8 bits
+    /// of its pair's largest can: `sum |w| * d / 2` (a wrong code order or scale would not).
+    #[test]
+    fn int8_activations_stay_within_their_rounding() {
+        for bits in [2u8, 4, 8] {
+            for (cols, group) in [(256, 64), (384, 128)] {
+                let (_, q) = matrix(21, cols, bits, group);
+                let deq = q.dequantize();
+                let mut x = acts(3, cols);
+                x[5] = 40.0; // an outlier: its pair's other activations keep fewer bits
+                let mut out = vec![0f32; 3 * 21];
+                qlinear_acts(isa(), true, &x, 3, &q, None, &mut out);
+                for t in 0..3 {
+                    let xr = &x[t * cols..(t + 1) * cols];
+                    for o in 0..21 {
+                        let wr = &deq[o * cols..(o + 1) * cols];
+                        let (mut want, mut bound) = (0f64, 1e-4);
+                        for (wp, xp) in wr.chunks(int8::PAIR).zip(xr.chunks(int8::PAIR)) {
+                            let amax = xp.iter().fold(0f32, |a, v| a.max(v.abs())) as f64;
+                            for (w, x) in wp.iter().zip(xp) {
+                                want += *w as f64 * *x as f64;
+                                bound += (*w as f64).abs() * amax / 127.0 * 0.5001;
+                            }
+                        }
+                        let got = out[t * 21 + o] as f64;
+                        assert!(
+                            (got - want).abs() <= bound,
+                            "bits {bits} group {group} t {t} o {o}: {got} vs {want} (bound {bound})"
+                        );
+                        // and not by chance: f32 activations land much closer
+                        assert!(bound > 1e-3, "{bound}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn int8_code_orders_are_permutations_and_apply_where_defined() {
+        for bits in [2u8, 4, 8] {
+            let mut seen = [false; int8::PAIR];
+            for z in 0..int8::PAIR {
+                let c = int8::pair_col(bits, z);
+                assert!(!seen[c], "bits {bits}: column {c} twice");
+                seen[c] = true;
+            }
+        }
+        let (_, q4) = matrix(4, 128, 4, 64);
+        let (_, q3) = matrix(4, 128, 3, 64);
+        let (_, g32) = matrix(4, 128, 4, 32);
+        assert!(int8::supports(&q4) && !int8::supports(&q3) && !int8::supports(&g32));
+        assert_eq!(
+            int8::applies(Isa::Avx512, &q4),
+            crate::util::isa::vnni(),
+            "AVX-512 with VNNI takes int8 activations"
+        );
+        assert!(!int8::applies(Isa::Avx2, &q4) && !int8::applies(Isa::Avx512, &q3));
     }
 }

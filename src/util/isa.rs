@@ -1,6 +1,8 @@
 //! Which SIMD kernels this CPU runs: detected once, shared by the matrix products, the
 //! quantizer and the fused low-bit product. AVX-512 needs AVX2/FMA/F16C and
 //! AVX-512 F/BW/VL; `SUBSPEC_NO_AVX512` (any value) forbids it (to test the AVX2 path).
+//! AVX-512 VNNI, where present, gives the quantized product int8 activations
+//! (`SUBSPEC_NO_VNNI` forbids it).
 
 /// Which SIMD code this CPU runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +49,20 @@ pub(crate) fn isa() -> Isa {
         } else {
             all[0]
         }
+    })
+}
+
+/// Whether this CPU has AVX-512 VNNI (`vpdpbusd`), for the quantized product's int8
+/// activations; `SUBSPEC_NO_VNNI` (any value) says no (to run its f32 kernels instead).
+pub(crate) fn vnni() -> bool {
+    use std::sync::OnceLock;
+    static VNNI: OnceLock<bool> = OnceLock::new();
+    *VNNI.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        let has = supported_isas().contains(&Isa::Avx512) && is_x86_feature_detected!("avx512vnni");
+        #[cfg(not(target_arch = "x86_64"))]
+        let has = false;
+        has && std::env::var_os("SUBSPEC_NO_VNNI").is_none()
     })
 }
 

@@ -1598,15 +1598,21 @@ mod tests {
                 .map(|i| (i * 104729 % 997) as f32 / 498.5 - 1.0)
                 .collect();
             let bias: Vec<f32> = (0..n).map(|o| o as f32 * 0.37 - 5.0).collect();
-            let single: Vec<Vec<f32>> = (0..t_max)
-                .map(|t| {
-                    let mut o = vec![0f32; n];
-                    let x = &x[t * k..(t + 1) * k];
-                    crate::quant::qlinear_isa(Isa::Portable, x, 1, &q, Some(&bias), &mut o);
-                    o
-                })
-                .collect();
+            // the portable arithmetic of the activations `isa` takes (int8 on AVX-512 VNNI)
+            let single = |int8: bool| -> Vec<Vec<f32>> {
+                (0..t_max)
+                    .map(|t| {
+                        let mut o = vec![0f32; n];
+                        let x = &x[t * k..(t + 1) * k];
+                        let b = Some(&bias[..]);
+                        crate::quant::qlinear_acts(Isa::Portable, int8, x, 1, &q, b, &mut o);
+                        o
+                    })
+                    .collect()
+            };
+            let singles = [single(false), single(crate::quant::int8_supports(&q))];
             for isa in crate::util::isa::supported_isas() {
+                let single = &singles[crate::quant::int8_applies(isa, &q) as usize];
                 for t_count in [1, 2, 5, 6, 7, 8, 13, 71] {
                     let mut out = vec![0f32; t_count * n];
                     qlinear_on(isa, &x[..t_count * k], t_count, &q, Some(&bias), &mut out);

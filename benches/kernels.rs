@@ -45,6 +45,10 @@ fn main() {
     if std::env::args().skip(1).any(|a| a == "dense") {
         return dense();
     }
+    // `-- draft`: only a draft step's substitutes from memory, at a draft's 1 and 2 tokens
+    if std::env::args().skip(1).any(|a| a == "draft") {
+        return draft_layers(&[1, 2]);
+    }
     // (rows, cols): gate/up, down, q/o, the lm_head
     let shapes = [(4864, 896), (896, 4864), (896, 896)];
     for bits in [4u8, 8] {
@@ -64,8 +68,22 @@ fn main() {
             }
         }
     }
-    // A draft step's linears from memory, not cache: 24 layers of 4-bit substitutes
-    // (q, k, v, o, gate, up, down of Qwen2.5-0.5B: ~201 MB), run in order.
+    draft_layers(&[1, 2, 6, 8, 16]);
+    let (rows, cols) = (151936, 896);
+    let w = f16_matrix("lm_head.weight", rows, cols);
+    // 1-2: a draft step (8: a batch of 8 sequences'); 12-33: verifying a tree's rows
+    for t in [1, 2, 6, 8, 12, 17, 33] {
+        let x = values(t * cols, 3);
+        let mut out = vec![0f32; t * rows];
+        let s = median_s(|| linear(&x, t, &w, None, &mut out));
+        report("linear f16 (lm_head)", rows, cols, t, rows * cols * 2, s);
+    }
+}
+
+/// A draft step's linears from memory, not cache: 24 layers of 4-bit (and 8-bit)
+/// substitutes (q, k, v, o, gate, up, down of Qwen2.5-0.5B: ~201 MB), run in order, and
+/// the 2-bit ranking head, at `tokens` tokens.
+fn draft_layers(tokens: &[usize]) {
     let layer = [
         (896, 896),
         (128, 896),
@@ -89,7 +107,7 @@ fn main() {
             .iter()
             .map(|m| substitute_bytes(m.rows() as u64, m.cols() as u64, &cfg) as usize)
             .sum();
-        for t in [1, 2, 6, 8, 16] {
+        for &t in tokens {
             let x = values(t * 4864, 2);
             let mut out = vec![0f32; t * 4864];
             let s = median_s(|| {
@@ -108,14 +126,20 @@ fn main() {
             );
         }
     }
+    // the draft's ranking head: Qwen2.5-0.5B's lm_head at 2 bits (~42 MB)
     let (rows, cols) = (151936, 896);
-    let w = f16_matrix("lm_head.weight", rows, cols);
-    // 1-2: a draft step (8: a batch of 8 sequences'); 12-33: verifying a tree's rows
-    for t in [1, 2, 6, 8, 12, 17, 33] {
-        let x = values(t * cols, 3);
+    let cfg = QuantConfig {
+        bits: 2,
+        group: 64,
+        method: QuantMethod::Rtn,
+    };
+    let q = QMatrix::quantize(&values(rows * cols, 9), rows, cols, &cfg).unwrap();
+    let bytes = substitute_bytes(rows as u64, cols as u64, &cfg) as usize;
+    for &t in tokens {
+        let x = values(t * cols, 2);
         let mut out = vec![0f32; t * rows];
-        let s = median_s(|| linear(&x, t, &w, None, &mut out));
-        report("linear f16 (lm_head)", rows, cols, t, rows * cols * 2, s);
+        let s = median_s(|| qlinear(&x, t, &q, None, &mut out));
+        report("ranking head 2-bit", rows, cols, t, bytes, s);
     }
 }
 

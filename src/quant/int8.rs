@@ -198,7 +198,7 @@ pub(crate) fn dot(
 pub(crate) mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::super::qlinear::sum16;
+    use super::super::qlinear::avx512::hsum16;
     use super::{Acts, PAIR};
 
     /// The 64 codes of the pair of blocks at `p` as bytes, in [`super::pair_col`]'s order.
@@ -340,9 +340,7 @@ pub(crate) mod avx512 {
             }
             for r in 0..R {
                 for j in 0..T {
-                    let mut lanes = [0f32; 16];
-                    _mm512_storeu_ps(lanes.as_mut_ptr(), acc[r][j]);
-                    res[r * T + j] = sum16(&lanes);
+                    res[r * T + j] = hsum16(acc[r][j]);
                 }
             }
         }

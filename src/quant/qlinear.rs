@@ -624,7 +624,7 @@ pub(super) mod avx512 {
         }
     }
 
-    /// [`sum16`] of the 16 lanes of `v` in registers (the same additions: lane `i` and
+    /// [`super::sum16`] of the 16 lanes of `v` in registers (the same additions: lane `i` and
     /// `i + 8`, then `i` and `i + 4`, then `(0 + 2) + (1 + 3)`); stored to memory and summed
     /// as scalars it took a quarter of a 2-token tile over 896 columns.
     ///

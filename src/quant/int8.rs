@@ -49,8 +49,9 @@ pub(crate) fn supports(w: &QMatrix) -> bool {
 /// Column (inside its pair, `0..64`) whose code lands in byte `z` of the pair's register.
 pub(crate) fn pair_col(bits: u8, z: usize) -> usize {
     match bits {
-        // bytes 0..16 of the pair's 32: low nibbles = columns 0..16 (block 0) and 32..48
-        // (block 1); high nibbles 16..32 and 48..64
+        // register bytes 0..32: the low nibbles of the pair's 32 bytes, columns 0..16 (block
+        // 0's bytes) then 32..48 (block 1's); bytes 32..64: the high nibbles, columns 16..32
+        // then 48..64
         4 => match z / 16 {
             1 => z + 16,
             2 => z - 16,

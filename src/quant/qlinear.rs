@@ -48,9 +48,9 @@ const MAX_TT: usize = 6;
 
 /// `out[t * rows + o] = dot(dequant(w row o), x[t]) (+ bias[o])` for `x` of `t_count` rows
 /// of `w.cols()`, with f32 or (AVX-512 VNNI) int8 activations. Batch-invariant: see the
-/// module documentation. (The CPU backend runs
-/// `backend::cpu::matmul::qlinear`, which hands batches of 6 or more tokens on AVX2 to
-/// the dense blocked product over `dequant_tile`'s values: the same bits.)
+/// module documentation. (The CPU backend runs `backend::cpu::matmul::qlinear`, which
+/// hands batches of 6 or more tokens on AVX2 to the dense blocked product over
+/// `dequant_tile`'s values: the same bits.)
 pub fn qlinear(x: &[f32], t_count: usize, w: &QMatrix, bias: Option<&[f32]>, out: &mut [f32]) {
     qlinear_isa(isa(), x, t_count, w, bias, out)
 }

@@ -314,10 +314,9 @@ pub(crate) mod avx512 {
                         }
                     }
                 }
-                const AHEAD: usize = 1;
                 // the next tile's rows at the same place, as the f32 kernel does
                 for r in 0..R {
-                    let ahead = cp.wrapping_add((r + AHEAD * R) * rb + g * ppg * pb);
+                    let ahead = cp.wrapping_add((r + R) * rb + g * ppg * pb);
                     _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
                 }
                 let mut gacc = [[_mm512_setzero_ps(); T]; R];

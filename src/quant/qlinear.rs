@@ -236,6 +236,15 @@ pub(crate) unsafe fn dequant_tile(
     unreachable!("AVX2 only ({r0}, {cols:?}, {pass}, {})", dst.len());
 }
 
+/// Invokes `$m!($args (rows, tokens), ...)` with every AVX-512 tile shape [`tile_rows`]
+/// gives: the one list the f32 and the int8 kernels' dispatches share.
+macro_rules! avx512_shapes {
+    ($m:ident!($($args:tt)*)) => {
+        $m!($($args)* (8, 1), (4, 2), (4, 3), (2, 4), (2, 5), (2, 6),
+            (1, 1), (1, 2), (1, 3), (1, 4), (1, 5), (1, 6))
+    };
+}
+
 /// How many weight rows one tile takes for `tt` tokens (`remaining` rows left): as many
 /// as keep the tile's accumulators in registers (32 on AVX-512, 16 on AVX2).
 fn tile_rows(isa: Isa, tt: usize, remaining: usize) -> usize {
@@ -304,23 +313,7 @@ fn dot_tile(
             };
         }
         match isa {
-            Isa::Avx512 => {
-                return dispatch!(
-                    avx512,
-                    (8, 1),
-                    (4, 2),
-                    (4, 3),
-                    (2, 4),
-                    (2, 5),
-                    (2, 6),
-                    (1, 1),
-                    (1, 2),
-                    (1, 3),
-                    (1, 4),
-                    (1, 5),
-                    (1, 6)
-                )
-            }
+            Isa::Avx512 => return avx512_shapes!(dispatch!(avx512,)),
             Isa::Avx2 => {
                 return dispatch!(
                     avx2,
@@ -380,21 +373,7 @@ fn dot_tile_int8(
         }
         macro_rules! shapes {
             ($b:literal) => {
-                tiles!(
-                    $b,
-                    (8, 1),
-                    (4, 2),
-                    (4, 3),
-                    (2, 4),
-                    (2, 5),
-                    (2, 6),
-                    (1, 1),
-                    (1, 2),
-                    (1, 3),
-                    (1, 4),
-                    (1, 5),
-                    (1, 6)
-                )
+                avx512_shapes!(tiles!($b,))
             };
         }
         // SAFETY: the CPU has AVX-512 (`isa`) with VNNI (checked), FMA and F16C; the slices

@@ -199,7 +199,7 @@ pub(crate) fn dot(
 pub(crate) mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::super::qlinear::avx512::hsum16;
+    use super::super::qlinear::avx512::{group_params, hsum16, GC};
     use super::{Acts, PAIR};
 
     /// The 64 codes of the pair of blocks at `p` as bytes, in [`super::pair_col`]'s order.
@@ -285,24 +285,12 @@ pub(crate) mod avx512 {
             let odd = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
             let mut acc = [[_mm512_setzero_ps(); T]; R];
             // (scale, min) of 16 groups of each row, converted to f32 (zero past the row)
-            const GC: usize = 16;
             let mut dm = [[0f32; 2 * GC]; R];
             for g in 0..gpr {
                 let gc = g % GC;
                 if gc == 0 {
-                    for r in 0..R {
-                        let ahead = pp.wrapping_add(2 * ((r + R) * gpr + g));
-                        _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
-                    }
-                    let vals = 2 * (gpr - g).min(GC);
-                    for (r, dm_r) in dm.iter_mut().enumerate() {
-                        let src = pp.add(2 * (r * gpr + g)) as *const i16;
-                        for c in 0..2 {
-                            let n = vals.saturating_sub(16 * c).min(16);
-                            let mask = (((1u32 << n) - 1) & 0xffff) as u16;
-                            let h = _mm256_maskz_loadu_epi16(mask, src.wrapping_add(16 * c));
-                            _mm512_storeu_ps(dm_r.as_mut_ptr().add(16 * c), _mm512_cvtph_ps(h));
-                        }
+                    group_params(pp, gpr, g, &mut dm);
+                    for (r, dm_r) in dm.iter().enumerate() {
                         let mins = _mm512_permutex2var_ps(
                             _mm512_loadu_ps(dm_r.as_ptr()),
                             odd,

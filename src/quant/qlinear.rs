@@ -543,24 +543,11 @@ pub(super) mod avx512 {
             );
             let iota = _mm512_cvtepi32_ps(iota);
             // (scale, min) of `GC` groups of each row, converted to f32 16 values at a time
-            const GC: usize = 16;
             let mut dm = [[0f32; 2 * GC]; R];
             for g in 0..gpr {
                 let gc = g % GC;
                 if gc == 0 {
-                    for r in 0..R {
-                        let ahead = pp.wrapping_add(2 * ((r + R) * gpr + g));
-                        _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
-                    }
-                    let vals = 2 * (gpr - g).min(GC);
-                    for (r, dm_r) in dm.iter_mut().enumerate() {
-                        let src = pp.add(2 * (r * gpr + g)) as *const i16;
-                        for c in 0..vals.div_ceil(16) {
-                            let mask = (((1u32 << (vals - 16 * c).min(16)) - 1) & 0xffff) as u16;
-                            let h = _mm256_maskz_loadu_epi16(mask, src.add(16 * c));
-                            _mm512_storeu_ps(dm_r.as_mut_ptr().add(16 * c), _mm512_cvtph_ps(h));
-                        }
-                    }
+                    group_params(pp, gpr, g, &mut dm);
                 }
                 // The next tile's rows at the same place (codes here, params above): with
                 // only the hardware prefetcher the kernel waits on memory when the matrix is
@@ -598,6 +585,43 @@ pub(super) mod avx512 {
             for r in 0..R {
                 for j in 0..T {
                     res[r * T + j] = hsum16(acc[r][j]);
+                }
+            }
+        }
+    }
+
+    /// Groups whose (scale, min) [`group_params`] converts at a time.
+    pub(in crate::quant) const GC: usize = 16;
+
+    /// The (scale, min) pairs of groups `g..g + GC` of each of a tile's `R` rows (params
+    /// from `pp`, `gpr` groups a row) into `dm` as f32, zeros past a row's last group; and
+    /// a prefetch of the next tile's rows' pairs at the same place.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F/BW/VL and F16C; `pp` holds `R` rows of `gpr` pairs and `g <
+    /// gpr`.
+    #[inline(always)]
+    pub(in crate::quant) unsafe fn group_params<const R: usize>(
+        pp: *const half::f16,
+        gpr: usize,
+        g: usize,
+        dm: &mut [[f32; 2 * GC]; R],
+    ) {
+        // SAFETY: the caller upholds the contract above; a prefetch never faults, and a
+        // masked load reads only the lanes its mask sets (inside the row).
+        unsafe {
+            for r in 0..R {
+                let ahead = pp.wrapping_add(2 * ((r + R) * gpr + g));
+                _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
+            }
+            let vals = 2 * (gpr - g).min(GC);
+            for (r, dm_r) in dm.iter_mut().enumerate() {
+                let src = pp.add(2 * (r * gpr + g)) as *const i16;
+                for c in 0..2 {
+                    let n = vals.saturating_sub(16 * c).min(16);
+                    let mask = (((1u32 << n) - 1) & 0xffff) as u16;
+                    let h = _mm256_maskz_loadu_epi16(mask, src.wrapping_add(16 * c));
+                    _mm512_storeu_ps(dm_r.as_mut_ptr().add(16 * c), _mm512_cvtph_ps(h));
                 }
             }
         }

@@ -140,7 +140,7 @@ log "done in $(( $(date +%s) - t0 ))s, status $status"
 python3 - "$OUTDIR" <<'EOF' | tee -a "$OUTDIR/summary.log"
 import json, os, sys
 d = sys.argv[1]
-print(f"{'run':28} {'gemm':6} {'streamed':>9} {'H2D GB/s':>8} {'floor ms':>8} {'plain ms':>9} {'xfloor':>6} {'verify ms':>9} {'xplain':>6} {'draft ms':>8} {'proj tok/s':>10} {'speedup':>7}")
+print(f"{'run':28} {'gemm':6} {'streamed':>9} {'H2D GB/s':>8} {'floor ms':>8} {'plain ms':>9} {'xfloor':>6} {'verify ms':>9} {'xplain':>6} {'draft ms':>8} {'ovl ms':>8} {'ovl steps':>9} {'proj tok/s':>10} {'speedup':>7}")
 for f in sorted(os.listdir(d)):
     if not f.endswith('.json'):
         continue
@@ -153,7 +153,7 @@ for f in sorted(os.listdir(d)):
     fl = v.get('floor_s') or 0
     for r in v['runs']:
         p = r['projections'][0] if r['projections'] else {}
-        print(f"{f[:-5]:28} {r['gemm']:6} {v['offloaded_layers']:>3}/{v['layers']:<5} {bw/1e9:8.1f} {fl*1e3:8.2f} {r['plain_token_s']*1e3:9.2f} {(r['plain_over_floor'] or 0):6.2f} {r['verify_s']*1e3:9.2f} {r['verify_over_plain']:6.2f} {r['draft_step_s']*1e3:8.3f} {p.get('tokens_per_s', 0):10.1f} {p.get('speedup', 0):7.2f}")
+        print(f"{f[:-5]:28} {r['gemm']:6} {v['offloaded_layers']:>3}/{v['layers']:<5} {bw/1e9:8.1f} {fl*1e3:8.2f} {r['plain_token_s']*1e3:9.2f} {(r['plain_over_floor'] or 0):6.2f} {r['verify_s']*1e3:9.2f} {r['verify_over_plain']:6.2f} {r['draft_step_s']*1e3:8.3f} {(r.get('overlapped_verify_s') or 0)*1e3:8.2f} {(r.get('overlapped_draft_steps') or 0):9.0f} {p.get('tokens_per_s', 0):10.1f} {p.get('speedup', 0):7.2f}")
 print("parity: " + open(os.path.join(d, 'parity.log')).read().strip().splitlines()[-1] if os.path.exists(os.path.join(d, 'parity.log')) else "parity: no log")
 EOF
 exit $status

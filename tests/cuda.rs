@@ -195,6 +195,14 @@ fn ops<B: Backend>(b: &B) -> Vec<(String, Vec<f32>)> {
         let mut o = b.act(n, ff).unwrap();
         b.linear(&x, &w, Some(&bias), &mut o).unwrap();
         out.push((format!("linear {dt:?}"), b.to_host(&o).unwrap()));
+        // A view of some of its rows (the draft's output head in parts during a pass).
+        let part = b.weight_row_range(&w, 128, 256).unwrap();
+        let mut o = b.act(n, 256).unwrap();
+        b.linear(&x, &part, None, &mut o).unwrap();
+        out.push((
+            format!("linear {dt:?}, rows 128..384"),
+            b.to_host(&o).unwrap(),
+        ));
     }
     // GGUF block types: products (resident weights) and embeddings (a device-resident
     // table, as a tied lm_head is, and a host-side one).
@@ -653,14 +661,24 @@ fn streamed_layers_give_the_resident_output() {
                 budget > min || streamed > 0,
                 "{name}: the minimum budget streams layers"
             );
+            let mut overlapped = 0;
             for (s, want) in [SamplingParams::greedy(), sampled].iter().zip(&want) {
                 for opts in [StepOptions::plain(*s), StepOptions::speculative(*s)] {
-                    let got = generate(&engine, &p, &opts, 24);
+                    let mut seq = engine.new_sequence().unwrap();
+                    seq.append(&p).unwrap();
+                    let got = seq.generate(&opts, 24, |_| true).unwrap();
                     assert_eq!(
                         &got, want,
                         "{name}: budget {budget} ({streamed} layers streamed), {opts:?}"
                     );
+                    overlapped += seq.stats().overlapped_steps;
                 }
+            }
+            // While a layer's copy is in flight and the compute stream has drained, the
+            // draft runs on it (the tiny shape's copies may land before it could).
+            println!("{name}: budget {budget}: {overlapped} draft steps during target passes");
+            if streamed > 0 && name != "tiny" {
+                assert!(overlapped > 0, "{name}: no draft step ran during a pass");
             }
             let (used, peak, limit) = engine.model().backend().as_cuda().unwrap().memory();
             println!(

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use subspec::internals::carried_nodes;
 use subspec::internals::faults::{self, Fault};
+use subspec::internals::measure;
 use subspec::{Engine, SamplingParams, Sequence, StepOptions, DEFAULT_MAX_TREE_TOKENS};
 
 static TURN: Mutex<()> = Mutex::new(());
@@ -148,4 +149,28 @@ fn calls_that_write_the_drafts_slots_drop_a_kept_tree() {
     assert!(got.len() <= want.len());
     assert_eq!(got, &want[..got.len()]);
     faults::clear();
+}
+
+/// `subspec passes`' measurement of the same thing: a verification with the draft in its
+/// waits finishes draft steps there (a slow pass has room for several), and an engine
+/// whose passes never wait (everything resident) has nothing to measure.
+#[test]
+fn passes_measure_draft_steps_in_a_verifications_waits() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let engine = slow_offloaded();
+    let t = measure::passes(&engine, 16, 33, 2, 1).unwrap();
+    faults::clear();
+    let o = t
+        .overlapped
+        .expect("a streamed engine with a draft overlaps");
+    assert!(o.draft_steps >= 1.0, "{t:?}");
+    assert!(o.verify_s > 0.0 && t.draft_s > 0.0, "{t:?}");
+    let resident = Engine::load(&common::smollm2_options(
+        CONTEXT,
+        DEFAULT_MAX_TREE_TOKENS,
+        None,
+    ))
+    .unwrap();
+    let t = measure::passes(&resident, 16, 33, 2, 1).unwrap();
+    assert_eq!(t.overlapped, None);
 }

@@ -54,9 +54,15 @@ struct Run {
 }
 
 impl Run {
-    /// Seconds of one projected iteration: a verification and `draft_steps` draft steps.
+    /// Seconds of one projected iteration: a verification and `draft_steps` draft steps,
+    /// less those that ran during the verification where passes wait for streamed layers
+    /// (its overlapped time then).
     fn iteration_s(&self, draft_steps: usize) -> f64 {
-        self.t.verify_s + draft_steps as f64 * self.t.draft_s
+        let (verify_s, during) = self
+            .t
+            .overlapped
+            .map_or((self.t.verify_s, 0.0), |o| (o.verify_s, o.draft_steps));
+        verify_s + (draft_steps as f64 - during).max(0.0) * self.t.draft_s
     }
 }
 
@@ -139,6 +145,8 @@ pub fn run(a: &PassesArgs) -> Result<(), Error> {
                     "verify_s": r.t.verify_s,
                     "verify_over_plain": r.t.verify_s / r.t.plain_s,
                     "draft_step_s": r.t.draft_s,
+                    "overlapped_verify_s": r.t.overlapped.map(|o| o.verify_s),
+                    "overlapped_draft_steps": r.t.overlapped.map(|o| o.draft_steps),
                     "iteration_s": it,
                     "plain_tokens_per_s": 1.0 / r.t.plain_s,
                     "projections": projections,
@@ -218,11 +226,20 @@ pub fn run(a: &PassesArgs) -> Result<(), Error> {
             t.verify_s / t.plain_s
         );
         println!("draft step   {:.3} ms at width {w}{label}", t.draft_s * 1e3);
+        if let Some(o) = t.overlapped {
+            println!(
+                "overlapped   {:.2} ms = {:.2}x the verification alone, {:.0} draft steps in its waits{label}",
+                o.verify_s * 1e3,
+                o.verify_s / t.verify_s,
+                o.draft_steps
+            );
+        }
         let it = r.iteration_s(a.draft_steps);
         for (name, tau) in &taus {
             println!(
-                "projection   {name}: tau {tau:.2}, {} draft steps + one verification = {:.1} ms -> {:.1} tokens/s ({:.2}x plain {:.2} tokens/s){label}",
+                "projection   {name}: tau {tau:.2}, {} draft steps + one verification{} = {:.1} ms -> {:.1} tokens/s ({:.2}x plain {:.2} tokens/s){label}",
                 a.draft_steps,
+                if t.overlapped.is_some() { " (those in its waits overlapped)" } else { "" },
                 it * 1e3,
                 tau / it,
                 tau / it * t.plain_s,

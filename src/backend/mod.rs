@@ -370,9 +370,11 @@ pub trait Backend: Send + Sync {
     ) -> Result<(Self::Ticket, Vec<Self::Weight>)>;
     /// Hands a fetched layer's staging buffer back once its compute is queued.
     fn tier_release(&self, tier: &mut Self::Tier, ticket: Self::Ticket) -> Result<()>;
-    /// Whether the next [`Backend::tier_fetch`] would return without waiting; a pass
-    /// that has other work (drafting) does it meanwhile. Backends whose copies are
-    /// asynchronous never make compute wait: `true`.
+    /// Whether the pass should fetch its next layer now: on the CPU, whether
+    /// [`Backend::tier_fetch`] would return without waiting (never blocks); on CUDA, whether
+    /// the layer's copy is done, or else `false` once the compute stream has drained (it
+    /// may wait for one of the two). A pass that has other work (drafting) does it while
+    /// this says `false`. Default: `true` (nothing runs in a pass's waits).
     fn tier_ready(&self, _tier: &mut Self::Tier) -> bool {
         true
     }

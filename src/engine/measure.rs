@@ -25,6 +25,20 @@ pub struct PassTimes {
     pub verify_s: f64,
     /// One draft step over `draft_width` frontier nodes.
     pub draft_s: f64,
+    /// Where a pass waits for streamed layers (offloaded layers and a draft): the same
+    /// verification with the draft running in its waits as a step's does (a layer or a
+    /// part of its output head at a time), and the draft steps it finished meanwhile
+    /// (medians).
+    pub overlapped: Option<Overlapped>,
+}
+
+/// A verification with the draft running in its waits ([`PassTimes::overlapped`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Overlapped {
+    /// Seconds of the verification (against [`PassTimes::verify_s`] without the draft).
+    pub verify_s: f64,
+    /// Draft steps finished during it.
+    pub draft_steps: f64,
 }
 
 /// What the engine runs on.
@@ -182,7 +196,9 @@ fn committed_prompt(
 /// draft_width` hangs under node `i - draft_width`), `tree_tokens` nodes verified in one
 /// pass; and a draft step over the tree's second level. Medians of `reps` runs (draft
 /// steps at least 10). Every row's logits are computed, as a verification without
-/// logits on demand would.
+/// logits on demand would. Where passes wait for streamed layers, the verification
+/// again with draft steps over the second level running in its waits
+/// ([`PassTimes::overlapped`]).
 pub fn passes(
     engine: &Engine,
     prompt: usize,
@@ -198,7 +214,10 @@ pub fn passes(
         )));
     }
     let p = prompt.max(1);
-    let mut cache = committed_prompt(engine, p, n)?;
+    // room for the tree, then (the overlapped verification's) the tree after the draft's
+    // slots: its root and two levels
+    let first = 1 + w;
+    let mut cache = committed_prompt(engine, p, first + w + n)?;
     let vocab = model.config().vocab;
     let tok = ids(vocab, 1, 2);
     let parents: Vec<Option<usize>> = (0..n)
@@ -213,7 +232,6 @@ pub fn passes(
     let tree_pos: Vec<usize> = (0..n).map(|i| p + depth(i)).collect();
     let mask = AttnMask::from_parents(&parents)?;
     let rows: Vec<usize> = (0..n).collect();
-    let first = 1 + w;
     let dmask = AttnMask::tree_rows(&parents, first..first + w);
     let drows: Vec<usize> = (0..w).collect();
     let profile = crate::backend::cuda::profile::phase;
@@ -257,11 +275,61 @@ pub fn passes(
             })
             .map(drop)
     })?;
+    let overlapped = if engine.drafts_during_passes() {
+        profile("overlapped");
+        let mut steps = Vec::new();
+        let at = first + w;
+        let tree_mask = mask.clone().shifted(at);
+        let verify_s = time(reps, || {
+            // As a step lays them out: the draft's slots first, the verified tree after.
+            let mut done = 0usize;
+            let mut run = None;
+            let mut idle = |c: &mut KvCache<crate::backend::Device>| -> Result<bool> {
+                let r = match &mut run {
+                    Some(r) => r,
+                    None => run.insert(model.draft_begin(
+                        c,
+                        first,
+                        tree[first..first + w].to_vec(),
+                        tree_pos[first..first + w].to_vec(),
+                        dmask.clone(),
+                    )?),
+                };
+                if model.draft_advance(r, c)?.is_some() {
+                    run = None;
+                    done += 1;
+                }
+                Ok(true)
+            };
+            engine.install(|| {
+                let idle = Some(&mut idle as &mut crate::model::Idle<'_, _>);
+                let x = model.forward_hidden(
+                    &mut cache,
+                    Pass::Target,
+                    at,
+                    &tree,
+                    &tree_pos,
+                    &tree_mask,
+                    idle,
+                )?;
+                model.logits(Pass::Target, &x, &rows)
+            })?;
+            steps.push(done as f64);
+            Ok(())
+        })?;
+        Some(Overlapped {
+            verify_s,
+            draft_steps: median(steps),
+        })
+    } else {
+        None
+    };
     profile("");
     Ok(PassTimes {
         plain_s,
         verify_s,
         draft_s,
+        overlapped,
     })
 }
 

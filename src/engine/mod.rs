@@ -117,7 +117,8 @@ impl Engine {
 
     /// Whether a sequence's step drafts on while its target pass waits for streamed
     /// layers: with a draft and offloaded layers (the backend says when a layer is not
-    /// there yet; CUDA's copies never make compute wait, so there it never drafts on).
+    /// there yet: on the CPU while the reader reads it, on CUDA while its copy is in
+    /// flight and the compute stream has drained).
     pub(crate) fn drafts_during_passes(&self) -> bool {
         self.shared.model.has_draft() && self.streams()
     }

@@ -162,6 +162,32 @@ impl Backend for CudaBackend {
         }
     }
 
+    fn weight_row_range(&self, w: &CudaWeight, start: usize, rows: usize) -> Result<CudaWeight> {
+        if let CudaWeight::Dense {
+            ptr,
+            rows: n,
+            cols,
+            dtype,
+            ..
+        } = *w
+        {
+            // The kernels' wide loads want the view as aligned as an allocation's rows.
+            let at = dtype.bytes_for(cols).and_then(|b| b.checked_mul(start));
+            if let Some(at) = at.filter(|&at| at % 256 == 0 && start + rows <= n) {
+                return Ok(CudaWeight::Dense {
+                    buf: None,
+                    ptr: ptr + at as u64,
+                    rows,
+                    cols,
+                    dtype,
+                });
+            }
+        }
+        Err(Error::internal(format!(
+            "weight_row_range({start}, {rows}) of a weight that is not a device matrix of as many rows starting 256-byte aligned"
+        )))
+    }
+
     fn upload_quant(&self, q: QMatrix) -> Result<CudaWeight> {
         let inner = &self.inner;
         inner.bind()?;
@@ -764,6 +790,10 @@ impl Backend for CudaBackend {
 
     fn tier_fetch(&self, tier: &mut CudaTier, layer: usize) -> Result<(u64, Vec<CudaWeight>)> {
         tier.fetch(&self.inner, layer)
+    }
+
+    fn tier_ready(&self, tier: &mut CudaTier) -> bool {
+        tier.ready(&self.inner)
     }
 
     fn tier_release(&self, tier: &mut CudaTier, ticket: u64) -> Result<()> {

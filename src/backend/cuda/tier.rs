@@ -6,8 +6,10 @@
 //! `seq` is queued on the copy stream once the compute that used its slot before (fetch
 //! `seq - ring`) is queued and released: the copy stream waits for that compute's event,
 //! copies, and records the slot's copy event, which the compute stream waits for at the
-//! fetch. The host never blocks. Releasing the last layers of a pass queues the copies of
-//! the next pass's first layers, which then run while the draft grows its tree.
+//! fetch. The host never blocks on a copy. Releasing the last layers of a pass queues the
+//! copies of the next pass's first layers, which then run while the draft grows its tree;
+//! and during a pass, while the next layer's copy is in flight and the compute stream has
+//! nothing left to run, the draft runs a layer at a time on it ([`CudaTier::ready`]).
 
 use std::ffi::c_void;
 use std::sync::Arc;
@@ -254,6 +256,33 @@ impl CudaTier {
         self.outstanding = Some(seq);
         self.next += 1;
         Ok((seq, w))
+    }
+
+    /// Whether the target pass should fetch its next layer now, rather than queue more of
+    /// the draft (see `Backend::tier_ready`): `true` once that layer's copy is done, `false`
+    /// while it is in flight and the compute stream has drained (the GPU would idle). While
+    /// the stream still runs earlier work (the last layer, or the draft layer queued last)
+    /// and the copy is in flight, waits for one of the two, polling: work queued behind the
+    /// stream's then would delay the layer when it lands, so at most one draft layer is
+    /// ever queued ahead of it. Anything unexpected answers `true`, and the fetch reports
+    /// what went wrong.
+    pub(crate) fn ready(&self, inner: &Inner) -> bool {
+        if self.outstanding.is_some() || self.queued <= self.next || inner.bind().is_err() {
+            return true;
+        }
+        let copied = self.copied[(self.next % self.ring()) as usize];
+        loop {
+            // SAFETY: our event and our compute stream, with the context current.
+            let (copy, compute) =
+                unsafe { (sys::cuEventQuery(copied), sys::cuStreamQuery(inner.stream)) };
+            match (copy, compute) {
+                (sys::CUresult::CUDA_ERROR_NOT_READY, sys::CUresult::CUDA_SUCCESS) => return false,
+                (sys::CUresult::CUDA_ERROR_NOT_READY, sys::CUresult::CUDA_ERROR_NOT_READY) => {
+                    std::thread::yield_now()
+                }
+                _ => return true,
+            }
+        }
     }
 
     pub(crate) fn release(&mut self, inner: &Inner, seq: u64) -> Result<()> {

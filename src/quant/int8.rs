@@ -1,9 +1,10 @@
-//! The quantized product with int8 activations: `vpdpbusd` (AVX-512 VNNI) multiplies a
-//! substitute's unsigned codes by signed 8-bit activations, four pairs a lane, summed in
-//! exact i32, so the weights are never widened to f32 (the f32 kernels' `vpmovzxbd` and
-//! two `vpermps` per 32 weights and row are what bound them at a draft's 2 tokens).
+//! The quantized product with int8 activations: `vpdpbusd` (AVX-512 VNNI), or on AVX2
+//! `vpmaddubsw` then `vpmaddwd`, multiplies a substitute's unsigned codes by signed 8-bit
+//! activations, four pairs a lane, summed in exact i32, so the weights are never widened
+//! to f32 (the f32 kernels' `vpmovzxbd` and two `vpermps` per 32 weights and row are what
+//! bound them at a draft's 2 tokens).
 //!
-//! The arithmetic, exactly (the portable [`dot`] and the AVX-512 kernel give the same bits):
+//! The arithmetic, exactly (the portable [`dot`] and both kernels give the same bits):
 //!
 //! - Each token's activations are quantized per *pair* of packing blocks (64 columns, a
 //!   weight group or part of one): `d = amax / 127`, `q = round_ties_even(x * (127 /
@@ -23,8 +24,8 @@
 //!
 //! A token's result depends on its own activations alone (batch-invariant). Values differ
 //! from the f32 kernels' (an activation keeps 8 bits of its pair's largest): the draft's
-//! numbers, never the target's. Used where [`applies`]: AVX-512 with VNNI, 2, 4 or 8 bits,
-//! groups of a multiple of 64.
+//! numbers, never the target's. Used where [`applies`]: AVX-512 with VNNI for 2, 4 or 8
+//! bits, AVX2 for 2 or 4, in groups of a multiple of 64.
 
 use super::format::{block_bytes, unpack_block, QMatrix, BLOCK};
 use super::qlinear::sum16;
@@ -34,10 +35,16 @@ use crate::util::isa::Isa;
 pub(crate) const PAIR: usize = 2 * BLOCK;
 
 /// Whether the product of `w` on `isa` takes int8 activations (see the module
-/// documentation): AVX-512 with VNNI (unless `SUBSPEC_NO_VNNI` is set), codes of 2, 4 or 8
-/// bits, and groups a multiple of [`PAIR`].
+/// documentation): on AVX-512 with VNNI (unless `SUBSPEC_NO_VNNI` is set) codes of 2, 4 or
+/// 8 bits, on AVX2 of 2 or 4 (`vpmaddubsw`'s i16 pair sums are exact only below 8), in
+/// groups of a multiple of [`PAIR`]; never with `SUBSPEC_NO_INT8` set.
 pub(crate) fn applies(isa: Isa, w: &QMatrix) -> bool {
-    isa == Isa::Avx512 && crate::util::isa::vnni() && supports(w)
+    let kernel = match isa {
+        Isa::Avx512 => crate::util::isa::vnni(),
+        Isa::Avx2 => w.bits() < 8,
+        Isa::Portable => false,
+    };
+    kernel && supports(w) && crate::util::isa::int8()
 }
 
 /// Whether the int8 arithmetic is defined for `w`: 2, 4 or 8 bits, groups a multiple of
@@ -330,6 +337,180 @@ pub(crate) mod avx512 {
                 for j in 0..T {
                     res[r * T + j] = hsum16(acc[r][j]);
                 }
+            }
+        }
+    }
+}
+
+// AVX2 has no `vpdpbusd`: `vpmaddubsw` multiplies the unsigned codes by the signed
+// activations and adds adjacent pairs into i16 (exact below 8 bits: |2 * 15 * 127| fits),
+// `vpmaddwd` by ones adds adjacent i16 pairs into i32: the same four-byte lane sums.
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::super::qlinear::avx2::hsum16;
+    use super::{Acts, PAIR};
+
+    /// The 64 codes of the pair of blocks at `p` as bytes `0..32` and `32..64`, in
+    /// [`super::pair_col`]'s order.
+    ///
+    /// # Safety
+    /// The CPU has AVX2; `B` is 2 or 4 and `p` points to `8 * B` bytes.
+    #[inline(always)]
+    unsafe fn pair_codes<const B: u8>(p: *const u8) -> [__m256i; 2] {
+        // SAFETY: the caller upholds the contract above.
+        unsafe {
+            match B {
+                4 => {
+                    let v = _mm256_loadu_si256(p as *const __m256i);
+                    let m = _mm256_set1_epi8(15);
+                    [
+                        _mm256_and_si256(v, m),
+                        _mm256_and_si256(_mm256_srli_epi16::<4>(v), m),
+                    ]
+                }
+                2 => {
+                    let v = _mm256_broadcastsi128_si256(_mm_loadu_si128(p as *const __m128i));
+                    let m = _mm256_set1_epi8(3);
+                    let lo = _mm256_srlv_epi64(v, _mm256_set_epi64x(2, 2, 0, 0));
+                    let hi = _mm256_srlv_epi64(v, _mm256_set_epi64x(6, 6, 4, 4));
+                    [_mm256_and_si256(lo, m), _mm256_and_si256(hi, m)]
+                }
+                _ => unreachable!(),
+            }
+        }
+    }
+
+    /// Every row of `codes` times `a`'s tokens `t0..t0 + tt`, the bits of [`super::dot`]:
+    /// `res[i * tt + j] = dot(row i, token t0 + j)`. A row at a time, its tokens in runs of
+    /// at most 3 (16 lanes are two registers here, and each token keeps two sums).
+    ///
+    /// # Safety
+    /// The CPU has AVX2, FMA and F16C; `B` is 2 or 4; `codes` holds whole packed rows of
+    /// `a.k` codes, `pars` their `a.k / group` (scale, min) pairs a row; `a` holds tokens
+    /// `t0..t0 + tt` of a matrix of this shape; `group` is a multiple of 64 dividing
+    /// `a.k`; `res` holds `tt` values a row.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn rows<const B: u8>(
+        codes: &[u8],
+        pars: &[half::f16],
+        a: &Acts,
+        t0: usize,
+        tt: usize,
+        group: usize,
+        res: &mut [f32],
+    ) {
+        let rb = a.k * B as usize / 8;
+        let pr = 2 * (a.k / group);
+        for (i, row) in codes.chunks_exact(rb).enumerate() {
+            let pars = &pars[i * pr..(i + 1) * pr];
+            let res = &mut res[i * tt..(i + 1) * tt];
+            let mut j = 0;
+            while j < tt {
+                let n = (tt - j).min(3);
+                // SAFETY: the caller's contract, for this row and tokens `t0 + j..`.
+                unsafe {
+                    match n {
+                        3 => one::<B, 3>(row, pars, a, t0 + j, group, &mut res[j..]),
+                        2 => one::<B, 2>(row, pars, a, t0 + j, group, &mut res[j..]),
+                        _ => one::<B, 1>(row, pars, a, t0 + j, group, &mut res[j..]),
+                    }
+                }
+                j += n;
+            }
+        }
+    }
+
+    /// One row times tokens `t0..t0 + T` of `a` into `res[..T]`.
+    ///
+    /// # Safety
+    /// As [`rows`], for one row.
+    #[inline(always)]
+    unsafe fn one<const B: u8, const T: usize>(
+        row: &[u8],
+        pars: &[half::f16],
+        a: &Acts,
+        t0: usize,
+        group: usize,
+        res: &mut [f32],
+    ) {
+        // SAFETY: the caller upholds the contract of `rows`.
+        unsafe {
+            let k = a.k;
+            let (kp, gpr) = (k / PAIR, k / group);
+            let (pb, ppg) = (8 * B as usize, group / PAIR);
+            let cp = row.as_ptr();
+            let xq = a.q.as_ptr().add(t0 * k);
+            let dp = a.d.as_ptr().add(t0 * kp);
+            let sp = a.sums.as_ptr().add(t0 * a.gpad);
+            let ones = _mm256_set1_epi16(1);
+            let mut acc = [[_mm256_setzero_ps(); 2]; T];
+            // (scale, min) of groups g..g + 16 as f32, converted 8 at a time (zero past the row)
+            let mut dm = [0f32; 32];
+            for g in 0..gpr {
+                if g % 16 == 0 {
+                    // a (scale, min) pair is 32 bits: masked loads of the row's pairs
+                    let n = (gpr - g).min(16) as i32;
+                    let src = pars.as_ptr().add(2 * g) as *const i32;
+                    for c in 0..2usize {
+                        let lanes = _mm256_sub_epi32(
+                            _mm256_set1_epi32(n - 8 * c as i32),
+                            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+                        );
+                        // lanes with a pair left have a positive count: the sign bit clear
+                        let mask = _mm256_cmpgt_epi32(lanes, _mm256_setzero_si256());
+                        let v = _mm256_maskload_epi32(src.wrapping_add(8 * c), mask);
+                        for q in 0..2 {
+                            let h = if q == 0 {
+                                _mm256_castsi256_si128(v)
+                            } else {
+                                _mm256_extracti128_si256::<1>(v)
+                            };
+                            let at = dm.as_mut_ptr().add(16 * c + 8 * q);
+                            _mm256_storeu_ps(at, _mm256_cvtph_ps(h));
+                        }
+                    }
+                    for h in 0..2 {
+                        // lanes 8h..8h + 8 of the minimums: the odd entries of dm[16h..16h + 16]
+                        let lo = _mm256_loadu_ps(dm.as_ptr().add(16 * h));
+                        let hi = _mm256_loadu_ps(dm.as_ptr().add(16 * h + 8));
+                        let odd = _mm256_shuffle_ps::<0b11_01_11_01>(lo, hi);
+                        let m = _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(
+                            _mm256_castps_pd(odd),
+                        ));
+                        for (j, acc) in acc.iter_mut().enumerate() {
+                            let s = _mm256_loadu_ps(sp.add(j * a.gpad + g + 8 * h));
+                            acc[h] = _mm256_fmadd_ps(m, s, acc[h]);
+                        }
+                    }
+                }
+                let mut gacc = [[_mm256_setzero_ps(); 2]; T];
+                for p in g * ppg..(g + 1) * ppg {
+                    _mm_prefetch::<_MM_HINT_T0>(
+                        cp.wrapping_add(2 * row.len() + p * pb) as *const i8
+                    );
+                    let c = pair_codes::<B>(cp.add(p * pb));
+                    for (j, ga) in gacc.iter_mut().enumerate() {
+                        let x = xq.add(j * k + p * PAIR);
+                        let d = _mm256_set1_ps(*dp.add(j * kp + p));
+                        for (h, ga) in ga.iter_mut().enumerate() {
+                            let xv = _mm256_loadu_si256(x.add(32 * h) as *const __m256i);
+                            let pairs = _mm256_maddubs_epi16(c[h], xv);
+                            let i = _mm256_madd_epi16(pairs, ones);
+                            *ga = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), d, *ga);
+                        }
+                    }
+                }
+                let scale = _mm256_set1_ps(dm[2 * (g % 16)]);
+                for (acc, ga) in acc.iter_mut().zip(&gacc) {
+                    for (acc, ga) in acc.iter_mut().zip(ga) {
+                        *acc = _mm256_fmadd_ps(*ga, scale, *acc);
+                    }
+                }
+            }
+            for (r, acc) in res.iter_mut().zip(&acc) {
+                *r = hsum16(*acc);
             }
         }
     }

@@ -15,8 +15,9 @@ mod qlinear;
 
 pub(crate) use format::BLOCK;
 pub use format::{substitute_bytes, QMatrix};
+pub(crate) use int8::applies as int8_applies;
 #[cfg(test)]
-pub(crate) use int8::{applies as int8_applies, supports as int8_supports};
+pub(crate) use int8::supports as int8_supports;
 pub use qlinear::qlinear;
 #[cfg(test)]
 pub(crate) use qlinear::qlinear_acts;

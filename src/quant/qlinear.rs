@@ -16,9 +16,9 @@
 //! runs them in that order too.
 //!
 //! On AVX-512 with VNNI, codes of 2, 4 or 8 bits in groups of a multiple of 64 take int8
-//! activations instead ([`super::int8`]: another arithmetic, exact to its own portable
-//! reference and batch-invariant as well); [`qlinear_isa`] chooses by the kernel and the
-//! matrix.
+//! activations instead, and on AVX2 codes of 2 or 4 bits ([`super::int8`]: another
+//! arithmetic, exact to its own portable reference and batch-invariant as well);
+//! [`qlinear_isa`] chooses by the kernel and the matrix.
 
 use rayon::prelude::*;
 
@@ -47,10 +47,10 @@ const ROW_CHUNK: usize = 32;
 const MAX_TT: usize = 6;
 
 /// `out[t * rows + o] = dot(dequant(w row o), x[t]) (+ bias[o])` for `x` of `t_count` rows
-/// of `w.cols()`, with f32 or (AVX-512 VNNI) int8 activations. Batch-invariant: see the
-/// module documentation. (The CPU backend runs `backend::cpu::matmul::qlinear`, which
-/// hands batches of 6 or more tokens on AVX2 to the dense blocked product over
-/// `dequant_tile`'s values: the same bits.)
+/// of `w.cols()`, with f32 or (AVX-512 VNNI, AVX2) int8 activations. Batch-invariant: see
+/// the module documentation. (The CPU backend runs `backend::cpu::matmul::qlinear`, which
+/// hands batches of 6 or more tokens on AVX2 with f32 activations to the dense blocked
+/// product over `dequant_tile`'s values: the same bits.)
 pub fn qlinear(x: &[f32], t_count: usize, w: &QMatrix, bias: Option<&[f32]>, out: &mut [f32]) {
     qlinear_isa(isa(), x, t_count, w, bias, out)
 }
@@ -345,8 +345,8 @@ fn dot_tile(
 }
 
 /// [`dot_tile`] for int8 activations (`a`) over the rows of `codes` (whole tiles of `rr`):
-/// the AVX-512 VNNI kernel where `isa` is AVX-512 and the CPU has VNNI, else the portable
-/// arithmetic of the `int8` module (the same bits).
+/// the AVX-512 VNNI kernel where `isa` is AVX-512 and the CPU has VNNI, the AVX2 one for 2
+/// and 4 bits, else the portable arithmetic of the `int8` module (the same bits).
 #[allow(clippy::too_many_arguments)]
 fn dot_tile_int8(
     isa: Isa,
@@ -386,6 +386,20 @@ fn dot_tile_int8(
                 4 => shapes!(4),
                 8 => shapes!(8),
                 b => unreachable!("int8 activations for {b}-bit codes"),
+            };
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx2 && w.bits() < 8 {
+        use int8::avx2::rows;
+        // SAFETY: the CPU has AVX2, FMA and F16C (`isa`); the slices hold whole rows of
+        // codes and params, `res` `tt` values a row, `a` tokens `t0..t0 + tt` of this
+        // matrix's shape, and `int8::supports(w)` (the caller's choice of int8).
+        unsafe {
+            return match w.bits() {
+                2 => rows::<2>(codes, params, a, t0, tt, group, res),
+                4 => rows::<4>(codes, params, a, t0, tt, group, res),
+                b => unreachable!("int8 activations for {b}-bit codes on AVX2"),
             };
         }
     }
@@ -647,7 +661,7 @@ pub(super) mod avx512 {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
+pub(in crate::quant) mod avx2 {
     use std::arch::x86_64::*;
 
     use super::packed_at;
@@ -658,7 +672,7 @@ mod avx2 {
     /// # Safety
     /// The CPU has AVX.
     #[inline(always)]
-    unsafe fn hsum16(v: [__m256; 2]) -> f32 {
+    pub(in crate::quant) unsafe fn hsum16(v: [__m256; 2]) -> f32 {
         // SAFETY: the caller says the CPU has AVX (and so SSE).
         unsafe {
             let b = _mm256_add_ps(v[0], v[1]);
@@ -1115,11 +1129,22 @@ mod tests {
         let (_, q3) = matrix(4, 128, 3, 64);
         let (_, g32) = matrix(4, 128, 4, 32);
         assert!(int8::supports(&q4) && !int8::supports(&q3) && !int8::supports(&g32));
+        let (_, q8) = matrix(4, 128, 8, 64);
+        let on = crate::util::isa::int8();
         assert_eq!(
             int8::applies(Isa::Avx512, &q4),
-            crate::util::isa::vnni(),
+            crate::util::isa::vnni() && on,
             "AVX-512 with VNNI takes int8 activations"
         );
-        assert!(!int8::applies(Isa::Avx2, &q4) && !int8::applies(Isa::Avx512, &q3));
+        assert_eq!(
+            int8::applies(Isa::Avx2, &q4),
+            on,
+            "AVX2 takes them below 8 bits"
+        );
+        assert!(
+            !int8::applies(Isa::Avx2, &q8),
+            "vpmaddubsw's pair sums overflow at 8 bits"
+        );
+        assert!(!int8::applies(Isa::Avx512, &q3) && !int8::applies(Isa::Portable, &q4));
     }
 }

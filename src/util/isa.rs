@@ -1,8 +1,8 @@
 //! Which SIMD kernels this CPU runs: detected once, shared by the matrix products, the
 //! quantizer and the fused low-bit product. AVX-512 needs AVX2/FMA/F16C and
 //! AVX-512 F/BW/VL; `SUBSPEC_NO_AVX512` (any value) forbids it (to test the AVX2 path).
-//! AVX-512 VNNI, where present, gives the quantized product int8 activations
-//! (`SUBSPEC_NO_VNNI` forbids it).
+//! AVX-512 VNNI, where present, and otherwise AVX2 give the quantized product int8
+//! activations (`SUBSPEC_NO_VNNI` forbids the VNNI kernel, `SUBSPEC_NO_INT8` both).
 
 /// Which SIMD code this CPU runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +64,14 @@ pub(crate) fn vnni() -> bool {
         let has = false;
         has && std::env::var_os("SUBSPEC_NO_VNNI").is_none()
     })
+}
+
+/// Whether the quantized product may take int8 activations at all; `SUBSPEC_NO_INT8` (any
+/// value) says no (to run its f32 kernels on every ISA).
+pub(crate) fn int8() -> bool {
+    use std::sync::OnceLock;
+    static INT8: OnceLock<bool> = OnceLock::new();
+    *INT8.get_or_init(|| std::env::var_os("SUBSPEC_NO_INT8").is_none())
 }
 
 /// Every ISA this CPU can run, best first (always ends with [`Isa::Portable`]).

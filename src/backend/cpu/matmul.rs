@@ -340,7 +340,9 @@ impl TileRows for Dense<'_> {
 /// for every token tile instead of once per token tile. Qwen2.5-0.5B's 24 layers of 4-bit
 /// substitutes, alternating the two in one process (ms, tiles against blocked): t=4 30 /
 /// 37, t=5 35 / 40, t=6 53 / 45, t=8 61 / 53, t=16 136 / 92; 8 bits: t=5 43 / 43, t=6 50
-/// / 46.
+/// / 46. Not for a matrix with int8 activations (`quant::int8`, 2 and 4 bits on AVX2),
+/// whose own kernel runs every batch: against the blocked product on an AVX-512 core's
+/// AVX2 path, t=6 35 / 49, t=8 52 / 57, t=16 93 / 88 (`cargo bench --bench kernels`).
 const QUANT_BLOCKED_FROM: usize = 6;
 
 /// `out[t * n + o] = dot(dequant(w row o), x[t]) (+ bias[o])`: a quantized substitute's
@@ -359,7 +361,10 @@ fn qlinear_on(
     bias: Option<&[f32]>,
     out: &mut [f32],
 ) {
-    if isa == Isa::Avx2 && t_count >= QUANT_BLOCKED_FROM && w.rows() > 0 {
+    // (int8 activations have their own arithmetic: the blocked product's f32 one would
+    // make a token's bits depend on the batch)
+    let int8 = crate::quant::int8_applies(isa, w);
+    if isa == Isa::Avx2 && t_count >= QUANT_BLOCKED_FROM && w.rows() > 0 && !int8 {
         crate::quant::check_shapes(x, t_count, w, bias, out);
         return blocked(isa, x, t_count, &Quantized(w), bias, out);
     }

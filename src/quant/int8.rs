@@ -384,7 +384,8 @@ pub(crate) mod avx2 {
 
     /// Every row of `codes` times `a`'s tokens `t0..t0 + tt`, the bits of [`super::dot`]:
     /// `res[i * tt + j] = dot(row i, token t0 + j)`. A row at a time, its tokens in runs of
-    /// at most 3 (16 lanes are two registers here, and each token keeps two sums).
+    /// at most 3 (16 lanes are two registers here, and each token keeps two sums); two rows
+    /// at a time for one token, sharing each load of its activations.
     ///
     /// # Safety
     /// The CPU has AVX2, FMA and F16C; `B` is 2 or 4; `codes` holds whole packed rows of
@@ -403,36 +404,45 @@ pub(crate) mod avx2 {
     ) {
         let rb = a.k * B as usize / 8;
         let pr = 2 * (a.k / group);
-        for (i, row) in codes.chunks_exact(rb).enumerate() {
-            let pars = &pars[i * pr..(i + 1) * pr];
-            let res = &mut res[i * tt..(i + 1) * tt];
+        let n = codes.len() / rb;
+        let mut i = 0;
+        while i < n {
+            // one token: two rows share each load of its activations
+            let r = if tt == 1 && i + 2 <= n { 2 } else { 1 };
+            let (row, pars) = (&codes[i * rb..], &pars[i * pr..]);
+            let res = &mut res[i * tt..(i + r) * tt];
             let mut j = 0;
             while j < tt {
-                let n = (tt - j).min(3);
-                // SAFETY: the caller's contract, for this row and tokens `t0 + j..`.
+                let m = (tt - j).min(3);
+                // SAFETY: the caller's contract, for these rows and tokens `t0 + j..`.
                 unsafe {
-                    match n {
-                        3 => one::<B, 3>(row, pars, a, t0 + j, group, &mut res[j..]),
-                        2 => one::<B, 2>(row, pars, a, t0 + j, group, &mut res[j..]),
-                        _ => one::<B, 1>(row, pars, a, t0 + j, group, &mut res[j..]),
+                    match (r, m) {
+                        (2, _) => one::<B, 2, 1>(row, pars, a, t0, group, rb, res),
+                        (_, 3) => one::<B, 1, 3>(row, pars, a, t0 + j, group, rb, &mut res[j..]),
+                        (_, 2) => one::<B, 1, 2>(row, pars, a, t0 + j, group, rb, &mut res[j..]),
+                        _ => one::<B, 1, 1>(row, pars, a, t0 + j, group, rb, &mut res[j..]),
                     }
                 }
-                j += n;
+                j += m;
             }
+            i += r;
         }
     }
 
-    /// One row times tokens `t0..t0 + T` of `a` into `res[..T]`.
+    /// Rows `0..R` of `codes` (`rb` bytes each, their pairs in `pars`) times tokens `t0..t0
+    /// + T` of `a` into `res[r * T + j]`.
     ///
     /// # Safety
-    /// As [`rows`], for one row.
+    /// As [`rows`], for these rows.
     #[inline(always)]
-    unsafe fn one<const B: u8, const T: usize>(
-        row: &[u8],
+    #[allow(clippy::needless_range_loop)] // r, j, h are the tile's coordinates
+    unsafe fn one<const B: u8, const R: usize, const T: usize>(
+        codes: &[u8],
         pars: &[half::f16],
         a: &Acts,
         t0: usize,
         group: usize,
+        rb: usize,
         res: &mut [f32],
     ) {
         // SAFETY: the caller upholds the contract of `rows`.
@@ -440,77 +450,90 @@ pub(crate) mod avx2 {
             let k = a.k;
             let (kp, gpr) = (k / PAIR, k / group);
             let (pb, ppg) = (8 * B as usize, group / PAIR);
-            let cp = row.as_ptr();
+            let cp = codes.as_ptr();
             let xq = a.q.as_ptr().add(t0 * k);
             let dp = a.d.as_ptr().add(t0 * kp);
             let sp = a.sums.as_ptr().add(t0 * a.gpad);
             let ones = _mm256_set1_epi16(1);
-            let mut acc = [[_mm256_setzero_ps(); 2]; T];
-            // (scale, min) of groups g..g + 16 as f32, converted 8 at a time (zero past the row)
-            let mut dm = [0f32; 32];
+            let mut acc = [[[_mm256_setzero_ps(); 2]; T]; R];
+            // (scale, min) of groups g..g + 16 of each row as f32, converted 8 at a time
+            // (zero past the row)
+            let mut dm = [[0f32; 32]; R];
             for g in 0..gpr {
                 if g % 16 == 0 {
-                    // a (scale, min) pair is 32 bits: masked loads of the row's pairs
-                    let n = (gpr - g).min(16) as i32;
-                    let src = pars.as_ptr().add(2 * g) as *const i32;
-                    for c in 0..2usize {
-                        let lanes = _mm256_sub_epi32(
-                            _mm256_set1_epi32(n - 8 * c as i32),
-                            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
-                        );
-                        // lanes with a pair left have a positive count: the sign bit clear
-                        let mask = _mm256_cmpgt_epi32(lanes, _mm256_setzero_si256());
-                        let v = _mm256_maskload_epi32(src.wrapping_add(8 * c), mask);
-                        for q in 0..2 {
-                            let h = if q == 0 {
-                                _mm256_castsi256_si128(v)
-                            } else {
-                                _mm256_extracti128_si256::<1>(v)
-                            };
-                            let at = dm.as_mut_ptr().add(16 * c + 8 * q);
-                            _mm256_storeu_ps(at, _mm256_cvtph_ps(h));
+                    for (r, dm) in dm.iter_mut().enumerate() {
+                        // a (scale, min) pair is 32 bits: masked loads of the row's pairs
+                        let n = (gpr - g).min(16) as i32;
+                        let src = pars.as_ptr().add(2 * (r * gpr + g)) as *const i32;
+                        for c in 0..2usize {
+                            let lanes = _mm256_sub_epi32(
+                                _mm256_set1_epi32(n - 8 * c as i32),
+                                _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+                            );
+                            // lanes with a pair left have a positive count
+                            let mask = _mm256_cmpgt_epi32(lanes, _mm256_setzero_si256());
+                            let v = _mm256_maskload_epi32(src.wrapping_add(8 * c), mask);
+                            for q in 0..2 {
+                                let h = if q == 0 {
+                                    _mm256_castsi256_si128(v)
+                                } else {
+                                    _mm256_extracti128_si256::<1>(v)
+                                };
+                                let at = dm.as_mut_ptr().add(16 * c + 8 * q);
+                                _mm256_storeu_ps(at, _mm256_cvtph_ps(h));
+                            }
                         }
-                    }
-                    for h in 0..2 {
-                        // lanes 8h..8h + 8 of the minimums: the odd entries of dm[16h..16h + 16]
-                        let lo = _mm256_loadu_ps(dm.as_ptr().add(16 * h));
-                        let hi = _mm256_loadu_ps(dm.as_ptr().add(16 * h + 8));
-                        let odd = _mm256_shuffle_ps::<0b11_01_11_01>(lo, hi);
-                        let m = _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(
-                            _mm256_castps_pd(odd),
-                        ));
-                        for (j, acc) in acc.iter_mut().enumerate() {
-                            let s = _mm256_loadu_ps(sp.add(j * a.gpad + g + 8 * h));
-                            acc[h] = _mm256_fmadd_ps(m, s, acc[h]);
+                        for h in 0..2 {
+                            // lanes 8h..8h + 8 of the minimums: the odd entries of
+                            // dm[16h..16h + 16]
+                            let lo = _mm256_loadu_ps(dm.as_ptr().add(16 * h));
+                            let hi = _mm256_loadu_ps(dm.as_ptr().add(16 * h + 8));
+                            let odd = _mm256_shuffle_ps::<0b11_01_11_01>(lo, hi);
+                            let m = _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(
+                                _mm256_castps_pd(odd),
+                            ));
+                            for (j, acc) in acc[r].iter_mut().enumerate() {
+                                let s = _mm256_loadu_ps(sp.add(j * a.gpad + g + 8 * h));
+                                acc[h] = _mm256_fmadd_ps(m, s, acc[h]);
+                            }
                         }
                     }
                 }
-                let mut gacc = [[_mm256_setzero_ps(); 2]; T];
+                let mut gacc = [[[_mm256_setzero_ps(); 2]; T]; R];
                 for p in g * ppg..(g + 1) * ppg {
-                    _mm_prefetch::<_MM_HINT_T0>(
-                        cp.wrapping_add(2 * row.len() + p * pb) as *const i8
-                    );
-                    let c = pair_codes::<B>(cp.add(p * pb));
-                    for (j, ga) in gacc.iter_mut().enumerate() {
+                    let mut c = [[_mm256_setzero_si256(); 2]; R];
+                    for (r, c) in c.iter_mut().enumerate() {
+                        let ahead = cp.wrapping_add((r + 2) * rb + p * pb);
+                        _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
+                        *c = pair_codes::<B>(cp.add(r * rb + p * pb));
+                    }
+                    for j in 0..T {
                         let x = xq.add(j * k + p * PAIR);
                         let d = _mm256_set1_ps(*dp.add(j * kp + p));
-                        for (h, ga) in ga.iter_mut().enumerate() {
+                        for h in 0..2 {
                             let xv = _mm256_loadu_si256(x.add(32 * h) as *const __m256i);
-                            let pairs = _mm256_maddubs_epi16(c[h], xv);
-                            let i = _mm256_madd_epi16(pairs, ones);
-                            *ga = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), d, *ga);
+                            for r in 0..R {
+                                let pairs = _mm256_maddubs_epi16(c[r][h], xv);
+                                let i = _mm256_madd_epi16(pairs, ones);
+                                let ga = &mut gacc[r][j][h];
+                                *ga = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), d, *ga);
+                            }
                         }
                     }
                 }
-                let scale = _mm256_set1_ps(dm[2 * (g % 16)]);
-                for (acc, ga) in acc.iter_mut().zip(&gacc) {
-                    for (acc, ga) in acc.iter_mut().zip(ga) {
-                        *acc = _mm256_fmadd_ps(*ga, scale, *acc);
+                for r in 0..R {
+                    let scale = _mm256_set1_ps(dm[r][2 * (g % 16)]);
+                    for (acc, ga) in acc[r].iter_mut().zip(&gacc[r]) {
+                        for (acc, ga) in acc.iter_mut().zip(ga) {
+                            *acc = _mm256_fmadd_ps(*ga, scale, *acc);
+                        }
                     }
                 }
             }
-            for (r, acc) in res.iter_mut().zip(&acc) {
-                *r = hsum16(*acc);
+            for r in 0..R {
+                for j in 0..T {
+                    res[r * T + j] = hsum16(acc[r][j]);
+                }
             }
         }
     }

@@ -18,6 +18,8 @@ pub use format::{substitute_bytes, QMatrix};
 pub(crate) use int8::applies as int8_applies;
 #[cfg(test)]
 pub(crate) use int8::supports as int8_supports;
+#[cfg(target_arch = "x86_64")]
+pub(crate) use qlinear::avx512::hsum16 as hsum16_avx512;
 pub use qlinear::qlinear;
 #[cfg(test)]
 pub(crate) use qlinear::qlinear_acts;

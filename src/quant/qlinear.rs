@@ -458,7 +458,7 @@ pub(crate) fn sum16(acc: &[f32; 16]) -> f32 {
 
 // AVX-512 intrinsics are stable since Rust 1.89: Cargo.toml's `rust-version` must say so.
 #[cfg(target_arch = "x86_64")]
-pub(super) mod avx512 {
+pub(crate) mod avx512 {
     use std::arch::x86_64::*;
 
     /// The 32 weights of the block at `p`, dequantized. For `B < 8`, `lut` holds the
@@ -648,7 +648,7 @@ pub(super) mod avx512 {
     /// # Safety
     /// The CPU has AVX-512F.
     #[inline(always)]
-    pub(in crate::quant) unsafe fn hsum16(v: __m512) -> f32 {
+    pub(crate) unsafe fn hsum16(v: __m512) -> f32 {
         // SAFETY: the caller says the CPU has AVX-512F (and so AVX and SSE).
         unsafe {
             let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));

@@ -990,9 +990,14 @@ mod avx512 {
             for r in 0..R {
                 let row = &rows[r * row_bytes..(r + 1) * row_bytes];
                 for j in 0..T {
-                    let mut lanes = [0f32; 16];
-                    _mm512_storeu_ps(lanes.as_mut_ptr(), acc[r][j]);
-                    res[r * T + j] = finish(&lanes, dtype, row, &xs[j * k..(j + 1) * k], body);
+                    // `finish`'s additions in registers where the row has no tail
+                    res[r * T + j] = if body == k {
+                        crate::quant::hsum16_avx512(acc[r][j])
+                    } else {
+                        let mut lanes = [0f32; 16];
+                        _mm512_storeu_ps(lanes.as_mut_ptr(), acc[r][j]);
+                        finish(&lanes, dtype, row, &xs[j * k..(j + 1) * k], body)
+                    };
                 }
             }
         }

@@ -21,9 +21,7 @@ pub(crate) use int8::supports as int8_supports;
 #[cfg(target_arch = "x86_64")]
 pub(crate) use qlinear::avx512::hsum16 as hsum16_avx512;
 pub use qlinear::qlinear;
-#[cfg(test)]
-pub(crate) use qlinear::qlinear_acts;
-pub(crate) use qlinear::{check_shapes, dequant_tile, qlinear_isa, qlinear_rows};
+pub(crate) use qlinear::{check_shapes, dequant_tile, qlinear_acts, qlinear_rows};
 
 use crate::error::{Error, Result};
 

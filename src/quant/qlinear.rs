@@ -56,8 +56,9 @@ pub fn qlinear(x: &[f32], t_count: usize, w: &QMatrix, bias: Option<&[f32]>, out
 }
 
 /// [`qlinear`] with an explicit kernel (`isa` must be one of `supported_isas()`): int8
-/// activations where `int8::applies`, f32 ones elsewhere.
-pub(crate) fn qlinear_isa(
+/// activations where `int8::applies`, f32 ones elsewhere (the CPU backend, which decides
+/// that itself, calls [`qlinear_acts`]).
+fn qlinear_isa(
     isa: Isa,
     x: &[f32],
     t_count: usize,

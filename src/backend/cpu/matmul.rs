@@ -368,7 +368,7 @@ fn qlinear_on(
         crate::quant::check_shapes(x, t_count, w, bias, out);
         return blocked(isa, x, t_count, &Quantized(w), bias, out);
     }
-    crate::quant::qlinear_isa(isa, x, t_count, w, bias, out)
+    crate::quant::qlinear_acts(isa, int8, x, t_count, w, bias, out)
 }
 
 /// A quantized substitute's rows for [`blocked`]: each row tile's block dequantized

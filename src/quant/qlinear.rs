@@ -662,7 +662,7 @@ pub(crate) mod avx512 {
 }
 
 #[cfg(target_arch = "x86_64")]
-pub(in crate::quant) mod avx2 {
+pub(crate) mod avx2 {
     use std::arch::x86_64::*;
 
     use super::packed_at;
@@ -673,7 +673,7 @@ pub(in crate::quant) mod avx2 {
     /// # Safety
     /// The CPU has AVX.
     #[inline(always)]
-    pub(in crate::quant) unsafe fn hsum16(v: [__m256; 2]) -> f32 {
+    pub(crate) unsafe fn hsum16(v: [__m256; 2]) -> f32 {
         // SAFETY: the caller says the CPU has AVX (and so SSE).
         unsafe {
             let b = _mm256_add_ps(v[0], v[1]);

@@ -1304,6 +1304,15 @@ mod avx2 {
                 }
                 i += 16;
             }
+            if body == k {
+                // `finish`'s additions in registers: the row has no tail
+                for r in 0..R {
+                    for j in 0..T {
+                        res[r * T + j] = crate::quant::hsum16_avx2(acc[r][j]);
+                    }
+                }
+                return;
+            }
             let mut lanes = [[[0f32; 16]; T]; R];
             for r in 0..R {
                 for j in 0..T {

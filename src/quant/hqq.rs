@@ -28,6 +28,7 @@ use super::format::{block_bytes, pack_block, QMatrix, BLOCK};
 use super::{QuantConfig, QuantMethod};
 use crate::error::{Error, Result};
 use crate::util::isa::{isa, Isa};
+use crate::util::lanes::sum16;
 
 /// HQQ's lp-norm exponent.
 const P: f32 = 0.7;
@@ -259,17 +260,6 @@ pub(crate) fn round_clamp(x: f32, maxq: f32) -> f32 {
     let x = if x > 0.0 { x } else { 0.0 };
     let x = if x < maxq { x } else { maxq };
     (x + MAGIC) - MAGIC
-}
-
-/// The 16 lanes summed in a fixed pairwise order.
-#[inline(always)]
-fn sum16(a: &[f32; 16]) -> f32 {
-    let mut b = [0f32; 8];
-    for i in 0..8 {
-        b[i] = a[i] + a[i + 8];
-    }
-    let c = [b[0] + b[4], b[1] + b[5], b[2] + b[6], b[3] + b[7]];
-    (c[0] + c[2]) + (c[1] + c[3])
 }
 
 /// `a^e` for a positive normal `a` and moderate `e * log2(a)` (|.| < 126), as

@@ -28,8 +28,8 @@
 //! bits, AVX2 for 2 or 4, in groups of a multiple of 64.
 
 use super::format::{block_bytes, unpack_block, QMatrix, BLOCK};
-use super::qlinear::sum16;
 use crate::util::isa::Isa;
+use crate::util::lanes::sum16;
 
 /// Columns sharing one activation scale: two packing blocks, one 64-byte register of codes.
 pub(crate) const PAIR: usize = 2 * BLOCK;
@@ -206,8 +206,9 @@ pub(crate) fn dot(
 pub(crate) mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::super::qlinear::avx512::{group_params, hsum16, GC};
+    use super::super::qlinear::avx512::{group_params, GC};
     use super::{Acts, PAIR};
+    use crate::util::lanes::avx512::hsum16;
 
     /// The 64 codes of the pair of blocks at `p` as bytes, in [`super::pair_col`]'s order.
     ///
@@ -349,8 +350,8 @@ pub(crate) mod avx512 {
 pub(crate) mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::super::qlinear::avx2::hsum16;
     use super::{Acts, PAIR};
+    use crate::util::lanes::avx2::hsum16;
 
     /// The 64 codes of the pair of blocks at `p` as bytes `0..32` and `32..64`, in
     /// [`super::pair_col`]'s order.

@@ -20,7 +20,6 @@ pub(crate) use int8::applies as int8_applies;
 pub(crate) use int8::supports as int8_supports;
 pub use qlinear::qlinear;
 #[cfg(target_arch = "x86_64")]
-pub(crate) use qlinear::{avx2::hsum16 as hsum16_avx2, avx512::hsum16 as hsum16_avx512};
 pub(crate) use qlinear::{check_shapes, dequant_tile, qlinear_acts, qlinear_rows};
 
 use crate::error::{Error, Result};

@@ -25,6 +25,7 @@ use rayon::prelude::*;
 use super::format::{block_bytes, unpack_block, QMatrix, BLOCK};
 use super::int8;
 use crate::util::isa::{isa, packed_at, Isa};
+use crate::util::lanes::sum16;
 
 /// A raw output pointer shared by tasks that write disjoint elements.
 #[derive(Clone, Copy)]
@@ -446,21 +447,12 @@ pub(crate) fn dot_portable(
     sum16(&acc)
 }
 
-/// The fixed pairwise sum of 16 lanes (the order of `backend::cpu::matmul`).
-#[inline(always)]
-pub(crate) fn sum16(acc: &[f32; 16]) -> f32 {
-    let mut b = [0f32; 8];
-    for i in 0..8 {
-        b[i] = acc[i] + acc[i + 8];
-    }
-    let c = [b[0] + b[4], b[1] + b[5], b[2] + b[6], b[3] + b[7]];
-    (c[0] + c[2]) + (c[1] + c[3])
-}
-
 // AVX-512 intrinsics are stable since Rust 1.89: Cargo.toml's `rust-version` must say so.
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx512 {
     use std::arch::x86_64::*;
+
+    use crate::util::lanes::avx512::hsum16;
 
     /// The 32 weights of the block at `p`, dequantized. For `B < 8`, `lut` holds the
     /// group's `fma(c, scale, min)` for every code `c`, repeated to fill 16 lanes (entry
@@ -641,24 +633,6 @@ pub(crate) mod avx512 {
             }
         }
     }
-
-    /// [`super::sum16`] of the 16 lanes of `v` in registers (the same additions: lane `i` and
-    /// `i + 8`, then `i` and `i + 4`, then `(0 + 2) + (1 + 3)`); stored to memory and summed
-    /// as scalars it took a quarter of a 2-token tile over 896 columns.
-    ///
-    /// # Safety
-    /// The CPU has AVX-512F.
-    #[inline(always)]
-    pub(crate) unsafe fn hsum16(v: __m512) -> f32 {
-        // SAFETY: the caller says the CPU has AVX-512F (and so AVX and SSE).
-        unsafe {
-            let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
-            let b = _mm256_add_ps(_mm512_castps512_ps256(v), hi);
-            let c = _mm_add_ps(_mm256_castps256_ps128(b), _mm256_extractf128_ps::<1>(b));
-            let d = _mm_add_ps(c, _mm_movehl_ps(c, c));
-            _mm_cvtss_f32(_mm_add_ss(d, _mm_shuffle_ps::<1>(d, d)))
-        }
-    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -666,22 +640,7 @@ pub(crate) mod avx2 {
     use std::arch::x86_64::*;
 
     use super::packed_at;
-
-    /// `sum16` of lanes `0..8` in `v[0]` and `8..16` in `v[1]`, in registers (the same
-    /// additions, as `avx512::hsum16`).
-    ///
-    /// # Safety
-    /// The CPU has AVX.
-    #[inline(always)]
-    pub(crate) unsafe fn hsum16(v: [__m256; 2]) -> f32 {
-        // SAFETY: the caller says the CPU has AVX (and so SSE).
-        unsafe {
-            let b = _mm256_add_ps(v[0], v[1]);
-            let c = _mm_add_ps(_mm256_castps256_ps128(b), _mm256_extractf128_ps::<1>(b));
-            let d = _mm_add_ps(c, _mm_movehl_ps(c, c));
-            _mm_cvtss_f32(_mm_add_ss(d, _mm_shuffle_ps::<1>(d, d)))
-        }
-    }
+    use crate::util::lanes::avx2::hsum16;
 
     /// `(scale, min)` of the group at `p` (two f16), as f32.
     ///

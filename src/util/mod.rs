@@ -1,10 +1,12 @@
 //! Small shared utilities with no model knowledge: byte sizes for people, the CPU's SIMD
-//! features (detected once, used by the CPU kernels and the quantizer), handing freed
-//! heap memory back to the system, and the flag that stops a sequence's call mid-way.
+//! features (detected once, used by the CPU kernels and the quantizer) and the one order
+//! their 16-lane sums take, handing freed heap memory back to the system, and the flag that
+//! stops a sequence's call mid-way.
 
 mod abort;
 pub(crate) mod bytes;
 pub(crate) mod isa;
+pub(crate) mod lanes;
 
 pub use abort::AbortHandle;
 pub use bytes::{human, parse_bytes};

@@ -884,12 +884,7 @@ fn dtype_of(d: u8) -> DType {
 /// The fixed pairwise sum of 16 lanes, then the scalar tail from `body` on.
 #[inline(always)]
 fn finish(acc: &[f32; 16], dtype: DType, row: &[u8], x: &[f32], body: usize) -> f32 {
-    let mut b = [0f32; 8];
-    for i in 0..8 {
-        b[i] = acc[i] + acc[i + 8];
-    }
-    let c = [b[0] + b[4], b[1] + b[5], b[2] + b[6], b[3] + b[7]];
-    let mut s = (c[0] + c[2]) + (c[1] + c[3]);
+    let mut s = crate::util::lanes::sum16(acc);
     for (i, &xi) in x.iter().enumerate().skip(body) {
         s = weight(dtype, row, i).mul_add(xi, s);
     }
@@ -992,7 +987,7 @@ mod avx512 {
                 for j in 0..T {
                     // `finish`'s additions in registers where the row has no tail
                     res[r * T + j] = if body == k {
-                        crate::quant::hsum16_avx512(acc[r][j])
+                        crate::util::lanes::avx512::hsum16(acc[r][j])
                     } else {
                         let mut lanes = [0f32; 16];
                         _mm512_storeu_ps(lanes.as_mut_ptr(), acc[r][j]);
@@ -1308,7 +1303,7 @@ mod avx2 {
                 // `finish`'s additions in registers: the row has no tail
                 for r in 0..R {
                     for j in 0..T {
-                        res[r * T + j] = crate::quant::hsum16_avx2(acc[r][j]);
+                        res[r * T + j] = crate::util::lanes::avx2::hsum16(acc[r][j]);
                     }
                 }
                 return;

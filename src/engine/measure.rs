@@ -13,7 +13,7 @@ use crate::backend::{AttnMask, Backend, TierStats};
 use crate::checkpoint::names::linear_names;
 use crate::checkpoint::Weights;
 use crate::error::Result;
-use crate::model::{KvCache, Pass};
+use crate::model::{DraftWork, KvCache, Pass};
 use crate::spec::tune::TreeCosts;
 
 /// Median seconds of one plain target token, one tree verification and one draft step.
@@ -151,6 +151,24 @@ pub fn memory_bandwidth(engine: &Engine) -> f64 {
     (n * 4) as f64 / best
 }
 
+/// The same draft forward again and again: [`passes`]' overlapped verification counts
+/// how many fit in a pass's waits.
+struct Repeat {
+    first: usize,
+    tokens: Vec<u32>,
+    positions: Vec<usize>,
+    mask: AttnMask,
+}
+
+impl DraftWork for Repeat {
+    fn next(&mut self) -> Option<(usize, Vec<u32>, Vec<usize>, AttnMask)> {
+        let (t, p, m) = (&self.tokens, &self.positions, &self.mask);
+        Some((self.first, t.clone(), p.clone(), m.clone()))
+    }
+
+    fn done(&mut self, _logits: Vec<f32>) {}
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -282,37 +300,18 @@ pub fn passes(
         let tree_mask = mask.clone().shifted(at);
         let verify_s = time(reps, || {
             // As a step lays them out: the draft's slots first, the verified tree after.
-            let mut done = 0usize;
-            let mut run = None;
-            let mut idle = |c: &mut KvCache<crate::backend::Device>| -> Result<bool> {
-                let r = match &mut run {
-                    Some(r) => r,
-                    None => run.insert(model.draft_begin(
-                        c,
-                        first,
-                        tree[first..first + w].to_vec(),
-                        tree_pos[first..first + w].to_vec(),
-                        dmask.clone(),
-                    )?),
-                };
-                if model.draft_advance(r, c)?.is_some() {
-                    run = None;
-                    done += 1;
-                }
-                Ok(true)
+            let mut work = Repeat {
+                first,
+                tokens: tree[first..first + w].to_vec(),
+                positions: tree_pos[first..first + w].to_vec(),
+                mask: dmask.clone(),
             };
-            engine.install(|| {
-                let idle = Some(&mut idle as &mut crate::model::Idle<'_, _>);
-                let x = model.forward_hidden(
-                    &mut cache,
-                    Pass::Target,
-                    at,
-                    &tree,
-                    &tree_pos,
-                    &tree_mask,
-                    idle,
+            let done = engine.install(|| {
+                let (x, done) = model.forward_hidden_drafting(
+                    &mut cache, at, &tree, &tree_pos, &tree_mask, &mut work,
                 )?;
-                model.logits(Pass::Target, &x, &rows)
+                model.logits(Pass::Target, &x, &rows)?;
+                Ok(done)
             })?;
             steps.push(done as f64);
             Ok(())

@@ -12,7 +12,7 @@ use std::time::Instant;
 use super::{Engine, StepOptions, PREFILL_CHUNK};
 use crate::backend::{AttnMask, Backend, Device};
 use crate::error::{Error, ErrorKind, Result};
-use crate::model::{DraftRun, Idle, KvCache, Pass, Segment};
+use crate::model::{DraftWork, KvCache, Pass, Segment};
 use crate::sample::{sample, SamplingParams};
 use crate::spec::draft::{DraftLimits, Grower};
 use crate::spec::tune::{self, Acceptance};
@@ -76,6 +76,18 @@ impl Verified {
 struct LazyLogits<'a> {
     engine: &'a Engine,
     verified: &'a mut Verified,
+}
+
+/// The grower deepens the tree during a target pass ([`Sequence::draft_and_verify`]).
+impl DraftWork for Grower {
+    fn next(&mut self) -> Option<(usize, Vec<u32>, Vec<usize>, crate::backend::AttnMask)> {
+        let b = self.batch()?;
+        Some((b.first, b.tokens.to_vec(), b.positions, b.mask))
+    }
+
+    fn done(&mut self, logits: Vec<f32>) {
+        self.feed(&logits);
+    }
 }
 
 impl NodeLogits for LazyLogits<'_> {
@@ -637,29 +649,8 @@ impl Sequence {
             max_nodes: first,
             token_s: None,
         });
-        let mut run: Option<DraftRun<Device>> = None;
-        let mut steps = 0;
-        let mut idle = |cache: &mut KvCache<Device>| -> Result<bool> {
-            let r = match &mut run {
-                Some(r) => r,
-                None => {
-                    let Some(b) = g.batch() else {
-                        return Ok(false);
-                    };
-                    let (tokens, mask) = (b.tokens.to_vec(), b.mask);
-                    run.insert(model.draft_begin(cache, b.first, tokens, b.positions, mask)?)
-                }
-            };
-            if let Some(logits) = model.draft_advance(r, cache)? {
-                run = None;
-                g.feed(&logits);
-                steps += 1;
-            }
-            Ok(true)
-        };
-        let hidden = engine.install(|| {
-            let idle = Some(&mut idle as &mut Idle<'_, Device>);
-            model.forward_hidden(cache, Pass::Target, first, &tokens, &pos, &mask, idle)
+        let (hidden, steps) = engine.install(|| {
+            model.forward_hidden_drafting(cache, first, &tokens, &pos, &mask, &mut g)
         })?;
         let mut pass = drafted.verified(hidden, t0.elapsed().as_secs_f64());
         pass.overlapped_steps = steps;

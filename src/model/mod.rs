@@ -80,6 +80,15 @@ struct Run<B: Backend> {
     windowed: Vec<Vec<(usize, AttnMask)>>,
 }
 
+/// Draft forwards a target pass runs in its waits ([`Model::forward_hidden_drafting`]).
+pub(crate) trait DraftWork {
+    /// The next forward: its first cache slot, tokens, positions and mask
+    /// ([`Model::draft_begin`]'s); `None` once there is nothing left to draft.
+    fn next(&mut self) -> Option<(usize, Vec<u32>, Vec<usize>, AttnMask)>;
+    /// The logits of every row of the forward `next` gave last.
+    fn done(&mut self, logits: Vec<f32>);
+}
+
 /// A draft forward run a layer at a time ([`Model::draft_begin`]).
 pub(crate) struct DraftRun<B: Backend> {
     run: Run<B>,
@@ -365,6 +374,44 @@ impl<B: Backend> Model<B> {
             mask,
         }];
         self.layers_idle(pass, &mut segs, true, idle)
+    }
+
+    /// [`Model::forward_hidden`] of a target pass that runs `work`'s draft forwards in its
+    /// waits for streamed layers, one layer (or part of the output head) a wait
+    /// ([`Model::draft_advance`]); a forward the pass's end interrupts is dropped. Returns
+    /// the residual stream and the number of draft forwards finished.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn forward_hidden_drafting(
+        &self,
+        cache: &mut KvCache<B>,
+        first: usize,
+        tokens: &[u32],
+        positions: &[usize],
+        mask: &AttnMask,
+        work: &mut dyn DraftWork,
+    ) -> Result<(B::Act, usize)> {
+        let mut run: Option<DraftRun<B>> = None;
+        let mut steps = 0;
+        let mut idle = |c: &mut KvCache<B>| -> Result<bool> {
+            let r = match &mut run {
+                Some(r) => r,
+                None => {
+                    let Some((first, tokens, positions, mask)) = work.next() else {
+                        return Ok(false);
+                    };
+                    run.insert(self.draft_begin(c, first, tokens, positions, mask)?)
+                }
+            };
+            if let Some(logits) = self.draft_advance(r, c)? {
+                run = None;
+                steps += 1;
+                work.done(logits);
+            }
+            Ok(true)
+        };
+        let idle = Some(&mut idle as &mut Idle<'_, B>);
+        let x = self.forward_hidden(cache, Pass::Target, first, tokens, positions, mask, idle)?;
+        Ok((x, steps))
     }
 
     /// [`Model::forward_hidden`] of several sequences in one pass: their tokens go through

@@ -30,7 +30,7 @@ struct Verified {
     tree: Tree,
     /// The pass's residual stream, one row per node; `None` when every row is given.
     hidden: Option<<Device as Backend>::Act>,
-    /// Rows computed so far, in the order computed.
+    /// Rows computed so far (since the walk last left the computed path), in order.
     rows: Vec<f32>,
     /// Where each node's row starts in `rows`.
     at: Vec<Option<usize>>,
@@ -51,6 +51,10 @@ impl Verified {
         })?;
         let want = self.tree.best_path(node);
         let l = engine.install(|| model.logits(Pass::Target, hidden, &want))?;
+        // A walk (ours or the host's) never goes back to a node it left: the rows computed
+        // before are done with, and the buffer holds one path's rows at most.
+        self.rows.clear();
+        self.at.fill(None);
         self.give(&want, &l, vocab);
         Ok(self.at[node].unwrap_or(0))
     }
@@ -58,6 +62,7 @@ impl Verified {
     /// Takes the logits of `nodes` computed elsewhere (a batched step computes every
     /// sequence's likeliest path in one product), `vocab` per node, in order.
     fn give(&mut self, nodes: &[usize], logits: &[f32], vocab: usize) {
+        self.rows.reserve_exact(logits.len());
         for (i, &n) in nodes.iter().enumerate() {
             self.at[n] = Some(self.rows.len() + i * vocab);
         }
@@ -1522,6 +1527,44 @@ mod tests {
             o.draft = Some(d);
         }
         o
+    }
+
+    #[test]
+    fn verified_rows_are_the_logits_and_hold_one_path_at_most() {
+        let (engine, dir) = engine("verified-rows", 64);
+        let (mut seq, tokens, positions, mask) = three_rows(&engine, 23);
+        let model = &engine.shared.model;
+        // root 0 -> 1 (the likelier child) and 2; node 2 is off the best path from 0
+        let mut tree = Tree::new(tokens[0]);
+        tree.push(0, tokens[1], -0.1);
+        tree.push(0, tokens[2], -0.5);
+        let x = model
+            .forward_hidden(
+                &mut seq.cache,
+                Pass::Target,
+                3,
+                &tokens,
+                &positions,
+                &mask,
+                None,
+            )
+            .unwrap();
+        let want = model.logits(Pass::Target, &x, &[0, 1, 2]).unwrap();
+        let mut v = Verified {
+            tree,
+            hidden: Some(x),
+            rows: Vec::new(),
+            at: vec![None; 3],
+        };
+        let vocab = 64;
+        for node in [0, 1, 2] {
+            let got = v.row(&engine, node).unwrap().to_vec();
+            assert_eq!(got, want[node * vocab..(node + 1) * vocab], "node {node}");
+            // the best path from 0 is [0, 1]; leaving it for 2 drops those two rows
+            let held = if node == 2 { 1 } else { 2 };
+            assert_eq!(v.rows.len(), held * vocab, "rows held at node {node}");
+        }
+        std::fs::remove_dir_all(dir).ok();
     }
 
     /// A tree's root and two children (the second `last`) over a prefilled 5-token

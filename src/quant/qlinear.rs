@@ -449,7 +449,7 @@ pub(crate) fn dot_portable(
 
 // AVX-512 intrinsics are stable since Rust 1.89: Cargo.toml's `rust-version` must say so.
 #[cfg(target_arch = "x86_64")]
-pub(crate) mod avx512 {
+pub(super) mod avx512 {
     use std::arch::x86_64::*;
 
     use crate::util::lanes::avx512::hsum16;
@@ -636,7 +636,7 @@ pub(crate) mod avx512 {
 }
 
 #[cfg(target_arch = "x86_64")]
-pub(crate) mod avx2 {
+mod avx2 {
     use std::arch::x86_64::*;
 
     use super::packed_at;
